@@ -1,0 +1,40 @@
+// Chooses the backend for a cache's device.
+#include "backend.h"
+
+#include "cpu/cpu_backend.h"
+#include "error.h"
+
+#if defined(RKV_WITH_CUDA)
+#include "cuda/cuda_backend.h"
+#endif
+
+namespace rkv {
+
+std::unique_ptr<Backend> make_backend(const rkv_cache_params &params, const MemoryPlan &plan) {
+#if defined(RKV_WITH_CUDA)
+    if (params.device_type == RKV_DEVICE_CUDA) return cuda::make_cuda_backend(params, plan);
+#endif
+    return cpu::make_cpu_backend(params, plan);
+}
+
+uint64_t backend_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan,
+                               const char *function) {
+    (void)function;
+#if defined(RKV_WITH_CUDA)
+    if (params.device_type == RKV_DEVICE_CUDA) return cuda::cuda_scratch_bytes(params, plan);
+#endif
+    return cpu::cpu_scratch_bytes(params, plan);
+}
+
+void backend_check_cuda_params(const rkv_cache_params &params, const char *function) {
+#if defined(RKV_WITH_CUDA)
+    cuda::check_cuda_params(params, function);
+#else
+    (void)params;
+    fail(RKV_ERR_UNSUPPORTED,
+         "%s: device_type is CUDA but this librkv was built without CUDA (configure with "
+         "-DRKV_CUDA=ON on a machine with nvcc)", function);
+#endif
+}
+
+}  // namespace rkv

@@ -1,0 +1,85 @@
+// The interface between the host-side cache (bookkeeping, validation, schedule)
+// and the memory owners: the CPU backend and the CUDA backend. The cache decides
+// *what* happens (which tokens go to which slots, which sequences compress and
+// to how many tokens); a backend does it to memory it allocated at create.
+//
+// Memory layout shared by both backends (one allocation each, made at create):
+//   K, V        [num_layers, max_seqs, num_kv_heads, capacity, head_dim]  storage dtype
+//   positions   [num_layers, max_seqs, num_kv_heads, capacity]            int32
+//   state       [num_layers, max_seqs, num_kv_heads, capacity]            f32 (H2O's accumulated attention)
+//   queries     [num_layers, max_seqs, num_q_heads, window, head_dim]     storage dtype, ring by position % window
+//   lengths     [num_layers, max_seqs]                                    int32, tokens held per head
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "params.h"
+#include "rkv/rkv.h"
+
+namespace rkv {
+
+// One entry's run of consecutive tokens into one sequence.
+struct AppendChunk {
+    int32_t seq;
+    int32_t entry;        // index into rkv_append_args arrays
+    int64_t first_token;  // token index within the entry, before token_offsets
+    int32_t count;
+    int32_t slot;         // first destination slot
+    int64_t position;     // original position of the first token
+};
+
+// Compress one (sequence, layer) from `held` tokens to `keep` tokens.
+struct CompressJob {
+    int32_t seq;
+    int32_t held;
+    int32_t keep;                   // keep <= held; keep == held only reorders (reference mode)
+    int64_t protect_below;          // tokens at positions < protect_below are never evicted
+    uint64_t round;                 // how many compressions this (seq, layer) had before (seeds Random)
+};
+
+// Which score rkv_inspect_scores asks for (mirrors rkv_score_kind).
+enum class ScoreKind { Importance = 0, Redundancy = 1, Final = 2 };
+
+class Backend {
+ public:
+    virtual ~Backend() = default;
+
+    // Copy K, V (and Q into the query ring, and H2O's accumulation) for each chunk.
+    virtual void append(int32_t layer, const rkv_append_args &args, const AppendChunk *chunks,
+                        int32_t num_chunks, void *stream) = 0;
+    // Score, select and compact each job's (seq, layer) in place.
+    virtual void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs,
+                          void *stream) = 0;
+    // Set the published length of (layer, seq) (lengths buffer of the layer view).
+    virtual void set_length(int32_t layer, int32_t seq, int32_t held, void *stream) = 0;
+    // Zero the scorer state of every layer of `seq` (used when a sequence is reset).
+    virtual void clear_sequence(int32_t seq, void *stream) = 0;
+
+    virtual void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids,
+                        const int32_t *held, const rkv_tensor &q, const rkv_tensor &out,
+                        float scale, void *stream) = 0;
+    // Positions of one head, slot order, into host memory (synchronous).
+    virtual void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held,
+                                int32_t *out) = 0;
+    // Scores a compression of `job` would rank, for one head, into host memory.
+    virtual void inspect_scores(int32_t layer, const CompressJob &job, int32_t head,
+                                ScoreKind kind, float *out) = 0;
+
+    // Base pointers of the buffers above (device pointers for CUDA).
+    virtual void *keys() const = 0;
+    virtual void *values() const = 0;
+    virtual int32_t *positions() const = 0;
+    virtual const int32_t *lengths() const = 0;
+};
+
+std::unique_ptr<Backend> make_backend(const rkv_cache_params &params, const MemoryPlan &plan);
+
+// Scratch bytes the backend of params.device_type allocates at create.
+uint64_t backend_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan,
+                               const char *function);
+
+// Throws unless this build can create a CUDA cache with these params.
+void backend_check_cuda_params(const rkv_cache_params &params, const char *function);
+
+}  // namespace rkv
