@@ -43,6 +43,16 @@ void pool_groups(float *logits, int32_t groups, int32_t rows, int32_t n, rkv_poo
     }
 }
 
+// logits[g, j] = scale * q_g . k_j for the few query rows of one decode step.
+// One matrix-vector product per row: a matrix product would spend more time
+// packing the keys than multiplying them when there are only G rows.
+void group_logits(const float *queries, int32_t groups, const float *keys, int32_t n, int32_t d,
+                  float scale, float *logits) {
+    for (int32_t g = 0; g < groups; ++g)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, scale, keys, d, queries + int64_t(g) * d, 1,
+                    0.0f, logits + int64_t(g) * n, 1);
+}
+
 }  // namespace
 
 void importance(const float *queries, int32_t groups, int32_t window, const float *keys, int32_t n,
@@ -82,6 +92,9 @@ void redundancy(const float *keys, int32_t n, int32_t d, int32_t window, float t
         const float inverse = 1.0f / (float(std::sqrt(squares)) + 1e-8f);
         for (int32_t e = 0; e < d; ++e) normalized[int64_t(i) * d + e] = k[e] * inverse;
     }
+    // S is symmetric, so the sum of column c equals the sum of row c. One pass
+    // over each row finds its latest near-duplicate and its sum; the entries the
+    // rule zeroes are then taken off the columns they sit in.
     std::fill(column_sums, column_sums + n, 0.0);
     for (int32_t r0 = 0; r0 < n; r0 += kRedundancyBlockRows) {
         const int32_t rows = std::min(kRedundancyBlockRows, n - r0);
@@ -91,17 +104,19 @@ void redundancy(const float *keys, int32_t n, int32_t d, int32_t window, float t
         for (int32_t r = 0; r < rows; ++r) {
             float *row = block + int64_t(r) * n;
             row[r0 + r] = 0.0f;  // a key is not its own duplicate
-            // The most recent slot above the threshold does not count: a token is
-            // not redundant because of its own latest near-repeat.
+            float sum = 0.0f;
             int32_t latest = -1;
-            for (int32_t c = n - 1; c >= 0; --c)
-                if (row[c] > threshold) {
-                    latest = c;
-                    break;
-                }
-            if (latest >= 0) row[latest] = 0.0f;
-            else if (slot0_quirk) row[0] = 0.0f;  // the official code's argmax of an all-zero row
-            for (int32_t c = 0; c < n; ++c) column_sums[c] += row[c];
+#pragma omp simd reduction(+ : sum) reduction(max : latest)
+            for (int32_t c = 0; c < n; ++c) {
+                sum += row[c];
+                latest = std::max(latest, row[c] > threshold ? c : -1);
+            }
+            column_sums[r0 + r] += sum;
+            // The most recent slot above the threshold does not count: a token is
+            // not redundant because of its own latest near-repeat. Without one,
+            // the official code's argmax of an all-zero row picks slot 0.
+            if (latest >= 0) column_sums[latest] -= row[latest];
+            else if (slot0_quirk) column_sums[0] -= row[0];
         }
     }
     // R = softmax over all n slots of the column means; the first C are returned.
@@ -134,8 +149,7 @@ void h2o_accumulate(const float *queries, int32_t tokens, int32_t groups, const 
     const float scale = 1.0f / std::sqrt(float(d));
     for (int32_t t = 0; t < tokens; ++t) {
         const int32_t visible = first_slot + t + 1;  // causal: up to and including itself
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, groups, visible, d, scale,
-                    queries + int64_t(t) * groups * d, d, keys, d, 0.0f, logits, visible);
+        group_logits(queries + int64_t(t) * groups * d, groups, keys, visible, d, scale, logits);
         pool_groups(logits, groups, 1, visible, pooling);
         softmax_in_place(logits, visible);
         for (int32_t j = 0; j < visible; ++j) state[j] += logits[j];
@@ -144,11 +158,14 @@ void h2o_accumulate(const float *queries, int32_t tokens, int32_t groups, const 
 
 void attend(const float *queries, int32_t groups, const float *keys, const float *values,
             int32_t n, int32_t d, float scale, float *logits, float *out) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, groups, n, d, scale, queries, d, keys, d,
-                0.0f, logits, n);
-    for (int32_t g = 0; g < groups; ++g) softmax_in_place(logits + int64_t(g) * n, n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, groups, d, n, 1.0f, logits, n, values, d,
-                0.0f, out, d);
+    group_logits(queries, groups, keys, n, d, scale, logits);
+    for (int32_t g = 0; g < groups; ++g) {
+        float *probabilities = logits + int64_t(g) * n;
+        softmax_in_place(probabilities, n);
+        // out_g = V^T p_g
+        cblas_sgemv(CblasRowMajor, CblasTrans, n, d, 1.0f, values, d, probabilities, 1, 0.0f,
+                    out + int64_t(g) * d, 1);
+    }
 }
 
 }  // namespace rkv::cpu

@@ -12,7 +12,7 @@
 
 namespace rkv::cpu {
 
-constexpr int32_t kRedundancyBlockRows = 128;  // rows of the similarity matrix computed at once
+constexpr int32_t kRedundancyBlockRows = 256;  // rows of the similarity matrix computed at once
 
 // R-KV importance: I[j] for j < C.
 //   queries  [G * window, d]  row g*window + a = query a of group head g
