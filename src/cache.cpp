@@ -127,7 +127,9 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
     if (t.head_dim != params_.head_dim)
         fail(RKV_ERR_SHAPE_MISMATCH, "%s: %s.head_dim is %d but the cache has head_dim %d",
              function, name, t.head_dim, params_.head_dim);
-    if (t.stride_seq < 0 || t.stride_token < 0 || t.stride_head < 0)
+    // One-token tensors (attend: args == nullptr) never step along stride_token.
+    const int64_t stride_token = args ? t.stride_token : 0;
+    if (t.stride_seq < 0 || stride_token < 0 || t.stride_head < 0)
         fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s has a negative stride (seq %lld, token %lld, head %lld)",
              function, name, (long long)t.stride_seq, (long long)t.stride_token,
              (long long)t.stride_head);
@@ -143,7 +145,7 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
         }
         int64_t index;
         if (mul_add_overflows(i, t.stride_seq, 0, &index) ||
-            mul_add_overflows(last_token, t.stride_token, index, &index) ||
+            mul_add_overflows(last_token, stride_token, index, &index) ||
             mul_add_overflows(heads - 1, t.stride_head, index, &index) ||
             __builtin_add_overflow(index, int64_t(params_.head_dim - 1), &index) ||
             index > std::numeric_limits<int64_t>::max() / 4)

@@ -67,10 +67,20 @@ RKV_API unsigned rkv_version_number(void);
 /* "MAJOR.MINOR.PATCH", static storage. Thread-safe. */
 RKV_API const char *rkv_version_string(void);
 
+/* Enumerations are int-sized. In C++ they get int as their fixed underlying
+ * type, so any int a foreign caller passes is a valid value that the library
+ * can reject with a status (an out-of-range enum would otherwise be undefined
+ * behaviour in C++). */
+#ifdef __cplusplus
+#  define RKV_ENUM_BASE : int
+#else
+#  define RKV_ENUM_BASE
+#endif
+
 /* ---------------------------------------------------------------------------
  * Statuses (values are pinned: they never change between versions)
  * ------------------------------------------------------------------------- */
-typedef enum rkv_status {
+typedef enum rkv_status RKV_ENUM_BASE {
     RKV_OK = 0,
     /* caller errors: the call was rejected, nothing changed */
     RKV_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad value, bad stride */
@@ -101,18 +111,18 @@ RKV_API const char *rkv_last_error_message(void);
 /* ---------------------------------------------------------------------------
  * Enumerations (values pinned)
  * ------------------------------------------------------------------------- */
-typedef enum rkv_dtype {
+typedef enum rkv_dtype RKV_ENUM_BASE {
     RKV_DTYPE_F32 = 0,
     RKV_DTYPE_F16 = 1,
     RKV_DTYPE_BF16 = 2
 } rkv_dtype;
 
-typedef enum rkv_device_type {
+typedef enum rkv_device_type RKV_ENUM_BASE {
     RKV_DEVICE_CPU = 0,
     RKV_DEVICE_CUDA = 1
 } rkv_device_type;
 
-typedef enum rkv_method {
+typedef enum rkv_method RKV_ENUM_BASE {
     RKV_METHOD_RKV = 0,          /* importance and redundancy (default) */
     RKV_METHOD_SNAPKV = 1,       /* importance only (R-KV with lambda = 1) */
     RKV_METHOD_H2O = 2,          /* attention accumulated over every query */
@@ -123,7 +133,7 @@ typedef enum rkv_method {
 } rkv_method;
 
 /* How kept tokens are ordered after a compression, and which quirks apply. */
-typedef enum rkv_mode {
+typedef enum rkv_mode RKV_ENUM_BASE {
     /* Kept tokens stay sorted by original position: max-pooling sees true
      * neighbours, "most recent" means latest position. Guard rails available. */
     RKV_MODE_POSITION = 0,
@@ -134,7 +144,7 @@ typedef enum rkv_mode {
 } rkv_mode;
 
 /* How the query heads of one KV group are pooled before the softmax. */
-typedef enum rkv_pooling {
+typedef enum rkv_pooling RKV_ENUM_BASE {
     RKV_POOLING_MAX = 0, /* maximum of the raw logits over the group (reference) */
     RKV_POOLING_MEAN = 1 /* mean of the raw logits over the group */
 } rkv_pooling;
@@ -193,7 +203,7 @@ typedef struct rkv_cache_params {
 RKV_API rkv_status rkv_cache_params_default(rkv_cache_params *params, size_t struct_size);
 
 /* Keys of the enum-keyed parameter setter. Values pinned. */
-typedef enum rkv_param {
+typedef enum rkv_param RKV_ENUM_BASE {
     RKV_PARAM_MAX_SEQS = 0,
     RKV_PARAM_NUM_LAYERS = 1,
     RKV_PARAM_NUM_KV_HEADS = 2,
@@ -466,7 +476,8 @@ RKV_API rkv_status rkv_cache_stats(const rkv_cache *cache, int32_t seq, rkv_stat
  * dtype. scale <= 0 means 1/sqrt(head_dim). Call it after appending the
  * token's K/V. Stream-ordered on CUDA.
  * Statuses: OK, INVALID_ARGUMENT, OUT_OF_RANGE, SHAPE_MISMATCH, BAD_STATE
- * (a sequence holds no tokens), UNSUPPORTED, DEVICE, FAULTED. */
+ * (a sequence holds no tokens), UNSUPPORTED, OVERFLOW (strides whose offsets
+ * overflow), DEVICE, FAULTED. */
 RKV_API rkv_status rkv_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs,
                               const int32_t *seq_ids, const rkv_tensor *q,
                               const rkv_tensor *out, float scale, void *stream);
@@ -477,7 +488,7 @@ RKV_API rkv_status rkv_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs,
  * ------------------------------------------------------------------------- */
 #ifdef RKV_EXPERIMENTAL_API
 
-typedef enum rkv_score_kind {
+typedef enum rkv_score_kind RKV_ENUM_BASE {
     RKV_SCORE_IMPORTANCE = 0, /* attention importance after max-pooling */
     RKV_SCORE_REDUNDANCY = 1, /* R-KV redundancy */
     RKV_SCORE_FINAL = 2       /* the score the method ranks candidates by */
