@@ -41,7 +41,7 @@ constexpr ParamInfo kParams[] = {
     {"threshold", -1.0, 1.0, Kind::Real},
     {"pooling", RKV_POOLING_MAX, RKV_POOLING_MEAN, Kind::Enum},
     {"sink", 0, 1 << 16, Kind::Integer},
-    {"guards", 0, RKV_GUARD_SINK | RKV_GUARD_PROMPT, Kind::Integer},
+    {"guards", 0, RKV_GUARD_SINK | RKV_GUARD_PROMPT, Kind::Enum},  // flags: every value in range is valid
     {"max_prompt_len", 0, 1 << 24, Kind::Integer},
     {"max_len", 1, 1 << 26, Kind::Integer},
     {"seed", 0, 9007199254740992.0 /* 2^53: exact in a double */, Kind::Integer},

@@ -344,9 +344,10 @@ static void test_param_bounds_errors(void **state) {
     EXPECT_FAIL(rkv_param_bounds((rkv_param)1000, &lower, &upper), RKV_ERR_UNSUPPORTED);
 }
 
+/* Enumerations, and the guard flags: a value outside them is unsupported. */
 static int is_enum_param(int key) {
     return key == RKV_PARAM_DTYPE || key == RKV_PARAM_DEVICE_TYPE || key == RKV_PARAM_METHOD ||
-           key == RKV_PARAM_MODE || key == RKV_PARAM_POOLING;
+           key == RKV_PARAM_MODE || key == RKV_PARAM_POOLING || key == RKV_PARAM_GUARDS;
 }
 
 static int is_real_param(int key) {
@@ -397,8 +398,8 @@ static void test_params_set_errors(void **state) {
     /* Within [1, 255] but even: max-pooling is centred. The header does not say
      * which status; pinned to OUT_OF_RANGE, as create does (below). */
     expect_params_set_rejected(RKV_PARAM_KERNEL, 4, RKV_ERR_OUT_OF_RANGE);
-    /* An unknown guard bit is above the guards' bounds. */
-    expect_params_set_rejected(RKV_PARAM_GUARDS, 4, RKV_ERR_OUT_OF_RANGE);
+    /* An unknown guard bit is unsupported, like an unknown append flag. */
+    expect_params_set_rejected(RKV_PARAM_GUARDS, 4, RKV_ERR_UNSUPPORTED);
 }
 
 /* rkv_params_get: NULL pointers, struct size, unknown key. */
@@ -555,9 +556,9 @@ static void test_create_value_errors(void **state) {
     /* The prompt guard reserves max_prompt_len slots: 0 reserves nothing. */
     EXPECT_PARAMS(RKV_METHOD_RKV, (p_.guards = RKV_GUARD_PROMPT, p_.max_prompt_len = 0),
                   RKV_ERR_INVALID_ARGUMENT);
-    /* Unknown guard bits are above the guards' bounds. */
-    EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 1u << 2, RKV_ERR_OUT_OF_RANGE);
-    EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 0x80000000u, RKV_ERR_OUT_OF_RANGE);
+    /* Unknown guard bits are unsupported, like unknown append flags. */
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 1u << 2, RKV_ERR_UNSUPPORTED);
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 0x80000000u, RKV_ERR_UNSUPPORTED);
     /* Values outside rkv_param_bounds, as rkv_params_set would reject them. */
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.lambda = NAN, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.lambda = 1.5f, RKV_ERR_OUT_OF_RANGE);
@@ -1327,19 +1328,18 @@ static void test_attend_tensor_errors(void **state) {
     }
 }
 
-/* Strides of q or out whose element offsets do not fit in int64. The header's
- * statuses for rkv_attend list INVALID_ARGUMENT ("bad stride") but not
- * OVERFLOW, so that is the status expected here. */
+/* Strides of q or out whose element offsets do not fit in int64: OVERFLOW,
+ * as for rkv_append. */
 static void test_attend_stride_overflow(void **state) {
     rkv_cache *cache = *state;
     attend_call c;
     for (int which = 0; which < 2; ++which) {
         base_attend(&c);
         (which ? &c.out : &c.q)->stride_seq = INT64_MAX;
-        EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_INVALID_ARGUMENT);
+        EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_OVERFLOW);
         base_attend(&c);
         (which ? &c.out : &c.q)->stride_head = INT64_MAX / 2;
-        EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_INVALID_ARGUMENT);
+        EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_OVERFLOW);
     }
 }
 

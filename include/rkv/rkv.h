@@ -432,7 +432,7 @@ RKV_API rkv_status rkv_view_layer(const rkv_cache *cache, int32_t layer, rkv_lay
  * ------------------------------------------------------------------------- */
 
 /* Logical length (tokens appended to (seq, layer) so far) and physical length
- * (tokens held per head now). Either output may be NULL. Host-only.
+ * (tokens held per head now). Either output may be NULL, not both. Host-only.
  * Statuses: OK, INVALID_ARGUMENT, OUT_OF_RANGE. */
 RKV_API rkv_status rkv_seq_length(const rkv_cache *cache, int32_t seq, int32_t layer,
                                   int64_t *logical, int32_t *physical);
