@@ -382,23 +382,23 @@ void Cache::set_param(rkv_param param, double value) {
 // views and inspection
 
 void Cache::view(int32_t seq, int32_t layer, rkv_kv_view *v) const {
-    const SeqLayerState &s = state(layer, seq);
-    const int64_t cap = plan_.capacity, d = params_.head_dim;
-    const int64_t slot0 = (int64_t(layer) * params_.max_seqs + seq) * params_.num_kv_heads * cap;
-    const size_t elem = dtype_size(params_.dtype);
-    v->k = static_cast<char *>(backend_->keys()) + slot0 * d * elem;
-    v->v = static_cast<char *>(backend_->values()) + slot0 * d * elem;
-    v->positions = backend_->positions() + slot0;
-    v->dtype = params_.dtype;
-    v->device_type = params_.device_type;
-    v->device_id = params_.device_id;
-    v->num_kv_heads = params_.num_kv_heads;
-    v->head_dim = params_.head_dim;
-    v->length = s.held;
-    v->logical_length = s.logical;
-    v->stride_head = cap * d;
-    v->stride_token = d;
-    v->positions_stride_head = cap;
+    // One sequence of the layer view.
+    rkv_layer_view all{};
+    view_layer(layer, &all);
+    const int64_t elem = int64_t(dtype_size(params_.dtype));
+    v->k = static_cast<char *>(all.k) + seq * all.stride_seq * elem;
+    v->v = static_cast<char *>(all.v) + seq * all.stride_seq * elem;
+    v->positions = all.positions + seq * all.positions_stride_seq;
+    v->dtype = all.dtype;
+    v->device_type = all.device_type;
+    v->device_id = all.device_id;
+    v->num_kv_heads = all.num_kv_heads;
+    v->head_dim = all.head_dim;
+    v->length = state(layer, seq).held;
+    v->logical_length = state(layer, seq).logical;
+    v->stride_head = all.stride_head;
+    v->stride_token = all.stride_token;
+    v->positions_stride_head = all.positions_stride_head;
 }
 
 void Cache::view_layer(int32_t layer, rkv_layer_view *v) const {
