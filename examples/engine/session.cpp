@@ -81,8 +81,10 @@ rkv_cache *create_cache(const Model &model, const CacheOptions &o) {
     rkv_cache_params_default(&p, sizeof p);
     model.set_cache_shape(p, o.max_seqs);
     p.method = o.method;
-    p.budget = o.budget;
-    p.buffer = o.buffer;
+    if (o.method != RKV_METHOD_FULL) {  // a FULL cache holds max_len tokens, whatever the budget
+        p.budget = o.budget;
+        p.buffer = o.buffer;
+    }
     p.window = o.window;
     p.lambda = o.lambda;
     p.max_len = o.max_len;

@@ -1,0 +1,38 @@
+// The evaluation's answer grading: "####" and \boxed{} extraction, number
+// normalisation, the lenient last-number fallback, and every GSM8K reference
+// answer in the data set yields a number.
+#include <cstdlib>
+#include <string>
+
+#include "answers.h"
+#include "jsonl.h"
+#include "test_util.h"
+
+using engine::extract_answer;
+using engine::last_number;
+using engine::same_answer;
+
+int main() {
+    EXPECT(extract_answer("so 9 * 2 = 18.\n#### 18") == "18", "####");
+    EXPECT(extract_answer("#### 1,234.50 dollars") == "1234.5", "commas and decimals: %s",
+           extract_answer("#### 1,234.50 dollars").c_str());
+    EXPECT(extract_answer("#### $-7") == "-7", "sign: %s", extract_answer("#### $-7").c_str());
+    EXPECT(extract_answer("first \\boxed{3} then \\boxed{\\frac{1}{2}}") == "1", "last box, first number");
+    EXPECT(extract_answer("The answer is \\boxed{42}.") == "42", "boxed");
+    EXPECT(extract_answer("\\boxed{x+y}") == "x+y", "boxed non-number kept as text");
+    EXPECT(extract_answer("The answer is 42.").empty(), "no stated answer");
+    EXPECT(last_number("about 3 apples, so 1,200 in total.") == "1200", "last number: %s",
+           last_number("about 3 apples, so 1,200 in total.").c_str());
+    EXPECT(same_answer("18", "18.0") && !same_answer("18", "19") && !same_answer("", ""), "same_answer");
+
+    // Every reference answer of the data set parses (when the data is there).
+    const char *dir = std::getenv("RKV_DATA_DIR");
+    if (dir) {
+        const auto records = engine::read_jsonl(std::string(dir) + "/gsm8k_test.jsonl");
+        int missing = 0;
+        for (const auto &r : records) missing += extract_answer(r.at("answer")).empty();
+        EXPECT(records.size() == 1319 && missing == 0, "%zu records, %d without an answer", records.size(), missing);
+        EXPECT(records[0].at("question").find("Janet\xe2\x80\x99s ducks") == 0, "JSON \\u escapes decode to UTF-8");
+    }
+    return finish();
+}
