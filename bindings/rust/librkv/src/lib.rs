@@ -1,0 +1,130 @@
+//! Safe Rust binding of librkv: a KV cache for LLM inference that keeps a
+//! fixed budget of tokens per attention head, evicting with R-KV (importance
+//! and redundancy) or a baseline.
+//!
+//! ```no_run
+//! use librkv::{Append, Cache, Layout, Method, Params, Stream, Tensor};
+//!
+//! let params = Params::new(1, 1, 2, 2, 16).method(Method::Rkv).budget(8).buffer(4).window(2);
+//! let mut cache = Cache::new(&params)?;
+//! let k = vec![0.5f32; 2 * 12 * 16]; // [seq 1, heads 2, tokens 12, dim 16]
+//! let t = |x| Tensor::host(x, 2, 16, Layout::Bhtd { tokens: 12 });
+//! let mut args = Append::new(0, &[0], t(&k), t(&k), Some(t(&k)));
+//! args.num_tokens = Some(&[12]);
+//! cache.append(&args, Stream::DEFAULT)?;
+//! cache.compress(0, 0, Stream::DEFAULT)?;
+//! let view = cache.view(0, 0)?;
+//! println!("{} held, positions {:?}", view.len(), view.positions(0)?);
+//! # Ok::<(), librkv::Error>(())
+//! ```
+//!
+//! The cache keeps nothing but the C handle; every error is the library's
+//! status as an [`Error`] variant with its message.
+
+mod cache;
+mod error;
+mod params;
+mod tensor;
+
+use std::ffi::CStr;
+
+pub use cache::{Append, Cache, KvView, LayerView, Stats, Stream};
+pub use error::{Error, Result};
+pub use librkv_sys as sys;
+pub use params::{guards, Param, Params};
+pub use tensor::{Bf16, Element, Layout, Tensor, TensorMut, F16};
+
+/// "Every sequence" / "every layer" where a call accepts it.
+pub const ALL: i32 = sys::RKV_ALL;
+
+/// The version of the library loaded at run time ("MAJOR.MINOR.PATCH").
+pub fn version() -> &'static str {
+    // SAFETY: static storage, never NULL.
+    unsafe { CStr::from_ptr(sys::rkv_version_string()) }.to_str().unwrap_or("?")
+}
+
+/// MAJOR*10000 + MINOR*100 + PATCH of the library loaded at run time; compare
+/// with `sys::RKV_VERSION_NUMBER` (the header the bindings were made from).
+pub fn version_number() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { sys::rkv_version_number() }
+}
+
+/// Storage and input element types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Dtype {
+    F32 = sys::RKV_DTYPE_F32,
+    F16 = sys::RKV_DTYPE_F16,
+    Bf16 = sys::RKV_DTYPE_BF16,
+}
+
+impl Dtype {
+    fn from_raw(raw: sys::rkv_dtype) -> Dtype {
+        match raw {
+            sys::RKV_DTYPE_F16 => Dtype::F16,
+            sys::RKV_DTYPE_BF16 => Dtype::Bf16,
+            _ => Dtype::F32,
+        }
+    }
+}
+
+/// Where the cache's memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device ordinal.
+    Cuda(i32),
+}
+
+impl Device {
+    fn raw(self) -> (sys::rkv_device_type, i32) {
+        match self {
+            Device::Cpu => (sys::RKV_DEVICE_CPU, 0),
+            Device::Cuda(id) => (sys::RKV_DEVICE_CUDA, id),
+        }
+    }
+    fn from_raw(kind: sys::rkv_device_type, id: i32) -> Device {
+        if kind == sys::RKV_DEVICE_CUDA {
+            Device::Cuda(id)
+        } else {
+            Device::Cpu
+        }
+    }
+}
+
+/// Eviction methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Method {
+    /// Importance and redundancy (the default).
+    Rkv = sys::RKV_METHOD_RKV,
+    /// Importance only.
+    SnapKv = sys::RKV_METHOD_SNAPKV,
+    /// Attention accumulated over every query.
+    H2o = sys::RKV_METHOD_H2O,
+    /// The first `sink` tokens plus the most recent.
+    StreamingLlm = sys::RKV_METHOD_STREAMINGLLM,
+    /// Keys least similar to the mean key.
+    KeyDiff = sys::RKV_METHOD_KEYDIFF,
+    /// Uniform random, seeded.
+    Random = sys::RKV_METHOD_RANDOM,
+    /// Never evicts: capacity is `max_len`.
+    Full = sys::RKV_METHOD_FULL,
+}
+
+/// Order of kept tokens after a compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Mode {
+    Position = sys::RKV_MODE_POSITION,
+    Reference = sys::RKV_MODE_REFERENCE,
+}
+
+/// How the query heads of a KV group are pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Pooling {
+    Max = sys::RKV_POOLING_MAX,
+    Mean = sys::RKV_POOLING_MEAN,
+}
