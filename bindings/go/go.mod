@@ -1,0 +1,3 @@
+module rkv
+
+go 1.19
