@@ -3,9 +3,22 @@
 # (apt-get install bindgen). The one place the flags live: the CMake target
 # rkv_rust_bindgen runs this, and CI runs it into a temporary file and diffs.
 #   bindgen.sh [OUTPUT]   (default: src/bindings.rs next to this script)
+#   bindgen.sh --check    regenerate into a temporary file; fail with a diff
+#                         if the committed src/bindings.rs differs
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 include=$(cd "$here/../../../include" && pwd)
+if [ "${1:-}" = "--check" ]; then
+  fresh=$(mktemp)
+  trap 'rm -f "$fresh"' EXIT
+  bash "$0" "$fresh"
+  if ! diff -u "$here/src/bindings.rs" "$fresh"; then
+    echo "bindings.rs is stale: run 'cmake --build <build> --target rkv_rust_bindgen'" \
+         "(or bindings/rust/librkv-sys/bindgen.sh) and commit it" >&2
+    exit 1
+  fi
+  exit 0
+fi
 output=${1:-$here/src/bindings.rs}
 # - allowlist: only librkv's own names (and what they need), nothing of libc;
 # - enums as plain constants without the enum's name prepended
