@@ -262,6 +262,16 @@ rkv_status rkv_inspect_scores(const rkv_cache *cache, int32_t seq, int32_t layer
     });
 }
 
+rkv_status rkv_sync_lengths(rkv_cache *cache, void *stream) {
+    return guarded(cache, [&] { usable(cache, "rkv_sync_lengths").sync_lengths(stream); });
+}
+
+rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path) {
+    return guarded(nullptr, [&] {
+        usable(cache, "rkv_cache_set_matmul_path").set_matmul_path(int32_t(path));
+    });
+}
+
 }  // extern "C"
 
 namespace rkv {

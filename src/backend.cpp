@@ -26,6 +26,16 @@ uint64_t backend_scratch_bytes(const rkv_cache_params &params, const MemoryPlan 
     return cpu::cpu_scratch_bytes(params, plan);
 }
 
+void Backend::check_memory(const void *, const char *, const char *) const {}
+
+bool Backend::read_device_counts(DeviceCounts *, void *) { return false; }
+
+void Backend::set_matmul_path(int32_t path) {
+    if (path != 0)  // RKV_MATMUL_AUTO
+        fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: this backend has one matrix-product path; "
+             "only RKV_MATMUL_AUTO applies");
+}
+
 void backend_check_cuda_params(const rkv_cache_params &params, const char *function) {
 #if defined(RKV_WITH_CUDA)
     cuda::check_cuda_params(params, function);

@@ -41,6 +41,17 @@ struct CompressJob {
 // Which score rkv_inspect_scores asks for (mirrors rkv_score_kind).
 enum class ScoreKind { Importance = 0, Redundancy = 1, Final = 2 };
 
+// Device-side bookkeeping of one (layer, sequence): a CUDA backend's kernels
+// keep these current in device memory so that captured work can be replayed
+// (rkv_sync_lengths copies them back into the host bookkeeping).
+struct DeviceCounts {
+    int32_t held;
+    int32_t logical;
+    int32_t queries_valid;
+    int32_t compressions;
+    int32_t dropped;  // tokens a replayed append found no room for
+};
+
 class Backend {
  public:
     virtual ~Backend() = default;
@@ -71,6 +82,16 @@ class Backend {
     virtual void *values() const = 0;
     virtual int32_t *positions() const = 0;
     virtual const int32_t *lengths() const = 0;
+
+    // Optional parts; the defaults (backend.cpp) suit a backend without a device.
+    // Throws RKV_ERR_INVALID_ARGUMENT if this backend's kernels cannot read `data`
+    // (host memory passed to a CUDA cache, memory of another GPU).
+    virtual void check_memory(const void *data, const char *name, const char *function) const;
+    // Copies the device-side counts of every (layer, seq) into out [layers * max_seqs]
+    // once the work enqueued on `stream` is done; false if the backend keeps none.
+    virtual bool read_device_counts(DeviceCounts *out, void *stream);
+    // Selects the matrix-product path (rkv_matmul_path values).
+    virtual void set_matmul_path(int32_t path);
 };
 
 std::unique_ptr<Backend> make_backend(const rkv_cache_params &params, const MemoryPlan &plan);

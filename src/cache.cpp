@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -49,6 +50,7 @@ Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t by
     remaining_.resize(size_t(params_.max_seqs));
     seen_.resize(size_t(params_.max_seqs));
     held_.resize(size_t(params_.max_seqs));
+    device_counts_.resize(states_.size());
 }
 
 Cache::~Cache() = default;
@@ -118,6 +120,7 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
                          const char *function) const {
     if (!required && t.data == nullptr) return;
     if (t.data == nullptr) fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s.data is NULL", function, name);
+    backend_->check_memory(t.data, name, function);
     if (!dtype_is_valid(t.dtype))
         fail(RKV_ERR_UNSUPPORTED, "%s: %s.dtype = %d is not an rkv_dtype (F32, F16, BF16)",
              function, name, int(t.dtype));
@@ -515,5 +518,44 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
     backend_->inspect_scores(layer, job, head, ScoreKind(kind), out);
     *count = candidates;
 }
+
+// ---------------------------------------------------------------------------
+// CUDA graphs
+
+void Cache::sync_lengths(void *stream) {
+    if (!backend_->read_device_counts(device_counts_.data(), stream)) return;
+    int64_t dropped = 0;
+    int32_t dropped_seq = -1, dropped_layer = -1;
+    for (int32_t l = 0; l < params_.num_layers; ++l) {
+        for (int32_t seq = 0; seq < params_.max_seqs; ++seq) {
+            SeqLayerState &s = state(l, seq);
+            const DeviceCounts &d = device_counts_[size_t(l) * params_.max_seqs + seq];
+            // Tokens that arrived minus the change in held ones were evicted (the
+            // difference can be negative when a capture recorded work that never ran).
+            const int64_t evicted = (int64_t(d.logical) - s.logical) - (int64_t(d.held) - s.held);
+            s.evicted = uint64_t(std::max<int64_t>(0, int64_t(s.evicted) + evicted));
+            s.held = d.held;
+            s.logical = d.logical;
+            s.queries_valid = d.queries_valid;
+            s.compressions = uint64_t(d.compressions);
+            if (d.dropped > 0 && dropped_seq < 0) {
+                dropped_seq = seq;
+                dropped_layer = l;
+            }
+            dropped += d.dropped;
+        }
+    }
+    if (dropped > 0) {
+        char message[256];
+        std::snprintf(message, sizeof message,
+                      "replayed appends found no room for %lld tokens (first: sequence %d, layer %d) and "
+                      "dropped them; compress before a sequence is full", (long long)dropped, dropped_seq,
+                      dropped_layer);
+        mark_faulted(message);
+        fail(RKV_ERR_CAPACITY, "rkv_sync_lengths: %s", message);
+    }
+}
+
+void Cache::set_matmul_path(int32_t path) { backend_->set_matmul_path(path); }
 
 }  // namespace rkv

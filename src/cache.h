@@ -47,6 +47,9 @@ class Cache {
                 const rkv_tensor &out, float scale, void *stream);
     void inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kind, float *out,
                         int32_t out_len, int32_t *count) const;
+    // rkv_sync_lengths: the host bookkeeping from the device's (CUDA graphs).
+    void sync_lengths(void *stream);
+    void set_matmul_path(int32_t path);
 
     // Every call checks this first: a device fault leaves the memory undefined.
     void check_usable(const char *function) const;
@@ -86,6 +89,7 @@ class Cache {
     std::vector<int64_t> remaining_;       // [max_seqs] tokens left per entry of an append
     std::vector<int32_t> held_;            // [max_seqs] held lengths of an attend call
     mutable std::vector<uint8_t> seen_;    // [max_seqs] duplicate detection
+    std::vector<DeviceCounts> device_counts_;  // [num_layers, max_seqs] (rkv_sync_lengths)
 };
 
 }  // namespace rkv

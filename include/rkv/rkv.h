@@ -505,6 +505,67 @@ RKV_API rkv_status rkv_inspect_scores(const rkv_cache *cache, int32_t seq, int32
                                       int32_t head, rkv_score_kind kind, float *out,
                                       int32_t out_len, int32_t *count);
 
+/* --- CUDA graphs -------------------------------------------------------------
+ * A CUDA cache keeps each (sequence, layer)'s held length, logical length
+ * (next position), count of queries in the window and count of compressions in
+ * device memory too, and its kernels read and advance them there, in stream
+ * order:
+ *   - rkv_append writes each entry's tokens at the slot and position the device
+ *     lengths give, then advances them;
+ *   - rkv_attend attends over the length the device holds;
+ *   - a compression of a (sequence, layer) runs only if the device holds
+ *     exactly as many tokens as the host planned it for; it then sets the
+ *     device length to the budget.
+ * Eagerly this is the same as the host bookkeeping. It is what lets the calls
+ * be captured in a CUDA graph (stream capture of the stream passed to them) and
+ * replayed:
+ *   - A captured decode step (rkv_append of one token per sequence, per layer,
+ *     and rkv_attend) appends at the next slot and position on every replay.
+ *   - A captured compression (rkv_compress) compresses, on every replay, the
+ *     (sequence, layer)s that hold as many tokens as at capture (a full
+ *     sequence, in steady state) and leaves the others alone.
+ *   - What a graph bakes in are the calls' arguments: tensor pointers and
+ *     strides, sequence ids, token counts, and which sequences a compression
+ *     plans for. The data behind the pointers is read at replay.
+ * Rules:
+ *   1. Capturing runs nothing on the device, but the host bookkeeping records
+ *      the call as if it had run; replays are invisible to the host. After
+ *      capturing and after replaying, before any other call on the cache
+ *      (views, lengths, rkv_compress_due, an eager append...), call
+ *      rkv_sync_lengths (outside any capture): it copies the device
+ *      bookkeeping into the host's.
+ *   2. Capture a decode step while no sequence in it is due for compression
+ *      (rkv_compress_due); replay it at most `capacity - held` times, then
+ *      compress (eagerly or by replaying a captured compression). A replayed
+ *      append never writes past a sequence's capacity: tokens that do not fit
+ *      are dropped, and the next rkv_sync_lengths fails with RKV_ERR_CAPACITY
+ *      and faults the cache (the sequence lost tokens).
+ *   3. Work on one cache must be stream-ordered (one stream, or streams the
+ *      caller orders with events), captured or not: the kernels share scratch.
+ *   4. H2O's accumulation and Random's rounds follow the device state, so they
+ *      replay exactly as eager calls would. CPU caches ignore all of this. */
+
+/* Copy the device-side bookkeeping of a CUDA cache into the host bookkeeping,
+ * after the work enqueued on `stream` (waits for it: a synchronising call, not
+ * capturable). A CPU cache returns OK and changes nothing.
+ * Statuses: OK, INVALID_ARGUMENT, CAPACITY (a replayed append dropped tokens;
+ * the cache is then faulted), DEVICE, FAULTED. */
+RKV_API rkv_status rkv_sync_lengths(rkv_cache *cache, void *stream);
+
+/* How a CUDA cache computes the matrix products of R-KV and SnapKV. */
+typedef enum rkv_matmul_path RKV_ENUM_BASE {
+    RKV_MATMUL_AUTO = 0,     /* the fastest measured: FUSED where it applies, else CUBLASLT */
+    RKV_MATMUL_CUBLASLT = 1, /* cuBLASLt strided-batched products into scratch, then reductions */
+    RKV_MATMUL_FUSED = 2     /* librkv's tensor-core kernel with the redundancy reductions fused
+                                into it (f16/bf16 storage, head_dim 64, 128 or 256) */
+} rkv_matmul_path;
+
+/* Choose the matrix-product path of a cache; takes effect at the next
+ * compression. For benchmarks and tests: both paths select the same tokens up
+ * to float rounding. Statuses: OK, INVALID_ARGUMENT, UNSUPPORTED (unknown path,
+ * FUSED where it does not apply, anything but AUTO on a CPU cache), FAULTED. */
+RKV_API rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path);
+
 #endif /* RKV_EXPERIMENTAL_API */
 
 #ifdef __cplusplus

@@ -1,0 +1,230 @@
+// Device helpers shared by every kernel: storage types and conversions,
+// compile-time dispatch over dtype and head dim, deterministic reductions,
+// and the ordered key the selection ranks by.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace rkv::kernels {
+
+// rkv_dtype values (include/rkv/rkv.h), repeated so device code needs no C header.
+enum : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Compile-time dispatch over the storage dtype: the body sees `T`.
+#define RKV_DISPATCH_DTYPE(dtype, T, ...)                              \
+    switch (dtype) {                                                   \
+        case ::rkv::kernels::kF32: {                                   \
+            using T = float;                                           \
+            __VA_ARGS__                                                \
+        } break;                                                       \
+        case ::rkv::kernels::kF16: {                                   \
+            using T = __half;                                          \
+            __VA_ARGS__                                                \
+        } break;                                                       \
+        default: {                                                     \
+            using T = __nv_bfloat16;                                   \
+            __VA_ARGS__                                                \
+        } break;                                                       \
+    }
+
+// Compile-time dispatch over the head dim: the body sees `D` (64, 128, 256, or 0
+// for any other head dim, served by a runtime-sized path).
+#define RKV_DISPATCH_HEAD_DIM(head_dim, D, ...) \
+    switch (head_dim) {                         \
+        case 64: {                              \
+            constexpr int D = 64;               \
+            __VA_ARGS__                         \
+        } break;                                \
+        case 128: {                             \
+            constexpr int D = 128;              \
+            __VA_ARGS__                         \
+        } break;                                \
+        case 256: {                             \
+            constexpr int D = 256;              \
+            __VA_ARGS__                         \
+        } break;                                \
+        default: {                              \
+            constexpr int D = 0;                \
+            __VA_ARGS__                         \
+        } break;                                \
+    }
+
+// ---------------------------------------------------------------------------
+// conversions (round to nearest even, as the CPU backend)
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+__host__ __device__ __forceinline__ int dtype_bytes(int32_t dtype) { return dtype == kF32 ? 4 : 2; }
+
+// Element `index` of a buffer of a runtime dtype, as float.
+__device__ __forceinline__ float load_any(const void *data, int32_t dtype, int64_t index) {
+    switch (dtype) {
+        case kF32: return static_cast<const float *>(data)[index];
+        case kF16: return __half2float(static_cast<const __half *>(data)[index]);
+        default: return __bfloat162float(static_cast<const __nv_bfloat16 *>(data)[index]);
+    }
+}
+
+__device__ __forceinline__ void store_any(void *data, int32_t dtype, int64_t index, float x) {
+    switch (dtype) {
+        case kF32: static_cast<float *>(data)[index] = x; return;
+        case kF16: static_cast<__half *>(data)[index] = __float2half_rn(x); return;
+        default: static_cast<__nv_bfloat16 *>(data)[index] = __float2bfloat16_rn(x); return;
+    }
+}
+
+// 16 bytes of T as floats (4 for float, 8 for 16-bit types).
+template <typename T>
+struct Vec16 {
+    static constexpr int kCount = 16 / int(sizeof(T));
+};
+
+__device__ __forceinline__ void unpack16(const uint4 &raw, float *out, float) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+}
+__device__ __forceinline__ void unpack16(const uint4 &raw, float *out, __half) {
+    const __half2 *h = reinterpret_cast<const __half2 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void unpack16(const uint4 &raw, float *out, __nv_bfloat16) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// reductions: fixed shuffle and summation orders, so results are reproducible
+
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+template <typename V>
+__device__ __forceinline__ V warp_max(V v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over the block; every thread gets the same total (warp totals are added
+// in warp order). `shared` holds 32 values.
+template <typename V>
+__device__ __forceinline__ V block_sum(V v, V *shared) {
+    v = warp_sum(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    __syncthreads();  // the previous use of `shared` is over
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    V total = shared[0];
+    for (int w = 1; w < warps; ++w) total += shared[w];
+    return total;
+}
+
+template <typename V>
+__device__ __forceinline__ V block_max(V v, V *shared) {
+    v = warp_max(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    V total = shared[0];
+    for (int w = 1; w < warps; ++w) total = max(total, shared[w]);
+    return total;
+}
+
+// ---------------------------------------------------------------------------
+// selection order (src/selection.cpp): higher score first, equal scores keep
+// the higher slot, NaN ranks with -inf, below every number.
+
+// Maps a score to bits whose unsigned order is the score order (-0 == +0, NaN == -inf).
+__device__ __forceinline__ uint32_t ordered_score_bits(float score) {
+    if (isnan(score)) score = -INFINITY;
+    if (score == 0.0f) score = 0.0f;
+    const uint32_t bits = __float_as_uint(score);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// Larger key = kept first. Never 0, which marks a protected candidate.
+__device__ __forceinline__ uint64_t selection_key(float score, int32_t slot) {
+    return (uint64_t(ordered_score_bits(score)) << 32) | uint32_t(slot);
+}
+
+// ---------------------------------------------------------------------------
+// index helpers
+
+// (seq, head, slot) of a layer's positions/state; times head_dim for K and V.
+__device__ __forceinline__ int64_t slot_index(const CacheLayer &c, int32_t seq, int32_t head,
+                                              int32_t slot) {
+    return (int64_t(seq) * c.kv_heads + head) * c.capacity + slot;
+}
+
+// First element of (seq, query head, ring slot) in the query ring.
+__device__ __forceinline__ int64_t query_index(const CacheLayer &c, int32_t seq, int32_t q_head,
+                                               int32_t ring) {
+    return ((int64_t(seq) * c.q_heads + q_head) * c.window + ring) * c.head_dim;
+}
+
+// ---------------------------------------------------------------------------
+// compression jobs
+
+// True if the job of this block still holds what the host planned.
+__device__ __forceinline__ bool job_active(const CompressParams &p, const Job &job) {
+    return p.cache.lengths[job.seq] == job.held;
+}
+
+// Offset of (group job jj, head h) in the [J, H, cap] scratch arrays.
+__device__ __forceinline__ int64_t scratch_row(const CompressParams &p, int32_t jj, int32_t h) {
+    return (int64_t(jj) * p.cache.kv_heads + h) * p.cache.capacity;
+}
+
+// The last block of a grid to finish gets true (all other blocks have passed
+// this point, and their global writes are visible). `counter` returns to 0.
+__device__ __forceinline__ bool grid_last_block(unsigned *counter) {
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned total = gridDim.x * gridDim.y * gridDim.z;
+        last = atomicAdd(counter, 1u) == total - 1;
+        if (last) *counter = 0;  // nobody else touches it in this launch any more
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
+}  // namespace rkv::kernels

@@ -1,0 +1,43 @@
+// Launchers of the CUDA kernels: the only entry points the host side
+// (src/cuda) calls. Each enqueues on `stream`, never synchronises or
+// allocates, and returns the launch's error (cudaSuccess when it was queued).
+// Compile-time dispatch over the storage dtype and head dim happens inside.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "params.h"
+
+namespace rkv::kernels {
+
+// Raise the dynamic shared-memory limits the kernels of a cache with this
+// shape need (call once per device before the first launch).
+cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
+// (its parts, one per file of kernels)
+cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
+cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim);
+
+// Scatter K/V/Q of every chunk (and, with p.h2o, accumulate H2O's attention),
+// then advance the device bookkeeping.
+cudaError_t launch_append(const AppendParams &p, cudaStream_t stream);
+
+// Decode attention over the held tokens of every entry.
+cudaError_t launch_attend(const AttendParams &p, cudaStream_t stream);
+
+// --- compression of one group of jobs (see kernels/params.h Job) ----------
+cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream);
+cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream);
+cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, int32_t max_rows,
+                                  cudaStream_t stream);
+// Fused tensor-core Gram statistics: f16/bf16 storage, head_dim 64, 128 or 256.
+bool gram_fused_supported(int32_t dtype, int32_t head_dim);
+cudaError_t launch_gram_fused(const CompressParams &p, int32_t max_held, cudaStream_t stream);
+cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream);
+cudaError_t launch_keydiff(const CompressParams &p, cudaStream_t stream);
+cudaError_t launch_select_compact(const CompressParams &p, cudaStream_t stream);
+cudaError_t launch_commit(const CompressParams &p, cudaStream_t stream);
+
+// Zero the scorer state and device bookkeeping of one sequence, every layer.
+cudaError_t launch_clear_sequence(const ClearParams &p, cudaStream_t stream);
+
+}  // namespace rkv::kernels

@@ -1,0 +1,163 @@
+// Plain parameter structs of the CUDA kernels, shared by the host side
+// (src/cuda) and the device code (kernels/*.cuh). No CUDA header: the host
+// compiler sees this file too. Every tensor is described by element strides;
+// the innermost (head_dim) axis is contiguous. Layouts of the cache memory are
+// the ones of src/backend.h.
+//
+// Everything a kernel needs from the host travels by value in these structs
+// (kernel parameters), never through host memory the device reads later: a
+// launch captured in a CUDA graph carries its own copy, so a replay does the
+// same work whatever the host has done since.
+#pragma once
+
+#include <cstdint>
+
+namespace rkv::kernels {
+
+// The cache memory of one layer. Slot (seq, head, slot) of K/V/positions/state
+// is ((seq * kv_heads + head) * capacity + slot), times head_dim for K and V.
+struct CacheLayer {
+    void *keys;              // [max_seqs, kv_heads, capacity, head_dim] storage dtype
+    void *values;            // [max_seqs, kv_heads, capacity, head_dim] storage dtype
+    int32_t *positions;      // [max_seqs, kv_heads, capacity] original positions
+    float *state;            // [max_seqs, kv_heads, capacity] H2O's accumulated attention
+    void *queries;           // [max_seqs, q_heads, window, head_dim] ring by position % window
+    // Device-side bookkeeping of the layer ([max_seqs] each). The kernels read
+    // and advance these, so captured work replays at the right slots.
+    int32_t *lengths;        // held tokens per head (the layer view's `lengths`)
+    int32_t *logical;        // tokens appended: the next token's position
+    int32_t *queries_valid;  // most recent tokens whose queries are in the ring (<= window)
+    int32_t *compressions;   // compressions so far (seeds Random)
+    int32_t *dropped;        // tokens a replayed append found no room for
+    int32_t layer;
+    int32_t max_seqs;
+    int32_t kv_heads;
+    int32_t q_heads;
+    int32_t capacity;
+    int32_t head_dim;
+    int32_t window;
+    int32_t dtype;           // storage rkv_dtype
+};
+
+// A caller's tensor: element (entry, token, head, e) at
+// data + entry*stride_seq + token*stride_token + head*stride_head + e.
+struct Tensor {
+    const void *data;
+    int32_t dtype;           // rkv_dtype
+    int32_t pad_;
+    int64_t stride_seq;
+    int64_t stride_token;
+    int64_t stride_head;
+};
+
+// ---------------------------------------------------------------------------
+// append
+
+// One entry's run of tokens into one sequence. The destination slot and
+// position are read from the device bookkeeping, not from the host.
+struct AppendChunk {
+    int32_t seq;
+    int32_t entry;           // index along stride_seq
+    int32_t count;           // tokens
+    int32_t pad_;
+    int64_t token0;          // first token along stride_token (offset + first token)
+};
+
+constexpr int kMaxAppendChunks = 256;  // chunks per launch (6 KiB of parameters)
+
+struct AppendParams {
+    CacheLayer cache;
+    Tensor k;                // [entry, token, kv_heads, head_dim]
+    Tensor v;                // [entry, token, kv_heads, head_dim]
+    Tensor q;                // [entry, token, q_heads, head_dim]; data NULL = no queries
+    unsigned *counter;       // grid-completion counter (last block advances the lengths)
+    int32_t num_chunks;
+    int32_t max_count;       // largest chunks[i].count
+    int32_t h2o;             // 1: the H2O kernel runs next and advances the lengths itself
+    int32_t pooling;         // rkv_pooling (H2O)
+    float scale;             // 1/sqrt(head_dim) (H2O)
+    int32_t pad_;
+    AppendChunk chunks[kMaxAppendChunks];
+};
+
+// ---------------------------------------------------------------------------
+// attend
+
+constexpr int kMaxAttendSeqs = 1024;  // entries per launch (4 KiB of parameters)
+
+struct AttendParams {
+    CacheLayer cache;
+    Tensor q;                // [entry, q_heads, head_dim] (stride_token unused)
+    Tensor out;              // [entry, q_heads, head_dim] (written)
+    float scale;
+    int32_t num_seqs;
+    int32_t seq_ids[kMaxAttendSeqs];
+};
+
+// ---------------------------------------------------------------------------
+// compression
+
+// One (sequence, layer) to compress. It runs only if the device still holds
+// `held` tokens (lengths[seq] == held): eagerly that is always the case; a
+// replayed graph compresses exactly the sequences in the state it was captured in.
+struct Job {
+    int32_t seq;
+    int32_t held;
+    int32_t keep;
+    int32_t protect_below;   // tokens at positions below this are always kept
+};
+
+constexpr int kMaxGroupJobs = 64;       // jobs per group: bounds the scratch memory
+constexpr int kSelectMaxCapacity = 16384;  // slots per head the selection holds in shared memory
+constexpr int kGramTile = 128;          // rows and columns of one key-Gram tile
+
+// Scratch of one group of jobs. Per (group job jj, head h) arrays start at
+// (jj * kv_heads + h) * capacity (times the extra extent where noted).
+struct Scratch {
+    float *importance;        // [J, H, cap]  max-pooled attention importance
+    float *redundancy;        // [J, H, cap]  R over the candidates
+    float *final_scores;      // [J, H, cap]  the score the selection ranks
+    float *aux;               // [J, H, cap]  window-averaged attention before pooling
+    float *inv_norm;          // [J, H, cap]  1 / (|k| + 1e-8)
+    float *first_column;      // [J, H, cap]  S[r, 0] (the reference's slot-0 quirk)
+    long long *corrections;   // [J, H, cap]  fixed-point sums of the entries the rule zeroes
+    float *partial_sum;       // [J, H, tiles, cap]  row sums of S per tile pair
+    int32_t *partial_latest;  // [J, H, tiles, cap]  latest column above tau per tile pair (-1: none)
+    float *partial_value;     // [J, H, tiles, cap]  S at that column
+    float *logits;            // [J, H, rows, cap]   window queries x keys (cuBLASLt path)
+    float *gram;              // [J, H, kGramTile, cap]  raw key Gram rows (cuBLASLt path)
+    void *gather;             // [J, H, cap, head_dim] storage dtype (reference-order compaction)
+    int32_t tiles;            // ceil(cap / kGramTile)
+    int32_t rows;             // G * window: query rows per KV head
+};
+
+struct CompressParams {
+    CacheLayer cache;
+    Scratch scratch;
+    int32_t method;           // rkv_method
+    int32_t reference_order;  // 1: kept candidates by descending score (reference mode)
+    int32_t slot0_quirk;      // 1: a redundancy row without a near-duplicate zeroes S[r, 0]
+    int32_t pooling;          // rkv_pooling
+    int32_t kernel;           // max-pool width
+    float lambda;
+    float threshold;
+    int32_t score_only;       // 1: compute the scores, leave the cache alone (inspection)
+    uint64_t seed;
+    int32_t num_jobs;
+    int32_t gram_fused;       // 1: row stats come from the fused Gram kernel (one slot per
+                              // column tile); 0: from cuBLASLt rows (slot 0 only)
+    Job jobs[kMaxGroupJobs];
+};
+
+// ---------------------------------------------------------------------------
+// reset of one sequence
+
+struct ClearParams {
+    float *state;            // [layers, max_seqs, kv_heads, capacity]
+    int32_t *bookkeeping;    // 5 arrays [layers, max_seqs]: lengths, logical, queries_valid,
+                             // compressions, dropped, at stride `book_stride`
+    int64_t book_stride;     // layers * max_seqs
+    int32_t layers, max_seqs, kv_heads, capacity, seq;
+};
+
+}  // namespace rkv::kernels

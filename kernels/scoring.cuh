@@ -1,0 +1,229 @@
+// The scores a compression ranks (algorithm.md), after the matrix products:
+//   importance_pool  window-query logits -> group pooling, softmax over the
+//                    candidates, window mean, max-pool          (R-KV, SnapKV)
+//   key_norms        1 / (|k| + 1e-8) per key                    (cuBLASLt path)
+//   gram_row_stats   raw key-Gram rows -> per row: sum of S, latest column
+//                    above tau and S there, S[r, 0]              (cuBLASLt path)
+//   redundancy       row stats -> column sums with the zeroed entries taken
+//                    off -> softmax of the column means          (R-KV)
+//   keydiff          -cos(k, mean key)                           (KeyDiff)
+// Every kernel takes the group's CompressParams, one block per (head, job), and
+// skips jobs the device no longer holds in the planned state (see Job).
+// The arithmetic follows src/cpu/scoring.cpp step by step (float32, with the
+// same sums in double), so scores agree to float rounding.
+#pragma once
+
+#include "common.cuh"
+
+namespace rkv::kernels {
+
+constexpr int kScoreThreads = 1024;
+constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
+constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections
+
+// grid (kv head, job). logits [rows = G*window, cap] (row g*window + a), from
+// the cuBLASLt product scaled by 1/sqrt(d) over the C = held - window candidates.
+__global__ void __launch_bounds__(kScoreThreads) importance_pool_kernel(CompressParams p) {
+    __shared__ float reduce_f[32];
+    __shared__ double reduce_d[32];
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t h = blockIdx.x, window = p.cache.window;
+    const int32_t groups = p.cache.q_heads / p.cache.kv_heads;
+    const int32_t candidates = job.held - window;
+    const int64_t row = scratch_row(p, blockIdx.y, h);
+    const int64_t cap = p.cache.capacity;
+    const float *logits = p.scratch.logits + row * p.scratch.rows;
+    float *averaged = p.scratch.aux + row;
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) averaged[j] = 0.0f;
+    for (int32_t a = 0; a < window; ++a) {
+        // pooled[j] over the group, as pool_groups: max, or sum then times 1/G.
+        auto pooled = [&](int32_t j) {
+            float value = logits[int64_t(a) * cap + j];
+            for (int32_t g = 1; g < groups; ++g) {
+                const float other = logits[(int64_t(g) * window + a) * cap + j];
+                value = p.pooling == 0 ? fmaxf(value, other) : value + other;
+            }
+            if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
+            return value;
+        };
+        float local_max = -INFINITY;
+        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) local_max = fmaxf(local_max, pooled(j));
+        const float max_value = block_max(local_max, reduce_f);
+        double local_sum = 0.0;
+        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) local_sum += expf(pooled(j) - max_value);
+        const float inverse = float(1.0 / block_sum(local_sum, reduce_d));
+        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x)
+            averaged[j] += expf(pooled(j) - max_value) * inverse;
+    }
+    const float inverse_window = 1.0f / float(window);
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) averaged[j] *= inverse_window;
+    __syncthreads();
+    const int32_t half = p.kernel / 2;
+    float *out = p.scratch.importance + row;
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
+        const int32_t lo = max(0, j - half), hi = min(candidates - 1, j + half);
+        float best = averaged[lo];
+        for (int32_t i = lo + 1; i <= hi; ++i) best = fmaxf(best, averaged[i]);
+        out[j] = best;
+    }
+}
+
+// grid (kv head, job), kScoreThreads threads: a warp per key.
+template <typename T>
+__global__ void __launch_bounds__(kScoreThreads) key_norms_kernel(CompressParams p) {
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t h = blockIdx.x, d = p.cache.head_dim;
+    const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * d;
+    float *inv_norm = p.scratch.inv_norm + scratch_row(p, blockIdx.y, h);
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int32_t r = threadIdx.x >> 5; r < job.held; r += warps) {
+        double squares = 0.0;
+        for (int32_t e = lane; e < d; e += 32) {
+            const double x = to_float(keys[int64_t(r) * d + e]);
+            squares += x * x;
+        }
+        squares = warp_sum(squares);
+        if (lane == 0) inv_norm[r] = 1.0f / (float(sqrt(squares)) + 1e-8f);
+    }
+}
+
+// grid (row block, kv head, job), kRowStatThreads threads: a warp per row of
+// the raw Gram block gram [kGramTile, cap] (rows r0 .. r0 + rows - 1).
+// S[r, c] = raw * inv_r * inv_c; the diagonal is 0. Writes slot 0 of the
+// partial row stats, and S[r, 0].
+__global__ void __launch_bounds__(kRowStatThreads) gram_row_stats_kernel(CompressParams p, int32_t r0) {
+    const Job job = p.jobs[blockIdx.z];
+    if (!job_active(p, job)) return;
+    const int32_t h = blockIdx.y, n = job.held;
+    const int lane = threadIdx.x & 31;
+    const int32_t local = blockIdx.x * (kRowStatThreads / 32) + (threadIdx.x >> 5);
+    const int32_t r = r0 + local;
+    if (local >= kGramTile || r >= n) return;
+    const int64_t row = scratch_row(p, blockIdx.z, h);
+    const int64_t cap = p.cache.capacity;
+    const float *gram = p.scratch.gram + (row * kGramTile) + int64_t(local) * cap;
+    const float *inv = p.scratch.inv_norm + row;
+    const float inv_r = inv[r], tau = p.threshold;
+    float sum = 0.0f, value = 0.0f;
+    int32_t latest = -1;
+    for (int32_t c = lane; c < n; c += 32) {
+        const float s = c == r ? 0.0f : gram[c] * inv_r * inv[c];
+        sum += s;
+        if (s > tau) {  // c grows along the loop: the last hit is this lane's latest
+            latest = c;
+            value = s;
+        }
+        if (c == 0) p.scratch.first_column[row + r] = s;
+    }
+    sum = warp_sum(sum);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const int32_t other_latest = __shfl_xor_sync(0xffffffffu, latest, offset);
+        const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+        if (other_latest > latest) {
+            latest = other_latest;
+            value = other_value;
+        }
+    }
+    if (lane == 0) {
+        const int64_t slot0 = row * p.scratch.tiles;  // partial slot 0 of this head
+        p.scratch.partial_sum[slot0 + r] = sum;
+        p.scratch.partial_latest[slot0 + r] = latest;
+        p.scratch.partial_value[slot0 + r] = value;
+    }
+}
+
+// grid (kv head, job), kScoreThreads threads. Column sums of S from the row
+// stats (S is symmetric: column c sums to row c), minus the entries the rule
+// zeroes, taken off in fixed point so the result does not depend on the order
+// of the atomics; then R = softmax of the column means over all n slots.
+__global__ void __launch_bounds__(kScoreThreads) redundancy_kernel(CompressParams p) {
+    __shared__ double reduce_d[32];
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t h = blockIdx.x, n = job.held, candidates = n - p.cache.window;
+    const int64_t row = scratch_row(p, blockIdx.y, h);
+    const int64_t cap = p.cache.capacity;
+    const int32_t tiles = p.gram_fused ? (n + kGramTile - 1) / kGramTile : 1;
+    const float *partial_sum = p.scratch.partial_sum + row * p.scratch.tiles;
+    const int32_t *partial_latest = p.scratch.partial_latest + row * p.scratch.tiles;
+    const float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
+    long long *corrections = p.scratch.corrections + row;
+    for (int32_t c = threadIdx.x; c < n; c += blockDim.x) corrections[c] = 0;
+    __syncthreads();
+    for (int32_t r = threadIdx.x; r < n; r += blockDim.x) {
+        int32_t latest = -1;
+        float value = 0.0f;
+        for (int32_t t = 0; t < tiles; ++t) {
+            const int32_t candidate = partial_latest[t * cap + r];
+            if (candidate > latest) {
+                latest = candidate;
+                value = partial_value[t * cap + r];
+            }
+        }
+        if (latest < 0 && p.slot0_quirk) {  // the official code's argmax of an all-zero row
+            latest = 0;
+            value = p.scratch.first_column[row + r];
+        }
+        if (latest >= 0)
+            atomicAdd(reinterpret_cast<unsigned long long *>(corrections + latest),
+                      static_cast<unsigned long long>(__double2ll_rn(double(value) * kFixedScale)));
+    }
+    __syncthreads();
+    double local_max = -INFINITY;
+    for (int32_t c = threadIdx.x; c < n; c += blockDim.x) {
+        double column = 0.0;
+        for (int32_t t = 0; t < tiles; ++t) column += partial_sum[t * cap + c];
+        column -= double(corrections[c]) / kFixedScale;
+        const double mean = column / n;
+        corrections[c] = __double_as_longlong(mean);  // this thread's slot: reuse it for the mean
+        local_max = fmax(local_max, mean);
+    }
+    const double max_mean = block_max(local_max, reduce_d);
+    double local_sum = 0.0;
+    for (int32_t c = threadIdx.x; c < n; c += blockDim.x)
+        local_sum += exp(__longlong_as_double(corrections[c]) - max_mean);
+    const double sum = block_sum(local_sum, reduce_d);
+    float *out = p.scratch.redundancy + row;
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x)
+        out[j] = float(exp(__longlong_as_double(corrections[j]) - max_mean) / sum);
+}
+
+// grid (kv head, job), kScoreThreads threads: final_scores[j] = -cos(k_j, mean
+// key) for the candidates; the mean is summed key by key in order, as the CPU does.
+template <typename T>
+__global__ void __launch_bounds__(kScoreThreads) keydiff_kernel(CompressParams p) {
+    extern __shared__ float mean[];  // [head_dim]
+    __shared__ double reduce_d[32];
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t h = blockIdx.x, d = p.cache.head_dim, n = job.held;
+    const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * d;
+    for (int32_t e = threadIdx.x; e < d; e += blockDim.x) {
+        float sum = 0.0f;
+        for (int32_t i = 0; i < n; ++i) sum += to_float(keys[int64_t(i) * d + e]);
+        mean[e] = sum / float(n);
+    }
+    __syncthreads();
+    double local = 0.0;
+    for (int32_t e = threadIdx.x; e < d; e += blockDim.x) local += double(mean[e]) * mean[e];
+    const float mean_norm = float(sqrt(block_sum(local, reduce_d)));
+    float *out = p.scratch.final_scores + scratch_row(p, blockIdx.y, h);
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int32_t j = threadIdx.x >> 5; j < n - p.cache.window; j += warps) {
+        float dot = 0.0f;
+        double squares = 0.0;
+        for (int32_t e = lane; e < d; e += 32) {
+            const float x = to_float(keys[int64_t(j) * d + e]);
+            dot += x * mean[e];
+            squares += double(x) * x;
+        }
+        dot = warp_sum(dot);
+        squares = warp_sum(squares);
+        if (lane == 0) out[j] = -dot / fmaxf(float(sqrt(squares)) * mean_norm, 1e-12f);
+    }
+}
+
+}  // namespace rkv::kernels

@@ -1,0 +1,516 @@
+#include "cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../../kernels/launch.h"
+#include "../dtype.h"
+#include "../error.h"
+#include "cuda_check.h"
+#include "lt_matmul.h"
+#include "scratch_plan.h"
+
+namespace rkv::cuda {
+
+namespace {
+
+namespace k = rkv::kernels;
+
+// rkv_matmul_path values (include/rkv/rkv.h, experimental).
+constexpr int32_t kPathAuto = 0, kPathCublasLt = 1, kPathFused = 2;
+
+cudaStream_t as_stream(void *stream) { return static_cast<cudaStream_t>(stream); }
+
+k::Tensor tensor(const rkv_tensor &t) {
+    k::Tensor out{};
+    out.data = t.data;
+    out.dtype = int32_t(t.dtype);
+    out.stride_seq = t.stride_seq;
+    out.stride_token = t.stride_token;
+    out.stride_head = t.stride_head;
+    return out;
+}
+
+class CudaBackend final : public Backend {
+ public:
+    CudaBackend(const rkv_cache_params &params, const MemoryPlan &plan)
+        : p_(params),
+          device_(params.device_id),
+          capacity_(plan.capacity),
+          groups_(params.num_q_heads / params.num_kv_heads),
+          element_size_(dtype_size(params.dtype)),
+          seq_layers_(int64_t(plan.length_entries)),
+          scratch_(params, plan) {
+        DeviceGuard guard(device_);
+        keys_ = DeviceBuffer(plan.kv_elements * element_size_, "K", device_);
+        values_ = DeviceBuffer(plan.kv_elements * element_size_, "V", device_);
+        positions_ = DeviceBuffer(plan.slot_entries * 4, "positions", device_);
+        state_ = DeviceBuffer(plan.slot_entries * 4, "scorer state", device_);
+        queries_ = DeviceBuffer(plan.query_elements * element_size_, "the query window", device_);
+        bookkeeping_ = DeviceBuffer(uint64_t(seq_layers_) * 4 * kBookkeepingArrays, "lengths", device_);
+        counter_ = DeviceBuffer(scratch_.counter, "a grid counter", device_);
+        importance_ = DeviceBuffer(scratch_.per_head_f32, "scratch (importance)", device_);
+        redundancy_ = DeviceBuffer(scratch_.per_head_f32, "scratch (redundancy)", device_);
+        final_ = DeviceBuffer(scratch_.per_head_f32, "scratch (scores)", device_);
+        aux_ = DeviceBuffer(scratch_.per_head_f32, "scratch (averaged attention)", device_);
+        inv_norm_ = DeviceBuffer(scratch_.per_head_f32, "scratch (key norms)", device_);
+        first_column_ = DeviceBuffer(scratch_.per_head_f32, "scratch (first column)", device_);
+        corrections_ = DeviceBuffer(scratch_.corrections, "scratch (column corrections)", device_);
+        partial_sum_ = DeviceBuffer(scratch_.partials, "scratch (row sums)", device_);
+        partial_latest_ = DeviceBuffer(scratch_.partials, "scratch (latest near-duplicates)", device_);
+        partial_value_ = DeviceBuffer(scratch_.partials, "scratch (near-duplicate similarities)", device_);
+        logits_ = DeviceBuffer(scratch_.logits, "scratch (window logits)", device_);
+        gram_ = DeviceBuffer(scratch_.gram, "scratch (key Gram rows)", device_);
+        gather_ = DeviceBuffer(scratch_.gather_bytes, "scratch (reference-order compaction)", device_);
+        workspace_ = DeviceBuffer(scratch_.workspace, "the cuBLASLt workspace", device_);
+        pinned_ = std::make_unique<PinnedBuffer>(scratch_.pinned, "the bookkeeping copy");
+        check(cudaMemset(bookkeeping_.get(), 0, bookkeeping_.bytes()), "cudaMemset(lengths)");
+        check(cudaMemset(counter_.get(), 0, counter_.bytes()), "cudaMemset(counter)");
+        check(cudaMemset(state_.get(), 0, state_.bytes()), "cudaMemset(scorer state)");
+        check(cudaMemset(positions_.get(), 0, positions_.bytes()), "cudaMemset(positions)");
+        // FULL never selects: its (possibly huge) capacity sizes no kernel's shared memory.
+        check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_),
+              "configuring the kernels' shared memory");
+        if (scratch_.attention) {
+            lt_ = std::make_unique<LtMatmul>(p_.dtype, workspace_.get(), workspace_.bytes());
+            plan_steady_state();
+        }
+        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (create)");
+    }
+
+    ~CudaBackend() override {
+        // rkv_cache_destroy waits for the work enqueued on the cache's memory.
+        int previous = -1;
+        if (cudaGetDevice(&previous) == cudaSuccess) {
+            cudaSetDevice(device_);
+            cudaDeviceSynchronize();
+            cudaSetDevice(previous);
+        }
+    }
+
+    void append(int32_t layer, const rkv_append_args &a, const AppendChunk *chunks, int32_t num_chunks,
+                void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_append");
+        k::AppendParams p{};
+        p.cache = layer_view(layer);
+        p.k = tensor(a.k);
+        p.v = tensor(a.v);
+        if (a.q.data) p.q = tensor(a.q);
+        p.counter = counter_.get<unsigned>();
+        p.h2o = p_.method == RKV_METHOD_H2O;
+        p.pooling = int32_t(p_.pooling);
+        p.scale = 1.0f / std::sqrt(float(p_.head_dim));
+        for (int32_t first = 0; first < num_chunks; first += k::kMaxAppendChunks) {
+            p.num_chunks = std::min(k::kMaxAppendChunks, num_chunks - first);
+            p.max_count = 0;
+            for (int32_t i = 0; i < p.num_chunks; ++i) {
+                const AppendChunk &c = chunks[first + i];
+                const int64_t offset = a.token_offsets ? a.token_offsets[c.entry] : 0;
+                p.chunks[i] = k::AppendChunk{c.seq, c.entry, c.count, 0, offset + c.first_token};
+                p.max_count = std::max(p.max_count, c.count);
+            }
+            check(k::launch_append(p, as_stream(stream)), "rkv_append: launching the append kernel");
+        }
+    }
+
+    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_compress");
+        for (int32_t first = 0; first < num_jobs; first += scratch_.jobs) {
+            k::CompressParams p = compress_params(layer);
+            p.num_jobs = std::min(scratch_.jobs, num_jobs - first);
+            for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
+            enqueue_scores(p, as_stream(stream));
+            check(k::launch_select_compact(p, as_stream(stream)), "rkv_compress: launching the selection");
+            check(k::launch_commit(p, as_stream(stream)), "rkv_compress: launching the commit");
+        }
+    }
+
+    // The append, compression and reset kernels keep the device lengths current
+    // themselves (in stream order, and on graph replays), so the host has
+    // nothing to publish.
+    void set_length(int32_t, int32_t, int32_t, void *) override {}
+
+    void clear_sequence(int32_t seq, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_seq_reset");
+        k::ClearParams p{};
+        p.state = state_.get<float>();
+        p.bookkeeping = bookkeeping_.get<int32_t>();
+        p.book_stride = seq_layers_;
+        p.layers = p_.num_layers;
+        p.max_seqs = p_.max_seqs;
+        p.kv_heads = p_.num_kv_heads;
+        p.capacity = capacity_;
+        p.seq = seq;
+        check(k::launch_clear_sequence(p, as_stream(stream)), "rkv_seq_reset: launching the reset kernel");
+    }
+
+    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *,
+                const rkv_tensor &q, const rkv_tensor &out, float scale, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_attend");
+        k::AttendParams p{};
+        p.cache = layer_view(layer);
+        p.scale = scale;
+        for (int32_t first = 0; first < num_seqs; first += k::kMaxAttendSeqs) {
+            p.num_seqs = std::min(k::kMaxAttendSeqs, num_seqs - first);
+            p.q = tensor(q);
+            p.out = tensor(out);
+            p.q.data = static_cast<const char *>(q.data) + first * q.stride_seq * int64_t(dtype_size(q.dtype));
+            p.out.data = static_cast<const char *>(out.data) + first * out.stride_seq * int64_t(dtype_size(out.dtype));
+            std::copy(seq_ids + first, seq_ids + first + p.num_seqs, p.seq_ids);
+            check(k::launch_attend(p, as_stream(stream)), "rkv_attend: launching the attention kernel");
+        }
+    }
+
+    void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held, int32_t *out) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_kept_positions");
+        check(cudaDeviceSynchronize(), "rkv_kept_positions: waiting for the cache's work");
+        const int64_t slot0 = ((int64_t(layer) * p_.max_seqs + seq) * p_.num_kv_heads + head) * capacity_;
+        check(cudaMemcpy(out, positions_.get<int32_t>() + slot0, size_t(held) * 4, cudaMemcpyDeviceToHost),
+              "rkv_kept_positions: cudaMemcpy");
+    }
+
+    void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, ScoreKind kind, float *out) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_inspect_scores");
+        check(cudaDeviceSynchronize(), "rkv_inspect_scores: waiting for the cache's work");
+        k::CompressParams p = compress_params(layer);
+        p.num_jobs = 1;
+        p.jobs[0] = job(j);
+        p.score_only = 1;
+        enqueue_scores(p, nullptr);
+        check(k::launch_select_compact(p, nullptr), "rkv_inspect_scores: launching the scoring");
+        const float *source = kind == ScoreKind::Importance   ? importance_.get<float>()
+                              : kind == ScoreKind::Redundancy ? redundancy_.get<float>()
+                                                              : final_.get<float>();
+        check(cudaMemcpy(out, source + int64_t(head) * capacity_, size_t(j.held - p_.window) * 4,
+                         cudaMemcpyDeviceToHost),
+              "rkv_inspect_scores: cudaMemcpy");
+    }
+
+    void *keys() const override { return keys_.get(); }
+    void *values() const override { return values_.get(); }
+    int32_t *positions() const override { return positions_.get<int32_t>(); }
+    const int32_t *lengths() const override { return bookkeeping_.get<int32_t>(); }
+
+    void check_memory(const void *data, const char *name, const char *function) const override {
+        cudaPointerAttributes attributes{};
+        const cudaError_t error = cudaPointerGetAttributes(&attributes, data);
+        if (error != cudaSuccess) {
+            cudaGetLastError();
+            if (is_sticky(error))
+                fail(RKV_ERR_DEVICE, "%s: an earlier kernel on this device faulted (%s: %s); the cache memory "
+                     "is undefined", function, cudaGetErrorName(error), cudaGetErrorString(error));
+            fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s is not memory CUDA knows (%s); a CUDA cache reads "
+                 "device memory of CUDA device %d", function, name, cudaGetErrorName(error), device_);
+        }
+        switch (attributes.type) {
+            case cudaMemoryTypeDevice:
+                if (attributes.device != device_)
+                    fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s is memory of CUDA device %d, but the cache lives on "
+                         "device %d", function, name, attributes.device, device_);
+                return;
+            case cudaMemoryTypeManaged:
+            case cudaMemoryTypeHost:  // page-locked host memory is mapped into the device's address space
+                return;
+            default:
+                fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s is ordinary host memory; a CUDA cache reads device "
+                     "memory of CUDA device %d (copy it there first, or use a CPU cache)",
+                     function, name, device_);
+        }
+    }
+
+    bool read_device_counts(DeviceCounts *out, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_sync_lengths");
+        int32_t *host = pinned_->get<int32_t>();
+        check(cudaMemcpyAsync(host, bookkeeping_.get(), bookkeeping_.bytes(), cudaMemcpyDeviceToHost,
+                              as_stream(stream)),
+              "rkv_sync_lengths: cudaMemcpyAsync");
+        check(cudaStreamSynchronize(as_stream(stream)), "rkv_sync_lengths: cudaStreamSynchronize");
+        for (int64_t i = 0; i < seq_layers_; ++i)
+            out[i] = DeviceCounts{host[i], host[seq_layers_ + i], host[2 * seq_layers_ + i],
+                                  host[3 * seq_layers_ + i], host[4 * seq_layers_ + i]};
+        return true;
+    }
+
+    void set_matmul_path(int32_t path) override {
+        if (path < kPathAuto || path > kPathFused)
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: unknown path %d", path);
+        if (path == kPathFused && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim))
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the fused kernels need f16 or bf16 storage "
+                 "and head_dim 64, 128 or 256 (this cache: %s, head_dim %d)", dtype_name(p_.dtype), p_.head_dim);
+        matmul_path_ = path;
+    }
+
+ private:
+    k::CacheLayer layer_view(int32_t layer) const {
+        k::CacheLayer c{};
+        const int64_t seqs = p_.max_seqs, cap = capacity_, d = p_.head_dim;
+        const int64_t slot0 = int64_t(layer) * seqs * p_.num_kv_heads * cap;
+        c.keys = keys_.get<char>() + slot0 * d * int64_t(element_size_);
+        c.values = values_.get<char>() + slot0 * d * int64_t(element_size_);
+        c.positions = positions_.get<int32_t>() + slot0;
+        c.state = state_.get<float>() + slot0;
+        c.queries = queries_.get<char>() +
+                    int64_t(layer) * seqs * p_.num_q_heads * p_.window * d * int64_t(element_size_);
+        int32_t *book = bookkeeping_.get<int32_t>() + int64_t(layer) * seqs;
+        c.lengths = book;
+        c.logical = book + seq_layers_;
+        c.queries_valid = book + 2 * seq_layers_;
+        c.compressions = book + 3 * seq_layers_;
+        c.dropped = book + 4 * seq_layers_;
+        c.layer = layer;
+        c.max_seqs = p_.max_seqs;
+        c.kv_heads = p_.num_kv_heads;
+        c.q_heads = p_.num_q_heads;
+        c.capacity = capacity_;
+        c.head_dim = p_.head_dim;
+        c.window = p_.window;
+        c.dtype = int32_t(p_.dtype);
+        return c;
+    }
+
+    k::CompressParams compress_params(int32_t layer) const {
+        k::CompressParams p{};
+        p.cache = layer_view(layer);
+        k::Scratch &s = p.scratch;
+        s.importance = importance_.get<float>();
+        s.redundancy = redundancy_.get<float>();
+        s.final_scores = final_.get<float>();
+        s.aux = aux_.get<float>();
+        s.inv_norm = inv_norm_.get<float>();
+        s.first_column = first_column_.get<float>();
+        s.corrections = corrections_.get<long long>();
+        s.partial_sum = partial_sum_.get<float>();
+        s.partial_latest = partial_latest_.get<int32_t>();
+        s.partial_value = partial_value_.get<float>();
+        s.logits = logits_.get<float>();
+        s.gram = gram_.get<float>();
+        s.gather = gather_.get();
+        s.tiles = scratch_.tiles;
+        s.rows = scratch_.rows;
+        p.method = int32_t(p_.method);
+        p.reference_order = p_.mode == RKV_MODE_REFERENCE && p_.method != RKV_METHOD_STREAMINGLLM;
+        p.slot0_quirk = p_.mode == RKV_MODE_REFERENCE;
+        p.pooling = int32_t(p_.pooling);
+        p.kernel = p_.kernel;
+        p.lambda = p_.lambda;
+        p.threshold = p_.threshold;
+        p.seed = p_.seed;
+        return p;
+    }
+
+    static k::Job job(const CompressJob &j) {
+        const int64_t protect = std::min<int64_t>(j.protect_below, std::numeric_limits<int32_t>::max());
+        return k::Job{j.seq, j.held, j.keep, int32_t(protect)};
+    }
+
+    bool fused() const {
+        const bool supported = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim);
+        return matmul_path_ == kPathFused || (matmul_path_ == kPathAuto && supported);
+    }
+
+    // The scores of every job of the group, into scratch (see kernels/scoring.cuh).
+    void enqueue_scores(k::CompressParams &p, cudaStream_t stream) {
+        const rkv_method method = p_.method;
+        if (method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV) {
+            for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
+            check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
+        }
+        if (method == RKV_METHOD_RKV) {
+            if (fused()) {
+                p.gram_fused = 1;
+                int32_t max_held = 0;
+                for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
+                check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
+            } else {
+                p.gram_fused = 0;
+                gram_rows(p, stream);
+            }
+            check(k::launch_redundancy(p, stream), "rkv_compress: launching the redundancy kernel");
+        }
+        if (method == RKV_METHOD_KEYDIFF)
+            check(k::launch_keydiff(p, stream), "rkv_compress: launching the KeyDiff kernel");
+    }
+
+    // Calls run(first, count) for each run of jobs with consecutive sequence
+    // slots and equal lengths: one strided-batched product covers a run.
+    template <typename Run>
+    static void for_each_run(const k::CompressParams &p, Run &&run) {
+        for (int32_t first = 0; first < p.num_jobs;) {
+            int32_t last = first + 1;
+            while (last < p.num_jobs && p.jobs[last].seq == p.jobs[last - 1].seq + 1 &&
+                   p.jobs[last].held == p.jobs[first].held)
+                ++last;
+            run(first, last - first);
+            first = last;
+        }
+    }
+
+    const char *key_base(const k::CompressParams &p, int32_t seq) const {
+        return static_cast<const char *>(p.cache.keys) +
+               int64_t(seq) * p_.num_kv_heads * capacity_ * p_.head_dim * int64_t(element_size_);
+    }
+
+    // logits [rows, cap] of each (job, head) = window queries x candidate keys / sqrt(d).
+    LtProblem window_problem(const void *keys, const void *queries, const float *out, int32_t held,
+                             int32_t jobs) const {
+        const int64_t d = p_.head_dim, elem = int64_t(element_size_);
+        LtProblem problem;
+        problem.m = uint64_t(held - p_.window);
+        problem.n = uint64_t(scratch_.rows);
+        problem.k = uint64_t(d);
+        problem.lda = d;
+        problem.ldb = d;
+        problem.ldd = capacity_;
+        problem.stride_a = int64_t(capacity_) * d;
+        problem.stride_b = int64_t(scratch_.rows) * d;
+        problem.stride_d = int64_t(scratch_.rows) * capacity_;
+        problem.batch = jobs * p_.num_kv_heads;
+        problem.align_a = lt_alignment(keys, problem.stride_a * elem, d * elem);
+        problem.align_b = lt_alignment(queries, problem.stride_b * elem, d * elem);
+        problem.align_d = lt_alignment(out, problem.stride_d * 4, int64_t(capacity_) * 4);
+        return problem;
+    }
+
+    void window_logits(const k::CompressParams &p, int32_t first, int32_t count, cudaStream_t stream) {
+        const int32_t seq = p.jobs[first].seq, held = p.jobs[first].held;
+        const int64_t d = p_.head_dim;
+        const void *keys = key_base(p, seq);
+        const void *queries = static_cast<const char *>(p.cache.queries) +
+                              int64_t(seq) * p_.num_q_heads * p_.window * d * int64_t(element_size_);
+        float *out = logits_.get<float>() + int64_t(first) * p_.num_kv_heads * scratch_.rows * capacity_;
+        const LtProblem problem = window_problem(keys, queries, out, held, count);
+        lt_->run(problem, 1.0f / std::sqrt(float(d)), keys, queries, out, stream);
+    }
+
+    // Raw Gram rows [kGramTile, cap] of each (job, head) for rows r0 .. r0+127.
+    LtProblem gram_problem(const void *keys, const void *rows, const float *out, int32_t held, int32_t r0,
+                           int32_t jobs) const {
+        const int64_t d = p_.head_dim, elem = int64_t(element_size_);
+        LtProblem problem;
+        problem.m = uint64_t(held);
+        problem.n = uint64_t(std::min(k::kGramTile, held - r0));
+        problem.k = uint64_t(d);
+        problem.lda = d;
+        problem.ldb = d;
+        problem.ldd = capacity_;
+        problem.stride_a = int64_t(capacity_) * d;
+        problem.stride_b = problem.stride_a;
+        problem.stride_d = int64_t(k::kGramTile) * capacity_;
+        problem.batch = jobs * p_.num_kv_heads;
+        problem.align_a = lt_alignment(keys, problem.stride_a * elem, d * elem);
+        problem.align_b = lt_alignment(rows, problem.stride_b * elem, d * elem);
+        problem.align_d = lt_alignment(out, problem.stride_d * 4, int64_t(capacity_) * 4);
+        return problem;
+    }
+
+    void gram_rows(const k::CompressParams &p, cudaStream_t stream) {
+        check(k::launch_key_norms(p, stream), "rkv_compress: launching the key norms");
+        int32_t max_held = 0;
+        for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
+        const int64_t row_bytes = int64_t(p_.head_dim) * int64_t(element_size_);
+        for (int32_t r0 = 0; r0 < max_held; r0 += k::kGramTile) {
+            for_each_run(p, [&](int32_t first, int32_t count) {
+                const int32_t held = p.jobs[first].held;
+                if (r0 >= held) return;
+                const char *keys = key_base(p, p.jobs[first].seq);
+                const char *rows = keys + r0 * row_bytes;
+                float *out = gram_.get<float>() + int64_t(first) * p_.num_kv_heads * k::kGramTile * capacity_;
+                lt_->run(gram_problem(keys, rows, out, held, r0, count), 1.0f, keys, rows, out, stream);
+            });
+            check(k::launch_gram_row_stats(p, r0, k::kGramTile, stream), "rkv_compress: launching the Gram row stats");
+        }
+    }
+
+    // Plans of the steady state (every sequence full, a whole group of
+    // consecutive sequences), so the first compressions plan nothing.
+    void plan_steady_state() {
+        const char *keys = static_cast<const char *>(keys_.get());
+        const int32_t held = capacity_;
+        if (held <= p_.window) return;
+        for (int32_t jobs : {scratch_.jobs, 1}) {
+            lt_->plan(window_problem(keys, queries_.get(), logits_.get<float>(), held, jobs));
+            if (scratch_.redundancy) lt_->plan(gram_problem(keys, keys, gram_.get<float>(), held, 0, jobs));
+        }
+    }
+
+    const rkv_cache_params &p_;  // the cache's params (runtime changes visible)
+    const int device_;
+    const int32_t capacity_;
+    const int32_t groups_;
+    const size_t element_size_;
+    const int64_t seq_layers_;
+    const ScratchPlan scratch_;
+    int32_t matmul_path_ = kPathAuto;
+
+    // Cache memory (layouts in src/backend.h).
+    DeviceBuffer keys_, values_;   // [layers, seqs, kv_heads, cap, d]
+    DeviceBuffer positions_;       // [layers, seqs, kv_heads, cap] int32
+    DeviceBuffer state_;           // [layers, seqs, kv_heads, cap] f32
+    DeviceBuffer queries_;         // [layers, seqs, q_heads, window, d]
+    DeviceBuffer bookkeeping_;     // [5, layers, seqs] int32: lengths, logical, queries_valid,
+                                   // compressions, dropped
+    DeviceBuffer counter_;         // the append kernels' grid counter
+    // Scratch of one group of jobs (shapes in kernels/params.h Scratch).
+    DeviceBuffer importance_, redundancy_, final_, aux_, inv_norm_, first_column_;  // [J, H, cap] f32
+    DeviceBuffer corrections_;     // [J, H, cap] int64
+    DeviceBuffer partial_sum_, partial_latest_, partial_value_;  // [J, H, tiles, cap]
+    DeviceBuffer logits_;          // [J, H, G*window, cap] f32
+    DeviceBuffer gram_;            // [J, H, kGramTile, cap] f32
+    DeviceBuffer gather_;          // [J, H, cap, d] storage dtype (reference mode)
+    DeviceBuffer workspace_;       // cuBLASLt
+    std::unique_ptr<PinnedBuffer> pinned_;  // [5, layers, seqs] int32 host copy of the bookkeeping
+    std::unique_ptr<LtMatmul> lt_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const rkv_cache_params &params, const MemoryPlan &plan) {
+    return std::make_unique<CudaBackend>(params, plan);
+}
+
+uint64_t cuda_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan) {
+    return ScratchPlan(params, plan).total();
+}
+
+void check_cuda_params(const rkv_cache_params &p, const char *function) {
+    int count = 0;
+    const cudaError_t error = cudaGetDeviceCount(&count);
+    if (error != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        fail(RKV_ERR_UNSUPPORTED, "%s: device_type is CUDA but no CUDA device is usable here (%s)", function,
+             error != cudaSuccess ? cudaGetErrorString(error) : "no device");
+    }
+    if (p.device_id >= count)
+        fail(RKV_ERR_OUT_OF_RANGE, "%s: device_id %d, but this machine has %d CUDA device(s)", function,
+             p.device_id, count);
+    int major = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_id),
+          "cudaDeviceGetAttribute");
+    if (major < 9)
+        fail(RKV_ERR_UNSUPPORTED, "%s: CUDA device %d has compute capability %d.x; librkv's kernels are built "
+             "for 9.0 (sm_90a, with compute_90 PTX for newer GPUs)", function, p.device_id, major);
+    if (p.head_dim > 256)
+        fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA backend supports head_dim up to 256 (got %d)", function,
+             p.head_dim);
+    const int32_t capacity = params_capacity(p);
+    if (p.method != RKV_METHOD_FULL && capacity > k::kSelectMaxCapacity)
+        fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA selection kernel holds up to %d slots per head; budget + "
+             "buffer (+ max_prompt_len) is %d", function, k::kSelectMaxCapacity, capacity);
+    // H2O's kernel holds a row of logits and the group's queries in shared memory.
+    const int64_t h2o_shared = (int64_t(capacity) + int64_t(p.num_q_heads / p.num_kv_heads) * p.head_dim) * 4;
+    if (p.method == RKV_METHOD_H2O && h2o_shared > 200 * 1024)
+        fail(RKV_ERR_UNSUPPORTED, "%s: H2O on CUDA needs (capacity + query heads per KV head * head_dim) * 4 "
+             "bytes of shared memory, at most 200 KiB (got %lld)", function, (long long)h2o_shared);
+}
+
+}  // namespace rkv::cuda

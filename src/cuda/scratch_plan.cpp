@@ -1,0 +1,39 @@
+#include "scratch_plan.h"
+
+#include <algorithm>
+
+#include "../../kernels/params.h"
+#include "../dtype.h"
+
+namespace rkv::cuda {
+
+ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
+    const uint64_t cap = uint64_t(plan.capacity);
+    const uint64_t seq_layers = plan.length_entries;
+    bookkeeping = seq_layers * 4 * (kBookkeepingArrays - 1);
+    counter = 256;
+    pinned = seq_layers * 4 * kBookkeepingArrays;
+    compresses = p.method != RKV_METHOD_FULL;
+    if (!compresses) return;
+    jobs = std::min<int32_t>(p.max_seqs, kernels::kMaxGroupJobs);
+    tiles = int32_t((cap + kernels::kGramTile - 1) / kernels::kGramTile);
+    rows = (p.num_q_heads / p.num_kv_heads) * p.window;
+    attention = p.method == RKV_METHOD_RKV || p.method == RKV_METHOD_SNAPKV;
+    redundancy = p.method == RKV_METHOD_RKV;
+    gather = p.mode == RKV_MODE_REFERENCE && p.method != RKV_METHOD_STREAMINGLLM;
+    const uint64_t heads = uint64_t(jobs) * uint64_t(p.num_kv_heads);
+    per_head_f32 = heads * cap * 4;
+    corrections = redundancy ? heads * cap * 8 : 0;
+    partials = redundancy ? heads * uint64_t(tiles) * cap * 4 : 0;
+    logits = attention ? heads * uint64_t(rows) * cap * 4 : 0;
+    gram = redundancy ? heads * uint64_t(kernels::kGramTile) * cap * 4 : 0;
+    gather_bytes = gather ? heads * cap * uint64_t(p.head_dim) * dtype_size(p.dtype) : 0;
+    workspace = attention ? kLtWorkspaceBytes : 0;
+}
+
+uint64_t ScratchPlan::total() const {
+    return 6 * per_head_f32 + corrections + 3 * partials + logits + gram + gather_bytes + workspace +
+           bookkeeping + counter + pinned;
+}
+
+}  // namespace rkv::cuda

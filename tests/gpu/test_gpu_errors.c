@@ -1,0 +1,173 @@
+/* Errors of the CUDA backend are statuses with messages:
+ *   - host memory (or NULL-adjacent garbage) where device memory is needed:
+ *     INVALID_ARGUMENT, nothing changed;
+ *   - out of device memory at create: OUT_OF_MEMORY naming the buffer and sizes;
+ *   - shapes the kernels do not serve, a device that does not exist: statuses
+ *     at create (and from the size query);
+ *   - FULL on CUDA stops at max_len with CAPACITY;
+ *   - the bytes a CUDA cache reports are the bytes rkv_cache_size predicted. */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_util.h"
+
+static rkv_cache_params cuda_params(rkv_method method) {
+    rkv_cache_params p = test_params(2, 2, 2, 4, 64, method, 16, 8, 4);
+    p.device_type = RKV_DEVICE_CUDA;
+    p.dtype = RKV_DTYPE_BF16;
+    return p;
+}
+
+static void assert_lengths(const rkv_cache *cache, int32_t seq, int32_t expected) {
+    for (int32_t layer = 0; layer < 2; ++layer) {
+        int32_t held = -1;
+        ASSERT_OK(rkv_seq_length(cache, seq, layer, NULL, &held));
+        assert_int_equal(held, expected);
+    }
+}
+
+static void test_host_memory_is_rejected(void **state) {
+    (void)state;
+    rkv_cache_params p = cuda_params(RKV_METHOD_RKV);
+    rkv_cache *cache = test_create(&p);
+    float host[8 * 64] = {0};
+    int32_t seq = 0, tokens = 1;
+    /* from host memory: rejected before anything runs */
+    ASSERT_STATUS(gpu_test_append(cache, 0, 1, &seq, &tokens, host, host, host, RKV_DTYPE_F32, 0), RKV_OK);
+    assert_lengths(cache, 0, 1);
+    rkv_append_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.num_seqs = 1;
+    a.seq_ids = &seq;
+    const rkv_tensor t = {host, RKV_DTYPE_F32, 2, 64, 0, 128, 64};
+    a.k = t;
+    a.v = t;
+    ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(rkv_last_error_message(), "host memory"));
+    assert_lengths(cache, 0, 1);
+    void *device = gpu_alloc(sizeof host);
+    a.k.data = device;
+    ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_INVALID_ARGUMENT); /* v still on the host */
+    a.v.data = device;
+    ASSERT_OK(rkv_append(cache, &a, NULL));
+    assert_lengths(cache, 0, 2);
+    /* attend: q or out on the host */
+    const rkv_tensor q_host = {host, RKV_DTYPE_F32, 4, 64, 256, 0, 64};
+    rkv_tensor q_device = q_host;
+    q_device.data = device;
+    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q_host, &q_device, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q_device, &q_host, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
+    void *out = gpu_alloc(4 * 64 * 4);
+    q_device.data = out;
+    rkv_tensor q_in = q_host;
+    q_in.data = device;
+    ASSERT_OK(rkv_attend(cache, 0, 1, &seq, &q_in, &q_device, 0.0f, NULL));
+    gpu_sync();
+    gpu_free(out);
+    gpu_free(device);
+    rkv_cache_destroy(cache);
+}
+
+static void test_out_of_device_memory(void **state) {
+    (void)state;
+    rkv_cache_params p = cuda_params(RKV_METHOD_RKV);
+    p.max_seqs = 1 << 20;
+    p.num_layers = 64;
+    p.num_kv_heads = 8;
+    p.num_q_heads = 32;
+    p.head_dim = 128;
+    p.budget = 4096;
+    uint64_t bytes = 0;
+    ASSERT_OK(rkv_cache_size(&p, &bytes)); /* petabytes: computable, not allocatable */
+    assert_true(bytes > (1ull << 50));
+    rkv_cache *cache = (rkv_cache *)&p; /* sentinel: must stay untouched */
+    ASSERT_STATUS(rkv_cache_create(&p, &cache), RKV_ERR_OUT_OF_MEMORY);
+    assert_ptr_equal(cache, (rkv_cache *)&p);
+    const char *message = rkv_last_error_message();
+    assert_non_null(strstr(message, "cudaMalloc"));
+    assert_non_null(strstr(message, "GiB"));
+    print_message("out of memory says: %s\n", message);
+    /* the device is still usable afterwards */
+    rkv_cache_params small = cuda_params(RKV_METHOD_RKV);
+    rkv_cache *fine = test_create(&small);
+    rkv_cache_destroy(fine);
+}
+
+static void test_unsupported_shapes_and_devices(void **state) {
+    (void)state;
+    uint64_t bytes = 0;
+    rkv_cache *cache = NULL;
+    rkv_cache_params p = cuda_params(RKV_METHOD_RKV);
+    p.head_dim = 512;
+    ASSERT_STATUS(rkv_cache_size(&p, &bytes), RKV_ERR_UNSUPPORTED);
+    ASSERT_STATUS(rkv_cache_create(&p, &cache), RKV_ERR_UNSUPPORTED);
+    p = cuda_params(RKV_METHOD_RKV);
+    p.budget = 20000;
+    ASSERT_STATUS(rkv_cache_create(&p, &cache), RKV_ERR_UNSUPPORTED);
+    p.method = RKV_METHOD_FULL; /* FULL never selects: any capacity */
+    p.max_len = 20000;
+    ASSERT_OK(rkv_cache_size(&p, &bytes));
+    p = cuda_params(RKV_METHOD_RKV);
+    p.device_id = gpu_device_count();
+    ASSERT_STATUS(rkv_cache_create(&p, &cache), RKV_ERR_OUT_OF_RANGE);
+    assert_null(cache);
+}
+
+static void test_full_stops_at_max_len(void **state) {
+    (void)state;
+    rkv_cache_params p = cuda_params(RKV_METHOD_FULL);
+    p.max_len = 40;
+    p.dtype = RKV_DTYPE_F32;
+    rkv_cache *cache = test_create(&p);
+    int32_t seq = 1, tokens = 40;
+    float *x = calloc((size_t)40 * 4 * 64, 4);
+    for (int32_t layer = 0; layer < 2; ++layer)
+        ASSERT_OK(gpu_test_append(cache, layer, 1, &seq, &tokens, x, x, x, RKV_DTYPE_F32, 0));
+    tokens = 1;
+    ASSERT_STATUS(gpu_test_append(cache, 0, 1, &seq, &tokens, x, x, x, RKV_DTYPE_F32, 0), RKV_ERR_CAPACITY);
+    assert_lengths(cache, 1, 40);
+    int32_t due = 1;
+    ASSERT_OK(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due));
+    assert_int_equal(due, 0);
+    free(x);
+    rkv_cache_destroy(cache);
+}
+
+static void test_bytes_allocated_match_the_size_query(void **state) {
+    (void)state;
+    for (int m = RKV_METHOD_RKV; m <= RKV_METHOD_FULL; ++m)
+        for (int mode = 0; mode < 2; ++mode) {
+            rkv_cache_params p = cuda_params((rkv_method)m);
+            p.mode = (rkv_mode)mode;
+            uint64_t predicted = 0;
+            ASSERT_OK(rkv_cache_size(&p, &predicted));
+            size_t free_before = 0, free_after = 0, total = 0;
+            assert_int_equal(cudaMemGetInfo(&free_before, &total), cudaSuccess);
+            rkv_cache *cache = test_create(&p);
+            assert_int_equal(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+            rkv_stats stats;
+            memset(&stats, 0, sizeof stats);
+            stats.struct_size = sizeof stats;
+            ASSERT_OK(rkv_cache_stats(cache, RKV_ALL, &stats));
+            assert_int_equal(stats.bytes_allocated, predicted);
+            /* device memory taken at create is at most the prediction plus the
+             * allocator's rounding and the cuBLASLt handle (a few MiB) */
+            assert_true(free_before - free_after <= predicted + (64u << 20));
+            rkv_cache_destroy(cache);
+        }
+}
+
+int main(void) {
+    GPU_SKIP_WITHOUT_DEVICE();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_host_memory_is_rejected),
+        cmocka_unit_test(test_out_of_device_memory),
+        cmocka_unit_test(test_unsupported_shapes_and_devices),
+        cmocka_unit_test(test_full_stops_at_max_len),
+        cmocka_unit_test(test_bytes_allocated_match_the_size_query),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

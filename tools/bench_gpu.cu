@@ -1,0 +1,423 @@
+// rkv_bench_gpu: the CUDA backend on the R1-Distill-Llama-8B shape (32 layers,
+// 8 KV heads, 32 query heads, head_dim 128, bf16), budget 1024 + buffer 128,
+// through the public C API, timed with CUDA events on one stream:
+//   - compression of every layer of every sequence (all full), batch 1, 8, 64,
+//     256, on both matrix-product paths: ms, achieved TFLOP/s (of the nominal
+//     work below) against the measured bf16 matmul peak, scratch bytes;
+//   - append of one decode token for batch 256 (one layer per call), eagerly and
+//     replayed from a CUDA graph of the 32 layers: GB/s against the copy bandwidth;
+//   - rkv_attend for batch 256 at length 1152: GB/s of K and V read.
+// The ceilings are measured in the same run: a 1 GiB device-to-device copy
+// (bytes read + written) and an 8192^3 bf16 cuBLASLt matmul.
+//
+//   rkv_bench_gpu [--batches 1,8,64,256] [--repeats 5] [--json FILE]
+//
+// Nominal work per (sequence, layer, KV head), N = 1152, C = N - 8, G*window = 32:
+//   key Gram 2*N*N*d + window logits 2*32*C*d  (about 89 GFLOP per sequence).
+// The fused path computes half the Gram (it is symmetric); TFLOP/s counts the
+// nominal work either way, so the numbers of the two paths compare directly.
+#define RKV_EXPERIMENTAL_API
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "rkv/rkv.h"
+
+namespace {
+
+#define CHECK(call)                                                                                  \
+    do {                                                                                             \
+        rkv_status status_ = (call);                                                                 \
+        if (status_ != RKV_OK) {                                                                     \
+            std::fprintf(stderr, "%s: %s: %s\n", #call, rkv_status_name(status_), rkv_last_error_message()); \
+            std::exit(1);                                                                            \
+        }                                                                                            \
+    } while (0)
+#define CUDA(call)                                                                                  \
+    do {                                                                                            \
+        cudaError_t error_ = (call);                                                                \
+        if (error_ != cudaSuccess) {                                                                \
+            std::fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(error_));                    \
+            std::exit(1);                                                                           \
+        }                                                                                           \
+    } while (0)
+
+constexpr int kLayers = 32, kKvHeads = 8, kQHeads = 32, kDim = 128, kBudget = 1024, kBuffer = 128, kWindow = 8;
+constexpr int kCapacity = kBudget + kBuffer;
+
+FILE *json = nullptr;
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Deterministic pseudo-normal bf16 values (sum of uniforms), different per index.
+__global__ void fill_random(__nv_bfloat16 *x, size_t n, uint64_t seed) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        uint64_t h = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+        float sum = 0.0f;
+        for (int k = 0; k < 4; ++k) {
+            h ^= h >> 33;
+            h *= 0xff51afd7ed558ccdull;
+            h ^= h >> 29;
+            sum += float(h >> 40) * (1.0f / 16777216.0f);
+        }
+        x[i] = __float2bfloat16((sum - 2.0f) * 1.7320508f);
+    }
+}
+
+struct Timer {
+    cudaEvent_t start, stop;
+    Timer() {
+        CUDA(cudaEventCreate(&start));
+        CUDA(cudaEventCreate(&stop));
+    }
+    ~Timer() {
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+    }
+    void begin(cudaStream_t s) { CUDA(cudaEventRecord(start, s)); }
+    double end_ms(cudaStream_t s) {
+        CUDA(cudaEventRecord(stop, s));
+        CUDA(cudaEventSynchronize(stop));
+        float ms = 0;
+        CUDA(cudaEventElapsedTime(&ms, start, stop));
+        return ms;
+    }
+};
+
+// Device-to-device copy bandwidth (bytes read + written per second) of `bytes`.
+double copy_bandwidth(size_t bytes, cudaStream_t stream, int repeats) {
+    void *a = nullptr, *b = nullptr;
+    CUDA(cudaMalloc(&a, bytes));
+    CUDA(cudaMalloc(&b, bytes));
+    CUDA(cudaMemsetAsync(a, 1, bytes, stream));
+    Timer t;
+    std::vector<double> ms;
+    for (int r = 0; r < repeats + 2; ++r) {
+        t.begin(stream);
+        CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+        const double m = t.end_ms(stream);
+        if (r >= 2) ms.push_back(m);
+    }
+    CUDA(cudaFree(a));
+    CUDA(cudaFree(b));
+    return 2.0 * double(bytes) / (median(ms) * 1e-3);
+}
+
+// bf16 matmul rate of an n^3 cuBLASLt product on random data (TFLOP/s).
+double matmul_peak(int n, cudaStream_t stream) {
+    __nv_bfloat16 *a, *b, *c;
+    const size_t count = size_t(n) * n;
+    CUDA(cudaMalloc(&a, count * 2));
+    CUDA(cudaMalloc(&b, count * 2));
+    CUDA(cudaMalloc(&c, count * 2));
+    fill_random<<<1024, 256, 0, stream>>>(a, count, 1);
+    fill_random<<<1024, 256, 0, stream>>>(b, count, 2);
+    void *workspace;
+    const size_t workspace_bytes = 64u << 20;
+    CUDA(cudaMalloc(&workspace, workspace_bytes));
+    cublasLtHandle_t handle;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t layout;
+    cublasLtMatmulPreference_t preference;
+    cublasLtCreate(&handle);
+    cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatrixLayoutCreate(&layout, CUDA_R_16BF, n, n, n);
+    cublasLtMatmulPreferenceCreate(&preference);
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                         sizeof workspace_bytes);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasLtMatmulAlgoGetHeuristic(handle, desc, layout, layout, layout, layout, preference, 1, &result, &found);
+    const float one = 1.0f, zero = 0.0f;
+    Timer t;
+    std::vector<double> ms;
+    for (int r = 0; r < 8; ++r) {
+        t.begin(stream);
+        cublasLtMatmul(handle, desc, &one, a, layout, b, layout, &zero, c, layout, c, layout, &result.algo, workspace,
+                       workspace_bytes, stream);
+        const double m = t.end_ms(stream);
+        if (r >= 3) ms.push_back(m);
+    }
+    cublasLtMatmulPreferenceDestroy(preference);
+    cublasLtMatrixLayoutDestroy(layout);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(handle);
+    CUDA(cudaFree(workspace));
+    CUDA(cudaFree(a));
+    CUDA(cudaFree(b));
+    CUDA(cudaFree(c));
+    return found ? 2.0 * double(n) * n * n / (median(ms) * 1e-3) / 1e12 : 0.0;
+}
+
+// Random tokens for up to `seqs` sequences x `tokens`, K/V [seq*tokens, 8, 128], Q [.., 32, 128].
+struct Source {
+    __nv_bfloat16 *k = nullptr, *v = nullptr, *q = nullptr;
+    int seqs, tokens;
+    Source(int seqs_, int tokens_, cudaStream_t stream) : seqs(seqs_), tokens(tokens_) {
+        const size_t rows = size_t(seqs) * tokens;
+        CUDA(cudaMalloc(&k, rows * kKvHeads * kDim * 2));
+        CUDA(cudaMalloc(&v, rows * kKvHeads * kDim * 2));
+        CUDA(cudaMalloc(&q, rows * kQHeads * kDim * 2));
+        fill_random<<<4096, 256, 0, stream>>>(k, rows * kKvHeads * kDim, 11);
+        fill_random<<<4096, 256, 0, stream>>>(v, rows * kKvHeads * kDim, 12);
+        fill_random<<<4096, 256, 0, stream>>>(q, rows * kQHeads * kDim, 13);
+        CUDA(cudaGetLastError());
+    }
+    ~Source() {
+        cudaFree(k);
+        cudaFree(v);
+        cudaFree(q);
+    }
+};
+
+// Append `count` tokens to every sequence of every layer (packed per sequence in the source).
+void append_tokens(rkv_cache *cache, const Source &src, int seqs, int count, cudaStream_t stream) {
+    std::vector<int32_t> ids(seqs), counts(seqs, count);
+    std::vector<int64_t> offsets(seqs);
+    for (int i = 0; i < seqs; ++i) {
+        ids[i] = i;
+        offsets[i] = int64_t(i) * src.tokens;
+    }
+    rkv_append_args a;
+    std::memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.num_seqs = seqs;
+    a.seq_ids = ids.data();
+    a.num_tokens = counts.data();
+    a.token_offsets = offsets.data();
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, 0, kQHeads * kDim, kDim};
+    for (int layer = 0; layer < kLayers; ++layer) {
+        a.layer = layer;
+        CHECK(rkv_append(cache, &a, stream));
+    }
+}
+
+rkv_cache *make_cache(int seqs) {
+    rkv_cache_params p;
+    CHECK(rkv_cache_params_default(&p, sizeof p));
+    p.max_seqs = seqs;
+    p.num_layers = kLayers;
+    p.num_kv_heads = kKvHeads;
+    p.num_q_heads = kQHeads;
+    p.head_dim = kDim;
+    p.dtype = RKV_DTYPE_BF16;
+    p.device_type = RKV_DEVICE_CUDA;
+    p.budget = kBudget;
+    p.buffer = kBuffer;
+    p.window = kWindow;
+    p.auto_compress = 0;
+    rkv_cache *cache = nullptr;
+    CHECK(rkv_cache_create(&p, &cache));
+    return cache;
+}
+
+// Bytes the cache holds beyond K, V, positions, state, query ring and lengths.
+uint64_t scratch_bytes(const rkv_cache *cache, int seqs, uint64_t *kv_bytes) {
+    rkv_stats s;
+    std::memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    CHECK(rkv_cache_stats(cache, RKV_ALL, &s));
+    const uint64_t slots = uint64_t(kLayers) * seqs * kKvHeads * kCapacity;
+    const uint64_t fixed = s.bytes_kv_capacity + slots * 8 + uint64_t(kLayers) * seqs * kQHeads * kWindow * kDim * 2 +
+                           uint64_t(kLayers) * seqs * 4;
+    *kv_bytes = s.bytes_kv_capacity;
+    return s.bytes_allocated - fixed;
+}
+
+double nominal_flops(int seqs) {
+    const double n = kCapacity, c = kCapacity - kWindow, rows = (kQHeads / kKvHeads) * kWindow;
+    return double(seqs) * kLayers * kKvHeads * (2.0 * n * n * kDim + 2.0 * rows * c * kDim);
+}
+
+// Median ms of compressing every (sequence, layer) of a full cache, refilling
+// the 128 evicted tokens between repeats (not timed).
+double time_compression(rkv_cache *cache, const Source &src, int seqs, int repeats, cudaStream_t stream) {
+    Timer t;
+    std::vector<double> ms;
+    for (int r = 0; r < repeats + 1; ++r) {
+        int32_t due = 0;
+        CHECK(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due));
+        if (!due) append_tokens(cache, src, seqs, kBuffer, stream);
+        CUDA(cudaStreamSynchronize(stream));
+        t.begin(stream);
+        CHECK(rkv_compress(cache, RKV_ALL, RKV_ALL, stream));
+        const double m = t.end_ms(stream);
+        if (r > 0) ms.push_back(m);  // the first also plans and warms up
+    }
+    return median(ms);
+}
+
+void bench_compression(const std::vector<int> &batches, int repeats, double peak_tflops, cudaStream_t stream) {
+    std::printf("\n== compression of all 32 layers (R1-Distill-Llama-8B, bf16, B 1024 + 128, every sequence full)\n");
+    std::printf("%6s %10s %12s %10s %12s %10s %14s %8s\n", "batch", "path", "ms", "ms/seq", "TFLOP/s", "of peak",
+                "scratch MiB", "of KV");
+    for (int seqs : batches) {
+        rkv_cache *cache = make_cache(seqs);
+        Source src(seqs, kCapacity, stream);
+        append_tokens(cache, src, seqs, kCapacity, stream);
+        uint64_t kv = 0;
+        const uint64_t scratch = scratch_bytes(cache, seqs, &kv);
+        for (int path : {int(RKV_MATMUL_FUSED), int(RKV_MATMUL_CUBLASLT)}) {
+            CHECK(rkv_cache_set_matmul_path(cache, rkv_matmul_path(path)));
+            const double ms = time_compression(cache, src, seqs, repeats, stream);
+            const double tflops = nominal_flops(seqs) / (ms * 1e-3) / 1e12;
+            const char *name = path == RKV_MATMUL_FUSED ? "fused" : "cublaslt";
+            std::printf("%6d %10s %12.3f %10.4f %12.1f %9.1f%% %14.1f %7.2f%%\n", seqs, name, ms, ms / seqs, tflops,
+                        100.0 * tflops / peak_tflops, double(scratch) / (1 << 20), 100.0 * double(scratch) / double(kv));
+            if (json)
+                std::fprintf(json,
+                             "{\"bench\":\"compress\",\"batch\":%d,\"path\":\"%s\",\"ms\":%.4f,\"tflops\":%.2f,"
+                             "\"peak_tflops\":%.1f,\"scratch_bytes\":%llu,\"kv_bytes\":%llu}\n",
+                             seqs, name, ms, tflops, peak_tflops, (unsigned long long)scratch, (unsigned long long)kv);
+            std::fflush(stdout);
+        }
+        CHECK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
+        rkv_cache_destroy(cache);
+    }
+}
+
+// Append and attend at batch 256 (or the largest batch asked for).
+void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
+    rkv_cache *cache = make_cache(seqs);
+    Source src(seqs, kCapacity, stream);
+    append_tokens(cache, src, seqs, kCapacity, stream);
+    CUDA(cudaStreamSynchronize(stream));
+    Timer t;
+
+    // --- attend at length 1152 (every sequence full) -------------------------
+    std::vector<int32_t> ids(seqs);
+    for (int i = 0; i < seqs; ++i) ids[i] = i;
+    __nv_bfloat16 *out;
+    CUDA(cudaMalloc(&out, size_t(seqs) * kQHeads * kDim * 2));
+    const rkv_tensor q{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim};
+    const rkv_tensor o{out, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim};
+    std::vector<double> ms;
+    for (int r = 0; r < 12; ++r) {
+        const int layer = r % kLayers;
+        t.begin(stream);
+        CHECK(rkv_attend(cache, layer, seqs, ids.data(), &q, &o, 0.0f, stream));
+        const double m = t.end_ms(stream);
+        if (r >= 2) ms.push_back(m);
+    }
+    const double attend_ms = median(ms);
+    const double kv_read = double(seqs) * kKvHeads * kCapacity * kDim * 2 * 2;
+    const double attend_gbs = kv_read / (attend_ms * 1e-3) / 1e9;
+
+    // --- append one token (after a compression there are 128 free slots) -------
+    CHECK(rkv_compress(cache, RKV_ALL, RKV_ALL, stream));
+    rkv_append_args a;
+    std::memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.num_seqs = seqs;
+    a.seq_ids = ids.data();
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim};
+    // bytes read and written: K, V and Q rows of every sequence, positions and state
+    const double moved = 2.0 * double(seqs) * (2 * kKvHeads + kQHeads) * kDim * 2 + double(seqs) * kKvHeads * 8;
+    ms.clear();
+    for (int r = 0; r < 3; ++r) {  // eager: 32 layer calls per step
+        t.begin(stream);
+        for (int layer = 0; layer < kLayers; ++layer) {
+            a.layer = layer;
+            CHECK(rkv_append(cache, &a, stream));
+        }
+        ms.push_back(t.end_ms(stream) / kLayers);
+    }
+    const double eager_ms = median(ms);
+    // graph: one decode step's 32 appends captured once, replayed
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    for (int layer = 0; layer < kLayers; ++layer) {
+        a.layer = layer;
+        CHECK(rkv_append(cache, &a, stream));
+    }
+    CUDA(cudaStreamEndCapture(stream, &graph));
+    CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    CHECK(rkv_sync_lengths(cache, stream));
+    ms.clear();
+    for (int r = 0; r < 8; ++r) {
+        t.begin(stream);
+        CUDA(cudaGraphLaunch(exec, stream));
+        ms.push_back(t.end_ms(stream) / kLayers);
+    }
+    CHECK(rkv_sync_lengths(cache, stream));
+    const double graph_ms = median(ms);
+    // the same bytes as one device-to-device copy (read + write counted)
+    const double same_size_copy = copy_bandwidth(size_t(moved / 2), stream, 20);
+
+    std::printf("\n== decode, batch %d (bf16)\n", seqs);
+    std::printf("append 1 token, 1 layer, eager: %8.2f us  %8.1f GB/s  (%4.1f%% of copy %.0f GB/s; same-size copy %.0f GB/s)\n",
+                eager_ms * 1e3, moved / (eager_ms * 1e-3) / 1e9, 100.0 * moved / (eager_ms * 1e-3) / copy_bytes_per_s,
+                copy_bytes_per_s / 1e9, same_size_copy / 1e9);
+    std::printf("append 1 token, 1 layer, graph: %8.2f us  %8.1f GB/s  (%4.1f%% of copy)\n", graph_ms * 1e3,
+                moved / (graph_ms * 1e-3) / 1e9, 100.0 * moved / (graph_ms * 1e-3) / copy_bytes_per_s);
+    std::printf("rkv_attend at 1152, 1 layer:   %8.2f us  %8.1f GB/s of K+V read (%4.1f%% of copy)\n", attend_ms * 1e3,
+                attend_gbs, 100.0 * attend_gbs * 1e9 / copy_bytes_per_s);
+    if (json) {
+        std::fprintf(json, "{\"bench\":\"append\",\"batch\":%d,\"eager_us\":%.3f,\"graph_us\":%.3f,\"bytes\":%.0f,"
+                           "\"copy_gbs\":%.1f,\"same_size_copy_gbs\":%.1f}\n",
+                     seqs, eager_ms * 1e3, graph_ms * 1e3, moved, copy_bytes_per_s / 1e9, same_size_copy / 1e9);
+        std::fprintf(json, "{\"bench\":\"attend\",\"batch\":%d,\"length\":%d,\"us\":%.3f,\"gbs\":%.1f,\"copy_gbs\":%.1f}\n",
+                     seqs, kCapacity, attend_ms * 1e3, attend_gbs, copy_bytes_per_s / 1e9);
+    }
+    CUDA(cudaGraphExecDestroy(exec));
+    CUDA(cudaGraphDestroy(graph));
+    CUDA(cudaFree(out));
+    rkv_cache_destroy(cache);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    std::vector<int> batches = {1, 8, 64, 256};
+    int repeats = 5;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--batches") && i + 1 < argc) {
+            batches.clear();
+            for (char *token = std::strtok(argv[++i], ","); token; token = std::strtok(nullptr, ","))
+                batches.push_back(std::atoi(token));
+        } else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) {
+            repeats = std::max(1, std::atoi(argv[++i]));
+        } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
+            json = std::fopen(argv[++i], "w");
+        } else {
+            std::fprintf(stderr, "usage: %s [--batches 1,8,64,256] [--repeats 5] [--json FILE]\n", argv[0]);
+            return 2;
+        }
+    }
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        std::printf("no CUDA device: nothing to measure\n");
+        return 77;
+    }
+    cudaDeviceProp prop;
+    CUDA(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t stream;
+    CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const double copy = copy_bandwidth(size_t(1) << 30, stream, 10);
+    const double peak = matmul_peak(8192, stream);
+    std::printf("%s, %d SMs: device copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s (8192^3, cuBLASLt)\n",
+                prop.name, prop.multiProcessorCount, copy / 1e9, peak);
+    if (json)
+        std::fprintf(json, "{\"bench\":\"ceilings\",\"copy_gbs\":%.1f,\"matmul_tflops\":%.1f}\n", copy / 1e9, peak);
+    bench_compression(batches, repeats, peak > 0 ? peak : 790.0, stream);
+    bench_decode(*std::max_element(batches.begin(), batches.end()), copy, stream);
+    if (json) std::fclose(json);
+    CUDA(cudaStreamDestroy(stream));
+    return 0;
+}

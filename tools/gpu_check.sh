@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The GPU side of librkv in one command, on a machine with an NVIDIA GPU of
+# compute capability 9.0 or newer (H100/H200), CUDA 13, cmake and ninja:
+#
+#   tools/gpu_check.sh               build (build-gpu/), then run the GPU tests, the
+#                                    GPU tests under compute-sanitizer (memcheck and
+#                                    racecheck, smaller sizes), and the benchmarks
+#                                    (rkv_bench_gpu and the PyTorch comparison)
+# Options:
+#   --build-dir DIR   build folder (default build-gpu)
+#   --prebuilt        use the binaries already in the build folder (built on another
+#                     machine: put its libraries on LD_LIBRARY_PATH); no cmake
+#   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
+#   --no-tests, --no-sanitizer, --no-bench      skip a part
+#   --batches LIST    benchmark batches (default 1,8,64,256)
+# Environment: RKV_GOLDEN_DIR (default ../shared/golden beside the repository).
+# Exit status: 0 if every part that ran passed.
+#
+# Built on the same machine, `ctest --test-dir build-gpu -L gpu` runs the same
+# tests; this script runs the test programs directly so that binaries built
+# elsewhere work too (CTest records absolute paths).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=build-gpu
+prebuilt=0
+logs=""
+run_tests=1
+run_sanitizer=1
+run_bench=1
+batches=1,8,64,256
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build=$2; shift ;;
+    --prebuilt) prebuilt=1 ;;
+    --logs) logs=$2; shift ;;
+    --no-tests) run_tests=0 ;;
+    --no-sanitizer) run_sanitizer=0 ;;
+    --no-bench) run_bench=0 ;;
+    --batches) batches=$2; shift ;;
+    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--batches 1,8,64,256]" >&2; exit 2 ;;
+  esac
+  shift
+done
+logs=${logs:-$build/gpu_check}
+mkdir -p "$logs"
+export RKV_GOLDEN_DIR=${RKV_GOLDEN_DIR:-$root/../shared/golden}
+export LD_LIBRARY_PATH="$root/$build:$build:${LD_LIBRARY_PATH:-}"
+status=0
+summary=()
+note() { summary+=("$1"); echo "$1"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(nvidia-smi unavailable)"
+
+if [ "$prebuilt" = 0 ]; then
+  echo "== build ($build)"
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRKV_CUDA=ON -DRKV_BUILD_BINDINGS=OFF >"$logs/cmake.log" 2>&1 &&
+    cmake --build "$build" -j"$(nproc)" >"$logs/build.log" 2>&1 || { tail -n 40 "$logs/build.log"; echo "build failed"; exit 1; }
+fi
+
+tests=(test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_errors test_gpu_fault)
+
+# run_one NAME LOG COMMAND...: runs, records pass/skip/fail with the time.
+run_one() {
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - start))
+  case $rc in
+    0) note "PASS  $name (${took}s)" ;;
+    77) note "SKIP  $name (no GPU)" ;;
+    *) note "FAIL  $name (exit $rc, ${took}s): see $log"; tail -n 30 "$log"; status=1 ;;
+  esac
+}
+
+if [ "$run_tests" = 1 ]; then
+  echo "== GPU tests"
+  for t in "${tests[@]}"; do
+    run_one "$t" "$logs/$t.log" "$build/tests/gpu/$t"
+    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says" "$logs/$t.log" | grep -v "^\[" | head -n 12
+  done
+fi
+
+if [ "$run_sanitizer" = 1 ]; then
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  if [ ! -x "$sanitizer" ]; then
+    note "SKIP  compute-sanitizer (not installed)"
+  else
+    echo "== compute-sanitizer (RKV_GPU_TEST_SMALL: smaller problems)"
+    # test_gpu_errors and test_gpu_fault provoke failures on purpose (an
+    # out-of-memory cudaMalloc, a kernel fault): they are not run here.
+    for tool in memcheck racecheck; do
+      for t in test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph; do
+        [ "$tool" = racecheck ] && [ "$t" = test_gpu_golden ] && continue
+        run_one "$tool $t" "$logs/${tool}_$t.log" env RKV_GPU_TEST_SMALL=$([ "$tool" = racecheck ] && echo 2 || echo 1) \
+          "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/tests/gpu/$t"
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/${tool}_$t.log" | tail -n 1
+      done
+    done
+  fi
+fi
+
+if [ "$run_bench" = 1 ]; then
+  echo "== benchmarks"
+  "$build/rkv_bench_gpu" --batches "$batches" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
+  if python3 -c "import torch" 2>/dev/null; then
+    python3 tools/torch_rkv.py check "$RKV_GOLDEN_DIR" 2>&1 | tee "$logs/torch_check.log"
+    python3 tools/torch_rkv.py bench --batches "$batches" --json "$logs/torch.json" --rkv-json "$logs/bench.json" 2>&1 |
+      tee "$logs/torch_bench.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  torch_rkv.py bench"; status=1; }
+  else
+    note "SKIP  PyTorch comparison (no torch)"
+  fi
+fi
+
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+exit $status
