@@ -180,7 +180,7 @@ void Model::prefill(rkv_cache *cache, int32_t seq, const int32_t *tokens, int32_
         if (room <= 0)
             throw std::runtime_error("the KV cache of sequence " + std::to_string(seq) +
                                      " is full (" + std::to_string(capacity) +
-                                     " tokens): raise --max-len or use a compressing method");
+                                     " tokens, the FULL method's max_len): reserve more or use a compressing method");
         const int32_t piece = std::min({n - done, room, kMaxRows});
         const bool last_piece = done + piece == n;
         float *out = logits == nullptr ? nullptr

@@ -62,9 +62,10 @@ struct Weights {
     const Matrix &lm_head() const { return output.rows ? output : embedding; }
 };
 
-// Activations for up to max_rows tokens at once, allocated once and reused
-// (a row is one token: of one sequence in prefill, of one sequence each in a
-// decode batch).
+// Activations for up to max_rows tokens at once (a row is one token: of one
+// sequence in prefill, of one sequence each in a decode batch). Sized at load
+// for 128 rows and reused; grown only for a larger decode batch, and scores
+// for a cache with more slots than any before.
 struct RunState {
     int32_t max_rows = 0;
     std::vector<float> x;        // [max_rows, dim]          residual stream
