@@ -33,7 +33,7 @@ cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream) {
 }
 
 cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream) {
-    importance_pool_kernel<<<heads_jobs(p), kScoreThreads, 0, stream>>>(p);
+    importance_pool_kernel<<<heads_jobs(p), kPoolThreads, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -47,7 +47,7 @@ cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, in
 }
 
 cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream) {
-    redundancy_kernel<<<heads_jobs(p), kScoreThreads, 0, stream>>>(p);
+    redundancy_kernel<<<heads_jobs(p), kRedundancyThreads, 0, stream>>>(p);
     return cudaGetLastError();
 }
 

@@ -1,23 +1,27 @@
-// R-KV redundancy statistics straight from the keys, without the N x N
-// similarity matrix: a tensor-core kernel (mma.sync m16n8k16, f16/bf16 in,
-// float32 accumulate) whose epilogue reduces each 128 x 128 tile of
-//   S[r, c] = (k_r . k_c) * inv_r * inv_c,   inv = 1 / (|k| + 1e-8),  S[r, r] = 0
-// to per-row statistics: the row sum, the latest column above tau and S there,
-// and S[0, c] for the reference's slot-0 quirk.
+// The fused tensor-core kernels (mma.sync m16n8k16, f16/bf16 in, float32
+// accumulate) of R-KV and SnapKV, for head_dim 64, 128 and 256:
 //
-// Symmetry halves the work: a block owns row tile i of one (job, head) and
-// walks the column tiles j >= i; tile (i, j) gives row statistics to the rows
-// of tile i (partial slot j) and, read transposed, to the rows of tile j
-// (partial slot i). Every (row, slot) is written exactly once, so the sums
-// are reproducible; redundancy_kernel adds the slots in order.
+// importance_fused_kernel, a block per (key tile of 128, head, job):
+//   - the window queries of the KV head's group times the tile's keys, scaled
+//     by 1/sqrt(d), pooled over the group (max or mean of the raw logits),
+//     written as pooled logits [window, cap] (importance_pool_kernel then does
+//     the softmax over the candidates, the window mean and the max-pool);
+//   - R-KV: the inverse norms 1 / (|k| + 1e-8) of the tile's keys and the sum of
+//     its normalised keys (a partial of W = sum over all keys of k / (|k| + 1e-8)).
 //
-// The products of 16-bit keys are exact in float32, so S is float32-accurate
-// for bf16/f16 storage, the same precision the CPU computes it in.
+// gram_fused_kernel: the redundancy statistics without the N x N similarity
+// matrix. Row sums need no Gram at all: sum_c S[r, c] = k^_r . W - k^_r . k^_r
+// (the diagonal is 0). The Gram is only needed for the latest column above tau
+// of each row (and S there): the epilogue of each 128 x 128 tile of
+//   S[r, c] = (k_r . k_c) * inv_r * inv_c
+// keeps, per row, the last column above tau. Symmetry halves the work: a
+// block owns row tile i and walks the column tiles j >= i; tile (i, j) serves
+// the rows of tile i (partial slot j) and, read transposed, the rows of tile j
+// (partial slot i). Every (row, slot) is written exactly once: reproducible.
+// Also S[0, c] for the reference's slot-0 quirk.
 //
-// grid (tile row i * kv_heads * jobs, heavy rows first), 256 threads (8 warps
-// as 2 x 4, each 64 rows x 32 columns of the tile); dynamic shared memory
-// gram_fused_shared_bytes(D): the row tile, two column tiles (double-buffered
-// with cp.async), inverse norms and the reduction buffers.
+// The products of 16-bit keys are exact in float32, so S and the logits are
+// float32-accurate for bf16/f16 storage, the precision the CPU computes in.
 #pragma once
 
 #include "common.cuh"
@@ -25,12 +29,23 @@
 namespace rkv::kernels {
 
 constexpr int kGramThreads = 256;
+constexpr int kFusedMaxRows = 64;  // G * window rows the fused importance holds (4 m16 tiles)
 
+// Dynamic shared memory of gram_fused_kernel: the row tile and two column
+// tiles (double-buffered with cp.async), inverse norms, W, reduction buffers.
 __host__ __device__ constexpr size_t gram_fused_shared_bytes(int head_dim) {
-    return size_t(3) * kGramTile * head_dim * 2                // A tile, two B tiles
-           + size_t(kGramTile) * 3 * sizeof(float)             // inv_a, inv_b[2]
-           + size_t(kGramTile) * 4 * 3 * sizeof(float)         // row stats [4 warp columns]
-           + size_t(kGramTile) * 2 * 3 * sizeof(float);        // column stats [2 warp rows]
+    return size_t(3) * kGramTile * head_dim * 2            // A tile, two B tiles
+           + size_t(kGramTile) * 3 * sizeof(float)         // inv_a, inv_b[2]
+           + size_t(head_dim) * sizeof(float)              // W
+           + size_t(kGramTile) * 4 * 2 * sizeof(float)     // row stats [4 warp columns] (latest, value)
+           + size_t(kGramTile) * 2 * 2 * sizeof(float);    // column stats [2 warp rows]
+}
+
+// Dynamic shared memory of importance_fused_kernel: the key tile, the query
+// rows, the logits [kFusedMaxRows, 128] and the inverse norms.
+__host__ __device__ constexpr size_t importance_fused_shared_bytes(int head_dim) {
+    return size_t(kGramTile) * head_dim * 2 + size_t(kFusedMaxRows) * head_dim * 2 +
+           size_t(kFusedMaxRows) * kGramTile * sizeof(float) + size_t(kGramTile) * sizeof(float);
 }
 
 template <typename T>
@@ -106,6 +121,227 @@ __device__ __forceinline__ void tile_inverse_norms(const char *tile, float *inv)
     if (half == 0) inv[row] = 1.0f / (float(sqrt(squares)) + 1e-8f);
 }
 
+// Rows first_row .. first_row + rows - 1 of a [*, D] matrix into a swizzled
+// tile; rows >= n are zeros.
+template <typename T, int D>
+__device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_t first_row, int32_t rows,
+                                          int32_t n) {
+    constexpr int kChunks = D / 8;
+    for (int index = threadIdx.x; index < rows * kChunks; index += blockDim.x) {
+        const int row = index / kChunks, chunk = index % kChunks;
+        const bool valid = first_row + row < n;
+        const T *from = valid ? source + int64_t(first_row + row) * D + chunk * 8 : source;
+        cp_async_16(tile + swizzle<D>(row, chunk), from, valid);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// importance (and the norms and W of R-KV)
+
+// grid (key tile, kv head, job), kGramThreads threads,
+// importance_fused_shared_bytes(D) of dynamic shared memory.
+template <typename T, int D>
+__global__ void __launch_bounds__(kGramThreads) importance_fused_kernel(CompressParams p, int32_t with_norms) {
+    extern __shared__ __align__(128) char fused_shared[];
+    const int32_t t = blockIdx.x, h = blockIdx.y, jj = blockIdx.z;
+    const Job job = p.jobs[jj];
+    if (!job_active(p, job)) return;
+    const CacheLayer &c = p.cache;
+    const int32_t n = job.held, candidates = n - c.window;
+    if (t * kGramTile >= n) return;
+    const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
+    char *k_tile = fused_shared;                                                 // [128][D]
+    char *q_tile = fused_shared + kGramTile * D * 2;                             // [64][D]
+    float *logits = reinterpret_cast<float *>(q_tile + kFusedMaxRows * D * 2);   // [64][128]
+    float *inv = logits + kFusedMaxRows * kGramTile;                             // [128]
+    const uint32_t k_address = uint32_t(__cvta_generic_to_shared(k_tile));
+    const uint32_t q_address = uint32_t(__cvta_generic_to_shared(q_tile));
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
+    load_rows<T, D>(k_address, keys, t * kGramTile, kGramTile, n);
+    load_rows<T, D>(q_address, queries, 0, kFusedMaxRows, rows);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const int64_t head_row = scratch_row(p, jj, h);
+    if (with_norms) {
+        tile_inverse_norms<T, D>(k_tile, inv);
+        __syncthreads();
+        if (threadIdx.x < kGramTile && t * kGramTile + int(threadIdx.x) < n)
+            p.scratch.inv_norm[head_row + t * kGramTile + threadIdx.x] = inv[threadIdx.x];
+        // W partial: this tile's normalised keys summed in row order.
+        for (int e = threadIdx.x; e < D; e += blockDim.x) {
+            float sum = 0.0f;
+            const int valid = min(kGramTile, n - t * kGramTile);
+            for (int r = 0; r < valid; ++r) {
+                const T value = *reinterpret_cast<const T *>(k_tile + swizzle<D>(r, e >> 3) + (e & 7) * 2);
+                sum += to_float(value) * inv[r];
+            }
+            p.scratch.partial_w[(head_row / c.capacity * p.scratch.tiles + t) * D + e] = sum;
+        }
+    }
+
+    // logits [rows, 128]: warp w takes columns 16w .. 16w+15 of every query row.
+    const int m_tiles = (rows + 15) / 16;
+    float acc[4][2][4];
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D; kk += 16) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_address + swizzle<D>(warp * 16 + (lane & 7) + ((lane >> 4) << 3), (kk >> 3) + ((lane >> 3) & 1)));
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+            if (mt >= m_tiles) break;
+            uint32_t a[4];
+            ldmatrix_x4(a, q_address + swizzle<D>(mt * 16 + (lane & 15), (kk >> 3) + (lane >> 4)));
+            mma_16816<T>(acc[mt][0], a, b[0], b[1]);
+            mma_16816<T>(acc[mt][1], a, b[2], b[3]);
+        }
+    }
+    const float scale = 1.0f / sqrtf(float(D));
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+        if (mt >= m_tiles) break;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = mt * 16 + g + (e >> 1) * 8, col = warp * 16 + nt * 8 + 2 * q + (e & 1);
+                logits[m * kGramTile + col] = acc[mt][nt][e] * scale;
+            }
+    }
+    __syncthreads();
+    // Pool over the group, as the CPU's pool_groups: max, or sum then times 1/G.
+    float *pooled = p.scratch.logits + head_row * p.scratch.rows;  // [window, cap]
+    for (int index = threadIdx.x; index < c.window * kGramTile; index += blockDim.x) {
+        const int a = index / kGramTile, col = index % kGramTile;
+        const int32_t j = t * kGramTile + col;
+        if (j >= candidates) continue;
+        float value = logits[a * kGramTile + col];
+        for (int32_t gg = 1; gg < groups; ++gg) {
+            const float other = logits[(gg * c.window + a) * kGramTile + col];
+            value = p.pooling == 0 ? fmaxf(value, other) : value + other;
+        }
+        if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
+        pooled[int64_t(a) * c.capacity + j] = value;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// redundancy
+
+// What the epilogue of one tile needs: where the tile is, the inverse norms of
+// its rows (inv_a) and columns (inv_c), and the shared reduction buffers.
+struct TileStats {
+    int32_t i, j, n;
+    float tau;
+    int warp_row, warp_col, g, q;
+    const float *inv_a, *inv_c;
+    int32_t *row_latest;
+    float *row_value;
+    int32_t *col_latest;
+    float *col_value;
+};
+
+// Keeps, per row of the tile, the latest column with S = acc * inv_r * inv_c
+// above tau and S there, and off the diagonal the same per column, per warp
+// in shared memory. Rows ascend along (mt, half) and columns along (nt, e), so
+// a later hit overwrites an earlier one. kInterior: no bounds to check (no row
+// or column past n, not on the diagonal); kDiagonal: S[r, r] = 0, rows only
+// (the tile is symmetric itself).
+template <bool kInterior, bool kDiagonal>
+__device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&acc)[4][4][4]) {
+    const int row0 = t.i * kGramTile + t.warp_row * 64 + t.g;      // + mt*16 + half*8
+    const int col0 = t.j * kGramTile + t.warp_col * 32 + 2 * t.q;  // + nt*8 + e
+    float inv_r[8], inv_c[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        inv_r[k] = t.inv_a[t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8];
+        inv_c[k] = t.inv_c[t.warp_col * 32 + 2 * t.q + (k >> 1) * 8 + (k & 1)];
+    }
+    float row_value[8], col_value[8];
+    int32_t row_latest[8], col_latest[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        row_value[k] = col_value[k] = 0.0f;
+        row_latest[k] = col_latest[k] = -1;
+    }
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int rk = mt * 2 + half, ck = nt * 2 + e;
+                    const int32_t r = row0 + mt * 16 + half * 8, c = col0 + nt * 8 + e;
+                    float s = acc[mt][nt][half * 2 + e] * inv_r[rk] * inv_c[ck];
+                    bool valid = true;
+                    if (!kInterior) {
+                        valid = r < t.n && c < t.n;
+                        if (kDiagonal && r == c) s = 0.0f;
+                    }
+                    if (valid && s > t.tau) {
+                        row_latest[rk] = c;
+                        row_value[rk] = s;
+                        if (!kDiagonal) {
+                            col_latest[ck] = r;
+                            col_value[ck] = s;
+                        }
+                    }
+                }
+    // Rows: the 4 lanes of a quad share a row; then one value per (warp column, row).
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+#pragma unroll
+        for (int offset = 1; offset <= 2; offset <<= 1) {
+            const int32_t other_latest = __shfl_xor_sync(0xffffffffu, row_latest[k], offset);
+            const float other_value = __shfl_xor_sync(0xffffffffu, row_value[k], offset);
+            if (other_latest > row_latest[k]) {
+                row_latest[k] = other_latest;
+                row_value[k] = other_value;
+            }
+        }
+        if (t.q == 0) {
+            const int R = t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8;
+            t.row_latest[t.warp_col * kGramTile + R] = row_latest[k];
+            t.row_value[t.warp_col * kGramTile + R] = row_value[k];
+        }
+    }
+    // Columns: the 8 lanes with the same q share a column; then one value per (warp row, column).
+    if constexpr (!kDiagonal) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+#pragma unroll
+            for (int offset = 4; offset <= 16; offset <<= 1) {
+                const int32_t other_latest = __shfl_xor_sync(0xffffffffu, col_latest[k], offset);
+                const float other_value = __shfl_xor_sync(0xffffffffu, col_value[k], offset);
+                if (other_latest > col_latest[k]) {
+                    col_latest[k] = other_latest;
+                    col_value[k] = other_value;
+                }
+            }
+            if (t.g == 0) {
+                const int C = t.warp_col * 32 + 2 * t.q + (k >> 1) * 8 + (k & 1);
+                t.col_latest[t.warp_row * kGramTile + C] = col_latest[k];
+                t.col_value[t.warp_row * kGramTile + C] = col_value[k];
+            }
+        }
+    }
+}
+
+// grid (tile row i * kv_heads * jobs, heavy rows first), 256 threads (8 warps
+// as 2 x 4, each 64 rows x 32 columns of the tile), gram_fused_shared_bytes(D)
+// of dynamic shared memory. Needs importance_fused_kernel's norms and W.
 template <typename T, int D>
 __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_kernel(CompressParams p) {
     extern __shared__ __align__(128) char gram_shared[];
@@ -120,48 +356,78 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
 
     constexpr int kTileBytes = kGramTile * D * 2;
     char *a_tile = gram_shared;
-    char *b_tiles = gram_shared + kTileBytes;  // [2]
-    float *inv_a = reinterpret_cast<float *>(gram_shared + 3 * kTileBytes);  // [128]
+    char *b_tiles = gram_shared + kTileBytes;                                  // [2]
+    float *inv_a = reinterpret_cast<float *>(gram_shared + 3 * kTileBytes);    // [128]
     float *inv_b = inv_a + kGramTile;                                          // [2][128]
-    float *row_sum = inv_b + 2 * kGramTile;                                    // [4][128]
-    int32_t *row_latest = reinterpret_cast<int32_t *>(row_sum + 4 * kGramTile);  // [4][128]
-    float *row_value = reinterpret_cast<float *>(row_latest + 4 * kGramTile);    // [4][128]
-    float *col_sum = row_value + 4 * kGramTile;                                  // [2][128]
-    int32_t *col_latest = reinterpret_cast<int32_t *>(col_sum + 2 * kGramTile);  // [2][128]
-    float *col_value = reinterpret_cast<float *>(col_latest + 2 * kGramTile);    // [2][128]
+    float *w = inv_b + 2 * kGramTile;                                          // [D]
+    int32_t *row_latest = reinterpret_cast<int32_t *>(w + D);                  // [4][128]
+    float *row_value = reinterpret_cast<float *>(row_latest + 4 * kGramTile);  // [4][128]
+    int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 4 * kGramTile);  // [2][128]
+    float *col_value = reinterpret_cast<float *>(col_latest + 2 * kGramTile);      // [2][128]
     const uint32_t a_address = uint32_t(__cvta_generic_to_shared(a_tile));
     const uint32_t b_address = uint32_t(__cvta_generic_to_shared(b_tiles));
 
     const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * D;
     const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = p.cache.capacity;
+    const float *inv_norm = p.scratch.inv_norm + row;
     float *partial_sum = p.scratch.partial_sum + row * p.scratch.tiles;
     int32_t *partial_latest = p.scratch.partial_latest + row * p.scratch.tiles;
     float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
-    const float tau = p.threshold;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int warp_row = warp >> 2, warp_col = warp & 3;  // 64-row, 32-column slab of the tile
     const int g = lane >> 2, q = lane & 3;                // mma fragment coordinates
 
-    load_tile<T, D>(a_address, keys, i * kGramTile, n);
-    load_tile<T, D>(b_address, keys, i * kGramTile, n);
+    load_rows<T, D>(a_address, keys, i * kGramTile, kGramTile, n);
+    load_rows<T, D>(b_address, keys, i * kGramTile, kGramTile, n);
     cp_async_commit();
+    if (threadIdx.x < kGramTile) {
+        const int32_t r = i * kGramTile + threadIdx.x;
+        inv_a[threadIdx.x] = r < n ? inv_norm[r] : 0.0f;
+    }
+    // W = the sum of every normalised key, from the per-tile partials in order.
+    for (int e = threadIdx.x; e < D; e += blockDim.x) {
+        const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
+        float sum = 0.0f;
+        for (int32_t t = 0; t < tiles; ++t) sum += partial[t * D];
+        w[e] = sum;
+    }
 
     for (int32_t j = i; j < tiles; ++j) {
         const int buffer = (j - i) & 1;
+        float *inv_c = inv_b + buffer * kGramTile;
+        if (threadIdx.x < kGramTile) {
+            const int32_t c = j * kGramTile + threadIdx.x;
+            inv_c[threadIdx.x] = c < n ? inv_norm[c] : 0.0f;
+        }
         if (j + 1 < tiles) {
-            load_tile<T, D>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, n);
+            load_rows<T, D>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, kGramTile, n);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        const char *b_tile = b_tiles + buffer * kTileBytes;
-        float *inv_c = inv_b + buffer * kGramTile;
-        if (j == i) tile_inverse_norms<T, D>(a_tile, inv_a);
-        tile_inverse_norms<T, D>(b_tile, inv_c);
+        if (j == i) {
+            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (two threads per row).
+            const int r = threadIdx.x >> 1, part = threadIdx.x & 1;
+            float dot_w = 0.0f, dot_self = 0.0f;
+            const float inv_r = inv_a[r];
+            for (int chunk = part * (D / 16); chunk < (part + 1) * (D / 16); ++chunk) {
+                float values[8];
+                unpack16(*reinterpret_cast<const uint4 *>(a_tile + swizzle<D>(r, chunk)), values, T());
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    const float k_hat = values[e] * inv_r;
+                    dot_w += k_hat * w[chunk * 8 + e];
+                    dot_self += k_hat * k_hat;
+                }
+            }
+            dot_w += __shfl_xor_sync(0xffffffffu, dot_w, 1);
+            dot_self += __shfl_xor_sync(0xffffffffu, dot_self, 1);
+            if (part == 0 && i * kGramTile + r < n) partial_sum[i * kGramTile + r] = dot_w - dot_self;
+        }
 
         // acc[mt][nt] = rows warp_row*64 + mt*16 .., columns warp_col*32 + nt*8 ..
         float acc[4][4][4];
@@ -191,116 +457,38 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
                 for (int nt = 0; nt < 4; ++nt)
                     mma_16816<T>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
         }
-        __syncthreads();  // the inverse norms are complete
 
         const bool diagonal = j == i;
-        // S of fragment element (mt, nt, e): row R = warp_row*64 + mt*16 + g + (e>>1)*8,
-        // column C = warp_col*32 + nt*8 + 2q + (e&1) of the tile. Invalid = 0 and never above tau.
-        auto similarity = [&](int mt, int nt, int e, bool &valid) {
-            const int R = warp_row * 64 + mt * 16 + g + (e >> 1) * 8;
-            const int C = warp_col * 32 + nt * 8 + 2 * q + (e & 1);
-            const int32_t r = i * kGramTile + R, c = j * kGramTile + C;
-            valid = r < n && c < n;
-            if (!valid || r == c) return 0.0f;
-            return acc[mt][nt][e] * inv_a[R] * inv_c[C];
-        };
-        // Row statistics: this thread's 8 columns of each of its 8 rows, then the quad.
+        const bool interior = !diagonal && (i + 1) * kGramTile <= n && (j + 1) * kGramTile <= n;
+        const TileStats tile{i, j, n, p.threshold, warp_row, warp_col, g, q, inv_a, inv_c,
+                             row_latest, row_value, col_latest, col_value};
+        if (diagonal) tile_epilogue<false, true>(tile, acc);
+        else if (interior) tile_epilogue<true, false>(tile, acc);
+        else tile_epilogue<false, false>(tile, acc);
+        if (p.slot0_quirk && i == 0 && warp_row == 0 && g == 0) {
+            // S[0, c] for the columns of this tile: row 0 is fragment (mt 0, e 0..1) of lanes g == 0.
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                float sum = 0.0f, value = 0.0f;
-                int32_t latest = -1;
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {  // columns ascend along nt, e
-                        bool valid;
-                        const float s = similarity(mt, nt, half * 2 + e, valid);
-                        sum += s;
-                        if (valid && s > tau) {
-                            latest = j * kGramTile + warp_col * 32 + nt * 8 + 2 * q + e;
-                            value = s;
-                        }
-                        if (p.slot0_quirk && i == 0 && warp_row == 0 && mt == 0 && half == 0 && g == 0 && valid)
-                            p.scratch.first_column[row + j * kGramTile + warp_col * 32 + nt * 8 + 2 * q + e] = s;
-                    }
-                }
-#pragma unroll
-                for (int offset = 1; offset <= 2; offset <<= 1) {
-                    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-                    const int32_t other_latest = __shfl_xor_sync(0xffffffffu, latest, offset);
-                    const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
-                    if (other_latest > latest) {
-                        latest = other_latest;
-                        value = other_value;
-                    }
-                }
-                if (q == 0) {
-                    const int R = warp_row * 64 + mt * 16 + g + half * 8;
-                    row_sum[warp_col * kGramTile + R] = sum;
-                    row_latest[warp_col * kGramTile + R] = latest;
-                    row_value[warp_col * kGramTile + R] = value;
-                }
-            }
-        }
-        // Column statistics (off the diagonal): this thread's 8 rows of each of
-        // its 8 columns, then the 8 lanes sharing the columns.
-        if (!diagonal) {
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
+            for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    float sum = 0.0f, value = 0.0f;
-                    int32_t latest = -1;
-#pragma unroll
-                    for (int mt = 0; mt < 4; ++mt) {
-#pragma unroll
-                        for (int half = 0; half < 2; ++half) {  // rows ascend along mt, half
-                            bool valid;
-                            const float s = similarity(mt, nt, half * 2 + e, valid);
-                            sum += s;
-                            if (valid && s > tau) {
-                                latest = i * kGramTile + warp_row * 64 + mt * 16 + g + half * 8;
-                                value = s;
-                            }
-                        }
-                    }
-#pragma unroll
-                    for (int offset = 4; offset <= 16; offset <<= 1) {
-                        sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-                        const int32_t other_latest = __shfl_xor_sync(0xffffffffu, latest, offset);
-                        const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
-                        if (other_latest > latest) {
-                            latest = other_latest;
-                            value = other_value;
-                        }
-                    }
-                    if (g == 0) {
-                        const int C = warp_col * 32 + nt * 8 + 2 * q + e;
-                        col_sum[warp_row * kGramTile + C] = sum;
-                        col_latest[warp_row * kGramTile + C] = latest;
-                        col_value[warp_row * kGramTile + C] = value;
-                    }
+                    const int C = warp_col * 32 + nt * 8 + 2 * q + e;
+                    const int32_t c = j * kGramTile + C;
+                    if (c < n) p.scratch.first_column[row + c] = c == 0 ? 0.0f : acc[0][nt][e] * inv_a[0] * inv_c[C];
                 }
-            }
         }
         __syncthreads();
         if (threadIdx.x < kGramTile) {  // rows of tile i, slot j
             const int R = threadIdx.x;
             const int32_t r = i * kGramTile + R;
             if (r < n) {
-                float sum = row_sum[R];
                 int32_t latest = row_latest[R];
                 float value = row_value[R];
-                for (int w = 1; w < 4; ++w) {
-                    sum += row_sum[w * kGramTile + R];
-                    if (row_latest[w * kGramTile + R] > latest) {
-                        latest = row_latest[w * kGramTile + R];
-                        value = row_value[w * kGramTile + R];
+                for (int wc = 1; wc < 4; ++wc) {
+                    if (row_latest[wc * kGramTile + R] > latest) {
+                        latest = row_latest[wc * kGramTile + R];
+                        value = row_value[wc * kGramTile + R];
                     }
                 }
-                partial_sum[j * cap + r] = sum;
                 partial_latest[j * cap + r] = latest;
                 partial_value[j * cap + r] = value;
             }
@@ -308,19 +496,17 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
             const int C = threadIdx.x - kGramTile;
             const int32_t c = j * kGramTile + C;
             if (c < n) {
-                float sum = col_sum[C] + col_sum[kGramTile + C];
                 int32_t latest = col_latest[C];
                 float value = col_value[C];
                 if (col_latest[kGramTile + C] > latest) {
                     latest = col_latest[kGramTile + C];
                     value = col_value[kGramTile + C];
                 }
-                partial_sum[i * cap + c] = sum;
                 partial_latest[i * cap + c] = latest;
                 partial_value[i * cap + c] = value;
             }
         }
-        __syncthreads();  // reduction buffers and the B buffer are reused
+        __syncthreads();  // reduction buffers, inverse norms and the B buffer are reused
     }
 }
 

@@ -29,8 +29,13 @@ cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, int32_t max_rows,
                                   cudaStream_t stream);
-// Fused tensor-core Gram statistics: f16/bf16 storage, head_dim 64, 128 or 256.
-bool gram_fused_supported(int32_t dtype, int32_t head_dim);
+// The fused tensor-core kernels: f16/bf16 storage, head_dim 64, 128 or 256,
+// at most 64 window query rows per KV head (G * window). The importance kernel
+// writes pooled logits (then launch_importance_pool with pooled_groups = 1)
+// and, with_norms, the key norms and W that the Gram kernel needs.
+bool gram_fused_supported(int32_t dtype, int32_t head_dim, int32_t rows);
+cudaError_t launch_importance_fused(const CompressParams &p, int32_t max_held, int32_t with_norms,
+                                    cudaStream_t stream);
 cudaError_t launch_gram_fused(const CompressParams &p, int32_t max_held, cudaStream_t stream);
 cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_keydiff(const CompressParams &p, cudaStream_t stream);

@@ -121,10 +121,12 @@ struct Scratch {
     float *inv_norm;          // [J, H, cap]  1 / (|k| + 1e-8)
     float *first_column;      // [J, H, cap]  S[r, 0] (the reference's slot-0 quirk)
     long long *corrections;   // [J, H, cap]  fixed-point sums of the entries the rule zeroes
-    float *partial_sum;       // [J, H, tiles, cap]  row sums of S per tile pair
-    int32_t *partial_latest;  // [J, H, tiles, cap]  latest column above tau per tile pair (-1: none)
+    float *partial_sum;       // [J, H, tiles, cap]  slot 0: row sums of S (diagonal excluded)
+    int32_t *partial_latest;  // [J, H, tiles, cap]  latest column above tau per column tile (-1: none)
     float *partial_value;     // [J, H, tiles, cap]  S at that column
-    float *logits;            // [J, H, rows, cap]   window queries x keys (cuBLASLt path)
+    float *partial_w;         // [J, H, tiles, head_dim]  sum of the normalised keys of each key tile
+    float *logits;            // [J, H, rows, cap]   window queries x keys (cuBLASLt path), or
+                              //                     [J, H, window, cap] logits pooled over the group (fused)
     float *gram;              // [J, H, kGramTile, cap]  raw key Gram rows (cuBLASLt path)
     void *gather;             // [J, H, cap, head_dim] storage dtype (reference-order compaction)
     int32_t tiles;            // ceil(cap / kGramTile)
@@ -144,8 +146,9 @@ struct CompressParams {
     int32_t score_only;       // 1: compute the scores, leave the cache alone (inspection)
     uint64_t seed;
     int32_t num_jobs;
-    int32_t gram_fused;       // 1: row stats come from the fused Gram kernel (one slot per
-                              // column tile); 0: from cuBLASLt rows (slot 0 only)
+    int32_t gram_fused;       // 1: latest near-duplicates come from the fused Gram kernel (one
+                              // slot per column tile); 0: from cuBLASLt rows (slot 0 only)
+    int32_t pooled_groups;    // query heads per window row in `logits`: G (cuBLASLt), 1 (fused: pooled)
     Job jobs[kMaxGroupJobs];
 };
 

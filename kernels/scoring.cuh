@@ -17,47 +17,59 @@
 
 namespace rkv::kernels {
 
-constexpr int kScoreThreads = 1024;
+constexpr int kScoreThreads = 1024;      // key norms, KeyDiff
+constexpr int kPoolThreads = 256;        // importance pooling: a warp per window row, 8 blocks per SM
+constexpr int kRedundancyThreads = 512;  // two blocks per SM
 constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
 constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections
 
 // grid (kv head, job). logits [rows = G*window, cap] (row g*window + a), from
 // the cuBLASLt product scaled by 1/sqrt(d) over the C = held - window candidates.
-__global__ void __launch_bounds__(kScoreThreads) importance_pool_kernel(CompressParams p) {
-    __shared__ float reduce_f[32];
-    __shared__ double reduce_d[32];
+// Phase 1: a warp per window query finds the max and the softmax normaliser of
+// its group-pooled row; phase 2: every candidate averages its probabilities
+// over the window (in window order, as the CPU); phase 3: max-pool.
+__global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p) {
+    __shared__ float row_max[1024];      // [window]
+    __shared__ float row_inverse[1024];  // [window]
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
     const int32_t h = blockIdx.x, window = p.cache.window;
-    const int32_t groups = p.cache.q_heads / p.cache.kv_heads;
+    const int32_t groups = p.pooled_groups;  // 1: the fused kernel pooled already
     const int32_t candidates = job.held - window;
     const int64_t row = scratch_row(p, blockIdx.y, h);
     const int64_t cap = p.cache.capacity;
     const float *logits = p.scratch.logits + row * p.scratch.rows;
-    float *averaged = p.scratch.aux + row;
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) averaged[j] = 0.0f;
-    for (int32_t a = 0; a < window; ++a) {
-        // pooled[j] over the group, as pool_groups: max, or sum then times 1/G.
-        auto pooled = [&](int32_t j) {
-            float value = logits[int64_t(a) * cap + j];
-            for (int32_t g = 1; g < groups; ++g) {
-                const float other = logits[(int64_t(g) * window + a) * cap + j];
-                value = p.pooling == 0 ? fmaxf(value, other) : value + other;
-            }
-            if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
-            return value;
-        };
+    // pooled[a][j] over the group, as the CPU's pool_groups: max, or sum then times 1/G.
+    auto pooled = [&](int32_t a, int32_t j) {
+        float value = logits[int64_t(a) * cap + j];
+        for (int32_t g = 1; g < groups; ++g) {
+            const float other = logits[(int64_t(g) * window + a) * cap + j];
+            value = p.pooling == 0 ? fmaxf(value, other) : value + other;
+        }
+        if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
+        return value;
+    };
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int32_t a = threadIdx.x >> 5; a < window; a += warps) {
         float local_max = -INFINITY;
-        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) local_max = fmaxf(local_max, pooled(j));
-        const float max_value = block_max(local_max, reduce_f);
+        for (int32_t j = lane; j < candidates; j += 32) local_max = fmaxf(local_max, pooled(a, j));
+        const float max_value = warp_max(local_max);
         double local_sum = 0.0;
-        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) local_sum += expf(pooled(j) - max_value);
-        const float inverse = float(1.0 / block_sum(local_sum, reduce_d));
-        for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x)
-            averaged[j] += expf(pooled(j) - max_value) * inverse;
+        for (int32_t j = lane; j < candidates; j += 32) local_sum += expf(pooled(a, j) - max_value);
+        const double sum = warp_sum(local_sum);
+        if (lane == 0) {
+            row_max[a] = max_value;
+            row_inverse[a] = float(1.0 / sum);
+        }
     }
+    __syncthreads();
+    float *averaged = p.scratch.aux + row;
     const float inverse_window = 1.0f / float(window);
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) averaged[j] *= inverse_window;
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int32_t a = 0; a < window; ++a) sum += expf(pooled(a, j) - row_max[a]) * row_inverse[a];
+        averaged[j] = sum * inverse_window;
+    }
     __syncthreads();
     const int32_t half = p.kernel / 2;
     float *out = p.scratch.importance + row;
@@ -135,11 +147,11 @@ __global__ void __launch_bounds__(kRowStatThreads) gram_row_stats_kernel(Compres
     }
 }
 
-// grid (kv head, job), kScoreThreads threads. Column sums of S from the row
-// stats (S is symmetric: column c sums to row c), minus the entries the rule
+// grid (kv head, job), kRedundancyThreads threads. Column sums of S from the row
+// sums (slot 0; S is symmetric: column c sums to row c), minus the entries the rule
 // zeroes, taken off in fixed point so the result does not depend on the order
 // of the atomics; then R = softmax of the column means over all n slots.
-__global__ void __launch_bounds__(kScoreThreads) redundancy_kernel(CompressParams p) {
+__global__ void __launch_bounds__(kRedundancyThreads) redundancy_kernel(CompressParams p) {
     __shared__ double reduce_d[32];
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
@@ -174,8 +186,7 @@ __global__ void __launch_bounds__(kScoreThreads) redundancy_kernel(CompressParam
     __syncthreads();
     double local_max = -INFINITY;
     for (int32_t c = threadIdx.x; c < n; c += blockDim.x) {
-        double column = 0.0;
-        for (int32_t t = 0; t < tiles; ++t) column += partial_sum[t * cap + c];
+        double column = partial_sum[c];  // slot 0: the row sum, = the column sum (S is symmetric)
         column -= double(corrections[c]) / kFixedScale;
         const double mean = column / n;
         corrections[c] = __double_as_longlong(mean);  // this thread's slot: reuse it for the mean

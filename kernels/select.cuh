@@ -15,11 +15,20 @@
 
 namespace rkv::kernels {
 
-constexpr int kSelectThreads = 1024;
+constexpr int kSelectThreads = 512;  // two blocks per SM at 64 registers
 
-// Dynamic shared memory of select_compact_kernel for a capacity.
+// Smallest power of two >= n (the bitonic sort's length).
+__host__ __device__ constexpr int32_t pow2_at_least(int32_t n) {
+    int32_t p = 1;
+    while (p < n) p <<= 1;
+    return p;
+}
+
+// Dynamic shared memory of select_compact_kernel for a capacity: the sort
+// keys [pow2 >= cap] (later reused for positions and state), source slots
+// [cap] int32 and flags [cap] bytes.
 __host__ __device__ constexpr size_t select_shared_bytes(int32_t capacity) {
-    return size_t(capacity) * (sizeof(uint64_t) + sizeof(int32_t));
+    return size_t(pow2_at_least(capacity)) * sizeof(uint64_t) + size_t(capacity) * (sizeof(int32_t) + 1);
 }
 
 // The score candidate j of (job, head) ranks by.
@@ -116,10 +125,30 @@ __device__ void compact_kv(const CompressParams &p, char *k_head, char *v_head, 
     }
 }
 
+// Sorts keys[0 .. count) (count a power of two) in descending order, all
+// threads of the block taking part.
+__device__ __forceinline__ void bitonic_sort_descending(uint64_t *keys, int32_t count) {
+    for (int32_t size = 2; size <= count; size <<= 1) {
+        for (int32_t stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (int32_t t = threadIdx.x; t < count / 2; t += blockDim.x) {
+                const int32_t lo = 2 * t - (t & (stride - 1)), hi = lo + stride;  // lo has bit `stride` clear
+                const bool descending = (lo & size) == 0;
+                const uint64_t a = keys[lo], b = keys[hi];
+                if ((a < b) == descending) {
+                    keys[lo] = b;
+                    keys[hi] = a;
+                }
+            }
+        }
+    }
+    __syncthreads();
+}
+
 // grid (kv head, job), kSelectThreads threads, select_shared_bytes(capacity)
 // of dynamic shared memory.
 template <typename T>
-__global__ void __launch_bounds__(kSelectThreads) select_compact_kernel(CompressParams p) {
+__global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(CompressParams p) {
     extern __shared__ uint64_t select_shared[];
     __shared__ int32_t reduce_i[32];
     __shared__ int32_t warp_counts[kSelectThreads / 32];
@@ -130,49 +159,51 @@ __global__ void __launch_bounds__(kSelectThreads) select_compact_kernel(Compress
     const int32_t candidates = n - window, keep = job.keep;
     const int64_t slots = slot_index(c, job.seq, h, 0);
     const int64_t scratch = scratch_row(p, blockIdx.y, h);
+    const int32_t sorted_count = pow2_at_least(candidates);
     // Shared memory, reused phase by phase:
-    uint64_t *keys = select_shared;                                           // [cap] 1-2: keys, 0 = protected
-    int32_t *rank = reinterpret_cast<int32_t *>(select_shared);               // [cap] 3: rank, -1 = protected
-    int32_t *kept_positions = reinterpret_cast<int32_t *>(select_shared);     // [cap] 4: positions of the kept
+    uint64_t *keys = select_shared;                                            // [pow2] 1-2: sort keys, 0 = protected
+    int32_t *kept_positions = reinterpret_cast<int32_t *>(select_shared);      // [cap] 4: positions of the kept
     float *kept_state = reinterpret_cast<float *>(select_shared) + c.capacity;  // [cap] 4: their state
-    int32_t *src = reinterpret_cast<int32_t *>(select_shared + c.capacity);   // [cap] 2: rank; 3-4: source
-                                                                              // slot of each kept slot
+    int32_t *src = reinterpret_cast<int32_t *>(select_shared + pow2_at_least(c.capacity));  // [cap] 3-4: source
+                                                                               // slot of each kept slot
+    uint8_t *flags = reinterpret_cast<uint8_t *>(src + c.capacity);            // [cap] 1: protected, 2: winner
 
-    // 1. scores and keys
+    // 1. scores and keys (the padding of the sort sorts last, like protected keys)
     int32_t local_protected = 0;
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
+    for (int32_t j = threadIdx.x; j < sorted_count; j += blockDim.x) {
+        if (j >= candidates) {
+            keys[j] = 0;
+            continue;
+        }
         const float score = method_score(p, job, h, scratch, slots, j);
         p.scratch.final_scores[scratch + j] = score;
         const bool is_protected = c.positions[slots + j] < job.protect_below;
         keys[j] = is_protected ? 0 : selection_key(score, j);
+        flags[j] = is_protected ? 1 : 0;
         local_protected += is_protected;
     }
     const int32_t num_protected = block_sum(local_protected, reduce_i);  // (syncs: keys are complete)
     if (p.score_only) return;
     const int32_t winners = max(0, keep - window - num_protected);
 
-    // 2. rank of each open candidate: how many open candidates beat it
-    //    (protected keys are 0 and beat nobody).
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
-        const uint64_t key = keys[j];
-        int32_t beaten_by = 0;
-        if (key != 0)
-            for (int32_t i = 0; i < candidates; ++i) beaten_by += keys[i] > key;
-        src[j] = key == 0 ? -1 : beaten_by;
+    // 2. the winners: the first `winners` keys in descending order. In
+    //    reference order they are placed by rank right away.
+    bitonic_sort_descending(keys, sorted_count);
+    for (int32_t k = threadIdx.x; k < winners; k += blockDim.x) {
+        const int32_t j = int32_t(uint32_t(keys[k]));
+        flags[j] |= 2;
+        if (p.reference_order) src[num_protected + k] = j;
     }
-    __syncthreads();  // the keys are dead
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) rank[j] = src[j];
     __syncthreads();
 
-    // 3. destination of every kept candidate; an exclusive scan over the slots
-    //    of the flags "kept" (position order) or "protected" (reference order).
+    // 3. destination of every other kept candidate: an exclusive scan over the
+    //    slots of the flags "kept" (position order) or "protected" (reference order).
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int32_t carry = 0;
     for (int32_t first = 0; first < candidates; first += blockDim.x) {
         const int32_t j = first + threadIdx.x;
-        const int32_t r = j < candidates ? rank[j] : winners;  // outside: not kept
-        const bool is_protected = r < 0;
-        const bool counted = p.reference_order ? is_protected : (is_protected || r < winners);
+        const uint8_t flag = j < candidates ? flags[j] : 0;
+        const bool counted = p.reference_order ? (flag & 1) : flag != 0;
         const unsigned ballot = __ballot_sync(0xffffffffu, counted);
         if (lane == 0) warp_counts[warp] = __popc(ballot);
         __syncthreads();
@@ -181,14 +212,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_compact_kernel(Compress
         before += __popc(ballot & ((1u << lane) - 1u));
         int32_t total = 0;
         for (int w = 0; w < int(blockDim.x >> 5); ++w) total += warp_counts[w];
-        if (j < candidates) {
-            if (p.reference_order) {
-                if (is_protected) src[before] = j;
-                else if (r < winners) src[num_protected + r] = j;
-            } else if (counted) {
-                src[before] = j;
-            }
-        }
+        if (counted) src[before] = j;
         carry += total;
         __syncthreads();  // warp_counts is rewritten by the next tile
     }

@@ -11,7 +11,7 @@
 #   --prebuilt        use the binaries already in the build folder (built on another
 #                     machine: put its libraries on LD_LIBRARY_PATH); no cmake
 #   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
-#   --no-tests, --no-sanitizer, --no-bench      skip a part
+#   --no-tests, --no-sanitizer, --no-bench, --no-torch      skip a part
 #   --batches LIST    benchmark batches (default 1,8,64,256)
 # Environment: RKV_GOLDEN_DIR (default ../shared/golden beside the repository).
 # Exit status: 0 if every part that ran passed.
@@ -28,6 +28,7 @@ logs=""
 run_tests=1
 run_sanitizer=1
 run_bench=1
+run_torch=1
 batches=1,8,64,256
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,15 +38,16 @@ while [ $# -gt 0 ]; do
     --no-tests) run_tests=0 ;;
     --no-sanitizer) run_sanitizer=0 ;;
     --no-bench) run_bench=0 ;;
+    --no-torch) run_torch=0 ;;
     --batches) batches=$2; shift ;;
-    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--batches 1,8,64,256]" >&2; exit 2 ;;
+    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--batches 1,8,64,256]" >&2; exit 2 ;;
   esac
   shift
 done
 logs=${logs:-$build/gpu_check}
 mkdir -p "$logs"
 export RKV_GOLDEN_DIR=${RKV_GOLDEN_DIR:-$root/../shared/golden}
-export LD_LIBRARY_PATH="$root/$build:$build:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$root/$build:$build:${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 status=0
 summary=()
 note() { summary+=("$1"); echo "$1"; }
@@ -64,7 +66,7 @@ tests=(test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_
 run_one() {
   local name=$1 log=$2; shift 2
   local start=$SECONDS
-  "$@" >"$log" 2>&1
+  timeout "${RKV_GPU_TEST_TIMEOUT:-900}" "$@" >"$log" 2>&1
   local rc=$?
   local took=$((SECONDS - start))
   case $rc in
@@ -105,13 +107,13 @@ if [ "$run_bench" = 1 ]; then
   echo "== benchmarks"
   "$build/rkv_bench_gpu" --batches "$batches" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
-  if python3 -c "import torch" 2>/dev/null; then
+  if [ "$run_torch" = 1 ] && python3 -c "import torch" 2>/dev/null; then
     python3 tools/torch_rkv.py check "$RKV_GOLDEN_DIR" 2>&1 | tee "$logs/torch_check.log"
     python3 tools/torch_rkv.py bench --batches "$batches" --json "$logs/torch.json" --rkv-json "$logs/bench.json" 2>&1 |
       tee "$logs/torch_bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  torch_rkv.py bench"; status=1; }
   else
-    note "SKIP  PyTorch comparison (no torch)"
+    note "SKIP  PyTorch comparison (--no-torch, or no torch)"
   fi
 fi
 

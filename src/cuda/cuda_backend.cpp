@@ -11,6 +11,7 @@
 #include "../error.h"
 #include "cuda_check.h"
 #include "lt_matmul.h"
+#include "phase_profile.h"
 #include "scratch_plan.h"
 
 namespace rkv::cuda {
@@ -62,6 +63,7 @@ class CudaBackend final : public Backend {
         partial_sum_ = DeviceBuffer(scratch_.partials, "scratch (row sums)", device_);
         partial_latest_ = DeviceBuffer(scratch_.partials, "scratch (latest near-duplicates)", device_);
         partial_value_ = DeviceBuffer(scratch_.partials, "scratch (near-duplicate similarities)", device_);
+        partial_w_ = DeviceBuffer(scratch_.partial_w, "scratch (normalised key sums)", device_);
         logits_ = DeviceBuffer(scratch_.logits, "scratch (window logits)", device_);
         gram_ = DeviceBuffer(scratch_.gram, "scratch (key Gram rows)", device_);
         gather_ = DeviceBuffer(scratch_.gather_bytes, "scratch (reference-order compaction)", device_);
@@ -124,9 +126,12 @@ class CudaBackend final : public Backend {
             k::CompressParams p = compress_params(layer);
             p.num_jobs = std::min(scratch_.jobs, num_jobs - first);
             for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
-            enqueue_scores(p, as_stream(stream));
-            check(k::launch_select_compact(p, as_stream(stream)), "rkv_compress: launching the selection");
-            check(k::launch_commit(p, as_stream(stream)), "rkv_compress: launching the commit");
+            const cudaStream_t s = as_stream(stream);
+            enqueue_scores(p, s);
+            profile_.begin(s);
+            check(k::launch_select_compact(p, s), "rkv_compress: launching the selection");
+            profile_.end("selection + compaction", s);
+            check(k::launch_commit(p, s), "rkv_compress: launching the commit");
         }
     }
 
@@ -244,9 +249,10 @@ class CudaBackend final : public Backend {
     void set_matmul_path(int32_t path) override {
         if (path < kPathAuto || path > kPathFused)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: unknown path %d", path);
-        if (path == kPathFused && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim))
-            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the fused kernels need f16 or bf16 storage "
-                 "and head_dim 64, 128 or 256 (this cache: %s, head_dim %d)", dtype_name(p_.dtype), p_.head_dim);
+        if (path == kPathFused && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows))
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the fused kernels need f16 or bf16 storage, "
+                 "head_dim 64, 128 or 256 and at most 64 window queries per KV head (this cache: %s, "
+                 "head_dim %d, %d)", dtype_name(p_.dtype), p_.head_dim, scratch_.rows);
         matmul_path_ = path;
     }
 
@@ -292,6 +298,7 @@ class CudaBackend final : public Backend {
         s.partial_sum = partial_sum_.get<float>();
         s.partial_latest = partial_latest_.get<int32_t>();
         s.partial_value = partial_value_.get<float>();
+        s.partial_w = partial_w_.get<float>();
         s.logits = logits_.get<float>();
         s.gram = gram_.get<float>();
         s.gather = gather_.get();
@@ -314,31 +321,53 @@ class CudaBackend final : public Backend {
     }
 
     bool fused() const {
-        const bool supported = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim);
+        const bool supported = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows);
         return matmul_path_ == kPathFused || (matmul_path_ == kPathAuto && supported);
     }
 
     // The scores of every job of the group, into scratch (see kernels/scoring.cuh).
     void enqueue_scores(k::CompressParams &p, cudaStream_t stream) {
         const rkv_method method = p_.method;
+        int32_t max_held = 0;
+        for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
+        const bool use_fused = fused() && (method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV);
         if (method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV) {
-            for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
+            profile_.begin(stream);
+            if (use_fused) {
+                // pooled logits, and for R-KV the key norms and W the Gram kernel needs
+                p.pooled_groups = 1;
+                check(k::launch_importance_fused(p, max_held, method == RKV_METHOD_RKV, stream),
+                      "rkv_compress: launching the fused importance kernel");
+                profile_.end("window logits (fused)", stream);
+            } else {
+                p.pooled_groups = groups_;
+                for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
+                profile_.end("window logits (cuBLASLt)", stream);
+            }
+            profile_.begin(stream);
             check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
+            profile_.end("importance pooling", stream);
         }
         if (method == RKV_METHOD_RKV) {
-            if (fused()) {
+            profile_.begin(stream);
+            if (use_fused) {
                 p.gram_fused = 1;
-                int32_t max_held = 0;
-                for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
                 check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
+                profile_.end("key Gram (fused)", stream);
             } else {
                 p.gram_fused = 0;
                 gram_rows(p, stream);
+                profile_.end("key Gram (cuBLASLt + rows)", stream);
             }
+            profile_.begin(stream);
             check(k::launch_redundancy(p, stream), "rkv_compress: launching the redundancy kernel");
+            profile_.end("redundancy", stream);
         }
-        if (method == RKV_METHOD_KEYDIFF)
+        if (method == RKV_METHOD_KEYDIFF) {
+            profile_.begin(stream);
             check(k::launch_keydiff(p, stream), "rkv_compress: launching the KeyDiff kernel");
+            profile_.end("keydiff", stream);
+        }
     }
 
     // Calls run(first, count) for each run of jobs with consecutive sequence
@@ -451,6 +480,7 @@ class CudaBackend final : public Backend {
     const int64_t seq_layers_;
     const ScratchPlan scratch_;
     int32_t matmul_path_ = kPathAuto;
+    PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 
     // Cache memory (layouts in src/backend.h).
     DeviceBuffer keys_, values_;   // [layers, seqs, kv_heads, cap, d]
@@ -464,6 +494,7 @@ class CudaBackend final : public Backend {
     DeviceBuffer importance_, redundancy_, final_, aux_, inv_norm_, first_column_;  // [J, H, cap] f32
     DeviceBuffer corrections_;     // [J, H, cap] int64
     DeviceBuffer partial_sum_, partial_latest_, partial_value_;  // [J, H, tiles, cap]
+    DeviceBuffer partial_w_;       // [J, H, tiles, d] f32
     DeviceBuffer logits_;          // [J, H, G*window, cap] f32
     DeviceBuffer gram_;            // [J, H, kGramTile, cap] f32
     DeviceBuffer gather_;          // [J, H, cap, d] storage dtype (reference mode)

@@ -25,6 +25,7 @@ ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
     per_head_f32 = heads * cap * 4;
     corrections = redundancy ? heads * cap * 8 : 0;
     partials = redundancy ? heads * uint64_t(tiles) * cap * 4 : 0;
+    partial_w = redundancy ? heads * uint64_t(tiles) * uint64_t(p.head_dim) * 4 : 0;
     logits = attention ? heads * uint64_t(rows) * cap * 4 : 0;
     gram = redundancy ? heads * uint64_t(kernels::kGramTile) * cap * 4 : 0;
     gather_bytes = gather ? heads * cap * uint64_t(p.head_dim) * dtype_size(p.dtype) : 0;
@@ -32,7 +33,7 @@ ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
 }
 
 uint64_t ScratchPlan::total() const {
-    return 6 * per_head_f32 + corrections + 3 * partials + logits + gram + gather_bytes + workspace +
+    return 6 * per_head_f32 + corrections + 3 * partials + partial_w + logits + gram + gather_bytes + workspace +
            bookkeeping + counter + pinned;
 }
 

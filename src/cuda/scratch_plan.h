@@ -27,6 +27,7 @@ struct ScratchPlan {
                                 // first_column: [J, H, cap] f32
     uint64_t corrections = 0;   // [J, H, cap] int64
     uint64_t partials = 0;      // each of partial_sum, partial_latest, partial_value: [J, H, tiles, cap]
+    uint64_t partial_w = 0;     // [J, H, tiles, head_dim] f32 (fused path)
     uint64_t logits = 0;        // [J, H, rows, cap] f32
     uint64_t gram = 0;          // [J, H, kGramTile, cap] f32
     uint64_t gather_bytes = 0;  // [J, H, cap, head_dim] storage dtype

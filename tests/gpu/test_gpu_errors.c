@@ -20,12 +20,10 @@ static rkv_cache_params cuda_params(rkv_method method) {
     return p;
 }
 
-static void assert_lengths(const rkv_cache *cache, int32_t seq, int32_t expected) {
-    for (int32_t layer = 0; layer < 2; ++layer) {
-        int32_t held = -1;
-        ASSERT_OK(rkv_seq_length(cache, seq, layer, NULL, &held));
-        assert_int_equal(held, expected);
-    }
+static void assert_length(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t expected) {
+    int32_t held = -1;
+    ASSERT_OK(rkv_seq_length(cache, seq, layer, NULL, &held));
+    assert_int_equal(held, expected);
 }
 
 static void test_host_memory_is_rejected(void **state) {
@@ -36,7 +34,7 @@ static void test_host_memory_is_rejected(void **state) {
     int32_t seq = 0, tokens = 1;
     /* from host memory: rejected before anything runs */
     ASSERT_STATUS(gpu_test_append(cache, 0, 1, &seq, &tokens, host, host, host, RKV_DTYPE_F32, 0), RKV_OK);
-    assert_lengths(cache, 0, 1);
+    assert_length(cache, 0, 0, 1);
     rkv_append_args a;
     memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
@@ -47,13 +45,13 @@ static void test_host_memory_is_rejected(void **state) {
     a.v = t;
     ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(rkv_last_error_message(), "host memory"));
-    assert_lengths(cache, 0, 1);
+    assert_length(cache, 0, 0, 1);
     void *device = gpu_alloc(sizeof host);
     a.k.data = device;
     ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_INVALID_ARGUMENT); /* v still on the host */
     a.v.data = device;
     ASSERT_OK(rkv_append(cache, &a, NULL));
-    assert_lengths(cache, 0, 2);
+    assert_length(cache, 0, 0, 2);
     /* attend: q or out on the host */
     const rkv_tensor q_host = {host, RKV_DTYPE_F32, 4, 64, 256, 0, 64};
     rkv_tensor q_device = q_host;
@@ -128,7 +126,8 @@ static void test_full_stops_at_max_len(void **state) {
         ASSERT_OK(gpu_test_append(cache, layer, 1, &seq, &tokens, x, x, x, RKV_DTYPE_F32, 0));
     tokens = 1;
     ASSERT_STATUS(gpu_test_append(cache, 0, 1, &seq, &tokens, x, x, x, RKV_DTYPE_F32, 0), RKV_ERR_CAPACITY);
-    assert_lengths(cache, 1, 40);
+    assert_length(cache, 1, 0, 40);
+    assert_length(cache, 1, 1, 40);
     int32_t due = 1;
     ASSERT_OK(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due));
     assert_int_equal(due, 0);
