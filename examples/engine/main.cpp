@@ -105,8 +105,11 @@ int main(int argc, char **argv) {
 
     const std::string model_path = find_model(model_arg);
     if (model_path.empty()) {
-        std::fprintf(stderr, "%s\n%s\n", model_arg.empty() ? "No model found." : ("No file " + model_arg).c_str(),
-                     kInstallHint);
+        const char *env = std::getenv("RKV_MODEL");
+        const std::string what = !model_arg.empty()  ? "No file " + model_arg + "."
+                                 : env && *env       ? std::string("RKV_MODEL=") + env + " is not a file."
+                                                     : "No model found.";
+        std::fprintf(stderr, "%s\n%s\n", what.c_str(), kInstallHint);
         return 1;
     }
     try {

