@@ -237,6 +237,7 @@ GgufFile::GgufFile(const std::string &path) : path_(path) {
             values_[key] = v;
         }
 
+        std::vector<uint64_t> offsets;  // [tensor_count] from the start of the tensor data
         for (uint64_t i = 0; i < tensor_count; ++i) {
             GgufTensor t;
             t.name = c.read_string();
@@ -244,16 +245,18 @@ GgufFile::GgufFile(const std::string &path) : path_(path) {
             if (dims == 0 || dims > 4) throw std::runtime_error(path + ": tensor " + t.name + " has " + std::to_string(dims) + " dims");
             for (uint32_t d = 0; d < dims; ++d) t.shape.push_back(int64_t(c.read<uint64_t>()));
             t.type = c.read<uint32_t>();
-            const uint64_t offset = c.read<uint64_t>();
-            t.data = reinterpret_cast<const uint8_t *>(offset);  // relative until the data start is known
+            offsets.push_back(c.read<uint64_t>());
             tensors_.push_back(std::move(t));
         }
 
         const uint64_t alignment = uint64_t(get_int("general.alignment", 32));
         const uint64_t header = uint64_t(c.at - map_);
         const uint64_t data_start = (header + alignment - 1) / alignment * alignment;
-        for (GgufTensor &t : tensors_) {
-            const uint64_t offset = reinterpret_cast<uint64_t>(t.data);
+        for (size_t i = 0; i < tensors_.size(); ++i) {
+            GgufTensor &t = tensors_[i];
+            const uint64_t offset = offsets[i];
+            if (data_start + offset > size_)
+                throw std::runtime_error(path + ": tensor " + t.name + " starts past the end of the file");
             t.data = map_ + data_start + offset;
             // Only readable types get a size check; others fail when used.
             if (std::string(ggml_type_name(t.type)) == "unsupported") continue;
