@@ -24,6 +24,7 @@
 //            [--gsm-tokens T] [--gsm-budgets 64,128] [--model PATH] [--data DIR]
 //            [--skip-replay] [--skip-gsm]
 // Data: --data, else $RKV_DATA_DIR, else the shared folder the build was configured with.
+// Output: --out, else <build folder>/eval (git-ignored, like every build folder).
 // Outputs in DIR: teacher_forced.csv, teacher_forced_per_trace.csv, gsm8k.csv,
 // gsm8k_generations.txt, results.md, kept_<method>_b<budget>.html.
 #include <sys/stat.h>
@@ -49,13 +50,16 @@
 #ifndef RKV_DEFAULT_DATA_DIR
 #define RKV_DEFAULT_DATA_DIR "../shared/data"
 #endif
+#ifndef RKV_DEFAULT_OUT_DIR
+#define RKV_DEFAULT_OUT_DIR "eval-results"
+#endif
 
 using namespace engine;
 
 namespace {
 
 struct Options {
-    std::string out = "eval-results", data, model;
+    std::string out = RKV_DEFAULT_OUT_DIR, data, model;  // default: <build dir>/eval
     int32_t traces = 4, trace_tokens = 1536;
     std::vector<int32_t> budgets = {64, 128, 256, 512};
     std::vector<rkv_method> methods = {RKV_METHOD_RKV,          RKV_METHOD_SNAPKV,  RKV_METHOD_H2O,
