@@ -178,6 +178,13 @@ int main(int argc, char **argv) {
         }
         std::printf("(KV tokens: held per layer and head at the end; KV held: their K+V bytes; full cache: the\n"
                     " K+V bytes of every token seen; allocated: what the cache reserved at create)\n");
+        for (const Run &r : runs)
+            if (r.method != RKV_METHOD_FULL && r.stats.bytes_kv_held > 0)
+                std::printf("%s holds %s of K/V where a full cache needs %s for the same %llu tokens (%.1fx less)\n",
+                            kMethodNames[r.method], format_bytes(r.stats.bytes_kv_held).c_str(),
+                            format_bytes(r.stats.bytes_kv_full).c_str(),
+                            (unsigned long long)(r.stats.tokens_appended / uint64_t(c.n_layers)),
+                            double(r.stats.bytes_kv_full) / double(r.stats.bytes_kv_held));
         if (runs.size() == 2) {
             const std::vector<int32_t> &a = runs[0].generation.tokens, &b = runs[1].generation.tokens;
             size_t same = 0;
