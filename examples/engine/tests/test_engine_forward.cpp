@@ -31,11 +31,14 @@ static void greedy_full(Model &model) {
     std::vector<float> logits(static_cast<size_t>(vocab));  // [vocab]
     model.prefill(cache, 0, kPromptIds.data(), int32_t(kPromptIds.size()), logits.data(), true, true);
 
+    double worst = 0.0;
     for (size_t i = 0; i < kTopIds.size(); ++i) {
         const double got = logits[size_t(kTopIds[i])];
-        EXPECT(std::fabs(got - kTopLogits[i]) < 2e-2, "logit of token %d: %.5f, reference %.5f", kTopIds[i], got,
+        worst = std::max(worst, std::fabs(got - kTopLogits[i]));
+        EXPECT(std::fabs(got - kTopLogits[i]) < 1e-3, "logit of token %d: %.5f, reference %.5f", kTopIds[i], got,
                kTopLogits[i]);
     }
+    std::printf("full: top-5 logits within %.1e of the float64 reference\n", worst);
     std::vector<int32_t> generated;
     for (size_t i = 0; i < kGreedyIds.size(); ++i) {
         const int32_t next = argmax(logits.data(), vocab);
