@@ -46,7 +46,7 @@ cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim) {
     });
     if (error != cudaSuccess) return error;
     return with_instance<ImportanceKernel>(dtype, head_dim, [&](auto instance) {
-        return cudaFuncSetAttribute(instance.kernel, limit, int(importance_fused_shared_bytes(head_dim)));
+        return cudaFuncSetAttribute(instance.kernel, limit, int(importance_fused_shared_bytes(head_dim, kFusedMaxRows)));
     });
 }
 
@@ -55,9 +55,9 @@ cudaError_t launch_importance_fused(const CompressParams &p, int32_t max_held, i
     const int32_t d = p.cache.head_dim;
     if (!gram_fused_supported(p.cache.dtype, d, p.scratch.rows)) return cudaErrorNotSupported;
     const dim3 grid(unsigned((max_held + kGramTile - 1) / kGramTile), unsigned(p.cache.kv_heads), unsigned(p.num_jobs));
-    const size_t shared = importance_fused_shared_bytes(d);
+    const size_t shared = importance_fused_shared_bytes(d, p.scratch.rows);
     with_instance<ImportanceKernel>(p.cache.dtype, d, [&](auto instance) {
-        instance.kernel<<<grid, kGramThreads, shared, stream>>>(p, with_norms);
+        instance.kernel<<<grid, kImportanceThreads, shared, stream>>>(p, with_norms);
         return cudaSuccess;
     });
     return cudaGetLastError();

@@ -28,8 +28,9 @@
 
 namespace rkv::kernels {
 
-constexpr int kGramThreads = 256;
-constexpr int kFusedMaxRows = 64;  // G * window rows the fused importance holds (4 m16 tiles)
+constexpr int kGramThreads = 128;        // gram_fused_kernel: 4 warps as 2 x 2, each 64 x 64 of the tile
+constexpr int kImportanceThreads = 256;  // importance_fused_kernel: 8 warps
+constexpr int kFusedMaxRows = 64;        // G * window rows the fused importance holds (4 m16 tiles)
 
 // Dynamic shared memory of gram_fused_kernel: the row tile and two column
 // tiles (double-buffered with cp.async), inverse norms, W, reduction buffers.
@@ -37,15 +38,18 @@ __host__ __device__ constexpr size_t gram_fused_shared_bytes(int head_dim) {
     return size_t(3) * kGramTile * head_dim * 2            // A tile, two B tiles
            + size_t(kGramTile) * 3 * sizeof(float)         // inv_a, inv_b[2]
            + size_t(head_dim) * sizeof(float)              // W
-           + size_t(kGramTile) * 4 * 2 * sizeof(float)     // row stats [4 warp columns] (latest, value)
+           + size_t(kGramTile) * 2 * 2 * sizeof(float)     // row stats [2 warp columns] (latest, value)
            + size_t(kGramTile) * 2 * 2 * sizeof(float);    // column stats [2 warp rows]
 }
 
+// Query rows of the fused importance, padded to whole m16 tiles.
+__host__ __device__ constexpr int fused_rows(int rows) { return (rows + 15) / 16 * 16; }
+
 // Dynamic shared memory of importance_fused_kernel: the key tile, the query
-// rows, the logits [kFusedMaxRows, 128] and the inverse norms.
-__host__ __device__ constexpr size_t importance_fused_shared_bytes(int head_dim) {
-    return size_t(kGramTile) * head_dim * 2 + size_t(kFusedMaxRows) * head_dim * 2 +
-           size_t(kFusedMaxRows) * kGramTile * sizeof(float) + size_t(kGramTile) * sizeof(float);
+// rows, the logits [rows, 128] and the inverse norms (rows padded to 16).
+__host__ __device__ constexpr size_t importance_fused_shared_bytes(int head_dim, int rows) {
+    return size_t(kGramTile) * head_dim * 2 + size_t(fused_rows(rows)) * head_dim * 2 +
+           size_t(fused_rows(rows)) * kGramTile * sizeof(float) + size_t(kGramTile) * sizeof(float);
 }
 
 template <typename T>
@@ -138,10 +142,10 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
 
-// grid (key tile, kv head, job), kGramThreads threads,
-// importance_fused_shared_bytes(D) of dynamic shared memory.
+// grid (key tile, kv head, job), kImportanceThreads threads,
+// importance_fused_shared_bytes(D, rows) of dynamic shared memory.
 template <typename T, int D>
-__global__ void __launch_bounds__(kGramThreads) importance_fused_kernel(CompressParams p, int32_t with_norms) {
+__global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(CompressParams p, int32_t with_norms) {
     extern __shared__ __align__(128) char fused_shared[];
     const int32_t t = blockIdx.x, h = blockIdx.y, jj = blockIdx.z;
     const Job job = p.jobs[jj];
@@ -150,16 +154,17 @@ __global__ void __launch_bounds__(kGramThreads) importance_fused_kernel(Compress
     const int32_t n = job.held, candidates = n - c.window;
     if (t * kGramTile >= n) return;
     const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
-    char *k_tile = fused_shared;                                                 // [128][D]
-    char *q_tile = fused_shared + kGramTile * D * 2;                             // [64][D]
-    float *logits = reinterpret_cast<float *>(q_tile + kFusedMaxRows * D * 2);   // [64][128]
-    float *inv = logits + kFusedMaxRows * kGramTile;                             // [128]
+    const int32_t padded = fused_rows(rows);
+    char *k_tile = fused_shared;                                            // [128][D]
+    char *q_tile = fused_shared + kGramTile * D * 2;                        // [padded][D]
+    float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
+    float *inv = logits + padded * kGramTile;                               // [128]
     const uint32_t k_address = uint32_t(__cvta_generic_to_shared(k_tile));
     const uint32_t q_address = uint32_t(__cvta_generic_to_shared(q_tile));
     const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_rows<T, D>(k_address, keys, t * kGramTile, kGramTile, n);
-    load_rows<T, D>(q_address, queries, 0, kFusedMaxRows, rows);
+    load_rows<T, D>(q_address, queries, 0, padded, rows);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -185,7 +190,7 @@ __global__ void __launch_bounds__(kGramThreads) importance_fused_kernel(Compress
     }
 
     // logits [rows, 128]: warp w takes columns 16w .. 16w+15 of every query row.
-    const int m_tiles = (rows + 15) / 16;
+    const int m_tiles = padded / 16;
     float acc[4][2][4];
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt)
@@ -251,35 +256,39 @@ struct TileStats {
     float *col_value;
 };
 
-// Keeps, per row of the tile, the latest column with S = acc * inv_r * inv_c
-// above tau and S there, and off the diagonal the same per column, per warp
-// in shared memory. Rows ascend along (mt, half) and columns along (nt, e), so
-// a later hit overwrites an earlier one. kInterior: no bounds to check (no row
-// or column past n, not on the diagonal); kDiagonal: S[r, r] = 0, rows only
-// (the tile is symmetric itself).
+// Keeps, per row of the warp's 64 x 64 part of the tile, the latest column with
+// S = acc * inv_r * inv_c above tau and S there, and off the diagonal the same
+// per column, per warp in shared memory. Rows ascend along (mt, half) and
+// columns along (nt, e), so a later hit overwrites an earlier one. kInterior:
+// no bounds to check (no row or column past n, not on the diagonal);
+// kDiagonal: S[r, r] = 0, rows only (the tile is symmetric itself).
 template <bool kInterior, bool kDiagonal>
-__device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&acc)[4][4][4]) {
+__device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&acc)[4][8][4]) {
     const int row0 = t.i * kGramTile + t.warp_row * 64 + t.g;      // + mt*16 + half*8
-    const int col0 = t.j * kGramTile + t.warp_col * 32 + 2 * t.q;  // + nt*8 + e
-    float inv_r[8], inv_c[8];
+    const int col0 = t.j * kGramTile + t.warp_col * 64 + 2 * t.q;  // + nt*8 + e
+    float inv_r[8], inv_c[16];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) inv_r[k] = t.inv_a[t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) inv_c[k] = t.inv_c[t.warp_col * 64 + 2 * t.q + (k >> 1) * 8 + (k & 1)];
+    float row_value[8], col_value[16];
+    int32_t row_latest[8], col_latest[16];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        inv_r[k] = t.inv_a[t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8];
-        inv_c[k] = t.inv_c[t.warp_col * 32 + 2 * t.q + (k >> 1) * 8 + (k & 1)];
+        row_value[k] = 0.0f;
+        row_latest[k] = -1;
     }
-    float row_value[8], col_value[8];
-    int32_t row_latest[8], col_latest[8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        row_value[k] = col_value[k] = 0.0f;
-        row_latest[k] = col_latest[k] = -1;
+    for (int k = 0; k < 16; ++k) {
+        col_value[k] = 0.0f;
+        col_latest[k] = -1;
     }
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half)
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int rk = mt * 2 + half, ck = nt * 2 + e;
@@ -320,7 +329,7 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     // Columns: the 8 lanes with the same q share a column; then one value per (warp row, column).
     if constexpr (!kDiagonal) {
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
+        for (int k = 0; k < 16; ++k) {
 #pragma unroll
             for (int offset = 4; offset <= 16; offset <<= 1) {
                 const int32_t other_latest = __shfl_xor_sync(0xffffffffu, col_latest[k], offset);
@@ -331,7 +340,7 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
                 }
             }
             if (t.g == 0) {
-                const int C = t.warp_col * 32 + 2 * t.q + (k >> 1) * 8 + (k & 1);
+                const int C = t.warp_col * 64 + 2 * t.q + (k >> 1) * 8 + (k & 1);
                 t.col_latest[t.warp_row * kGramTile + C] = col_latest[k];
                 t.col_value[t.warp_row * kGramTile + C] = col_value[k];
             }
@@ -339,9 +348,11 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     }
 }
 
-// grid (tile row i * kv_heads * jobs, heavy rows first), 256 threads (8 warps
-// as 2 x 4, each 64 rows x 32 columns of the tile), gram_fused_shared_bytes(D)
-// of dynamic shared memory. Needs importance_fused_kernel's norms and W.
+// grid (tile row i * kv_heads * jobs, heavy rows first), kGramThreads threads
+// (4 warps as 2 x 2, each 64 rows x 64 columns of the tile: twice the operand
+// reuse of 64 x 32 warp tiles, so half the shared-memory fragment traffic),
+// gram_fused_shared_bytes(D) of dynamic shared memory. Needs
+// importance_fused_kernel's norms and W.
 template <typename T, int D>
 __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_kernel(CompressParams p) {
     extern __shared__ __align__(128) char gram_shared[];
@@ -360,9 +371,9 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     float *inv_a = reinterpret_cast<float *>(gram_shared + 3 * kTileBytes);    // [128]
     float *inv_b = inv_a + kGramTile;                                          // [2][128]
     float *w = inv_b + 2 * kGramTile;                                          // [D]
-    int32_t *row_latest = reinterpret_cast<int32_t *>(w + D);                  // [4][128]
-    float *row_value = reinterpret_cast<float *>(row_latest + 4 * kGramTile);  // [4][128]
-    int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 4 * kGramTile);  // [2][128]
+    int32_t *row_latest = reinterpret_cast<int32_t *>(w + D);                  // [2][128]
+    float *row_value = reinterpret_cast<float *>(row_latest + 2 * kGramTile);  // [2][128]
+    int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 2 * kGramTile);  // [2][128]
     float *col_value = reinterpret_cast<float *>(col_latest + 2 * kGramTile);      // [2][128]
     const uint32_t a_address = uint32_t(__cvta_generic_to_shared(a_tile));
     const uint32_t b_address = uint32_t(__cvta_generic_to_shared(b_tiles));
@@ -376,14 +387,14 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int warp_row = warp >> 2, warp_col = warp & 3;  // 64-row, 32-column slab of the tile
+    const int warp_row = warp >> 1, warp_col = warp & 1;  // 64 x 64 part of the tile
     const int g = lane >> 2, q = lane & 3;                // mma fragment coordinates
 
     load_rows<T, D>(a_address, keys, i * kGramTile, kGramTile, n);
     load_rows<T, D>(b_address, keys, i * kGramTile, kGramTile, n);
     cp_async_commit();
-    if (threadIdx.x < kGramTile) {
-        const int32_t r = i * kGramTile + threadIdx.x;
+    {
+        const int32_t r = i * kGramTile + threadIdx.x;  // one thread per row of the tile
         inv_a[threadIdx.x] = r < n ? inv_norm[r] : 0.0f;
     }
     // W = the sum of every normalised key, from the per-tile partials in order.
@@ -397,7 +408,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     for (int32_t j = i; j < tiles; ++j) {
         const int buffer = (j - i) & 1;
         float *inv_c = inv_b + buffer * kGramTile;
-        if (threadIdx.x < kGramTile) {
+        {
             const int32_t c = j * kGramTile + threadIdx.x;
             inv_c[threadIdx.x] = c < n ? inv_norm[c] : 0.0f;
         }
@@ -410,11 +421,11 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         }
         __syncthreads();
         if (j == i) {
-            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (two threads per row).
-            const int r = threadIdx.x >> 1, part = threadIdx.x & 1;
+            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row).
+            const int r = threadIdx.x;
             float dot_w = 0.0f, dot_self = 0.0f;
             const float inv_r = inv_a[r];
-            for (int chunk = part * (D / 16); chunk < (part + 1) * (D / 16); ++chunk) {
+            for (int chunk = 0; chunk < D / 8; ++chunk) {
                 float values[8];
                 unpack16(*reinterpret_cast<const uint4 *>(a_tile + swizzle<D>(r, chunk)), values, T());
 #pragma unroll
@@ -424,37 +435,35 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
                     dot_self += k_hat * k_hat;
                 }
             }
-            dot_w += __shfl_xor_sync(0xffffffffu, dot_w, 1);
-            dot_self += __shfl_xor_sync(0xffffffffu, dot_self, 1);
-            if (part == 0 && i * kGramTile + r < n) partial_sum[i * kGramTile + r] = dot_w - dot_self;
+            if (i * kGramTile + r < n) partial_sum[i * kGramTile + r] = dot_w - dot_self;
         }
 
-        // acc[mt][nt] = rows warp_row*64 + mt*16 .., columns warp_col*32 + nt*8 ..
-        float acc[4][4][4];
+        // acc[mt][nt] = rows warp_row*64 + mt*16 .., columns warp_col*64 + nt*8 ..
+        float acc[4][8][4];
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
         const uint32_t b_base = b_address + buffer * kTileBytes;
 #pragma unroll
         for (int kk = 0; kk < D; kk += 16) {
-            uint32_t a[4][4], b[2][4];
+            uint32_t a[4][4], b[4][4];
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) {
                 const int r = warp_row * 64 + mt * 16 + (lane & 15);
                 ldmatrix_x4(a[mt], a_address + swizzle<D>(r, (kk >> 3) + (lane >> 4)));
             }
 #pragma unroll
-            for (int np = 0; np < 2; ++np) {
-                const int c = warp_col * 32 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
+            for (int np = 0; np < 4; ++np) {
+                const int c = warp_col * 64 + np * 16 + (lane & 7) + ((lane >> 4) << 3);
                 ldmatrix_x4(b[np], b_base + swizzle<D>(c, (kk >> 3) + ((lane >> 3) & 1)));
             }
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < 4; ++nt)
+                for (int nt = 0; nt < 8; ++nt)
                     mma_16816<T>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
         }
 
@@ -468,39 +477,35 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         if (p.slot0_quirk && i == 0 && warp_row == 0 && g == 0) {
             // S[0, c] for the columns of this tile: row 0 is fragment (mt 0, e 0..1) of lanes g == 0.
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int C = warp_col * 32 + nt * 8 + 2 * q + e;
+                    const int C = warp_col * 64 + nt * 8 + 2 * q + e;
                     const int32_t c = j * kGramTile + C;
                     if (c < n) p.scratch.first_column[row + c] = c == 0 ? 0.0f : acc[0][nt][e] * inv_a[0] * inv_c[C];
                 }
         }
         __syncthreads();
-        if (threadIdx.x < kGramTile) {  // rows of tile i, slot j
-            const int R = threadIdx.x;
+        {
+            const int R = threadIdx.x;  // row R of tile i (slot j), and column R of tile j (slot i)
             const int32_t r = i * kGramTile + R;
             if (r < n) {
                 int32_t latest = row_latest[R];
                 float value = row_value[R];
-                for (int wc = 1; wc < 4; ++wc) {
-                    if (row_latest[wc * kGramTile + R] > latest) {
-                        latest = row_latest[wc * kGramTile + R];
-                        value = row_value[wc * kGramTile + R];
-                    }
+                if (row_latest[kGramTile + R] > latest) {
+                    latest = row_latest[kGramTile + R];
+                    value = row_value[kGramTile + R];
                 }
                 partial_latest[j * cap + r] = latest;
                 partial_value[j * cap + r] = value;
             }
-        } else if (!diagonal) {  // rows of tile j (the tile's columns), slot i
-            const int C = threadIdx.x - kGramTile;
-            const int32_t c = j * kGramTile + C;
-            if (c < n) {
-                int32_t latest = col_latest[C];
-                float value = col_value[C];
-                if (col_latest[kGramTile + C] > latest) {
-                    latest = col_latest[kGramTile + C];
-                    value = col_value[kGramTile + C];
+            const int32_t c = j * kGramTile + R;
+            if (!diagonal && c < n) {
+                int32_t latest = col_latest[R];
+                float value = col_value[R];
+                if (col_latest[kGramTile + R] > latest) {
+                    latest = col_latest[kGramTile + R];
+                    value = col_value[kGramTile + R];
                 }
                 partial_latest[i * cap + c] = latest;
                 partial_value[i * cap + c] = value;

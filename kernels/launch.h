@@ -16,6 +16,7 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
 // (its parts, one per file of kernels)
 cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
 cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim);
+cudaError_t configure_attend_kernels(int32_t dtype);
 
 // Scatter K/V/Q of every chunk (and, with p.h2o, accumulate H2O's attention),
 // then advance the device bookkeeping.

@@ -70,7 +70,7 @@ int32_t kept_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32
 typedef struct kept_compare {
     int heads;        /* heads compared */
     int identical;    /* same tokens in the same slots */
-    int near_ties;    /* different sets, and every swapped pair scored within the tie tolerance */
+    int near_ties;    /* different sets or orders, every swapped pair scored within the tie tolerance */
     int mismatches;   /* different sets beyond the tolerance (or no scores to explain them) */
     int order_errors; /* same set, different slot order */
 } kept_compare;
