@@ -525,7 +525,9 @@ static void test_create_shape_errors(void **state) {
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.num_q_heads = 1, RKV_ERR_INVALID_ARGUMENT);
 }
 
-/* Unknown enum values, and CUDA in this CPU-only build, are UNSUPPORTED. */
+/* Unknown enum values are UNSUPPORTED, and so is a CUDA cache no build can
+ * create: head_dim 300 is over the CUDA backend's limit of 256, and a build
+ * without CUDA, or a machine without a GPU, cannot create any CUDA cache. */
 static void test_create_enum_errors(void **state) {
     (void)state;
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.dtype = (rkv_dtype)3, RKV_ERR_UNSUPPORTED);
@@ -536,7 +538,8 @@ static void test_create_enum_errors(void **state) {
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.method = (rkv_method)-1, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.mode = (rkv_mode)2, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.pooling = (rkv_pooling)2, RKV_ERR_UNSUPPORTED);
-    EXPECT_PARAMS(RKV_METHOD_RKV, p_.device_type = RKV_DEVICE_CUDA, RKV_ERR_UNSUPPORTED);
+    EXPECT_PARAMS(RKV_METHOD_RKV, (p_.device_type = RKV_DEVICE_CUDA, p_.head_dim = 300),
+                  RKV_ERR_UNSUPPORTED);
 }
 
 /* Rules between parameters, and single values outside their bounds. */
