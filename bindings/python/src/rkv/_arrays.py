@@ -220,7 +220,9 @@ def int_view(owner, address: int, shape, strides, device: Device, device_id: int
     import torch
     if 0 in shape or not address:
         return torch.empty(shape, dtype=torch.int32, device=torch.device("cuda", device_id))
-    interface = {"version": 3, "shape": tuple(shape), "typestr": "<i4", "data": (address, True),
+    # torch has no read-only tensors (it rejects the flag): the positions of a
+    # CUDA view are writable in Python, and writing them is the caller's bug.
+    interface = {"version": 3, "shape": tuple(shape), "typestr": "<i4", "data": (address, False),
                  "strides": tuple(s * 4 for s in strides), "stream": None}
     return torch.as_tensor(_Interface(owner, "__cuda_array_interface__", interface),
                            device=torch.device("cuda", device_id))
