@@ -9,29 +9,6 @@
 
 enum { SEQS = 3, KV_HEADS = 2, Q_HEADS = 8, DIM = 32 };
 
-static double element(const void *data, rkv_dtype dtype, int64_t index) {
-    if (dtype == RKV_DTYPE_F32) return ((const float *)data)[index];
-    uint16_t raw = ((const uint16_t *)data)[index];
-    if (dtype == RKV_DTYPE_F16) {
-        _Float16 h;
-        memcpy(&h, &raw, 2);
-        return (double)h;
-    }
-    union { uint32_t u; float f; } bits = {(uint32_t)raw << 16};
-    return bits.f;
-}
-
-static void store(void *data, rkv_dtype dtype, int64_t index, float x) {
-    if (dtype == RKV_DTYPE_F32) ((float *)data)[index] = x;
-    else if (dtype == RKV_DTYPE_F16) {
-        _Float16 h = (_Float16)x;
-        memcpy((uint16_t *)data + index, &h, 2);
-    } else {
-        union { float f; uint32_t u; } bits = {x};
-        ((uint16_t *)data)[index] = (uint16_t)((bits.u + 0x7fffu + ((bits.u >> 16) & 1u)) >> 16);
-    }
-}
-
 static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
     rkv_cache_params p = test_params(SEQS, 1, KV_HEADS, Q_HEADS, DIM, RKV_METHOD_RKV, 40, 20, 4);
     p.dtype = storage;
@@ -44,7 +21,10 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
     const size_t bytes = (size_t)(SEQS * stride_seq) * 4;
     void *q = malloc(bytes), *out = malloc(bytes);
     memset(out, 0xff, bytes); /* poison: every element must be written */
-    for (int64_t i = 0; i < SEQS * stride_seq; ++i) store(q, io, i, 2.0f * test_rng_normal(&rng));
+    for (int64_t i = 0; i < SEQS * stride_seq; ++i) {
+        const float x = 2.0f * test_rng_normal(&rng);
+        convert_from_f32(&x, 1, io, (char *)q + i * (io == RKV_DTYPE_F32 ? 4 : 2));
+    }
     int32_t seq_ids[SEQS] = {2, 0, 1};
     rkv_tensor qt = {q, io, Q_HEADS, DIM, stride_seq, 0, DIM};
     rkv_tensor ot = {out, io, Q_HEADS, DIM, stride_seq, 0, DIM};
@@ -62,8 +42,8 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
             for (int t = 0; t < view.length; ++t) {
                 double dot = 0;
                 for (int e = 0; e < DIM; ++e)
-                    dot += element(q, io, i * stride_seq + h * DIM + e) *
-                           element(view.k, storage, kv * view.stride_head + t * view.stride_token + e);
+                    dot += element_as_float(q, io, (size_t)i * stride_seq + h * DIM + e) *
+                           element_as_float(view.k, storage, (size_t)kv * view.stride_head + t * view.stride_token + e);
                 weights[t] = dot / sqrt((double)DIM);
                 max_logit = fmax(max_logit, weights[t]);
             }
@@ -71,8 +51,8 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
             for (int e = 0; e < DIM; ++e) {
                 double want = 0;
                 for (int t = 0; t < view.length; ++t)
-                    want += weights[t] / sum * element(view.v, storage, kv * view.stride_head + t * view.stride_token + e);
-                double got = element(out, io, i * stride_seq + h * DIM + e);
+                    want += weights[t] / sum * element_as_float(view.v, storage, (size_t)kv * view.stride_head + t * view.stride_token + e);
+                double got = element_as_float(out, io, (size_t)i * stride_seq + h * DIM + e);
                 assert_false(isnan(got));
                 error2 += (got - want) * (got - want);
                 norm2 += want * want;

@@ -29,30 +29,6 @@ static float *history_row(const history *h, float *base, int32_t seq, int32_t la
     return base + ((((int64_t)seq * LAYERS + layer) * KV_HEADS + head) * h->max_len + position) * DIM;
 }
 
-/* The value a storage dtype holds for x. */
-static float round_to(rkv_dtype dtype, float x) {
-    union { float f; uint32_t u; } bits = {x};
-    if (dtype == RKV_DTYPE_BF16) {
-        bits.u += 0x7fffu + ((bits.u >> 16) & 1u);
-        bits.u &= 0xffff0000u;
-        return bits.f;
-    }
-    if (dtype == RKV_DTYPE_F16) return (float)(_Float16)x;
-    return x;
-}
-
-static float load_element(const void *data, rkv_dtype dtype, int64_t index) {
-    if (dtype == RKV_DTYPE_F32) return ((const float *)data)[index];
-    uint16_t raw = ((const uint16_t *)data)[index];
-    if (dtype == RKV_DTYPE_F16) {
-        _Float16 h;
-        memcpy(&h, &raw, 2);
-        return (float)h;
-    }
-    union { uint32_t u; float f; } bits = {(uint32_t)raw << 16};
-    return bits.f;
-}
-
 /* One decode token for sequence `seq`, every layer; records it in `hist`. */
 static rkv_status decode_token(rkv_cache *cache, history *hist, int32_t seq, int32_t position,
                                uint64_t *rng) {
@@ -98,10 +74,10 @@ static void check_invariants(const rkv_cache *cache, const rkv_cache_params *p, 
             /* the slot holds what was appended at its position (rounded to storage) */
             for (int32_t e = 0; e < DIM; e += 5) {
                 int64_t index = h * view.stride_head + i * view.stride_token + e;
-                float want_k = round_to(p->dtype, history_row(hist, hist->k, seq, layer, h, positions[i])[e]);
-                float want_v = round_to(p->dtype, history_row(hist, hist->v, seq, layer, h, positions[i])[e]);
-                assert_true(load_element(view.k, p->dtype, index) == want_k);
-                assert_true(load_element(view.v, p->dtype, index) == want_v);
+                float want_k = round_through(p->dtype, history_row(hist, hist->k, seq, layer, h, positions[i])[e]);
+                float want_v = round_through(p->dtype, history_row(hist, hist->v, seq, layer, h, positions[i])[e]);
+                assert_true(element_as_float(view.k, p->dtype, (size_t)index) == want_k);
+                assert_true(element_as_float(view.v, p->dtype, (size_t)index) == want_v);
             }
         }
         for (int32_t t = logical - WINDOW; t < logical; ++t)

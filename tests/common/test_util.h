@@ -35,6 +35,13 @@ float test_rng_uniform(uint64_t *state); /* [0, 1) */
 float test_rng_normal(uint64_t *state);
 void test_fill_normal(float *out, size_t count, uint64_t *state);
 
+/* Storage dtypes on the host: x[0..count) as `dtype` (round to nearest even,
+ * NaN kept) into out; element `index` of a `dtype` buffer as float; the value
+ * `dtype` stores for x. */
+void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out);
+float element_as_float(const void *data, rkv_dtype dtype, size_t index);
+float round_through(rkv_dtype dtype, float x);
+
 /* A float32 tensor laid out [tokens, heads, head_dim] (one entry). */
 rkv_tensor test_tensor(float *data, int32_t heads, int32_t head_dim);
 

@@ -48,41 +48,6 @@ void gpu_sync(void) { CUDA_OK(cudaDeviceSynchronize()); }
 
 size_t dtype_bytes(rkv_dtype dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
 
-static uint16_t to_bf16(float x) {
-    union { float f; uint32_t u; } bits = {x};
-    if ((bits.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits.u >> 16) | 0x40u);
-    bits.u += 0x7fffu + ((bits.u >> 16) & 1u);
-    return (uint16_t)(bits.u >> 16);
-}
-
-void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out) {
-    for (size_t i = 0; i < count; ++i) {
-        if (dtype == RKV_DTYPE_F32) ((float *)out)[i] = x[i];
-        else if (dtype == RKV_DTYPE_BF16) ((uint16_t *)out)[i] = to_bf16(x[i]);
-        else {
-            _Float16 h = (_Float16)x[i];
-            memcpy((uint16_t *)out + i, &h, 2);
-        }
-    }
-}
-
-float element_as_float(const void *data, rkv_dtype dtype, size_t index) {
-    if (dtype == RKV_DTYPE_F32) return ((const float *)data)[index];
-    uint16_t raw = ((const uint16_t *)data)[index];
-    if (dtype == RKV_DTYPE_F16) {
-        _Float16 h;
-        memcpy(&h, &raw, 2);
-        return (float)h;
-    }
-    union { uint32_t u; float f; } bits = {(uint32_t)raw << 16};
-    return bits.f;
-}
-
-float round_through(rkv_dtype dtype, float x) {
-    unsigned char raw[4];
-    convert_from_f32(&x, 1, dtype, raw);
-    return element_as_float(raw, dtype, 0);
-}
 
 static rkv_cache_params params_of(const rkv_cache *cache) {
     rkv_cache_params p;

@@ -32,11 +32,7 @@ void gpu_free(void *device);
 void gpu_sync(void);
 
 size_t dtype_bytes(rkv_dtype dtype);
-/* x[0..count) as `dtype` (round to nearest even) into out (count * dtype_bytes). */
-void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out);
-float element_as_float(const void *data, rkv_dtype dtype, size_t index);
-/* The value `dtype` stores for x. */
-float round_through(rkv_dtype dtype, float x);
+/* convert_from_f32, element_as_float, round_through: tests/common/test_util.h */
 
 /* Append packed tokens: entry i's num_tokens[i] tokens follow entry i-1's in
  *   k, v [total, kv_heads, d] and q [total, q_heads, d] (q may be NULL), float32,
