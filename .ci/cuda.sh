@@ -31,13 +31,20 @@ case "${1:-}" in
     [ -f "$cache" ] || fail "$cache missing: run ./rkv test first"
     grep -q '^RKV_CUDA:BOOL=ON' "$cache" || fail "the build in $build has RKV_CUDA off: nvcc was not found by CMake"
     library=$(readlink -f "$build/librkv.so")
-    readelf -S "$library" | grep -q '\.nv_fatbin' || fail "$library holds no CUDA fatbin"
-    readelf -d "$library" | grep -q 'libcudart' || fail "$library is not linked to the CUDA runtime"
-    readelf -d "$library" | grep -q 'libcublasLt' || fail "$library is not linked to cuBLASLt"
+    # Each tool's whole output is captured before grep reads it: `tool | grep -q`
+    # under pipefail fails at random, because grep exits at its first match and
+    # the tool, still writing, dies of SIGPIPE (exit 141).
+    sections=$(readelf -S "$library") || fail "readelf -S $library failed"
+    dynamic=$(readelf -d "$library") || fail "readelf -d $library failed"
+    grep -q '\.nv_fatbin' <<<"$sections" || fail "$library holds no CUDA fatbin"
+    grep -q 'libcudart' <<<"$dynamic" || fail "$library is not linked to the CUDA runtime"
+    grep -q 'libcublasLt' <<<"$dynamic" || fail "$library is not linked to cuBLASLt"
     nvcc=$(find_nvcc)
     if [ -n "$nvcc" ] && command -v "$(dirname "$nvcc")/cuobjdump" >/dev/null 2>&1; then
-      "$(dirname "$nvcc")/cuobjdump" --list-elf "$library" | grep -q 'sm_90a' || fail "no sm_90a code in $library"
-      "$(dirname "$nvcc")/cuobjdump" --list-ptx "$library" | grep -q 'sm_90' || fail "no compute_90 PTX in $library"
+      elf=$("$(dirname "$nvcc")/cuobjdump" --list-elf "$library") || fail "cuobjdump --list-elf $library failed"
+      ptx=$("$(dirname "$nvcc")/cuobjdump" --list-ptx "$library") || fail "cuobjdump --list-ptx $library failed"
+      grep -q 'sm_90a' <<<"$elf" || fail "no sm_90a code in $library"
+      grep -q 'sm_90' <<<"$ptx" || fail "no compute_90 PTX in $library"
     else
       grep -aq 'sm_90a' "$library" || fail "no sm_90a code in $library"
     fi
