@@ -1,4 +1,4 @@
-/* Golden conformance: every case of ../shared/golden/manifest.json, produced by
+/* Golden conformance: every case of tests/golden/manifest.json, produced by
  * the official R-KV code, replayed through the C API in reference mode.
  *   - R-KV: kept sets identical per head; importance, redundancy and final
  *     scores within 1e-5 of the largest magnitude (max |diff| / max |value|).

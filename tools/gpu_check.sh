@@ -13,7 +13,7 @@
 #   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
 #   --no-tests, --no-sanitizer, --no-bench, --no-torch      skip a part
 #   --batches LIST    benchmark batches (default 1,8,64,256)
-# Environment: RKV_GOLDEN_DIR (default ../shared/golden beside the repository).
+# Environment: RKV_GOLDEN_DIR (default tests/golden of the repository).
 # Exit status: 0 if every part that ran passed.
 #
 # Built on the same machine, `ctest --test-dir build-gpu -L gpu` runs the same
@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
 done
 logs=${logs:-$build/gpu_check}
 mkdir -p "$logs"
-export RKV_GOLDEN_DIR=${RKV_GOLDEN_DIR:-$root/../shared/golden}
+export RKV_GOLDEN_DIR=${RKV_GOLDEN_DIR:-$root/tests/golden}
 export LD_LIBRARY_PATH="$root/$build:$build:${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 status=0
 summary=()

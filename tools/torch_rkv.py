@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""R-KV compression written directly in PyTorch from ../shared/docs/algorithm.md:
+"""R-KV compression written directly in PyTorch from docs/algorithm.md:
 the straightforward batched implementation librkv's CUDA backend is compared
 with (tools/gpu_check.sh runs both).
 

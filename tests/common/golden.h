@@ -1,4 +1,4 @@
-/* The golden vectors of ../shared/golden (outputs of the official R-KV code)
+/* The golden vectors of tests/golden (outputs of the official R-KV code)
  * and the checks every backend must pass against them, shared by the CPU test
  * (tests/test_golden.c) and the CUDA test (tests/gpu/test_gpu_golden.c). A
  * backend supplies how tokens reach its cache and how to read its K/V back. */

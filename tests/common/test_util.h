@@ -70,7 +70,7 @@ void test_snapshot_free(test_snapshot *s);
 int32_t test_sorted_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
                               int32_t *out, int32_t out_len);
 
-/* Directory of the golden vectors (env RKV_GOLDEN_DIR); fails the test if unset. */
+/* Directory of the golden vectors: $RKV_GOLDEN_DIR if set, else the repository's tests/golden. */
 const char *test_golden_dir(void);
 
 #endif

@@ -1,4 +1,4 @@
-/* Golden conformance on CUDA: every case of ../shared/golden (the official R-KV
+/* Golden conformance on CUDA: every case of tests/golden (the official R-KV
  * code's outputs) replayed through a CUDA cache in reference mode, with the
  * checks of tests/test_golden.c:
  *   - float32 storage (the cuBLASLt path): R-KV kept sets identical per head,

@@ -23,7 +23,7 @@
 //            [--methods rkv,snapkv,h2o,streamingllm,keydiff,random] [--gsm N]
 //            [--gsm-tokens T] [--gsm-budgets 64,128] [--model PATH] [--data DIR]
 //            [--skip-replay] [--skip-gsm]
-// Data: --data, else $RKV_DATA_DIR, else the shared folder the build was configured with.
+// Data: --data, else $RKV_DATA_DIR, else the repository's examples/engine/eval/data.
 // Output: --out, else <build folder>/eval (git-ignored, like every build folder).
 // Outputs in DIR: teacher_forced.csv, teacher_forced_per_trace.csv, gsm8k.csv,
 // gsm8k_generations.txt, results.md, kept_<method>_b<budget>.html.
@@ -48,7 +48,7 @@
 #include "tokenizer.h"
 
 #ifndef RKV_DEFAULT_DATA_DIR
-#define RKV_DEFAULT_DATA_DIR "../shared/data"
+#define RKV_DEFAULT_DATA_DIR "examples/engine/eval/data"
 #endif
 #ifndef RKV_DEFAULT_OUT_DIR
 #define RKV_DEFAULT_OUT_DIR "eval-results"

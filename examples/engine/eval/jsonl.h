@@ -1,5 +1,5 @@
 // Reading the data sets: JSON Lines whose records are flat objects of strings,
-// numbers and booleans (the files of ../shared/data). Each record becomes a
+// numbers and booleans (the files of examples/engine/eval/data). Each record becomes a
 // map from key to value; strings are unescaped (\uXXXX and surrogate pairs to
 // UTF-8), other values keep their JSON text.
 #pragma once
@@ -106,7 +106,7 @@ inline Record parse_record(const std::string &line) {
 
 inline std::vector<Record> read_jsonl(const std::string &path) {
     std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read " + path + " (set RKV_DATA_DIR to the shared data folder)");
+    if (!in) throw std::runtime_error("cannot read " + path + " (pass --data DIR or set RKV_DATA_DIR to a folder holding it)");
     std::vector<Record> records;
     for (std::string line; std::getline(in, line);)
         if (line.find_first_not_of(" \t\r") != std::string::npos) records.push_back(parse_record(line));

@@ -16,7 +16,7 @@ Independent of the C++ engine on purpose:
 
 Run once; the numbers it printed are committed in known_outputs.h. With --check-data it
 also compares the engine-independent tokenizer with `rkv_engine_tokenize` on every trace
-of ../shared/data (a development check, not a test).
+of examples/engine/eval/data (a development check, not a test).
 """
 import importlib.util
 import os
@@ -201,7 +201,7 @@ def check_data(tok):
     import json
     import subprocess
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..")
-    data = os.environ.get("RKV_DATA_DIR", os.path.join(root, "..", "shared", "data"))
+    data = os.environ.get("RKV_DATA_DIR", os.path.join(root, "examples", "engine", "eval", "data"))
     exe = os.environ.get("RKV_TOKENIZE", os.path.join(root, "build-engine", "examples", "engine", "tests",
                                                       "rkv_engine_tokenize"))
     texts = []

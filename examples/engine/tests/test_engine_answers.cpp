@@ -25,9 +25,10 @@ int main() {
            last_number("about 3 apples, so 1,200 in total.").c_str());
     EXPECT(same_answer("18", "18.0") && !same_answer("18", "19") && !same_answer("", ""), "same_answer");
 
-    // Every reference answer of the data set parses (when the data is there).
-    const char *dir = std::getenv("RKV_DATA_DIR");
-    if (dir) {
+    // Every reference answer of the data set parses ($RKV_DATA_DIR, else the repository's copy).
+    const char *env = std::getenv("RKV_DATA_DIR");
+    const char *dir = env && *env ? env : RKV_DEFAULT_DATA_DIR;
+    {
         const auto records = engine::read_jsonl(std::string(dir) + "/gsm8k_test.jsonl");
         int missing = 0;
         for (const auto &r : records) missing += extract_answer(r.at("answer")).empty();
