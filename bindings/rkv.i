@@ -198,6 +198,172 @@ RKV_RELEASE_GIL(rkv_inspect_scores)
 #endif /* SWIGPYTHON */
 
 /* ===========================================================================
+ * Go (swig -go -cgo -intgosize 64; bindings/go/swig.sh runs it)
+ * ======================================================================== */
+#ifdef SWIGGO
+/*   Rule 1: a goroutine may run on another OS thread by its next cgo call,
+ *   and the message is thread-local, so the C side of every status-returning
+ *   wrapper copies status and message into a Failure before it returns (the
+ *   Go side frees the copy). rkv_last_error_message is not wrapped: read in
+ *   a separate call it would be another thread's message.
+ *   Rule 2 (cgo's pointer rules): Go memory may be passed to C as an argument
+ *   of the call that uses it, but never stored in C memory. So
+ *     - pointer parameters take Go pointers (*int32, *float64, unsafe.Pointer):
+ *       outputs, and the arrays the library writes;
+ *     - pointer members the caller sets (tensor data, the append arrays) and
+ *       streams are addresses (uintptr): device memory or C memory;
+ *     - host slices for rkv_append and rkv_attend go through rkv_go_append and
+ *       rkv_go_attend, which take them as parameters and patch them into a
+ *       copy of the struct for the one call;
+ *     - pointers the library hands back (views) read as unsafe.Pointer and
+ *       *int32, into the cache's own memory.
+ *   Integers keep their width (int32_t is int32, not Go's int), and enums are
+ *   int32 values, so nothing here depends on how a SWIG version names them. */
+
+%insert(cgo_comment_typedefs) %{
+#cgo pkg-config: librkv
+%}
+%go_import("strings")
+
+/* Integers of the exact width. */
+%typemap(gotype) int32_t, const int32_t & "int32"
+%typemap(gotype) uint32_t, const uint32_t & "uint32"
+%typemap(gotype) int64_t, const int64_t & "int64"
+%typemap(gotype) uint64_t, const uint64_t & "uint64"
+%typemap(gotype) size_t, const size_t & "uint64"
+%typemap(gotype) int32_t *, const int32_t * "*int32"
+%typemap(gotype) int64_t *, const int64_t * "*int64"
+%typemap(gotype) uint64_t * "*uint64"
+%typemap(gotype) void *, const void * "unsafe.Pointer"
+%typemap(gotype) enum SWIGTYPE "int32"
+%typemap(out) enum SWIGTYPE %{ $result = (int32_t)$1; %}
+
+/* Rule 2: addresses. */
+%typemap(gotype) void *stream, void *data, const int32_t *seq_ids, const int32_t *num_tokens,
+                 const int64_t *token_offsets "uintptr"
+
+/* The handle a create returns. */
+%typemap(gotype) rkv_cache **cache "*uintptr"
+
+/* Strings the library returns are static: copied into Go memory without a
+ * malloc on the C side (SWIG's default copies twice, through C memory). */
+%typemap(out) const char * %{
+    $result.p = (char *)$1;
+    $result.n = $1 ? (intgo)strlen($1) : 0;
+%}
+%typemap(goout) const char * %{ $result = strings.Clone($1) %}
+
+/* Rule 1. */
+%ignore rkv_last_error_message;
+%{
+struct rkv_go_failure;
+static void rkv_go_failure_free(struct rkv_go_failure *failure);
+%}
+%immutable rkv_go_failure::status;
+%immutable rkv_go_failure::message;
+%nodefaultctor rkv_go_failure;
+%extend rkv_go_failure {
+    ~rkv_go_failure() { rkv_go_failure_free($self); }
+}
+%inline %{
+/* What a call that did not return RKV_OK left: its status and a copy of the
+ * message the library set on the thread that made the call. */
+typedef struct rkv_go_failure {
+    int32_t status;
+    const char *message;
+} rkv_go_failure;
+%}
+%{
+/* When malloc fails on the failure path: a status and message in static
+ * storage, which rkv_go_failure_free does not free. */
+static const char rkv_go_no_message[] = "librkv: no memory left to copy the error message";
+static rkv_go_failure rkv_go_no_memory = {RKV_ERR_OUT_OF_MEMORY, rkv_go_no_message};
+
+/* NULL for RKV_OK; otherwise a failure the Go side frees. */
+static rkv_go_failure *rkv_go_failure_new(rkv_status status) {
+    rkv_go_failure *failure;
+    if (status == RKV_OK) return NULL;
+    failure = (rkv_go_failure *)malloc(sizeof *failure);
+    if (!failure) return &rkv_go_no_memory;
+    failure->status = (int32_t)status;
+    failure->message = strdup(rkv_last_error_message());
+    if (!failure->message) failure->message = rkv_go_no_message;
+    return failure;
+}
+
+static void rkv_go_failure_free(struct rkv_go_failure *failure) {
+    if (failure->message != rkv_go_no_message) free((char *)failure->message);
+    if (failure != &rkv_go_no_memory) free(failure);
+}
+%}
+/* The C side returns the failure's address as an integer (0 for RKV_OK). */
+%typemap(gotype) rkv_status "*Failure"
+%typemap(imtype) rkv_status "uintptr"
+%typemap(out) rkv_status %{ $result = (uintptr_t)rkv_go_failure_new($1); %}
+%typemap(goout) rkv_status %{ $result = takeFailure($1) %}
+/* rkv_status_name takes a status as the number it is. */
+%typemap(gotype) rkv_status status "int32"
+%typemap(imtype) rkv_status status "int32"
+%typemap(in) rkv_status status %{ $1 = (rkv_status)$input; %}
+
+%insert(go_wrapper) %{
+// Failure is a librkv call that did not return RKV_OK: its status and the
+// message the library left, copied by the same cgo call.
+type Failure struct {
+	Status  int32
+	Message string
+}
+
+// takeFailure copies a failure into Go memory and frees the C copy.
+func takeFailure(p uintptr) *Failure {
+	if p == 0 {
+		return nil
+	}
+	c := SwigcptrRkv_go_failure(p)
+	defer DeleteRkv_go_failure(c)
+	return &Failure{Status: c.GetStatus(), Message: c.GetMessage()}
+}
+%}
+
+/* Rule 2: host memory from Go for the two calls that read it through structs. */
+%inline %{
+/* rkv_append with Go host memory. Each host_* pointer that is not NULL
+ * replaces the matching pointer of *args for this call only (args itself is
+ * not written); NULL keeps args' own (device memory, or none). */
+static rkv_status rkv_go_append(rkv_cache *cache, const rkv_append_args *args,
+                                const int32_t *host_seq_ids, const int32_t *host_num_tokens,
+                                const int64_t *host_token_offsets, const void *host_k,
+                                const void *host_v, const void *host_q, void *stream) {
+    rkv_append_args call;
+    if (!args) return rkv_append(cache, args, stream); /* the library reports it */
+    call = *args;
+    if (host_seq_ids) call.seq_ids = host_seq_ids;
+    if (host_num_tokens) call.num_tokens = host_num_tokens;
+    if (host_token_offsets) call.token_offsets = host_token_offsets;
+    if (host_k) call.k.data = (void *)host_k;
+    if (host_v) call.v.data = (void *)host_v;
+    if (host_q) call.q.data = (void *)host_q;
+    return rkv_append(cache, &call, stream);
+}
+
+/* rkv_attend with Go host memory, as rkv_go_append: host_q and host_out, when
+ * not NULL, replace q->data and out->data for this call. */
+static rkv_status rkv_go_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs,
+                                const int32_t *host_seq_ids, const rkv_tensor *q,
+                                const rkv_tensor *out, const void *host_q, void *host_out,
+                                float scale, void *stream) {
+    rkv_tensor q_call, out_call;
+    if (!q || !out) return rkv_attend(cache, layer, num_seqs, host_seq_ids, q, out, scale, stream);
+    q_call = *q;
+    out_call = *out;
+    if (host_q) q_call.data = (void *)host_q;
+    if (host_out) out_call.data = host_out;
+    return rkv_attend(cache, layer, num_seqs, host_seq_ids, &q_call, &out_call, scale, stream);
+}
+%}
+#endif /* SWIGGO */
+
+/* ===========================================================================
  * Both
  * ======================================================================== */
 

@@ -1,30 +1,27 @@
 package rkv
 
-/*
-#include "rkv/rkv.h"
-*/
-import "C"
+import "rkv/capi"
 
 // Status is a librkv status code. Failed calls return an *Error whose
 // Unwrap is its Status, so errors.Is(err, rkv.ErrCapacity) works.
 type Status int32
 
 // Status values (pinned by the C API).
-const (
-	StatusOK              Status = C.RKV_OK
-	StatusInvalidArgument Status = C.RKV_ERR_INVALID_ARGUMENT
-	StatusOutOfRange      Status = C.RKV_ERR_OUT_OF_RANGE
-	StatusUnsupported     Status = C.RKV_ERR_UNSUPPORTED
-	StatusShapeMismatch   Status = C.RKV_ERR_SHAPE_MISMATCH
-	StatusStructSize      Status = C.RKV_ERR_STRUCT_SIZE
-	StatusCapacity        Status = C.RKV_ERR_CAPACITY
-	StatusMissingQueries  Status = C.RKV_ERR_MISSING_QUERIES
-	StatusBadState        Status = C.RKV_ERR_BAD_STATE
-	StatusOverflow        Status = C.RKV_ERR_OVERFLOW
-	StatusOutOfMemory     Status = C.RKV_ERR_OUT_OF_MEMORY
-	StatusDevice          Status = C.RKV_ERR_DEVICE
-	StatusFaulted         Status = C.RKV_ERR_FAULTED
-	StatusInternal        Status = C.RKV_ERR_INTERNAL
+var (
+	StatusOK              = Status(capi.RKV_OK)
+	StatusInvalidArgument = Status(capi.RKV_ERR_INVALID_ARGUMENT)
+	StatusOutOfRange      = Status(capi.RKV_ERR_OUT_OF_RANGE)
+	StatusUnsupported     = Status(capi.RKV_ERR_UNSUPPORTED)
+	StatusShapeMismatch   = Status(capi.RKV_ERR_SHAPE_MISMATCH)
+	StatusStructSize      = Status(capi.RKV_ERR_STRUCT_SIZE)
+	StatusCapacity        = Status(capi.RKV_ERR_CAPACITY)
+	StatusMissingQueries  = Status(capi.RKV_ERR_MISSING_QUERIES)
+	StatusBadState        = Status(capi.RKV_ERR_BAD_STATE)
+	StatusOverflow        = Status(capi.RKV_ERR_OVERFLOW)
+	StatusOutOfMemory     = Status(capi.RKV_ERR_OUT_OF_MEMORY)
+	StatusDevice          = Status(capi.RKV_ERR_DEVICE)
+	StatusFaulted         = Status(capi.RKV_ERR_FAULTED)
+	StatusInternal        = Status(capi.RKV_ERR_INTERNAL)
 )
 
 // Sentinel errors, one per failing status, for errors.Is.
@@ -45,7 +42,7 @@ var (
 )
 
 // String is the library's static name, e.g. "RKV_ERR_CAPACITY".
-func (s Status) String() string { return C.GoString(C.rkv_status_name(C.rkv_status(s))) }
+func (s Status) String() string { return capi.Rkv_status_name(int32(s)) }
 
 // Error makes a Status usable as a sentinel error.
 func (s Status) Error() string { return s.String() }
@@ -60,3 +57,17 @@ func (e *Error) Error() string { return e.Status.String() + ": " + e.Message }
 
 // Unwrap returns the Status, which is the sentinel errors.Is compares with.
 func (e *Error) Unwrap() error { return e.Status }
+
+// check turns what a raw call returned into an error (nil when it succeeded).
+// The raw layer copied status and message in the call itself.
+func check(f *capi.Failure) error {
+	if f == nil {
+		return nil
+	}
+	return &Error{Status: Status(f.Status), Message: f.Message}
+}
+
+// invalid is an error found in Go before calling the library.
+func invalid(message string) error {
+	return &Error{Status: StatusInvalidArgument, Message: message}
+}

@@ -2,10 +2,13 @@ package rkv_test
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 
 	"rkv"
+	"rkv/capi"
 )
 
 var sentinels = map[rkv.Status]error{
@@ -158,4 +161,59 @@ func TestShortSlicesAreRefusedBeforeTheCall(t *testing.T) {
 	}
 	err = cache.Append(rkv.Append{SeqIDs: []int32{0, 1}, NumTokens: []int32{1}, K: k, V: k})
 	expect(t, err, rkv.ErrInvalidArgument)
+}
+
+// The message is thread-local in C and a goroutine may change OS threads
+// between two cgo calls: each failure must carry its own message, read by the
+// call that failed, however many goroutines fail at once.
+func TestConcurrentFailuresKeepTheirMessages(t *testing.T) {
+	const goroutines, calls = 8, 500
+	errs := make(chan error, goroutines)
+	for g := 0; g < goroutines; g++ {
+		go func(g int) {
+			for i := 0; i < calls; i++ {
+				key := 1000 + g*calls + i
+				_, _, err := rkv.Param(key).Bounds()
+				var e *rkv.Error
+				if !errors.As(err, &e) || !strings.Contains(e.Message, fmt.Sprintf("key %d ", key)) {
+					errs <- fmt.Errorf("key %d failed with %v", key, err)
+					return
+				}
+				runtime.Gosched()
+			}
+			errs <- nil
+		}(g)
+	}
+	for g := 0; g < goroutines; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The raw layer itself returns the status and message of a failed call.
+func TestRawFailure(t *testing.T) {
+	var lower, upper float64
+	f := capi.Rkv_param_bounds(4242, &lower, &upper)
+	if f == nil || f.Status != capi.RKV_ERR_UNSUPPORTED || !strings.Contains(f.Message, "4242") {
+		t.Fatalf("raw failure %+v", f)
+	}
+	if f := capi.Rkv_param_bounds(capi.RKV_PARAM_KERNEL, &lower, &upper); f != nil || upper != 255 {
+		t.Fatalf("raw success %+v, upper %v", f, upper)
+	}
+}
+
+// Go ints wider than the C API's int32 are refused, not wrapped into another
+// valid value.
+func TestIntsBeyondInt32(t *testing.T) {
+	p := small()
+	p.Budget = 1<<32 + 8 // would wrap to 8, a valid budget
+	_, err := rkv.NewCache(p)
+	expect(t, err, rkv.ErrInvalidArgument)
+	if !strings.Contains(err.Error(), "Budget") {
+		t.Fatalf("message: %v", err)
+	}
+	cache := newCache(t, small())
+	_, err = cache.View(1<<32, 0) // would wrap to sequence 0
+	expect(t, err, rkv.ErrOutOfRange)
 }

@@ -270,6 +270,73 @@ func TestCloseTwice(t *testing.T) {
 	}
 }
 
+// A view of a closed cache no longer reads the freed memory.
+func TestViewAfterClose(t *testing.T) {
+	cache, err := rkv.NewCache(params())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := data(heads*dim, 1)
+	if err := cache.Append(rkv.Append{SeqIDs: []int32{0}, K: rkv.HostF32(k, heads, dim, rkv.Decode),
+		V: rkv.HostF32(k, heads, dim, rkv.Decode)}); err != nil {
+		t.Fatal(err)
+	}
+	view, err := cache.View(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := view.KeysF32(0); err != nil || !reflect.DeepEqual(keys, k[:dim]) {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	cache.Close()
+	if _, err := view.KeysF32(0); !errors.Is(err, rkv.ErrClosed) {
+		t.Fatalf("keys after Close: %v", err)
+	}
+	if _, err := view.Positions(0); !errors.Is(err, rkv.ErrClosed) {
+		t.Fatalf("positions after Close: %v", err)
+	}
+}
+
+// Close from another goroutine waits for a running call: every call either
+// runs on the live cache or reports ErrClosed.
+func TestCloseWhileInUse(t *testing.T) {
+	p := params()
+	p.Method = rkv.MethodStreamingLLM // compresses without queries: appends never stop
+	for round := 0; round < 20; round++ {
+		cache, err := rkv.NewCache(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := data(heads*dim, uint64(round))
+		done := make(chan error)
+		for g := 0; g < 4; g++ {
+			go func() {
+				for {
+					err := cache.Append(rkv.Append{SeqIDs: []int32{0}, K: rkv.HostF32(k, heads, dim, rkv.Decode),
+						V: rkv.HostF32(k, heads, dim, rkv.Decode)})
+					if err == nil {
+						_, err = cache.Stats(rkv.All)
+					}
+					if err != nil {
+						if errors.Is(err, rkv.ErrClosed) {
+							err = nil
+						}
+						done <- err
+						return
+					}
+				}
+			}()
+		}
+		runtime.Gosched()
+		cache.Close()
+		for g := 0; g < 4; g++ {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 // A forgotten cache is freed by its finalizer; calls made while it is still
 // referenced are not disturbed by garbage collection.
 func TestFinalizerAndKeepAlive(t *testing.T) {
@@ -293,5 +360,55 @@ func TestFinalizerAndKeepAlive(t *testing.T) {
 func TestVersion(t *testing.T) {
 	if rkv.VersionNumber() != rkv.HeaderVersion || rkv.Version() == "" {
 		t.Fatalf("library %d (%s), header %d", rkv.VersionNumber(), rkv.Version(), rkv.HeaderVersion)
+	}
+}
+
+// A Cache reuses Append's C arguments and rewrites only what changed: calls
+// that change layout, queries, prompt flag, entries and layer in turn must
+// each be read as given.
+func TestAppendArgsFollowEachCall(t *testing.T) {
+	p := params()
+	p.Method, p.MaxLen = rkv.MethodFull, 64
+	cache := newCache(t, p)
+	k := data(2*heads*3*dim, 21) // [2, heads, 3, dim]
+	q := data(2*qHeads*3*dim, 22)
+	qt := rkv.HostF32(q, qHeads, dim, rkv.BHTD(3))
+	// 1. two sequences, three prompt tokens each, [n, heads, T, dim], with queries
+	if err := cache.Append(rkv.Append{SeqIDs: []int32{0, 1}, NumTokens: []int32{3, 3},
+		K: rkv.HostF32(k, heads, dim, rkv.BHTD(3)), V: rkv.HostF32(k, heads, dim, rkv.BHTD(3)), Q: &qt,
+		Prompt: true}); err != nil {
+		t.Fatal(err)
+	}
+	// 2. one sequence, one generated token, [n, heads, dim], no queries, layer 1 then 0
+	k1 := data(heads*dim, 23)
+	for _, layer := range []int{1, 0} {
+		if err := cache.Append(rkv.Append{Layer: layer, SeqIDs: []int32{1},
+			K: rkv.HostF32(k1, heads, dim, rkv.Decode), V: rkv.HostF32(k1, heads, dim, rkv.Decode)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 3. the flag went back to 0: prompt tokens after generated ones are refused
+	err := cache.Append(rkv.Append{SeqIDs: []int32{1},
+		K: rkv.HostF32(k1, heads, dim, rkv.Decode), V: rkv.HostF32(k1, heads, dim, rkv.Decode), Prompt: true})
+	if !errors.Is(err, rkv.ErrBadState) {
+		t.Fatalf("prompt after generated tokens: %v", err)
+	}
+	for _, c := range []struct{ seq, layer, length int }{{0, 0, 3}, {1, 0, 4}, {1, 1, 1}, {0, 1, 0}} {
+		view, err := cache.View(c.seq, c.layer)
+		if err != nil || view.Length != c.length {
+			t.Fatalf("seq %d layer %d holds %v (%v), want %d", c.seq, c.layer, view, err, c.length)
+		}
+		for h := 0; h < heads && c.length > 0; h++ {
+			keys, _ := view.KeysF32(h)
+			for tok := 0; tok < c.length; tok++ {
+				want := k1[h*dim : (h+1)*dim]
+				if c.layer == 0 && tok < 3 {
+					want = row(k, heads, 3, c.seq, h, tok)
+				}
+				if !reflect.DeepEqual(keys[tok*dim:(tok+1)*dim], want) {
+					t.Fatalf("seq %d layer %d head %d token %d differs", c.seq, c.layer, h, tok)
+				}
+			}
+		}
 	}
 }

@@ -1,0 +1,7 @@
+module consumer
+
+go 1.19
+
+require rkv v0.0.0
+
+replace rkv => ../..

@@ -1,0 +1,123 @@
+package rkv
+
+import (
+	"fmt"
+	"unsafe"
+
+	"rkv/capi"
+)
+
+// View is the held K, V and positions of one (sequence, layer). It points
+// into the cache's memory: valid until the next Append, Compress or Reset of
+// the sequence, or Close.
+type View struct {
+	cache         *Cache         // keeps the cache reachable while the view is used
+	k, v          unsafe.Pointer // [NumHeads, Length, HeadDim] at strideHead, strideToken
+	positions     *int32         // [NumHeads, Length] at positionsStrideHead
+	strideHead    int64
+	strideToken   int64
+	positionsHead int64
+	Length        int   // tokens held per head
+	LogicalLength int64 // tokens appended so far
+	NumHeads      int
+	HeadDim       int
+	DType         DType
+	Device        DeviceType
+	DeviceID      int
+}
+
+// View returns the held K, V and positions of (seq, layer), without copying.
+func (c *Cache) View(seq, layer int) (*View, error) {
+	raw := capi.NewRkv_kv_view() // struct_size set
+	defer capi.DeleteRkv_kv_view(raw)
+	if err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_view(h, int32(seq), int32(layer), raw)
+	}, seq, layer); err != nil {
+		return nil, err
+	}
+	return &View{
+		cache: c, k: raw.GetK(), v: raw.GetV(), positions: raw.GetPositions(),
+		strideHead: raw.GetStride_head(), strideToken: raw.GetStride_token(),
+		positionsHead: raw.GetPositions_stride_head(),
+		Length:        int(raw.GetLength()), LogicalLength: raw.GetLogical_length(),
+		NumHeads: int(raw.GetNum_kv_heads()), HeadDim: int(raw.GetHead_dim()),
+		DType: DType(raw.GetDtype()), Device: DeviceType(raw.GetDevice_type()),
+		DeviceID: int(raw.GetDevice_id()),
+	}, nil
+}
+
+// host checks that the view can be read from Go: host memory, a cache not
+// closed, a head it has.
+func (v *View) host(head int) error {
+	if v.Device != CPU {
+		return invalid("the view is in device memory: use its addresses")
+	}
+	v.cache.mu.Lock()
+	closed := v.cache.handle == nil
+	v.cache.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if head < 0 || head >= v.NumHeads {
+		return &Error{Status: StatusOutOfRange, Message: fmt.Sprintf("head %d of %d", head, v.NumHeads)}
+	}
+	return nil
+}
+
+// rows is one head's [Length, HeadDim] block of K or V in the cache's memory.
+func (v *View) rows(data unsafe.Pointer, head int, dtype DType) (unsafe.Pointer, error) {
+	if err := v.host(head); err != nil {
+		return nil, err
+	}
+	if dtype != v.DType {
+		return nil, invalid(fmt.Sprintf("the view holds dtype %d, not %d", v.DType, dtype))
+	}
+	return unsafe.Add(data, int64(head)*v.strideHead*dtype.size()), nil
+}
+
+// KeysF32 returns the keys of one head, [Length, HeadDim] row-major, in the
+// cache's memory (f32 storage on the CPU).
+func (v *View) KeysF32(head int) ([]float32, error) {
+	p, err := v.rows(v.k, head, F32)
+	if err != nil || v.Length == 0 {
+		return nil, err
+	}
+	return unsafe.Slice((*float32)(p), v.Length*v.HeadDim), nil
+}
+
+// ValuesF32 returns the values of one head, [Length, HeadDim].
+func (v *View) ValuesF32(head int) ([]float32, error) {
+	p, err := v.rows(v.v, head, F32)
+	if err != nil || v.Length == 0 {
+		return nil, err
+	}
+	return unsafe.Slice((*float32)(p), v.Length*v.HeadDim), nil
+}
+
+// KeysBits returns the keys of one head as raw f16/bf16 bits.
+func (v *View) KeysBits(head int) ([]uint16, error) {
+	if v.DType == F32 {
+		return nil, invalid("the view holds f32: use KeysF32")
+	}
+	p, err := v.rows(v.k, head, v.DType)
+	if err != nil || v.Length == 0 {
+		return nil, err
+	}
+	return unsafe.Slice((*uint16)(p), v.Length*v.HeadDim), nil
+}
+
+// Positions returns the original positions one head holds, in slot order.
+func (v *View) Positions(head int) ([]int32, error) {
+	if err := v.host(head); err != nil || v.Length == 0 {
+		return nil, err
+	}
+	p := unsafe.Add(unsafe.Pointer(v.positions), int64(head)*v.positionsHead*4)
+	return unsafe.Slice((*int32)(p), v.Length), nil
+}
+
+// Addresses returns the K, V and positions pointers and the element strides
+// (between heads, between tokens) for an engine's own kernel.
+func (v *View) Addresses() (k, val, positions uintptr, strideHead, strideToken, positionsStrideHead int64) {
+	return uintptr(v.k), uintptr(v.v), uintptr(unsafe.Pointer(v.positions)),
+		v.strideHead, v.strideToken, v.positionsHead
+}
