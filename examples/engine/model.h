@@ -119,4 +119,9 @@ class Model {
 // Dequantize a 2-D GGUF tensor to a float32 matrix [ne1, ne0].
 Matrix load_matrix(const GgufFile &file, const std::string &name);
 
+// The hyper-parameters of a "llama" GGUF file (vocab_size from its embedding
+// tensor), without loading weights. Throws on another architecture or a shape
+// the engine cannot run. Shared by the CPU model and the CUDA engine.
+Config read_llama_config(const GgufFile &file);
+
 }  // namespace engine
