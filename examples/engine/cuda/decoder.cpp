@@ -99,6 +99,16 @@ int32_t Decoder::room() const {
 
 void Decoder::capture(cudaStream_t stream) {
     const Entries entries{active_.data(), device_active_.as<int32_t>(), int32_t(active_.size())};
+    if (captures_ == 0) {
+        // librkv's attention kernel may not have run yet: run it once outside the capture
+        // (CUDA loads kernels at their first launch); it only reads the cache.
+        const Config &c = model_.config();
+        const rkv_tensor q{model_.scratch_queries(), RKV_DTYPE_F32, c.n_heads, c.head_dim,
+                           int64_t(c.n_heads) * c.head_dim, 0, c.head_dim};
+        const rkv_tensor out{model_.scratch_attention(), RKV_DTYPE_BF16, c.n_heads, c.head_dim,
+                             int64_t(c.n_heads) * c.head_dim, 0, c.head_dim};
+        check_rkv(rkv_attend(cache_, 0, entries.count, entries.host, &q, &out, 0.0f, stream), "rkv_attend (warm-up)");
+    }
     cudaGraph_t graph = record_step(model_, cache_, entries, kPhaseAll, stream);
     // Capturing ran nothing, but librkv's host bookkeeping recorded a step: undo it.
     const rkv_status synced = rkv_sync_lengths(cache_, stream);

@@ -89,18 +89,52 @@ GpuModel::GpuModel(const DeviceWeights &weights, const ModelOptions &options)
     p_gate_up_ = DeviceBuffer(p * row.gate_up, "prefill activations (gate/up)");
     p_h_ = DeviceBuffer(p * row.h, "prefill activations (SwiGLU)");
     prefill_logits_ = DeviceBuffer(size_t(c.vocab_size) * 4, "prefill logits");
-    // Zeros everywhere: rows that are padding (idle slots, the tail of a piece) stay finite.
-    for (const DeviceBuffer *b : {&x_, &xb_, &qkv_, &q_, &k_, &v_, &att_entries_, &att_, &gate_up_, &h_, &logits_,
-                                  &tokens_, &positions_, &history_, &counter_, &p_tokens_, &p_x_, &p_xb_, &p_qkv_,
-                                  &p_q_, &p_k_, &p_v_, &p_att_, &p_gate_up_, &p_h_, &prefill_logits_})
-        check_cuda(cudaMemset(b->data(), 0, b->bytes()), "cudaMemset of the activations");
-
     // Every product the engine will run, planned now: decode over all slots,
     // prefill pieces padded to a power of two of rows, and the logits of one row.
     decode_plans_ = make_plans(options.slots);
     decode_logits_plan_ = std::make_unique<GemmPlan>(gemm_, options.slots, c.vocab_size, c.dim, Output::F32);
     prefill_logits_plan_ = std::make_unique<GemmPlan>(gemm_, 1, c.vocab_size, c.dim, Output::F32);
     for (int32_t rows = 16; rows <= options.prefill_rows; rows *= 2) prefill_buckets_.emplace_back(rows, make_plans(rows));
+    Stream stream;
+    // Zeros everywhere: rows that are padding (idle slots, the tail of a piece) stay finite.
+    for (const DeviceBuffer *b : {&x_, &xb_, &qkv_, &q_, &k_, &v_, &att_entries_, &att_, &gate_up_, &h_, &logits_,
+                                  &tokens_, &positions_, &history_, &counter_, &p_tokens_, &p_x_, &p_xb_, &p_qkv_,
+                                  &p_q_, &p_k_, &p_v_, &p_att_, &p_gate_up_, &p_h_, &prefill_logits_})
+        check_cuda(cudaMemsetAsync(b->data(), 0, b->bytes(), stream.get()), "cudaMemsetAsync of the activations");
+    warm_up(stream.get());
+}
+
+// Run every kernel and product of a decode step once, before any of them is
+// captured in a graph: CUDA loads kernels lazily, at their first launch, and
+// that first launch is better not inside a capture. Nothing here changes the
+// state a decode relies on (the slots are empty until a prefill or set_slot).
+void GpuModel::warm_up(cudaStream_t stream) {
+    const Config &c = config();
+    const int32_t slots = options_.slots, hd = c.head_dim, q_width = c.n_heads * hd;
+    const LayerWeights &L = weights_.layers[0];
+    float *x = x_.as<float>();
+    bf16 *xb = xb_.as<bf16>();
+    embed(slot_tokens(), slots, weights_.embedding, c.dim, c.vocab_size, x, stream);
+    rmsnorm(x, c.dim, slots, c.dim, L.attn_norm, c.norm_eps, xb, stream);
+    decode_plans_.qkv->run(xb, L.qkv, qkv_.data(), stream);
+    RopeArgs rope{qkv_.as<float>(), 1, step_counter(), slot_positions(), 0, c.n_heads, c.n_kv_heads, hd,
+                  weights_.rope_freq, q_.as<float>(), k_.as<float>(), v_.as<float>()};
+    rope_gather(rope, stream);  // entry 0 reads row *step_counter = 0
+    scatter_rows(att_entries_.as<bf16>(), 1, step_counter(), q_width, att_.as<bf16>(), stream);
+    decode_plans_.o->run(att_.as<bf16>(), L.o, x, stream);
+    decode_plans_.gate_up->run(xb, L.gate_up, gate_up_.data(), stream);
+    swiglu(gate_up_.as<bf16>(), slots, c.hidden_dim, h_.as<bf16>(), stream);
+    decode_plans_.down->run(h_.as<bf16>(), L.down, x, stream);
+    decode_logits_plan_->run(xb, weights_.output, logits_.data(), stream);
+    argmax(logits_.as<float>(), slots, c.vocab_size, slot_tokens(), stream);
+    finish_step(slot_positions(), step_counter(), 0, slot_tokens(), slots, history(), options_.history_rows,
+                step_counter(), stream);
+    advance_counter(step_counter(), stream);
+    check_launch("warm-up of the decode step");
+    // back to the state of a new model: no tokens, positions or history
+    for (const DeviceBuffer *b : {&tokens_, &positions_, &history_, &counter_, &x_, &att_})
+        check_cuda(cudaMemsetAsync(b->data(), 0, b->bytes(), stream), "cudaMemsetAsync");
+    check_cuda(cudaStreamSynchronize(stream), "warm-up of the decode step");
 }
 
 const GpuModel::Plans &GpuModel::prefill_plans(int32_t rows, int32_t *padded) const {

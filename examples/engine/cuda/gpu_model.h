@@ -93,12 +93,15 @@ class GpuModel {
     const float *prefill_logits() const { return prefill_logits_.as<float>(); }  // [vocab]
     int32_t *history() const { return history_.as<int32_t>(); }           // [history_rows, slots]
     int32_t *step_counter() const { return counter_.as<int32_t>(); }      // steps since the counter was zeroed
+    float *scratch_queries() const { return q_.as<float>(); }             // [slots, heads, head_dim] f32
+    bf16 *scratch_attention() const { return att_entries_.as<bf16>(); }   // [slots, heads * head_dim] bf16
 
   private:
     struct Plans {  // the products of one row count
         std::unique_ptr<GemmPlan> qkv, o, gate_up, down;
     };
     Plans make_plans(int64_t rows) const;
+    void warm_up(cudaStream_t stream);
     const Plans &prefill_plans(int32_t rows, int32_t *padded) const;
     void prefill_piece(rkv_cache *cache, int32_t slot, const int32_t *tokens, int32_t n, int32_t first_position,
                        bool last, uint32_t flags, cudaStream_t stream);

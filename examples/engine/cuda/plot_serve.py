@@ -31,14 +31,16 @@ def main() -> int:
         if point["method"] not in methods:
             methods.append(point["method"])
     fig, (tps_ax, seq_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in methods:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, method in enumerate(methods):
+        color = colors[index % len(colors)]  # the same in both panels, measured or not
         points = sorted((p for p in data["curves"] if p["method"] == method), key=lambda p: p["gen"])
         style = "--" if method.startswith("Full") else "-"
         gens = [p["gen"] for p in points]
         measured = [(p["gen"], p["tokens_per_s"]) for p in points if p["tokens_per_s"] > 0]
         if measured:
-            tps_ax.plot(*zip(*measured), style, marker="o", label=method)
-        seq_ax.plot(gens, [p["batch"] for p in points], style, marker="o", label=method)
+            tps_ax.plot(*zip(*measured), style, marker="o", color=color, label=method)
+        seq_ax.plot(gens, [p["batch"] for p in points], style, marker="o", color=color, label=method)
     for ax, title in ((tps_ax, "decode tokens/s (all sequences)"), (seq_ax, "concurrent sequences")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -4,7 +4,7 @@
 //
 //   rkv_serve_bench [--out DIR] [--shape SPEC] [--prompt 256] [--gens 4096,16384,32768]
 //                   [--budgets 1024,512,2048] [--buffer 128] [--steps 8] [--reserve-gib 2]
-//                   [--max-batch N] [--time-limit 480] [--no-serve-check]
+//                   [--max-batch N] [--time-limit 480] [--no-serve-check] [--plot-script PATH]
 //
 // Measures, all in one run (bench_measure.h, bench_report.h):
 //   - ceilings: device copy bandwidth, bf16 matmul rate;
@@ -59,6 +59,7 @@ struct Options {
     int32_t max_batch = 0;
     double time_limit = 480;
     bool serve_check = true;
+    std::string plot_script;  // default: the source tree's plot_serve.py, else ./examples/engine/cuda/plot_serve.py
 };
 
 [[noreturn]] void usage(const char *program, const std::string &problem) {
@@ -66,7 +67,7 @@ struct Options {
     std::fprintf(stderr,
                  "usage: %s [--out DIR] [--shape SPEC] [--prompt 256] [--gens 4096,16384,32768]\n"
                  "          [--budgets 1024,512,2048] [--buffer 128] [--steps 8] [--reserve-gib 2]\n"
-                 "          [--max-batch N] [--time-limit 480] [--no-serve-check]\n"
+                 "          [--max-batch N] [--time-limit 480] [--no-serve-check] [--plot-script PATH]\n"
                  "shape SPEC: a preset (r1-llama-8b) and/or key=value overrides, e.g. r1-llama-8b,layers=4\n",
                  program);
     std::exit(2);
@@ -112,6 +113,7 @@ Options parse(int argc, char **argv) {
         else if (arg == "--max-batch") o.max_batch = int32_t(number(1, 1 << 20));
         else if (arg == "--time-limit") o.time_limit = number(1, 1e6);
         else if (arg == "--no-serve-check") o.serve_check = false;
+        else if (arg == "--plot-script") o.plot_script = value();
         else usage(argv[0], "unknown option " + arg);
     }
     for (int32_t b : o.budgets)
@@ -465,9 +467,15 @@ int main(int argc, char **argv) {
     }
     write_report(report, o.out);
     std::printf("\n%s\n", report_markdown(report).c_str());
-    const std::string plot = std::string("python3 ") + RKV_PLOT_SCRIPT + " " + o.out;
-    if (std::system(plot.c_str()) != 0)
-        std::printf("No plot (matplotlib missing?): run `%s` where matplotlib is installed.\n", plot.c_str());
+    // The plot script of the source tree this was built from, or of the working directory's
+    // checkout (a build carried to another machine).
+    std::string script = o.plot_script;
+    for (const char *candidate : {RKV_PLOT_SCRIPT, "examples/engine/cuda/plot_serve.py"})
+        if (script.empty() && std::filesystem::exists(candidate)) script = candidate;
+    const std::string plot = "python3 " + (script.empty() ? std::string("plot_serve.py") : script) + " " + o.out;
+    if (script.empty() || std::system(plot.c_str()) != 0)
+        std::printf("No plot (no plot_serve.py here, or matplotlib missing): run `%s` where matplotlib is "
+                    "installed.\n", plot.c_str());
     std::printf("Wrote %s/serve_bench.md and %s/serve_bench.json.\n", o.out.c_str(), o.out.c_str());
     return 0;
 }

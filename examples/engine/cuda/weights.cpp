@@ -111,6 +111,9 @@ DeviceWeights::DeviceWeights(const Config &config, bool tied) : config_(config),
     const std::vector<float> freq = rope_frequencies(config);
     check_cuda(cudaMemcpy(const_cast<float *>(rope_freq), freq.data(), freq.size() * 4, cudaMemcpyHostToDevice),
                "upload of the RoPE frequencies");
+    // A copy from pageable memory may still be in flight when cudaMemcpy returns, and the
+    // engine works on its own non-blocking streams: wait for the uploads here.
+    check_cuda(cudaDeviceSynchronize(), "upload of the weights");
 }
 
 DeviceWeights DeviceWeights::load(const GgufFile &file, cudaStream_t) {
@@ -138,6 +141,7 @@ DeviceWeights DeviceWeights::load(const GgufFile &file, cudaStream_t) {
     }
     upload_vector(file, "output_norm.weight", d, at(w.out_norm), row);
     if (!tied) upload_tensor(file, "output.weight", c.vocab_size, d, at(w.output), row, staging);
+    check_cuda(cudaDeviceSynchronize(), "upload of the weights");
     return w;
 }
 

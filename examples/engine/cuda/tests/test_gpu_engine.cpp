@@ -102,7 +102,9 @@ rkv_cache *make_cpu_cache(const Model &model, rkv_method method, int32_t max_len
 using CacheOwner = std::unique_ptr<rkv_cache, void (*)(rkv_cache *)>;
 CacheOwner own(rkv_cache *cache) { return CacheOwner(cache, rkv_cache_destroy); }
 
-std::vector<float> download(const float *device, size_t count) {
+// Waits for the stream's work (the engine runs on a non-blocking stream), then copies.
+std::vector<float> download(const float *device, size_t count, cudaStream_t stream) {
+    check_cuda(cudaStreamSynchronize(stream), "the engine's work");
     std::vector<float> host(count);
     check_cuda(cudaMemcpy(host.data(), device, count * 4, cudaMemcpyDeviceToHost), "download");
     return host;
@@ -173,7 +175,7 @@ std::vector<std::vector<float>> gpu_teacher_forced(GpuModel &model, rkv_cache *c
     std::vector<std::vector<float>> out(slots.size());
     for (size_t i = 0; i < slots.size(); ++i) {
         model.prefill(cache, slots[i], prompts[i].data(), int32_t(prompts[i].size()), true, stream);
-        out[i] = download(model.prefill_logits(), vocab);
+        out[i] = download(model.prefill_logits(), vocab, stream);
     }
     Decoder decoder(model, cache, true);
     decoder.set_active(slots, stream);
@@ -184,7 +186,7 @@ std::vector<std::vector<float>> gpu_teacher_forced(GpuModel &model, rkv_cache *c
         decoder.compress_due(stream);
         decoder.enqueue_steps(1, stream);
         decoder.collect(tokens, stream);
-        const std::vector<float> logits = download(model.decode_logits(), size_t(model.slots()) * vocab);
+        const std::vector<float> logits = download(model.decode_logits(), size_t(model.slots()) * vocab, stream);
         for (size_t i = 0; i < slots.size(); ++i)
             out[i].insert(out[i].end(), logits.begin() + long(size_t(slots[i]) * vocab),
                           logits.begin() + long(size_t(slots[i] + 1) * vocab));
@@ -348,6 +350,7 @@ void graph_equals_eager(Fixture &f) {
     // The two caches share the model's slot state: run them in turns, saving and restoring it.
     std::vector<int32_t> state_tokens[2], state_positions[2];
     auto save = [&](int which) {
+        check_cuda(cudaStreamSynchronize(stream.get()), "the engine's work");
         state_tokens[which].resize(size_t(model.slots()));
         state_positions[which].resize(size_t(model.slots()));
         check_cuda(cudaMemcpy(state_tokens[which].data(), model.slot_tokens(), size_t(model.slots()) * 4,
@@ -356,10 +359,11 @@ void graph_equals_eager(Fixture &f) {
                               cudaMemcpyDeviceToHost), "save");
     };
     auto restore = [&](int which) {
-        check_cuda(cudaMemcpy(model.slot_tokens(), state_tokens[which].data(), size_t(model.slots()) * 4,
-                              cudaMemcpyHostToDevice), "restore");
-        check_cuda(cudaMemcpy(model.slot_positions(), state_positions[which].data(), size_t(model.slots()) * 4,
-                              cudaMemcpyHostToDevice), "restore");
+        // on the engine's stream: ordered before the steps that read them
+        check_cuda(cudaMemcpyAsync(model.slot_tokens(), state_tokens[which].data(), size_t(model.slots()) * 4,
+                                   cudaMemcpyHostToDevice, stream.get()), "restore");
+        check_cuda(cudaMemcpyAsync(model.slot_positions(), state_positions[which].data(),
+                                   size_t(model.slots()) * 4, cudaMemcpyHostToDevice, stream.get()), "restore");
     };
     for (int which = 0; which < 2; ++which) {
         rkv_cache *cache = which == 0 ? graph_cache.get() : eager_cache.get();
@@ -379,13 +383,13 @@ void graph_equals_eager(Fixture &f) {
         const int32_t k = std::min({graph.room(), 4, 60 - steps});
         graph.enqueue_steps(k, stream.get());
         graph.collect(graph_tokens, stream.get());
-        graph_logits = download(model.decode_logits(), rows);
+        graph_logits = download(model.decode_logits(), rows, stream.get());
         save(0);
         restore(1);
         eager.compress_due(stream.get());
         eager.enqueue_steps(k, stream.get());
         eager.collect(eager_tokens, stream.get());
-        eager_logits = download(model.decode_logits(), rows);
+        eager_logits = download(model.decode_logits(), rows, stream.get());
         save(1);
         all_graph.insert(all_graph.end(), graph_tokens.begin(), graph_tokens.end());
         all_eager.insert(all_eager.end(), eager_tokens.begin(), eager_tokens.end());
