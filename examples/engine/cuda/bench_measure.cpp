@@ -229,7 +229,11 @@ double Rig::time_steps(int32_t steps, double *compress_ms, int64_t *compressions
 }
 
 void Rig::compress_all() {
-    for (int32_t s = 0; s < batch_; ++s) check_rkv(rkv_compress(cache_, s, RKV_ALL, stream_), "rkv_compress");
+    if (spec_.method == RKV_METHOD_FULL) return;
+    // Every sequence full, then one batched compression of all of them (one call per
+    // sequence would compress them one at a time).
+    fill_all_to(capacity());
+    check_rkv(rkv_compress(cache_, RKV_ALL, RKV_ALL, stream_), "rkv_compress");
     check_cuda(cudaStreamSynchronize(stream_), "compression");
 }
 

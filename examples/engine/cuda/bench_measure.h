@@ -65,7 +65,7 @@ class Rig {
     // Decode `steps` steps of every slot (compressions when due, timed apart);
     // returns ms per step, compressions included.
     double time_steps(int32_t steps, double *compress_ms = nullptr, int64_t *compressions = nullptr);
-    // Compress every slot above its budget now (aligns a staggered state).
+    // Fill every slot and compress them all to the budget (aligns a staggered state).
     void compress_all();
     StepBreakdown breakdown(int32_t replays);
 

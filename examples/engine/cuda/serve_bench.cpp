@@ -230,8 +230,8 @@ struct Bench {
             if (paged) {
                 const int32_t average = int32_t(paged_average(o.prompt, gen) + 0.5);
                 contexts = {average};
-                breakdown_at = average + o.steps;
-                spec.max_len = average + 2 * o.steps + 40;
+                breakdown_at = average;  // the step is taken apart where it was measured
+                spec.max_len = average + o.steps + 8;  // room for the steps and a short breakdown
             } else {
                 for (int i = 0; i < 4; ++i) contexts.push_back(o.prompt + int32_t((2 * i + 1) / 8.0 * gen));
                 breakdown_at = o.prompt + gen / 2;

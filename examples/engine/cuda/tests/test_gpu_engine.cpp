@@ -11,8 +11,10 @@
 //    logits: Full <= kFullTolerance (bf16 weights are exact; activations and
 //    K/V are rounded to bf16); R-KV <= kRkvTolerance, because bf16 rounding can
 //    swap two near-tied candidates at a compression, after which the caches
-//    hold different tokens; its top-1 must agree on kRkvTop1 of the steps and
-//    whole kept sets must match on most heads. The measured numbers are printed.
+//    hold different tokens (mean error <= kRkvMeanTolerance); its top-1 must
+//    agree on kRkvTop1 of the steps and whole kept sets must match on at least
+//    a quarter of the heads (broken scoring matches none). The measured numbers
+//    are printed.
 // 2. Greedy decoding, Full: the GPU's tokens equal the CPU's, except at a step
 //    where the CPU's top two logits are closer than twice the measured error
 //    (a near tie that bf16 may flip; the prompt is chosen, on the CPU, for
@@ -52,9 +54,10 @@ using namespace engine::cuda;
 
 namespace {
 
-constexpr double kFullTolerance = 0.06;
-constexpr double kRkvTolerance = 0.35;
-constexpr double kRkvTop1 = 0.7;
+constexpr double kFullTolerance = 0.06;     // max |GPU - CPU| logit / std of the CPU's logits (estimate: 0.015)
+constexpr double kRkvTolerance = 0.5;      // the same for R-KV, whose kept sets may differ after a near tie
+constexpr double kRkvMeanTolerance = 0.1;  // mean |GPU - CPU| logit / std, R-KV
+constexpr double kRkvTop1 = 0.7;           // R-KV: steps whose top-1 token agrees
 constexpr int32_t kBudget = 24, kBuffer = 16, kWindow = 8;  // R-KV: capacity 40, compresses often
 
 struct Fixture {
@@ -304,6 +307,8 @@ void compare_with_cpu(Fixture &f, rkv_method method, const std::vector<int32_t> 
     } else {
         EXPECT(all.relative() <= kRkvTolerance, "%s: logits differ by %.4f of their std (tolerance %.2f)",
                what.c_str(), all.relative(), kRkvTolerance);
+        EXPECT(all.mean_relative() <= kRkvMeanTolerance, "%s: mean logit difference %.4f of their std (tolerance %.2f)",
+               what.c_str(), all.mean_relative(), kRkvMeanTolerance);
         EXPECT(all.top1() >= kRkvTop1, "%s: top-1 agrees on %.1f%% of steps (at least %.0f%%)", what.c_str(),
                100.0 * all.top1(), 100.0 * kRkvTop1);
         // kept sets: the CPU again, each sequence alone, teacher-forced the same way
@@ -320,7 +325,7 @@ void compare_with_cpu(Fixture &f, rkv_method method, const std::vector<int32_t> 
                                            &compared));
         }
         std::printf("  kept sets identical on %d of %d (sequence, layer, head)\n", same, compared);
-        EXPECT(2 * same >= compared, "%s: kept sets identical on %d of %d heads only", what.c_str(), same, compared);
+        EXPECT(4 * same >= compared, "%s: kept sets identical on %d of %d heads only", what.c_str(), same, compared);
     }
     if (greedy) {
         // the same cache, emptied: the server resets each slot when its request ends
