@@ -73,8 +73,19 @@ run_part() {
   esac
 }
 
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+# After a failure: the same program under compute-sanitizer names the kernel and address of a fault.
+diagnose() {  # NAME COMMAND...
+  local name=$1; shift
+  if [ -x "$sanitizer" ]; then
+    echo "== $name under compute-sanitizer (memcheck), for the failure above"
+    timeout 240 "$sanitizer" --tool memcheck --print-limit 20 "$@" 2>&1 | tail -n 60
+  fi
+}
+
 if [ "$run_tests" = 1 ]; then
   run_part test_gpu_engine 300 "$engine_dir/cuda/tests/test_gpu_engine"
+  case "${summary[-1]}" in FAIL*) diagnose test_gpu_engine "$engine_dir/cuda/tests/test_gpu_engine" ;; esac
   run_part test_engine_cuda_input 60 "$engine_dir/cuda/tests/test_engine_cuda_input"
   run_part test_engine_cuda_cli 180 bash examples/engine/cuda/tests/test_engine_cuda_cli.sh "$engine_dir/rkv_engine" \
     "$engine_dir/cuda/rkv_serve_bench" "$engine_dir/cuda/tests/rkv_write_test_gguf" "$scratch/cli"
@@ -108,6 +119,11 @@ if [ "$run_bench" = 1 ]; then
   # shellcheck disable=SC2086
   run_part "rkv_serve_bench" 480 "$engine_dir/cuda/rkv_serve_bench" --out "$out" $bench_args \
     --plot-script examples/engine/cuda/plot_serve.py
+  case "${summary[-1]}" in
+    FAIL*) diagnose "a small rkv_serve_bench" "$engine_dir/cuda/rkv_serve_bench" --out "$scratch/small" \
+             --shape r1-llama-8b,layers=2,vocab=4096 --gens 512 --budgets 256 --buffer 32 --max-batch 8 \
+             --no-serve-check --reserve-gib 100 ;;
+  esac
 fi
 
 echo "== summary"
