@@ -133,16 +133,11 @@ __global__ void __launch_bounds__(kAppendThreads) h2o_kernel(AppendParams p) {
             // A warp per key: pooled logit over the group.
             for (int32_t j = warp; j < visible; j += warps) {
                 const T *k = keys + int64_t(j) * d;
-                float pooled = 0.0f;
-                for (int32_t g = 0; g < groups; ++g) {
+                const float pooled = pool_group(p.pooling, groups, [&](int32_t g) {
                     float dot = 0.0f;
                     for (int32_t e = lane; e < d; e += 32) dot += queries[g * d + e] * to_float(k[e]);
-                    const float logit = warp_sum(dot) * p.scale;
-                    if (g == 0) pooled = logit;
-                    else if (p.pooling == 0) pooled = fmaxf(pooled, logit);
-                    else pooled += logit;
-                }
-                if (p.pooling != 0 && groups > 1) pooled *= 1.0f / float(groups);
+                    return warp_sum(dot) * p.scale;
+                });
                 if (lane == 0) logits[j] = pooled;
             }
             __syncthreads();

@@ -164,12 +164,6 @@ struct PipelineShape {
     static constexpr size_t kSharedBytes = size_t(kAttendStages) * 2 * kAttendStageBytes;
 };
 
-__device__ __forceinline__ void attend_cp_async_16(void *shared, const void *global, bool valid) {
-    const uint32_t address = uint32_t(__cvta_generic_to_shared(shared));
-    const int bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
-}
-
 // grid (kv head, entry), kAttendThreads threads, PipelineShape::kSharedBytes
 // of dynamic shared memory.
 template <typename T, int D>
@@ -198,10 +192,10 @@ __global__ void __launch_bounds__(kAttendThreads) attend_pipelined_kernel(Attend
             const int chunk = index % kChunksPerRow;
             const bool valid = t < held;
             const int64_t offset = valid ? int64_t(t) * D * int64_t(sizeof(T)) + chunk * 16 : 0;
-            attend_cp_async_16(k_stage + index * 16, reinterpret_cast<const char *>(keys) + offset, valid);
-            attend_cp_async_16(v_stage + index * 16, reinterpret_cast<const char *>(values) + offset, valid);
+            cp_async_16(shared_address(k_stage + index * 16), reinterpret_cast<const char *>(keys) + offset, valid);
+            cp_async_16(shared_address(v_stage + index * 16), reinterpret_cast<const char *>(values) + offset, valid);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
     };
 
     for (int32_t g0 = 0; g0 < groups; g0 += S::kMaxGroup) {
@@ -226,8 +220,8 @@ __global__ void __launch_bounds__(kAttendThreads) attend_pipelined_kernel(Attend
             if (s < stages) load_stage(s);
         for (int32_t stage = 0; stage < stages; ++stage) {
             // Wait for this stage (the later ones may still be in flight).
-            if (stage + 1 < stages) asm volatile("cp.async.wait_group %0;\n" ::"n"(kAttendStages - 2));
-            else asm volatile("cp.async.wait_group 0;\n" ::);
+            if (stage + 1 < stages) cp_async_wait<kAttendStages - 2>();
+            else cp_async_wait<0>();
             __syncthreads();
             if (stage + kAttendStages - 1 < stages) load_stage(stage + kAttendStages - 1);
             const char *k_stage = attend_shared + (stage % kAttendStages) * 2 * kAttendStageBytes;

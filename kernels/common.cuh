@@ -1,6 +1,8 @@
 // Device helpers shared by every kernel: storage types and conversions,
 // compile-time dispatch over dtype and head dim, deterministic reductions,
-// and the ordered key the selection ranks by.
+// group pooling, cp.async and tensor-core (mma.sync, ldmatrix) primitives,
+// and the ordered key the selection ranks by. Enum values are the public
+// header's (rkv_dtype, rkv_pooling) and core/method.h's: no mirrors here.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,20 +12,18 @@
 #include <cstdint>
 
 #include "params.h"
+#include "rkv/rkv.h"
 
 namespace rkv::kernels {
-
-// rkv_dtype values (include/rkv/rkv.h), repeated so device code needs no C header.
-enum : int32_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 // Compile-time dispatch over the storage dtype: the body sees `T`.
 #define RKV_DISPATCH_DTYPE(dtype, T, ...)                              \
     switch (dtype) {                                                   \
-        case ::rkv::kernels::kF32: {                                   \
+        case RKV_DTYPE_F32: {                                          \
             using T = float;                                           \
             __VA_ARGS__                                                \
         } break;                                                       \
-        case ::rkv::kernels::kF16: {                                   \
+        case RKV_DTYPE_F16: {                                          \
             using T = __half;                                          \
             __VA_ARGS__                                                \
         } break;                                                       \
@@ -73,21 +73,21 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
 
-__host__ __device__ __forceinline__ int dtype_bytes(int32_t dtype) { return dtype == kF32 ? 4 : 2; }
+__host__ __device__ __forceinline__ int dtype_bytes(int32_t dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
 
 // Element `index` of a buffer of a runtime dtype, as float.
 __device__ __forceinline__ float load_any(const void *data, int32_t dtype, int64_t index) {
     switch (dtype) {
-        case kF32: return static_cast<const float *>(data)[index];
-        case kF16: return __half2float(static_cast<const __half *>(data)[index]);
+        case RKV_DTYPE_F32: return static_cast<const float *>(data)[index];
+        case RKV_DTYPE_F16: return __half2float(static_cast<const __half *>(data)[index]);
         default: return __bfloat162float(static_cast<const __nv_bfloat16 *>(data)[index]);
     }
 }
 
 __device__ __forceinline__ void store_any(void *data, int32_t dtype, int64_t index, float x) {
     switch (dtype) {
-        case kF32: static_cast<float *>(data)[index] = x; return;
-        case kF16: static_cast<__half *>(data)[index] = __float2half_rn(x); return;
+        case RKV_DTYPE_F32: static_cast<float *>(data)[index] = x; return;
+        case RKV_DTYPE_F16: static_cast<__half *>(data)[index] = __float2half_rn(x); return;
         default: static_cast<__nv_bfloat16 *>(data)[index] = __float2bfloat16_rn(x); return;
     }
 }
@@ -164,6 +164,74 @@ __device__ __forceinline__ V block_max(V v, V *shared) {
     V total = shared[0];
     for (int w = 1; w < warps; ++w) total = max(total, shared[w]);
     return total;
+}
+
+// ---------------------------------------------------------------------------
+// group pooling: the query heads of one KV head's group share one logit per
+// key, as the CPU's pool_groups computes it: the max, or the sum times 1/G.
+
+// logit(g) for g = 0 .. groups-1, pooled. Every thread of a warp that calls it
+// must call it (logit may hold warp shuffles).
+template <typename Logit>
+__device__ __forceinline__ float pool_group(rkv_pooling pooling, int32_t groups, Logit &&logit) {
+    float value = 0.0f;
+    for (int32_t g = 0; g < groups; ++g) {
+        const float x = logit(g);
+        if (g == 0) value = x;
+        else if (pooling == RKV_POOLING_MAX) value = fmaxf(value, x);
+        else value += x;
+    }
+    if (pooling == RKV_POOLING_MEAN && groups > 1) value *= 1.0f / float(groups);
+    return value;
+}
+
+// ---------------------------------------------------------------------------
+// cp.async: 16-byte global -> shared copies that bypass the registers
+
+__device__ __forceinline__ uint32_t shared_address(const void *pointer) {
+    return uint32_t(__cvta_generic_to_shared(pointer));
+}
+
+// valid false: fill the 16 bytes with zeros and read nothing.
+__device__ __forceinline__ void cp_async_16(uint32_t shared, const void *global, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Wait until at most kPending committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// ---------------------------------------------------------------------------
+// tensor cores: mma.sync m16n8k16 (f16/bf16 in, float32 accumulate) and
+// ldmatrix of four 8x8 b16 matrices from shared memory
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                         uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ namespace {
 // Calls f(kernel tag) for the (16-bit dtype, head dim) instantiation.
 template <template <typename, int> class Kernel, typename F>
 cudaError_t with_instance(int32_t dtype, int32_t head_dim, F &&f) {
-    if (dtype == kF16) {
+    if (dtype == RKV_DTYPE_F16) {
         switch (head_dim) {
             case 64: return f(Kernel<__half, 64>());
             case 128: return f(Kernel<__half, 128>());
@@ -35,11 +35,11 @@ struct ImportanceKernel {
 }  // namespace
 
 bool gram_fused_supported(int32_t dtype, int32_t head_dim, int32_t rows) {
-    return dtype != kF32 && (head_dim == 64 || head_dim == 128 || head_dim == 256) && rows <= kFusedMaxRows;
+    return dtype != RKV_DTYPE_F32 && (head_dim == 64 || head_dim == 128 || head_dim == 256) && rows <= kFusedMaxRows;
 }
 
 cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim) {
-    if (dtype == kF32 || !(head_dim == 64 || head_dim == 128 || head_dim == 256)) return cudaSuccess;
+    if (dtype == RKV_DTYPE_F32 || !(head_dim == 64 || head_dim == 128 || head_dim == 256)) return cudaSuccess;
     const cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
     cudaError_t error = with_instance<GramKernel>(dtype, head_dim, [&](auto instance) {
         return cudaFuncSetAttribute(instance.kernel, limit, int(gram_fused_shared_bytes(head_dim)));

@@ -52,60 +52,12 @@ __host__ __device__ constexpr size_t importance_fused_shared_bytes(int head_dim,
            size_t(fused_rows(rows)) * kGramTile * sizeof(float) + size_t(kGramTile) * sizeof(float);
 }
 
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                         uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-
-__device__ __forceinline__ void cp_async_16(uint32_t address, const void *source, bool valid) {
-    const int bytes = valid ? 16 : 0;  // 0: fill with zeros, read nothing
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(source), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
-
 // Byte offset of the 16-byte chunk `chunk` of row `row` in a swizzled tile:
 // the chunk index is XORed with row % 8, so the 8 rows an ldmatrix reads at
 // one logical chunk sit in 8 different bank groups.
 template <int D>
 __device__ __forceinline__ uint32_t swizzle(int row, int chunk) {
     return uint32_t(row * (D * 2) + ((chunk ^ (row & 7)) << 4));
-}
-
-// Rows first_row .. first_row+127 of a head's keys into a tile; rows >= n are zeros.
-template <typename T, int D>
-__device__ __forceinline__ void load_tile(uint32_t tile, const T *keys, int32_t first_row, int32_t n) {
-    constexpr int kChunks = D / 8;
-    for (int index = threadIdx.x; index < kGramTile * kChunks; index += kGramThreads) {
-        const int row = index / kChunks, chunk = index % kChunks;
-        const bool valid = first_row + row < n;
-        const T *source = valid ? keys + int64_t(first_row + row) * D + chunk * 8 : keys;
-        cp_async_16(tile + swizzle<D>(row, chunk), source, valid);
-    }
 }
 
 // inv[r] = 1 / (|k_r| + 1e-8) for the tile's rows: two threads per row, squares
@@ -159,8 +111,8 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     char *q_tile = fused_shared + kGramTile * D * 2;                        // [padded][D]
     float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
     float *inv = logits + padded * kGramTile;                               // [128]
-    const uint32_t k_address = uint32_t(__cvta_generic_to_shared(k_tile));
-    const uint32_t q_address = uint32_t(__cvta_generic_to_shared(q_tile));
+    const uint32_t k_address = shared_address(k_tile);
+    const uint32_t q_address = shared_address(q_tile);
     const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_rows<T, D>(k_address, keys, t * kGramTile, kGramTile, n);
@@ -230,13 +182,8 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
         const int a = index / kGramTile, col = index % kGramTile;
         const int32_t j = t * kGramTile + col;
         if (j >= candidates) continue;
-        float value = logits[a * kGramTile + col];
-        for (int32_t gg = 1; gg < groups; ++gg) {
-            const float other = logits[(gg * c.window + a) * kGramTile + col];
-            value = p.pooling == 0 ? fmaxf(value, other) : value + other;
-        }
-        if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
-        pooled[int64_t(a) * c.capacity + j] = value;
+        pooled[int64_t(a) * c.capacity + j] = pool_group(
+            p.pooling, groups, [&](int32_t gg) { return logits[(gg * c.window + a) * kGramTile + col]; });
     }
 }
 
@@ -375,8 +322,8 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     float *row_value = reinterpret_cast<float *>(row_latest + 2 * kGramTile);  // [2][128]
     int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 2 * kGramTile);  // [2][128]
     float *col_value = reinterpret_cast<float *>(col_latest + 2 * kGramTile);      // [2][128]
-    const uint32_t a_address = uint32_t(__cvta_generic_to_shared(a_tile));
-    const uint32_t b_address = uint32_t(__cvta_generic_to_shared(b_tiles));
+    const uint32_t a_address = shared_address(a_tile);
+    const uint32_t b_address = shared_address(b_tiles);
 
     const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * D;
     const int64_t row = scratch_row(p, jj, h);

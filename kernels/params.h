@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "rkv/rkv.h"
+
 namespace rkv::kernels {
 
 // The cache memory of one layer. Slot (seq, head, slot) of K/V/positions/state
@@ -74,7 +76,7 @@ struct AppendParams {
     int32_t num_chunks;
     int32_t max_count;       // largest chunks[i].count
     int32_t h2o;             // 1: the H2O kernel runs next and advances the lengths itself
-    int32_t pooling;         // rkv_pooling (H2O)
+    rkv_pooling pooling;     // H2O
     float scale;             // 1/sqrt(head_dim) (H2O)
     int32_t pad_;
     AppendChunk chunks[kMaxAppendChunks];
@@ -139,7 +141,7 @@ struct CompressParams {
     int32_t method;           // rkv_method
     int32_t reference_order;  // 1: kept candidates by descending score (reference mode)
     int32_t slot0_quirk;      // 1: a redundancy row without a near-duplicate zeroes S[r, 0]
-    int32_t pooling;          // rkv_pooling
+    rkv_pooling pooling;
     int32_t kernel;           // max-pool width
     float lambda;
     float threshold;

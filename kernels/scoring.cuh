@@ -39,15 +39,9 @@ __global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressP
     const int64_t row = scratch_row(p, blockIdx.y, h);
     const int64_t cap = p.cache.capacity;
     const float *logits = p.scratch.logits + row * p.scratch.rows;
-    // pooled[a][j] over the group, as the CPU's pool_groups: max, or sum then times 1/G.
+    // pooled[a][j]: window row a of candidate j, pooled over the group.
     auto pooled = [&](int32_t a, int32_t j) {
-        float value = logits[int64_t(a) * cap + j];
-        for (int32_t g = 1; g < groups; ++g) {
-            const float other = logits[(int64_t(g) * window + a) * cap + j];
-            value = p.pooling == 0 ? fmaxf(value, other) : value + other;
-        }
-        if (p.pooling != 0 && groups > 1) value *= 1.0f / float(groups);
-        return value;
+        return pool_group(p.pooling, groups, [&](int32_t g) { return logits[(int64_t(g) * window + a) * cap + j]; });
     };
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     for (int32_t a = threadIdx.x >> 5; a < window; a += warps) {

@@ -10,8 +10,8 @@
 // Then commit_kernel publishes the new lengths once every head is done.
 #pragma once
 
-#include "../src/random_score.h"
 #include "common.cuh"
+#include "core/random_score.h"
 
 namespace rkv::kernels {
 

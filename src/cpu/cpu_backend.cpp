@@ -1,13 +1,13 @@
-#include "cpu_backend.h"
+#include "cpu/cpu_backend.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "../dtype.h"
-#include "../error.h"
-#include "../random_score.h"
-#include "../selection.h"
-#include "scoring.h"
+#include "core/random_score.h"
+#include "cpu/scoring.h"
+#include "dtype.h"
+#include "error.h"
+#include "selection.h"
 
 namespace rkv::cpu {
 

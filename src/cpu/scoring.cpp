@@ -1,4 +1,4 @@
-#include "scoring.h"
+#include "cpu/scoring.h"
 
 #include <cblas.h>
 

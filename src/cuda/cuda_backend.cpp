@@ -1,4 +1,4 @@
-#include "cuda_backend.h"
+#include "cuda/cuda_backend.h"
 
 #include <cuda_runtime_api.h>
 
@@ -6,13 +6,13 @@
 #include <cmath>
 #include <limits>
 
-#include "../../kernels/launch.h"
-#include "../dtype.h"
-#include "../error.h"
-#include "cuda_check.h"
-#include "lt_matmul.h"
-#include "phase_profile.h"
-#include "scratch_plan.h"
+#include "cuda/cuda_check.h"
+#include "cuda/lt_matmul.h"
+#include "cuda/phase_profile.h"
+#include "cuda/scratch_plan.h"
+#include "dtype.h"
+#include "error.h"
+#include "kernels/launch.h"
 
 namespace rkv::cuda {
 
@@ -104,7 +104,7 @@ class CudaBackend final : public Backend {
         if (a.q.data) p.q = tensor(a.q);
         p.counter = counter_.get<unsigned>();
         p.h2o = p_.method == RKV_METHOD_H2O;
-        p.pooling = int32_t(p_.pooling);
+        p.pooling = p_.pooling;
         p.scale = 1.0f / std::sqrt(float(p_.head_dim));
         for (int32_t first = 0; first < num_chunks; first += k::kMaxAppendChunks) {
             p.num_chunks = std::min(k::kMaxAppendChunks, num_chunks - first);
@@ -307,7 +307,7 @@ class CudaBackend final : public Backend {
         p.method = int32_t(p_.method);
         p.reference_order = p_.mode == RKV_MODE_REFERENCE && p_.method != RKV_METHOD_STREAMINGLLM;
         p.slot0_quirk = p_.mode == RKV_MODE_REFERENCE;
-        p.pooling = int32_t(p_.pooling);
+        p.pooling = p_.pooling;
         p.kernel = p_.kernel;
         p.lambda = p_.lambda;
         p.threshold = p_.threshold;

@@ -1,8 +1,8 @@
-#include "cuda_check.h"
+#include "cuda/cuda_check.h"
 
 #include <utility>
 
-#include "../error.h"
+#include "error.h"
 
 namespace rkv::cuda {
 

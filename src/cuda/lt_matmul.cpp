@@ -1,8 +1,8 @@
-#include "lt_matmul.h"
+#include "cuda/lt_matmul.h"
 
 #include <cstring>
 
-#include "../error.h"
+#include "error.h"
 
 namespace rkv::cuda {
 

@@ -1,4 +1,4 @@
-#include "phase_profile.h"
+#include "cuda/phase_profile.h"
 
 #include <cstdio>
 #include <cstdlib>

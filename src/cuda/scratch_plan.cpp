@@ -1,9 +1,9 @@
-#include "scratch_plan.h"
+#include "cuda/scratch_plan.h"
 
 #include <algorithm>
 
-#include "../../kernels/params.h"
-#include "../dtype.h"
+#include "dtype.h"
+#include "kernels/params.h"
 
 namespace rkv::cuda {
 

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "../params.h"
+#include "params.h"
 #include "rkv/rkv.h"
 
 namespace rkv::cuda {
