@@ -167,7 +167,7 @@ __global__ void clear_sequence_kernel(ClearParams p) {
     const int64_t slots = int64_t(p.kv_heads) * p.capacity;
     float *state = p.state + (int64_t(layer) * p.max_seqs + p.seq) * slots;
     for (int64_t i = threadIdx.x; i < slots; i += blockDim.x) state[i] = 0.0f;
-    if (threadIdx.x < 5) p.bookkeeping[threadIdx.x * p.book_stride + int64_t(layer) * p.max_seqs + p.seq] = 0;
+    if (threadIdx.x < kBookkeepingArrays) p.bookkeeping[threadIdx.x * p.book_stride + int64_t(layer) * p.max_seqs + p.seq] = 0;
 }
 
 }  // namespace rkv::kernels

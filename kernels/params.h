@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "core/method.h"
 #include "rkv/rkv.h"
 
 namespace rkv::kernels {
@@ -75,7 +76,8 @@ struct AppendParams {
     unsigned *counter;       // grid-completion counter (last block advances the lengths)
     int32_t num_chunks;
     int32_t max_count;       // largest chunks[i].count
-    int32_t h2o;             // 1: the H2O kernel runs next and advances the lengths itself
+    int32_t h2o;             // 1: Scorer::AccumulatedAttention: the H2O kernel runs next and
+                             // advances the lengths itself
     rkv_pooling pooling;     // H2O
     float scale;             // 1/sqrt(head_dim) (H2O)
     int32_t pad_;
@@ -138,7 +140,7 @@ struct Scratch {
 struct CompressParams {
     CacheLayer cache;
     Scratch scratch;
-    int32_t method;           // rkv_method
+    Scorer scorer;            // what the candidates rank by (core/method.h)
     int32_t reference_order;  // 1: kept candidates by descending score (reference mode)
     int32_t slot0_quirk;      // 1: a redundancy row without a near-duplicate zeroes S[r, 0]
     rkv_pooling pooling;
@@ -157,10 +159,13 @@ struct CompressParams {
 // ---------------------------------------------------------------------------
 // reset of one sequence
 
+// The device bookkeeping: kBookkeepingArrays int32 arrays [layers, max_seqs],
+// in this order: lengths, logical, queries_valid, compressions, dropped.
+constexpr int kBookkeepingArrays = 5;
+
 struct ClearParams {
     float *state;            // [layers, max_seqs, kv_heads, capacity]
-    int32_t *bookkeeping;    // 5 arrays [layers, max_seqs]: lengths, logical, queries_valid,
-                             // compressions, dropped, at stride `book_stride`
+    int32_t *bookkeeping;    // the kBookkeepingArrays arrays, at stride `book_stride`
     int64_t book_stride;     // layers * max_seqs
     int32_t layers, max_seqs, kv_heads, capacity, seq;
 };

@@ -1,6 +1,6 @@
 // Selection and compaction, one block per (head, job), for every method:
-//   1. the score each candidate ranks by (method switch; R-KV mixes the
-//      importance and redundancy computed before),
+//   1. the score each candidate ranks by (the method's Scorer, core/method.h;
+//      R-KV mixes the importance and redundancy computed before),
 //   2. the same choice as src/selection.cpp: candidates at positions below
 //      protect_below are kept, the others compete for the remaining places by
 //      (score, slot), larger first; NaN ranks lowest; the window is kept,
@@ -31,23 +31,25 @@ __host__ __device__ constexpr size_t select_shared_bytes(int32_t capacity) {
     return size_t(pow2_at_least(capacity)) * sizeof(uint64_t) + size_t(capacity) * (sizeof(int32_t) + 1);
 }
 
-// The score candidate j of (job, head) ranks by.
+// The score candidate j of (job, head) ranks by (src/cpu/cpu_backend.cpp's score).
+static_assert(kNumScorers == 7, "a new Scorer needs its case in method_score (and its score kernels)");
 __device__ __forceinline__ float method_score(const CompressParams &p, const Job &job, int32_t h,
                                               int64_t scratch, int64_t slots, int32_t j) {
-    switch (p.method) {
-        case 0: {  // RKV: lambda * I - (1 - lambda) * R, rounded step by step as on the CPU
+    switch (p.scorer) {
+        case Scorer::ImportanceRedundancy: {  // lambda * I - (1 - lambda) * R, rounded step by step as on the CPU
             const float importance = p.scratch.importance[scratch + j];
             const float redundancy = p.scratch.redundancy[scratch + j];
             return __fsub_rn(__fmul_rn(p.lambda, importance),
                              __fmul_rn(__fsub_rn(1.0f, p.lambda), redundancy));
         }
-        case 1: return p.scratch.importance[scratch + j];  // SNAPKV
-        case 2: return p.cache.state[slots + j];           // H2O
-        case 3: return float(p.cache.positions[slots + j]);  // STREAMINGLLM: recency
-        case 4: return p.scratch.final_scores[scratch + j];  // KEYDIFF (keydiff_kernel)
-        case 5:                                              // RANDOM
+        case Scorer::Importance: return p.scratch.importance[scratch + j];
+        case Scorer::AccumulatedAttention: return p.cache.state[slots + j];
+        case Scorer::Recency: return float(p.cache.positions[slots + j]);
+        case Scorer::KeyDiff: return p.scratch.final_scores[scratch + j];  // keydiff_kernel
+        case Scorer::Random:
             return random_score(p.seed, job.seq, p.cache.layer, h,
                                 uint64_t(p.cache.compressions[job.seq]), p.cache.positions[slots + j]);
+        case Scorer::None: break;
     }
     return 0.0f;
 }

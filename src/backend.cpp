@@ -31,7 +31,7 @@ void Backend::check_memory(const void *, const char *, const char *) const {}
 bool Backend::read_device_counts(DeviceCounts *, void *) { return false; }
 
 void Backend::set_matmul_path(int32_t path) {
-    if (path != 0)  // RKV_MATMUL_AUTO
+    if (path != RKV_MATMUL_AUTO)
         fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: this backend has one matrix-product path; "
              "only RKV_MATMUL_AUTO applies");
 }

@@ -16,30 +16,9 @@
 
 #include "params.h"
 #include "rkv/rkv.h"
+#include "schedule.h"
 
 namespace rkv {
-
-// One entry's run of consecutive tokens into one sequence.
-struct AppendChunk {
-    int32_t seq;
-    int32_t entry;        // index into rkv_append_args arrays
-    int64_t first_token;  // token index within the entry, before token_offsets
-    int32_t count;
-    int32_t slot;         // first destination slot
-    int64_t position;     // original position of the first token
-};
-
-// Compress one (sequence, layer) from `held` tokens to `keep` tokens.
-struct CompressJob {
-    int32_t seq;
-    int32_t held;
-    int32_t keep;                   // keep <= held; keep == held only reorders (reference mode)
-    int64_t protect_below;          // tokens at positions < protect_below are never evicted
-    uint64_t round;                 // how many compressions this (seq, layer) had before (seeds Random)
-};
-
-// Which score rkv_inspect_scores asks for (mirrors rkv_score_kind).
-enum class ScoreKind { Importance = 0, Redundancy = 1, Final = 2 };
 
 // Device-side bookkeeping of one (layer, sequence): a CUDA backend's kernels
 // keep these current in device memory so that captured work can be replayed
@@ -75,7 +54,7 @@ class Backend {
                                 int32_t *out) = 0;
     // Scores a compression of `job` would rank, for one head, into host memory.
     virtual void inspect_scores(int32_t layer, const CompressJob &job, int32_t head,
-                                ScoreKind kind, float *out) = 0;
+                                rkv_score_kind kind, float *out) = 0;
 
     // Base pointers of the buffers above (device pointers for CUDA).
     virtual void *keys() const = 0;

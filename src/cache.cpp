@@ -7,31 +7,13 @@
 #include <cstring>
 #include <limits>
 
+#include "core/method.h"
 #include "dtype.h"
 #include "error.h"
 
 namespace rkv {
 
 namespace {
-
-constexpr int64_t kMaxPosition = std::numeric_limits<int32_t>::max();
-
-bool sink_protected(const rkv_cache_params &p) {
-    return p.method == RKV_METHOD_STREAMINGLLM || (p.guards & RKV_GUARD_SINK);
-}
-
-const char *method_name(rkv_method method) {
-    switch (method) {
-        case RKV_METHOD_RKV: return "RKV";
-        case RKV_METHOD_SNAPKV: return "SNAPKV";
-        case RKV_METHOD_H2O: return "H2O";
-        case RKV_METHOD_STREAMINGLLM: return "STREAMINGLLM";
-        case RKV_METHOD_KEYDIFF: return "KEYDIFF";
-        case RKV_METHOD_RANDOM: return "RANDOM";
-        case RKV_METHOD_FULL: return "FULL";
-    }
-    return "?";
-}
 
 // a*b + c with overflow detection on int64.
 bool mul_add_overflows(int64_t a, int64_t b, int64_t c, int64_t *out) {
@@ -42,12 +24,12 @@ bool mul_add_overflows(int64_t a, int64_t b, int64_t c, int64_t *out) {
 }  // namespace
 
 Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t bytes)
-    : params_(params), plan_(plan), bytes_allocated_(bytes) {
+    : params_(params), rules_(schedule_rules(params, plan.capacity)), plan_(plan), bytes_allocated_(bytes) {
     states_.resize(size_t(params_.num_layers) * params_.max_seqs);
     backend_ = make_backend(params_, plan_);
     chunks_.reserve(size_t(params_.max_seqs));
     jobs_.reserve(size_t(params_.max_seqs));
-    remaining_.resize(size_t(params_.max_seqs));
+    plans_.resize(size_t(params_.max_seqs));
     seen_.resize(size_t(params_.max_seqs));
     held_.resize(size_t(params_.max_seqs));
     device_counts_.resize(states_.size());
@@ -82,34 +64,6 @@ void Cache::check_layer(int32_t layer, bool allow_all, const char *function) con
         fail(RKV_ERR_OUT_OF_RANGE, "%s: layer %d is outside 0 .. %d (num_layers = %d)%s",
              function, layer, params_.num_layers - 1, params_.num_layers,
              allow_all ? " and is not RKV_ALL" : "");
-}
-
-int64_t Cache::protected_prompt(const SeqLayerState &s) const {
-    return (params_.guards & RKV_GUARD_PROMPT) ? s.prompt_len : 0;
-}
-
-bool Cache::is_full(const SeqLayerState &s) const {
-    if (params_.method == RKV_METHOD_FULL) return s.held >= plan_.capacity;
-    return s.held - protected_prompt(s) >= int64_t(params_.budget) + params_.buffer;
-}
-
-bool Cache::plan_compression(int32_t seq, const SeqLayerState &s, CompressJob *job) const {
-    if (params_.method == RKV_METHOD_FULL) return false;
-    const int64_t prompt = protected_prompt(s);
-    const int64_t generated = s.held - prompt;
-    int64_t keep;
-    if (generated > params_.budget)
-        keep = prompt + params_.budget;
-    else if (params_.mode == RKV_MODE_REFERENCE && generated == params_.budget)
-        keep = s.held;  // the official code re-sorts a cache of exactly the budget
-    else
-        return false;
-    job->seq = seq;
-    job->held = s.held;
-    job->keep = int32_t(keep);
-    job->protect_below = std::max<int64_t>(prompt, sink_protected(params_) ? params_.sink : 0);
-    job->round = s.compressions;
-    return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -157,9 +111,8 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
     }
 }
 
-void Cache::validate_append(const rkv_append_args &a) const {
+void Cache::validate_append(const rkv_append_args &a, const AppendCall &call) {
     static const char *fn = "rkv_append";
-    check_struct_size(a.struct_size, sizeof(rkv_append_args), fn, "rkv_append_args");
     check_layer(a.layer, false, fn);
     if (a.num_seqs < 1 || a.num_seqs > params_.max_seqs)
         fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_seqs is %d; it must be 1 .. %d (max_seqs)", fn,
@@ -185,104 +138,49 @@ void Cache::validate_append(const rkv_append_args &a) const {
     check_tensor(a.k, "args->k", params_.num_kv_heads, true, &a, 0, fn);
     check_tensor(a.v, "args->v", params_.num_kv_heads, true, &a, 0, fn);
     check_tensor(a.q, "args->q", params_.num_q_heads, false, &a, 0, fn);
-    const bool has_queries = a.q.data != nullptr;
-    if (params_.method == RKV_METHOD_H2O && !has_queries)
-        fail(RKV_ERR_MISSING_QUERIES, "%s: the H2O method accumulates the attention of every query: "
-                                      "pass args->q on every append", fn);
-
-    // Replay the schedule of every entry on copies of its state, so that nothing
-    // changes unless the whole call can succeed.
-    const bool prompt = a.flags & RKV_APPEND_PROMPT;
+    check_append_call(call, rules_, fn);
     for (int32_t i = 0; i < a.num_seqs; ++i) {
-        const int32_t seq = a.seq_ids[i];
-        SeqLayerState s = state(a.layer, seq);
-        int64_t remaining = a.num_tokens ? a.num_tokens[i] : 1;
-        if (s.logical + remaining > kMaxPosition)
-            fail(RKV_ERR_CAPACITY, "%s: sequence %d would pass position 2^31-1; reset it", fn, seq);
-        if (prompt && s.logical > s.prompt_len)
-            fail(RKV_ERR_BAD_STATE, "%s: RKV_APPEND_PROMPT on sequence %d, layer %d after %lld "
-                 "generated tokens: the prompt comes first (reset the sequence to start over)",
-                 fn, seq, a.layer, (long long)(s.logical - s.prompt_len));
-        if (prompt && (params_.guards & RKV_GUARD_PROMPT)) {
-            if (s.prompt_len + remaining > params_.max_prompt_len)
-                fail(RKV_ERR_CAPACITY, "%s: a prompt of %lld tokens exceeds max_prompt_len (%d) of "
-                     "sequence %d; raise max_prompt_len at create", fn,
-                     (long long)(s.prompt_len + remaining), params_.max_prompt_len, seq);
-            continue;  // protected prompt tokens never trigger a compression
-        }
-        while (remaining > 0) {
-            if (is_full(s)) {
-                CompressJob job{};
-                if (!params_.auto_compress || !plan_compression(seq, s, &job))
-                    fail(RKV_ERR_CAPACITY,
-                         "%s: sequence %d, layer %d holds %d tokens, its capacity; %lld more do "
-                         "not fit (%s): %s",
-                         fn, seq, a.layer, s.held, (long long)remaining,
-                         params_.method == RKV_METHOD_FULL ? "FULL never evicts" : "auto_compress is off",
-                         params_.method == RKV_METHOD_FULL ? "raise max_len at create"
-                                                           : "call rkv_compress first");
-                if (method_needs_window_queries(params_.method) && s.queries_valid < params_.window)
-                    fail(RKV_ERR_MISSING_QUERIES,
-                         "%s: sequence %d, layer %d is full and %s compresses with the queries of "
-                         "the last %d tokens, but only %d were appended with queries: pass args->q",
-                         fn, seq, a.layer, method_name(params_.method), params_.window, s.queries_valid);
-                s.held = job.keep;
-            }
-            const int64_t room = params_.method == RKV_METHOD_FULL
-                                     ? plan_.capacity - s.held
-                                     : protected_prompt(s) + params_.budget + params_.buffer - s.held;
-            const int64_t count = std::min(remaining, room);
-            s.held += int32_t(count);
-            s.queries_valid = has_queries ? int32_t(std::min<int64_t>(params_.window, s.queries_valid + count)) : 0;
-            remaining -= count;
-        }
+        const int64_t tokens = a.num_tokens ? a.num_tokens[i] : 1;
+        plans_[i] = plan_entry(i, a.seq_ids[i], tokens, state(a.layer, a.seq_ids[i]), call, rules_, fn);
     }
 }
 
 void Cache::append(const rkv_append_args &a, void *stream) {
-    validate_append(a);
-    const bool prompt = a.flags & RKV_APPEND_PROMPT;
-    const bool has_queries = a.q.data != nullptr;
-    for (int32_t i = 0; i < a.num_seqs; ++i) remaining_[i] = a.num_tokens ? a.num_tokens[i] : 1;
-    // Phases: compress the entries that are full, then append what fits; repeat
-    // until every entry is in. A decode step is one phase.
-    for (bool pending = true; pending;) {
+    static const char *fn = "rkv_append";
+    check_struct_size(a.struct_size, sizeof(rkv_append_args), fn, "rkv_append_args");
+    const AppendCall call{a.layer, (a.flags & RKV_APPEND_PROMPT) != 0, a.q.data != nullptr};
+    validate_append(a, call);
+    // Phase k compresses the entries whose plan compresses before chunk k, then
+    // appends chunk k of every entry that has one. A decode step is one phase.
+    int64_t phases = 0;
+    for (int32_t i = 0; i < a.num_seqs; ++i) phases = std::max(phases, plans_[i].chunks());
+    for (int64_t k = 0; k < phases; ++k) {
         jobs_.clear();
         for (int32_t i = 0; i < a.num_seqs; ++i) {
-            const int32_t seq = a.seq_ids[i];
-            const SeqLayerState &s = state(a.layer, seq);
-            const bool protected_prompt_tokens = prompt && (params_.guards & RKV_GUARD_PROMPT);
+            const EntryPlan &plan = plans_[i];
+            if (k >= plan.chunks() || !plan.compresses_before(k)) continue;
             CompressJob job{};
-            if (remaining_[i] > 0 && !protected_prompt_tokens && is_full(s) && plan_compression(seq, s, &job))
-                jobs_.push_back(job);
+            if (!plan_compression(plan.seq, state(a.layer, plan.seq), rules_, &job))
+                fail(RKV_ERR_INTERNAL, "%s: sequence %d has no compression where its plan has one", fn, plan.seq);
+            jobs_.push_back(job);
         }
         run_jobs(a.layer, stream);
 
         chunks_.clear();
         for (int32_t i = 0; i < a.num_seqs; ++i) {
-            if (remaining_[i] == 0) continue;
-            const int32_t seq = a.seq_ids[i];
-            SeqLayerState &s = state(a.layer, seq);
-            int64_t room;
-            if (prompt && (params_.guards & RKV_GUARD_PROMPT)) room = remaining_[i];
-            else if (params_.method == RKV_METHOD_FULL) room = plan_.capacity - s.held;
-            else room = protected_prompt(s) + params_.budget + params_.buffer - s.held;
-            const int32_t count = int32_t(std::min(remaining_[i], room));
-            if (count <= 0) fail(RKV_ERR_INTERNAL, "rkv_append: no room after compression (sequence %d)", seq);
-            const int64_t total = a.num_tokens ? a.num_tokens[i] : 1;
-            chunks_.push_back(AppendChunk{seq, i, total - remaining_[i], count, s.held, s.logical});
-            remaining_[i] -= count;
+            const EntryPlan &plan = plans_[i];
+            if (k >= plan.chunks()) continue;
+            const SeqLayerState &s = state(a.layer, plan.seq);
+            const int32_t count = plan.chunk_tokens(k);
+            if (int64_t(s.held) + count > plan_.capacity)
+                fail(RKV_ERR_INTERNAL, "%s: a chunk of %d tokens does not fit sequence %d", fn, count, plan.seq);
+            chunks_.push_back(AppendChunk{plan.seq, i, plan.chunk_start(k), count, s.held, s.logical});
         }
         backend_->append(a.layer, a, chunks_.data(), int32_t(chunks_.size()), stream);
-        pending = false;
         for (const AppendChunk &c : chunks_) {
             SeqLayerState &s = state(a.layer, c.seq);
-            s.held += c.count;
-            s.logical += c.count;
-            if (prompt) s.prompt_len += c.count;
-            s.queries_valid = has_queries ? std::min(params_.window, s.queries_valid + c.count) : 0;
+            s = after_append(s, c.count, call.prompt, call.has_queries, params_.window);
             backend_->set_length(a.layer, c.seq, s.held, stream);
-            pending = pending || remaining_[c.entry] > 0;
         }
     }
 }
@@ -296,9 +194,7 @@ void Cache::run_jobs(int32_t layer, void *stream) {
     backend_->compress(layer, jobs_.data(), int32_t(jobs_.size()), stream);
     for (const CompressJob &job : jobs_) {
         SeqLayerState &s = state(layer, job.seq);
-        s.evicted += uint64_t(job.held - job.keep);
-        s.held = job.keep;
-        s.compressions += 1;
+        s = after_compression(s, job);
         backend_->set_length(layer, job.seq, s.held, stream);
     }
     compress_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -319,14 +215,14 @@ void Cache::compress(int32_t seq, int32_t layer, void *stream) {
             for (int32_t s = first_seq; s <= last_seq; ++s) {
                 const SeqLayerState &st = state(l, s);
                 CompressJob job{};
-                if (seq == RKV_ALL && !is_full(st)) continue;
-                if (!plan_compression(s, st, &job)) continue;
-                if (pass == 0 && method_needs_window_queries(params_.method) &&
+                if (seq == RKV_ALL && !is_full(st, rules_)) continue;
+                if (!plan_compression(s, st, rules_, &job)) continue;
+                if (pass == 0 && rules_.method.queries == QueryNeed::Window &&
                     st.queries_valid < params_.window)
                     fail(RKV_ERR_MISSING_QUERIES,
                          "%s: sequence %d, layer %d: %s needs the queries of the last %d tokens, "
                          "but only %d were appended with queries: pass rkv_append_args.q",
-                         fn, s, l, method_name(params_.method), params_.window, st.queries_valid);
+                         fn, s, l, rules_.method.name, params_.window, st.queries_valid);
                 jobs_.push_back(job);
             }
             if (pass == 1) run_jobs(l, stream);
@@ -339,10 +235,10 @@ int32_t Cache::compress_due(int32_t seq, int32_t layer) const {
     const int32_t last_layer = layer == RKV_ALL ? params_.num_layers - 1 : layer;
     const int32_t first_seq = seq == RKV_ALL ? 0 : seq;
     const int32_t last_seq = seq == RKV_ALL ? params_.max_seqs - 1 : seq;
-    if (params_.method == RKV_METHOD_FULL) return 0;
+    if (!rules_.method.evicts()) return 0;
     for (int32_t l = first_layer; l <= last_layer; ++l)
         for (int32_t s = first_seq; s <= last_seq; ++s)
-            if (is_full(state(l, s))) return 1;
+            if (is_full(state(l, s), rules_)) return 1;
     return 0;
 }
 
@@ -379,6 +275,7 @@ void Cache::set_param(rkv_param param, double value) {
     param_set(&updated, param, value, fn);
     params_validate(updated, fn);
     params_ = updated;
+    rules_ = schedule_rules(params_, plan_.capacity);
 }
 
 // ---------------------------------------------------------------------------
@@ -494,28 +391,23 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
     static const char *fn = "rkv_inspect_scores";
     if (head < 0 || head >= params_.num_kv_heads)
         fail(RKV_ERR_OUT_OF_RANGE, "%s: head %d is outside 0 .. %d", fn, head, params_.num_kv_heads - 1);
-    if (kind < 0 || kind > int32_t(ScoreKind::Final))
+    if (kind < RKV_SCORE_IMPORTANCE || kind > RKV_SCORE_FINAL)
         fail(RKV_ERR_UNSUPPORTED, "%s: score kind %d is not an rkv_score_kind", fn, kind);
-    const rkv_method m = params_.method;
-    const bool has_importance = m == RKV_METHOD_RKV || m == RKV_METHOD_SNAPKV;
-    const bool supported = (ScoreKind(kind) == ScoreKind::Importance && has_importance) ||
-                           (ScoreKind(kind) == ScoreKind::Redundancy && m == RKV_METHOD_RKV) ||
-                           (ScoreKind(kind) == ScoreKind::Final && m != RKV_METHOD_STREAMINGLLM &&
-                            m != RKV_METHOD_FULL);
-    if (!supported)
-        fail(RKV_ERR_UNSUPPORTED, "%s: method %s does not compute score kind %d", fn, method_name(m), kind);
+    const MethodInfo method = method_info(params_.method);
+    if ((method.scores & score_bit(rkv_score_kind(kind))) == 0)
+        fail(RKV_ERR_UNSUPPORTED, "%s: method %s does not compute score kind %d", fn, method.name, kind);
     const SeqLayerState &s = state(layer, seq);
     if (s.held <= params_.window)
         fail(RKV_ERR_BAD_STATE, "%s: sequence %d, layer %d holds %d tokens; scores need more than "
              "the window (%d)", fn, seq, layer, s.held, params_.window);
-    if (method_needs_window_queries(m) && s.queries_valid < params_.window)
+    if (method.queries == QueryNeed::Window && s.queries_valid < params_.window)
         fail(RKV_ERR_MISSING_QUERIES, "%s: only %d of the last %d tokens were appended with queries",
              fn, s.queries_valid, params_.window);
     const int32_t candidates = s.held - params_.window;
     if (out_len < candidates)
         fail(RKV_ERR_CAPACITY, "%s: out_len is %d but there are %d candidates", fn, out_len, candidates);
     CompressJob job{seq, s.held, s.held, 0, s.compressions};
-    backend_->inspect_scores(layer, job, head, ScoreKind(kind), out);
+    backend_->inspect_scores(layer, job, head, rkv_score_kind(kind), out);
     *count = candidates;
 }
 

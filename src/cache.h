@@ -11,18 +11,9 @@
 #include "backend.h"
 #include "params.h"
 #include "rkv/rkv.h"
+#include "schedule.h"
 
 namespace rkv {
-
-// Host bookkeeping of one (layer, sequence).
-struct SeqLayerState {
-    int32_t held = 0;           // physical length: tokens per head
-    int32_t queries_valid = 0;  // most recent tokens whose queries are in the ring (<= window)
-    int64_t logical = 0;        // tokens appended: the next token's position
-    int64_t prompt_len = 0;     // tokens appended with RKV_APPEND_PROMPT
-    uint64_t compressions = 0;
-    uint64_t evicted = 0;       // tokens evicted per head
-};
 
 class Cache {
  public:
@@ -65,17 +56,15 @@ class Cache {
     const SeqLayerState &state(int32_t layer, int32_t seq) const {
         return states_[size_t(layer) * params_.max_seqs + seq];
     }
-    // Prompt tokens that the prompt guard protects (they lie outside the budget).
-    int64_t protected_prompt(const SeqLayerState &s) const;
-    bool is_full(const SeqLayerState &s) const;
-    // Fills *job and returns true if compressing now would change (seq, layer).
-    bool plan_compression(int32_t seq, const SeqLayerState &s, CompressJob *job) const;
     void run_jobs(int32_t layer, void *stream);
     void check_tensor(const rkv_tensor &t, const char *name, int32_t heads, bool required,
                       const rkv_append_args *args, int64_t max_tokens, const char *function) const;
-    void validate_append(const rkv_append_args &args) const;
+    // Checks every argument and plans every entry into plans_; throws before
+    // anything changed.
+    void validate_append(const rkv_append_args &args, const AppendCall &call);
 
     rkv_cache_params params_;
+    ScheduleRules rules_;  // from params_ (set_param renews it)
     MemoryPlan plan_;
     uint64_t bytes_allocated_;
     std::vector<SeqLayerState> states_;  // [num_layers, max_seqs]
@@ -86,7 +75,7 @@ class Cache {
     // Reused per call; sized at create so no call allocates.
     std::vector<AppendChunk> chunks_;      // [max_seqs]
     std::vector<CompressJob> jobs_;        // [max_seqs]
-    std::vector<int64_t> remaining_;       // [max_seqs] tokens left per entry of an append
+    std::vector<EntryPlan> plans_;         // [max_seqs] the schedule of each entry of an append
     std::vector<int32_t> held_;            // [max_seqs] held lengths of an attend call
     mutable std::vector<uint8_t> seen_;    // [max_seqs] duplicate detection
     std::vector<DeviceCounts> device_counts_;  // [num_layers, max_seqs] (rkv_sync_lengths)

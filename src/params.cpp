@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "backend.h"
+#include "core/method.h"
 #include "dtype.h"
 #include "error.h"
 
@@ -31,7 +32,7 @@ constexpr ParamInfo kParams[] = {
     {"dtype", RKV_DTYPE_F32, RKV_DTYPE_BF16, Kind::Enum},
     {"device_type", RKV_DEVICE_CPU, RKV_DEVICE_CUDA, Kind::Enum},
     {"device_id", 0, 1023, Kind::Integer},
-    {"method", RKV_METHOD_RKV, RKV_METHOD_FULL, Kind::Enum},
+    {"method", 0, kNumMethods - 1, Kind::Enum},
     {"mode", RKV_MODE_POSITION, RKV_MODE_REFERENCE, Kind::Enum},
     {"budget", 2, 1 << 24, Kind::Integer},
     {"buffer", 1, 1 << 24, Kind::Integer},
@@ -188,14 +189,13 @@ void params_validate(const rkv_cache_params &p, const char *function) {
     if (p.kernel % 2 == 0)
         fail(RKV_ERR_OUT_OF_RANGE, "%s: kernel must be odd (max-pooling is centred), got %d",
              function, p.kernel);
-    if (p.method != RKV_METHOD_FULL) {
+    if (method_info(p.method).evicts()) {
         if (p.budget <= p.window)
             fail(RKV_ERR_INVALID_ARGUMENT,
                  "%s: budget (%d) must be larger than window (%d): the window is always kept "
                  "and the budget must leave room for scored tokens",
                  function, p.budget, p.window);
-        const bool sink_used = p.method == RKV_METHOD_STREAMINGLLM || (p.guards & RKV_GUARD_SINK);
-        if (sink_used && p.sink + p.window > p.budget)
+        if (keeps_sink(p) && p.sink + p.window > p.budget)
             fail(RKV_ERR_INVALID_ARGUMENT,
                  "%s: sink (%d) + window (%d) exceeds budget (%d): the budget must hold both",
                  function, p.sink, p.window, p.budget);
@@ -208,9 +208,9 @@ void params_validate(const rkv_cache_params &p, const char *function) {
 }
 
 int32_t params_capacity(const rkv_cache_params &p) {
-    if (p.method == RKV_METHOD_FULL) return p.max_len;
+    if (!method_info(p.method).evicts()) return p.max_len;
     int64_t capacity = int64_t(p.budget) + p.buffer;
-    if (p.guards & RKV_GUARD_PROMPT) capacity += p.max_prompt_len;
+    if (guards_prompt(p)) capacity += p.max_prompt_len;
     return int32_t(capacity);  // <= 3 * 2^24 by the bounds
 }
 

@@ -26,11 +26,6 @@ double param_get(const rkv_cache_params &params, rkv_param param, const char *fu
 // Slots per (sequence, layer, head).
 int32_t params_capacity(const rkv_cache_params &params);
 
-// True for the methods whose scores need the observation-window queries.
-inline bool method_needs_window_queries(rkv_method method) {
-    return method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV;
-}
-
 // Element counts of every buffer a cache holds. Byte totals are computed with
 // overflow checks by memory_plan_bytes.
 struct MemoryPlan {

@@ -153,7 +153,9 @@ typedef enum rkv_pooling RKV_ENUM_BASE {
 enum {
     RKV_GUARD_SINK = 1u << 0,  /* tokens at positions < sink are never evicted */
     RKV_GUARD_PROMPT = 1u << 1 /* prompt tokens are never evicted; the budget
-                                  applies to generated tokens only */
+                                  applies to generated tokens only. Moot for
+                                  METHOD_FULL, which evicts nothing: its
+                                  capacity is max_len, prompt or not */
 };
 
 /* "Every sequence" / "every layer" for the functions that accept it. */
@@ -191,7 +193,7 @@ typedef struct rkv_cache_params {
     int32_t sink;             /* StreamingLLM's sink tokens, and the sink guard; default 4 */
     uint32_t guards;          /* RKV_GUARD_* flags; default 0 */
     int32_t max_prompt_len;   /* with RKV_GUARD_PROMPT: longest prompt, reserved on top of
-                                 budget + buffer; default 0 */
+                                 budget + buffer (ignored by METHOD_FULL); default 0 */
     int32_t max_len;          /* METHOD_FULL: capacity per sequence; default 4096 */
     uint64_t seed;            /* METHOD_RANDOM; default 0 */
     int32_t auto_compress;    /* 1: append compresses a full sequence before adding tokens

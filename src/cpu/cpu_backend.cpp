@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/method.h"
 #include "core/random_score.h"
 #include "cpu/scoring.h"
 #include "dtype.h"
@@ -54,6 +55,7 @@ class CpuBackend final : public Backend {
  public:
     CpuBackend(const rkv_cache_params &params, const MemoryPlan &plan)
         : p_(params),
+          method_(method_info(params.method)),
           capacity_(plan.capacity),
           groups_(params.num_q_heads / params.num_kv_heads),
           element_size_(dtype_size(params.dtype)),
@@ -109,18 +111,16 @@ class CpuBackend final : public Backend {
                                 queries_.get() + query_index(layer, chunk.seq, qh, ring) * element_size_,
                                 p_.dtype, d);
             }
-            if (p_.method == RKV_METHOD_H2O) accumulate_h2o(layer, a, chunk, offset);
+            if (method_.scorer == Scorer::AccumulatedAttention) accumulate_h2o(layer, a, chunk, offset);
         }
     }
 
     void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, void *) override {
-        const KeptOrder order = (p_.mode == RKV_MODE_REFERENCE && p_.method != RKV_METHOD_STREAMINGLLM)
-                                    ? KeptOrder::Reference
-                                    : KeptOrder::Position;
+        const KeptOrder order = kept_in_reference_order(p_) ? KeptOrder::Reference : KeptOrder::Position;
         for (int32_t j = 0; j < num_jobs; ++j) {
             const CompressJob &job = jobs[j];
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
-                const float *scores = score(layer, job, h, ScoreKind::Final);
+                const float *scores = score(layer, job, h, RKV_SCORE_FINAL);
                 const int64_t base = slot_index(layer, job.seq, h, 0);
                 select_kept(scores, positions_.get() + base, job.held, p_.window, job.keep,
                             job.protect_below, order, select_scratch_.get(), kept_.get());
@@ -163,7 +163,7 @@ class CpuBackend final : public Backend {
         std::memcpy(out, positions_.get() + slot_index(layer, seq, head, 0), size_t(held) * 4);
     }
 
-    void inspect_scores(int32_t layer, const CompressJob &job, int32_t head, ScoreKind kind,
+    void inspect_scores(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind,
                         float *out) override {
         const float *scores = score(layer, job, head, kind);
         std::memcpy(out, scores, size_t(job.held - p_.window) * 4);
@@ -223,49 +223,49 @@ class CpuBackend final : public Backend {
 
     // The scores a compression of `job` ranks for one head (kind Final), or one
     // of R-KV's parts. Returns a scratch buffer of held - window floats.
-    const float *score(int32_t layer, const CompressJob &job, int32_t head, ScoreKind kind) {
+    const float *score(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind) {
         const int32_t d = p_.head_dim, n = job.held, window = p_.window;
         const int32_t candidates = n - window;
         const int64_t base = slot_index(layer, job.seq, head, 0);
         float *final_scores = final_.get();
-        switch (p_.method) {
-            case RKV_METHOD_RKV:
-            case RKV_METHOD_SNAPKV: {
+        switch (method_.scorer) {
+            case Scorer::ImportanceRedundancy:
+            case Scorer::Importance: {
                 const float *k = keys_f32(base, n, keys32_.get(), keys_.get());
                 gather_window_queries(layer, job.seq, head);
                 importance(queries32_.get(), groups_, window, k, n, d, p_.kernel, p_.pooling,
                            logits_.get(), averaged_.get(), importance_.get());
-                if (kind == ScoreKind::Importance || p_.method == RKV_METHOD_SNAPKV)
+                if (kind == RKV_SCORE_IMPORTANCE || method_.scorer == Scorer::Importance)
                     return importance_.get();
                 redundancy(k, n, d, window, p_.threshold, p_.mode == RKV_MODE_REFERENCE,
                            normalized_.get(), block_.get(), column_sums_.get(), redundancy_.get());
-                if (kind == ScoreKind::Redundancy) return redundancy_.get();
+                if (kind == RKV_SCORE_REDUNDANCY) return redundancy_.get();
                 const float lambda = p_.lambda;
                 for (int32_t j = 0; j < candidates; ++j)
                     final_scores[j] = lambda * importance_[j] - (1.0f - lambda) * redundancy_[j];
                 return final_scores;
             }
-            case RKV_METHOD_H2O:
+            case Scorer::AccumulatedAttention:
                 return state_.get() + base;
-            case RKV_METHOD_KEYDIFF: {
+            case Scorer::KeyDiff: {
                 const float *k = keys_f32(base, n, keys32_.get(), keys_.get());
                 keydiff(k, n, d, window, mean_.get(), final_scores);
                 return final_scores;
             }
-            case RKV_METHOD_RANDOM: {
+            case Scorer::Random: {
                 const int32_t *positions = positions_.get() + base;
                 for (int32_t j = 0; j < candidates; ++j)
                     final_scores[j] = random_score(p_.seed, job.seq, layer, head, job.round, positions[j]);
                 return final_scores;
             }
-            case RKV_METHOD_STREAMINGLLM:
+            case Scorer::Recency:
                 // The most recent tokens win: in position order, slot order is recency.
                 for (int32_t j = 0; j < candidates; ++j) final_scores[j] = float(positions_[base + j]);
                 return final_scores;
-            case RKV_METHOD_FULL:
+            case Scorer::None:
                 break;
         }
-        fail(RKV_ERR_INTERNAL, "score: method %d does not rank tokens", int(p_.method));
+        fail(RKV_ERR_INTERNAL, "score: method %s does not rank tokens", method_.name);
     }
 
     // The last `window` queries of the G query heads of KV head `head`, as
@@ -303,6 +303,7 @@ class CpuBackend final : public Backend {
     }
 
     const rkv_cache_params &p_;  // the cache's params (runtime changes visible)
+    const MethodInfo method_;
     const int32_t capacity_;
     const int32_t groups_;
     const size_t element_size_;

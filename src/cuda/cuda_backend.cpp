@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/method.h"
 #include "cuda/cuda_check.h"
 #include "cuda/lt_matmul.h"
 #include "cuda/phase_profile.h"
@@ -20,8 +21,9 @@ namespace {
 
 namespace k = rkv::kernels;
 
-// rkv_matmul_path values (include/rkv/rkv.h, experimental).
-constexpr int32_t kPathAuto = 0, kPathCublasLt = 1, kPathFused = 2;
+// The device bookkeeping arrays, read back one DeviceCounts per (layer, seq).
+static_assert(sizeof(DeviceCounts) == k::kBookkeepingArrays * sizeof(int32_t),
+              "DeviceCounts has one field per device bookkeeping array");
 
 cudaStream_t as_stream(void *stream) { return static_cast<cudaStream_t>(stream); }
 
@@ -39,6 +41,7 @@ class CudaBackend final : public Backend {
  public:
     CudaBackend(const rkv_cache_params &params, const MemoryPlan &plan)
         : p_(params),
+          method_(method_info(params.method)),
           device_(params.device_id),
           capacity_(plan.capacity),
           groups_(params.num_q_heads / params.num_kv_heads),
@@ -51,7 +54,7 @@ class CudaBackend final : public Backend {
         positions_ = DeviceBuffer(plan.slot_entries * 4, "positions", device_);
         state_ = DeviceBuffer(plan.slot_entries * 4, "scorer state", device_);
         queries_ = DeviceBuffer(plan.query_elements * element_size_, "the query window", device_);
-        bookkeeping_ = DeviceBuffer(uint64_t(seq_layers_) * 4 * kBookkeepingArrays, "lengths", device_);
+        bookkeeping_ = DeviceBuffer(uint64_t(seq_layers_) * 4 * k::kBookkeepingArrays, "lengths", device_);
         counter_ = DeviceBuffer(scratch_.counter, "a grid counter", device_);
         importance_ = DeviceBuffer(scratch_.per_head_f32, "scratch (importance)", device_);
         redundancy_ = DeviceBuffer(scratch_.per_head_f32, "scratch (redundancy)", device_);
@@ -103,7 +106,7 @@ class CudaBackend final : public Backend {
         p.v = tensor(a.v);
         if (a.q.data) p.q = tensor(a.q);
         p.counter = counter_.get<unsigned>();
-        p.h2o = p_.method == RKV_METHOD_H2O;
+        p.h2o = method_.scorer == Scorer::AccumulatedAttention;
         p.pooling = p_.pooling;
         p.scale = 1.0f / std::sqrt(float(p_.head_dim));
         for (int32_t first = 0; first < num_chunks; first += k::kMaxAppendChunks) {
@@ -182,7 +185,7 @@ class CudaBackend final : public Backend {
               "rkv_kept_positions: cudaMemcpy");
     }
 
-    void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, ScoreKind kind, float *out) override {
+    void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, rkv_score_kind kind, float *out) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_inspect_scores");
         check(cudaDeviceSynchronize(), "rkv_inspect_scores: waiting for the cache's work");
@@ -192,8 +195,8 @@ class CudaBackend final : public Backend {
         p.score_only = 1;
         enqueue_scores(p, nullptr);
         check(k::launch_select_compact(p, nullptr), "rkv_inspect_scores: launching the scoring");
-        const float *source = kind == ScoreKind::Importance   ? importance_.get<float>()
-                              : kind == ScoreKind::Redundancy ? redundancy_.get<float>()
+        const float *source = kind == RKV_SCORE_IMPORTANCE   ? importance_.get<float>()
+                              : kind == RKV_SCORE_REDUNDANCY ? redundancy_.get<float>()
                                                               : final_.get<float>();
         check(cudaMemcpy(out, source + int64_t(head) * capacity_, size_t(j.held - p_.window) * 4,
                          cudaMemcpyDeviceToHost),
@@ -247,9 +250,9 @@ class CudaBackend final : public Backend {
     }
 
     void set_matmul_path(int32_t path) override {
-        if (path < kPathAuto || path > kPathFused)
+        if (path < RKV_MATMUL_AUTO || path > RKV_MATMUL_FUSED)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: unknown path %d", path);
-        if (path == kPathFused && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows))
+        if (path == RKV_MATMUL_FUSED && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows))
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the fused kernels need f16 or bf16 storage, "
                  "head_dim 64, 128 or 256 and at most 64 window queries per KV head (this cache: %s, "
                  "head_dim %d, %d)", dtype_name(p_.dtype), p_.head_dim, scratch_.rows);
@@ -304,8 +307,8 @@ class CudaBackend final : public Backend {
         s.gather = gather_.get();
         s.tiles = scratch_.tiles;
         s.rows = scratch_.rows;
-        p.method = int32_t(p_.method);
-        p.reference_order = p_.mode == RKV_MODE_REFERENCE && p_.method != RKV_METHOD_STREAMINGLLM;
+        p.scorer = method_.scorer;
+        p.reference_order = kept_in_reference_order(p_);
         p.slot0_quirk = p_.mode == RKV_MODE_REFERENCE;
         p.pooling = p_.pooling;
         p.kernel = p_.kernel;
@@ -322,52 +325,72 @@ class CudaBackend final : public Backend {
 
     bool fused() const {
         const bool supported = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows);
-        return matmul_path_ == kPathFused || (matmul_path_ == kPathAuto && supported);
+        return matmul_path_ == RKV_MATMUL_FUSED || (matmul_path_ == RKV_MATMUL_AUTO && supported);
     }
 
-    // The scores of every job of the group, into scratch (see kernels/scoring.cuh).
+    // The scores of every job of the group, into scratch (see kernels/scoring.cuh):
+    // what the method's scorer ranks by that select_compact_kernel does not
+    // compute itself.
     void enqueue_scores(k::CompressParams &p, cudaStream_t stream) {
-        const rkv_method method = p_.method;
         int32_t max_held = 0;
         for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
-        const bool use_fused = fused() && (method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV);
-        if (method == RKV_METHOD_RKV || method == RKV_METHOD_SNAPKV) {
-            profile_.begin(stream);
-            if (use_fused) {
-                // pooled logits, and for R-KV the key norms and W the Gram kernel needs
-                p.pooled_groups = 1;
-                check(k::launch_importance_fused(p, max_held, method == RKV_METHOD_RKV, stream),
-                      "rkv_compress: launching the fused importance kernel");
-                profile_.end("window logits (fused)", stream);
-            } else {
-                p.pooled_groups = groups_;
-                for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
-                profile_.end("window logits (cuBLASLt)", stream);
-            }
-            profile_.begin(stream);
-            check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
-            profile_.end("importance pooling", stream);
+        switch (method_.scorer) {
+            case Scorer::ImportanceRedundancy:
+                enqueue_importance(p, max_held, stream);
+                enqueue_redundancy(p, max_held, stream);
+                return;
+            case Scorer::Importance:
+                enqueue_importance(p, max_held, stream);
+                return;
+            case Scorer::KeyDiff:
+                profile_.begin(stream);
+                check(k::launch_keydiff(p, stream), "rkv_compress: launching the KeyDiff kernel");
+                profile_.end("keydiff", stream);
+                return;
+            case Scorer::AccumulatedAttention:  // the state the append kernels accumulated
+            case Scorer::Recency:               // positions
+            case Scorer::Random:                // a hash of the positions
+            case Scorer::None:
+                return;
         }
-        if (method == RKV_METHOD_RKV) {
-            profile_.begin(stream);
-            if (use_fused) {
-                p.gram_fused = 1;
-                check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
-                profile_.end("key Gram (fused)", stream);
-            } else {
-                p.gram_fused = 0;
-                gram_rows(p, stream);
-                profile_.end("key Gram (cuBLASLt + rows)", stream);
-            }
-            profile_.begin(stream);
-            check(k::launch_redundancy(p, stream), "rkv_compress: launching the redundancy kernel");
-            profile_.end("redundancy", stream);
+    }
+
+    // Window-query attention, max-pooled: scratch.importance.
+    void enqueue_importance(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
+        profile_.begin(stream);
+        if (fused()) {
+            // pooled logits, and for R-KV the key norms and W the Gram kernel needs
+            p.pooled_groups = 1;
+            const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
+            check(k::launch_importance_fused(p, max_held, with_norms, stream),
+                  "rkv_compress: launching the fused importance kernel");
+            profile_.end("window logits (fused)", stream);
+        } else {
+            p.pooled_groups = groups_;
+            for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
+            profile_.end("window logits (cuBLASLt)", stream);
         }
-        if (method == RKV_METHOD_KEYDIFF) {
-            profile_.begin(stream);
-            check(k::launch_keydiff(p, stream), "rkv_compress: launching the KeyDiff kernel");
-            profile_.end("keydiff", stream);
+        profile_.begin(stream);
+        check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
+        profile_.end("importance pooling", stream);
+    }
+
+    // Key-Gram redundancy: scratch.redundancy (after enqueue_importance, whose
+    // fused kernel wrote the key norms).
+    void enqueue_redundancy(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
+        profile_.begin(stream);
+        if (fused()) {
+            p.gram_fused = 1;
+            check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
+            profile_.end("key Gram (fused)", stream);
+        } else {
+            p.gram_fused = 0;
+            gram_rows(p, stream);
+            profile_.end("key Gram (cuBLASLt + rows)", stream);
         }
+        profile_.begin(stream);
+        check(k::launch_redundancy(p, stream), "rkv_compress: launching the redundancy kernel");
+        profile_.end("redundancy", stream);
     }
 
     // Calls run(first, count) for each run of jobs with consecutive sequence
@@ -479,7 +502,8 @@ class CudaBackend final : public Backend {
     const size_t element_size_;
     const int64_t seq_layers_;
     const ScratchPlan scratch_;
-    int32_t matmul_path_ = kPathAuto;
+    const MethodInfo method_;
+    int32_t matmul_path_ = RKV_MATMUL_AUTO;
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 
     // Cache memory (layouts in src/backend.h).
@@ -534,12 +558,12 @@ void check_cuda_params(const rkv_cache_params &p, const char *function) {
         fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA backend supports head_dim up to 256 (got %d)", function,
              p.head_dim);
     const int32_t capacity = params_capacity(p);
-    if (p.method != RKV_METHOD_FULL && capacity > k::kSelectMaxCapacity)
+    if (method_info(p.method).evicts() && capacity > k::kSelectMaxCapacity)
         fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA selection kernel holds up to %d slots per head; budget + "
              "buffer (+ max_prompt_len) is %d", function, k::kSelectMaxCapacity, capacity);
     // H2O's kernel holds a row of logits and the group's queries in shared memory.
     const int64_t h2o_shared = (int64_t(capacity) + int64_t(p.num_q_heads / p.num_kv_heads) * p.head_dim) * 4;
-    if (p.method == RKV_METHOD_H2O && h2o_shared > 200 * 1024)
+    if (method_info(p.method).scorer == Scorer::AccumulatedAttention && h2o_shared > 200 * 1024)
         fail(RKV_ERR_UNSUPPORTED, "%s: H2O on CUDA needs (capacity + query heads per KV head * head_dim) * 4 "
              "bytes of shared memory, at most 200 KiB (got %lld)", function, (long long)h2o_shared);
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/method.h"
 #include "dtype.h"
 #include "kernels/params.h"
 
@@ -10,17 +11,18 @@ namespace rkv::cuda {
 ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
     const uint64_t cap = uint64_t(plan.capacity);
     const uint64_t seq_layers = plan.length_entries;
-    bookkeeping = seq_layers * 4 * (kBookkeepingArrays - 1);
+    bookkeeping = seq_layers * 4 * (kernels::kBookkeepingArrays - 1);
     counter = 256;
-    pinned = seq_layers * 4 * kBookkeepingArrays;
-    compresses = p.method != RKV_METHOD_FULL;
+    pinned = seq_layers * 4 * kernels::kBookkeepingArrays;
+    const MethodInfo method = method_info(p.method);
+    compresses = method.evicts();
     if (!compresses) return;
     jobs = std::min<int32_t>(p.max_seqs, kernels::kMaxGroupJobs);
     tiles = int32_t((cap + kernels::kGramTile - 1) / kernels::kGramTile);
     rows = (p.num_q_heads / p.num_kv_heads) * p.window;
-    attention = p.method == RKV_METHOD_RKV || p.method == RKV_METHOD_SNAPKV;
-    redundancy = p.method == RKV_METHOD_RKV;
-    gather = p.mode == RKV_MODE_REFERENCE && p.method != RKV_METHOD_STREAMINGLLM;
+    attention = method.queries == QueryNeed::Window;
+    redundancy = method.scorer == Scorer::ImportanceRedundancy;
+    gather = kept_in_reference_order(p);
     const uint64_t heads = uint64_t(jobs) * uint64_t(p.num_kv_heads);
     per_head_f32 = heads * cap * 4;
     corrections = redundancy ? heads * cap * 8 : 0;

@@ -11,15 +11,14 @@
 namespace rkv::cuda {
 
 constexpr uint64_t kLtWorkspaceBytes = 8ull << 20;  // cuBLASLt workspace
-constexpr int kBookkeepingArrays = 5;               // lengths, logical, queries_valid, compressions, dropped
 
 struct ScratchPlan {
     int32_t jobs = 0;     // J: jobs compressed per group (bounds everything below)
     int32_t tiles = 0;    // ceil(capacity / kGramTile): partial row-stat slots
     int32_t rows = 0;     // G * window: query rows per KV head
-    bool compresses = false;   // every method but FULL
-    bool attention = false;    // RKV, SNAPKV: window-query logits (cuBLASLt)
-    bool redundancy = false;   // RKV: key Gram
+    bool compresses = false;   // the method evicts (all but FULL)
+    bool attention = false;    // importance: window-query logits (R-KV, SnapKV)
+    bool redundancy = false;   // redundancy: the key Gram (R-KV)
     bool gather = false;       // reference-order compaction (a permutation) goes through scratch
 
     // Bytes of each buffer (0 when the method does not need it).
