@@ -111,8 +111,7 @@ rkv_status rkv_cache_size(const rkv_cache_params *params, uint64_t *bytes) {
         static const char *fn = "rkv_cache_size";
         rkv::require_non_null(params, fn, "params");
         rkv::require_non_null(bytes, fn, "bytes");
-        rkv::params_validate(*params, fn);
-        const rkv::MemoryPlan plan = rkv::memory_plan(*params, fn);
+        const rkv::MemoryPlan plan = rkv::Cache::plan(*params, fn);
         *bytes = rkv::memory_plan_bytes(plan, *params, fn);
     });
 }
@@ -122,8 +121,7 @@ rkv_status rkv_cache_create(const rkv_cache_params *params, rkv_cache **cache) {
         static const char *fn = "rkv_cache_create";
         rkv::require_non_null(params, fn, "params");
         rkv::require_non_null(cache, fn, "cache");
-        rkv::params_validate(*params, fn);
-        const rkv::MemoryPlan plan = rkv::memory_plan(*params, fn);
+        const rkv::MemoryPlan plan = rkv::Cache::plan(*params, fn);
         const uint64_t bytes = rkv::memory_plan_bytes(plan, *params, fn);
         *cache = new rkv_cache(*params, plan, bytes);
     });

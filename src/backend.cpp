@@ -10,20 +10,29 @@
 
 namespace rkv {
 
+void backend_check_device(const rkv_cache_params &params, const char *function) {
+    if (params.device_type != RKV_DEVICE_CUDA) return;
+#if defined(RKV_WITH_CUDA)
+    cuda::check_cuda_params(params, function);
+#else
+    fail(RKV_ERR_UNSUPPORTED,
+         "%s: device_type is CUDA but this librkv was built without CUDA (configure with "
+         "-DRKV_CUDA=ON on a machine with nvcc)", function);
+#endif
+}
+
+uint64_t backend_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &layout) {
+#if defined(RKV_WITH_CUDA)
+    if (params.device_type == RKV_DEVICE_CUDA) return cuda::cuda_scratch_bytes(params, layout);
+#endif
+    return cpu::cpu_scratch_bytes(params, layout);
+}
+
 std::unique_ptr<Backend> make_backend(const rkv_cache_params &params, const MemoryPlan &plan) {
 #if defined(RKV_WITH_CUDA)
     if (params.device_type == RKV_DEVICE_CUDA) return cuda::make_cuda_backend(params, plan);
 #endif
     return cpu::make_cpu_backend(params, plan);
-}
-
-uint64_t backend_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan,
-                               const char *function) {
-    (void)function;
-#if defined(RKV_WITH_CUDA)
-    if (params.device_type == RKV_DEVICE_CUDA) return cuda::cuda_scratch_bytes(params, plan);
-#endif
-    return cpu::cpu_scratch_bytes(params, plan);
 }
 
 void Backend::check_memory(const void *, const char *, const char *) const {}
@@ -34,17 +43,6 @@ void Backend::set_matmul_path(int32_t path) {
     if (path != RKV_MATMUL_AUTO)
         fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: this backend has one matrix-product path; "
              "only RKV_MATMUL_AUTO applies");
-}
-
-void backend_check_cuda_params(const rkv_cache_params &params, const char *function) {
-#if defined(RKV_WITH_CUDA)
-    cuda::check_cuda_params(params, function);
-#else
-    (void)params;
-    fail(RKV_ERR_UNSUPPORTED,
-         "%s: device_type is CUDA but this librkv was built without CUDA (configure with "
-         "-DRKV_CUDA=ON on a machine with nvcc)", function);
-#endif
 }
 
 }  // namespace rkv

@@ -23,8 +23,30 @@ bool mul_add_overflows(int64_t a, int64_t b, int64_t c, int64_t *out) {
 
 }  // namespace
 
+MemoryPlan Cache::plan(const rkv_cache_params &params, const char *function) {
+    params_validate(params, function);
+    backend_check_device(params, function);
+    MemoryPlan plan = memory_layout(params, function);
+    plan.scratch_bytes = backend_scratch_bytes(params, plan);
+    plan.host_bytes = host_bytes(params, function);
+    return plan;
+}
+
+uint64_t Cache::host_bytes(const rkv_cache_params &p, const char *function) {
+    const uint64_t seqs = uint64_t(p.max_seqs);
+    const uint64_t per_call = sizeof(AppendChunk) + sizeof(CompressJob) + sizeof(EntryPlan) + sizeof(int32_t) +
+                              sizeof(uint8_t);  // chunks_, jobs_, plans_, held_, seen_
+    const uint64_t states = checked_mul(checked_mul(uint64_t(p.num_layers), seqs, function),
+                                        sizeof(SeqLayerState), function);
+    return checked_add(sizeof(Cache) + states, checked_mul(seqs, per_call, function), function);
+}
+
 Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t bytes)
-    : params_(params), rules_(schedule_rules(params, plan.capacity)), plan_(plan), bytes_allocated_(bytes) {
+    : params_(params),
+      rules_(schedule_rules(params, plan.capacity)),
+      live_(live_params(params)),
+      plan_(plan),
+      bytes_allocated_(bytes) {
     states_.resize(size_t(params_.num_layers) * params_.max_seqs);
     backend_ = make_backend(params_, plan_);
     chunks_.reserve(size_t(params_.max_seqs));
@@ -32,7 +54,13 @@ Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t by
     plans_.resize(size_t(params_.max_seqs));
     seen_.resize(size_t(params_.max_seqs));
     held_.resize(size_t(params_.max_seqs));
-    device_counts_.resize(states_.size());
+    const uint64_t held_bytes = sizeof(Cache) + states_.capacity() * sizeof(SeqLayerState) +
+                                chunks_.capacity() * sizeof(AppendChunk) + jobs_.capacity() * sizeof(CompressJob) +
+                                plans_.capacity() * sizeof(EntryPlan) + held_.capacity() * sizeof(int32_t) +
+                                seen_.capacity() * sizeof(uint8_t);
+    if (held_bytes != plan_.host_bytes)
+        fail(RKV_ERR_INTERNAL, "rkv_cache_create: the host bookkeeping is %llu bytes, rkv_cache_size counts %llu",
+             (unsigned long long)held_bytes, (unsigned long long)plan_.host_bytes);
 }
 
 Cache::~Cache() = default;
@@ -176,7 +204,7 @@ void Cache::append(const rkv_append_args &a, void *stream) {
                 fail(RKV_ERR_INTERNAL, "%s: a chunk of %d tokens does not fit sequence %d", fn, count, plan.seq);
             chunks_.push_back(AppendChunk{plan.seq, i, plan.chunk_start(k), count, s.held, s.logical});
         }
-        backend_->append(a.layer, a, chunks_.data(), int32_t(chunks_.size()), stream);
+        backend_->append(a.layer, a, chunks_.data(), int32_t(chunks_.size()), live_, stream);
         for (const AppendChunk &c : chunks_) {
             SeqLayerState &s = state(a.layer, c.seq);
             s = after_append(s, c.count, call.prompt, call.has_queries, params_.window);
@@ -191,7 +219,7 @@ void Cache::append(const rkv_append_args &a, void *stream) {
 void Cache::run_jobs(int32_t layer, void *stream) {
     if (jobs_.empty()) return;
     const auto start = std::chrono::steady_clock::now();
-    backend_->compress(layer, jobs_.data(), int32_t(jobs_.size()), stream);
+    backend_->compress(layer, jobs_.data(), int32_t(jobs_.size()), live_, stream);
     for (const CompressJob &job : jobs_) {
         SeqLayerState &s = state(layer, job.seq);
         s = after_compression(s, job);
@@ -256,26 +284,18 @@ void Cache::reset(int32_t seq, void *stream) {
 
 void Cache::set_param(rkv_param param, double value) {
     static const char *fn = "rkv_cache_set_param";
-    switch (param) {
-        case RKV_PARAM_LAMBDA:
-        case RKV_PARAM_THRESHOLD:
-        case RKV_PARAM_KERNEL:
-        case RKV_PARAM_POOLING:
-        case RKV_PARAM_SEED:
-        case RKV_PARAM_AUTO_COMPRESS:
-            break;
-        default: {
-            rkv_cache_params probe = params_;
-            param_set(&probe, param, value, fn);  // unknown keys and bad values first
-            fail(RKV_ERR_BAD_STATE, "%s: parameter %d sizes memory or defines stored state and "
-                 "cannot change after create; create a new cache", fn, int(param));
-        }
+    if (!param_is_live(param, fn)) {
+        rkv_cache_params probe = params_;
+        param_set(&probe, param, value, fn);  // bad values first
+        fail(RKV_ERR_BAD_STATE, "%s: parameter %d sizes memory or defines stored state and "
+             "cannot change after create; create a new cache", fn, int(param));
     }
     rkv_cache_params updated = params_;
     param_set(&updated, param, value, fn);
     params_validate(updated, fn);
     params_ = updated;
     rules_ = schedule_rules(params_, plan_.capacity);
+    live_ = live_params(params_);
 }
 
 // ---------------------------------------------------------------------------
@@ -407,7 +427,7 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
     if (out_len < candidates)
         fail(RKV_ERR_CAPACITY, "%s: out_len is %d but there are %d candidates", fn, out_len, candidates);
     CompressJob job{seq, s.held, s.held, 0, s.compressions};
-    backend_->inspect_scores(layer, job, head, rkv_score_kind(kind), out);
+    backend_->inspect_scores(layer, job, head, rkv_score_kind(kind), live_, out);
     *count = candidates;
 }
 
@@ -415,26 +435,27 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
 // CUDA graphs
 
 void Cache::sync_lengths(void *stream) {
-    if (!backend_->read_device_counts(device_counts_.data(), stream)) return;
+    DeviceCounts device{};
+    if (!backend_->read_device_counts(&device, stream)) return;
     int64_t dropped = 0;
     int32_t dropped_seq = -1, dropped_layer = -1;
     for (int32_t l = 0; l < params_.num_layers; ++l) {
         for (int32_t seq = 0; seq < params_.max_seqs; ++seq) {
             SeqLayerState &s = state(l, seq);
-            const DeviceCounts &d = device_counts_[size_t(l) * params_.max_seqs + seq];
+            const size_t i = size_t(l) * params_.max_seqs + seq;
             // Tokens that arrived minus the change in held ones were evicted (the
             // difference can be negative when a capture recorded work that never ran).
-            const int64_t evicted = (int64_t(d.logical) - s.logical) - (int64_t(d.held) - s.held);
+            const int64_t evicted = (int64_t(device.logical[i]) - s.logical) - (int64_t(device.held[i]) - s.held);
             s.evicted = uint64_t(std::max<int64_t>(0, int64_t(s.evicted) + evicted));
-            s.held = d.held;
-            s.logical = d.logical;
-            s.queries_valid = d.queries_valid;
-            s.compressions = uint64_t(d.compressions);
-            if (d.dropped > 0 && dropped_seq < 0) {
+            s.held = device.held[i];
+            s.logical = device.logical[i];
+            s.queries_valid = device.queries_valid[i];
+            s.compressions = uint64_t(device.compressions[i]);
+            if (device.dropped[i] > 0 && dropped_seq < 0) {
                 dropped_seq = seq;
                 dropped_layer = l;
             }
-            dropped += d.dropped;
+            dropped += device.dropped[i];
         }
     }
     if (dropped > 0) {

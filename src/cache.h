@@ -17,6 +17,14 @@ namespace rkv {
 
 class Cache {
  public:
+    // Everything a cache with these params allocates, for the size query and
+    // create alike: validates the params, asks the backend factory whether this
+    // machine can hold it and what its backend adds, and counts the cache's own
+    // host bookkeeping. Throws what rkv_cache_size and rkv_cache_create return.
+    static MemoryPlan plan(const rkv_cache_params &params, const char *function);
+    // The host bookkeeping below (bytes of the object and of its vectors).
+    static uint64_t host_bytes(const rkv_cache_params &params, const char *function);
+
     Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t bytes);
     virtual ~Cache();
 
@@ -65,6 +73,7 @@ class Cache {
 
     rkv_cache_params params_;
     ScheduleRules rules_;  // from params_ (set_param renews it)
+    LiveParams live_;      // from params_, for the backend (set_param renews it)
     MemoryPlan plan_;
     uint64_t bytes_allocated_;
     std::vector<SeqLayerState> states_;  // [num_layers, max_seqs]
@@ -72,13 +81,12 @@ class Cache {
     bool faulted_ = false;
     std::string fault_message_;
     double compress_seconds_ = 0.0;
-    // Reused per call; sized at create so no call allocates.
+    // Reused per call; sized at create so no call allocates (host_bytes counts them).
     std::vector<AppendChunk> chunks_;      // [max_seqs]
     std::vector<CompressJob> jobs_;        // [max_seqs]
     std::vector<EntryPlan> plans_;         // [max_seqs] the schedule of each entry of an append
     std::vector<int32_t> held_;            // [max_seqs] held lengths of an attend call
     mutable std::vector<uint8_t> seen_;    // [max_seqs] duplicate detection
-    std::vector<DeviceCounts> device_counts_;  // [num_layers, max_seqs] (rkv_sync_lengths)
 };
 
 }  // namespace rkv

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <limits>
 
-#include "backend.h"
 #include "core/method.h"
 #include "dtype.h"
 #include "error.h"
@@ -19,6 +18,7 @@ struct ParamInfo {
     double lower;
     double upper;
     Kind kind;
+    bool live = false;  // rkv_cache_set_param may change it (LiveParams, or the schedule's auto_compress)
 };
 
 // Indexed by rkv_param. Bounds of each parameter on its own; rules that link
@@ -37,16 +37,16 @@ constexpr ParamInfo kParams[] = {
     {"budget", 2, 1 << 24, Kind::Integer},
     {"buffer", 1, 1 << 24, Kind::Integer},
     {"window", 1, 1024, Kind::Integer},
-    {"kernel", 1, 255, Kind::Integer},
-    {"lambda", 0.0, 1.0, Kind::Real},
-    {"threshold", -1.0, 1.0, Kind::Real},
-    {"pooling", RKV_POOLING_MAX, RKV_POOLING_MEAN, Kind::Enum},
+    {"kernel", 1, 255, Kind::Integer, true},
+    {"lambda", 0.0, 1.0, Kind::Real, true},
+    {"threshold", -1.0, 1.0, Kind::Real, true},
+    {"pooling", RKV_POOLING_MAX, RKV_POOLING_MEAN, Kind::Enum, true},
     {"sink", 0, 1 << 16, Kind::Integer},
     {"guards", 0, RKV_GUARD_SINK | RKV_GUARD_PROMPT, Kind::Enum},  // flags: every value in range is valid
     {"max_prompt_len", 0, 1 << 24, Kind::Integer},
     {"max_len", 1, 1 << 26, Kind::Integer},
-    {"seed", 0, 9007199254740992.0 /* 2^53: exact in a double */, Kind::Integer},
-    {"auto_compress", 0, 1, Kind::Integer},
+    {"seed", 0, 9007199254740992.0 /* 2^53: exact in a double */, Kind::Integer, true},
+    {"auto_compress", 0, 1, Kind::Integer, true},
 };
 constexpr int kNumParams = int(sizeof kParams / sizeof kParams[0]);
 
@@ -151,6 +151,12 @@ void param_bounds(rkv_param param, double *lower, double *upper, const char *fun
     *upper = info.upper;
 }
 
+bool param_is_live(rkv_param param, const char *function) { return param_info(param, function).live; }
+
+LiveParams live_params(const rkv_cache_params &p) {
+    return LiveParams{p.lambda, p.threshold, p.kernel, p.pooling, p.seed};
+}
+
 void param_set(rkv_cache_params *params, rkv_param param, double value, const char *function) {
     const ParamInfo &info = param_info(param, function);
     check_value(info, value, function);
@@ -204,7 +210,6 @@ void params_validate(const rkv_cache_params &p, const char *function) {
                  "%s: RKV_GUARD_PROMPT needs max_prompt_len > 0 (the longest prompt to reserve)",
                  function);
     }
-    if (p.device_type == RKV_DEVICE_CUDA) backend_check_cuda_params(p, function);
 }
 
 int32_t params_capacity(const rkv_cache_params &p) {
@@ -227,7 +232,7 @@ uint64_t checked_add(uint64_t a, uint64_t b, const char *function) {
     return a + b;
 }
 
-MemoryPlan memory_plan(const rkv_cache_params &p, const char *function) {
+MemoryPlan memory_layout(const rkv_cache_params &p, const char *function) {
     MemoryPlan plan;
     plan.capacity = params_capacity(p);
     const uint64_t seq_layers = checked_mul(uint64_t(p.num_layers), uint64_t(p.max_seqs), function);
@@ -239,7 +244,6 @@ MemoryPlan memory_plan(const rkv_cache_params &p, const char *function) {
         checked_mul(checked_mul(seq_layers, uint64_t(p.num_q_heads), function),
                     uint64_t(p.window), function),
         uint64_t(p.head_dim), function);
-    plan.scratch_bytes = backend_scratch_bytes(p, plan, function);
     return plan;
 }
 
@@ -250,6 +254,7 @@ uint64_t memory_plan_bytes(const MemoryPlan &plan, const rkv_cache_params &p,
     total = checked_add(total, checked_mul(plan.slot_entries, 8, function), function);  // positions + state
     total = checked_add(total, checked_mul(plan.query_elements, elem, function), function);
     total = checked_add(total, checked_mul(plan.length_entries, 4, function), function);
+    total = checked_add(total, plan.host_bytes, function);
     return checked_add(total, plan.scratch_bytes, function);
 }
 

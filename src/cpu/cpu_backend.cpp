@@ -86,7 +86,7 @@ class CpuBackend final : public Backend {
           gather_(uint64_t(scratch_plan_.rows_d) * element_size_) {}
 
     void append(int32_t layer, const rkv_append_args &a, const AppendChunk *chunks,
-                int32_t num_chunks, void *) override {
+                int32_t num_chunks, const LiveParams &live, void *) override {
         const int32_t d = p_.head_dim;
         for (int32_t c = 0; c < num_chunks; ++c) {
             const AppendChunk &chunk = chunks[c];
@@ -111,16 +111,17 @@ class CpuBackend final : public Backend {
                                 queries_.get() + query_index(layer, chunk.seq, qh, ring) * element_size_,
                                 p_.dtype, d);
             }
-            if (method_.scorer == Scorer::AccumulatedAttention) accumulate_h2o(layer, a, chunk, offset);
+            if (method_.scorer == Scorer::AccumulatedAttention) accumulate_h2o(layer, a, chunk, offset, live.pooling);
         }
     }
 
-    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, void *) override {
+    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
+                  void *) override {
         const KeptOrder order = kept_in_reference_order(p_) ? KeptOrder::Reference : KeptOrder::Position;
         for (int32_t j = 0; j < num_jobs; ++j) {
             const CompressJob &job = jobs[j];
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
-                const float *scores = score(layer, job, h, RKV_SCORE_FINAL);
+                const float *scores = score(layer, job, h, RKV_SCORE_FINAL, live);
                 const int64_t base = slot_index(layer, job.seq, h, 0);
                 select_kept(scores, positions_.get() + base, job.held, p_.window, job.keep,
                             job.protect_below, order, select_scratch_.get(), kept_.get());
@@ -164,8 +165,8 @@ class CpuBackend final : public Backend {
     }
 
     void inspect_scores(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind,
-                        float *out) override {
-        const float *scores = score(layer, job, head, kind);
+                        const LiveParams &live, float *out) override {
+        const float *scores = score(layer, job, head, kind, live);
         std::memcpy(out, scores, size_t(job.held - p_.window) * 4);
     }
 
@@ -202,7 +203,7 @@ class CpuBackend final : public Backend {
 
     // H2O: each new token's query attends over the held keys up to itself.
     void accumulate_h2o(int32_t layer, const rkv_append_args &a, const AppendChunk &chunk,
-                        int64_t offset) {
+                        int64_t offset, rkv_pooling pooling) {
         const int32_t d = p_.head_dim;
         const int32_t visible = chunk.slot + chunk.count;
         for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
@@ -215,7 +216,7 @@ class CpuBackend final : public Backend {
                         convert_row(element(a.q, chunk.entry, offset + chunk.first_token + t0 + t, h * groups_ + g),
                                     a.q.dtype, queries32_.get() + (int64_t(t) * groups_ + g) * d,
                                     RKV_DTYPE_F32, d);
-                h2o_accumulate(queries32_.get(), tokens, groups_, k, chunk.slot + t0, d, p_.pooling,
+                h2o_accumulate(queries32_.get(), tokens, groups_, k, chunk.slot + t0, d, pooling,
                                logits_.get(), state_.get() + base);
             }
         }
@@ -223,7 +224,8 @@ class CpuBackend final : public Backend {
 
     // The scores a compression of `job` ranks for one head (kind Final), or one
     // of R-KV's parts. Returns a scratch buffer of held - window floats.
-    const float *score(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind) {
+    const float *score(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind,
+                       const LiveParams &live) {
         const int32_t d = p_.head_dim, n = job.held, window = p_.window;
         const int32_t candidates = n - window;
         const int64_t base = slot_index(layer, job.seq, head, 0);
@@ -233,14 +235,14 @@ class CpuBackend final : public Backend {
             case Scorer::Importance: {
                 const float *k = keys_f32(base, n, keys32_.get(), keys_.get());
                 gather_window_queries(layer, job.seq, head);
-                importance(queries32_.get(), groups_, window, k, n, d, p_.kernel, p_.pooling,
+                importance(queries32_.get(), groups_, window, k, n, d, live.kernel, live.pooling,
                            logits_.get(), averaged_.get(), importance_.get());
                 if (kind == RKV_SCORE_IMPORTANCE || method_.scorer == Scorer::Importance)
                     return importance_.get();
-                redundancy(k, n, d, window, p_.threshold, p_.mode == RKV_MODE_REFERENCE,
+                redundancy(k, n, d, window, live.threshold, p_.mode == RKV_MODE_REFERENCE,
                            normalized_.get(), block_.get(), column_sums_.get(), redundancy_.get());
                 if (kind == RKV_SCORE_REDUNDANCY) return redundancy_.get();
-                const float lambda = p_.lambda;
+                const float lambda = live.lambda;
                 for (int32_t j = 0; j < candidates; ++j)
                     final_scores[j] = lambda * importance_[j] - (1.0f - lambda) * redundancy_[j];
                 return final_scores;
@@ -255,7 +257,7 @@ class CpuBackend final : public Backend {
             case Scorer::Random: {
                 const int32_t *positions = positions_.get() + base;
                 for (int32_t j = 0; j < candidates; ++j)
-                    final_scores[j] = random_score(p_.seed, job.seq, layer, head, job.round, positions[j]);
+                    final_scores[j] = random_score(live.seed, job.seq, layer, head, job.round, positions[j]);
                 return final_scores;
             }
             case Scorer::Recency:
@@ -302,7 +304,8 @@ class CpuBackend final : public Backend {
         std::copy(state_copy_.get(), state_copy_.get() + keep, state);
     }
 
-    const rkv_cache_params &p_;  // the cache's params (runtime changes visible)
+    const rkv_cache_params p_;  // as created: the shape, method, mode and window (the live
+                                // parameters come with each call)
     const MethodInfo method_;
     const int32_t capacity_;
     const int32_t groups_;
@@ -336,7 +339,7 @@ std::unique_ptr<Backend> make_cpu_backend(const rkv_cache_params &params, const 
 }
 
 uint64_t cpu_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan) {
-    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype));
+    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype)) + sizeof(CpuBackend);
 }
 
 }  // namespace rkv::cpu

@@ -21,10 +21,6 @@ namespace {
 
 namespace k = rkv::kernels;
 
-// The device bookkeeping arrays, read back one DeviceCounts per (layer, seq).
-static_assert(sizeof(DeviceCounts) == k::kBookkeepingArrays * sizeof(int32_t),
-              "DeviceCounts has one field per device bookkeeping array");
-
 cudaStream_t as_stream(void *stream) { return static_cast<cudaStream_t>(stream); }
 
 k::Tensor tensor(const rkv_tensor &t) {
@@ -97,7 +93,7 @@ class CudaBackend final : public Backend {
     }
 
     void append(int32_t layer, const rkv_append_args &a, const AppendChunk *chunks, int32_t num_chunks,
-                void *stream) override {
+                const LiveParams &live, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_append");
         k::AppendParams p{};
@@ -107,7 +103,7 @@ class CudaBackend final : public Backend {
         if (a.q.data) p.q = tensor(a.q);
         p.counter = counter_.get<unsigned>();
         p.h2o = method_.scorer == Scorer::AccumulatedAttention;
-        p.pooling = p_.pooling;
+        p.pooling = live.pooling;
         p.scale = 1.0f / std::sqrt(float(p_.head_dim));
         for (int32_t first = 0; first < num_chunks; first += k::kMaxAppendChunks) {
             p.num_chunks = std::min(k::kMaxAppendChunks, num_chunks - first);
@@ -122,11 +118,12 @@ class CudaBackend final : public Backend {
         }
     }
 
-    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, void *stream) override {
+    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
+                  void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_compress");
         for (int32_t first = 0; first < num_jobs; first += scratch_.jobs) {
-            k::CompressParams p = compress_params(layer);
+            k::CompressParams p = compress_params(layer, live);
             p.num_jobs = std::min(scratch_.jobs, num_jobs - first);
             for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
             const cudaStream_t s = as_stream(stream);
@@ -185,11 +182,12 @@ class CudaBackend final : public Backend {
               "rkv_kept_positions: cudaMemcpy");
     }
 
-    void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, rkv_score_kind kind, float *out) override {
+    void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, rkv_score_kind kind, const LiveParams &live,
+                        float *out) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_inspect_scores");
         check(cudaDeviceSynchronize(), "rkv_inspect_scores: waiting for the cache's work");
-        k::CompressParams p = compress_params(layer);
+        k::CompressParams p = compress_params(layer, live);
         p.num_jobs = 1;
         p.jobs[0] = job(j);
         p.score_only = 1;
@@ -243,9 +241,9 @@ class CudaBackend final : public Backend {
                               as_stream(stream)),
               "rkv_sync_lengths: cudaMemcpyAsync");
         check(cudaStreamSynchronize(as_stream(stream)), "rkv_sync_lengths: cudaStreamSynchronize");
-        for (int64_t i = 0; i < seq_layers_; ++i)
-            out[i] = DeviceCounts{host[i], host[seq_layers_ + i], host[2 * seq_layers_ + i],
-                                  host[3 * seq_layers_ + i], host[4 * seq_layers_ + i]};
+        static_assert(k::kBookkeepingArrays == 5, "DeviceCounts names each bookkeeping array");
+        *out = DeviceCounts{host, host + seq_layers_, host + 2 * seq_layers_, host + 3 * seq_layers_,
+                            host + 4 * seq_layers_};
         return true;
     }
 
@@ -287,7 +285,7 @@ class CudaBackend final : public Backend {
         return c;
     }
 
-    k::CompressParams compress_params(int32_t layer) const {
+    k::CompressParams compress_params(int32_t layer, const LiveParams &live) const {
         k::CompressParams p{};
         p.cache = layer_view(layer);
         k::Scratch &s = p.scratch;
@@ -310,11 +308,11 @@ class CudaBackend final : public Backend {
         p.scorer = method_.scorer;
         p.reference_order = kept_in_reference_order(p_);
         p.slot0_quirk = p_.mode == RKV_MODE_REFERENCE;
-        p.pooling = p_.pooling;
-        p.kernel = p_.kernel;
-        p.lambda = p_.lambda;
-        p.threshold = p_.threshold;
-        p.seed = p_.seed;
+        p.pooling = live.pooling;
+        p.kernel = live.kernel;
+        p.lambda = live.lambda;
+        p.threshold = live.threshold;
+        p.seed = live.seed;
         return p;
     }
 
@@ -495,7 +493,8 @@ class CudaBackend final : public Backend {
         }
     }
 
-    const rkv_cache_params &p_;  // the cache's params (runtime changes visible)
+    const rkv_cache_params p_;  // as created: the shape, method, mode and window (the live
+                                // parameters come with each call)
     const int device_;
     const int32_t capacity_;
     const int32_t groups_;
@@ -534,7 +533,9 @@ std::unique_ptr<Backend> make_cuda_backend(const rkv_cache_params &params, const
 }
 
 uint64_t cuda_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan) {
-    return ScratchPlan(params, plan).total();
+    // Host objects: the backend, its cuBLASLt plans (cuBLASLt's own handle is
+    // cuBLASLt's to size) and the pinned buffer's owner.
+    return ScratchPlan(params, plan).total() + sizeof(CudaBackend) + sizeof(LtMatmul) + sizeof(PinnedBuffer);
 }
 
 void check_cuda_params(const rkv_cache_params &p, const char *function) {
