@@ -44,7 +44,9 @@ static void check_shape(int32_t seqs, int32_t layers, int32_t kv_heads, int32_t 
     rkv_cache *cache = NULL;
     ASSERT_OK(rkv_cache_create(&p, &cache));
     const uint64_t grown = heap_in_use() - before;
-    rkv_stats stats = {sizeof stats};
+    rkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    stats.struct_size = sizeof stats;
     ASSERT_OK(rkv_cache_stats(cache, RKV_ALL, &stats));
     rkv_cache_destroy(cache);
     printf("%7d seqs x %3d layers, %d KV heads x %3d: reported %12llu, heap grew %12llu (%+.4f%%)\n", seqs,
