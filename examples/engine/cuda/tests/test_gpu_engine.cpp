@@ -13,8 +13,8 @@
 //    swap two near-tied candidates at a compression, after which the caches
 //    hold different tokens (mean error <= kRkvMeanTolerance); its top-1 must
 //    agree on kRkvTop1 of the steps and whole kept sets must match on at least
-//    a quarter of the heads (broken scoring matches none). The measured numbers
-//    are printed.
+//    kRkvKeptSame of the heads (broken scoring matches none). The measured
+//    numbers are printed.
 // 2. Greedy decoding, Full: the GPU's tokens equal the CPU's, except at a step
 //    where the CPU's top two logits are closer than twice the measured error
 //    (a near tie that bf16 may flip; the prompt is chosen, on the CPU, for
@@ -54,10 +54,16 @@ using namespace engine::cuda;
 
 namespace {
 
-constexpr double kFullTolerance = 0.06;     // max |GPU - CPU| logit / std of the CPU's logits (estimate: 0.015)
-constexpr double kRkvTolerance = 0.5;      // the same for R-KV, whose kept sets may differ after a near tie
-constexpr double kRkvMeanTolerance = 0.1;  // mean |GPU - CPU| logit / std, R-KV
-constexpr double kRkvTop1 = 0.7;           // R-KV: steps whose top-1 token agrees
+// Measured on the H200 (2026-11-29): Full at most 0.020 of the std; R-KV mean at most
+// 0.015, top-1 at least 97.4%, kept sets identical on 75% to 100% of the heads, and a
+// largest single deviation of 0.90 of the std on model-a, whose near-isotropic random
+// keys tie often: one swapped token in one head moves a later step's logits that much.
+// A wrong scorer, attention or bookkeeping breaks the mean, top-1 and kept-set bounds.
+constexpr double kFullTolerance = 0.06;     // max |GPU - CPU| logit / std of the CPU's logits
+constexpr double kRkvTolerance = 1.5;      // the same for R-KV, whose kept sets may differ after a near tie
+constexpr double kRkvMeanTolerance = 0.05;  // mean |GPU - CPU| logit / std, R-KV
+constexpr double kRkvTop1 = 0.9;           // R-KV: steps whose top-1 token agrees
+constexpr double kRkvKeptSame = 0.5;       // R-KV: (sequence, layer, head) whose kept sets are identical
 constexpr int32_t kBudget = 24, kBuffer = 16, kWindow = 8;  // R-KV: capacity 40, compresses often
 
 struct Fixture {
@@ -325,7 +331,8 @@ void compare_with_cpu(Fixture &f, rkv_method method, const std::vector<int32_t> 
                                            &compared));
         }
         std::printf("  kept sets identical on %d of %d (sequence, layer, head)\n", same, compared);
-        EXPECT(4 * same >= compared, "%s: kept sets identical on %d of %d heads only", what.c_str(), same, compared);
+        EXPECT(same >= kRkvKeptSame * compared, "%s: kept sets identical on %d of %d heads only (at least %.0f%%)",
+               what.c_str(), same, compared, 100.0 * kRkvKeptSame);
     }
     if (greedy) {
         // the same cache, emptied: the server resets each slot when its request ends
@@ -497,6 +504,7 @@ void errors(Fixture &f) {
     auto full = own(make_gpu_cache(model, RKV_METHOD_FULL, 32));
     ServerOptions so;
     so.max_requests = 2;
+    so.steps_per_sync = 4;  // within the 8 rows of the model's token history
     Server server(model, full.get(), so, stream.get());
     Request r;
     r.prompt = random_tokens(30, f.vocab, 1);
