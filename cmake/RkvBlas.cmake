@@ -23,10 +23,10 @@
 # A forced kernel set (OPENBLAS_CORETYPE) is never used: on a CPU without the
 # instructions it names it crashes or, worse, computes wrong results.
 #
-# Result: the target rkv::blas, an alias of ${RKV_BLAS_TARGET} (cblas.h on its include path, the library, and
-# RKV_BLAS_OPENBLAS or RKV_BLAS_BLIS defined), the variables RKV_BLAS_SELECTED
-# and RKV_BLAS_SUMMARY, and RKV_BLAS_CANDIDATES ("kind:name:library;...", every
-# candidate found, for tools/bench_blas.c).
+# Result: the target rkv::blas, an alias of ${RKV_BLAS_TARGET} (cblas.h on its
+# include path, the library, and RKV_BLAS_OPENBLAS or RKV_BLAS_BLIS defined),
+# RKV_BLAS_SELECTED and RKV_BLAS_SUMMARY (cached), and RKV_BLAS_CANDIDATES
+# ("kind:name:library;...": every candidate found, for tools/bench_blas.c).
 
 set(RKV_BLAS "auto" CACHE STRING "BLAS for the CPU backend: auto, scipy-openblas, openblas or blis")
 set_property(CACHE RKV_BLAS PROPERTY STRINGS auto scipy-openblas openblas blis)
@@ -231,6 +231,10 @@ if(NOT RKV_BLAS_SELECTED)
   message(FATAL_ERROR "librkv needs a BLAS and found none usable (${_rkv_how}). ${_rkv_rejected}")
 endif()
 
+# Cached (internal), so that a project that adds librkv as a subdirectory (the
+# Python package's build) sees the choice too.
+set(RKV_BLAS_SELECTED "${RKV_BLAS_SELECTED}" CACHE INTERNAL "The BLAS chosen")
+set(RKV_BLAS_SUMMARY "${RKV_BLAS_SUMMARY}" CACHE INTERNAL "The BLAS chosen, its version and kernels")
 string(REPLACE "-" "_" RKV_BLAS_TARGET rkv_blas_${RKV_BLAS_SELECTED})
 add_library(rkv::blas ALIAS ${RKV_BLAS_TARGET})
 list(JOIN _rkv_blas_found ", " _rkv_found_text)
