@@ -12,6 +12,13 @@ by evicting tokens with R-KV (or a baseline).
 the exceptions of ``rkv.errors``); ``rkv.hf`` plugs a Cache into Hugging Face
 transformers' ``generate``.
 """
+try:
+    # librkv's BLAS, when pip built it against the scipy-openblas32 wheel: loaded
+    # first, so librkv finds it wherever pip put that package (a --user install
+    # beside a system one), not only through its RUNPATH.
+    import scipy_openblas32  # noqa: F401
+except ImportError:
+    pass
 from . import capi
 from .enums import ALL, Device, DType, Guard, Method, Mode, Param, Pooling, Status
 from .errors import (BadStateError, CapacityError, DeviceError, FaultedError, InternalError,
