@@ -39,7 +39,8 @@ set(RKV_SCIPY_OPENBLAS_RPATH "" CACHE STRING
 
 set(_rkv_blas_kinds auto scipy-openblas openblas blis)
 if(NOT RKV_BLAS IN_LIST _rkv_blas_kinds)
-  message(FATAL_ERROR "RKV_BLAS='${RKV_BLAS}' is not one of: ${_rkv_blas_kinds}")
+  list(JOIN _rkv_blas_kinds ", " _rkv_kinds_text)
+  message(FATAL_ERROR "RKV_BLAS='${RKV_BLAS}' is not one of: ${_rkv_kinds_text}")
 endif()
 
 set(RKV_BLAS_CANDIDATES "")
@@ -221,14 +222,24 @@ if(NOT RKV_BLAS_SELECTED AND _rkv_fallback)
 endif()
 
 if(NOT RKV_BLAS_SELECTED)
-  list(JOIN _rkv_rejected "; " _rkv_rejected)
+  set(_rkv_install_scipy "pip install scipy-openblas32 (any machine with Python)")
+  set(_rkv_install_openblas "apt-get install libopenblas-dev pkg-config")
+  set(_rkv_install_blis "apt-get install libblis-dev")
   if(RKV_BLAS STREQUAL "auto")
-    set(_rkv_how "pip install scipy-openblas32 (any machine with Python), or "
-                 "apt-get install libopenblas-dev pkg-config, or apt-get install libblis-dev")
+    set(_rkv_how "${_rkv_install_scipy}, or ${_rkv_install_openblas}, or ${_rkv_install_blis}")
+  elseif(RKV_BLAS STREQUAL "scipy-openblas")
+    set(_rkv_how "${_rkv_install_scipy}, or -DRKV_SCIPY_OPENBLAS_DIR=<its package folder>")
+  elseif(RKV_BLAS STREQUAL "openblas")
+    set(_rkv_how "${_rkv_install_openblas}")
   else()
-    set(_rkv_how "RKV_BLAS=${RKV_BLAS} was asked for")
+    set(_rkv_how "${_rkv_install_blis}")
   endif()
-  message(FATAL_ERROR "librkv needs a BLAS and found none usable (${_rkv_how}). ${_rkv_rejected}")
+  list(JOIN _rkv_rejected "; " _rkv_rejected)
+  if(_rkv_rejected)
+    set(_rkv_rejected " Rejected: ${_rkv_rejected}.")
+  endif()
+  message(FATAL_ERROR "RKV_BLAS=${RKV_BLAS}: no usable BLAS found. Install one: ${_rkv_how}."
+                      "${_rkv_rejected}")
 endif()
 
 # Cached (internal), so that a project that adds librkv as a subdirectory (the
