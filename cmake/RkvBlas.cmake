@@ -10,7 +10,7 @@
 # Every one of them picks its kernels at run time from the CPU it runs on; they
 # differ in how they do it. OpenBLAS before 0.3.25 (Debian 12 ships 0.3.21)
 # matches CPU models against a table and, for some models it does not know,
-# falls back to its oldest (Prescott, SSE3) kernels: 4 to 7 times slower
+# falls back to its oldest (Prescott, SSE3) kernels: sgemm 3 to 8 times slower
 # (OpenBLAS issue 4267). OpenBLAS 0.3.25 and later fall back on the CPU's
 # feature bits. BLIS 0.9 picks Intel kernels by feature bits but AMD kernels by
 # family, and runs one thread unless BLIS_NUM_THREADS says otherwise. auto
@@ -201,7 +201,7 @@ foreach(_kind IN LISTS _rkv_wanted)
     set(RKV_BLAS_SUMMARY "${_kind} (${_what})")
     if(NOT _verdict STREQUAL "fits")
       message(WARNING "RKV_BLAS=${_kind}: ${_what}. Its kernels are older than this CPU: "
-                      "expect the CPU backend 4-7x slower. pip install scipy-openblas32 "
+                      "expect sgemm 3-8x slower than this CPU allows. pip install scipy-openblas32 "
                       "(OpenBLAS >= 0.3.25 picks kernels from CPU features) and configure with "
                       "-DRKV_BLAS=auto or scipy-openblas.")
     endif()
@@ -217,7 +217,7 @@ if(NOT RKV_BLAS_SELECTED AND _rkv_fallback)
   set(RKV_BLAS_SELECTED ${_rkv_fallback})
   set(RKV_BLAS_SUMMARY "${_rkv_fallback} (${_rkv_fallback_what})")
   message(WARNING "No BLAS found here picks kernels that fit this CPU; using ${RKV_BLAS_SUMMARY}: "
-                  "expect the CPU backend 4-7x slower. pip install scipy-openblas32 and reconfigure "
+                  "expect sgemm 3-8x slower than this CPU allows. pip install scipy-openblas32 and reconfigure "
                   "(OpenBLAS >= 0.3.25 picks kernels from CPU features).")
 endif()
 
