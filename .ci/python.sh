@@ -26,10 +26,11 @@ setup() {
   fi
 }
 
-check() {
+# A subshell, so its temporary folder goes on any exit.
+check() (
   local root=$PWD tmp
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "$tmp"' EXIT
 
   # A PATH with the compiler toolchain and the shell tools a build runs, nothing else.
   mkdir -p "$tmp/bin"
@@ -39,8 +40,11 @@ check() {
     path=$(command -v "$tool") && ln -s "$path" "$tmp/bin/$tool"
   done
   "$python" -m venv "$tmp/venv"
-  local clean_env=(env -i "HOME=$tmp" "PATH=$tmp/venv/bin:$tmp/bin" "TMPDIR=${TMPDIR:-/tmp}"
-                   PIP_DISABLE_PIP_VERSION_CHECK=1)
+  # The rest of the environment stays (pip's index, proxy and certificate
+  # settings), less what points a build at libraries outside the venv.
+  local clean_env=(env -u LD_LIBRARY_PATH -u LIBRARY_PATH -u CPATH -u PKG_CONFIG_PATH
+                   -u CMAKE_PREFIX_PATH -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV
+                   "PATH=$tmp/venv/bin:$tmp/bin" PIP_DISABLE_PIP_VERSION_CHECK=1)
 
   echo "-- pip install ./bindings/python[test] (fresh venv, only the compiler on PATH)"
   # build-dir: the build folder stays out of the checkout.
@@ -75,7 +79,7 @@ print("rkv", rkv.__version__, "from", where)')
   # The transformers adapter tests (tests/hf) need torch, which this venv does not have.
   (cd "$tmp" && "${clean_env[@]}" "$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider -rs \
       "$tmp/tests" --ignore="$tmp/tests/hf")
-}
+)
 
 case "${1:-}" in
   setup) setup ;;
