@@ -6,7 +6,8 @@
 #          holds the compiler and that venv alone, so CMake, Ninja, SWIG and
 #          OpenBLAS provably come from PyPI (no system cmake, swig, pkg-config);
 #          then the package's librkv must load without LD_LIBRARY_PATH (RUNPATH
-#          $ORIGIN), and the Python tests run against that install, from outside
+#          $ORIGIN) and find the wheel's OpenBLAS (no system OpenBLAS is visible
+#          to the build), and the Python tests run against that install, from outside
 #          the checkout. The CUDA backend is left out (RKV_CUDA=OFF), as on a
 #          machine without nvcc.
 set -euo pipefail
@@ -47,9 +48,14 @@ check() (
                    "PATH=$tmp/venv/bin:$tmp/bin" PIP_DISABLE_PIP_VERSION_CHECK=1)
 
   echo "-- pip install ./bindings/python[test] (fresh venv, only the compiler on PATH)"
-  # build-dir: the build folder stays out of the checkout.
+  # build-dir: the build folder stays out of the checkout. CMake would still find
+  # /usr/bin/pkg-config and the system OpenBLAS (which auto prefers where its
+  # kernels fit the CPU): a pkg-config that does not exist makes this the machine
+  # with no OpenBLAS, where the scipy-openblas32 wheel must be taken.
   "${clean_env[@]}" RKV_CUDA=OFF "$tmp/venv/bin/pip" install -q \
-    --config-settings=build-dir="$tmp/build" "./bindings/python[test]"
+    --config-settings=build-dir="$tmp/build" \
+    --config-settings=cmake.define.PKG_CONFIG_EXECUTABLE=/nonexistent/pkg-config \
+    "./bindings/python[test]"
 
   local site
   site=$("${clean_env[@]}" "$tmp/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')

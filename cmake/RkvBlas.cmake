@@ -13,13 +13,16 @@
 # falls back to its oldest (Prescott, SSE3) kernels: sgemm 3 to 8 times slower
 # (OpenBLAS issue 4267). OpenBLAS 0.3.25 and later fall back on the CPU's
 # feature bits. BLIS 0.9 picks Intel kernels by feature bits but AMD kernels by
-# family, and runs one thread unless BLIS_NUM_THREADS says otherwise. auto
-# prefers, in this order (README: "Choosing the BLAS" has the measurements):
-#   1. scipy-openblas (OpenBLAS >= 0.3.25 whatever the distribution ships);
-#   2. the system OpenBLAS, if it is >= 0.3.25 or picks kernels that fit this
-#      machine's CPU (a probe runs at configure time);
-#   3. BLIS, if its kernels fit this CPU;
-#   4. the system OpenBLAS anyway, with a warning saying how to do better.
+# family, and runs one thread unless BLIS_NUM_THREADS says otherwise. On a
+# machine whose cores are shared (load above the core count), the wheel's
+# OpenBLAS 0.3.34 with 2 threads ran the example engine 3 to 6 times slower
+# than with one, Debian's 0.3.21 did not. auto takes the first whose kernels,
+# probed at configure time, use this CPU's vector instructions, in this order
+# (README: "Choosing the BLAS" has the measurements):
+#   1. the system OpenBLAS (a distribution's, and the one an engine links);
+#   2. scipy-openblas, the fix where the system's does not know this CPU;
+#   3. BLIS;
+#   4. failing all, the first found, with a warning saying how to do better.
 # A forced kernel set (OPENBLAS_CORETYPE) is never used: on a CPU without the
 # instructions it names it crashes or, worse, computes wrong results.
 #
@@ -44,7 +47,7 @@ if(NOT RKV_BLAS IN_LIST _rkv_blas_kinds)
 endif()
 
 set(RKV_BLAS_CANDIDATES "")
-set(_rkv_blas_found "")  # kinds found, in auto's order of preference
+set(_rkv_blas_found "")  # kinds found
 
 # --- scipy-openblas: the scipy_openblas32 wheel (LP64, symbols prefixed scipy_) ---
 set(_rkv_scipy_dir "${RKV_SCIPY_OPENBLAS_DIR}")
@@ -180,7 +183,7 @@ endfunction()
 # Choose, probing each candidate in turn (a probe is a compile and a run: ~1 s).
 set(_rkv_wanted ${RKV_BLAS})
 if(RKV_BLAS STREQUAL "auto")
-  set(_rkv_wanted ${_rkv_blas_found})
+  set(_rkv_wanted openblas scipy-openblas blis)
 endif()
 set(RKV_BLAS_SELECTED "")
 set(_rkv_fallback "")
