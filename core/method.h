@@ -8,15 +8,13 @@
 // it ranks tokens differently from every existing one (Scorer below: the CPU
 // backend's switch fails to compile without it; kernels/select.cuh holds a
 // static_assert on kNumScorers), and tests. Methods are numbered 0 .. n-1
-// without gaps; rkv_param_bounds reports n-1 as the largest.
+// without gaps; rkv_params_bounds reports n-1 as the largest.
 #pragma once
 
 #include <cstdint>
 
-#if !defined(RKV_EXPERIMENTAL_API)
-#error "core/method.h needs rkv_score_kind: build the library with RKV_EXPERIMENTAL_API defined"
-#endif
 #include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"  // rkv_score_kind
 
 namespace rkv {
 
@@ -47,13 +45,17 @@ struct MethodInfo {
     const char *name;      // as messages spell it; nullptr: not a method
     Scorer scorer;
     QueryNeed queries;
-    uint32_t scores;       // score_bit()s of the rkv_score_kinds it computes (rkv_inspect_scores)
+    uint32_t scores;       // score_bit()s of the rkv_score_kinds it computes (rkv_seq_scores)
     bool keeps_sink;       // the first `sink` positions are never evicted, guard or not
     bool reference_order;  // in RKV_MODE_REFERENCE the kept candidates go in descending score
                            // order (the official code's); otherwise position order always
 
     // FULL: capacity is max_len, nothing compresses, the guards are moot.
     constexpr bool evicts() const { return scorer != Scorer::None; }
+    // The method reads queries (the window's or every token's): q is required
+    // where it needs them, max_rollback sizes a query history, and a rollback
+    // is bounded by the queries held (src/schedule.cpp rollback_limit).
+    constexpr bool keeps_queries() const { return queries != QueryNeed::None; }
 };
 
 constexpr MethodInfo method_info(rkv_method method) {

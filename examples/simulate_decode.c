@@ -25,7 +25,7 @@
         rkv_status status_ = (call);                                                     \
         if (status_ != RKV_OK) {                                                         \
             fprintf(stderr, "%s failed: %s: %s\n", #call, rkv_status_name(status_),      \
-                    rkv_last_error_message());                                           \
+                    rkv_error_message());                                           \
             exit(1);                                                                     \
         }                                                                                \
     } while (0)
@@ -86,7 +86,7 @@ static int compare_int32(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     rkv_cache_params params;
-    CHECK(rkv_cache_params_default(&params, sizeof params));
+    CHECK(rkv_params_default(&params, sizeof params));
     params.num_layers = LAYERS;
     params.num_kv_heads = KV_HEADS;
     params.num_q_heads = Q_HEADS;
@@ -145,10 +145,10 @@ int main(int argc, char **argv) {
     args.struct_size = sizeof args;
     args.num_seqs = seqs;
     args.seq_ids = seq_ids;
-    rkv_tensor kt = {k, RKV_DTYPE_F32, KV_HEADS, DIM, KV_HEADS * DIM, 0, DIM};
-    rkv_tensor vt = {v, RKV_DTYPE_F32, KV_HEADS, DIM, KV_HEADS * DIM, 0, DIM};
-    rkv_tensor qt = {q, RKV_DTYPE_F32, Q_HEADS, DIM, Q_HEADS * DIM, 0, DIM};
-    rkv_tensor ot = {out, RKV_DTYPE_F32, Q_HEADS, DIM, Q_HEADS * DIM, 0, DIM};
+    rkv_tensor kt = {k, RKV_DTYPE_F32, KV_HEADS, DIM, KV_HEADS * DIM, 0, DIM, 0};
+    rkv_tensor vt = {v, RKV_DTYPE_F32, KV_HEADS, DIM, KV_HEADS * DIM, 0, DIM, 0};
+    rkv_tensor qt = {q, RKV_DTYPE_F32, Q_HEADS, DIM, Q_HEADS * DIM, 0, DIM, 0};
+    rkv_tensor ot = {out, RKV_DTYPE_F32, Q_HEADS, DIM, Q_HEADS * DIM, 0, DIM, 0};
     args.k = kt;
     args.v = vt;
     args.q = qt;
@@ -169,7 +169,15 @@ int main(int argc, char **argv) {
                 }
             args.layer = layer;
             CHECK(rkv_append(cache, &args, NULL));
-            CHECK(rkv_attend(cache, layer, seqs, seq_ids, &qt, &ot, 0.0f, NULL));
+            rkv_attend_args attend;
+            memset(&attend, 0, sizeof attend);
+            attend.struct_size = sizeof attend;
+            attend.layer = layer;
+            attend.num_seqs = seqs;
+            attend.seq_ids = seq_ids;
+            attend.q = qt;
+            attend.out = ot;
+            CHECK(rkv_attend(cache, &attend, NULL));
         }
     }
 
@@ -192,7 +200,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 2; ++i)
         for (int h = 0; h < KV_HEADS; ++h) {
             int32_t count = 0;
-            CHECK(rkv_kept_positions(cache, 0, layers_shown[i], h, positions, tokens, &count));
+            CHECK(rkv_seq_positions(cache, 0, layers_shown[i], h, positions, tokens, &count));
             qsort(positions, (size_t)count, sizeof *positions, compare_int32);
             printf("sequence 0, layer %2d, head %d keeps %d positions:", layers_shown[i], h, count);
             print_ranges(positions, count);

@@ -1,4 +1,4 @@
-// Launchers of append (kernels/append.cuh) and of the sequence reset.
+// Launchers of append (kernels/append.cuh).
 #include "append.cuh"
 #include "launch.h"
 
@@ -26,7 +26,11 @@ cudaError_t launch_append(const AppendParams &p, cudaStream_t stream) {
     const dim3 grid(unsigned((rows + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock), unsigned(p.num_chunks));
     const int vectorized = rows_aligned(p.k, c.dtype, c.head_dim) && rows_aligned(p.v, c.dtype, c.head_dim) &&
                            rows_aligned(p.q, c.dtype, c.head_dim);
-    const size_t h2o_shared = (size_t(c.capacity) + size_t(c.q_heads / c.kv_heads) * c.head_dim) * sizeof(float);
+    const size_t h2o_shared = h2o_shared_bytes(c.capacity, c.q_heads / c.kv_heads, c.head_dim);
+    if (p.h2o && c.max_rollback > 0) {
+        const cudaError_t committed = launch_h2o_commit_before_append(p, stream);
+        if (committed != cudaSuccess) return committed;
+    }
     RKV_DISPATCH_DTYPE(c.dtype, T, {
         append_kernel<T><<<grid, kAppendThreads, 0, stream>>>(p, vectorized);
         if (p.h2o) {
@@ -39,18 +43,13 @@ cudaError_t launch_append(const AppendParams &p, cudaStream_t stream) {
 }
 
 cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups) {
-    const size_t h2o = (size_t(capacity) + size_t(groups) * head_dim) * sizeof(float);
+    const size_t h2o = h2o_shared_bytes(capacity, groups, head_dim);
     if (h2o <= 48 * 1024) return cudaSuccess;
     cudaError_t error = cudaSuccess;
     RKV_DISPATCH_DTYPE(dtype, T, {
         error = cudaFuncSetAttribute(h2o_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(h2o));
     })
     return error;
-}
-
-cudaError_t launch_clear_sequence(const ClearParams &p, cudaStream_t stream) {
-    clear_sequence_kernel<<<unsigned(p.layers), 256, 0, stream>>>(p);
-    return cudaGetLastError();
 }
 
 }  // namespace rkv::kernels

@@ -16,10 +16,19 @@ namespace rkv::kernels {
 constexpr int kAppendThreads = 256;
 constexpr int kAppendRowsPerBlock = 16;  // rows of head_dim elements per block
 
-// Advance the bookkeeping of chunk i (or count its tokens as dropped).
+// Chunk i of an append: from the host's list, or entry i of a batch (one
+// token at row i; seq -1 for padding).
+__device__ __forceinline__ AppendChunk chunk_at(const AppendParams &p, int i) {
+    if (p.batch_ids) return AppendChunk{p.batch_ids[i], i, 1, 0, 0};
+    return p.chunks[i];
+}
+
+// Advance the bookkeeping of chunk i (or count its tokens as dropped), as
+// src/schedule.cpp after_append does on the host.
 __device__ __forceinline__ void advance_chunk(const AppendParams &p, int i) {
     const CacheLayer &c = p.cache;
-    const AppendChunk &chunk = p.chunks[i];
+    const AppendChunk chunk = chunk_at(p, i);
+    if (chunk.seq < 0) return;
     const int32_t held = c.lengths[chunk.seq];
     if (held + chunk.count > c.capacity) {
         c.dropped[chunk.seq] += chunk.count;
@@ -28,7 +37,9 @@ __device__ __forceinline__ void advance_chunk(const AppendParams &p, int i) {
     c.lengths[chunk.seq] = held + chunk.count;
     c.logical[chunk.seq] += chunk.count;
     c.queries_valid[chunk.seq] =
-        p.q.data ? min(c.window, c.queries_valid[chunk.seq] + chunk.count) : 0;
+        p.q.data ? min(max(c.window, c.history), c.queries_valid[chunk.seq] + chunk.count) : 0;
+    c.recent[chunk.seq] += chunk.count;
+    c.pending[chunk.seq] = p.h2o ? min(c.pending[chunk.seq] + chunk.count, c.max_rollback) : 0;
 }
 
 // Copy one row of d elements from a caller's tensor into storage.
@@ -48,15 +59,17 @@ __device__ __forceinline__ void copy_row(const Tensor &src, int64_t src_index, T
 
 // grid (x: row blocks of a chunk, y: chunk), kAppendThreads threads.
 // Rows of a chunk, per token: kv_heads K rows, kv_heads V rows, then q_heads Q
-// rows (queries only for the chunk's last `window` tokens: earlier ones would be
-// overwritten in the ring anyway, and writing them would race).
+// rows (queries only for the chunk's last `window` tokens into the window ring,
+// and its last `history` tokens into the history: earlier ones would be
+// overwritten in the rings anyway, and writing them would race).
 template <typename T>
 __global__ void __launch_bounds__(kAppendThreads) append_kernel(AppendParams p, int vectorized) {
     const CacheLayer &c = p.cache;
-    const AppendChunk &chunk = p.chunks[blockIdx.y];
-    const int32_t slot0 = c.lengths[chunk.seq];
-    const int32_t position0 = c.logical[chunk.seq];
-    const bool fits = slot0 + chunk.count <= c.capacity;
+    const AppendChunk chunk = chunk_at(p, blockIdx.y);
+    const bool active = chunk.seq >= 0;  // not padding
+    const int32_t slot0 = active ? c.lengths[chunk.seq] : 0;
+    const int32_t position0 = active ? c.logical[chunk.seq] : 0;
+    const bool fits = active && slot0 + chunk.count <= c.capacity;
     const int32_t d = c.head_dim;
     const int32_t q_rows = p.q.data ? c.q_heads : 0;
     const int32_t rows_per_token = 2 * c.kv_heads + q_rows;
@@ -83,12 +96,19 @@ __global__ void __launch_bounds__(kAppendThreads) append_kernel(AppendParams p, 
                 c.positions[entry] = position0 + t;
                 c.state[entry] = 0.0f;
             }
-        } else if (t >= chunk.count - c.window) {
+        } else {
             const int32_t qh = r - 2 * c.kv_heads;
             src = &p.q;
             src_index = chunk.entry * src->stride_seq + token * src->stride_token + qh * src->stride_head;
-            const int32_t ring = (position0 + t) % c.window;
-            storage = static_cast<T *>(c.queries) + query_index(c, chunk.seq, qh, ring);
+            if (t >= chunk.count - c.window) {
+                const int32_t ring = (position0 + t) % c.window;
+                storage = static_cast<T *>(c.queries) + query_index(c, chunk.seq, qh, ring);
+            }
+            if (c.history > 0 && t >= chunk.count - c.history) {
+                const int32_t ring = (position0 + t) % c.history;
+                copy_row(*src, src_index, static_cast<T *>(c.history_queries) + history_index(c, chunk.seq, qh, ring),
+                         d, lane, lanes, vectorized != 0);
+            }
         }
         if (storage) copy_row(*src, src_index, storage, d, lane, lanes, vectorized != 0);
     }
@@ -97,77 +117,90 @@ __global__ void __launch_bounds__(kAppendThreads) append_kernel(AppendParams p, 
 }
 
 // ---------------------------------------------------------------------------
-// H2O: every new token's query heads attend causally over the keys held up to
-// and including the token (group-pooled raw logits, softmax), and each key's
-// probability is added to its state, token after token in order (the CPU's
-// summation order). grid (kv head, chunk), kAppendThreads threads; dynamic
-// shared memory: logits [capacity] + queries [groups, head_dim] floats.
+// H2O: a query's heads attend causally over the keys held up to and including
+// its token (group-pooled raw logits, softmax), and each key's probability is
+// added to its state, query after query in position order (the CPU's
+// summation order). With max_rollback = R > 0 a query is committed only once
+// it is R tokens old (kernels/sequence.cuh commits the older pending ones), so
+// that a rollback never has to take back an accumulated query.
+
+// Shared memory of the H2O kernels: logits [capacity] + queries [groups, head_dim] floats.
+__host__ __device__ inline size_t h2o_shared_bytes(int32_t capacity, int32_t groups, int32_t head_dim) {
+    return (size_t(capacity) + size_t(groups) * head_dim) * sizeof(float);
+}
+
+// One query, whose G heads the block loaded into `queries` [groups, d], attends
+// over keys[0 .. visible) and adds its pooled probabilities to state[0 .. visible).
+// Every thread of the block calls it.
+template <typename T>
+__device__ void h2o_add_query(const CacheLayer &c, const T *keys, int32_t visible, rkv_pooling pooling,
+                              float scale, const float *queries, float *logits, float *state,
+                              float *reduce_f, double *reduce_d) {
+    const int32_t groups = c.q_heads / c.kv_heads, d = c.head_dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    __syncthreads();  // `queries` is loaded
+    // A warp per key: pooled logit over the group.
+    for (int32_t j = warp; j < visible; j += warps) {
+        const T *k = keys + int64_t(j) * d;
+        const float pooled = pool_group(pooling, groups, [&](int32_t g) {
+            float dot = 0.0f;
+            for (int32_t e = lane; e < d; e += 32) dot += queries[g * d + e] * to_float(k[e]);
+            return warp_sum(dot) * scale;
+        });
+        if (lane == 0) logits[j] = pooled;
+    }
+    __syncthreads();
+    float local_max = -INFINITY;
+    for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) local_max = fmaxf(local_max, logits[j]);
+    const float max_logit = block_max(local_max, reduce_f);
+    double local_sum = 0.0;
+    for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) {
+        const float e = expf(logits[j] - max_logit);
+        logits[j] = e;
+        local_sum += e;
+    }
+    const float inverse = float(1.0 / block_sum(local_sum, reduce_d));
+    for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) state[j] += logits[j] * inverse;
+    __syncthreads();  // the next query may overwrite `queries` and `logits`
+}
+
+// The new tokens of every chunk that are at least max_rollback tokens old
+// when the append is done (all of them when max_rollback is 0), from the
+// caller's q. With a history their queries are rounded through the storage
+// dtype, as the history holds them, so a query adds the same probabilities
+// whether it is committed here or later from the history.
+// grid (kv head, chunk), kAppendThreads threads, h2o_shared_bytes.
 template <typename T>
 __global__ void __launch_bounds__(kAppendThreads) h2o_kernel(AppendParams p) {
     extern __shared__ float h2o_shared[];
     __shared__ float reduce_f[32];
     __shared__ double reduce_d[32];
     const CacheLayer &c = p.cache;
-    const AppendChunk &chunk = p.chunks[blockIdx.y];
+    const AppendChunk chunk = chunk_at(p, blockIdx.y);
     const int32_t head = blockIdx.x;
     const int32_t groups = c.q_heads / c.kv_heads;
     const int32_t d = c.head_dim;
-    const int32_t slot0 = c.lengths[chunk.seq];
     float *logits = h2o_shared;                 // [capacity]
     float *queries = h2o_shared + c.capacity;   // [groups, d]
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    if (slot0 + chunk.count <= c.capacity) {
+    const int32_t slot0 = chunk.seq >= 0 ? c.lengths[chunk.seq] : 0;
+    if (chunk.seq >= 0 && slot0 + chunk.count <= c.capacity) {
         const T *keys = static_cast<const T *>(c.keys) + slot_index(c, chunk.seq, head, 0) * d;
         float *state = c.state + slot_index(c, chunk.seq, head, 0);
-        for (int32_t t = 0; t < chunk.count; ++t) {
-            const int32_t visible = slot0 + t + 1;
+        const int32_t committed = max(0, chunk.count - c.max_rollback);
+        for (int32_t t = 0; t < committed; ++t) {
             const int64_t token = chunk.token0 + t;
-            __syncthreads();  // the previous token is done with `queries` and `logits`
             for (int i = threadIdx.x; i < groups * d; i += blockDim.x) {
                 const int32_t g = i / d, e = i % d;
-                queries[i] = load_any(p.q.data, p.q.dtype,
-                                      chunk.entry * p.q.stride_seq + token * p.q.stride_token +
-                                          (head * groups + g) * p.q.stride_head + e);
+                const float q = load_any(p.q.data, p.q.dtype,
+                                         chunk.entry * p.q.stride_seq + token * p.q.stride_token +
+                                             (head * groups + g) * p.q.stride_head + e);
+                queries[i] = c.history > 0 ? to_float(from_float<T>(q)) : q;
             }
-            __syncthreads();
-            // A warp per key: pooled logit over the group.
-            for (int32_t j = warp; j < visible; j += warps) {
-                const T *k = keys + int64_t(j) * d;
-                const float pooled = pool_group(p.pooling, groups, [&](int32_t g) {
-                    float dot = 0.0f;
-                    for (int32_t e = lane; e < d; e += 32) dot += queries[g * d + e] * to_float(k[e]);
-                    return warp_sum(dot) * p.scale;
-                });
-                if (lane == 0) logits[j] = pooled;
-            }
-            __syncthreads();
-            float local_max = -INFINITY;
-            for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) local_max = fmaxf(local_max, logits[j]);
-            const float max_logit = block_max(local_max, reduce_f);
-            double local_sum = 0.0;
-            for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) {
-                const float e = expf(logits[j] - max_logit);
-                logits[j] = e;
-                local_sum += e;
-            }
-            const float inverse = float(1.0 / block_sum(local_sum, reduce_d));
-            for (int32_t j = threadIdx.x; j < visible; j += blockDim.x) state[j] += logits[j] * inverse;
+            h2o_add_query<T>(c, keys, slot0 + t + 1, p.pooling, p.scale, queries, logits, state, reduce_f, reduce_d);
         }
     }
     if (grid_last_block(p.counter))
         for (int i = threadIdx.x; i < p.num_chunks; i += blockDim.x) advance_chunk(p, i);
-}
-
-// ---------------------------------------------------------------------------
-// reset of one sequence, every layer: scorer state and device bookkeeping.
-
-// grid (layer), 256 threads.
-__global__ void clear_sequence_kernel(ClearParams p) {
-    const int32_t layer = blockIdx.x;
-    const int64_t slots = int64_t(p.kv_heads) * p.capacity;
-    float *state = p.state + (int64_t(layer) * p.max_seqs + p.seq) * slots;
-    for (int64_t i = threadIdx.x; i < slots; i += blockDim.x) state[i] = 0.0f;
-    if (threadIdx.x < kBookkeepingArrays) p.bookkeeping[threadIdx.x * p.book_stride + int64_t(layer) * p.max_seqs + p.seq] = 0;
 }
 
 }  // namespace rkv::kernels

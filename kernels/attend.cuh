@@ -1,7 +1,8 @@
 // Decode attention over the held tokens: one query token per entry, every
 // query head of a KV head's group at once (GQA), online softmax in float32.
 // The held length is read from the device bookkeeping, so a captured decode
-// step attends over what the replayed append left.
+// step attends over what the replayed append left; with a batch, so is the
+// sequence of each entry.
 //
 // grid (kv head, entry), kAttendThreads threads. Each group of kLanes threads
 // works on one token at a time (kPerLane elements per thread), the groups
@@ -13,6 +14,11 @@
 namespace rkv::kernels {
 
 constexpr int kAttendThreads = 256;
+
+// The sequence of entry i: from the host's list, or from a batch's device ids.
+__device__ __forceinline__ int32_t entry_seq(const AttendParams &p, int32_t entry) {
+    return p.batch_ids ? p.batch_ids[entry] : p.seq_ids[entry];
+}
 
 template <typename T, int D>
 struct AttendShape {
@@ -63,7 +69,8 @@ __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) 
     __shared__ float sum_shared[S::kTokenGroups][S::kMaxGroup];
     const CacheLayer &c = p.cache;
     const int32_t head = blockIdx.x, entry = blockIdx.y;
-    const int32_t seq = p.seq_ids[entry];
+    const int32_t seq = entry_seq(p, entry);
+    if (seq < 0) return;  // batch padding: the whole block leaves, its output rows untouched
     const int32_t d = D > 0 ? D : c.head_dim;
     const int32_t groups = c.q_heads / c.kv_heads;
     const int32_t held = c.lengths[seq];
@@ -174,7 +181,8 @@ __global__ void __launch_bounds__(kAttendThreads) attend_pipelined_kernel(Attend
     extern __shared__ __align__(16) char attend_shared[];
     const CacheLayer &c = p.cache;
     const int32_t head = blockIdx.x, entry = blockIdx.y;
-    const int32_t seq = p.seq_ids[entry];
+    const int32_t seq = entry_seq(p, entry);
+    if (seq < 0) return;  // batch padding: the whole block leaves, its output rows untouched
     const int32_t groups = c.q_heads / c.kv_heads;
     const int32_t held = c.lengths[seq];
     const int lane = threadIdx.x % S::kLanes, token_group = threadIdx.x / S::kLanes;

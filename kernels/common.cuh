@@ -266,6 +266,12 @@ __device__ __forceinline__ int64_t query_index(const CacheLayer &c, int32_t seq,
     return ((int64_t(seq) * c.q_heads + q_head) * c.window + ring) * c.head_dim;
 }
 
+// First element of (seq, query head, history slot) in the query history.
+__device__ __forceinline__ int64_t history_index(const CacheLayer &c, int32_t seq, int32_t q_head,
+                                                 int32_t slot) {
+    return ((int64_t(seq) * c.q_heads + q_head) * c.history + slot) * c.head_dim;
+}
+
 // ---------------------------------------------------------------------------
 // compression jobs
 

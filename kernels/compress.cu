@@ -22,6 +22,7 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
     cudaError_t error = configure_append_kernels(dtype, head_dim, capacity, groups);
     if (error == cudaSuccess) error = configure_gram_kernels(dtype, head_dim);
     if (error == cudaSuccess) error = configure_attend_kernels(dtype);
+    if (error == cudaSuccess) error = configure_sequence_kernels(dtype, head_dim, capacity, groups);
     if (error != cudaSuccess) return error;
     const size_t select = select_shared_bytes(capacity);
     RKV_DISPATCH_DTYPE(dtype, T, { error = allow_shared(select_compact_kernel<T>, select); })

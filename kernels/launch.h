@@ -17,9 +17,12 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
 cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
 cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim);
 cudaError_t configure_attend_kernels(int32_t dtype);
+cudaError_t configure_sequence_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
 
-// Scatter K/V/Q of every chunk (and, with p.h2o, accumulate H2O's attention),
-// then advance the device bookkeeping.
+// Scatter K/V/Q of every chunk (and, with p.h2o, accumulate H2O's attention,
+// after committing the pending queries the append pushes past max_rollback),
+// then advance the device bookkeeping. With p.batch_ids, the chunks are the
+// batch's entries.
 cudaError_t launch_append(const AppendParams &p, cudaStream_t stream);
 
 // Decode attention over the held tokens of every entry.
@@ -45,5 +48,18 @@ cudaError_t launch_commit(const CompressParams &p, cudaStream_t stream);
 
 // Zero the scorer state and device bookkeeping of one sequence, every layer.
 cudaError_t launch_clear_sequence(const ClearParams &p, cudaStream_t stream);
+
+// --- sequences (kernels/sequence.cuh) --------------------------------------
+// H2O with max_rollback > 0: the pending queries an append pushes past
+// max_rollback (launch_append calls it), and every pending query of each
+// active job before its compression (or of jobs[0] into p.state_out).
+cudaError_t launch_h2o_commit_before_append(const AppendParams &p, cudaStream_t stream);
+cudaError_t launch_h2o_commit_all(const CommitParams &p, cudaStream_t stream);
+// Rollback of p.tokens tokens of p.seq, every layer.
+cudaError_t launch_truncate(const SequenceParams &p, cudaStream_t stream);
+// Every layer of p.src onto p.seq.
+cudaError_t launch_copy(const SequenceParams &p, cudaStream_t stream);
+// A batch's device ids.
+cudaError_t launch_batch_set(const BatchSetParams &p, cudaStream_t stream);
 
 }  // namespace rkv::kernels

@@ -25,6 +25,9 @@ struct CacheLayer {
     int32_t *positions;      // [max_seqs, kv_heads, capacity] original positions
     float *state;            // [max_seqs, kv_heads, capacity] H2O's accumulated attention
     void *queries;           // [max_seqs, q_heads, window, head_dim] ring by position % window
+    void *history_queries;   // [max_seqs, q_heads, history, head_dim] ring by position % history
+                             // (history 0: none): what a rollback restores the window from,
+                             // and H2O's pending queries
     // Device-side bookkeeping of the layer ([max_seqs] each). The kernels read
     // and advance these, so captured work replays at the right slots.
     int32_t *lengths;        // held tokens per head (the layer view's `lengths`)
@@ -32,6 +35,8 @@ struct CacheLayer {
     int32_t *queries_valid;  // most recent tokens whose queries are in the ring (<= window)
     int32_t *compressions;   // compressions so far (seeds Random)
     int32_t *dropped;        // tokens a replayed append found no room for
+    int32_t *recent;         // tokens appended since the last compression
+    int32_t *pending;        // H2O: latest tokens whose query is not accumulated yet
     int32_t layer;
     int32_t max_seqs;
     int32_t kv_heads;
@@ -40,6 +45,8 @@ struct CacheLayer {
     int32_t head_dim;
     int32_t window;
     int32_t dtype;           // storage rkv_dtype
+    int32_t history;         // queries the history holds (window + max_rollback), or 0
+    int32_t max_rollback;    // H2O commits a query once it is this many tokens old
 };
 
 // A caller's tensor: element (entry, token, head, e) at
@@ -70,6 +77,9 @@ constexpr int kMaxAppendChunks = 256;  // chunks per launch (6 KiB of parameters
 
 struct AppendParams {
     CacheLayer cache;
+    const int32_t *batch_ids; // non-NULL: a batch append; chunk i is entry i of the batch, one
+                              // token at row i, for the sequence batch_ids[i] (-1: padding);
+                              // `chunks` is unused and num_chunks is the batch's entries
     Tensor k;                // [entry, token, kv_heads, head_dim]
     Tensor v;                // [entry, token, kv_heads, head_dim]
     Tensor q;                // [entry, token, q_heads, head_dim]; data NULL = no queries
@@ -91,6 +101,8 @@ constexpr int kMaxAttendSeqs = 1024;  // entries per launch (4 KiB of parameters
 
 struct AttendParams {
     CacheLayer cache;
+    const int32_t *batch_ids; // non-NULL: entry i attends for batch_ids[i] (-1: skipped), and
+                              // seq_ids is unused
     Tensor q;                // [entry, q_heads, head_dim] (stride_token unused)
     Tensor out;              // [entry, q_heads, head_dim] (written)
     float scale;
@@ -160,14 +172,53 @@ struct CompressParams {
 // reset of one sequence
 
 // The device bookkeeping: kBookkeepingArrays int32 arrays [layers, max_seqs],
-// in this order: lengths, logical, queries_valid, compressions, dropped.
-constexpr int kBookkeepingArrays = 5;
+// in this order (src/backend.h CountArray): lengths, logical, queries_valid,
+// compressions, dropped, recent, pending.
+constexpr int kBookkeepingArrays = 7;
 
 struct ClearParams {
     float *state;            // [layers, max_seqs, kv_heads, capacity]
     int32_t *bookkeeping;    // the kBookkeepingArrays arrays, at stride `book_stride`
     int64_t book_stride;     // layers * max_seqs
     int32_t layers, max_seqs, kv_heads, capacity, seq;
+};
+
+// ---------------------------------------------------------------------------
+// sequences: rollback, fork (kernels/sequence.cuh)
+
+// The whole cache (every layer), for the kernels that work on a sequence.
+struct SequenceParams {
+    CacheLayer layer0;       // layer 0; layer l's buffers are at l * the per-layer strides below
+    int64_t layer_slots;     // max_seqs * kv_heads * capacity (positions, state; K/V times head_dim)
+    int64_t layer_queries;   // max_seqs * q_heads * window * head_dim
+    int64_t layer_history;   // max_seqs * q_heads * history * head_dim
+    int32_t *bookkeeping;    // the kBookkeepingArrays arrays, at stride `book_stride`
+    int64_t book_stride;     // layers * max_seqs
+    int32_t layers;
+    int32_t seq;             // truncate: the sequence; copy: the destination
+    int32_t src;             // copy: the source
+    int32_t tokens;          // truncate: tokens removed
+};
+
+// Sets a batch's device ids from kernel parameters (no host memory is read later).
+constexpr int kMaxBatchSetIds = 2048;
+struct BatchSetParams {
+    int32_t *ids;            // the batch's device array
+    int32_t first;           // entries first .. first+count-1
+    int32_t count;
+    int32_t values[kMaxBatchSetIds];
+};
+
+// H2O: accumulate every pending query (from the history) of each active job
+// before it is compressed, into the cache's state, or (inspection, one job)
+// into state_out [kv_heads, capacity], a copy of the job's state.
+struct CommitParams {
+    CacheLayer cache;
+    float *state_out;        // NULL: the cache's state
+    rkv_pooling pooling;
+    float scale;             // 1/sqrt(head_dim)
+    int32_t num_jobs;
+    Job jobs[kMaxGroupJobs];
 };
 
 }  // namespace rkv::kernels

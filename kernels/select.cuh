@@ -251,6 +251,8 @@ __global__ void commit_kernel(CompressParams p) {
     if (!job_active(p, job)) return;
     p.cache.lengths[job.seq] = job.keep;
     p.cache.compressions[job.seq] += 1;
+    p.cache.recent[job.seq] = 0;
+    p.cache.pending[job.seq] = 0;  // committed before the scores (launch_h2o_commit_all)
 }
 
 }  // namespace rkv::kernels

@@ -2,11 +2,13 @@
 // and turn every exception into a status plus a thread-local message.
 #include <new>
 
+#include "abi.h"
 #include "cache.h"
 #include "dtype.h"
 #include "error.h"
 #include "params.h"
 #include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 
 struct rkv_cache final : rkv::Cache {
     using rkv::Cache::Cache;
@@ -67,42 +69,57 @@ const char *rkv_version_string(void) {
         RKV_VERSION_PATCH);
 }
 
-rkv_status rkv_cache_params_default(rkv_cache_params *params, size_t struct_size) {
+rkv_status rkv_params_default(rkv_cache_params *params, size_t struct_size) {
     return guarded(nullptr, [&] {
-        rkv::require_non_null(params, "rkv_cache_params_default", "params");
-        rkv::check_struct_size(struct_size, sizeof(rkv_cache_params), "rkv_cache_params_default",
-                               "rkv_cache_params");
-        rkv::params_fill_default(params);
+        static const char *fn = "rkv_params_default";
+        rkv::require_non_null(params, fn, "params");
+        rkv::check_params_size(struct_size, fn);
+        rkv_cache_params defaults;
+        rkv::params_fill_default(&defaults);
+        rkv::write_params(defaults, params, struct_size, fn);
     });
 }
 
-rkv_status rkv_param_bounds(rkv_param param, double *lower, double *upper) {
+rkv_status rkv_params_bounds(rkv_param param, double *lower, double *upper) {
     return guarded(nullptr, [&] {
-        rkv::require_non_null(lower, "rkv_param_bounds", "lower");
-        rkv::require_non_null(upper, "rkv_param_bounds", "upper");
+        static const char *fn = "rkv_params_bounds";
+        rkv::require_non_null(lower, fn, "lower");
+        rkv::require_non_null(upper, fn, "upper");
         double lo, hi;
-        rkv::param_bounds(param, &lo, &hi, "rkv_param_bounds");
+        rkv::param_bounds(param, &lo, &hi, fn);
         *lower = lo;
         *upper = hi;
     });
 }
 
+namespace {
+// A key of an earlier header's struct that lacks its field.
+void check_field(const rkv_cache_params &params, rkv_param param, const char *fn) {
+    if (!rkv::params_has_field(params.struct_size, param))
+        rkv::fail(RKV_ERR_UNSUPPORTED, "%s: parameter %d is not in an rkv_cache_params of %zu bytes (an earlier "
+                  "header's): set struct_size = sizeof(rkv_cache_params) of this header to use it", fn,
+                  int(param), params.struct_size);
+}
+}  // namespace
+
 rkv_status rkv_params_set(rkv_cache_params *params, rkv_param param, double value) {
     return guarded(nullptr, [&] {
         static const char *fn = "rkv_params_set";
-        rkv::require_non_null(params, fn, "params");
-        rkv::check_struct_size(params->struct_size, sizeof(rkv_cache_params), fn, "rkv_cache_params");
-        rkv::param_set(params, param, value, fn);
+        rkv_cache_params full = rkv::read_params(params, fn);
+        double lower, upper;
+        rkv::param_bounds(param, &lower, &upper, fn);  // unknown keys first
+        check_field(*params, param, fn);
+        rkv::param_set(&full, param, value, fn);
+        rkv::write_params(full, params, params->struct_size, fn);
     });
 }
 
 rkv_status rkv_params_get(const rkv_cache_params *params, rkv_param param, double *value) {
     return guarded(nullptr, [&] {
         static const char *fn = "rkv_params_get";
-        rkv::require_non_null(params, fn, "params");
         rkv::require_non_null(value, fn, "value");
-        rkv::check_struct_size(params->struct_size, sizeof(rkv_cache_params), fn, "rkv_cache_params");
-        *value = rkv::param_get(*params, param, fn);
+        const rkv_cache_params full = rkv::read_params(params, fn);
+        *value = rkv::param_get(full, param, fn);
     });
 }
 
@@ -111,8 +128,9 @@ rkv_status rkv_cache_size(const rkv_cache_params *params, uint64_t *bytes) {
         static const char *fn = "rkv_cache_size";
         rkv::require_non_null(params, fn, "params");
         rkv::require_non_null(bytes, fn, "bytes");
-        const rkv::MemoryPlan plan = rkv::Cache::plan(*params, fn);
-        *bytes = rkv::memory_plan_bytes(plan, *params, fn);
+        const rkv_cache_params full = rkv::read_params(params, fn);
+        const rkv::MemoryPlan plan = rkv::Cache::plan(full, fn);
+        *bytes = rkv::memory_plan_bytes(plan, full, fn);
     });
 }
 
@@ -121,9 +139,10 @@ rkv_status rkv_cache_create(const rkv_cache_params *params, rkv_cache **cache) {
         static const char *fn = "rkv_cache_create";
         rkv::require_non_null(params, fn, "params");
         rkv::require_non_null(cache, fn, "cache");
-        const rkv::MemoryPlan plan = rkv::Cache::plan(*params, fn);
-        const uint64_t bytes = rkv::memory_plan_bytes(plan, *params, fn);
-        *cache = new rkv_cache(*params, plan, bytes);
+        const rkv_cache_params full = rkv::read_params(params, fn);
+        const rkv::MemoryPlan plan = rkv::Cache::plan(full, fn);
+        const uint64_t bytes = rkv::memory_plan_bytes(plan, full, fn);
+        *cache = new rkv_cache(full, plan, bytes);
     });
 }
 
@@ -134,13 +153,21 @@ rkv_status rkv_cache_get_params(const rkv_cache *cache, rkv_cache_params *params
         static const char *fn = "rkv_cache_get_params";
         rkv::require_non_null(cache, fn, "cache");
         rkv::require_non_null(params, fn, "params");
-        rkv::check_struct_size(params->struct_size, sizeof(rkv_cache_params), fn, "rkv_cache_params");
-        *params = cache->params();
+        rkv::write_params(cache->params(), params, params->struct_size, fn);
     });
 }
 
-rkv_status rkv_cache_set_param(rkv_cache *cache, rkv_param param, double value) {
-    return guarded(nullptr, [&] { usable(cache, "rkv_cache_set_param").set_param(param, value); });
+rkv_status rkv_cache_set(rkv_cache *cache, rkv_param param, double value) {
+    return guarded(nullptr, [&] { usable(cache, "rkv_cache_set").set_param(param, value); });
+}
+
+rkv_status rkv_cache_get(const rkv_cache *cache, rkv_param param, double *value) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_cache_get";
+        rkv::require_non_null(cache, fn, "cache");
+        rkv::require_non_null(value, fn, "value");
+        *value = rkv::param_get(cache->params(), param, fn);
+    });
 }
 
 rkv_status rkv_seq_reset(rkv_cache *cache, int32_t seq, void *stream) {
@@ -151,11 +178,90 @@ rkv_status rkv_seq_reset(rkv_cache *cache, int32_t seq, void *stream) {
     });
 }
 
+rkv_status rkv_seq_truncate(rkv_cache *cache, int32_t seq, int32_t tokens, void *stream) {
+    return guarded(cache, [&] {
+        static const char *fn = "rkv_seq_truncate";
+        rkv::Cache &c = usable(cache, fn);
+        c.check_seq(seq, false, fn);
+        c.truncate(seq, tokens, stream);
+    });
+}
+
+rkv_status rkv_seq_rollback_limit(const rkv_cache *cache, int32_t seq, int32_t *tokens) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_seq_rollback_limit";
+        const rkv::Cache &c = usable(cache, fn);
+        rkv::require_non_null(tokens, fn, "tokens");
+        c.check_seq(seq, false, fn);
+        *tokens = c.rollback_limit(seq);
+    });
+}
+
+rkv_status rkv_seq_copy(rkv_cache *cache, int32_t src, int32_t dst, void *stream) {
+    return guarded(cache, [&] {
+        static const char *fn = "rkv_seq_copy";
+        rkv::Cache &c = usable(cache, fn);
+        c.check_seq(src, false, fn);
+        c.check_seq(dst, false, fn);
+        c.copy(src, dst, stream);
+    });
+}
+
+rkv_status rkv_seq_set_budget(rkv_cache *cache, int32_t seq, int32_t budget) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_seq_set_budget";
+        rkv::Cache &c = usable(cache, fn);
+        c.check_seq(seq, false, fn);
+        c.set_budget(seq, budget);
+    });
+}
+
+rkv_status rkv_seq_get_budget(const rkv_cache *cache, int32_t seq, int32_t *budget) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_seq_get_budget";
+        rkv::require_non_null(cache, fn, "cache");
+        rkv::require_non_null(budget, fn, "budget");
+        cache->check_seq(seq, false, fn);
+        *budget = cache->budget(seq);
+    });
+}
+
+rkv_status rkv_batch_create(rkv_cache *cache, int32_t max_entries, rkv_batch **batch) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_batch_create";
+        rkv::Cache &c = usable(cache, fn);
+        rkv::require_non_null(batch, fn, "batch");
+        if (max_entries < 1 || max_entries > 65535)
+            rkv::fail(RKV_ERR_OUT_OF_RANGE, "%s: max_entries is %d; it must be 1 .. 65535", fn, max_entries);
+        *batch = new rkv_batch(c, max_entries);
+    });
+}
+
+void rkv_batch_destroy(rkv_batch *batch) { delete batch; }
+
+rkv_status rkv_batch_set(rkv_batch *batch, const int32_t *seq_ids, int32_t num_ids, void *stream) {
+    rkv::Cache *cache = batch ? &batch->cache() : nullptr;
+    return guarded(cache, [&] {
+        static const char *fn = "rkv_batch_set";
+        rkv::require_non_null(batch, fn, "batch");
+        usable(static_cast<rkv_cache *>(cache), fn);
+        batch->set(seq_ids, num_ids, stream);
+    });
+}
+
+rkv_status rkv_batch_advance(rkv_batch *batch, int32_t steps) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_batch_advance";
+        rkv::require_non_null(batch, fn, "batch");
+        usable(static_cast<rkv_cache *>(&batch->cache()), fn);
+        batch->advance(steps);
+    });
+}
+
 rkv_status rkv_append(rkv_cache *cache, const rkv_append_args *args, void *stream) {
     return guarded(cache, [&] {
         rkv::Cache &c = usable(cache, "rkv_append");
-        rkv::require_non_null(args, "rkv_append", "args");
-        c.append(*args, stream);
+        c.append(rkv::read_append_args(args, "rkv_append"), stream);
     });
 }
 
@@ -174,12 +280,12 @@ rkv_status rkv_compress_due(const rkv_cache *cache, int32_t seq, int32_t layer, 
     });
 }
 
-rkv_status rkv_view(const rkv_cache *cache, int32_t seq, int32_t layer, rkv_kv_view *view) {
+rkv_status rkv_view(const rkv_cache *cache, int32_t seq, int32_t layer, rkv_seq_view *view) {
     return guarded(nullptr, [&] {
         static const char *fn = "rkv_view";
         const rkv::Cache &c = usable(cache, fn);
         rkv::require_non_null(view, fn, "view");
-        rkv::check_struct_size(view->struct_size, sizeof(rkv_kv_view), fn, "rkv_kv_view");
+        rkv::check_struct_size(view->struct_size, sizeof(rkv_seq_view), fn, "rkv_seq_view");
         c.check_seq(seq, false, fn);
         c.check_layer(layer, false, fn);
         c.view(seq, layer, view);
@@ -210,10 +316,10 @@ rkv_status rkv_seq_length(const rkv_cache *cache, int32_t seq, int32_t layer, in
     });
 }
 
-rkv_status rkv_kept_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
-                              int32_t *out, int32_t out_len, int32_t *count) {
+rkv_status rkv_seq_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
+                             int32_t *out, int32_t out_len, int32_t *count) {
     return guarded(nullptr, [&] {
-        static const char *fn = "rkv_kept_positions";
+        static const char *fn = "rkv_seq_positions";
         const rkv::Cache &c = usable(cache, fn);
         rkv::require_non_null(count, fn, "count");
         c.check_seq(seq, false, fn);
@@ -236,21 +342,19 @@ rkv_status rkv_cache_stats(const rkv_cache *cache, int32_t seq, rkv_stats *stats
     });
 }
 
-rkv_status rkv_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs, const int32_t *seq_ids,
-                      const rkv_tensor *q, const rkv_tensor *out, float scale, void *stream) {
+rkv_status rkv_attend(rkv_cache *cache, const rkv_attend_args *args, void *stream) {
     return guarded(cache, [&] {
         static const char *fn = "rkv_attend";
         rkv::Cache &c = usable(cache, fn);
-        rkv::require_non_null(q, fn, "q");
-        rkv::require_non_null(out, fn, "out");
-        c.attend(layer, num_seqs, seq_ids, *q, *out, scale, stream);
+        rkv::require_non_null(args, fn, "args");
+        c.attend(*args, stream);
     });
 }
 
-rkv_status rkv_inspect_scores(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
-                              rkv_score_kind kind, float *out, int32_t out_len, int32_t *count) {
+rkv_status rkv_seq_scores(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
+                          rkv_score_kind kind, float *out, int32_t out_len, int32_t *count) {
     return guarded(nullptr, [&] {
-        static const char *fn = "rkv_inspect_scores";
+        static const char *fn = "rkv_seq_scores";
         const rkv::Cache &c = usable(cache, fn);
         rkv::require_non_null(out, fn, "out");
         rkv::require_non_null(count, fn, "count");
@@ -260,8 +364,8 @@ rkv_status rkv_inspect_scores(const rkv_cache *cache, int32_t seq, int32_t layer
     });
 }
 
-rkv_status rkv_sync_lengths(rkv_cache *cache, void *stream) {
-    return guarded(cache, [&] { usable(cache, "rkv_sync_lengths").sync_lengths(stream); });
+rkv_status rkv_cache_sync_lengths(rkv_cache *cache, void *stream) {
+    return guarded(cache, [&] { usable(cache, "rkv_cache_sync_lengths").sync_lengths(stream); });
 }
 
 rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path) {

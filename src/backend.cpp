@@ -37,8 +37,6 @@ std::unique_ptr<Backend> make_backend(const rkv_cache_params &params, const Memo
 
 void Backend::check_memory(const void *, const char *, const char *) const {}
 
-bool Backend::read_device_counts(DeviceCounts *, void *) { return false; }
-
 void Backend::set_matmul_path(int32_t path) {
     if (path != RKV_MATMUL_AUTO)
         fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: this backend has one matrix-product path; "

@@ -8,7 +8,11 @@
 //   positions   [num_layers, max_seqs, num_kv_heads, capacity]            int32
 //   state       [num_layers, max_seqs, num_kv_heads, capacity]            f32 (H2O's accumulated attention)
 //   queries     [num_layers, max_seqs, num_q_heads, window, head_dim]     storage dtype, ring by position % window
-//   lengths     [num_layers, max_seqs]                                    int32, tokens held per head
+//   history     [num_layers, max_seqs, num_q_heads, H, head_dim]          storage dtype, ring by position % H,
+//               H = query_history(params) (window + max_rollback, or 0: none): the queries a rollback
+//               restores the window from, and H2O's pending queries
+//   lengths     [num_layers, max_seqs]                                    int32, tokens held per head (the
+//               first array of the backend bookkeeping below)
 #pragma once
 
 #include <cstdint>
@@ -16,48 +20,84 @@
 
 #include "params.h"
 #include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 #include "schedule.h"
 
 namespace rkv {
 
-// Device-side bookkeeping: a CUDA backend's kernels keep these current in
-// device memory so that captured work can be replayed (rkv_sync_lengths reads
-// them back into the host bookkeeping). Each array is [num_layers, max_seqs].
-struct DeviceCounts {
-    const int32_t *held;
-    const int32_t *logical;
-    const int32_t *queries_valid;
-    const int32_t *compressions;
-    const int32_t *dropped;  // tokens a replayed append found no room for
+// The backend bookkeeping: each backend keeps these counts of every (layer,
+// seq) in its own memory (device memory for CUDA) and its operations read and
+// advance them there, in stream order, exactly as the host bookkeeping
+// (src/schedule.h) plans them. Work the host does not plan runs on them alone:
+// batch appends (ids read when the work runs) and replays of captured work.
+// rkv_batch_advance and rkv_cache_sync_lengths bring the host up to date.
+// Each array is [num_layers, max_seqs] int32, in this order.
+enum CountArray : int32_t {
+    kHeld,           // tokens held per head (the layer view's `lengths`)
+    kLogical,        // tokens appended: the next token's position
+    kQueriesValid,   // most recent tokens whose queries are held (window ring + history)
+    kCompressions,   // compressions so far (seeds Random)
+    kDropped,        // tokens an append found no room for (replays, batches)
+    kRecent,         // tokens appended since the last compression
+    kPending,        // H2O: latest tokens whose query's attention is not yet accumulated
+    kNumCountArrays
 };
+
+struct DeviceCounts {
+    const int32_t *arrays[kNumCountArrays];
+    int32_t at(CountArray array, size_t index) const { return arrays[array][index]; }
+};
+
+// Sequence ids of an rkv_batch in backend memory ([max_entries] int32), freed
+// by its own deleter: a batch may outlive its cache's backend.
+using BatchIds = std::unique_ptr<int32_t, void (*)(int32_t *)>;
 
 class Backend {
  public:
     virtual ~Backend() = default;
 
     // A backend keeps the params it was created with for the shape, method,
-    // mode and window, which never change; the live ones come with each call.
+    // mode, window and max_rollback, which never change; the live ones come
+    // with each call.
 
-    // Copy K, V (and Q into the query ring, and H2O's accumulation) for each chunk.
+    // Copy K, V (and Q into the window ring and the history, and commit H2O's
+    // queries) for each chunk, at the slot and position its own bookkeeping
+    // gives (the host planned the same), then advance the bookkeeping.
     virtual void append(int32_t layer, const rkv_append_args &args, const AppendChunk *chunks,
                         int32_t num_chunks, const LiveParams &live, void *stream) = 0;
-    // Score, select and compact each job's (seq, layer) in place.
+    // One token for each entry of a batch whose sequence is batch_ids[i] when
+    // the work runs (-1: padding, skipped); tensors row i. A sequence without
+    // room drops its token (counted in kDropped).
+    virtual void append_batch(int32_t layer, const rkv_append_args &args, const int32_t *batch_ids,
+                              int32_t entries, const LiveParams &live, void *stream) = 0;
+    // Score, select and compact each job's (seq, layer) in place, if it holds
+    // job.held tokens (H2O: after committing its pending queries).
     virtual void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs,
                           const LiveParams &live, void *stream) = 0;
-    // Set the published length of (layer, seq) (lengths buffer of the layer view).
-    virtual void set_length(int32_t layer, int32_t seq, int32_t held, void *stream) = 0;
-    // Zero the scorer state of every layer of `seq` (used when a sequence is reset).
+    // Remove the last `tokens` tokens of every layer of `seq` (the host checked
+    // rollback_limit): bookkeeping, and the window ring restored from the history.
+    virtual void truncate(int32_t seq, int32_t tokens, void *stream) = 0;
+    // Every layer of `src` (held rows, positions, state, queries, bookkeeping) onto `dst`.
+    virtual void copy_sequence(int32_t src, int32_t dst, void *stream) = 0;
+    // Zero the scorer state and the bookkeeping of every layer of `seq` (reset).
     virtual void clear_sequence(int32_t seq, void *stream) = 0;
 
-    virtual void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids,
-                        const int32_t *held, const rkv_tensor &q, const rkv_tensor &out,
-                        float scale, void *stream) = 0;
+    // Entry i attends for seq_ids[i] (host) or, with batch_ids, for the batch's
+    // sequence i when the work runs (-1: output row untouched).
+    virtual void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
+                        const rkv_tensor &q, const rkv_tensor &out, float scale, void *stream) = 0;
     // Positions of one head, slot order, into host memory (synchronous).
     virtual void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held,
                                 int32_t *out) = 0;
-    // Scores a compression of `job` would rank, for one head, into host memory.
+    // Scores a compression of `job` would rank, for one head, into host memory
+    // (H2O: pending queries committed into a copy of the state).
     virtual void inspect_scores(int32_t layer, const CompressJob &job, int32_t head,
                                 rkv_score_kind kind, const LiveParams &live, float *out) = 0;
+
+    // Batches: an id array of `entries` entries, all -1; and its new contents
+    // (`ids` [entries] host values, -1 included), stream-ordered.
+    virtual BatchIds allocate_batch(int32_t entries) = 0;
+    virtual void set_batch(int32_t *batch_ids, const int32_t *ids, int32_t entries, void *stream) = 0;
 
     // Base pointers of the buffers above (device pointers for CUDA).
     virtual void *keys() const = 0;
@@ -65,14 +105,14 @@ class Backend {
     virtual int32_t *positions() const = 0;
     virtual const int32_t *lengths() const = 0;
 
+    // The bookkeeping of every (layer, seq), in host memory the backend owns,
+    // once the work enqueued on `stream` is done (valid until the next call).
+    virtual DeviceCounts read_counts(void *stream) = 0;
+
     // Optional parts; the defaults (backend.cpp) suit a backend without a device.
     // Throws RKV_ERR_INVALID_ARGUMENT if this backend's kernels cannot read `data`
     // (host memory passed to a CUDA cache, memory of another GPU).
     virtual void check_memory(const void *data, const char *name, const char *function) const;
-    // The device-side counts of every (layer, seq), copied to host memory the
-    // backend owns once the work enqueued on `stream` is done (valid until the
-    // next call); false if the backend keeps none.
-    virtual bool read_device_counts(DeviceCounts *out, void *stream);
     // Selects the matrix-product path (rkv_matmul_path values).
     virtual void set_matmul_path(int32_t path);
 };

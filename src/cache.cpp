@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/method.h"
+#include "abi.h"
 #include "dtype.h"
 #include "error.h"
 
@@ -34,8 +35,8 @@ MemoryPlan Cache::plan(const rkv_cache_params &params, const char *function) {
 
 uint64_t Cache::host_bytes(const rkv_cache_params &p, const char *function) {
     const uint64_t seqs = uint64_t(p.max_seqs);
-    const uint64_t per_call = sizeof(AppendChunk) + sizeof(CompressJob) + sizeof(EntryPlan) + sizeof(int32_t) +
-                              sizeof(uint8_t);  // chunks_, jobs_, plans_, held_, seen_
+    const uint64_t per_call =
+        sizeof(AppendChunk) + sizeof(CompressJob) + sizeof(EntryPlan) + sizeof(uint8_t);  // chunks_, jobs_, plans_, seen_
     const uint64_t states = checked_mul(checked_mul(uint64_t(p.num_layers), seqs, function),
                                         sizeof(SeqLayerState), function);
     return checked_add(sizeof(Cache) + states, checked_mul(seqs, per_call, function), function);
@@ -53,11 +54,9 @@ Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t by
     jobs_.reserve(size_t(params_.max_seqs));
     plans_.resize(size_t(params_.max_seqs));
     seen_.resize(size_t(params_.max_seqs));
-    held_.resize(size_t(params_.max_seqs));
     const uint64_t held_bytes = sizeof(Cache) + states_.capacity() * sizeof(SeqLayerState) +
                                 chunks_.capacity() * sizeof(AppendChunk) + jobs_.capacity() * sizeof(CompressJob) +
-                                plans_.capacity() * sizeof(EntryPlan) + held_.capacity() * sizeof(int32_t) +
-                                seen_.capacity() * sizeof(uint8_t);
+                                plans_.capacity() * sizeof(EntryPlan) + seen_.capacity() * sizeof(uint8_t);
     if (held_bytes != plan_.host_bytes)
         fail(RKV_ERR_INTERNAL, "rkv_cache_create: the host bookkeeping is %llu bytes, rkv_cache_size counts %llu",
              (unsigned long long)held_bytes, (unsigned long long)plan_.host_bytes);
@@ -97,8 +96,7 @@ void Cache::check_layer(int32_t layer, bool allow_all, const char *function) con
 // ---------------------------------------------------------------------------
 // append
 
-void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, bool required,
-                         const rkv_append_args *args, int64_t max_tokens,
+void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, bool required, const TensorUse &use,
                          const char *function) const {
     if (!required && t.data == nullptr) return;
     if (t.data == nullptr) fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s.data is NULL", function, name);
@@ -112,19 +110,24 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
     if (t.head_dim != params_.head_dim)
         fail(RKV_ERR_SHAPE_MISMATCH, "%s: %s.head_dim is %d but the cache has head_dim %d",
              function, name, t.head_dim, params_.head_dim);
-    // One-token tensors (attend: args == nullptr) never step along stride_token.
-    const int64_t stride_token = args ? t.stride_token : 0;
+    // One-token tensors (attend) never step along stride_token.
+    const int64_t stride_token = use.tokens ? t.stride_token : 0;
     if (t.stride_seq < 0 || stride_token < 0 || t.stride_head < 0)
         fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s has a negative stride (seq %lld, token %lld, head %lld)",
              function, name, (long long)t.stride_seq, (long long)t.stride_token,
              (long long)t.stride_head);
-    // The largest element index any entry touches must fit in int64.
-    const int32_t entries = args ? args->num_seqs : int32_t(max_tokens);
-    for (int32_t i = 0; i < entries; ++i) {
+    if (t.extent < 0)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s.extent is %lld; it counts elements (0 = unchecked)", function,
+             name, (long long)t.extent);
+    // The largest element index any entry touches must fit in int64 (and in
+    // the extent, when the caller gave one).
+    int64_t largest = 0;
+    int32_t largest_entry = 0;
+    for (int32_t i = 0; i < use.entries; ++i) {
         int64_t last_token = 0;
-        if (args) {
-            const int64_t offset = args->token_offsets ? args->token_offsets[i] : 0;
-            const int64_t count = args->num_tokens ? args->num_tokens[i] : 1;
+        if (use.tokens) {
+            const int64_t offset = use.token_offsets ? use.token_offsets[i] : 0;
+            const int64_t count = use.num_tokens ? use.num_tokens[i] : 1;
             if (__builtin_add_overflow(offset, count - 1, &last_token))
                 fail(RKV_ERR_OVERFLOW, "%s: token_offsets[%d] + num_tokens[%d] overflows", function, i, i);
         }
@@ -136,7 +139,15 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
             index > std::numeric_limits<int64_t>::max() / 4)
             fail(RKV_ERR_OVERFLOW, "%s: the element offsets of %s (entry %d) overflow 64 bits: "
                                    "check the strides", function, name, i);
+        if (index > largest) {
+            largest = index;
+            largest_entry = i;
+        }
     }
+    if (t.extent > 0 && largest >= t.extent)
+        fail(RKV_ERR_CAPACITY, "%s: %s.extent is %lld elements but the call touches element %lld (entry %d): "
+             "check the strides, token counts and offsets, or the buffer is too small", function, name,
+             (long long)t.extent, (long long)largest, largest_entry);
 }
 
 void Cache::validate_append(const rkv_append_args &a, const AppendCall &call) {
@@ -163,9 +174,10 @@ void Cache::validate_append(const rkv_append_args &a, const AppendCall &call) {
             fail(RKV_ERR_INVALID_ARGUMENT, "%s: token_offsets[%d] is negative (%lld)", fn, i,
                  (long long)a.token_offsets[i]);
     }
-    check_tensor(a.k, "args->k", params_.num_kv_heads, true, &a, 0, fn);
-    check_tensor(a.v, "args->v", params_.num_kv_heads, true, &a, 0, fn);
-    check_tensor(a.q, "args->q", params_.num_q_heads, false, &a, 0, fn);
+    const TensorUse use{a.num_seqs, a.num_tokens, a.token_offsets, true};
+    check_tensor(a.k, "args->k", params_.num_kv_heads, true, use, fn);
+    check_tensor(a.v, "args->v", params_.num_kv_heads, true, use, fn);
+    check_tensor(a.q, "args->q", params_.num_q_heads, false, use, fn);
     check_append_call(call, rules_, fn);
     for (int32_t i = 0; i < a.num_seqs; ++i) {
         const int64_t tokens = a.num_tokens ? a.num_tokens[i] : 1;
@@ -175,7 +187,10 @@ void Cache::validate_append(const rkv_append_args &a, const AppendCall &call) {
 
 void Cache::append(const rkv_append_args &a, void *stream) {
     static const char *fn = "rkv_append";
-    check_struct_size(a.struct_size, sizeof(rkv_append_args), fn, "rkv_append_args");
+    if (a.batch) {
+        append_batch(a, stream);
+        return;
+    }
     const AppendCall call{a.layer, (a.flags & RKV_APPEND_PROMPT) != 0, a.q.data != nullptr};
     validate_append(a, call);
     // Phase k compresses the entries whose plan compresses before chunk k, then
@@ -207,10 +222,36 @@ void Cache::append(const rkv_append_args &a, void *stream) {
         backend_->append(a.layer, a, chunks_.data(), int32_t(chunks_.size()), live_, stream);
         for (const AppendChunk &c : chunks_) {
             SeqLayerState &s = state(a.layer, c.seq);
-            s = after_append(s, c.count, call.prompt, call.has_queries, params_.window);
-            backend_->set_length(a.layer, c.seq, s.held, stream);
+            s = after_append(s, c.count, call.prompt, call.has_queries, rules_);
         }
     }
+}
+
+void Cache::append_batch(const rkv_append_args &a, void *stream) {
+    static const char *fn = "rkv_append";
+    const Batch &batch = *a.batch;
+    if (&batch.cache() != this)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: args->batch belongs to another cache", fn);
+    check_layer(a.layer, false, fn);
+    if (a.num_seqs != batch.entries())
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_seqs is %d but the batch has %d entries: a batch append "
+             "takes one token for every entry (padding included)", fn, a.num_seqs, batch.entries());
+    if (a.seq_ids || a.num_tokens || a.token_offsets)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: with a batch, seq_ids, num_tokens and token_offsets must be NULL "
+             "(the batch names the sequences, one token each)", fn);
+    if (a.flags & ~uint32_t(RKV_APPEND_PROMPT))
+        fail(RKV_ERR_UNSUPPORTED, "%s: unknown bits in flags (0x%x); known: RKV_APPEND_PROMPT",
+             fn, unsigned(a.flags));
+    if (a.flags & RKV_APPEND_PROMPT)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: RKV_APPEND_PROMPT with a batch: append prompts with seq_ids", fn);
+    if (rules_.method.keeps_queries() && a.q.data == nullptr)
+        fail(RKV_ERR_MISSING_QUERIES, "%s: %s keeps queries: a batch append needs args->q (rkv_batch_advance "
+             "counts every step as one with queries)", fn, rules_.method.name);
+    const TensorUse use{batch.entries(), nullptr, nullptr, true};
+    check_tensor(a.k, "args->k", params_.num_kv_heads, true, use, fn);
+    check_tensor(a.v, "args->v", params_.num_kv_heads, true, use, fn);
+    check_tensor(a.q, "args->q", params_.num_q_heads, false, use, fn);
+    backend_->append_batch(a.layer, a, batch.ids(), batch.entries(), live_, stream);
 }
 
 // ---------------------------------------------------------------------------
@@ -223,7 +264,6 @@ void Cache::run_jobs(int32_t layer, void *stream) {
     for (const CompressJob &job : jobs_) {
         SeqLayerState &s = state(layer, job.seq);
         s = after_compression(s, job);
-        backend_->set_length(layer, job.seq, s.held, stream);
     }
     compress_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -275,15 +315,153 @@ void Cache::reset(int32_t seq, void *stream) {
     const int32_t last_seq = seq == RKV_ALL ? params_.max_seqs - 1 : seq;
     for (int32_t s = first_seq; s <= last_seq; ++s) {
         backend_->clear_sequence(s, stream);
-        for (int32_t l = 0; l < params_.num_layers; ++l) {
-            state(l, s) = SeqLayerState{};
-            backend_->set_length(l, s, 0, stream);
-        }
+        for (int32_t l = 0; l < params_.num_layers; ++l) state(l, s) = SeqLayerState{};
     }
 }
 
+// ---------------------------------------------------------------------------
+// sequences: rollback, fork, budget
+
+bool Cache::is_empty(int32_t seq) const {
+    for (int32_t l = 0; l < params_.num_layers; ++l)
+        if (state(l, seq).logical != 0) return false;
+    return true;
+}
+
+int32_t Cache::rollback_limit(int32_t seq) const {
+    int32_t limit = std::numeric_limits<int32_t>::max();
+    for (int32_t l = 0; l < params_.num_layers; ++l) limit = std::min(limit, rkv::rollback_limit(state(l, seq), rules_));
+    return limit;
+}
+
+void Cache::truncate(int32_t seq, int32_t tokens, void *stream) {
+    static const char *fn = "rkv_seq_truncate";
+    if (tokens < 0) fail(RKV_ERR_INVALID_ARGUMENT, "%s: tokens is %d; it must be >= 0", fn, tokens);
+    if (tokens == 0) return;
+    const int32_t limit = rollback_limit(seq);
+    if (tokens > limit) {
+        // Name the rule that binds, for the layer that binds it.
+        int32_t layer = 0;
+        for (int32_t l = 0; l < params_.num_layers; ++l)
+            if (rkv::rollback_limit(state(l, seq), rules_) == limit) {
+                layer = l;
+                break;
+            }
+        const SeqLayerState &s = state(layer, seq);
+        const char *why = s.recent == limit ? "tokens appended since its last compression (or reset)"
+                          : rules_.method.queries == QueryNeed::EveryToken
+                              ? "H2O queries not yet accumulated (raise max_rollback at create)"
+                              : "queries held beyond the observation window (raise max_rollback at create)";
+        fail(RKV_ERR_BAD_STATE, "%s: sequence %d can roll back %d token(s), not %d: layer %d has %d %s", fn, seq,
+             limit, tokens, layer, limit, why);
+    }
+    backend_->truncate(seq, tokens, stream);
+    for (int32_t l = 0; l < params_.num_layers; ++l) state(l, seq) = after_truncate(state(l, seq), tokens);
+}
+
+void Cache::copy(int32_t src, int32_t dst, void *stream) {
+    static const char *fn = "rkv_seq_copy";
+    if (src == dst) fail(RKV_ERR_INVALID_ARGUMENT, "%s: src and dst are both sequence %d", fn, src);
+    if (!is_empty(dst))
+        fail(RKV_ERR_BAD_STATE, "%s: sequence %d (dst) holds tokens; reset it first (a fork copies onto an "
+             "empty slot)", fn, dst);
+    backend_->copy_sequence(src, dst, stream);
+    for (int32_t l = 0; l < params_.num_layers; ++l) state(l, dst) = state(l, src);
+}
+
+void Cache::set_budget(int32_t seq, int32_t budget) {
+    static const char *fn = "rkv_seq_set_budget";
+    if (!rules_.method.evicts())
+        fail(RKV_ERR_UNSUPPORTED, "%s: %s never evicts, so a sequence has no budget (its capacity is max_len)",
+             fn, rules_.method.name);
+    const int32_t lowest = std::max(params_.window + 1, rules_.keeps_sink ? params_.sink + params_.window : 0);
+    if (budget < lowest || budget > params_.budget)
+        fail(RKV_ERR_OUT_OF_RANGE, "%s: budget %d is outside [%d, %d]: above the window (%d)%s, and at most the "
+             "cache's budget, which sized its memory", fn, budget, lowest, params_.budget, params_.window,
+             rules_.keeps_sink ? " with room for the sinks" : "");
+    if (!is_empty(seq))
+        fail(RKV_ERR_BAD_STATE, "%s: sequence %d holds tokens; set its budget when the request starts (after a "
+             "reset)", fn, seq);
+    for (int32_t l = 0; l < params_.num_layers; ++l) state(l, seq).budget = budget == params_.budget ? 0 : budget;
+}
+
+int32_t Cache::budget(int32_t seq) const {
+    if (!rules_.method.evicts()) return params_.max_len;
+    return budget_of(state(0, seq), rules_);
+}
+
+// ---------------------------------------------------------------------------
+// batches
+
+BatchIds Cache::allocate_batch(int32_t entries) { return backend_->allocate_batch(entries); }
+
+void Cache::set_batch(int32_t *batch_ids, const int32_t *ids, int32_t entries, void *stream) {
+    backend_->set_batch(batch_ids, ids, entries, stream);
+}
+
+void Cache::advance(const int32_t *ids, int32_t entries, int32_t steps) {
+    static const char *fn = "rkv_batch_advance";
+    if (steps < 0) fail(RKV_ERR_INVALID_ARGUMENT, "%s: steps is %d; it must be >= 0", fn, steps);
+    if (steps == 0) return;
+    // The device dropped what did not fit: the host learns it here, after the fact.
+    for (int32_t i = 0; i < entries; ++i) {
+        if (ids[i] < 0) continue;
+        for (int32_t l = 0; l < params_.num_layers; ++l) {
+            const SeqLayerState &s = state(l, ids[i]);
+            if (int64_t(s.held) + steps > plan_.capacity || s.logical + steps > std::numeric_limits<int32_t>::max()) {
+                char message[256];
+                std::snprintf(message, sizeof message,
+                              "sequence %d, layer %d held %d of its %d slots, so %d batch step(s) dropped tokens; "
+                              "compress due sequences (rkv_compress_due) before each step", ids[i], l, s.held,
+                              plan_.capacity, steps);
+                mark_faulted(message);
+                fail(RKV_ERR_CAPACITY, "%s: %s", fn, message);
+            }
+        }
+    }
+    const bool queries = rules_.method.keeps_queries();
+    for (int32_t i = 0; i < entries; ++i) {
+        if (ids[i] < 0) continue;
+        for (int32_t l = 0; l < params_.num_layers; ++l)
+            state(l, ids[i]) = after_append(state(l, ids[i]), steps, false, queries, rules_);
+    }
+}
+
+Batch::Batch(Cache &cache, int32_t entries)
+    : cache_(&cache),
+      entries_(entries),
+      ids_(cache.allocate_batch(entries)),
+      host_ids_(size_t(entries), -1),
+      staged_(size_t(entries), -1),
+      seen_(size_t(cache.params().max_seqs), 0) {}
+
+void Batch::set(const int32_t *seq_ids, int32_t num_ids, void *stream) {
+    static const char *fn = "rkv_batch_set";
+    if (num_ids < 0 || num_ids > entries_)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_ids is %d; this batch has %d entries", fn, num_ids, entries_);
+    if (num_ids > 0) require_non_null(seq_ids, fn, "seq_ids");
+    std::fill(seen_.begin(), seen_.end(), 0);
+    for (int32_t i = 0; i < num_ids; ++i) {
+        const int32_t seq = seq_ids[i];
+        if (seq == -1) continue;
+        if (seq < 0 || seq >= cache_->params().max_seqs)
+            fail(RKV_ERR_OUT_OF_RANGE, "%s: seq_ids[%d] is %d, outside 0 .. %d (max_seqs = %d) and not -1 "
+                 "(padding)", fn, i, seq, cache_->params().max_seqs - 1, cache_->params().max_seqs);
+        if (seen_[seq])
+            fail(RKV_ERR_INVALID_ARGUMENT, "%s: sequence %d appears twice in seq_ids (entries of a batch are "
+                 "distinct sequences or -1)", fn, seq);
+        seen_[seq] = 1;
+    }
+    std::copy(seq_ids, seq_ids + num_ids, staged_.begin());
+    std::fill(staged_.begin() + num_ids, staged_.end(), -1);
+    cache_->set_batch(ids_.get(), staged_.data(), entries_, stream);
+    host_ids_.swap(staged_);
+}
+
+void Batch::advance(int32_t steps) { cache_->advance(host_ids_.data(), entries_, steps); }
+
 void Cache::set_param(rkv_param param, double value) {
-    static const char *fn = "rkv_cache_set_param";
+    static const char *fn = "rkv_cache_set";
     if (!param_is_live(param, fn)) {
         rkv_cache_params probe = params_;
         param_set(&probe, param, value, fn);  // bad values first
@@ -301,7 +479,7 @@ void Cache::set_param(rkv_param param, double value) {
 // ---------------------------------------------------------------------------
 // views and inspection
 
-void Cache::view(int32_t seq, int32_t layer, rkv_kv_view *v) const {
+void Cache::view(int32_t seq, int32_t layer, rkv_seq_view *v) const {
     // One sequence of the layer view.
     rkv_layer_view all{};
     view_layer(layer, &all);
@@ -351,7 +529,7 @@ void Cache::seq_length(int32_t seq, int32_t layer, int64_t *logical, int32_t *ph
 
 void Cache::kept_positions(int32_t seq, int32_t layer, int32_t head, int32_t *out,
                            int32_t out_len, int32_t *count) const {
-    static const char *fn = "rkv_kept_positions";
+    static const char *fn = "rkv_seq_positions";
     const SeqLayerState &s = state(layer, seq);
     if (out && out_len < s.held)
         fail(RKV_ERR_CAPACITY, "%s: out_len is %d but sequence %d, layer %d holds %d tokens; pass "
@@ -384,31 +562,44 @@ void Cache::stats(int32_t seq, rkv_stats *st) const {
     *st = out;
 }
 
-void Cache::attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const rkv_tensor &q,
-                   const rkv_tensor &out, float scale, void *stream) {
+void Cache::attend(const rkv_attend_args &a, void *stream) {
     static const char *fn = "rkv_attend";
-    check_layer(layer, false, fn);
-    if (num_seqs < 1 || num_seqs > params_.max_seqs)
-        fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_seqs is %d; it must be 1 .. %d (max_seqs)", fn,
-             num_seqs, params_.max_seqs);
-    require_non_null(seq_ids, fn, "seq_ids");
-    for (int32_t i = 0; i < num_seqs; ++i) {
-        check_seq(seq_ids[i], false, fn);
-        if (state(layer, seq_ids[i]).held == 0)
-            fail(RKV_ERR_BAD_STATE, "%s: sequence %d holds no tokens at layer %d: append the "
-                 "token's K/V before attending", fn, seq_ids[i], layer);
+    check_struct_size(a.struct_size, sizeof(rkv_attend_args), fn, "rkv_attend_args");
+    check_layer(a.layer, false, fn);
+    if (a.flags != 0) fail(RKV_ERR_UNSUPPORTED, "%s: args->flags is 0x%x; no flags are defined", fn, unsigned(a.flags));
+    const Batch *batch = a.batch;
+    if (batch) {
+        if (&batch->cache() != this) fail(RKV_ERR_INVALID_ARGUMENT, "%s: args->batch belongs to another cache", fn);
+        if (a.num_seqs != batch->entries())
+            fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_seqs is %d but the batch has %d entries (padding included)", fn,
+                 a.num_seqs, batch->entries());
+        if (a.seq_ids)
+            fail(RKV_ERR_INVALID_ARGUMENT, "%s: with a batch, seq_ids must be NULL (the batch names the sequences)",
+                 fn);
+    } else {
+        if (a.num_seqs < 1 || a.num_seqs > params_.max_seqs)
+            fail(RKV_ERR_INVALID_ARGUMENT, "%s: num_seqs is %d; it must be 1 .. %d (max_seqs)", fn, a.num_seqs,
+                 params_.max_seqs);
+        require_non_null(a.seq_ids, fn, "args->seq_ids");
+        for (int32_t i = 0; i < a.num_seqs; ++i) {
+            check_seq(a.seq_ids[i], false, fn);
+            if (state(a.layer, a.seq_ids[i]).held == 0)
+                fail(RKV_ERR_BAD_STATE, "%s: sequence %d holds no tokens at layer %d: append the "
+                     "token's K/V before attending", fn, a.seq_ids[i], a.layer);
+        }
     }
-    check_tensor(q, "q", params_.num_q_heads, true, nullptr, num_seqs, fn);
-    check_tensor(out, "out", params_.num_q_heads, true, nullptr, num_seqs, fn);
+    const TensorUse use{a.num_seqs, nullptr, nullptr, false};
+    check_tensor(a.q, "args->q", params_.num_q_heads, true, use, fn);
+    check_tensor(a.out, "args->out", params_.num_q_heads, true, use, fn);
+    float scale = a.scale;
     if (std::isnan(scale)) fail(RKV_ERR_INVALID_ARGUMENT, "%s: scale is NaN", fn);
     if (scale <= 0.0f) scale = 1.0f / std::sqrt(float(params_.head_dim));
-    for (int32_t i = 0; i < num_seqs; ++i) held_.data()[i] = state(layer, seq_ids[i]).held;
-    backend_->attend(layer, num_seqs, seq_ids, held_.data(), q, out, scale, stream);
+    backend_->attend(a.layer, a.num_seqs, a.seq_ids, batch ? batch->ids() : nullptr, a.q, a.out, scale, stream);
 }
 
 void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kind, float *out,
                            int32_t out_len, int32_t *count) const {
-    static const char *fn = "rkv_inspect_scores";
+    static const char *fn = "rkv_seq_scores";
     if (head < 0 || head >= params_.num_kv_heads)
         fail(RKV_ERR_OUT_OF_RANGE, "%s: head %d is outside 0 .. %d", fn, head, params_.num_kv_heads - 1);
     if (kind < RKV_SCORE_IMPORTANCE || kind > RKV_SCORE_FINAL)
@@ -435,27 +626,31 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
 // CUDA graphs
 
 void Cache::sync_lengths(void *stream) {
-    DeviceCounts device{};
-    if (!backend_->read_device_counts(&device, stream)) return;
+    const DeviceCounts device = backend_->read_counts(stream);
     int64_t dropped = 0;
     int32_t dropped_seq = -1, dropped_layer = -1;
     for (int32_t l = 0; l < params_.num_layers; ++l) {
         for (int32_t seq = 0; seq < params_.max_seqs; ++seq) {
             SeqLayerState &s = state(l, seq);
             const size_t i = size_t(l) * params_.max_seqs + seq;
+            const int32_t held = device.at(kHeld, i);
+            const int64_t logical = device.at(kLogical, i);
             // Tokens that arrived minus the change in held ones were evicted (the
             // difference can be negative when a capture recorded work that never ran).
-            const int64_t evicted = (int64_t(device.logical[i]) - s.logical) - (int64_t(device.held[i]) - s.held);
+            const int64_t evicted = (logical - s.logical) - (int64_t(held) - s.held);
             s.evicted = uint64_t(std::max<int64_t>(0, int64_t(s.evicted) + evicted));
-            s.held = device.held[i];
-            s.logical = device.logical[i];
-            s.queries_valid = device.queries_valid[i];
-            s.compressions = uint64_t(device.compressions[i]);
-            if (device.dropped[i] > 0 && dropped_seq < 0) {
+            s.held = held;
+            s.logical = logical;
+            s.prompt_len = std::min(s.prompt_len, s.logical);
+            s.queries_valid = device.at(kQueriesValid, i);
+            s.compressions = uint64_t(device.at(kCompressions, i));
+            s.recent = device.at(kRecent, i);
+            s.pending = device.at(kPending, i);
+            if (device.at(kDropped, i) > 0 && dropped_seq < 0) {
                 dropped_seq = seq;
                 dropped_layer = l;
             }
-            dropped += device.dropped[i];
+            dropped += device.at(kDropped, i);
         }
     }
     if (dropped > 0) {
@@ -465,7 +660,7 @@ void Cache::sync_lengths(void *stream) {
                       "dropped them; compress before a sequence is full", (long long)dropped, dropped_seq,
                       dropped_layer);
         mark_faulted(message);
-        fail(RKV_ERR_CAPACITY, "rkv_sync_lengths: %s", message);
+        fail(RKV_ERR_CAPACITY, "rkv_cache_sync_lengths: %s", message);
     }
 }
 

@@ -28,7 +28,7 @@ void set_last_error(const char *message) {
 
 }  // namespace rkv
 
-extern "C" const char *rkv_last_error_message(void) {
+extern "C" const char *rkv_error_message(void) {
     return rkv::last_error_message.c_str();
 }
 

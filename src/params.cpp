@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "abi.h"
 #include "core/method.h"
 #include "dtype.h"
 #include "error.h"
@@ -18,7 +19,7 @@ struct ParamInfo {
     double lower;
     double upper;
     Kind kind;
-    bool live = false;  // rkv_cache_set_param may change it (LiveParams, or the schedule's auto_compress)
+    bool live = false;  // rkv_cache_set may change it (LiveParams, or the schedule's auto_compress)
 };
 
 // Indexed by rkv_param. Bounds of each parameter on its own; rules that link
@@ -47,6 +48,7 @@ constexpr ParamInfo kParams[] = {
     {"max_len", 1, 1 << 26, Kind::Integer},
     {"seed", 0, 9007199254740992.0 /* 2^53: exact in a double */, Kind::Integer, true},
     {"auto_compress", 0, 1, Kind::Integer, true},
+    {"max_rollback", 0, 1024, Kind::Integer},
 };
 constexpr int kNumParams = int(sizeof kParams / sizeof kParams[0]);
 
@@ -96,6 +98,7 @@ void visit_field(Params &p, rkv_param param, Visit &&visit) {
         case RKV_PARAM_MAX_LEN: visit(p.max_len); return;
         case RKV_PARAM_SEED: visit(p.seed); return;
         case RKV_PARAM_AUTO_COMPRESS: visit(p.auto_compress); return;
+        case RKV_PARAM_MAX_ROLLBACK: visit(p.max_rollback); return;
     }
 }
 
@@ -110,18 +113,6 @@ double as_double(const T &field) {
 }
 
 }  // namespace
-
-void check_struct_size(size_t struct_size, size_t expected, const char *function,
-                       const char *struct_name) {
-    if (struct_size == expected) return;
-    if (struct_size == 0)
-        fail(RKV_ERR_STRUCT_SIZE, "%s: %s.struct_size is 0; set it to sizeof(%s)", function,
-             struct_name, struct_name);
-    fail(RKV_ERR_STRUCT_SIZE,
-         "%s: %s.struct_size is %zu but this librkv (%s) knows %zu: set it to sizeof(%s), and "
-         "check that the header and the library are the same version",
-         function, struct_name, struct_size, rkv_version_string(), expected, struct_name);
-}
 
 void params_fill_default(rkv_cache_params *p) {
     *p = rkv_cache_params{};
@@ -143,6 +134,8 @@ void params_fill_default(rkv_cache_params *p) {
     p->max_len = 4096;
     p->seed = 0;
     p->auto_compress = 1;
+    p->max_rollback = 0;
+    p->reserved = 0;
 }
 
 void param_bounds(rkv_param param, double *lower, double *upper, const char *function) {
@@ -186,6 +179,9 @@ void params_validate(const rkv_cache_params &p, const char *function) {
     for (int key = 0; key < kNumParams; ++key)
         if (key != RKV_PARAM_SEED)  // any uint64 is a valid seed; the setter's bound is a double's
             check_value(kParams[key], param_get(p, rkv_param(key), function), function);
+    if (p.reserved != 0)
+        fail(RKV_ERR_INVALID_ARGUMENT, "%s: params.reserved is %u; leave it 0 (rkv_params_default does)",
+             function, unsigned(p.reserved));
     if (std::isnan(p.lambda) || std::isnan(p.threshold))
         fail(RKV_ERR_OUT_OF_RANGE, "%s: lambda and threshold must be numbers", function);
     if (p.num_q_heads % p.num_kv_heads != 0)
@@ -219,6 +215,10 @@ int32_t params_capacity(const rkv_cache_params &p) {
     return int32_t(capacity);  // <= 3 * 2^24 by the bounds
 }
 
+int32_t query_history(const rkv_cache_params &p) {
+    return method_info(p.method).keeps_queries() && p.max_rollback > 0 ? p.window + p.max_rollback : 0;
+}
+
 uint64_t checked_mul(uint64_t a, uint64_t b, const char *function) {
     if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a)
         fail(RKV_ERR_OVERFLOW, "%s: the cache size overflows 64 bits; use fewer sequences or a "
@@ -240,10 +240,11 @@ MemoryPlan memory_layout(const rkv_cache_params &p, const char *function) {
     plan.slot_entries = checked_mul(checked_mul(seq_layers, uint64_t(p.num_kv_heads), function),
                                     uint64_t(plan.capacity), function);
     plan.kv_elements = checked_mul(plan.slot_entries, uint64_t(p.head_dim), function);
-    plan.query_elements = checked_mul(
-        checked_mul(checked_mul(seq_layers, uint64_t(p.num_q_heads), function),
-                    uint64_t(p.window), function),
-        uint64_t(p.head_dim), function);
+    const uint64_t query_rows = checked_mul(checked_mul(seq_layers, uint64_t(p.num_q_heads), function),
+                                            uint64_t(p.head_dim), function);
+    plan.query_elements = checked_mul(query_rows, uint64_t(p.window), function);
+    plan.history = query_history(p);
+    plan.history_elements = checked_mul(query_rows, uint64_t(plan.history), function);
     return plan;
 }
 
@@ -253,6 +254,7 @@ uint64_t memory_plan_bytes(const MemoryPlan &plan, const rkv_cache_params &p,
     uint64_t total = checked_mul(checked_mul(plan.kv_elements, 2, function), elem, function);
     total = checked_add(total, checked_mul(plan.slot_entries, 8, function), function);  // positions + state
     total = checked_add(total, checked_mul(plan.query_elements, elem, function), function);
+    total = checked_add(total, checked_mul(plan.history_elements, elem, function), function);
     total = checked_add(total, checked_mul(plan.length_entries, 4, function), function);
     total = checked_add(total, plan.host_bytes, function);
     return checked_add(total, plan.scratch_bytes, function);

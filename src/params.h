@@ -19,20 +19,21 @@ void params_fill_default(rkv_cache_params *params);
 // cache is the backend factory's to say (backend_check_device).
 void params_validate(const rkv_cache_params &params, const char *function);
 
-// Throws RKV_ERR_STRUCT_SIZE unless struct_size is the size this library knows.
-void check_struct_size(size_t struct_size, size_t expected, const char *function,
-                       const char *struct_name);
-
 void param_bounds(rkv_param param, double *lower, double *upper, const char *function);
-// True for the parameters rkv_cache_set_param may change on a live cache.
+// True for the parameters rkv_cache_set may change on a live cache.
 bool param_is_live(rkv_param param, const char *function);
 void param_set(rkv_cache_params *params, rkv_param param, double value, const char *function);
 double param_get(const rkv_cache_params &params, rkv_param param, const char *function);
 
 // Slots per (sequence, layer, head).
 int32_t params_capacity(const rkv_cache_params &params);
+// Queries the history keeps per (sequence, layer, query head) so that a
+// rollback restores the observation window and H2O's deferred queries:
+// window + max_rollback for a method that keeps queries and max_rollback > 0,
+// else 0 (no history).
+int32_t query_history(const rkv_cache_params &params);
 
-// The live parameters a backend reads (rkv_cache_set_param may change them):
+// The live parameters a backend reads (rkv_cache_set may change them):
 // the cache hands their current values to every call that appends or scores,
 // so a change takes effect at the next call and a backend never holds them.
 struct LiveParams {
@@ -51,6 +52,8 @@ struct MemoryPlan {
     uint64_t kv_elements = 0;  // K (and again V): layers * seqs * kv_heads * capacity * head_dim
     uint64_t slot_entries = 0; // positions / scorer state: layers * seqs * kv_heads * capacity
     uint64_t query_elements = 0;  // layers * seqs * q_heads * window * head_dim
+    int32_t history = 0;          // query_history(params)
+    uint64_t history_elements = 0;  // layers * seqs * q_heads * history * head_dim
     uint64_t length_entries = 0;  // layers * seqs
     uint64_t scratch_bytes = 0;   // the backend's scratch and its own objects (backend_scratch_bytes)
     uint64_t host_bytes = 0;      // the cache's host bookkeeping (Cache::host_bytes)

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "error.h"
+#include "params.h"
 
 namespace rkv {
 
@@ -14,7 +15,7 @@ constexpr int64_t kMaxPosition = std::numeric_limits<int32_t>::max();
 // Held tokens at which (seq, layer) is full.
 int64_t fill_limit(const SeqLayerState &s, const ScheduleRules &r) {
     if (!r.method.evicts()) return r.capacity;
-    return std::min<int64_t>(r.capacity, protected_prompt(s, r) + r.budget + r.buffer);
+    return std::min<int64_t>(r.capacity, protected_prompt(s, r) + budget_of(s, r) + r.buffer);
 }
 
 // Protected prompt tokens go in without a compression, up to the capacity.
@@ -58,6 +59,8 @@ ScheduleRules schedule_rules(const rkv_cache_params &p, int32_t capacity) {
     r.guards_prompt = guards_prompt(p);
     r.reference_resort = p.mode == RKV_MODE_REFERENCE;
     r.auto_compress = p.auto_compress != 0;
+    r.max_rollback = p.max_rollback;
+    r.queries_kept = std::max(p.window, query_history(p));
     return r;
 }
 
@@ -75,10 +78,11 @@ bool plan_compression(int32_t seq, const SeqLayerState &s, const ScheduleRules &
     if (!r.method.evicts()) return false;
     const int64_t prompt = protected_prompt(s, r);
     const int64_t generated = s.held - prompt;
+    const int32_t budget = budget_of(s, r);
     int64_t keep;
-    if (generated > r.budget)
-        keep = prompt + r.budget;
-    else if (r.reference_resort && generated == r.budget)
+    if (generated > budget)
+        keep = prompt + budget;
+    else if (r.reference_resort && generated == budget)
         keep = s.held;  // the official code re-sorts a cache of exactly the budget
     else
         return false;
@@ -94,15 +98,41 @@ SeqLayerState after_compression(SeqLayerState s, const CompressJob &job) {
     s.evicted += uint64_t(job.held - job.keep);
     s.held = job.keep;
     s.compressions += 1;
+    s.recent = 0;
+    s.pending = 0;  // the compression committed them first
     return s;
 }
 
-SeqLayerState after_append(SeqLayerState s, int32_t count, bool prompt, bool has_queries, int32_t window) {
+SeqLayerState after_append(SeqLayerState s, int32_t count, bool prompt, bool has_queries, const ScheduleRules &r) {
     s.held += count;
     s.logical += count;
     if (prompt) s.prompt_len += count;
-    s.queries_valid = has_queries ? int32_t(std::min<int64_t>(window, int64_t(s.queries_valid) + count)) : 0;
+    s.queries_valid = has_queries ? int32_t(std::min<int64_t>(r.queries_kept, int64_t(s.queries_valid) + count)) : 0;
+    s.recent += count;
+    if (r.method.queries == QueryNeed::EveryToken) s.pending = std::min(s.pending + count, r.max_rollback);
     return s;
+}
+
+SeqLayerState after_truncate(SeqLayerState s, int32_t count) {
+    s.held -= count;
+    s.logical -= count;
+    s.prompt_len = std::min(s.prompt_len, s.logical);
+    s.queries_valid = std::max(0, s.queries_valid - count);
+    s.recent -= count;
+    s.pending = std::max(0, s.pending - count);
+    return s;
+}
+
+int32_t rollback_limit(const SeqLayerState &s, const ScheduleRules &r) {
+    int32_t limit = s.recent;
+    switch (r.method.queries) {
+        case QueryNeed::None: break;
+        case QueryNeed::Window:
+            if (s.queries_valid >= r.window) limit = std::min(limit, s.queries_valid - r.window);
+            break;
+        case QueryNeed::EveryToken: limit = std::min(limit, s.pending); break;
+    }
+    return limit;
 }
 
 void check_append_call(const AppendCall &call, const ScheduleRules &r, const char *fn) {
@@ -143,7 +173,7 @@ EntryPlan plan_entry(int32_t entry, int32_t seq, int64_t tokens, const SeqLayerS
     // compression of the same full state (prompt, budget and buffer do not
     // change within a call, and queries only accumulate), so the first such
     // compression stands for all of them.
-    state = after_append(state, plan.first, call.prompt, call.has_queries, r.window);
+    state = after_append(state, plan.first, call.prompt, call.has_queries, r);
     state = after_compression(state,
                               compression_before_append(seq, state, tokens - plan.first, call, r, fn));
     plan.stride = int32_t(chunk_room(state, call, r));

@@ -28,11 +28,16 @@ namespace rkv {
 // Host bookkeeping of one (layer, sequence).
 struct SeqLayerState {
     int32_t held = 0;           // physical length: tokens per head
-    int32_t queries_valid = 0;  // most recent tokens whose queries are in the ring (<= window)
+    int32_t queries_valid = 0;  // most recent tokens whose queries are held (window ring and
+                                // history; <= ScheduleRules::queries_kept)
     int64_t logical = 0;        // tokens appended: the next token's position
     int64_t prompt_len = 0;     // tokens appended with RKV_APPEND_PROMPT
     uint64_t compressions = 0;
     uint64_t evicted = 0;       // tokens evicted per head
+    int32_t recent = 0;         // tokens appended since the last compression (or reset)
+    int32_t pending = 0;        // H2O: latest tokens whose query's attention is not yet
+                                // accumulated (<= max_rollback)
+    int32_t budget = 0;         // the sequence's budget (rkv_seq_set_budget); 0: the cache's
 };
 
 // One entry's run of consecutive tokens into one sequence.
@@ -41,11 +46,13 @@ struct AppendChunk {
     int32_t entry;        // index into rkv_append_args arrays
     int64_t first_token;  // token index within the entry, before token_offsets
     int32_t count;
-    int32_t slot;         // first destination slot
+    int32_t slot;         // first destination slot (as planned; a backend reads its own
+                          // bookkeeping, which agrees)
     int64_t position;     // original position of the first token
 };
 
-// Compress one (sequence, layer) from `held` tokens to `keep` tokens.
+// Compress one (sequence, layer) from `held` tokens to `keep` tokens. A
+// backend commits H2O's pending queries before it scores.
 struct CompressJob {
     int32_t seq;
     int32_t held;
@@ -55,11 +62,11 @@ struct CompressJob {
 };
 
 // What the schedule reads from the parameters: a snapshot, taken at create and
-// after each rkv_cache_set_param.
+// after each rkv_cache_set.
 struct ScheduleRules {
     MethodInfo method;
     int32_t capacity;        // slots per head (params_capacity)
-    int32_t budget;
+    int32_t budget;          // the cache's; a sequence's own is SeqLayerState::budget
     int32_t buffer;
     int32_t window;
     int32_t sink;            // positions below are kept when keeps_sink
@@ -68,8 +75,14 @@ struct ScheduleRules {
     bool guards_prompt;      // RKV_GUARD_PROMPT on a method that evicts
     bool reference_resort;   // RKV_MODE_REFERENCE: exactly `budget` generated tokens re-sort
     bool auto_compress;
+    int32_t max_rollback;
+    int32_t queries_kept;    // queries a (sequence, layer) holds: window, plus the history
+                             // (query_history) when there is one
 };
 ScheduleRules schedule_rules(const rkv_cache_params &params, int32_t capacity);
+
+// The budget (seq, layer) compresses to.
+inline int32_t budget_of(const SeqLayerState &s, const ScheduleRules &r) { return s.budget ? s.budget : r.budget; }
 
 // Prompt tokens the prompt guard protects (they lie outside the budget).
 int64_t protected_prompt(const SeqLayerState &s, const ScheduleRules &r);
@@ -79,9 +92,20 @@ bool is_full(const SeqLayerState &s, const ScheduleRules &r);
 int64_t room(const SeqLayerState &s, const ScheduleRules &r);
 // Fills *job and returns true if compressing now would change (seq, layer).
 bool plan_compression(int32_t seq, const SeqLayerState &s, const ScheduleRules &r, CompressJob *job);
-// The state after a compression, or after `count` tokens went in.
+// The state after a compression, or after `count` tokens went in, or after
+// the last `count` tokens were rolled back.
 SeqLayerState after_compression(SeqLayerState s, const CompressJob &job);
-SeqLayerState after_append(SeqLayerState s, int32_t count, bool prompt, bool has_queries, int32_t window);
+SeqLayerState after_append(SeqLayerState s, int32_t count, bool prompt, bool has_queries, const ScheduleRules &r);
+SeqLayerState after_truncate(SeqLayerState s, int32_t count);
+
+// Tokens rkv_seq_truncate may remove from (seq, layer) so that appending them
+// again restores the state exactly (rkv.h, rkv_seq_rollback_limit):
+//   - never through a compression: at most `recent`;
+//   - QueryNeed::Window: once the window is full, at most the queries held
+//     beyond it (a rollback must leave the last `window` queries held);
+//   - QueryNeed::EveryToken (H2O): at most the pending queries (an accumulated
+//     one cannot be taken back).
+int32_t rollback_limit(const SeqLayerState &s, const ScheduleRules &r);
 
 // What an rkv_append call asks for, besides each entry's tokens.
 struct AppendCall {

@@ -1,10 +1,11 @@
 # ABI tests (included by tests/CMakeLists.txt):
 #   abi_exports            librkv.so exports exactly the header's rkv_* functions,
 #                          and its SONAME is librkv.so.<major>
-#   header_c99[_experimental], header_cxx[_experimental]
+#   header_c99[_experimental|_legacy_opt_in], header_cxx[...]
 #                          the public header compiles as strict C99 and as C++11,
-#                          with and without RKV_EXPERIMENTAL_API, and the program
-#                          linked against librkv.so sees the header's version
+#                          without the experimental API, with rkv_experimental.h,
+#                          and with 0.1's opt-in (RKV_EXPERIMENTAL_API), and the
+#                          program linked against librkv.so sees the header's version
 
 # --- exported symbols and SONAME ---------------------------------------------
 set(_rkv_readelf "")
@@ -19,6 +20,7 @@ add_test(NAME abi_exports
          COMMAND ${CMAKE_COMMAND}
                  -DLIBRARY=$<TARGET_FILE:rkv>
                  -DHEADER=${PROJECT_SOURCE_DIR}/include/rkv/rkv.h
+                 -DEXPERIMENTAL_HEADER=${PROJECT_SOURCE_DIR}/include/rkv/rkv_experimental.h
                  -DNM=${CMAKE_NM}
                  -DREADELF=${_rkv_readelf}
                  -DOBJDUMP=${_rkv_objdump}
@@ -28,7 +30,7 @@ set_tests_properties(abi_exports PROPERTIES LABELS cpu)
 # --- the header as strict C99 and as C++11 -------------------------------------
 # rkv_add_header_test(name source language [EXPERIMENTAL])
 function(rkv_add_header_test name source language)
-  cmake_parse_arguments(ARG "EXPERIMENTAL" "" "" ${ARGN})
+  cmake_parse_arguments(ARG "EXPERIMENTAL;LEGACY_OPT_IN" "" "" ${ARGN})
   add_executable(${name} ${source})
   # The shared library, as a user links it: only the public header, no test helpers.
   target_link_libraries(${name} PRIVATE rkv)
@@ -41,6 +43,9 @@ function(rkv_add_header_test name source language)
     target_compile_options(${name} PRIVATE -std=c++11 -pedantic -Werror -Wall -Wextra)
   endif()
   if(ARG_EXPERIMENTAL)
+    target_compile_definitions(${name} PRIVATE RKV_TEST_INCLUDE_EXPERIMENTAL)
+  endif()
+  if(ARG_LEGACY_OPT_IN)
     target_compile_definitions(${name} PRIVATE RKV_EXPERIMENTAL_API)
   endif()
   add_test(NAME ${name} COMMAND ${name})
@@ -51,3 +56,5 @@ rkv_add_header_test(header_c99 header_c99.c C)
 rkv_add_header_test(header_c99_experimental header_c99.c C EXPERIMENTAL)
 rkv_add_header_test(header_cxx header_cxx.cpp CXX)
 rkv_add_header_test(header_cxx_experimental header_cxx.cpp CXX EXPERIMENTAL)
+rkv_add_header_test(header_c99_legacy_opt_in header_c99.c C LEGACY_OPT_IN)
+rkv_add_header_test(header_cxx_legacy_opt_in header_cxx.cpp CXX LEGACY_OPT_IN)

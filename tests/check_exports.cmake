@@ -1,14 +1,17 @@
 # Checks the ABI surface of librkv.so (run with cmake -P, see abi_tests.cmake):
 #   - every dynamic symbol the library defines starts with rkv_ (nothing of the
 #     C++ runtime, BLAS or the internals leaks out),
-#   - every function the public header declares is exported, and nothing else is,
+#   - every function the public headers declare is exported, and nothing else
+#     is: rkv.h's stable functions and rkv_experimental.h's experimental ones,
+#     which are listed separately (they may change between minor versions),
 #   - the SONAME is librkv.so.<major>, with <major> read from the header.
 #
-#   cmake -DLIBRARY=<librkv.so> -DHEADER=<include/rkv/rkv.h> -DNM=<nm>
+#   cmake -DLIBRARY=<librkv.so> -DHEADER=<include/rkv/rkv.h>
+#         -DEXPERIMENTAL_HEADER=<include/rkv/rkv_experimental.h> -DNM=<nm>
 #         [-DREADELF=<readelf>] [-DOBJDUMP=<objdump>] -P check_exports.cmake
 cmake_minimum_required(VERSION 3.22)
 
-foreach(_var LIBRARY HEADER NM)
+foreach(_var LIBRARY HEADER EXPERIMENTAL_HEADER NM)
   if(NOT DEFINED ${_var} OR "${${_var}}" STREQUAL "")
     message(FATAL_ERROR "check_exports: pass -D${_var}=...")
   endif()
@@ -48,17 +51,33 @@ if(_foreign)
     "Only rkv_* may leave the library: check src/exports.map and the visibility flags.")
 endif()
 
-# --- the header's functions, all exported, and no others ----------------------
-file(READ "${HEADER}" _header)
-string(REGEX MATCHALL "RKV_API[^;(]*[ *](rkv_[A-Za-z0-9_]+)[ ]*\\(" _declarations "${_header}")
-set(_declared "")
-foreach(_declaration IN LISTS _declarations)
-  string(REGEX MATCH "(rkv_[A-Za-z0-9_]+)[ ]*\\($" _ "${_declaration}")
-  list(APPEND _declared "${CMAKE_MATCH_1}")
-endforeach()
-if(NOT _declared)
+# --- the headers' functions, all exported, and no others ----------------------
+# rkv_declared(<header> <out-var>): the RKV_API functions a header declares.
+function(rkv_declared header out)
+  file(READ "${header}" _text)
+  string(REGEX MATCHALL "RKV_API[^;(]*[ *](rkv_[A-Za-z0-9_]+)[ ]*\\(" _declarations "${_text}")
+  set(_names "")
+  foreach(_declaration IN LISTS _declarations)
+    string(REGEX MATCH "(rkv_[A-Za-z0-9_]+)[ ]*\\($" _ "${_declaration}")
+    list(APPEND _names "${CMAKE_MATCH_1}")
+  endforeach()
+  set(${out} "${_names}" PARENT_SCOPE)
+endfunction()
+rkv_declared("${HEADER}" _stable)
+rkv_declared("${EXPERIMENTAL_HEADER}" _experimental)
+if(NOT _stable)
   message(FATAL_ERROR "check_exports: found no RKV_API function in ${HEADER}")
 endif()
+if(NOT _experimental)
+  message(FATAL_ERROR "check_exports: found no RKV_API function in ${EXPERIMENTAL_HEADER}")
+endif()
+foreach(_name IN LISTS _experimental)
+  if(_name IN_LIST _stable)
+    message(FATAL_ERROR "check_exports: ${_name} is declared in both headers")
+  endif()
+endforeach()
+set(_declared ${_stable} ${_experimental})
+file(READ "${HEADER}" _header)
 set(_missing "")
 foreach(_name IN LISTS _declared)
   if(NOT _name IN_LIST _exported)
@@ -73,11 +92,11 @@ foreach(_name IN LISTS _exported)
 endforeach()
 if(_missing)
   list(JOIN _missing ", " _text)
-  message(FATAL_ERROR "check_exports: declared in ${HEADER} but not exported by ${LIBRARY}: ${_text}")
+  message(FATAL_ERROR "check_exports: declared in the headers but not exported by ${LIBRARY}: ${_text}")
 endif()
 if(_undeclared)
   list(JOIN _undeclared ", " _text)
-  message(FATAL_ERROR "check_exports: exported by ${LIBRARY} but not declared in ${HEADER}: ${_text}")
+  message(FATAL_ERROR "check_exports: exported by ${LIBRARY} but declared in neither header: ${_text}")
 endif()
 
 # --- SONAME -------------------------------------------------------------------
@@ -109,5 +128,11 @@ if(NOT _soname STREQUAL _expected_soname)
                       "${_expected_soname} (the header's RKV_VERSION_MAJOR)")
 endif()
 
-list(LENGTH _exported _count)
-message(STATUS "check_exports: ${_count} symbols, all rkv_* and all declared; SONAME ${_soname}")
+list(LENGTH _stable _stable_count)
+list(LENGTH _experimental _experimental_count)
+list(JOIN _stable " " _stable_text)
+list(JOIN _experimental " " _experimental_text)
+message(STATUS "check_exports: stable (${_stable_count}): ${_stable_text}")
+message(STATUS "check_exports: experimental (${_experimental_count}, may change between minor versions): "
+               "${_experimental_text}")
+message(STATUS "check_exports: every exported symbol is rkv_* and declared; SONAME ${_soname}")

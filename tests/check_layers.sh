@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The library's folders are layers, and every #include points down (README.md,
 # "Structure"):
-#   include/rkv/rkv.h   the C API: includes nothing of the project
+#   include/rkv/        the C API: rkv.h and rkv_experimental.h include each other
+#                       (by file name), nothing else of the project
 #   core/               shared by host and device: rkv/ and core/ only
 #   kernels/            device code: rkv/, core/ and its own files
 #   src/                the library: rkv/, core/, its own files, and
@@ -35,13 +36,13 @@ sources() {
 }
 
 own_kernels=$(cd kernels && sources . | sed 's|^\./||' | paste -sd'|')
-mapfile -t files < <(sources include); check '^$' "${files[@]}"
-mapfile -t files < <(sources core); check '^(rkv/rkv\.h|core/[^/]+)$' "${files[@]}"
-mapfile -t files < <(sources kernels); check "^(rkv/rkv\\.h|core/[^/]+|${own_kernels//./\\.})\$" "${files[@]}"
+mapfile -t files < <(sources include); check '^rkv(_experimental)?\.h$' "${files[@]}"
+mapfile -t files < <(sources core); check '^(rkv/rkv(_experimental)?\.h|core/[^/]+)$' "${files[@]}"
+mapfile -t files < <(sources kernels); check "^(rkv/rkv(_experimental)?\\.h|core/[^/]+|${own_kernels//./\\.})\$" "${files[@]}"
 mapfile -t files < <(sources src/cuda)
-check '^(rkv/rkv\.h|core/[^/]+|[^/]+\.h|cuda/[^/]+\.h|kernels/(launch|params)\.h)$' "${files[@]}"
+check '^(rkv/rkv(_experimental)?\.h|core/[^/]+|[^/]+\.h|cuda/[^/]+\.h|kernels/(launch|params)\.h)$' "${files[@]}"
 mapfile -t files < <(sources src src/cuda)
-check '^(rkv/rkv\.h|core/[^/]+|[^/]+\.h|(cpu|cuda)/[^/]+\.h)$' "${files[@]}"
+check '^(rkv/rkv(_experimental)?\.h|core/[^/]+|[^/]+\.h|(cpu|cuda)/[^/]+\.h)$' "${files[@]}"
 
 if [ "$findings" -gt 0 ]; then
   echo "check_layers: $findings include(s) point up or sideways (README.md, Structure)" >&2

@@ -1,20 +1,27 @@
 /* The public header compiles as strict C99 (-std=c99 -pedantic -Werror -Wall
- * -Wextra), with and without RKV_EXPERIMENTAL_API, and a program built from it
+ * -Wextra), without the experimental API, with it through
+ * rkv/rkv_experimental.h and through 0.1's RKV_EXPERIMENTAL_API, and a program built from it
  * against librkv.so agrees with the library: same version, same struct sizes.
  *
  * Every function is assigned to a pointer of its exact documented type, so a
  * changed signature fails the build; the experimental API must be invisible
  * unless requested. */
 #include "rkv/rkv.h"
+#if defined(RKV_TEST_INCLUDE_EXPERIMENTAL)
+#include "rkv/rkv_experimental.h" /* the opt-in of 0.2 */
+#endif
+#if defined(RKV_EXPERIMENTAL_API) || defined(RKV_TEST_INCLUDE_EXPERIMENTAL)
+#define RKV_TEST_EXPERIMENTAL 1
+#endif
 
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
-#ifndef RKV_EXPERIMENTAL_API
+#ifndef RKV_TEST_EXPERIMENTAL
 /* These collide with the experimental declarations if the header leaks them. */
 typedef double rkv_score_kind;
-static int rkv_inspect_scores = 0;
+static int rkv_seq_scores = 0;
 enum { RKV_SCORE_FINAL = 1000 };
 #endif
 
@@ -33,43 +40,56 @@ static void check_signatures(void) {
     unsigned (*version_number)(void) = rkv_version_number;
     const char *(*version_string)(void) = rkv_version_string;
     const char *(*status_name)(rkv_status) = rkv_status_name;
-    const char *(*last_error_message)(void) = rkv_last_error_message;
-    rkv_status (*params_default)(rkv_cache_params *, size_t) = rkv_cache_params_default;
-    rkv_status (*param_bounds)(rkv_param, double *, double *) = rkv_param_bounds;
+    const char *(*error_message)(void) = rkv_error_message;
+    rkv_status (*params_default)(rkv_cache_params *, size_t) = rkv_params_default;
+    rkv_status (*params_bounds)(rkv_param, double *, double *) = rkv_params_bounds;
     rkv_status (*params_set)(rkv_cache_params *, rkv_param, double) = rkv_params_set;
     rkv_status (*params_get)(const rkv_cache_params *, rkv_param, double *) = rkv_params_get;
     rkv_status (*cache_size)(const rkv_cache_params *, uint64_t *) = rkv_cache_size;
     rkv_status (*cache_create)(const rkv_cache_params *, rkv_cache **) = rkv_cache_create;
     void (*cache_destroy)(rkv_cache *) = rkv_cache_destroy;
     rkv_status (*get_params)(const rkv_cache *, rkv_cache_params *) = rkv_cache_get_params;
-    rkv_status (*set_param)(rkv_cache *, rkv_param, double) = rkv_cache_set_param;
+    rkv_status (*cache_set)(rkv_cache *, rkv_param, double) = rkv_cache_set;
+    rkv_status (*cache_get)(const rkv_cache *, rkv_param, double *) = rkv_cache_get;
     rkv_status (*seq_reset)(rkv_cache *, int32_t, void *) = rkv_seq_reset;
+    rkv_status (*seq_truncate)(rkv_cache *, int32_t, int32_t, void *) = rkv_seq_truncate;
+    rkv_status (*seq_rollback_limit)(const rkv_cache *, int32_t, int32_t *) = rkv_seq_rollback_limit;
+    rkv_status (*seq_copy)(rkv_cache *, int32_t, int32_t, void *) = rkv_seq_copy;
+    rkv_status (*seq_set_budget)(rkv_cache *, int32_t, int32_t) = rkv_seq_set_budget;
+    rkv_status (*seq_get_budget)(const rkv_cache *, int32_t, int32_t *) = rkv_seq_get_budget;
+    rkv_status (*seq_length)(const rkv_cache *, int32_t, int32_t, int64_t *, int32_t *) =
+        rkv_seq_length;
+    rkv_status (*seq_positions)(const rkv_cache *, int32_t, int32_t, int32_t, int32_t *, int32_t,
+                                int32_t *) = rkv_seq_positions;
+    rkv_status (*batch_create)(rkv_cache *, int32_t, rkv_batch **) = rkv_batch_create;
+    void (*batch_destroy)(rkv_batch *) = rkv_batch_destroy;
+    rkv_status (*batch_set)(rkv_batch *, const int32_t *, int32_t, void *) = rkv_batch_set;
+    rkv_status (*batch_advance)(rkv_batch *, int32_t) = rkv_batch_advance;
     rkv_status (*append)(rkv_cache *, const rkv_append_args *, void *) = rkv_append;
     rkv_status (*compress)(rkv_cache *, int32_t, int32_t, void *) = rkv_compress;
     rkv_status (*compress_due)(const rkv_cache *, int32_t, int32_t, int32_t *) = rkv_compress_due;
-    rkv_status (*view)(const rkv_cache *, int32_t, int32_t, rkv_kv_view *) = rkv_view;
+    rkv_status (*view)(const rkv_cache *, int32_t, int32_t, rkv_seq_view *) = rkv_view;
     rkv_status (*view_layer)(const rkv_cache *, int32_t, rkv_layer_view *) = rkv_view_layer;
-    rkv_status (*seq_length)(const rkv_cache *, int32_t, int32_t, int64_t *, int32_t *) =
-        rkv_seq_length;
-    rkv_status (*kept_positions)(const rkv_cache *, int32_t, int32_t, int32_t, int32_t *, int32_t,
-                                 int32_t *) = rkv_kept_positions;
     rkv_status (*cache_stats)(const rkv_cache *, int32_t, rkv_stats *) = rkv_cache_stats;
-    rkv_status (*attend)(rkv_cache *, int32_t, int32_t, const int32_t *, const rkv_tensor *,
-                         const rkv_tensor *, float, void *) = rkv_attend;
-    CHECK(version_number && version_string && status_name && last_error_message);
-    CHECK(params_default && param_bounds && params_set && params_get && cache_size);
-    CHECK(cache_create && cache_destroy && get_params && set_param && seq_reset && append);
-    CHECK(compress && compress_due && view && view_layer && seq_length && kept_positions);
-    CHECK(cache_stats && attend);
-#ifdef RKV_EXPERIMENTAL_API
+    rkv_status (*attend)(rkv_cache *, const rkv_attend_args *, void *) = rkv_attend;
+    CHECK(version_number && version_string && status_name && error_message);
+    CHECK(params_default && params_bounds && params_set && params_get && cache_size);
+    CHECK(cache_create && cache_destroy && get_params && cache_set && cache_get && seq_reset);
+    CHECK(seq_truncate && seq_rollback_limit && seq_copy && seq_set_budget && seq_get_budget);
+    CHECK(seq_length && seq_positions && batch_create && batch_destroy && batch_set && batch_advance);
+    CHECK(append && compress && compress_due && view && view_layer && cache_stats && attend);
+#ifdef RKV_TEST_EXPERIMENTAL
     {
-        rkv_status (*inspect_scores)(const rkv_cache *, int32_t, int32_t, int32_t, rkv_score_kind,
-                                     float *, int32_t, int32_t *) = rkv_inspect_scores;
-        CHECK(inspect_scores != NULL);
+        rkv_status (*seq_scores)(const rkv_cache *, int32_t, int32_t, int32_t, rkv_score_kind,
+                                 float *, int32_t, int32_t *) = rkv_seq_scores;
+        rkv_status (*sync_lengths)(rkv_cache *, void *) = rkv_cache_sync_lengths;
+        rkv_status (*set_matmul_path)(rkv_cache *, rkv_matmul_path) = rkv_cache_set_matmul_path;
+        CHECK(seq_scores && sync_lengths && set_matmul_path);
         CHECK(RKV_SCORE_IMPORTANCE == 0 && RKV_SCORE_REDUNDANCY == 1 && RKV_SCORE_FINAL == 2);
+        CHECK(RKV_MATMUL_AUTO == 0 && RKV_MATMUL_CUBLASLT == 1 && RKV_MATMUL_FUSED == 2);
     }
 #else
-    CHECK(rkv_inspect_scores == 0 && RKV_SCORE_FINAL == 1000 &&
+    CHECK(rkv_seq_scores == 0 && RKV_SCORE_FINAL == 1000 &&
           sizeof(rkv_score_kind) == sizeof(double));
 #endif
 }
@@ -79,7 +99,7 @@ static void check_signatures(void) {
 static void check_struct_sizes(void) {
     rkv_cache_params params;
     CHECK(offsetof(rkv_cache_params, struct_size) == 0);
-    CHECK(rkv_cache_params_default(&params, sizeof params) == RKV_OK);
+    CHECK(rkv_params_default(&params, sizeof params) == RKV_OK);
     params.max_seqs = 1;
     params.num_layers = 1;
     params.num_kv_heads = 1;
@@ -91,11 +111,11 @@ static void check_struct_sizes(void) {
     params.kernel = 3;
     rkv_cache *cache = NULL;
     if (rkv_cache_create(&params, &cache) != RKV_OK) {
-        fprintf(stderr, "rkv_cache_create: %s\n", rkv_last_error_message());
+        fprintf(stderr, "rkv_cache_create: %s\n", rkv_error_message());
         ++failures;
         return;
     }
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     CHECK(rkv_view(cache, 0, 0, &view) == RKV_OK);
@@ -120,6 +140,23 @@ static void check_struct_sizes(void) {
     args.k.head_dim = 4;
     args.v = args.k;
     CHECK(rkv_append(cache, &args, NULL) == RKV_OK);
+    {
+        rkv_batch *batch = NULL;
+        rkv_attend_args attend;
+        float out[4] = {0, 0, 0, 0};
+        CHECK(rkv_batch_create(cache, 2, &batch) == RKV_OK);
+        CHECK(rkv_batch_set(batch, &seq, 1, NULL) == RKV_OK);
+        CHECK(rkv_batch_advance(batch, 0) == RKV_OK);
+        memset(&attend, 0, sizeof attend);
+        attend.struct_size = sizeof attend;
+        attend.num_seqs = 1;
+        attend.seq_ids = &seq;
+        attend.q = args.k;
+        attend.out = args.v;
+        attend.out.data = out;
+        CHECK(rkv_attend(cache, &attend, NULL) == RKV_OK);
+        rkv_batch_destroy(batch);
+    }
     rkv_cache_destroy(cache);
 }
 

@@ -51,7 +51,7 @@ static void append_one_by_one(rkv_cache *cache, int layer, const int32_t *length
 }
 
 static rkv_tensor tensor(float *data, int heads, int64_t seq, int64_t token, int64_t head) {
-    rkv_tensor t = {data, RKV_DTYPE_F32, heads, DIM, seq, token, head};
+    rkv_tensor t = {data, RKV_DTYPE_F32, heads, DIM, seq, token, head, 0};
     return t;
 }
 
@@ -199,11 +199,11 @@ static void test_half_inputs(void **state) {
         a.struct_size = sizeof a;
         a.num_seqs = 1;
         a.seq_ids = &seq;
-        rkv_tensor t = {(void *)(which ? bf16 : f16), which ? RKV_DTYPE_BF16 : RKV_DTYPE_F16, 1, 4, 0, 4, 4};
+        rkv_tensor t = {(void *)(which ? bf16 : f16), which ? RKV_DTYPE_BF16 : RKV_DTYPE_F16, 1, 4, 0, 4, 4, 0};
         a.k = t;
         a.v = t;
         ASSERT_OK(rkv_append(cache, &a, NULL));
-        rkv_kv_view view;
+        rkv_seq_view view;
         memset(&view, 0, sizeof view);
         view.struct_size = sizeof view;
         ASSERT_OK(rkv_view(cache, 0, 0, &view));
@@ -230,7 +230,7 @@ static void test_views_and_statistics(void **state) {
         assert_int_equal(lv.max_seqs, SEQS);
         assert_int_equal(lv.capacity, BUDGET + BUFFER);
         for (int s = 0; s < SEQS; ++s) {
-            rkv_kv_view v;
+            rkv_seq_view v;
             memset(&v, 0, sizeof v);
             v.struct_size = sizeof v;
             ASSERT_OK(rkv_view(cache, s, layer, &v));

@@ -26,13 +26,13 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
         convert_from_f32(&x, 1, io, (char *)q + i * (io == RKV_DTYPE_F32 ? 4 : 2));
     }
     int32_t seq_ids[SEQS] = {2, 0, 1};
-    rkv_tensor qt = {q, io, Q_HEADS, DIM, stride_seq, 0, DIM};
-    rkv_tensor ot = {out, io, Q_HEADS, DIM, stride_seq, 0, DIM};
-    ASSERT_OK(rkv_attend(cache, 0, SEQS, seq_ids, &qt, &ot, 0.0f, NULL));
+    rkv_tensor qt = {q, io, Q_HEADS, DIM, stride_seq, 0, DIM, 0};
+    rkv_tensor ot = {out, io, Q_HEADS, DIM, stride_seq, 0, DIM, 0};
+    ASSERT_OK(test_attend(cache, 0, SEQS, seq_ids, &qt, &ot, 0.0f, NULL));
 
     double error2 = 0, norm2 = 0;
     for (int i = 0; i < SEQS; ++i) {
-        rkv_kv_view view;
+        rkv_seq_view view;
         memset(&view, 0, sizeof view);
         view.struct_size = sizeof view;
         ASSERT_OK(rkv_view(cache, seq_ids[i], 0, &view));

@@ -1,7 +1,7 @@
 /* Error paths of every public entry point.
  *
  * The header promises, for every function: on any status other than RKV_OK the
- * cache is unchanged, and rkv_last_error_message() says what was wrong. So every
+ * cache is unchanged, and rkv_error_message() says what was wrong. So every
  * rejected call below is checked three ways:
  *   1. it returns the exact status the header documents;
  *   2. it leaves the cache exactly as it was: a snapshot (params, lengths, held
@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "expect.h"
 #include "test_util.h"
 
 /* tests/common/fault_hook.cpp: puts a cache in the state a device fault leaves it in. */
@@ -51,67 +52,13 @@ static const int32_t kBadLayers[] = {LAYERS, -2, INT32_MIN, INT32_MAX};
  * less), a newer header (one field more). */
 #define BAD_SIZES(type) \
     { 0, sizeof(type) - 8, sizeof(type) + 8 }
+/* rkv_cache_params also has 0.1's size (112 bytes on LP64, accepted: see
+ * test_abi_v0_1.c), so its bad sizes are between and around the two. */
+#define PARAMS_BAD_SIZES \
+    { 0, sizeof(rkv_cache_params) - 4, sizeof(rkv_cache_params) + 8, sizeof(rkv_cache_params) - 16 }
 
-/* ---------------------------------------------------------------------------
- * Message and snapshot checks
- * ------------------------------------------------------------------------- */
-
-static char g_primed[1024];
-
-/* Make a failing call of a different kind, so that the next check can tell a
- * message set by the call under test from one left over. */
-static void prime_message(void) {
-    double lower, upper;
-    if (rkv_param_bounds((rkv_param)4242, &lower, &upper) != RKV_ERR_UNSUPPORTED)
-        fail_msg("priming failed: rkv_param_bounds accepted key 4242");
-    snprintf(g_primed, sizeof g_primed, "%s", rkv_last_error_message());
-}
-
-/* The message after a failed `call` is non-empty and not the primed one. */
-static void check_message(const char *call, const char *message) {
-    if (message == NULL) fail_msg("%s: rkv_last_error_message() returned NULL", call);
-    if (message[0] == '\0') fail_msg("%s failed with an empty message", call);
-    if (strcmp(message, g_primed) == 0)
-        fail_msg("%s failed without setting its own message (still \"%s\")", call, message);
-}
-
-static void check_fresh_message(const char *call) {
-    check_message(call, rkv_last_error_message());
-}
-
-/* `call` (no cache involved) fails with `expected` and sets its own message. */
-#define EXPECT_FAIL(call, expected)    \
-    do {                               \
-        prime_message();               \
-        ASSERT_STATUS(call, expected); \
-        check_fresh_message(#call);    \
-    } while (0)
-
-/* `call` fails with `expected`, sets its own message, and leaves `cache` as the
- * snapshot `before` shows it (which this frees before any check can fail). */
-#define EXPECT_REJECTED(cache, call, expected)                     \
-    do {                                                           \
-        test_snapshot before_ = test_take_snapshot(cache);         \
-        prime_message();                                           \
-        const rkv_status status_ = (call);                         \
-        check_rejected(#call, status_, expected, cache, &before_); \
-    } while (0)
-
-static void check_rejected(const char *call, rkv_status status, rkv_status expected,
-                           const rkv_cache *cache, test_snapshot *before) {
-    const char *last = rkv_last_error_message();
-    char message[1024];
-    snprintf(message, sizeof message, "%s", last ? last : "");
-    test_snapshot after = test_take_snapshot(cache);
-    const int same = test_snapshot_equal(before, &after);
-    test_snapshot_free(before);
-    test_snapshot_free(&after);
-    if (status != expected)
-        fail_msg("%s returned %s, expected %s: %s", call, rkv_status_name(status),
-                 rkv_status_name(expected), message);
-    check_message(call, last ? message : NULL);
-    if (!same) fail_msg("%s failed but changed the cache", call);
-}
+/* Message and snapshot checks (prime_message, EXPECT_FAIL, EXPECT_REJECTED):
+ * tests/common/expect.h. */
 
 /* ---------------------------------------------------------------------------
  * Caches and valid argument sets
@@ -249,7 +196,7 @@ static void base_attend(attend_call *c) {
 }
 
 #define ATTEND(cache, c) \
-    rkv_attend(cache, (c).layer, (c).num_seqs, (c).seq_ids, &(c).q, &(c).out, (c).scale, NULL)
+    test_attend(cache, (c).layer, (c).num_seqs, (c).seq_ids, &(c).q, &(c).out, (c).scale, NULL)
 
 /* ---------------------------------------------------------------------------
  * Functions without a cache
@@ -312,36 +259,36 @@ static void test_destroy_null_is_noop(void **state) {
     (void)state;
     prime_message();
     rkv_cache_destroy(NULL);
-    assert_non_null(rkv_last_error_message());
-    assert_string_equal(rkv_last_error_message(), g_primed);
+    assert_non_null(rkv_error_message());
+    assert_string_equal(rkv_error_message(), primed_message());
 }
 
-/* rkv_cache_params_default: NULL params, and struct sizes it does not know; a
+/* rkv_params_default: NULL params, and struct sizes it does not know; a
  * rejected size leaves the caller's struct untouched. */
 static void test_params_default_errors(void **state) {
     (void)state;
-    EXPECT_FAIL(rkv_cache_params_default(NULL, sizeof(rkv_cache_params)), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_cache_params);
+    EXPECT_FAIL(rkv_params_default(NULL, sizeof(rkv_cache_params)), RKV_ERR_INVALID_ARGUMENT);
+    const size_t sizes[] = PARAMS_BAD_SIZES;
     for (size_t i = 0; i < COUNT(sizes); ++i) {
         rkv_cache_params p, copy;
         memset(&p, 0xab, sizeof p);
         memcpy(&copy, &p, sizeof p);
-        EXPECT_FAIL(rkv_cache_params_default(&p, sizes[i]), RKV_ERR_STRUCT_SIZE);
+        EXPECT_FAIL(rkv_params_default(&p, sizes[i]), RKV_ERR_STRUCT_SIZE);
         assert_memory_equal(&p, &copy, sizeof p);
     }
 }
 
-/* rkv_param_bounds: NULL outputs and unknown keys. */
+/* rkv_params_bounds: NULL outputs and unknown keys. */
 static void test_param_bounds_errors(void **state) {
     (void)state;
     double lower, upper;
-    EXPECT_FAIL(rkv_param_bounds(RKV_PARAM_BUDGET, NULL, &upper), RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_FAIL(rkv_param_bounds(RKV_PARAM_BUDGET, &lower, NULL), RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_FAIL(rkv_param_bounds(RKV_PARAM_BUDGET, NULL, NULL), RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_FAIL(rkv_param_bounds((rkv_param)(RKV_PARAM_AUTO_COMPRESS + 1), &lower, &upper),
+    EXPECT_FAIL(rkv_params_bounds(RKV_PARAM_BUDGET, NULL, &upper), RKV_ERR_INVALID_ARGUMENT);
+    EXPECT_FAIL(rkv_params_bounds(RKV_PARAM_BUDGET, &lower, NULL), RKV_ERR_INVALID_ARGUMENT);
+    EXPECT_FAIL(rkv_params_bounds(RKV_PARAM_BUDGET, NULL, NULL), RKV_ERR_INVALID_ARGUMENT);
+    EXPECT_FAIL(rkv_params_bounds((rkv_param)(RKV_PARAM_MAX_ROLLBACK + 1), &lower, &upper),
                 RKV_ERR_UNSUPPORTED);
-    EXPECT_FAIL(rkv_param_bounds((rkv_param)-1, &lower, &upper), RKV_ERR_UNSUPPORTED);
-    EXPECT_FAIL(rkv_param_bounds((rkv_param)1000, &lower, &upper), RKV_ERR_UNSUPPORTED);
+    EXPECT_FAIL(rkv_params_bounds((rkv_param)-1, &lower, &upper), RKV_ERR_UNSUPPORTED);
+    EXPECT_FAIL(rkv_params_bounds((rkv_param)1000, &lower, &upper), RKV_ERR_UNSUPPORTED);
 }
 
 /* Enumerations, and the guard flags: a value outside them is unsupported. */
@@ -362,7 +309,7 @@ static void expect_params_set_rejected(int key, double value, rkv_status expecte
     const rkv_status status = rkv_params_set(&p, (rkv_param)key, value);
     if (status != expected)
         fail_msg("rkv_params_set(key %d, %g) returned %s, expected %s: %s", key, value,
-                 rkv_status_name(status), rkv_status_name(expected), rkv_last_error_message());
+                 rkv_status_name(status), rkv_status_name(expected), rkv_error_message());
     check_fresh_message("rkv_params_set");
     if (memcmp(&p, &copy, sizeof p) != 0)
         fail_msg("rkv_params_set(key %d, %g) failed but changed the params", key, value);
@@ -374,19 +321,19 @@ static void expect_params_set_rejected(int key, double value, rkv_status expecte
 static void test_params_set_errors(void **state) {
     (void)state;
     EXPECT_FAIL(rkv_params_set(NULL, RKV_PARAM_BUDGET, 16), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_cache_params);
+    const size_t sizes[] = PARAMS_BAD_SIZES;
     for (size_t i = 0; i < COUNT(sizes); ++i) {
         rkv_cache_params p = shape_params(RKV_METHOD_RKV);
         p.struct_size = sizes[i];
         EXPECT_FAIL(rkv_params_set(&p, RKV_PARAM_BUDGET, 16), RKV_ERR_STRUCT_SIZE);
         assert_int_equal(p.budget, BUDGET);
     }
-    expect_params_set_rejected(RKV_PARAM_AUTO_COMPRESS + 1, 0, RKV_ERR_UNSUPPORTED);
+    expect_params_set_rejected(RKV_PARAM_MAX_ROLLBACK + 1, 0, RKV_ERR_UNSUPPORTED);
     expect_params_set_rejected(-1, 0, RKV_ERR_UNSUPPORTED);
 
-    for (int key = 0; key <= RKV_PARAM_AUTO_COMPRESS; ++key) {
+    for (int key = 0; key <= RKV_PARAM_MAX_ROLLBACK; ++key) {
         double lower, upper;
-        ASSERT_OK(rkv_param_bounds((rkv_param)key, &lower, &upper));
+        ASSERT_OK(rkv_params_bounds((rkv_param)key, &lower, &upper));
         const rkv_status bad = is_enum_param(key) ? RKV_ERR_UNSUPPORTED : RKV_ERR_OUT_OF_RANGE;
         expect_params_set_rejected(key, lower - 1, bad);
         expect_params_set_rejected(key, upper + 2, bad); /* + 2: exact even at seed's 2^53 */
@@ -409,13 +356,13 @@ static void test_params_get_errors(void **state) {
     double value = 0;
     EXPECT_FAIL(rkv_params_get(NULL, RKV_PARAM_BUDGET, &value), RKV_ERR_INVALID_ARGUMENT);
     EXPECT_FAIL(rkv_params_get(&p, RKV_PARAM_BUDGET, NULL), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_cache_params);
+    const size_t sizes[] = PARAMS_BAD_SIZES;
     for (size_t i = 0; i < COUNT(sizes); ++i) {
         rkv_cache_params bad = p;
         bad.struct_size = sizes[i];
         EXPECT_FAIL(rkv_params_get(&bad, RKV_PARAM_BUDGET, &value), RKV_ERR_STRUCT_SIZE);
     }
-    EXPECT_FAIL(rkv_params_get(&p, (rkv_param)(RKV_PARAM_AUTO_COMPRESS + 1), &value),
+    EXPECT_FAIL(rkv_params_get(&p, (rkv_param)(RKV_PARAM_MAX_ROLLBACK + 1), &value),
                 RKV_ERR_UNSUPPORTED);
     EXPECT_FAIL(rkv_params_get(&p, (rkv_param)-1, &value), RKV_ERR_UNSUPPORTED);
 }
@@ -436,14 +383,14 @@ static void expect_params_rejected(const rkv_cache_params *p, rkv_status expecte
     rkv_status status = rkv_cache_size(p, &bytes);
     if (status != expected)
         fail_msg("rkv_cache_size with %s returned %s, expected %s: %s", what,
-                 rkv_status_name(status), rkv_status_name(expected), rkv_last_error_message());
+                 rkv_status_name(status), rkv_status_name(expected), rkv_error_message());
     check_fresh_message(what);
     rkv_cache *cache = SENTINEL_CACHE;
     prime_message();
     status = rkv_cache_create(p, &cache);
     if (status != expected)
         fail_msg("rkv_cache_create with %s returned %s, expected %s: %s", what,
-                 rkv_status_name(status), rkv_status_name(expected), rkv_last_error_message());
+                 rkv_status_name(status), rkv_status_name(expected), rkv_error_message());
     check_fresh_message(what);
     if (cache != SENTINEL_CACHE) fail_msg("rkv_cache_create with %s failed but set *cache", what);
 }
@@ -497,12 +444,12 @@ static void test_create_pointer_and_size_errors(void **state) {
     EXPECT_FAIL(rkv_cache_create(NULL, &cache), RKV_ERR_INVALID_ARGUMENT);
     assert_ptr_equal(cache, SENTINEL_CACHE);
     EXPECT_FAIL(rkv_cache_create(&p, NULL), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_cache_params);
+    const size_t sizes[] = PARAMS_BAD_SIZES;
     for (size_t i = 0; i < COUNT(sizes); ++i)
         EXPECT_PARAMS(RKV_METHOD_RKV, p_.struct_size = sizes[i], RKV_ERR_STRUCT_SIZE);
 }
 
-/* Shape fields left 0 (as rkv_cache_params_default leaves them) are rejected;
+/* Shape fields left 0 (as rkv_params_default leaves them) are rejected;
  * negative ones are below their bounds. */
 static void test_create_shape_errors(void **state) {
     (void)state;
@@ -512,9 +459,9 @@ static void test_create_shape_errors(void **state) {
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.num_q_heads = 0, RKV_ERR_INVALID_ARGUMENT);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.head_dim = 0, RKV_ERR_INVALID_ARGUMENT);
     rkv_cache_params defaults;
-    ASSERT_OK(rkv_cache_params_default(&defaults, sizeof defaults));
-    expect_params_rejected(&defaults, RKV_ERR_INVALID_ARGUMENT, "rkv_cache_params_default alone");
-    /* Below the bounds of rkv_param_bounds. */
+    ASSERT_OK(rkv_params_default(&defaults, sizeof defaults));
+    expect_params_rejected(&defaults, RKV_ERR_INVALID_ARGUMENT, "rkv_params_default alone");
+    /* Below the bounds of rkv_params_bounds. */
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.max_seqs = -1, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.num_layers = -1, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.num_kv_heads = -1, RKV_ERR_OUT_OF_RANGE);
@@ -562,7 +509,7 @@ static void test_create_value_errors(void **state) {
     /* Unknown guard bits are unsupported, like unknown append flags. */
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 1u << 2, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.guards = 0x80000000u, RKV_ERR_UNSUPPORTED);
-    /* Values outside rkv_param_bounds, as rkv_params_set would reject them. */
+    /* Values outside rkv_params_bounds, as rkv_params_set would reject them. */
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.lambda = NAN, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.lambda = 1.5f, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.threshold = NAN, RKV_ERR_OUT_OF_RANGE);
@@ -611,7 +558,7 @@ static void test_get_params_errors(void **state) {
     p.struct_size = sizeof p;
     EXPECT_REJECTED(cache, rkv_cache_get_params(NULL, &p), RKV_ERR_INVALID_ARGUMENT);
     EXPECT_REJECTED(cache, rkv_cache_get_params(cache, NULL), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_cache_params);
+    const size_t sizes[] = PARAMS_BAD_SIZES;
     for (size_t i = 0; i < COUNT(sizes); ++i) {
         p.struct_size = sizes[i];
         EXPECT_REJECTED(cache, rkv_cache_get_params(cache, &p), RKV_ERR_STRUCT_SIZE);
@@ -623,42 +570,42 @@ static int is_live_param(int key) {
            key == RKV_PARAM_POOLING || key == RKV_PARAM_SEED || key == RKV_PARAM_AUTO_COMPRESS;
 }
 
-/* rkv_cache_set_param: NULL cache, unknown key, bad values of the keys that may
+/* rkv_cache_set: NULL cache, unknown key, bad values of the keys that may
  * change, and every key that sizes memory or defines stored state (BAD_STATE,
  * even when set to the value it already has). */
 static void test_set_param_errors(void **state) {
     rkv_cache *cache = *state;
-    EXPECT_REJECTED(cache, rkv_cache_set_param(NULL, RKV_PARAM_LAMBDA, 0.5),
+    EXPECT_REJECTED(cache, rkv_cache_set(NULL, RKV_PARAM_LAMBDA, 0.5),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, (rkv_param)(RKV_PARAM_AUTO_COMPRESS + 1), 0),
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, (rkv_param)(RKV_PARAM_MAX_ROLLBACK + 1), 0),
                     RKV_ERR_UNSUPPORTED);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, (rkv_param)-1, 0), RKV_ERR_UNSUPPORTED);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_LAMBDA, 1.5), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_LAMBDA, NAN), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_THRESHOLD, -1.5),
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, (rkv_param)-1, 0), RKV_ERR_UNSUPPORTED);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_LAMBDA, 1.5), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_LAMBDA, NAN), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_THRESHOLD, -1.5),
                     RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_KERNEL, 0), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_KERNEL, 4), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_KERNEL, 2.5), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_POOLING, 2), RKV_ERR_UNSUPPORTED);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_SEED, -1), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_SEED, 0.5), RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_AUTO_COMPRESS, 2),
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_KERNEL, 0), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_KERNEL, 4), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_KERNEL, 2.5), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_POOLING, 2), RKV_ERR_UNSUPPORTED);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_SEED, -1), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_SEED, 0.5), RKV_ERR_OUT_OF_RANGE);
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_AUTO_COMPRESS, 2),
                     RKV_ERR_OUT_OF_RANGE);
 
     rkv_cache_params p;
     p.struct_size = sizeof p;
     ASSERT_OK(rkv_cache_get_params(cache, &p));
-    for (int key = 0; key <= RKV_PARAM_AUTO_COMPRESS; ++key) {
+    for (int key = 0; key <= RKV_PARAM_MAX_ROLLBACK; ++key) {
         if (is_live_param(key)) continue;
         double current;
         ASSERT_OK(rkv_params_get(&p, (rkv_param)key, &current));
-        EXPECT_REJECTED(cache, rkv_cache_set_param(cache, (rkv_param)key, current),
+        EXPECT_REJECTED(cache, rkv_cache_set(cache, (rkv_param)key, current),
                         RKV_ERR_BAD_STATE);
     }
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_BUDGET, 2 * BUDGET),
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_BUDGET, 2 * BUDGET),
                     RKV_ERR_BAD_STATE);
-    EXPECT_REJECTED(cache, rkv_cache_set_param(cache, RKV_PARAM_METHOD, RKV_METHOD_H2O),
+    EXPECT_REJECTED(cache, rkv_cache_set(cache, RKV_PARAM_METHOD, RKV_METHOD_H2O),
                     RKV_ERR_BAD_STATE);
 }
 
@@ -668,12 +615,12 @@ static void test_set_param_allowed(void **state) {
     rkv_cache *cache = *state;
     test_snapshot seqs_before[SEQS];
     for (int32_t s = 0; s < SEQS; ++s) seqs_before[s] = test_take_seq_snapshot(cache, s);
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_LAMBDA, 0.75));
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_THRESHOLD, -0.25));
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_KERNEL, 3));
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_POOLING, RKV_POOLING_MEAN));
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_SEED, 12345));
-    ASSERT_OK(rkv_cache_set_param(cache, RKV_PARAM_AUTO_COMPRESS, 0));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_LAMBDA, 0.75));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_THRESHOLD, -0.25));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_KERNEL, 3));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_POOLING, RKV_POOLING_MEAN));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_SEED, 12345));
+    ASSERT_OK(rkv_cache_set(cache, RKV_PARAM_AUTO_COMPRESS, 0));
     rkv_cache_params p;
     p.struct_size = sizeof p;
     ASSERT_OK(rkv_cache_get_params(cache, &p));
@@ -1092,12 +1039,12 @@ static void test_compress_due_errors(void **state) {
 /* rkv_view: NULL pointers, struct sizes, indices (RKV_ALL is not allowed). */
 static void test_view_errors(void **state) {
     rkv_cache *cache = *state;
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     EXPECT_REJECTED(cache, rkv_view(NULL, 0, 0, &view), RKV_ERR_INVALID_ARGUMENT);
     EXPECT_REJECTED(cache, rkv_view(cache, 0, 0, NULL), RKV_ERR_INVALID_ARGUMENT);
-    const size_t sizes[] = BAD_SIZES(rkv_kv_view);
+    const size_t sizes[] = BAD_SIZES(rkv_seq_view);
     for (size_t i = 0; i < COUNT(sizes); ++i) {
         view.struct_size = sizes[i];
         EXPECT_REJECTED(cache, rkv_view(cache, 0, 0, &view), RKV_ERR_STRUCT_SIZE);
@@ -1156,48 +1103,48 @@ static void test_seq_length_errors(void **state) {
                         RKV_ERR_OUT_OF_RANGE);
 }
 
-/* rkv_kept_positions: NULL pointers, indices (head included), and a buffer
+/* rkv_seq_positions: NULL pointers, indices (head included), and a buffer
  * smaller than the physical length (CAPACITY, nothing written). */
 static void test_kept_positions_errors(void **state) {
     rkv_cache *cache = *state;
     int32_t out[CAPACITY + 4];
     int32_t count = -1;
-    EXPECT_REJECTED(cache, rkv_kept_positions(NULL, 0, 0, 0, out, CAPACITY, &count),
+    EXPECT_REJECTED(cache, rkv_seq_positions(NULL, 0, 0, 0, out, CAPACITY, &count),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_kept_positions(cache, 0, 0, 0, out, CAPACITY, NULL),
+    EXPECT_REJECTED(cache, rkv_seq_positions(cache, 0, 0, 0, out, CAPACITY, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_kept_positions(cache, RKV_ALL, 0, 0, out, CAPACITY, &count),
+    EXPECT_REJECTED(cache, rkv_seq_positions(cache, RKV_ALL, 0, 0, out, CAPACITY, &count),
                     RKV_ERR_OUT_OF_RANGE);
-    EXPECT_REJECTED(cache, rkv_kept_positions(cache, 0, RKV_ALL, 0, out, CAPACITY, &count),
+    EXPECT_REJECTED(cache, rkv_seq_positions(cache, 0, RKV_ALL, 0, out, CAPACITY, &count),
                     RKV_ERR_OUT_OF_RANGE);
     for (size_t i = 0; i < COUNT(kBadSeqs); ++i)
-        EXPECT_REJECTED(cache, rkv_kept_positions(cache, kBadSeqs[i], 0, 0, out, CAPACITY, &count),
+        EXPECT_REJECTED(cache, rkv_seq_positions(cache, kBadSeqs[i], 0, 0, out, CAPACITY, &count),
                         RKV_ERR_OUT_OF_RANGE);
     for (size_t i = 0; i < COUNT(kBadLayers); ++i)
         EXPECT_REJECTED(cache,
-                        rkv_kept_positions(cache, 0, kBadLayers[i], 0, out, CAPACITY, &count),
+                        rkv_seq_positions(cache, 0, kBadLayers[i], 0, out, CAPACITY, &count),
                         RKV_ERR_OUT_OF_RANGE);
     const int32_t bad_heads[] = {KV, -1, RKV_ALL, QH, INT32_MIN, INT32_MAX};
     for (size_t i = 0; i < COUNT(bad_heads); ++i)
-        EXPECT_REJECTED(cache, rkv_kept_positions(cache, 0, 0, bad_heads[i], out, CAPACITY, &count),
+        EXPECT_REJECTED(cache, rkv_seq_positions(cache, 0, 0, bad_heads[i], out, CAPACITY, &count),
                         RKV_ERR_OUT_OF_RANGE);
 
     /* Sequence 0 holds BUDGET + 2 tokens per head. */
     const int32_t small[] = {BUDGET + 1, 1, 0, -1};
     for (size_t i = 0; i < COUNT(small); ++i) {
         for (size_t j = 0; j < COUNT(out); ++j) out[j] = -7;
-        EXPECT_REJECTED(cache, rkv_kept_positions(cache, 0, 1, 1, out, small[i], &count),
+        EXPECT_REJECTED(cache, rkv_seq_positions(cache, 0, 1, 1, out, small[i], &count),
                         RKV_ERR_CAPACITY);
         for (size_t j = 0; j < COUNT(out); ++j)
             if (out[j] != -7)
                 fail_msg("out_len %d: out[%zu] was written although the call failed", small[i], j);
     }
     /* Controls: the count alone, an exact buffer, an empty sequence with no room. */
-    ASSERT_OK(rkv_kept_positions(cache, 0, 1, 1, NULL, 0, &count));
+    ASSERT_OK(rkv_seq_positions(cache, 0, 1, 1, NULL, 0, &count));
     assert_int_equal(count, BUDGET + 2);
-    ASSERT_OK(rkv_kept_positions(cache, 0, 1, 1, out, BUDGET + 2, &count));
+    ASSERT_OK(rkv_seq_positions(cache, 0, 1, 1, out, BUDGET + 2, &count));
     assert_int_equal(count, BUDGET + 2);
-    ASSERT_OK(rkv_kept_positions(cache, 2, 1, 1, out, 0, &count));
+    ASSERT_OK(rkv_seq_positions(cache, 2, 1, 1, out, 0, &count));
     assert_int_equal(count, 0);
 }
 
@@ -1257,13 +1204,13 @@ static void test_attend_argument_errors(void **state) {
     rkv_cache *cache = *state;
     attend_call c;
     base_attend(&c);
-    EXPECT_REJECTED(cache, rkv_attend(NULL, 0, 2, c.seq_ids, &c.q, &c.out, 0.0f, NULL),
+    EXPECT_REJECTED(cache, test_attend(NULL, 0, 2, c.seq_ids, &c.q, &c.out, 0.0f, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_attend(cache, 0, 2, NULL, &c.q, &c.out, 0.0f, NULL),
+    EXPECT_REJECTED(cache, test_attend(cache, 0, 2, NULL, &c.q, &c.out, 0.0f, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_attend(cache, 0, 2, c.seq_ids, NULL, &c.out, 0.0f, NULL),
+    EXPECT_REJECTED(cache, test_attend(cache, 0, 2, c.seq_ids, NULL, &c.out, 0.0f, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_attend(cache, 0, 2, c.seq_ids, &c.q, NULL, 0.0f, NULL),
+    EXPECT_REJECTED(cache, test_attend(cache, 0, 2, c.seq_ids, &c.q, NULL, 0.0f, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
     c.q.data = NULL;
     EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_INVALID_ARGUMENT);
@@ -1347,7 +1294,7 @@ static void test_attend_stride_overflow(void **state) {
 }
 
 /* ---------------------------------------------------------------------------
- * rkv_inspect_scores (experimental)
+ * rkv_seq_scores (experimental)
  * ------------------------------------------------------------------------- */
 
 /* NULL pointers, indices, unknown kinds, too few tokens (BAD_STATE), a buffer
@@ -1361,7 +1308,7 @@ static void test_inspect_scores_errors(void **state) {
     for (int kind = RKV_SCORE_IMPORTANCE; kind <= RKV_SCORE_FINAL; ++kind) {
         test_snapshot before = test_take_snapshot(cache);
         ASSERT_OK(
-            rkv_inspect_scores(cache, 0, 1, 1, (rkv_score_kind)kind, out, candidates, &count));
+            rkv_seq_scores(cache, 0, 1, 1, (rkv_score_kind)kind, out, candidates, &count));
         assert_int_equal(count, candidates);
         test_snapshot after = test_take_snapshot(cache);
         assert_true(test_snapshot_equal(&before, &after));
@@ -1369,52 +1316,52 @@ static void test_inspect_scores_errors(void **state) {
         test_snapshot_free(&after);
     }
     EXPECT_REJECTED(cache,
-                    rkv_inspect_scores(NULL, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+                    rkv_seq_scores(NULL, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
                     RKV_ERR_INVALID_ARGUMENT);
     EXPECT_REJECTED(cache,
-                    rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, NULL, CAPACITY, &count),
+                    rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, NULL, CAPACITY, &count),
                     RKV_ERR_INVALID_ARGUMENT);
-    EXPECT_REJECTED(cache, rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, NULL),
+    EXPECT_REJECTED(cache, rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, NULL),
                     RKV_ERR_INVALID_ARGUMENT);
     EXPECT_REJECTED(
-        cache, rkv_inspect_scores(cache, RKV_ALL, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+        cache, rkv_seq_scores(cache, RKV_ALL, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
         RKV_ERR_OUT_OF_RANGE);
     EXPECT_REJECTED(
-        cache, rkv_inspect_scores(cache, 0, RKV_ALL, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+        cache, rkv_seq_scores(cache, 0, RKV_ALL, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
         RKV_ERR_OUT_OF_RANGE);
     for (size_t i = 0; i < COUNT(kBadSeqs); ++i)
         EXPECT_REJECTED(
             cache,
-            rkv_inspect_scores(cache, kBadSeqs[i], 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+            rkv_seq_scores(cache, kBadSeqs[i], 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
             RKV_ERR_OUT_OF_RANGE);
     for (size_t i = 0; i < COUNT(kBadLayers); ++i)
         EXPECT_REJECTED(
             cache,
-            rkv_inspect_scores(cache, 0, kBadLayers[i], 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+            rkv_seq_scores(cache, 0, kBadLayers[i], 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
             RKV_ERR_OUT_OF_RANGE);
     const int32_t bad_heads[] = {KV, -1, QH};
     for (size_t i = 0; i < COUNT(bad_heads); ++i)
         EXPECT_REJECTED(
             cache,
-            rkv_inspect_scores(cache, 0, 0, bad_heads[i], RKV_SCORE_FINAL, out, CAPACITY, &count),
+            rkv_seq_scores(cache, 0, 0, bad_heads[i], RKV_SCORE_FINAL, out, CAPACITY, &count),
             RKV_ERR_OUT_OF_RANGE);
     const int bad_kinds[] = {RKV_SCORE_FINAL + 1, -1, 1000};
     for (size_t i = 0; i < COUNT(bad_kinds); ++i)
         EXPECT_REJECTED(
             cache,
-            rkv_inspect_scores(cache, 0, 0, 0, (rkv_score_kind)bad_kinds[i], out, CAPACITY, &count),
+            rkv_seq_scores(cache, 0, 0, 0, (rkv_score_kind)bad_kinds[i], out, CAPACITY, &count),
             RKV_ERR_UNSUPPORTED);
     /* Sequence 1 holds exactly `window` tokens, sequence 2 none. */
     EXPECT_REJECTED(cache,
-                    rkv_inspect_scores(cache, 1, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+                    rkv_seq_scores(cache, 1, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
                     RKV_ERR_BAD_STATE);
     EXPECT_REJECTED(cache,
-                    rkv_inspect_scores(cache, 2, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+                    rkv_seq_scores(cache, 2, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
                     RKV_ERR_BAD_STATE);
     EXPECT_REJECTED(
-        cache, rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, candidates - 1, &count),
+        cache, rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, candidates - 1, &count),
         RKV_ERR_CAPACITY);
-    EXPECT_REJECTED(cache, rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_IMPORTANCE, out, 0, &count),
+    EXPECT_REJECTED(cache, rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_IMPORTANCE, out, 0, &count),
                     RKV_ERR_CAPACITY);
 }
 
@@ -1438,13 +1385,13 @@ static void test_inspect_scores_per_method(void **state) {
         append_all_layers(cache, 0, BUDGET - 2, 1);
         for (int kind = RKV_SCORE_IMPORTANCE; kind <= RKV_SCORE_FINAL; ++kind) {
             if (kMethods[m].has[kind]) {
-                ASSERT_OK(rkv_inspect_scores(cache, 0, 0, 0, (rkv_score_kind)kind, out, CAPACITY,
+                ASSERT_OK(rkv_seq_scores(cache, 0, 0, 0, (rkv_score_kind)kind, out, CAPACITY,
                                              &count));
                 assert_int_equal(count, BUDGET - 2 - WINDOW);
             } else {
                 EXPECT_REJECTED(
                     cache,
-                    rkv_inspect_scores(cache, 0, 0, 0, (rkv_score_kind)kind, out, CAPACITY, &count),
+                    rkv_seq_scores(cache, 0, 0, 0, (rkv_score_kind)kind, out, CAPACITY, &count),
                     RKV_ERR_UNSUPPORTED);
             }
         }
@@ -1455,10 +1402,10 @@ static void test_inspect_scores_per_method(void **state) {
         rkv_cache *cache = make_cache(window_methods[m]);
         append_all_layers(cache, 0, BUDGET - 2, 0);
         EXPECT_REJECTED(
-            cache, rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_IMPORTANCE, out, CAPACITY, &count),
+            cache, rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_IMPORTANCE, out, CAPACITY, &count),
             RKV_ERR_MISSING_QUERIES);
         EXPECT_REJECTED(cache,
-                        rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
+                        rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, out, CAPACITY, &count),
                         RKV_ERR_MISSING_QUERIES);
         release_owned(NULL);
     }
@@ -1480,7 +1427,7 @@ static void test_use_after_fault(void **state) {
     base_append(&a);
     attend_call t;
     base_attend(&t);
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     rkv_layer_view layer_view;
@@ -1489,7 +1436,7 @@ static void test_use_after_fault(void **state) {
     int32_t due = -1, count = -1, positions[CAPACITY];
     float scores[CAPACITY];
     for (int round = 0; round < 2; ++round) {
-        EXPECT_FAIL(rkv_cache_set_param(cache, RKV_PARAM_LAMBDA, 0.5), RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_cache_set(cache, RKV_PARAM_LAMBDA, 0.5), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_seq_reset(cache, 0, NULL), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_seq_reset(cache, RKV_ALL, NULL), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_append(cache, &a.args, NULL), RKV_ERR_FAULTED);
@@ -1498,11 +1445,11 @@ static void test_use_after_fault(void **state) {
         EXPECT_FAIL(rkv_compress_due(cache, 0, 0, &due), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_view(cache, 0, 0, &view), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_view_layer(cache, 0, &layer_view), RKV_ERR_FAULTED);
-        EXPECT_FAIL(rkv_kept_positions(cache, 0, 0, 0, positions, CAPACITY, &count),
+        EXPECT_FAIL(rkv_seq_positions(cache, 0, 0, 0, positions, CAPACITY, &count),
                     RKV_ERR_FAULTED);
-        EXPECT_FAIL(rkv_kept_positions(cache, 0, 0, 0, NULL, 0, &count), RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_seq_positions(cache, 0, 0, 0, NULL, 0, &count), RKV_ERR_FAULTED);
         EXPECT_FAIL(ATTEND(cache, t), RKV_ERR_FAULTED);
-        EXPECT_FAIL(rkv_inspect_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, scores, CAPACITY, &count),
+        EXPECT_FAIL(rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, scores, CAPACITY, &count),
                     RKV_ERR_FAULTED);
     }
 

@@ -37,20 +37,20 @@ static void append_range(rkv_cache *cache, const golden_case *c, const float *k,
     a.num_seqs = 1;
     a.seq_ids = &seq;
     a.num_tokens = &count;
-    rkv_tensor kt = {(void *)(k + first * d), RKV_DTYPE_F32, c->num_kv_heads, c->head_dim, 0, d, total * d};
+    rkv_tensor kt = {(void *)(k + first * d), RKV_DTYPE_F32, c->num_kv_heads, c->head_dim, 0, d, total * d, 0};
     rkv_tensor vt = kt;
     vt.data = (void *)(v + first * d);
     a.k = kt;
     a.v = vt;
     if (q) {
-        rkv_tensor qt = {(void *)(q + q_first * d), RKV_DTYPE_F32, c->num_q_heads, c->head_dim, 0, d, q_total * d};
+        rkv_tensor qt = {(void *)(q + q_first * d), RKV_DTYPE_F32, c->num_q_heads, c->head_dim, 0, d, q_total * d, 0};
         a.q = qt;
     }
     ASSERT_OK(rkv_append(cache, &a, NULL));
 }
 
 /* Host memory: the view is read where it is. */
-static void read_view(const rkv_cache *cache, const rkv_kv_view *view, float *k, float *v,
+static void read_view(const rkv_cache *cache, const rkv_seq_view *view, float *k, float *v,
                       int32_t *positions) {
     (void)cache;
     const size_t elements = (size_t)view->num_kv_heads * (size_t)view->stride_head;
@@ -136,7 +136,7 @@ static void test_position_mode_matches_reference(void **state) {
             kept_sorted(modes[1], h, b, c->budget);
             /* position mode keeps slots sorted by position */
             int32_t held[4096], count = 0;
-            ASSERT_OK(rkv_kept_positions(modes[0], 0, 0, h, held, 4096, &count));
+            ASSERT_OK(rkv_seq_positions(modes[0], 0, 0, h, held, 4096, &count));
             for (int32_t t = 1; t < count; ++t) assert_true(held[t - 1] < held[t]);
             if (memcmp(a, b, (size_t)c->budget * 4) == 0) {
                 ++equal;

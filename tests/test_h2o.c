@@ -67,7 +67,7 @@ static void model_append(head_model *m, int32_t position, const float *key, cons
 static void compare(const rkv_cache *cache, head_model *model, int32_t step) {
     for (int32_t h = 0; h < KV_HEADS; ++h) {
         int32_t positions[CAPACITY], count = 0;
-        ASSERT_OK(rkv_kept_positions(cache, 0, 0, h, positions, CAPACITY, &count));
+        ASSERT_OK(rkv_seq_positions(cache, 0, 0, h, positions, CAPACITY, &count));
         assert_int_equal(count, model[h].count);
         for (int32_t i = 0; i < count; ++i)
             if (positions[i] != model[h].position[i])
@@ -76,7 +76,7 @@ static void compare(const rkv_cache *cache, head_model *model, int32_t step) {
         if (count <= WINDOW) continue;
         float scores[CAPACITY];
         int32_t candidates = 0;
-        ASSERT_OK(rkv_inspect_scores(cache, 0, 0, h, RKV_SCORE_FINAL, scores, CAPACITY, &candidates));
+        ASSERT_OK(rkv_seq_scores(cache, 0, 0, h, RKV_SCORE_FINAL, scores, CAPACITY, &candidates));
         assert_int_equal(candidates, count - WINDOW);
         for (int32_t j = 0; j < candidates; ++j)
             if (fabs(scores[j] - model[h].score[j]) > 1e-5 * fmax(1.0, model[h].score[j]))

@@ -1,4 +1,4 @@
-/* A live parameter change (rkv_cache_set_param) reaches the backend at the
+/* A live parameter change (rkv_cache_set) reaches the backend at the
  * next call: a cache changed after create scores and keeps exactly what a cache
  * created with the new values does. Backends keep only the parameters that
  * never change; the live ones come with every call (src/params.h LiveParams). */
@@ -35,14 +35,14 @@ static void compare(rkv_method method, const change *changes, int count) {
     rkv_cache_params q = p;
     for (int i = 0; i < count; ++i) ASSERT_OK(rkv_params_set(&q, changes[i].key, changes[i].value));
     rkv_cache *changed = test_create(&p), *created = test_create(&q);
-    for (int i = 0; i < count; ++i) ASSERT_OK(rkv_cache_set_param(changed, changes[i].key, changes[i].value));
+    for (int i = 0; i < count; ++i) ASSERT_OK(rkv_cache_set(changed, changes[i].key, changes[i].value));
     fill(changed);
     fill(created);
     for (int kind = RKV_SCORE_IMPORTANCE; kind <= RKV_SCORE_FINAL; ++kind) {
         float a[64], b[64];
         int32_t na = 0, nb = 0;
-        const rkv_status sa = rkv_inspect_scores(changed, 0, 0, 1, (rkv_score_kind)kind, a, 64, &na);
-        const rkv_status sb = rkv_inspect_scores(created, 0, 0, 1, (rkv_score_kind)kind, b, 64, &nb);
+        const rkv_status sa = rkv_seq_scores(changed, 0, 0, 1, (rkv_score_kind)kind, a, 64, &na);
+        const rkv_status sb = rkv_seq_scores(created, 0, 0, 1, (rkv_score_kind)kind, b, 64, &nb);
         assert_int_equal(sa, sb);
         if (sa != RKV_OK) continue;
         assert_int_equal(na, nb);
@@ -52,8 +52,8 @@ static void compare(rkv_method method, const change *changes, int count) {
     ASSERT_OK(rkv_compress(created, 0, 0, NULL));
     for (int32_t h = 0; h < KV; ++h) {
         int32_t a[64], b[64], na = 0, nb = 0;
-        ASSERT_OK(rkv_kept_positions(changed, 0, 0, h, a, 64, &na));
-        ASSERT_OK(rkv_kept_positions(created, 0, 0, h, b, 64, &nb));
+        ASSERT_OK(rkv_seq_positions(changed, 0, 0, h, a, 64, &na));
+        ASSERT_OK(rkv_seq_positions(created, 0, 0, h, b, 64, &nb));
         assert_int_equal(na, nb);
         assert_memory_equal(a, b, sizeof(int32_t) * (size_t)na);
     }

@@ -1,11 +1,11 @@
 // The method table (core/method.h) against what a CPU cache does, for every
-// method rkv_param_bounds accepts: a row added for a new method is checked
+// method rkv_params_bounds accepts: a row added for a new method is checked
 // here without a new test.
 //   - evicts:    a method that evicts holds at most budget + buffer after any
 //                append; one that does not fails an append past max_len
 //   - queries:   Window: a compression without the window's queries fails with
 //                MISSING_QUERIES; EveryToken: an append without q fails; None: neither
-//   - scores:    rkv_inspect_scores answers exactly the kinds of the row
+//   - scores:    rkv_seq_scores answers exactly the kinds of the row
 //   - sink:      keeps_sink: the first `sink` positions survive every compression
 //   - order:     in position mode kept positions ascend; in reference mode a
 //                method without the reference order keeps them ascending too
@@ -50,7 +50,7 @@ void check_kept(const rkv_cache *cache, const rkv::MethodInfo &row, const rkv_ca
     std::vector<int32_t> positions(64);
     for (int32_t h = 0; h < kHeads; ++h) {
         int32_t count = 0;
-        ASSERT_OK(rkv_kept_positions(cache, 0, 0, h, positions.data(), int32_t(positions.size()), &count));
+        ASSERT_OK(rkv_seq_positions(cache, 0, 0, h, positions.data(), int32_t(positions.size()), &count));
         const bool ascending_expected = p.mode == RKV_MODE_POSITION || !row.reference_order;
         for (int32_t i = 1; i < count && ascending_expected; ++i)
             if (positions[i - 1] >= positions[i])
@@ -99,11 +99,11 @@ void check_method(rkv_method method, rkv_mode mode) {
     std::vector<float> scores(64);
     for (int kind = RKV_SCORE_IMPORTANCE; kind <= RKV_SCORE_FINAL; ++kind) {
         int32_t count = 0;
-        const rkv_status status = rkv_inspect_scores(cache, 0, 0, 0, rkv_score_kind(kind), scores.data(),
+        const rkv_status status = rkv_seq_scores(cache, 0, 0, 0, rkv_score_kind(kind), scores.data(),
                                                      int32_t(scores.size()), &count);
         const bool computed = (row.scores & rkv::score_bit(rkv_score_kind(kind))) != 0;
         if (status != (computed ? RKV_OK : RKV_ERR_UNSUPPORTED))
-            fail_msg("%s, score kind %d: %s (%s)", row.name, kind, rkv_status_name(status), rkv_last_error_message());
+            fail_msg("%s, score kind %d: %s (%s)", row.name, kind, rkv_status_name(status), rkv_error_message());
     }
 
     // Queries: a compression of budget + 1 tokens appended without q (H2O
@@ -122,7 +122,7 @@ void check_method(rkv_method method, rkv_mode mode) {
 
 void test_every_method_keeps_its_row(void **) {
     double lower = 0, upper = 0;
-    ASSERT_OK(rkv_param_bounds(RKV_PARAM_METHOD, &lower, &upper));
+    ASSERT_OK(rkv_params_bounds(RKV_PARAM_METHOD, &lower, &upper));
     assert_int_equal(int(lower), 0);
     assert_int_equal(int(upper), rkv::kNumMethods - 1);
     for (int m = int(lower); m <= int(upper); ++m)

@@ -57,7 +57,7 @@ static int holds(const int32_t *positions, int32_t n, int32_t position) {
 /* Every invariant of one (seq, layer) at one moment. */
 static void check_invariants(const rkv_cache *cache, const rkv_cache_params *p, const history *hist,
                              int32_t seq, int32_t layer, int32_t capacity) {
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     ASSERT_OK(rkv_view(cache, seq, layer, &view));

@@ -26,7 +26,7 @@ void append_prompt(rkv_cache *cache, int32_t seq, int32_t tokens, rkv_status exp
     const rkv_status status = test_append(cache, 0, seq, k.data(), v.data(), nullptr, tokens, RKV_APPEND_PROMPT);
     if (status != expected)
         fail_msg("a prompt of %d tokens: %s (%s), expected %s", tokens, rkv_status_name(status),
-                 rkv_last_error_message(), rkv_status_name(expected));
+                 rkv_error_message(), rkv_status_name(expected));
 }
 
 void test_full_with_prompt_guard_keeps_max_len(void **) {
@@ -125,7 +125,7 @@ Outcome planned(rkv::SeqLayerState s, int64_t tokens, const rkv::AppendCall &cal
         const int32_t count = plan.chunk_tokens(k);
         assert_true(count >= 1);
         if (s.held + count > r.capacity) fail_msg("chunk %lld of %d tokens passes the capacity %d", (long long)k, count, r.capacity);
-        s = rkv::after_append(s, count, call.prompt, call.has_queries, r.window);
+        s = rkv::after_append(s, count, call.prompt, call.has_queries, r);
     }
     out.state = s;
     return out;
@@ -137,7 +137,7 @@ void test_plan_matches_token_by_token(void **) {
     int cases = 0, failures_seen = 0;
     for (int round = 0; round < 20000; ++round) {
         rkv_cache_params p;
-        ASSERT_OK(rkv_cache_params_default(&p, sizeof p));
+        ASSERT_OK(rkv_params_default(&p, sizeof p));
         p.method = rkv_method(pick(rkv::kNumMethods));
         p.mode = rkv_mode(pick(2));
         p.window = int32_t(1 + pick(4));

@@ -60,7 +60,7 @@ typedef struct decode_job {
         if (status_ != RKV_OK) {                                              \
             (result)->status = status_;                                       \
             snprintf((result)->where, sizeof(result)->where, "%s: %s", #call, \
-                     rkv_last_error_message());                               \
+                     rkv_error_message());                               \
             goto done;                                                        \
         }                                                                     \
     } while (0)
@@ -127,7 +127,7 @@ static void run_decode(const decode_job *job, decode_result *result) {
             CHECK(result, rkv_append(cache, &a, NULL));
             rkv_tensor o = test_tensor(out, QH, D);
             o.stride_seq = QH * D;
-            CHECK(result, rkv_attend(cache, layer, SEQS, seq_ids, &a.q, &o, 0.0f, NULL));
+            CHECK(result, test_attend(cache, layer, SEQS, seq_ids, &a.q, &o, 0.0f, NULL));
             for (int i = 0; i < SEQS * QH * D; ++i) result->attend_sum += out[i];
         }
     }
@@ -139,7 +139,7 @@ static void run_decode(const decode_job *job, decode_result *result) {
             for (int32_t head = 0; head < KV; ++head) {
                 int32_t count = 0;
                 CHECK(result,
-                      rkv_kept_positions(cache, seq, layer, head,
+                      rkv_seq_positions(cache, seq, layer, head,
                                          result->positions[seq][layer][head], CAPACITY, &count));
             }
         }
@@ -270,18 +270,18 @@ typedef struct message_worker {
 /* The failing call of thread `index`: each thread fails in a different way
  * (a different function, or a different bad value), so their messages differ. */
 static rkv_status failing_call(int index, rkv_cache *cache) {
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     switch (index) {
         case 0:
-            return rkv_cache_params_default(NULL, sizeof(rkv_cache_params));
+            return rkv_params_default(NULL, sizeof(rkv_cache_params));
         case 1:
             return rkv_view(cache, 0, 1000 + index, &view);
         case 2:
             return rkv_compress(cache, 2000 + index, 0, NULL);
         case 3:
-            return rkv_cache_set_param(cache, RKV_PARAM_BUDGET, 64);
+            return rkv_cache_set(cache, RKV_PARAM_BUDGET, 64);
         default:
             return rkv_view(cache, 3000 + index, 0, &view);
     }
@@ -290,11 +290,11 @@ static rkv_status failing_call(int index, rkv_cache *cache) {
 static void *message_thread(void *arg) {
     message_worker *w = arg;
     w->overwritten_round = -1;
-    const char *initial = rkv_last_error_message();
+    const char *initial = rkv_error_message();
     w->started_empty = initial != NULL && initial[0] == '\0';
     rkv_cache_params p;
     rkv_cache *cache = NULL;
-    if (rkv_cache_params_default(&p, sizeof p) == RKV_OK) {
+    if (rkv_params_default(&p, sizeof p) == RKV_OK) {
         p.max_seqs = 1;
         p.num_layers = 1;
         p.num_kv_heads = 1;
@@ -310,14 +310,14 @@ static void *message_thread(void *arg) {
     }
     for (int round = 0; round < MESSAGE_ROUNDS; ++round) {
         w->status = failing_call(w->index, cache);
-        snprintf(w->own, sizeof w->own, "%s", rkv_last_error_message());
+        snprintf(w->own, sizeof w->own, "%s", rkv_error_message());
         /* Every other thread now makes its own failing call... */
         pthread_barrier_wait(w->barrier);
         /* ...and a successful call here does not reset the message either. */
         int32_t due = 0;
         if (cache && rkv_compress_due(cache, 0, 0, &due) != RKV_OK) w->ok_call_failed = 1;
         pthread_barrier_wait(w->barrier);
-        const char *now = rkv_last_error_message();
+        const char *now = rkv_error_message();
         if (w->overwritten_round < 0 && (now == NULL || strcmp(now, w->own) != 0)) {
             w->overwritten_round = round;
             snprintf(w->seen, sizeof w->seen, "%s", now ? now : "(NULL)");
@@ -335,9 +335,9 @@ static void test_error_messages_are_thread_local(void **state) {
     (void)state;
     /* The main thread fails first: a new thread must not see this message. */
     double lower, upper;
-    ASSERT_STATUS(rkv_param_bounds((rkv_param)777, &lower, &upper), RKV_ERR_UNSUPPORTED);
+    ASSERT_STATUS(rkv_params_bounds((rkv_param)777, &lower, &upper), RKV_ERR_UNSUPPORTED);
     char main_message[256];
-    snprintf(main_message, sizeof main_message, "%s", rkv_last_error_message());
+    snprintf(main_message, sizeof main_message, "%s", rkv_error_message());
     assert_true(main_message[0] != '\0');
 
     enum { N = 5 };
@@ -376,7 +376,7 @@ static void test_error_messages_are_thread_local(void **state) {
                     u, t, w->own);
     }
     /* Nor did the workers touch the main thread's message. */
-    assert_string_equal(rkv_last_error_message(), main_message);
+    assert_string_equal(rkv_error_message(), main_message);
 }
 
 int main(void) {

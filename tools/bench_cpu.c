@@ -26,7 +26,7 @@
         rkv_status status_ = (call);                                                     \
         if (status_ != RKV_OK) {                                                         \
             fprintf(stderr, "%s: %s: %s\n", #call, rkv_status_name(status_),             \
-                    rkv_last_error_message());                                           \
+                    rkv_error_message());                                           \
             exit(1);                                                                     \
         }                                                                                \
     } while (0)
@@ -91,7 +91,7 @@ static double sgemm_rate(int m, int n, int k, int repeats) {
 
 static void bench(const shape *s, rkv_dtype dtype, int repeats, double gemm_gflops) {
     rkv_cache_params p;
-    CHECK(rkv_cache_params_default(&p, sizeof p));
+    CHECK(rkv_params_default(&p, sizeof p));
     p.max_seqs = 1;
     p.num_layers = s->layers;
     p.num_kv_heads = s->kv_heads;
@@ -116,7 +116,7 @@ static void bench(const shape *s, rkv_dtype dtype, int repeats, double gemm_gflo
     a.num_seqs = 1;
     a.seq_ids = &seq;
     a.num_tokens = &count;
-    rkv_tensor kt = {k, RKV_DTYPE_F32, s->kv_heads, s->head_dim, 0, (int64_t)s->kv_heads * s->head_dim, s->head_dim};
+    rkv_tensor kt = {k, RKV_DTYPE_F32, s->kv_heads, s->head_dim, 0, (int64_t)s->kv_heads * s->head_dim, s->head_dim, 0};
     rkv_tensor vt = kt, qt = {q, RKV_DTYPE_F32, s->q_heads, s->head_dim, 0, (int64_t)s->q_heads * s->head_dim, s->head_dim};
     vt.data = v;
     a.k = kt, a.v = vt, a.q = qt;

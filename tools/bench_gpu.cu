@@ -37,7 +37,7 @@ namespace {
     do {                                                                                             \
         rkv_status status_ = (call);                                                                 \
         if (status_ != RKV_OK) {                                                                     \
-            std::fprintf(stderr, "%s: %s: %s\n", #call, rkv_status_name(status_), rkv_last_error_message()); \
+            std::fprintf(stderr, "%s: %s: %s\n", #call, rkv_status_name(status_), rkv_error_message()); \
             std::exit(1);                                                                            \
         }                                                                                            \
     } while (0)
@@ -196,9 +196,9 @@ void append_tokens(rkv_cache *cache, const Source &src, int seqs, int count, cud
     a.seq_ids = ids.data();
     a.num_tokens = counts.data();
     a.token_offsets = offsets.data();
-    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim};
-    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim};
-    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, 0, kQHeads * kDim, kDim};
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim, 0};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim, 0};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, 0, kQHeads * kDim, kDim, 0};
     for (int layer = 0; layer < kLayers; ++layer) {
         a.layer = layer;
         CHECK(rkv_append(cache, &a, stream));
@@ -207,7 +207,7 @@ void append_tokens(rkv_cache *cache, const Source &src, int seqs, int count, cud
 
 rkv_cache *make_cache(int seqs) {
     rkv_cache_params p;
-    CHECK(rkv_cache_params_default(&p, sizeof p));
+    CHECK(rkv_params_default(&p, sizeof p));
     p.max_seqs = seqs;
     p.num_layers = kLayers;
     p.num_kv_heads = kKvHeads;
@@ -302,13 +302,20 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     for (int i = 0; i < seqs; ++i) ids[i] = i;
     __nv_bfloat16 *out;
     CUDA(cudaMalloc(&out, size_t(seqs) * kQHeads * kDim * 2));
-    const rkv_tensor q{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim};
-    const rkv_tensor o{out, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim};
+    const rkv_tensor q{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim, 0};
+    const rkv_tensor o{out, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim, 0};
     std::vector<double> ms;
     for (int r = 0; r < 12; ++r) {
         const int layer = r % kLayers;
         t.begin(stream);
-        CHECK(rkv_attend(cache, layer, seqs, ids.data(), &q, &o, 0.0f, stream));
+        rkv_attend_args attend{};
+        attend.struct_size = sizeof attend;
+        attend.layer = layer;
+        attend.num_seqs = seqs;
+        attend.seq_ids = ids.data();
+        attend.q = q;
+        attend.out = o;
+        CHECK(rkv_attend(cache, &attend, stream));
         const double m = t.end_ms(stream);
         if (r >= 2) ms.push_back(m);
     }
@@ -323,9 +330,9 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     a.struct_size = sizeof a;
     a.num_seqs = seqs;
     a.seq_ids = ids.data();
-    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim};
-    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim};
-    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim};
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim, 0};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim, 0};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim, 0};
     // bytes read and written: K, V and Q rows of every sequence, positions and state
     const double moved = 2.0 * double(seqs) * (2 * kKvHeads + kQHeads) * kDim * 2 + double(seqs) * kKvHeads * 8;
     ms.clear();
@@ -348,14 +355,14 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     }
     CUDA(cudaStreamEndCapture(stream, &graph));
     CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    CHECK(rkv_sync_lengths(cache, stream));
+    CHECK(rkv_cache_sync_lengths(cache, stream));
     ms.clear();
     for (int r = 0; r < 8; ++r) {
         t.begin(stream);
         CUDA(cudaGraphLaunch(exec, stream));
         ms.push_back(t.end_ms(stream) / kLayers);
     }
-    CHECK(rkv_sync_lengths(cache, stream));
+    CHECK(rkv_cache_sync_lengths(cache, stream));
     const double graph_ms = median(ms);
     // the same bytes as one device-to-device copy (read + write counted)
     const double same_size_copy = copy_bandwidth(size_t(moved / 2), stream, 20);

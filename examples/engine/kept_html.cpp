@@ -9,7 +9,7 @@ namespace engine {
 
 std::vector<int32_t> kept_counts(const rkv_cache *cache, int32_t seq, int32_t positions) {
     rkv_cache_params p;
-    rkv_cache_params_default(&p, sizeof p);
+    rkv_params_default(&p, sizeof p);
     rkv_cache_get_params(cache, &p);
     std::vector<int32_t> kept(size_t(positions), 0);
     std::vector<int32_t> held;  // [physical length] positions one head holds
@@ -20,9 +20,9 @@ std::vector<int32_t> kept_counts(const rkv_cache *cache, int32_t seq, int32_t po
         for (int32_t head = 0; head < p.num_kv_heads; ++head) {
             int32_t count = 0;
             const rkv_status status =
-                rkv_kept_positions(cache, seq, layer, head, held.data(), physical, &count);
+                rkv_seq_positions(cache, seq, layer, head, held.data(), physical, &count);
             if (status != RKV_OK)
-                throw std::runtime_error(std::string("rkv_kept_positions: ") + rkv_last_error_message());
+                throw std::runtime_error(std::string("rkv_seq_positions: ") + rkv_error_message());
             for (int32_t i = 0; i < count; ++i)
                 if (held[size_t(i)] >= 0 && held[size_t(i)] < positions) ++kept[size_t(held[size_t(i)])];
         }

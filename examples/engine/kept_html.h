@@ -1,6 +1,6 @@
 // An HTML page that shows a sequence's tokens, each coloured by how many
 // (layer, KV head) pairs still hold it: R-KV's picture of what compression
-// keeps. The counts come from rkv_kept_positions; the page draws itself from
+// keeps. The counts come from rkv_seq_positions; the page draws itself from
 // an embedded JSON array with a few lines of JavaScript.
 #pragma once
 

@@ -20,7 +20,7 @@ constexpr int32_t kMaxRows = 128;
 void check(rkv_status status, const char *what) {
     if (status != RKV_OK)
         throw std::runtime_error(std::string(what) + ": " + rkv_status_name(status) + ": " +
-                                 rkv_last_error_message());
+                                 rkv_error_message());
 }
 
 // y[n, W.rows] = x[n, W.cols] W^T
@@ -231,7 +231,7 @@ void Model::forward_rows(rkv_cache *cache, Mode mode, const int32_t *seq_ids, co
     const bool prefill = mode == Mode::Prefill;
     auto tensor = [&](float *data, int32_t heads) {
         const int64_t row = int64_t(heads) * hd;
-        return rkv_tensor{data, RKV_DTYPE_F32, heads, hd, prefill ? 0 : row, prefill ? row : 0, hd};
+        return rkv_tensor{data, RKV_DTYPE_F32, heads, hd, prefill ? 0 : row, prefill ? row : 0, hd, 0};
     };
     rkv_append_args args;
     std::memset(&args, 0, sizeof args);
@@ -261,8 +261,16 @@ void Model::forward_rows(rkv_cache *cache, Mode mode, const int32_t *seq_ids, co
         check(rkv_append(cache, &args, nullptr), "rkv_append");  // post-RoPE K, V and Q
         if (prefill)
             attend_prefill(cache, seq_ids[0], l, n);
-        else
-            check(rkv_attend(cache, l, n, seq_ids, &q_decode, &out_decode, 0.0f, nullptr), "rkv_attend");
+        else {
+            rkv_attend_args attend{};
+            attend.struct_size = sizeof attend;
+            attend.layer = l;
+            attend.num_seqs = n;
+            attend.seq_ids = seq_ids;
+            attend.q = q_decode;
+            attend.out = out_decode;
+            check(rkv_attend(cache, &attend, nullptr), "rkv_attend");
+        }
         matmul(s.xb.data(), s.att.data(), L.wo, n);
         for (size_t i = 0; i < size_t(n) * dim; ++i) s.x[i] += s.xb[i];
 
@@ -292,7 +300,7 @@ void Model::forward_rows(rkv_cache *cache, Mode mode, const int32_t *seq_ids, co
 void Model::attend_prefill(rkv_cache *cache, int32_t seq, int32_t layer, int32_t n) {
     const Config &c = config_;
     RunState &s = s_;
-    rkv_kv_view view;
+    rkv_seq_view view;
     std::memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     check(rkv_view(cache, seq, layer, &view), "rkv_view");

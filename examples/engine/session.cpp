@@ -78,7 +78,7 @@ bool parse_method(const std::string &name, rkv_method *method) {
 
 rkv_cache *create_cache(const Model &model, const CacheOptions &o) {
     rkv_cache_params p;
-    rkv_cache_params_default(&p, sizeof p);
+    rkv_params_default(&p, sizeof p);
     model.set_cache_shape(p, o.max_seqs);
     p.method = o.method;
     if (o.method != RKV_METHOD_FULL) {  // a FULL cache holds max_len tokens, whatever the budget
@@ -95,7 +95,7 @@ rkv_cache *create_cache(const Model &model, const CacheOptions &o) {
     const rkv_status status = rkv_cache_create(&p, &cache);
     if (status != RKV_OK)
         throw std::runtime_error(std::string("rkv_cache_create: ") + rkv_status_name(status) + ": " +
-                                 rkv_last_error_message());
+                                 rkv_error_message());
     return cache;
 }
 

@@ -39,7 +39,7 @@ struct ScratchPlan {
         return uint64_t(3 * rows_d + queries + logits + block + 5 * per_slot + head_dim +
                         groups * head_dim) * 4 +
                uint64_t(per_slot) * 8 /* column sums */ + uint64_t(per_slot) * 4 * 3 /* order, select, positions */ +
-               uint64_t(rows_d) * element_size /* gather */;
+               uint64_t(rows_d) * element_size /* gather */ + uint64_t(head_dim) * element_size /* storage row */;
     }
 };
 
@@ -60,12 +60,16 @@ class CpuBackend final : public Backend {
           groups_(params.num_q_heads / params.num_kv_heads),
           element_size_(dtype_size(params.dtype)),
           scratch_plan_(params, plan.capacity),
+          history_len_(plan.history),
+          max_rollback_(params.max_rollback),
+          seq_layers_(int64_t(plan.length_entries)),
           keys_(plan.kv_elements * element_size_),
           values_(plan.kv_elements * element_size_),
           positions_(plan.slot_entries),
           state_(plan.slot_entries),
           queries_(plan.query_elements * element_size_),
-          lengths_(plan.length_entries),
+          history_(plan.history_elements * element_size_),
+          counts_(plan.length_entries * kNumCountArrays),
           keys32_(scratch_plan_.rows_d),
           values32_(scratch_plan_.rows_d),
           normalized_(scratch_plan_.rows_d),
@@ -83,36 +87,22 @@ class CpuBackend final : public Backend {
           kept_(capacity_),
           select_scratch_(capacity_),
           positions_copy_(capacity_),
-          gather_(uint64_t(scratch_plan_.rows_d) * element_size_) {}
+          gather_(uint64_t(scratch_plan_.rows_d) * element_size_),
+          storage_row_(uint64_t(params.head_dim) * element_size_) {}
 
     void append(int32_t layer, const rkv_append_args &a, const AppendChunk *chunks,
                 int32_t num_chunks, const LiveParams &live, void *) override {
-        const int32_t d = p_.head_dim;
         for (int32_t c = 0; c < num_chunks; ++c) {
             const AppendChunk &chunk = chunks[c];
             const int64_t offset = a.token_offsets ? a.token_offsets[chunk.entry] : 0;
-            for (int32_t t = 0; t < chunk.count; ++t) {
-                const int64_t token = offset + chunk.first_token + t;
-                const int32_t slot = chunk.slot + t;
-                const int64_t position = chunk.position + t;
-                for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
-                    const int64_t entry = slot_index(layer, chunk.seq, h, slot);
-                    convert_row(element(a.k, chunk.entry, token, h), a.k.dtype,
-                                keys_.get() + entry * d * element_size_, p_.dtype, d);
-                    convert_row(element(a.v, chunk.entry, token, h), a.v.dtype,
-                                values_.get() + entry * d * element_size_, p_.dtype, d);
-                    positions_.get()[entry] = int32_t(position);
-                    state_.get()[entry] = 0.0f;
-                }
-                if (a.q.data == nullptr) continue;
-                const int32_t ring = int32_t(position % p_.window);
-                for (int32_t qh = 0; qh < p_.num_q_heads; ++qh)
-                    convert_row(element(a.q, chunk.entry, token, qh), a.q.dtype,
-                                queries_.get() + query_index(layer, chunk.seq, qh, ring) * element_size_,
-                                p_.dtype, d);
-            }
-            if (method_.scorer == Scorer::AccumulatedAttention) accumulate_h2o(layer, a, chunk, offset, live.pooling);
+            append_chunk(layer, a, chunk.seq, chunk.entry, offset + chunk.first_token, chunk.count, live.pooling);
         }
+    }
+
+    void append_batch(int32_t layer, const rkv_append_args &a, const int32_t *batch_ids, int32_t entries,
+                      const LiveParams &live, void *) override {
+        for (int32_t i = 0; i < entries; ++i)
+            if (batch_ids[i] >= 0) append_chunk(layer, a, batch_ids[i], i, 0, 1, live.pooling);
     }
 
     void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
@@ -120,6 +110,11 @@ class CpuBackend final : public Backend {
         const KeptOrder order = kept_in_reference_order(p_) ? KeptOrder::Reference : KeptOrder::Position;
         for (int32_t j = 0; j < num_jobs; ++j) {
             const CompressJob &job = jobs[j];
+            if (count(kHeld, layer, job.seq) != job.held) continue;  // as the device (job_active)
+            if (method_.scorer == Scorer::AccumulatedAttention)
+                for (int32_t h = 0; h < p_.num_kv_heads; ++h)
+                    commit_pending(layer, job.seq, h, count(kPending, layer, job.seq),
+                                   state_.get() + slot_index(layer, job.seq, h, 0), live.pooling);
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
                 const float *scores = score(layer, job, h, RKV_SCORE_FINAL, live);
                 const int64_t base = slot_index(layer, job.seq, h, 0);
@@ -127,32 +122,75 @@ class CpuBackend final : public Backend {
                             job.protect_below, order, select_scratch_.get(), kept_.get());
                 compact(base, job.keep);
             }
+            count(kHeld, layer, job.seq) = job.keep;
+            count(kCompressions, layer, job.seq) += 1;
+            count(kRecent, layer, job.seq) = 0;
+            count(kPending, layer, job.seq) = 0;
         }
     }
 
-    void set_length(int32_t layer, int32_t seq, int32_t held, void *) override {
-        lengths_.get()[int64_t(layer) * p_.max_seqs + seq] = held;
+    void truncate(int32_t seq, int32_t tokens, void *) override {
+        for (int32_t l = 0; l < p_.num_layers; ++l) {
+            count(kHeld, l, seq) -= tokens;
+            count(kLogical, l, seq) -= tokens;
+            count(kQueriesValid, l, seq) = std::max(0, count(kQueriesValid, l, seq) - tokens);
+            count(kRecent, l, seq) -= tokens;
+            count(kPending, l, seq) = std::max(0, count(kPending, l, seq) - tokens);
+            if (history_len_ > 0) restore_window(l, seq);
+        }
+    }
+
+    void copy_sequence(int32_t src, int32_t dst, void *) override {
+        const int64_t row_bytes = int64_t(p_.head_dim) * element_size_;
+        const int64_t query_rows = int64_t(p_.num_q_heads) * p_.window;
+        const int64_t history_rows = int64_t(p_.num_q_heads) * history_len_;
+        for (int32_t l = 0; l < p_.num_layers; ++l) {
+            const int32_t held = count(kHeld, l, src);
+            for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
+                const int64_t from = slot_index(l, src, h, 0), to = slot_index(l, dst, h, 0);
+                for (uint8_t *storage : {keys_.get(), values_.get()})
+                    std::memcpy(storage + to * row_bytes, storage + from * row_bytes, size_t(held * row_bytes));
+                std::copy(positions_.get() + from, positions_.get() + from + held, positions_.get() + to);
+                std::copy(state_.get() + from, state_.get() + from + held, state_.get() + to);
+            }
+            std::memcpy(queries_.get() + query_index(l, dst, 0, 0) * element_size_,
+                        queries_.get() + query_index(l, src, 0, 0) * element_size_, size_t(query_rows * row_bytes));
+            if (history_len_ > 0)
+                std::memcpy(history_.get() + history_index(l, dst, 0, 0) * element_size_,
+                            history_.get() + history_index(l, src, 0, 0) * element_size_,
+                            size_t(history_rows * row_bytes));
+            for (int32_t array = 0; array < kNumCountArrays; ++array)
+                count(CountArray(array), l, dst) = count(CountArray(array), l, src);
+        }
     }
 
     void clear_sequence(int32_t seq, void *) override {
         for (int32_t l = 0; l < p_.num_layers; ++l) {
             const int64_t base = slot_index(l, seq, 0, 0);
             std::fill(state_.get() + base, state_.get() + base + int64_t(p_.num_kv_heads) * capacity_, 0.0f);
+            for (int32_t array = 0; array < kNumCountArrays; ++array) count(CountArray(array), l, seq) = 0;
         }
     }
 
-    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *held,
+    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
                 const rkv_tensor &q, const rkv_tensor &out, float scale, void *) override {
         const int32_t d = p_.head_dim;
         for (int32_t i = 0; i < num_seqs; ++i) {
+            const int32_t seq = batch_ids ? batch_ids[i] : seq_ids[i];
+            if (seq < 0) continue;  // padding
+            const int32_t held = count(kHeld, layer, seq);
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
-                const int64_t base = slot_index(layer, seq_ids[i], h, 0);
-                const float *k = keys_f32(base, held[i], keys32_.get(), keys_.get());
-                const float *v = keys_f32(base, held[i], values32_.get(), values_.get());
+                const int64_t base = slot_index(layer, seq, h, 0);
+                const float *k = keys_f32(base, held, keys32_.get(), keys_.get());
+                const float *v = keys_f32(base, held, values32_.get(), values_.get());
                 for (int32_t g = 0; g < groups_; ++g)
                     convert_row(element(q, i, 0, h * groups_ + g), q.dtype,
                                 queries32_.get() + int64_t(g) * d, RKV_DTYPE_F32, d);
-                cpu::attend(queries32_.get(), groups_, k, v, held[i], d, scale, logits_.get(), out32_.get());
+                if (held == 0) {  // a batch sequence without tokens: zeros, as the device
+                    std::fill(out32_.get(), out32_.get() + int64_t(groups_) * d, 0.0f);
+                } else {
+                    cpu::attend(queries32_.get(), groups_, k, v, held, d, scale, logits_.get(), out32_.get());
+                }
                 for (int32_t g = 0; g < groups_; ++g)
                     convert_row(out32_.get() + int64_t(g) * d, RKV_DTYPE_F32,
                                 const_cast<void *>(element(out, i, 0, h * groups_ + g)), out.dtype, d);
@@ -167,13 +205,37 @@ class CpuBackend final : public Backend {
     void inspect_scores(int32_t layer, const CompressJob &job, int32_t head, rkv_score_kind kind,
                         const LiveParams &live, float *out) override {
         const float *scores = score(layer, job, head, kind, live);
+        if (method_.scorer == Scorer::AccumulatedAttention) {
+            // The state as the compression will rank it: pending queries committed, into a copy.
+            float *state = state_copy_.get();
+            std::copy(scores, scores + job.held, state);
+            commit_pending(layer, job.seq, head, count(kPending, layer, job.seq), state, live.pooling);
+            scores = state;
+        }
         std::memcpy(out, scores, size_t(job.held - p_.window) * 4);
+    }
+
+    BatchIds allocate_batch(int32_t entries) override {
+        int32_t *ids = new int32_t[size_t(entries)];
+        std::fill(ids, ids + entries, -1);
+        return BatchIds(ids, [](int32_t *p) { delete[] p; });
+    }
+
+    void set_batch(int32_t *batch_ids, const int32_t *ids, int32_t entries, void *) override {
+        std::copy(ids, ids + entries, batch_ids);
+    }
+
+    DeviceCounts read_counts(void *) override {
+        DeviceCounts out{};
+        for (int32_t array = 0; array < kNumCountArrays; ++array)
+            out.arrays[array] = counts_.get() + array * seq_layers_;
+        return out;
     }
 
     void *keys() const override { return keys_.get(); }
     void *values() const override { return values_.get(); }
     int32_t *positions() const override { return positions_.get(); }
-    const int32_t *lengths() const override { return lengths_.get(); }
+    const int32_t *lengths() const override { return counts_.get(); }  // kHeld comes first
 
  private:
     // Index of (layer, seq, head, slot) in positions/state; times head_dim in K/V.
@@ -184,6 +246,14 @@ class CpuBackend final : public Backend {
     int64_t query_index(int32_t layer, int32_t seq, int32_t q_head, int32_t ring) const {
         return (((int64_t(layer) * p_.max_seqs + seq) * p_.num_q_heads + q_head) * p_.window + ring) *
                p_.head_dim;
+    }
+    // Element index of the first dim of (layer, seq, query head, history slot).
+    int64_t history_index(int32_t layer, int32_t seq, int32_t q_head, int32_t slot) const {
+        return (((int64_t(layer) * p_.max_seqs + seq) * p_.num_q_heads + q_head) * history_len_ + slot) *
+               p_.head_dim;
+    }
+    int32_t &count(CountArray array, int32_t layer, int32_t seq) const {
+        return counts_.get()[array * seq_layers_ + int64_t(layer) * p_.max_seqs + seq];
     }
     // Address of (entry, token, head, 0) of a caller's tensor.
     static const void *element(const rkv_tensor &t, int64_t entry, int64_t token, int64_t head) {
@@ -201,25 +271,131 @@ class CpuBackend final : public Backend {
         return scratch;
     }
 
-    // H2O: each new token's query attends over the held keys up to itself.
-    void accumulate_h2o(int32_t layer, const rkv_append_args &a, const AppendChunk &chunk,
-                        int64_t offset, rkv_pooling pooling) {
+    // `tokens` tokens of entry `entry` (from token index `token0`) into `seq`,
+    // at the slot and position the bookkeeping gives; a chunk without room is
+    // dropped and counted (only replays and batches can bring one).
+    void append_chunk(int32_t layer, const rkv_append_args &a, int32_t seq, int32_t entry, int64_t token0,
+                      int32_t tokens, rkv_pooling pooling) {
         const int32_t d = p_.head_dim;
-        const int32_t visible = chunk.slot + chunk.count;
-        for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
-            const int64_t base = slot_index(layer, chunk.seq, h, 0);
-            const float *k = keys_f32(base, visible, keys32_.get(), keys_.get());
-            for (int32_t t0 = 0; t0 < chunk.count; t0 += kH2OTokenBlock) {
-                const int32_t tokens = std::min(kH2OTokenBlock, chunk.count - t0);
-                for (int32_t t = 0; t < tokens; ++t)
-                    for (int32_t g = 0; g < groups_; ++g)
-                        convert_row(element(a.q, chunk.entry, offset + chunk.first_token + t0 + t, h * groups_ + g),
-                                    a.q.dtype, queries32_.get() + (int64_t(t) * groups_ + g) * d,
-                                    RKV_DTYPE_F32, d);
-                h2o_accumulate(queries32_.get(), tokens, groups_, k, chunk.slot + t0, d, pooling,
-                               logits_.get(), state_.get() + base);
+        const int32_t slot0 = count(kHeld, layer, seq);
+        const int64_t position0 = count(kLogical, layer, seq);
+        if (slot0 + tokens > capacity_) {
+            count(kDropped, layer, seq) += tokens;
+            return;
+        }
+        const bool h2o = method_.scorer == Scorer::AccumulatedAttention;
+        const int32_t pending = count(kPending, layer, seq);
+        // H2O commits the oldest pending queries that this append pushes past
+        // max_rollback before their history slots are overwritten below.
+        if (h2o && max_rollback_ > 0) {
+            const int32_t old = std::min(pending, std::max(0, pending + tokens - max_rollback_));
+            for (int32_t h = 0; h < p_.num_kv_heads; ++h)
+                commit_pending(layer, seq, h, old, state_.get() + slot_index(layer, seq, h, 0), pooling);
+        }
+        for (int32_t t = 0; t < tokens; ++t) {
+            const int64_t token = token0 + t;
+            const int32_t slot = slot0 + t;
+            const int64_t position = position0 + t;
+            for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
+                const int64_t index = slot_index(layer, seq, h, slot);
+                convert_row(element(a.k, entry, token, h), a.k.dtype, keys_.get() + index * d * element_size_,
+                            p_.dtype, d);
+                convert_row(element(a.v, entry, token, h), a.v.dtype, values_.get() + index * d * element_size_,
+                            p_.dtype, d);
+                positions_.get()[index] = int32_t(position);
+                state_.get()[index] = 0.0f;
+            }
+            if (a.q.data == nullptr) continue;
+            for (int32_t qh = 0; qh < p_.num_q_heads; ++qh) {
+                const void *q = element(a.q, entry, token, qh);
+                if (t >= tokens - p_.window)
+                    convert_row(q, a.q.dtype,
+                                queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * element_size_,
+                                p_.dtype, d);
+                if (history_len_ > 0 && t >= tokens - history_len_)
+                    convert_row(q, a.q.dtype,
+                                history_.get() + history_index(layer, seq, qh, int32_t(position % history_len_)) *
+                                                     element_size_,
+                                p_.dtype, d);
             }
         }
+        // H2O: the new tokens older than max_rollback commit now (all of them without a history).
+        if (h2o) {
+            const int32_t fresh = std::max(0, tokens - max_rollback_);
+            for (int32_t h = 0; h < p_.num_kv_heads; ++h)
+                accumulate_new(layer, a, seq, entry, token0, slot0, fresh, h, pooling);
+        }
+        count(kHeld, layer, seq) = slot0 + tokens;
+        count(kLogical, layer, seq) = int32_t(position0 + tokens);
+        count(kQueriesValid, layer, seq) =
+            a.q.data ? std::min(std::max(p_.window, history_len_), count(kQueriesValid, layer, seq) + tokens) : 0;
+        count(kRecent, layer, seq) += tokens;
+        count(kPending, layer, seq) = h2o ? std::min(pending + tokens, max_rollback_) : 0;
+    }
+
+    // H2O: the first `tokens` new tokens' queries (from the caller's tensor) attend
+    // over the held keys up to themselves, in order. With a history their
+    // queries are rounded through the storage dtype first, as the history holds
+    // them, so a query gives the same sums whichever way it is committed.
+    void accumulate_new(int32_t layer, const rkv_append_args &a, int32_t seq, int32_t entry, int64_t token0,
+                        int32_t slot0, int32_t tokens, int32_t h, rkv_pooling pooling) {
+        if (tokens <= 0) return;
+        const int32_t d = p_.head_dim;
+        const int64_t base = slot_index(layer, seq, h, 0);
+        const float *k = keys_f32(base, slot0 + tokens, keys32_.get(), keys_.get());
+        for (int32_t t0 = 0; t0 < tokens; t0 += kH2OTokenBlock) {
+            const int32_t block = std::min(kH2OTokenBlock, tokens - t0);
+            for (int32_t t = 0; t < block; ++t)
+                for (int32_t g = 0; g < groups_; ++g) {
+                    float *row = queries32_.get() + (int64_t(t) * groups_ + g) * d;
+                    const void *q = element(a.q, entry, token0 + t0 + t, h * groups_ + g);
+                    if (history_len_ > 0) {
+                        convert_row(q, a.q.dtype, storage_row_.get(), p_.dtype, d);
+                        convert_row(storage_row_.get(), p_.dtype, row, RKV_DTYPE_F32, d);
+                    } else {
+                        convert_row(q, a.q.dtype, row, RKV_DTYPE_F32, d);
+                    }
+                }
+            h2o_accumulate(queries32_.get(), block, groups_, k, slot0 + t0, d, pooling, logits_.get(), state_.get() + base);
+        }
+    }
+
+    // H2O: the oldest `commits` pending queries of (layer, seq), from the
+    // history, attend over the keys up to their own slots (unchanged since they
+    // came: no compression in between) and add to `state` (head h's [held]).
+    void commit_pending(int32_t layer, int32_t seq, int32_t h, int32_t commits, float *state, rkv_pooling pooling) {
+        if (commits <= 0) return;
+        const int32_t d = p_.head_dim;
+        const int32_t held = count(kHeld, layer, seq);
+        const int64_t logical = count(kLogical, layer, seq);
+        const int32_t pending = count(kPending, layer, seq);
+        const int64_t first_position = logical - pending;
+        const int32_t first_slot = held - pending;
+        const float *k = keys_f32(slot_index(layer, seq, h, 0), first_slot + commits, keys32_.get(), keys_.get());
+        for (int32_t t0 = 0; t0 < commits; t0 += kH2OTokenBlock) {
+            const int32_t block = std::min(kH2OTokenBlock, commits - t0);
+            for (int32_t t = 0; t < block; ++t) {
+                const int32_t ring = int32_t((first_position + t0 + t) % history_len_);
+                for (int32_t g = 0; g < groups_; ++g)
+                    convert_row(history_.get() + history_index(layer, seq, h * groups_ + g, ring) * element_size_,
+                                p_.dtype, queries32_.get() + (int64_t(t) * groups_ + g) * d, RKV_DTYPE_F32, d);
+            }
+            h2o_accumulate(queries32_.get(), block, groups_, k, first_slot + t0, d, pooling, logits_.get(), state);
+        }
+    }
+
+    // After a rollback: the window ring holds the last min(window, queries held)
+    // positions again, from the history.
+    void restore_window(int32_t layer, int32_t seq) {
+        const int64_t logical = count(kLogical, layer, seq);
+        const int32_t restore = std::min(p_.window, count(kQueriesValid, layer, seq));
+        const int64_t row_bytes = int64_t(p_.head_dim) * element_size_;
+        for (int64_t position = logical - restore; position < logical; ++position)
+            for (int32_t qh = 0; qh < p_.num_q_heads; ++qh)
+                std::memcpy(queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * element_size_,
+                            history_.get() + history_index(layer, seq, qh, int32_t(position % history_len_)) *
+                                                 element_size_,
+                            size_t(row_bytes));
     }
 
     // The scores a compression of `job` ranks for one head (kind Final), or one
@@ -311,13 +487,17 @@ class CpuBackend final : public Backend {
     const int32_t groups_;
     const size_t element_size_;
     const ScratchPlan scratch_plan_;
+    const int32_t history_len_;   // query_history(params): 0 = no history
+    const int32_t max_rollback_;
+    const int64_t seq_layers_;
 
     // Cache memory (layouts in backend.h).
     Buffer<uint8_t> keys_, values_;
     Buffer<int32_t> positions_;
     Buffer<float> state_;
     Buffer<uint8_t> queries_;
-    Buffer<int32_t> lengths_;
+    Buffer<uint8_t> history_;
+    Buffer<int32_t> counts_;      // [kNumCountArrays, layers, seqs]: kHeld is the lengths buffer
 
     // Scratch, sized by ScratchPlan.
     Buffer<float> keys32_, values32_, normalized_;  // [capacity, head_dim]
@@ -330,6 +510,7 @@ class CpuBackend final : public Backend {
     Buffer<double> column_sums_;                    // [capacity]
     Buffer<int32_t> kept_, select_scratch_, positions_copy_;  // [capacity]
     Buffer<uint8_t> gather_;                        // [capacity, head_dim] storage dtype
+    Buffer<uint8_t> storage_row_;                   // [head_dim] storage dtype
 };
 
 }  // namespace
@@ -339,7 +520,9 @@ std::unique_ptr<Backend> make_cpu_backend(const rkv_cache_params &params, const 
 }
 
 uint64_t cpu_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan) {
-    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype)) + sizeof(CpuBackend);
+    // The bookkeeping beyond the lengths (which MemoryPlan counts).
+    const uint64_t counts = plan.length_entries * (kNumCountArrays - 1) * sizeof(int32_t);
+    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype)) + counts + sizeof(CpuBackend);
 }
 
 }  // namespace rkv::cpu

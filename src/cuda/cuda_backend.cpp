@@ -37,19 +37,21 @@ class CudaBackend final : public Backend {
  public:
     CudaBackend(const rkv_cache_params &params, const MemoryPlan &plan)
         : p_(params),
-          method_(method_info(params.method)),
           device_(params.device_id),
           capacity_(plan.capacity),
           groups_(params.num_q_heads / params.num_kv_heads),
           element_size_(dtype_size(params.dtype)),
           seq_layers_(int64_t(plan.length_entries)),
-          scratch_(params, plan) {
+          history_len_(plan.history),
+          scratch_(params, plan),
+          method_(method_info(params.method)) {
         DeviceGuard guard(device_);
         keys_ = DeviceBuffer(plan.kv_elements * element_size_, "K", device_);
         values_ = DeviceBuffer(plan.kv_elements * element_size_, "V", device_);
         positions_ = DeviceBuffer(plan.slot_entries * 4, "positions", device_);
         state_ = DeviceBuffer(plan.slot_entries * 4, "scorer state", device_);
         queries_ = DeviceBuffer(plan.query_elements * element_size_, "the query window", device_);
+        history_ = DeviceBuffer(plan.history_elements * element_size_, "the query history", device_);
         bookkeeping_ = DeviceBuffer(uint64_t(seq_layers_) * 4 * k::kBookkeepingArrays, "lengths", device_);
         counter_ = DeviceBuffer(scratch_.counter, "a grid counter", device_);
         importance_ = DeviceBuffer(scratch_.per_head_f32, "scratch (importance)", device_);
@@ -118,6 +120,25 @@ class CudaBackend final : public Backend {
         }
     }
 
+    void append_batch(int32_t layer, const rkv_append_args &a, const int32_t *batch_ids, int32_t entries,
+                      const LiveParams &live, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_append");
+        k::AppendParams p{};
+        p.cache = layer_view(layer);
+        p.batch_ids = batch_ids;
+        p.k = tensor(a.k);
+        p.v = tensor(a.v);
+        if (a.q.data) p.q = tensor(a.q);
+        p.counter = counter_.get<unsigned>();
+        p.h2o = method_.scorer == Scorer::AccumulatedAttention;
+        p.pooling = live.pooling;
+        p.scale = 1.0f / std::sqrt(float(p_.head_dim));
+        p.num_chunks = entries;
+        p.max_count = 1;
+        check(k::launch_append(p, as_stream(stream)), "rkv_append: launching the append kernel (batch)");
+    }
+
     void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
                   void *stream) override {
         DeviceGuard guard(device_);
@@ -127,6 +148,9 @@ class CudaBackend final : public Backend {
             p.num_jobs = std::min(scratch_.jobs, num_jobs - first);
             for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
             const cudaStream_t s = as_stream(stream);
+            if (method_.scorer == Scorer::AccumulatedAttention && p_.max_rollback > 0)
+                check(k::launch_h2o_commit_all(commit_params(p, nullptr, live), s),
+                      "rkv_compress: launching the H2O commit of pending queries");
             enqueue_scores(p, s);
             profile_.begin(s);
             check(k::launch_select_compact(p, s), "rkv_compress: launching the selection");
@@ -135,10 +159,23 @@ class CudaBackend final : public Backend {
         }
     }
 
-    // The append, compression and reset kernels keep the device lengths current
-    // themselves (in stream order, and on graph replays), so the host has
-    // nothing to publish.
-    void set_length(int32_t, int32_t, int32_t, void *) override {}
+    void truncate(int32_t seq, int32_t tokens, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_seq_truncate");
+        k::SequenceParams p = sequence_params();
+        p.seq = seq;
+        p.tokens = tokens;
+        check(k::launch_truncate(p, as_stream(stream)), "rkv_seq_truncate: launching the rollback kernel");
+    }
+
+    void copy_sequence(int32_t src, int32_t dst, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_seq_copy");
+        k::SequenceParams p = sequence_params();
+        p.seq = dst;
+        p.src = src;
+        check(k::launch_copy(p, as_stream(stream)), "rkv_seq_copy: launching the copy kernel");
+    }
 
     void clear_sequence(int32_t seq, void *stream) override {
         DeviceGuard guard(device_);
@@ -155,13 +192,21 @@ class CudaBackend final : public Backend {
         check(k::launch_clear_sequence(p, as_stream(stream)), "rkv_seq_reset: launching the reset kernel");
     }
 
-    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *,
+    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
                 const rkv_tensor &q, const rkv_tensor &out, float scale, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_attend");
         k::AttendParams p{};
         p.cache = layer_view(layer);
         p.scale = scale;
+        if (batch_ids) {  // the ids are read on the device: one launch (entries <= 65535 = grid.y)
+            p.batch_ids = batch_ids;
+            p.num_seqs = num_seqs;
+            p.q = tensor(q);
+            p.out = tensor(out);
+            check(k::launch_attend(p, as_stream(stream)), "rkv_attend: launching the attention kernel (batch)");
+            return;
+        }
         for (int32_t first = 0; first < num_seqs; first += k::kMaxAttendSeqs) {
             p.num_seqs = std::min(k::kMaxAttendSeqs, num_seqs - first);
             p.q = tensor(q);
@@ -175,30 +220,44 @@ class CudaBackend final : public Backend {
 
     void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held, int32_t *out) override {
         DeviceGuard guard(device_);
-        check_sticky("rkv_kept_positions");
-        check(cudaDeviceSynchronize(), "rkv_kept_positions: waiting for the cache's work");
+        check_sticky("rkv_seq_positions");
+        check(cudaDeviceSynchronize(), "rkv_seq_positions: waiting for the cache's work");
         const int64_t slot0 = ((int64_t(layer) * p_.max_seqs + seq) * p_.num_kv_heads + head) * capacity_;
         check(cudaMemcpy(out, positions_.get<int32_t>() + slot0, size_t(held) * 4, cudaMemcpyDeviceToHost),
-              "rkv_kept_positions: cudaMemcpy");
+              "rkv_seq_positions: cudaMemcpy");
     }
 
     void inspect_scores(int32_t layer, const CompressJob &j, int32_t head, rkv_score_kind kind, const LiveParams &live,
                         float *out) override {
         DeviceGuard guard(device_);
-        check_sticky("rkv_inspect_scores");
-        check(cudaDeviceSynchronize(), "rkv_inspect_scores: waiting for the cache's work");
+        check_sticky("rkv_seq_scores");
+        check(cudaDeviceSynchronize(), "rkv_seq_scores: waiting for the cache's work");
         k::CompressParams p = compress_params(layer, live);
         p.num_jobs = 1;
         p.jobs[0] = job(j);
         p.score_only = 1;
+        if (method_.scorer == Scorer::AccumulatedAttention) {
+            // The state as the compression will rank it: pending queries committed, into a copy.
+            float *copy = final_.get<float>();
+            const float *state = state_.get<float>() + slot_index(layer, j.seq, 0, 0);
+            check(cudaMemcpy(copy, state, size_t(p_.num_kv_heads) * capacity_ * 4, cudaMemcpyDeviceToDevice),
+                  "rkv_seq_scores: copying the H2O state");
+            if (p_.max_rollback > 0)
+                check(k::launch_h2o_commit_all(commit_params(p, copy, live), nullptr),
+                      "rkv_seq_scores: launching the H2O commit of pending queries");
+            check(cudaMemcpy(out, copy + int64_t(head) * capacity_, size_t(j.held - p_.window) * 4,
+                             cudaMemcpyDeviceToHost),
+                  "rkv_seq_scores: cudaMemcpy");
+            return;
+        }
         enqueue_scores(p, nullptr);
-        check(k::launch_select_compact(p, nullptr), "rkv_inspect_scores: launching the scoring");
+        check(k::launch_select_compact(p, nullptr), "rkv_seq_scores: launching the scoring");
         const float *source = kind == RKV_SCORE_IMPORTANCE   ? importance_.get<float>()
                               : kind == RKV_SCORE_REDUNDANCY ? redundancy_.get<float>()
                                                               : final_.get<float>();
         check(cudaMemcpy(out, source + int64_t(head) * capacity_, size_t(j.held - p_.window) * 4,
                          cudaMemcpyDeviceToHost),
-              "rkv_inspect_scores: cudaMemcpy");
+              "rkv_seq_scores: cudaMemcpy");
     }
 
     void *keys() const override { return keys_.get(); }
@@ -233,18 +292,47 @@ class CudaBackend final : public Backend {
         }
     }
 
-    bool read_device_counts(DeviceCounts *out, void *stream) override {
+    BatchIds allocate_batch(int32_t entries) override {
         DeviceGuard guard(device_);
-        check_sticky("rkv_sync_lengths");
+        void *ids = nullptr;
+        const size_t bytes = size_t(entries) * sizeof(int32_t);
+        const cudaError_t error = cudaMalloc(&ids, bytes);
+        if (error != cudaSuccess) {
+            cudaGetLastError();
+            fail(RKV_ERR_OUT_OF_MEMORY, "rkv_batch_create: cudaMalloc of %zu bytes on CUDA device %d failed (%s)",
+                 bytes, device_, cudaGetErrorString(error));
+        }
+        BatchIds owned(static_cast<int32_t *>(ids), [](int32_t *p) { cudaFree(p); });
+        check(cudaMemset(ids, 0xff, bytes), "rkv_batch_create: cudaMemset");  // -1: padding
+        check(cudaDeviceSynchronize(), "rkv_batch_create: cudaDeviceSynchronize");
+        return owned;
+    }
+
+    void set_batch(int32_t *batch_ids, const int32_t *ids, int32_t entries, void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_batch_set");
+        k::BatchSetParams p;
+        p.ids = batch_ids;
+        for (int32_t first = 0; first < entries; first += k::kMaxBatchSetIds) {
+            p.first = first;
+            p.count = std::min(k::kMaxBatchSetIds, entries - first);
+            std::copy(ids + first, ids + first + p.count, p.values);
+            check(k::launch_batch_set(p, as_stream(stream)), "rkv_batch_set: launching the id copy");
+        }
+    }
+
+    DeviceCounts read_counts(void *stream) override {
+        DeviceGuard guard(device_);
+        check_sticky("rkv_cache_sync_lengths");
         int32_t *host = pinned_->get<int32_t>();
         check(cudaMemcpyAsync(host, bookkeeping_.get(), bookkeeping_.bytes(), cudaMemcpyDeviceToHost,
                               as_stream(stream)),
-              "rkv_sync_lengths: cudaMemcpyAsync");
-        check(cudaStreamSynchronize(as_stream(stream)), "rkv_sync_lengths: cudaStreamSynchronize");
-        static_assert(k::kBookkeepingArrays == 5, "DeviceCounts names each bookkeeping array");
-        *out = DeviceCounts{host, host + seq_layers_, host + 2 * seq_layers_, host + 3 * seq_layers_,
-                            host + 4 * seq_layers_};
-        return true;
+              "rkv_cache_sync_lengths: cudaMemcpyAsync");
+        check(cudaStreamSynchronize(as_stream(stream)), "rkv_cache_sync_lengths: cudaStreamSynchronize");
+        static_assert(k::kBookkeepingArrays == kNumCountArrays, "the device keeps every CountArray");
+        DeviceCounts out{};
+        for (int32_t array = 0; array < kNumCountArrays; ++array) out.arrays[array] = host + array * seq_layers_;
+        return out;
     }
 
     void set_matmul_path(int32_t path) override {
@@ -268,12 +356,17 @@ class CudaBackend final : public Backend {
         c.state = state_.get<float>() + slot0;
         c.queries = queries_.get<char>() +
                     int64_t(layer) * seqs * p_.num_q_heads * p_.window * d * int64_t(element_size_);
+        c.history_queries = history_len_ == 0 ? nullptr
+                                              : history_.get<char>() + int64_t(layer) * seqs * p_.num_q_heads *
+                                                                           history_len_ * d * int64_t(element_size_);
         int32_t *book = bookkeeping_.get<int32_t>() + int64_t(layer) * seqs;
-        c.lengths = book;
-        c.logical = book + seq_layers_;
-        c.queries_valid = book + 2 * seq_layers_;
-        c.compressions = book + 3 * seq_layers_;
-        c.dropped = book + 4 * seq_layers_;
+        c.lengths = book + kHeld * seq_layers_;
+        c.logical = book + kLogical * seq_layers_;
+        c.queries_valid = book + kQueriesValid * seq_layers_;
+        c.compressions = book + kCompressions * seq_layers_;
+        c.dropped = book + kDropped * seq_layers_;
+        c.recent = book + kRecent * seq_layers_;
+        c.pending = book + kPending * seq_layers_;
         c.layer = layer;
         c.max_seqs = p_.max_seqs;
         c.kv_heads = p_.num_kv_heads;
@@ -282,6 +375,37 @@ class CudaBackend final : public Backend {
         c.head_dim = p_.head_dim;
         c.window = p_.window;
         c.dtype = int32_t(p_.dtype);
+        c.history = history_len_;
+        c.max_rollback = p_.max_rollback;
+        return c;
+    }
+
+    int64_t slot_index(int32_t layer, int32_t seq, int32_t head, int32_t slot) const {
+        return ((int64_t(layer) * p_.max_seqs + seq) * p_.num_kv_heads + head) * capacity_ + slot;
+    }
+
+    k::SequenceParams sequence_params() const {
+        k::SequenceParams p{};
+        p.layer0 = layer_view(0);
+        p.layer_slots = int64_t(p_.max_seqs) * p_.num_kv_heads * capacity_;
+        p.layer_queries = int64_t(p_.max_seqs) * p_.num_q_heads * p_.window * p_.head_dim;
+        p.layer_history = int64_t(p_.max_seqs) * p_.num_q_heads * history_len_ * p_.head_dim;
+        p.bookkeeping = bookkeeping_.get<int32_t>();
+        p.book_stride = seq_layers_;
+        p.layers = p_.num_layers;
+        return p;
+    }
+
+    // H2O's pending queries of the jobs of `p`, into the cache's state (out
+    // NULL) or, for jobs[0], into `out` [kv_heads, capacity].
+    k::CommitParams commit_params(const k::CompressParams &p, float *out, const LiveParams &live) const {
+        k::CommitParams c{};
+        c.cache = p.cache;
+        c.state_out = out;
+        c.pooling = live.pooling;
+        c.scale = 1.0f / std::sqrt(float(p_.head_dim));
+        c.num_jobs = p.num_jobs;
+        std::copy(p.jobs, p.jobs + p.num_jobs, c.jobs);
         return c;
     }
 
@@ -500,6 +624,7 @@ class CudaBackend final : public Backend {
     const int32_t groups_;
     const size_t element_size_;
     const int64_t seq_layers_;
+    const int32_t history_len_;    // query_history(params): 0 = none
     const ScratchPlan scratch_;
     const MethodInfo method_;
     int32_t matmul_path_ = RKV_MATMUL_AUTO;
@@ -510,8 +635,8 @@ class CudaBackend final : public Backend {
     DeviceBuffer positions_;       // [layers, seqs, kv_heads, cap] int32
     DeviceBuffer state_;           // [layers, seqs, kv_heads, cap] f32
     DeviceBuffer queries_;         // [layers, seqs, q_heads, window, d]
-    DeviceBuffer bookkeeping_;     // [5, layers, seqs] int32: lengths, logical, queries_valid,
-                                   // compressions, dropped
+    DeviceBuffer history_;         // [layers, seqs, q_heads, history, d] (history 0: empty)
+    DeviceBuffer bookkeeping_;     // [kNumCountArrays, layers, seqs] int32 (src/backend.h CountArray)
     DeviceBuffer counter_;         // the append kernels' grid counter
     // Scratch of one group of jobs (shapes in kernels/params.h Scratch).
     DeviceBuffer importance_, redundancy_, final_, aux_, inv_norm_, first_column_;  // [J, H, cap] f32
@@ -522,7 +647,7 @@ class CudaBackend final : public Backend {
     DeviceBuffer gram_;            // [J, H, kGramTile, cap] f32
     DeviceBuffer gather_;          // [J, H, cap, d] storage dtype (reference mode)
     DeviceBuffer workspace_;       // cuBLASLt
-    std::unique_ptr<PinnedBuffer> pinned_;  // [5, layers, seqs] int32 host copy of the bookkeeping
+    std::unique_ptr<PinnedBuffer> pinned_;  // [kNumCountArrays, layers, seqs] int32 host copy of the bookkeeping
     std::unique_ptr<LtMatmul> lt_;
 };
 

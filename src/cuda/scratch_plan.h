@@ -34,7 +34,7 @@ struct ScratchPlan {
     uint64_t bookkeeping = 0;   // logical, queries_valid, compressions, dropped: [layers, seqs] int32
                                 // (lengths, the first array, is counted by MemoryPlan)
     uint64_t counter = 0;       // the append kernel's grid counter
-    uint64_t pinned = 0;        // host copy of the 5 bookkeeping arrays (rkv_sync_lengths)
+    uint64_t pinned = 0;        // host copy of the 5 bookkeeping arrays (rkv_cache_sync_lengths)
 
     ScratchPlan(const rkv_cache_params &params, const MemoryPlan &plan);
     uint64_t total() const;

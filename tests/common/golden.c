@@ -132,7 +132,7 @@ static void check_scores(rkv_cache *cache, const golden_case *c, rkv_score_kind 
     float *ours = malloc((size_t)candidates * sizeof *ours);
     for (int32_t h = 0; h < heads; ++h) {
         int32_t count = 0;
-        ASSERT_OK(rkv_inspect_scores(cache, 0, 0, h, kind, ours, candidates, &count));
+        ASSERT_OK(rkv_seq_scores(cache, 0, 0, h, kind, ours, candidates, &count));
         assert_int_equal(count, candidates);
         const float *g = (const float *)golden.data + (int64_t)h * candidates;
         double diff = 0, largest = 0;
@@ -153,7 +153,7 @@ static void check_scores(rkv_cache *cache, const golden_case *c, rkv_score_kind 
 static void check_rows_follow_positions(const golden_backend *backend, rkv_cache *cache,
                                         const golden_case *c, const float *k, const float *v,
                                         int32_t total) {
-    rkv_kv_view view;
+    rkv_seq_view view;
     memset(&view, 0, sizeof view);
     view.struct_size = sizeof view;
     ASSERT_OK(rkv_view(cache, 0, 0, &view));
@@ -233,7 +233,7 @@ void golden_run_single_step(const golden_backend *backend, const golden_case *c)
         ASSERT_OK(rkv_compress(cache, 0, 0, NULL));
         for (int32_t h = 0; h < c->num_kv_heads; ++h) {
             int32_t count = 0;
-            ASSERT_OK(rkv_kept_positions(cache, 0, 0, h, ours, n, &count));
+            ASSERT_OK(rkv_seq_positions(cache, 0, 0, h, ours, n, &count));
             assert_int_equal(count, n);
             for (int32_t i = 0; i < n; ++i) assert_int_equal(ours[i], i);
         }
@@ -252,7 +252,7 @@ void golden_run_single_step(const golden_backend *backend, const golden_case *c)
         if (method == RKV_METHOD_SNAPKV) final = golden_load(c, "final.npy");
         for (int32_t h = 0; h < c->num_kv_heads; ++h) {
             int32_t count = 0;
-            ASSERT_OK(rkv_kept_positions(cache, 0, 0, h, ours, n, &count));
+            ASSERT_OK(rkv_seq_positions(cache, 0, 0, h, ours, n, &count));
             const int64_t *golden = (const int64_t *)kept.data + (int64_t)h * c->budget;
             const float *scores =
                 final.data ? (const float *)final.data + (int64_t)h * (n - window) : NULL;
@@ -278,7 +278,7 @@ static void compare_round(const golden_backend *backend, const golden_case *c, r
         const int64_t *golden =
             (const int64_t *)rounds->data + ((int64_t)r * c->num_kv_heads + h) * c->budget;
         int32_t count = 0;
-        ASSERT_OK(rkv_kept_positions(cache, 0, 0, h, ours, 4096, &count));
+        ASSERT_OK(rkv_seq_positions(cache, 0, 0, h, ours, 4096, &count));
         assert_true(count >= c->budget);
         for (int32_t i = 0; i < c->budget; ++i)
             if (ours[i] != golden[i])

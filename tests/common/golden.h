@@ -32,7 +32,7 @@ typedef struct golden_backend {
                          int32_t q_total, int32_t q_first);
     /* Copy the held K, V ([heads, capacity, d] at the view's strides) and
      * positions of (seq 0, layer 0) into host memory. */
-    void (*read_view)(const rkv_cache *cache, const rkv_kv_view *view, float *k, float *v,
+    void (*read_view)(const rkv_cache *cache, const rkv_seq_view *view, float *k, float *v,
                       int32_t *positions);
 } golden_backend;
 

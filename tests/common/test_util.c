@@ -8,7 +8,7 @@ rkv_cache_params test_params(int32_t max_seqs, int32_t layers, int32_t kv_heads,
                              int32_t head_dim, rkv_method method, int32_t budget, int32_t buffer,
                              int32_t window) {
     rkv_cache_params p;
-    ASSERT_OK(rkv_cache_params_default(&p, sizeof p));
+    ASSERT_OK(rkv_params_default(&p, sizeof p));
     p.max_seqs = max_seqs;
     p.num_layers = layers;
     p.num_kv_heads = kv_heads;
@@ -80,6 +80,20 @@ rkv_status test_append(rkv_cache *cache, int32_t layer, int32_t seq, const float
     a.q = test_tensor((float *)q, p.num_q_heads, p.head_dim);
     a.flags = flags;
     return rkv_append(cache, &a, NULL);
+}
+
+rkv_status test_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs, const int32_t *seq_ids,
+                       const rkv_tensor *q, const rkv_tensor *out, float scale, void *stream) {
+    rkv_attend_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.layer = layer;
+    a.num_seqs = num_seqs;
+    a.seq_ids = seq_ids;
+    if (q) a.q = *q;
+    if (out) a.out = *out;
+    a.scale = scale;
+    return rkv_attend(cache, &a, stream);
 }
 
 void test_append_random(rkv_cache *cache, int32_t seq, int32_t tokens, uint64_t *rng) {
@@ -155,10 +169,10 @@ static void put(buffer *b, const void *data, size_t size) {
     b->size += size;
 }
 
-static void put_seq(buffer *b, const rkv_cache *cache, const rkv_cache_params *p, int32_t seq) {
+static void put_seq(buffer *b, const rkv_cache *cache, const rkv_cache_params *p, int32_t seq, int with_rollback) {
     size_t element = p->dtype == RKV_DTYPE_F32 ? 4 : 2;
     for (int32_t layer = 0; layer < p->num_layers; ++layer) {
-        rkv_kv_view view;
+        rkv_seq_view view;
         memset(&view, 0, sizeof view);
         view.struct_size = sizeof view;
         ASSERT_OK(rkv_view(cache, seq, layer, &view));
@@ -174,6 +188,11 @@ static void put_seq(buffer *b, const rkv_cache *cache, const rkv_cache_params *p
             put(b, view.positions + h * view.positions_stride_head, (size_t)view.length * 4);
         }
     }
+    int32_t budget = -1, rollback = -1;
+    ASSERT_OK(rkv_seq_get_budget(cache, seq, &budget));
+    ASSERT_OK(rkv_seq_rollback_limit(cache, seq, &rollback));
+    put(b, &budget, sizeof budget);
+    if (with_rollback) put(b, &rollback, sizeof rollback);
 }
 
 static test_snapshot finish(buffer *b) {
@@ -187,7 +206,7 @@ test_snapshot test_take_snapshot(const rkv_cache *cache) {
     ASSERT_OK(rkv_cache_get_params(cache, &p));
     buffer b = {0};
     put(&b, &p, sizeof p);
-    for (int32_t seq = 0; seq < p.max_seqs; ++seq) put_seq(&b, cache, &p, seq);
+    for (int32_t seq = 0; seq < p.max_seqs; ++seq) put_seq(&b, cache, &p, seq, 1);
     rkv_stats stats;
     memset(&stats, 0, sizeof stats);
     stats.struct_size = sizeof stats;
@@ -202,7 +221,7 @@ test_snapshot test_take_seq_snapshot(const rkv_cache *cache, int32_t seq) {
     p.struct_size = sizeof p;
     ASSERT_OK(rkv_cache_get_params(cache, &p));
     buffer b = {0};
-    put_seq(&b, cache, &p, seq);
+    put_seq(&b, cache, &p, seq, 0);
     return finish(&b);
 }
 
@@ -223,7 +242,7 @@ static int compare_int32(const void *a, const void *b) {
 int32_t test_sorted_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head,
                               int32_t *out, int32_t out_len) {
     int32_t count = 0;
-    ASSERT_OK(rkv_kept_positions(cache, seq, layer, head, out, out_len, &count));
+    ASSERT_OK(rkv_seq_positions(cache, seq, layer, head, out, out_len, &count));
     qsort(out, (size_t)count, sizeof *out, compare_int32);
     return count;
 }

@@ -19,7 +19,7 @@
         rkv_status status_ = (call);                                                          \
         if (status_ != (expected))                                                            \
             fail_msg("%s returned %s, expected %s: %s", #call, rkv_status_name(status_),      \
-                     rkv_status_name(expected), rkv_last_error_message());                    \
+                     rkv_status_name(expected), rkv_error_message());                    \
     } while (0)
 #define ASSERT_OK(call) ASSERT_STATUS(call, RKV_OK)
 
@@ -50,18 +50,24 @@ rkv_tensor test_tensor(float *data, int32_t heads, int32_t head_dim);
 rkv_status test_append(rkv_cache *cache, int32_t layer, int32_t seq, const float *k,
                        const float *v, const float *q, int32_t tokens, uint32_t flags);
 
+/* rkv_attend with host seq_ids (args built from the parts, as in 0.1's signature). */
+rkv_status test_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs, const int32_t *seq_ids,
+                       const rkv_tensor *q, const rkv_tensor *out, float scale, void *stream);
+
 /* Append `tokens` random tokens (K, V, Q normal) to every layer of `seq`;
  * asserts success. */
 void test_append_random(rkv_cache *cache, int32_t seq, int32_t tokens, uint64_t *rng);
 
-/* Everything observable about a cache: params, per (seq, layer) lengths, and the
- * held K, V, positions bytes. Two snapshots compare equal iff nothing changed. */
+/* Everything observable about a cache: params, per (seq, layer) lengths, the
+ * held K, V, positions bytes, and per sequence its budget and rollback limit.
+ * Two snapshots compare equal iff nothing changed. */
 typedef struct test_snapshot {
     size_t size;
     unsigned char *bytes;
 } test_snapshot;
 test_snapshot test_take_snapshot(const rkv_cache *cache);
-/* Only sequence `seq` (all layers). */
+/* Only sequence `seq` (all layers), without its rollback limit (which depends
+ * on its history, not only on its state: see rkv_seq_rollback_limit). */
 test_snapshot test_take_seq_snapshot(const rkv_cache *cache, int32_t seq);
 int test_snapshot_equal(const test_snapshot *a, const test_snapshot *b);
 void test_snapshot_free(test_snapshot *s);

@@ -6,10 +6,10 @@
 int main(void) {
     rkv_cache_params p;
     rkv_cache *cache = NULL;
-    if (rkv_cache_params_default(&p, sizeof p) != RKV_OK) return 1;
+    if (rkv_params_default(&p, sizeof p) != RKV_OK) return 1;
     p.max_seqs = 1, p.num_layers = 1, p.num_kv_heads = 1, p.num_q_heads = 1, p.head_dim = 8;
     if (rkv_cache_create(&p, &cache) != RKV_OK) {
-        fprintf(stderr, "%s\n", rkv_last_error_message());
+        fprintf(stderr, "%s\n", rkv_error_message());
         return 1;
     }
     rkv_cache_destroy(cache);

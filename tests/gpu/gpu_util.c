@@ -84,12 +84,12 @@ rkv_status gpu_test_append(rkv_cache *cache, int32_t layer, int32_t num_seqs, co
     a.seq_ids = seq_ids;
     a.num_tokens = num_tokens;
     a.token_offsets = offsets;
-    const rkv_tensor kt = {dk, io, p.num_kv_heads, p.head_dim, 0, (int64_t)p.num_kv_heads * p.head_dim, p.head_dim};
+    const rkv_tensor kt = {dk, io, p.num_kv_heads, p.head_dim, 0, (int64_t)p.num_kv_heads * p.head_dim, p.head_dim, 0};
     a.k = kt;
     a.v = kt;
     a.v.data = dv;
     if (q) {
-        const rkv_tensor qt = {dq, io, p.num_q_heads, p.head_dim, 0, (int64_t)p.num_q_heads * p.head_dim, p.head_dim};
+        const rkv_tensor qt = {dq, io, p.num_q_heads, p.head_dim, 0, (int64_t)p.num_q_heads * p.head_dim, p.head_dim, 0};
         a.q = qt;
     }
     a.flags = flags;
@@ -153,7 +153,7 @@ void twin_append_random(twin *t, int32_t num_seqs, const int32_t *seq_ids, const
 int32_t kept_positions(const rkv_cache *cache, int32_t seq, int32_t layer, int32_t head, int32_t *out,
                        int32_t out_len) {
     int32_t count = 0;
-    ASSERT_OK(rkv_kept_positions(cache, seq, layer, head, out, out_len, &count));
+    ASSERT_OK(rkv_seq_positions(cache, seq, layer, head, out, out_len, &count));
     return count;
 }
 
@@ -179,7 +179,7 @@ score_snapshot snapshot_scores(const twin *t) {
                 const size_t at = (row * p->num_kv_heads + h) * (size_t)s.cap;
                 s.held[row] = kept_positions(t->cpu, seq, l, h, s.positions + at, s.cap);
                 int32_t count = 0;
-                if (rkv_inspect_scores(t->cpu, seq, l, h, RKV_SCORE_FINAL, s.scores + at, s.cap, &count) == RKV_OK)
+                if (rkv_seq_scores(t->cpu, seq, l, h, RKV_SCORE_FINAL, s.scores + at, s.cap, &count) == RKV_OK)
                     s.candidates[row] = count;
             }
         }

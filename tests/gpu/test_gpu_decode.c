@@ -47,7 +47,7 @@ static void decode_and_compare(rkv_method method, int32_t seqs, int32_t steps, i
     /* Same K/V bytes in every held slot. */
     for (int32_t layer = 0; layer < LAYERS; ++layer)
         for (int32_t s = 0; s < seqs; ++s) {
-            rkv_kv_view a, b;
+            rkv_seq_view a, b;
             memset(&a, 0, sizeof a);
             memset(&b, 0, sizeof b);
             a.struct_size = b.struct_size = sizeof a;
@@ -124,14 +124,14 @@ static void attend_case(rkv_dtype storage, rkv_dtype io, int32_t dim, double tol
     gpu_free(od);
     od = tmp; /* poisoned: every element must be written */
     int32_t seq_ids[SEQS] = {2, 0, 1};
-    rkv_tensor qt = {qd, io, QH, dim, stride_seq, 0, dim};
-    rkv_tensor ot = {od, io, QH, dim, stride_seq, 0, dim};
-    ASSERT_OK(rkv_attend(cache, 0, SEQS, seq_ids, &qt, &ot, 0.0f, NULL));
+    rkv_tensor qt = {qd, io, QH, dim, stride_seq, 0, dim, 0};
+    rkv_tensor ot = {od, io, QH, dim, stride_seq, 0, dim, 0};
+    ASSERT_OK(test_attend(cache, 0, SEQS, seq_ids, &qt, &ot, 0.0f, NULL));
     gpu_download(oh, od, bytes);
 
     double error2 = 0, norm2 = 0;
     for (int i = 0; i < SEQS; ++i) {
-        rkv_kv_view view;
+        rkv_seq_view view;
         memset(&view, 0, sizeof view);
         view.struct_size = sizeof view;
         ASSERT_OK(rkv_view(cache, seq_ids[i], 0, &view));

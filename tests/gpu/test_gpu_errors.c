@@ -40,11 +40,11 @@ static void test_host_memory_is_rejected(void **state) {
     a.struct_size = sizeof a;
     a.num_seqs = 1;
     a.seq_ids = &seq;
-    const rkv_tensor t = {host, RKV_DTYPE_F32, 2, 64, 0, 128, 64};
+    const rkv_tensor t = {host, RKV_DTYPE_F32, 2, 64, 0, 128, 64, 0};
     a.k = t;
     a.v = t;
     ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(rkv_last_error_message(), "host memory"));
+    assert_non_null(strstr(rkv_error_message(), "host memory"));
     assert_length(cache, 0, 0, 1);
     void *device = gpu_alloc(sizeof host);
     a.k.data = device;
@@ -53,16 +53,16 @@ static void test_host_memory_is_rejected(void **state) {
     ASSERT_OK(rkv_append(cache, &a, NULL));
     assert_length(cache, 0, 0, 2);
     /* attend: q or out on the host */
-    const rkv_tensor q_host = {host, RKV_DTYPE_F32, 4, 64, 256, 0, 64};
+    const rkv_tensor q_host = {host, RKV_DTYPE_F32, 4, 64, 256, 0, 64, 0};
     rkv_tensor q_device = q_host;
     q_device.data = device;
-    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q_host, &q_device, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
-    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q_device, &q_host, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(test_attend(cache, 0, 1, &seq, &q_host, &q_device, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(test_attend(cache, 0, 1, &seq, &q_device, &q_host, 0.0f, NULL), RKV_ERR_INVALID_ARGUMENT);
     void *out = gpu_alloc(4 * 64 * 4);
     q_device.data = out;
     rkv_tensor q_in = q_host;
     q_in.data = device;
-    ASSERT_OK(rkv_attend(cache, 0, 1, &seq, &q_in, &q_device, 0.0f, NULL));
+    ASSERT_OK(test_attend(cache, 0, 1, &seq, &q_in, &q_device, 0.0f, NULL));
     gpu_sync();
     gpu_free(out);
     gpu_free(device);
@@ -84,7 +84,7 @@ static void test_out_of_device_memory(void **state) {
     rkv_cache *cache = (rkv_cache *)&p; /* sentinel: must stay untouched */
     ASSERT_STATUS(rkv_cache_create(&p, &cache), RKV_ERR_OUT_OF_MEMORY);
     assert_ptr_equal(cache, (rkv_cache *)&p);
-    const char *message = rkv_last_error_message();
+    const char *message = rkv_error_message();
     assert_non_null(strstr(message, "cudaMalloc"));
     assert_non_null(strstr(message, "GiB"));
     print_message("out of memory says: %s\n", message);

@@ -21,7 +21,7 @@ static void test_fault_surfaces_and_faults_the_cache(void **state) {
     a.struct_size = sizeof a;
     a.num_seqs = 2;
     a.seq_ids = seqs;
-    const rkv_tensor t = {device, RKV_DTYPE_F32, 2, 64, (int64_t)1 << 40, 0, 64};
+    const rkv_tensor t = {device, RKV_DTYPE_F32, 2, 64, (int64_t)1 << 40, 0, 64, 0};
     a.k = t;
     a.v = t;
     ASSERT_OK(rkv_append(cache, &a, NULL)); /* enqueued; the fault comes later */
@@ -30,11 +30,11 @@ static void test_fault_surfaces_and_faults_the_cache(void **state) {
     print_message("the kernel faulted as planned: %s\n", cudaGetErrorName(error));
     ASSERT_STATUS(rkv_compress(cache, RKV_ALL, RKV_ALL, NULL), RKV_OK); /* nothing due: no device work */
     int32_t seq = 0;
-    const rkv_tensor q = {device, RKV_DTYPE_F32, 4, 64, 256, 0, 64};
-    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q, &q, 0.0f, NULL), RKV_ERR_DEVICE);
-    assert_non_null(strstr(rkv_last_error_message(), "cuda"));
-    print_message("rkv_attend after the fault: %s\n", rkv_last_error_message());
-    ASSERT_STATUS(rkv_attend(cache, 0, 1, &seq, &q, &q, 0.0f, NULL), RKV_ERR_FAULTED);
+    const rkv_tensor q = {device, RKV_DTYPE_F32, 4, 64, 256, 0, 64, 0};
+    ASSERT_STATUS(test_attend(cache, 0, 1, &seq, &q, &q, 0.0f, NULL), RKV_ERR_DEVICE);
+    assert_non_null(strstr(rkv_error_message(), "cuda"));
+    print_message("rkv_attend after the fault: %s\n", rkv_error_message());
+    ASSERT_STATUS(test_attend(cache, 0, 1, &seq, &q, &q, 0.0f, NULL), RKV_ERR_FAULTED);
     int32_t due = 0;
     ASSERT_STATUS(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due), RKV_ERR_FAULTED);
     rkv_cache_destroy(cache);

@@ -50,7 +50,7 @@ static void append_range(rkv_cache *cache, const golden_case *c, const float *k,
 }
 
 /* The view is device memory: download it. */
-static void read_view(const rkv_cache *cache, const rkv_kv_view *view, float *k, float *v, int32_t *positions) {
+static void read_view(const rkv_cache *cache, const rkv_seq_view *view, float *k, float *v, int32_t *positions) {
     (void)cache;
     const size_t bytes = (size_t)view->num_kv_heads * (size_t)view->stride_head * sizeof(float);
     gpu_download(k, view->k, bytes);

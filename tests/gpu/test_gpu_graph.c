@@ -3,11 +3,11 @@
  *     rkv_attend) captured once and replayed step after step, and a
  *     compression captured once and replayed whenever the sequences are full
  *     again, give bit-identical attention outputs, kept positions and K/V to
- *     the same calls made eagerly on a twin cache; rkv_sync_lengths brings the
+ *     the same calls made eagerly on a twin cache; rkv_cache_sync_lengths brings the
  *     host bookkeeping up to date (for R-KV on both matrix paths, H2O, Random);
  *   - a replay that finds a sequence full drops its token instead of writing
- *     past the capacity, and rkv_sync_lengths reports it (CAPACITY, faulted);
- *   - rkv_sync_lengths on a CPU cache changes nothing. */
+ *     past the capacity, and rkv_cache_sync_lengths reports it (CAPACITY, faulted);
+ *   - rkv_cache_sync_lengths on a CPU cache changes nothing. */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,8 +80,8 @@ static void decode_step(rkv_cache *cache, const step_buffers *b, void *out, cuda
         a.layer = layer;
         a.num_seqs = SEQS;
         a.seq_ids = ids;
-        const rkv_tensor kt = {b->k, b->io, KV, DIM, KV * DIM, 0, DIM};
-        const rkv_tensor qt = {b->q, b->io, QH, DIM, QH * DIM, 0, DIM};
+        const rkv_tensor kt = {b->k, b->io, KV, DIM, KV * DIM, 0, DIM, 0};
+        const rkv_tensor qt = {b->q, b->io, QH, DIM, QH * DIM, 0, DIM, 0};
         a.k = kt;
         a.v = kt;
         a.v.data = b->v;
@@ -89,7 +89,7 @@ static void decode_step(rkv_cache *cache, const step_buffers *b, void *out, cuda
         ASSERT_OK(rkv_append(cache, &a, stream));
         rkv_tensor ot = qt;
         ot.data = (char *)out + (size_t)layer * b->q_bytes;
-        ASSERT_OK(rkv_attend(cache, layer, SEQS, ids, &qt, &ot, 0.0f, stream));
+        ASSERT_OK(test_attend(cache, layer, SEQS, ids, &qt, &ot, 0.0f, stream));
     }
 }
 
@@ -219,13 +219,13 @@ static void graph_matches_eager(rkv_method method, rkv_dtype storage, rkv_matmul
     assert_same_caches(eager, graphed, storage, "after the prompts");
 
     /* Capture one decode step. Capturing records it in the host bookkeeping
-     * without running it: rkv_sync_lengths undoes that. */
+     * without running it: rkv_cache_sync_lengths undoes that. */
     int32_t due = 1;
     ASSERT_OK(rkv_compress_due(graphed, RKV_ALL, RKV_ALL, &due));
     assert_int_equal(due, 0);
     capture_context context = {graphed, &b, stream};
     cudaGraphExec_t decode = capture(stream, record_decode, &context);
-    ASSERT_OK(rkv_sync_lengths(graphed, stream));
+    ASSERT_OK(rkv_cache_sync_lengths(graphed, stream));
     cudaGraphExec_t compress = NULL;
 
     int replays = 0, compressions = 0;
@@ -241,7 +241,7 @@ static void graph_matches_eager(rkv_method method, rkv_dtype storage, rkv_matmul
             CUDA_OK(cudaStreamSynchronize(stream));
             ++replays;
             assert_same_outputs(&b, "decode replay");
-            ASSERT_OK(rkv_sync_lengths(graphed, stream));
+            ASSERT_OK(rkv_cache_sync_lengths(graphed, stream));
         }
         char when[64];
         snprintf(when, sizeof when, "after %d decode replays", replays);
@@ -253,10 +253,10 @@ static void graph_matches_eager(rkv_method method, rkv_dtype storage, rkv_matmul
         if (!compress) {
             context.cache = graphed;
             compress = capture(stream, record_compress, &context);
-            ASSERT_OK(rkv_sync_lengths(graphed, stream)); /* capture ran nothing */
+            ASSERT_OK(rkv_cache_sync_lengths(graphed, stream)); /* capture ran nothing */
         }
         CUDA_OK(cudaGraphLaunch(compress, stream));
-        ASSERT_OK(rkv_sync_lengths(graphed, stream));
+        ASSERT_OK(rkv_cache_sync_lengths(graphed, stream));
         ++compressions;
         snprintf(when, sizeof when, "after compression replay %d", compressions);
         assert_same_caches(eager, graphed, storage, when);
@@ -290,7 +290,7 @@ static void test_graphs_match_eager(void **state) {
     graph_matches_eager(RKV_METHOD_RANDOM, RKV_DTYPE_F16, RKV_MATMUL_AUTO);
 }
 
-/* Replaying past the capacity drops tokens; rkv_sync_lengths says so. */
+/* Replaying past the capacity drops tokens; rkv_cache_sync_lengths says so. */
 static void test_replay_past_capacity(void **state) {
     (void)state;
     rkv_cache_params p = test_params(SEQS, LAYERS, KV, QH, DIM, RKV_METHOD_RKV, BUDGET, BUFFER, WINDOW);
@@ -318,15 +318,15 @@ static void test_replay_past_capacity(void **state) {
     fill_inputs(&b, &rng);
     capture_context context = {cache, &b, stream};
     cudaGraphExec_t decode = capture(stream, record_decode, &context);
-    ASSERT_OK(rkv_sync_lengths(cache, stream));
+    ASSERT_OK(rkv_cache_sync_lengths(cache, stream));
     CUDA_OK(cudaGraphLaunch(decode, stream)); /* fills the last slot */
-    ASSERT_OK(rkv_sync_lengths(cache, stream));
+    ASSERT_OK(rkv_cache_sync_lengths(cache, stream));
     int32_t held = 0;
     ASSERT_OK(rkv_seq_length(cache, 0, 0, NULL, &held));
     assert_int_equal(held, BUDGET + BUFFER);
     CUDA_OK(cudaGraphLaunch(decode, stream)); /* no room: dropped, nothing written out of bounds */
-    ASSERT_STATUS(rkv_sync_lengths(cache, stream), RKV_ERR_CAPACITY);
-    assert_non_null(strstr(rkv_last_error_message(), "dropped"));
+    ASSERT_STATUS(rkv_cache_sync_lengths(cache, stream), RKV_ERR_CAPACITY);
+    assert_non_null(strstr(rkv_error_message(), "dropped"));
     int32_t due = 0;
     ASSERT_STATUS(rkv_compress_due(cache, 0, 0, &due), RKV_ERR_FAULTED);
     CUDA_OK(cudaGraphExecDestroy(decode));
@@ -342,7 +342,7 @@ static void test_sync_lengths_on_cpu_cache(void **state) {
     uint64_t rng = 3;
     test_append_random(cache, 1, 5, &rng);
     test_snapshot before = test_take_snapshot(cache);
-    ASSERT_OK(rkv_sync_lengths(cache, NULL));
+    ASSERT_OK(rkv_cache_sync_lengths(cache, NULL));
     test_snapshot after = test_take_snapshot(cache);
     assert_true(test_snapshot_equal(&before, &after));
     test_snapshot_free(&before);

@@ -6,7 +6,7 @@
  *   - kept tokens per head: identical (same set, same slots), except where two
  *     candidates' CPU scores differ by less than TIE_TOLERANCE of the largest
  *     (counted and printed; required to be none for f32 storage);
- *   - the scores rkv_inspect_scores reports, within 1e-4 of the largest;
+ *   - the scores rkv_seq_scores reports, within 1e-4 of the largest;
  *   - the held K and V bytes, and the device lengths of the layer view. */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -39,8 +39,8 @@ static void compare_scores(const twin *t, rkv_score_kind kind, const char *what)
         for (int32_t l = 0; l < p->num_layers; ++l)
             for (int32_t h = 0; h < p->num_kv_heads; ++h) {
                 int32_t na = 0, nb = 0;
-                rkv_status sa = rkv_inspect_scores(t->cpu, s, l, h, kind, a, cap, &na);
-                rkv_status sb = rkv_inspect_scores(t->gpu, s, l, h, kind, b, cap, &nb);
+                rkv_status sa = rkv_seq_scores(t->cpu, s, l, h, kind, a, cap, &na);
+                rkv_status sb = rkv_seq_scores(t->gpu, s, l, h, kind, b, cap, &nb);
                 assert_int_equal(sa, sb);
                 if (sa != RKV_OK) continue;
                 assert_int_equal(na, nb);
@@ -72,7 +72,7 @@ static void compare_rows(const twin *t, const char *what) {
         int32_t lengths[SEQS];
         gpu_download(lengths, view.lengths, sizeof lengths);
         for (int32_t s = 0; s < p->max_seqs; ++s) {
-            rkv_kv_view cpu, gpu;
+            rkv_seq_view cpu, gpu;
             memset(&cpu, 0, sizeof cpu);
             memset(&gpu, 0, sizeof gpu);
             cpu.struct_size = gpu.struct_size = sizeof cpu;
@@ -133,11 +133,11 @@ static void run_config(rkv_method method, rkv_dtype dtype, int32_t head_dim, rkv
     int32_t seqs[SEQS] = {0, 1, 2};
     int32_t prompt[SEQS] = {37, BUDGET + BUFFER + 23, 9};
     if (method == RKV_METHOD_FULL) prompt[1] = 70;
-    ASSERT_OK(rkv_cache_set_param(t.cpu, RKV_PARAM_AUTO_COMPRESS, 1));
-    ASSERT_OK(rkv_cache_set_param(t.gpu, RKV_PARAM_AUTO_COMPRESS, 1));
+    ASSERT_OK(rkv_cache_set(t.cpu, RKV_PARAM_AUTO_COMPRESS, 1));
+    ASSERT_OK(rkv_cache_set(t.gpu, RKV_PARAM_AUTO_COMPRESS, 1));
     twin_append_random(&t, SEQS, seqs, prompt, &rng, RKV_APPEND_PROMPT);
-    ASSERT_OK(rkv_cache_set_param(t.cpu, RKV_PARAM_AUTO_COMPRESS, 0));
-    ASSERT_OK(rkv_cache_set_param(t.gpu, RKV_PARAM_AUTO_COMPRESS, 0));
+    ASSERT_OK(rkv_cache_set(t.cpu, RKV_PARAM_AUTO_COMPRESS, 0));
+    ASSERT_OK(rkv_cache_set(t.gpu, RKV_PARAM_AUTO_COMPRESS, 0));
     compare_kept(&t, NULL, kc, what);
 
     const int32_t steps = gpu_small() ? 24 : 72;

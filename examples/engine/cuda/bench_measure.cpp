@@ -21,7 +21,7 @@ double median(std::vector<double> v) {
 
 rkv_cache_params params_for(const Config &shape, const CacheSpec &spec, int32_t batch) {
     rkv_cache_params p;
-    check_rkv(rkv_cache_params_default(&p, sizeof p), "rkv_cache_params_default");
+    check_rkv(rkv_params_default(&p, sizeof p), "rkv_params_default");
     p.max_seqs = batch;
     p.num_layers = shape.n_layers;
     p.num_kv_heads = shape.n_kv_heads;
@@ -158,9 +158,9 @@ void Rig::fill_to(const std::vector<int32_t> &held) {
     std::memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
     // every entry reads tokens 0.. of the same random source
-    a.k = rkv_tensor{k_src, RKV_DTYPE_BF16, c.n_kv_heads, c.head_dim, 0, kv, c.head_dim};
-    a.v = rkv_tensor{v_src, RKV_DTYPE_BF16, c.n_kv_heads, c.head_dim, 0, kv, c.head_dim};
-    a.q = rkv_tensor{q_src, RKV_DTYPE_BF16, c.n_heads, c.head_dim, 0, q, c.head_dim};
+    a.k = rkv_tensor{k_src, RKV_DTYPE_BF16, c.n_kv_heads, c.head_dim, 0, kv, c.head_dim, 0};
+    a.v = rkv_tensor{v_src, RKV_DTYPE_BF16, c.n_kv_heads, c.head_dim, 0, kv, c.head_dim, 0};
+    a.q = rkv_tensor{q_src, RKV_DTYPE_BF16, c.n_heads, c.head_dim, 0, q, c.head_dim, 0};
     for (;;) {
         ids.clear();
         counts.clear();
@@ -263,7 +263,7 @@ StepBreakdown Rig::breakdown(int32_t replays) {
             throw;
         }
         cudaGraphExecDestroy(graph);
-        if (phases & kPhaseAppend) check_rkv(rkv_sync_lengths(cache_, stream_), "rkv_sync_lengths");
+        if (phases & kPhaseAppend) check_rkv(rkv_cache_sync_lengths(cache_, stream_), "rkv_cache_sync_lengths");
         return ms;
     };
     b.step_ms = time_phases(kPhaseAll);

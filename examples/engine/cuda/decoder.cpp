@@ -21,7 +21,7 @@ cudaGraph_t record_step(GpuModel &model, rkv_cache *cache, const Entries &entrie
         cudaStreamEndCapture(stream, &broken);
         if (broken) cudaGraphDestroy(broken);
         cudaGetLastError();
-        rkv_sync_lengths(cache, stream);  // forget what the host recorded of the partial capture
+        rkv_cache_sync_lengths(cache, stream);  // forget what the host recorded of the partial capture
         throw;
     }
     cudaGraph_t graph = nullptr;
@@ -104,14 +104,20 @@ void Decoder::capture(cudaStream_t stream) {
         // (CUDA loads kernels at their first launch); it only reads the cache.
         const Config &c = model_.config();
         const rkv_tensor q{model_.scratch_queries(), RKV_DTYPE_F32, c.n_heads, c.head_dim,
-                           int64_t(c.n_heads) * c.head_dim, 0, c.head_dim};
+                           int64_t(c.n_heads) * c.head_dim, 0, c.head_dim, 0};
         const rkv_tensor out{model_.scratch_attention(), RKV_DTYPE_BF16, c.n_heads, c.head_dim,
-                             int64_t(c.n_heads) * c.head_dim, 0, c.head_dim};
-        check_rkv(rkv_attend(cache_, 0, entries.count, entries.host, &q, &out, 0.0f, stream), "rkv_attend (warm-up)");
+                             int64_t(c.n_heads) * c.head_dim, 0, c.head_dim, 0};
+        rkv_attend_args attend{};
+        attend.struct_size = sizeof attend;
+        attend.num_seqs = entries.count;
+        attend.seq_ids = entries.host;
+        attend.q = q;
+        attend.out = out;
+        check_rkv(rkv_attend(cache_, &attend, stream), "rkv_attend (warm-up)");
     }
     cudaGraph_t graph = record_step(model_, cache_, entries, kPhaseAll, stream);
     // Capturing ran nothing, but librkv's host bookkeeping recorded a step: undo it.
-    const rkv_status synced = rkv_sync_lengths(cache_, stream);
+    const rkv_status synced = rkv_cache_sync_lengths(cache_, stream);
     if (graph_) {
         // Same topology with other arguments (the usual case when only the slots change): update in place.
         cudaGraphExecUpdateResultInfo info;
@@ -125,7 +131,7 @@ void Decoder::capture(cudaStream_t stream) {
     if (!graph_) error = cudaGraphInstantiate(&graph_, graph, 0);
     cudaGraphDestroy(graph);
     check_cuda(error, "cudaGraphInstantiate (decode step)");
-    check_rkv(synced, "rkv_sync_lengths (after capture)");
+    check_rkv(synced, "rkv_cache_sync_lengths (after capture)");
     graph_stale_ = false;
     ++captures_;
 }
@@ -137,7 +143,7 @@ cudaGraphExec_t Decoder::capture_phases(unsigned phases, cudaStream_t stream) {
     const cudaError_t error = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     check_cuda(error, "cudaGraphInstantiate (decode phases)");
-    if (phases & kPhaseAppend) check_rkv(rkv_sync_lengths(cache_, stream), "rkv_sync_lengths (after capture)");
+    if (phases & kPhaseAppend) check_rkv(rkv_cache_sync_lengths(cache_, stream), "rkv_cache_sync_lengths (after capture)");
     return exec;
 }
 
@@ -170,7 +176,7 @@ int32_t Decoder::collect(std::vector<int32_t> &tokens, cudaStream_t stream) {
     check_cuda(cudaMemcpyAsync(host, model_.history(), count * 4, cudaMemcpyDeviceToHost, stream),
                "copy of the token history");
     check_cuda(cudaStreamSynchronize(stream), "decode steps (a kernel failed)");
-    check_rkv(rkv_sync_lengths(cache_, stream), "rkv_sync_lengths (after decode steps)");
+    check_rkv(rkv_cache_sync_lengths(cache_, stream), "rkv_cache_sync_lengths (after decode steps)");
     pending_ = 0;
     tokens.assign(host, host + count);
     return steps;

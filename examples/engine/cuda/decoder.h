@@ -10,7 +10,7 @@
 //     sequence ids and -1 padding (issue 10) the graph would be captured once
 //     over every slot and set_active would only upload the id array: that
 //     change stays inside this class;
-//   - a replay is invisible to the host: collect() calls rkv_sync_lengths
+//   - a replay is invisible to the host: collect() calls rkv_cache_sync_lengths
 //     after the replays, before anything else asks the cache;
 //   - no sequence may be due for compression when the step is captured, and a
 //     step may be replayed at most room() times before compress_due() runs
@@ -47,7 +47,7 @@ class Decoder {
     // tokens go to the model's history ring. No synchronisation.
     void enqueue_steps(int32_t steps, cudaStream_t stream);
     // Wait for the enqueued steps, copy their tokens (tokens[step * slots + slot])
-    // and bring librkv's host bookkeeping up to date (rkv_sync_lengths).
+    // and bring librkv's host bookkeeping up to date (rkv_cache_sync_lengths).
     // Returns the number of steps collected.
     int32_t collect(std::vector<int32_t> &tokens, cudaStream_t stream);
 
@@ -58,7 +58,7 @@ class Decoder {
     // Capture `phases` of one decode step for the active slots into a graph of
     // its own (the benchmark times the parts of a step this way). The caller
     // owns the returned graph (cudaGraphExecDestroy) and must call
-    // rkv_sync_lengths after replays that include kPhaseAppend.
+    // rkv_cache_sync_lengths after replays that include kPhaseAppend.
     cudaGraphExec_t capture_phases(unsigned phases, cudaStream_t stream);
 
   private:

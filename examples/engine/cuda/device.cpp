@@ -38,7 +38,7 @@ void check_cuda(cudaError_t error, const char *what) {
 
 void check_rkv(rkv_status status, const char *what) {
     if (status == RKV_OK) return;
-    Error e(std::string(what) + ": " + rkv_status_name(status) + ": " + rkv_last_error_message());
+    Error e(std::string(what) + ": " + rkv_status_name(status) + ": " + rkv_error_message());
     e.sticky = status == RKV_ERR_FAULTED;
     throw e;
 }

@@ -52,7 +52,7 @@ int run_on_gpu(const GgufFile &file, const Tokenizer &tokenizer, const GpuRunOpt
     std::vector<GpuRun> runs;
     for (rkv_method method : o.methods) {
         rkv_cache_params p;
-        check_rkv(rkv_cache_params_default(&p, sizeof p), "rkv_cache_params_default");
+        check_rkv(rkv_params_default(&p, sizeof p), "rkv_params_default");
         model.set_cache_shape(p);
         p.method = method;
         if (method != RKV_METHOD_FULL) {

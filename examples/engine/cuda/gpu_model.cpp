@@ -31,7 +31,7 @@ rkv_tensor entry_tensor(float *data, int32_t heads, int32_t head_dim, bool token
     const int64_t row = int64_t(heads) * head_dim;
     // decode: one entry per row (stride_seq); prefill: the rows are the tokens of one entry (stride_token)
     return rkv_tensor{data, RKV_DTYPE_F32, heads, head_dim, tokens_of_one_sequence ? 0 : row,
-                      tokens_of_one_sequence ? row : 0, head_dim};
+                      tokens_of_one_sequence ? row : 0, head_dim, 0};
 }
 
 }  // namespace
@@ -182,7 +182,7 @@ void GpuModel::decode_step(rkv_cache *cache, const Entries &entries, cudaStream_
     args.v = entry_tensor(v_.as<float>(), c.n_kv_heads, hd, false);
     args.q = entry_tensor(q_.as<float>(), c.n_heads, hd, false);
     const rkv_tensor q_in = args.q;
-    const rkv_tensor att_out{att_entries_.data(), RKV_DTYPE_BF16, c.n_heads, hd, q_width, 0, hd};
+    const rkv_tensor att_out{att_entries_.data(), RKV_DTYPE_BF16, c.n_heads, hd, q_width, 0, hd, 0};
 
     RopeArgs rope{qkv_.as<float>(), entries.count, entries.device, slot_positions(), 0, c.n_heads, c.n_kv_heads,
                   hd, weights_.rope_freq, q_.as<float>(), k_.as<float>(), v_.as<float>()};
@@ -197,9 +197,16 @@ void GpuModel::decode_step(rkv_cache *cache, const Entries &entries, cudaStream_
             args.layer = l;
             check_rkv(rkv_append(cache, &args, stream), "rkv_append (decode step)");
         }
-        if (phases & kPhaseAttend)
-            check_rkv(rkv_attend(cache, l, entries.count, entries.host, &q_in, &att_out, 0.0f, stream),
-                      "rkv_attend (decode step)");
+        if (phases & kPhaseAttend) {
+            rkv_attend_args attend{};
+            attend.struct_size = sizeof attend;
+            attend.layer = l;
+            attend.num_seqs = entries.count;
+            attend.seq_ids = entries.host;
+            attend.q = q_in;
+            attend.out = att_out;
+            check_rkv(rkv_attend(cache, &attend, stream), "rkv_attend (decode step)");
+        }
         if (other) scatter_rows(att_entries_.as<bf16>(), entries.count, entries.device, q_width, att_.as<bf16>(), stream);
         if (matmul) decode_plans_.o->run(att_.as<bf16>(), L.o, x, stream);
         if (other) rmsnorm(x, c.dim, slots, c.dim, L.ffn_norm, c.norm_eps, xb, stream);
@@ -291,7 +298,7 @@ void GpuModel::prefill_piece(rkv_cache *cache, int32_t slot, const int32_t *toke
         rope_gather(rope, stream);
         args.layer = l;
         check_rkv(rkv_append(cache, &args, stream), "rkv_append (prefill)");
-        rkv_kv_view view;
+        rkv_seq_view view;
         std::memset(&view, 0, sizeof view);
         view.struct_size = sizeof view;
         check_rkv(rkv_view(cache, slot, l, &view), "rkv_view");

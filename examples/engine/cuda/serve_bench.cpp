@@ -282,7 +282,7 @@ struct Bench {
             mo.history_rows = 64;
             GpuModel model(*weights, mo);
             rkv_cache_params p;
-            check_rkv(rkv_cache_params_default(&p, sizeof p), "rkv_cache_params_default");
+            check_rkv(rkv_params_default(&p, sizeof p), "rkv_params_default");
             model.set_cache_shape(p);
             p.budget = s.budget;
             p.buffer = s.buffer;

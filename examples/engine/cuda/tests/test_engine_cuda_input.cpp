@@ -59,7 +59,7 @@ void shapes() {
 
 void requests() {
     rkv_cache_params full;
-    rkv_cache_params_default(&full, sizeof full);
+    rkv_params_default(&full, sizeof full);
     full.method = RKV_METHOD_FULL;
     full.max_seqs = 4;
     full.max_len = 100;
@@ -75,7 +75,7 @@ void requests() {
     EXPECT(contains(request_problem(full, 1000, r), "FULL cache"), "a prompt longer than the cache");
 
     rkv_cache_params rkv;
-    rkv_cache_params_default(&rkv, sizeof rkv);
+    rkv_params_default(&rkv, sizeof rkv);
     rkv.max_seqs = 4;
     r.prompt.assign(5000, 5);
     r.max_new = 10000;

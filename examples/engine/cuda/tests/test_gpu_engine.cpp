@@ -86,7 +86,7 @@ std::vector<int32_t> random_tokens(int32_t n, int32_t vocab, uint64_t seed) {
 
 rkv_cache *make_gpu_cache(const GpuModel &model, rkv_method method, int32_t max_len) {
     rkv_cache_params p;
-    check_rkv(rkv_cache_params_default(&p, sizeof p), "rkv_cache_params_default");
+    check_rkv(rkv_params_default(&p, sizeof p), "rkv_params_default");
     model.set_cache_shape(p);
     p.method = method;
     p.budget = kBudget;
@@ -256,8 +256,8 @@ double kept_agreement(const rkv_cache *cpu_cache, int32_t cpu_seq, const rkv_cac
     for (int32_t l = 0; l < layers; ++l)
         for (int32_t h = 0; h < heads; ++h) {
             int32_t na = 0, nb = 0;
-            check_rkv(rkv_kept_positions(cpu_cache, cpu_seq, l, h, a.data(), 4096, &na), "rkv_kept_positions");
-            check_rkv(rkv_kept_positions(gpu_cache, gpu_seq, l, h, b.data(), 4096, &nb), "rkv_kept_positions");
+            check_rkv(rkv_seq_positions(cpu_cache, cpu_seq, l, h, a.data(), 4096, &na), "rkv_seq_positions");
+            check_rkv(rkv_seq_positions(gpu_cache, gpu_seq, l, h, b.data(), 4096, &nb), "rkv_seq_positions");
             std::sort(a.begin(), a.begin() + na);
             std::sort(b.begin(), b.begin() + nb);
             same += na == nb && std::equal(a.begin(), a.begin() + na, b.begin());
@@ -542,7 +542,7 @@ void errors(Fixture &f) {
 
     // caches the engine cannot use
     rkv_cache_params p;
-    rkv_cache_params_default(&p, sizeof p);
+    rkv_params_default(&p, sizeof p);
     model.set_cache_shape(p);
     p.auto_compress = 1;
     rkv_cache *raw = nullptr;
