@@ -195,6 +195,21 @@ static void base_attend(attend_call *c) {
     c->scale = 0.0f;
 }
 
+/* The same call through rkv_attend_args, with the tensors' extents. */
+static rkv_status attend_args_call(rkv_cache *cache, const attend_call *c) {
+    rkv_attend_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.layer = c->layer;
+    a.num_seqs = c->num_seqs;
+    a.seq_ids = c->seq_ids;
+    a.q = c->q;
+    a.out = c->out;
+    a.scale = c->scale;
+    return rkv_attend(cache, &a, NULL);
+}
+#define ATTEND_ARGS(cache, c) attend_args_call(cache, &(c))
+
 #define ATTEND(cache, c) \
     test_attend(cache, (c).layer, (c).num_seqs, (c).seq_ids, &(c).q, &(c).out, (c).scale, NULL)
 
@@ -524,6 +539,10 @@ static void test_create_value_errors(void **state) {
     EXPECT_PARAMS(RKV_METHOD_FULL, p_.max_len = 0, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.auto_compress = 2, RKV_ERR_OUT_OF_RANGE);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.auto_compress = -1, RKV_ERR_OUT_OF_RANGE);
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.max_rollback = -1, RKV_ERR_OUT_OF_RANGE);
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.max_rollback = 1025, RKV_ERR_OUT_OF_RANGE);
+    /* Reserved fields stay 0, so a later version can give them a meaning. */
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.reserved = 1, RKV_ERR_INVALID_ARGUMENT);
 }
 
 /* Every field within its own bounds, but the product of sequences, layers,
@@ -1419,6 +1438,88 @@ static void test_inspect_scores_per_method(void **state) {
  * with a message, also with otherwise valid arguments and again on retry; the
  * host-only queries whose statuses do not list FAULTED (get_params, seq_length,
  * stats) keep answering; destroy still frees everything. */
+/* rkv_attend_args itself: NULL, struct sizes, flags. */
+static void test_attend_args_errors(void **state) {
+    rkv_cache *cache = *state;
+    attend_call c;
+    base_attend(&c);
+    EXPECT_REJECTED(cache, rkv_attend(cache, NULL, NULL), RKV_ERR_INVALID_ARGUMENT);
+    rkv_attend_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.num_seqs = c.num_seqs;
+    a.seq_ids = c.seq_ids;
+    a.q = c.q;
+    a.out = c.out;
+    ASSERT_OK(rkv_attend(cache, &a, NULL)); /* the control */
+    const size_t sizes[] = BAD_SIZES(rkv_attend_args);
+    for (size_t i = 0; i < COUNT(sizes); ++i) {
+        rkv_attend_args bad = a;
+        bad.struct_size = sizes[i];
+        EXPECT_REJECTED(cache, rkv_attend(cache, &bad, NULL), RKV_ERR_STRUCT_SIZE);
+    }
+    a.flags = 1;
+    EXPECT_REJECTED(cache, rkv_attend(cache, &a, NULL), RKV_ERR_UNSUPPORTED);
+}
+
+/* rkv_tensor.extent: every element the call touches must lie below it. The
+ * boundary (the largest index + 1) is accepted, one less is CAPACITY; a
+ * negative extent is INVALID_ARGUMENT; 0 checks nothing. */
+static void test_tensor_extent_errors(void **state) {
+    rkv_cache *cache = *state;
+    append_call c;
+    /* Two entries: 3 tokens of sequence 1 from offset 0, 2 of sequence 2 from
+     * offset 3, packed [tokens, heads, D]: the last element is token 4's. */
+    const int64_t kv_needed = 5 * KV * D, q_needed = 5 * QH * D;
+    for (int which = 0; which < 3; ++which) {
+        base_append(&c);
+        c.args.num_seqs = 2;
+        c.seq_ids[1] = 2;
+        c.num_tokens[0] = 3;
+        c.num_tokens[1] = 2;
+        c.args.token_offsets = c.token_offsets;
+        c.token_offsets[1] = 3;
+        rkv_tensor *t = which == 0 ? &c.args.k : which == 1 ? &c.args.v : &c.args.q;
+        t->extent = (which == 2 ? q_needed : kv_needed) - 1;
+        EXPECT_REJECTED(cache, rkv_append(cache, &c.args, NULL), RKV_ERR_CAPACITY);
+        t->extent = -1;
+        EXPECT_REJECTED(cache, rkv_append(cache, &c.args, NULL), RKV_ERR_INVALID_ARGUMENT);
+    }
+    base_append(&c);
+    c.args.num_seqs = 2;
+    c.seq_ids[1] = 2;
+    c.num_tokens[0] = 3;
+    c.num_tokens[1] = 2;
+    c.args.token_offsets = c.token_offsets;
+    c.token_offsets[1] = 3;
+    c.args.k.extent = c.args.v.extent = kv_needed;
+    c.args.q.extent = q_needed;
+    ASSERT_OK(rkv_append(cache, &c.args, NULL)); /* the boundary */
+
+    attend_call t;
+    for (int which = 0; which < 2; ++which) {
+        base_attend(&t);
+        rkv_tensor *x = which ? &t.out : &t.q;
+        x->extent = 2 * QH * D - 1;
+        EXPECT_REJECTED(cache, ATTEND_ARGS(cache, t), RKV_ERR_CAPACITY);
+        x->extent = 2 * QH * D;
+        ASSERT_OK(ATTEND_ARGS(cache, t));
+    }
+}
+
+/* rkv_cache_get: NULL pointers, unknown keys. */
+static void test_cache_get_errors(void **state) {
+    rkv_cache *cache = *state;
+    double value = 0;
+    EXPECT_REJECTED(cache, rkv_cache_get(NULL, RKV_PARAM_BUDGET, &value), RKV_ERR_INVALID_ARGUMENT);
+    EXPECT_REJECTED(cache, rkv_cache_get(cache, RKV_PARAM_BUDGET, NULL), RKV_ERR_INVALID_ARGUMENT);
+    EXPECT_REJECTED(cache, rkv_cache_get(cache, (rkv_param)(RKV_PARAM_MAX_ROLLBACK + 1), &value),
+                    RKV_ERR_UNSUPPORTED);
+    EXPECT_REJECTED(cache, rkv_cache_get(cache, (rkv_param)-1, &value), RKV_ERR_UNSUPPORTED);
+    ASSERT_OK(rkv_cache_get(cache, RKV_PARAM_BUDGET, &value));
+    assert_true(value == BUDGET);
+}
+
 static void test_use_after_fault(void **state) {
     rkv_cache *cache = *state;
     test_mark_faulted(cache, "simulated device fault");
@@ -1451,6 +1552,14 @@ static void test_use_after_fault(void **state) {
         EXPECT_FAIL(ATTEND(cache, t), RKV_ERR_FAULTED);
         EXPECT_FAIL(rkv_seq_scores(cache, 0, 0, 0, RKV_SCORE_FINAL, scores, CAPACITY, &count),
                     RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_seq_truncate(cache, 0, 1, NULL), RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_seq_rollback_limit(cache, 0, &count), RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_seq_copy(cache, 0, 2, NULL), RKV_ERR_FAULTED);
+        EXPECT_FAIL(rkv_seq_set_budget(cache, 2, BUDGET), RKV_ERR_FAULTED);
+        rkv_batch *batch = NULL;
+        EXPECT_FAIL(rkv_batch_create(cache, 2, &batch), RKV_ERR_FAULTED);
+        assert_null(batch);
+        EXPECT_FAIL(rkv_cache_sync_lengths(cache, NULL), RKV_ERR_FAULTED);
     }
 
     rkv_cache_params p;
@@ -1526,6 +1635,9 @@ int main(void) {
         FIXTURE_TEST(test_attend_stride_overflow),
         FIXTURE_TEST(test_inspect_scores_errors),
         OWNING_TEST(test_inspect_scores_per_method),
+        FIXTURE_TEST(test_attend_args_errors),
+        FIXTURE_TEST(test_tensor_extent_errors),
+        FIXTURE_TEST(test_cache_get_errors),
         FIXTURE_TEST(test_use_after_fault),
         FIXTURE_TEST(test_fault_is_per_cache),
     };

@@ -399,7 +399,8 @@ RKV_API rkv_status rkv_seq_rollback_limit(const rkv_cache *cache, int32_t seq, i
  * compression count and budget. `dst` must be empty and differ from `src`
  * (else BAD_STATE or INVALID_ARGUMENT, nothing changed); `src` is unchanged.
  * Afterwards the two sequences are independent and, given the same tokens,
- * evolve identically. On CUDA a stream-ordered kernel copies the held rows (no
+ * evolve identically (METHOD_RANDOM excepted: its draws depend on the slot, so
+ * forks diverge at their next compression). On CUDA a stream-ordered kernel copies the held rows (no
  * sync, no allocation). Statuses: OK, INVALID_ARGUMENT, OUT_OF_RANGE,
  * BAD_STATE, DEVICE, FAULTED. */
 RKV_API rkv_status rkv_seq_copy(rkv_cache *cache, int32_t src, int32_t dst, void *stream);
