@@ -60,7 +60,8 @@ if [ "$prebuilt" = 0 ]; then
     cmake --build "$build" -j"$(nproc)" >"$logs/build.log" 2>&1 || { tail -n 40 "$logs/build.log"; echo "build failed"; exit 1; }
 fi
 
-tests=(test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_errors test_gpu_fault)
+tests=(test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch test_gpu_errors
+       test_gpu_fault)
 
 # run_one NAME LOG COMMAND...: runs, records pass/skip/fail with the time.
 run_one() {
@@ -82,6 +83,9 @@ if [ "$run_tests" = 1 ]; then
     run_one "$t" "$logs/$t.log" "$build/tests/gpu/$t"
     grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says" "$logs/$t.log" | grep -v "^\[" | sed -n 1,12p
   done
+  # The layer view read as FlashInfer and flash-attn read it (skips without torch).
+  run_one test_view_layouts "$logs/test_view_layouts.log" python3 tests/gpu/test_view_layouts.py --lib "$build/librkv.so"
+  sed -n '/computed as/,$p' "$logs/test_view_layouts.log"
 fi
 
 if [ "$run_sanitizer" = 1 ]; then
@@ -93,7 +97,7 @@ if [ "$run_sanitizer" = 1 ]; then
     # test_gpu_errors and test_gpu_fault provoke failures on purpose (an
     # out-of-memory cudaMalloc, a kernel fault): they are not run here.
     for tool in memcheck racecheck; do
-      for t in test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph; do
+      for t in test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch; do
         [ "$tool" = racecheck ] && [ "$t" = test_gpu_golden ] && continue
         run_one "$tool $t" "$logs/${tool}_$t.log" env RKV_GPU_TEST_SMALL=$([ "$tool" = racecheck ] && echo 2 || echo 1) \
           "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/tests/gpu/$t"

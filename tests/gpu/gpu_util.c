@@ -106,6 +106,72 @@ rkv_status gpu_test_append(rkv_cache *cache, int32_t layer, int32_t num_seqs, co
     return status;
 }
 
+rkv_status gpu_stream_append(rkv_cache *cache, int32_t seq, uint64_t variant, int64_t first, int32_t count,
+                             rkv_dtype io, uint32_t flags) {
+    const rkv_cache_params p = params_of(cache);
+    const size_t kv = (size_t)count * p.num_kv_heads * p.head_dim, qn = (size_t)count * p.num_q_heads * p.head_dim;
+    float *k = malloc(kv * 4), *v = malloc(kv * 4), *q = malloc(qn * 4);
+    rkv_status status = RKV_OK;
+    for (int32_t layer = 0; layer < p.num_layers && status == RKV_OK; ++layer) {
+        stream_tokens(&p, variant, first, count, layer, k, v, q);
+        status = gpu_test_append(cache, layer, 1, &seq, &count, k, v, q, io, flags);
+    }
+    free(k);
+    free(v);
+    free(q);
+    return status;
+}
+
+typedef struct bytes {
+    unsigned char *data;
+    size_t size;
+} bytes;
+
+static void append_bytes(bytes *b, const void *data, size_t size, int device) {
+    b->data = realloc(b->data, b->size + size + 1);
+    assert_non_null(b->data);
+    if (device) gpu_download(b->data + b->size, data, size);
+    else memcpy(b->data + b->size, data, size);
+    b->size += size;
+}
+
+test_snapshot gpu_seq_snapshot(const rkv_cache *cache, int32_t seq) {
+    const rkv_cache_params p = params_of(cache);
+    const int device = p.device_type == RKV_DEVICE_CUDA;
+    if (device) gpu_sync();
+    bytes b = {NULL, 0};
+    const size_t element = dtype_bytes(p.dtype);
+    for (int32_t layer = 0; layer < p.num_layers; ++layer) {
+        rkv_seq_view view;
+        memset(&view, 0, sizeof view);
+        view.struct_size = sizeof view;
+        ASSERT_OK(rkv_view(cache, seq, layer, &view));
+        append_bytes(&b, &view.length, sizeof view.length, 0);
+        append_bytes(&b, &view.logical_length, sizeof view.logical_length, 0);
+        for (int32_t h = 0; h < view.num_kv_heads; ++h) {
+            const size_t rows = (size_t)view.length * view.head_dim * element; /* stride_token = head_dim */
+            append_bytes(&b, (const char *)view.k + (size_t)h * view.stride_head * element, rows, device);
+            append_bytes(&b, (const char *)view.v + (size_t)h * view.stride_head * element, rows, device);
+            append_bytes(&b, view.positions + (size_t)h * view.positions_stride_head, (size_t)view.length * 4, device);
+        }
+    }
+    int32_t budget = -1;
+    ASSERT_OK(rkv_seq_get_budget(cache, seq, &budget));
+    append_bytes(&b, &budget, sizeof budget, 0);
+    test_snapshot s = {b.size, b.data};
+    return s;
+}
+
+void gpu_assert_same_sequence(const rkv_cache *a, int32_t seq_a, const rkv_cache *b, int32_t seq_b,
+                              const char *what) {
+    test_snapshot sa = gpu_seq_snapshot(a, seq_a), sb = gpu_seq_snapshot(b, seq_b);
+    const int same = test_snapshot_equal(&sa, &sb);
+    test_snapshot_free(&sa);
+    test_snapshot_free(&sb);
+    if (!same) fail_msg("%s: the sequences hold different tokens", what);
+    assert_same_scores(a, seq_a, b, seq_b);
+}
+
 twin twin_create(const rkv_cache_params *params) {
     twin t;
     t.params = *params;

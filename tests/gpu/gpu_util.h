@@ -7,6 +7,7 @@
 #ifndef RKV_GPU_UTIL_H
 #define RKV_GPU_UTIL_H
 
+#include "stream.h"
 #include "test_util.h"
 
 #define GPU_SKIP_CODE 77
@@ -90,6 +91,20 @@ void snapshot_free(score_snapshot *s);
 /* Compare every (seq, layer, head) of the twin; `before` (NULL: exact) explains
  * differences as ties. Adds to *out; prints each difference. */
 void compare_kept(const twin *t, const score_snapshot *before, kept_compare *out, const char *what);
+
+/* stream_append (tests/common/stream.h) for a CPU or a CUDA cache: the same
+ * tokens, from host or device memory, in `io` dtype. */
+rkv_status gpu_stream_append(rkv_cache *cache, int32_t seq, uint64_t variant, int64_t first, int32_t count,
+                             rkv_dtype io, uint32_t flags);
+
+/* What test_take_seq_snapshot records (lengths, held K, V and positions, the
+ * budget), for a CPU or a CUDA cache (device memory is downloaded after a
+ * device sync). */
+test_snapshot gpu_seq_snapshot(const rkv_cache *cache, int32_t seq);
+/* Asserts that two sequences (same or different caches, CPU or CUDA) hold the
+ * same bytes and the same scores. */
+void gpu_assert_same_sequence(const rkv_cache *a, int32_t seq_a, const rkv_cache *b, int32_t seq_b,
+                              const char *what);
 
 /* Slots of the capacity of a cache with these params. */
 int32_t capacity_of(const rkv_cache_params *p);
