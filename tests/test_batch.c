@@ -239,7 +239,7 @@ static void test_advance_past_capacity_faults(void **state) {
     ASSERT_OK(stream_append(cache, 2, 0, 0, BUDGET + BUFFER, 0));
     rkv_batch *batch = NULL;
     ASSERT_OK(rkv_batch_create(cache, ENTRIES, &batch));
-    const int32_t ids[2] = {-1, 2};
+    const int32_t ids[ENTRIES] = {-1, 2, -1, -1};
     ASSERT_OK(rkv_batch_set(batch, ids, 2, NULL));
     static step_rows r;
     int64_t positions[SEQS];
