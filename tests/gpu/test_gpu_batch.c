@@ -358,6 +358,17 @@ static void test_batch_faults_and_errors_on_cuda(void **state) {
     a.k = rows(host, RKV_DTYPE_F32, KV, 64, ENTRIES);
     a.v = a.k;
     EXPECT_FAIL(rkv_append(cache, &a, stream), RKV_ERR_INVALID_ARGUMENT);
+    /* Device tensors whose extent is one element short (of a padding row, too): CAPACITY. */
+    rkv_append_args short_k;
+    memset(&short_k, 0, sizeof short_k);
+    short_k.struct_size = sizeof short_k;
+    short_k.num_seqs = ENTRIES;
+    short_k.batch = batch;
+    short_k.k = rows(b.k, c.dtype, KV, c.head_dim, ENTRIES);
+    short_k.v = rows(b.v, c.dtype, KV, c.head_dim, ENTRIES);
+    short_k.q = rows(b.q, c.dtype, QH, c.head_dim, ENTRIES);
+    short_k.k.extent -= 1;
+    EXPECT_FAIL(rkv_append(cache, &short_k, stream), RKV_ERR_CAPACITY);
 
     /* A full sequence that is not compressed: the replayed token is dropped,
      * the advance faults the cache. */

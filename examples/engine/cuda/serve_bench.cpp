@@ -423,11 +423,11 @@ int main(int argc, char **argv) {
             if (g == 16384) main_gen = g;
         std::vector<std::pair<std::string, std::function<void()>>> tasks;
         const int32_t rkv_budget = o.budgets.front();
-        auto rkv_batch = [&](int32_t budget) { return bench.batch_limit(report.capacity_of(rkv_name(budget, o.buffer), 0)); };
+        auto rkv_batch_limit = [&](int32_t budget) { return bench.batch_limit(report.capacity_of(rkv_name(budget, o.buffer), 0)); };
         auto full_batch = [&](int32_t gen, bool paged) {
             return bench.batch_limit(report.capacity_of(paged ? "Full paged" : "Full reserved", gen));
         };
-        tasks.emplace_back("R-KV at its largest batch", [&] { bench.measure_rkv(rkv_budget, rkv_batch(rkv_budget)); });
+        tasks.emplace_back("R-KV at its largest batch", [&] { bench.measure_rkv(rkv_budget, rkv_batch_limit(rkv_budget)); });
         tasks.emplace_back("Full reserved", [&] { bench.measure_full(main_gen, false, full_batch(main_gen, false)); });
         tasks.emplace_back("R-KV at Full's batch",
                            [&] { bench.measure_rkv(rkv_budget, full_batch(main_gen, false)); });
@@ -438,7 +438,7 @@ int main(int argc, char **argv) {
             tasks.emplace_back("Full paged", [&, gen] { bench.measure_full(gen, true, full_batch(gen, true)); });
         for (size_t i = 1; i < o.budgets.size(); ++i) {
             const int32_t budget = o.budgets[i];
-            tasks.emplace_back("R-KV at its largest batch", [&, budget] { bench.measure_rkv(budget, rkv_batch(budget)); });
+            tasks.emplace_back("R-KV at its largest batch", [&, budget] { bench.measure_rkv(budget, rkv_batch_limit(budget)); });
         }
         for (int32_t gen : o.gens)
             if (gen != main_gen && full_batch(gen, false) != full_batch(main_gen, false))
