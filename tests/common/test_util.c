@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
+
 rkv_cache_params test_params(int32_t max_seqs, int32_t layers, int32_t kv_heads, int32_t q_heads,
                              int32_t head_dim, rkv_method method, int32_t budget, int32_t buffer,
                              int32_t window) {
@@ -116,34 +118,18 @@ void test_append_random(rkv_cache *cache, int32_t seq, int32_t tokens, uint64_t 
 
 /* --- storage dtypes ------------------------------------------------------ */
 
-static uint16_t to_bf16(float x) {
-    union { float f; uint32_t u; } bits = {x};
-    if ((bits.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits.u >> 16) | 0x40u);
-    bits.u += 0x7fffu + ((bits.u >> 16) & 1u);
-    return (uint16_t)(bits.u >> 16);
-}
-
 void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out) {
     for (size_t i = 0; i < count; ++i) {
         if (dtype == RKV_DTYPE_F32) ((float *)out)[i] = x[i];
-        else if (dtype == RKV_DTYPE_BF16) ((uint16_t *)out)[i] = to_bf16(x[i]);
-        else {
-            _Float16 h = (_Float16)x[i];
-            memcpy((uint16_t *)out + i, &h, 2);
-        }
+        else if (dtype == RKV_DTYPE_BF16) ((uint16_t *)out)[i] = bf16_from_float(x[i]);
+        else ((uint16_t *)out)[i] = f16_from_float(x[i]);
     }
 }
 
 float element_as_float(const void *data, rkv_dtype dtype, size_t index) {
     if (dtype == RKV_DTYPE_F32) return ((const float *)data)[index];
-    uint16_t raw = ((const uint16_t *)data)[index];
-    if (dtype == RKV_DTYPE_F16) {
-        _Float16 h;
-        memcpy(&h, &raw, 2);
-        return (float)h;
-    }
-    union { uint32_t u; float f; } bits = {(uint32_t)raw << 16};
-    return bits.f;
+    const uint16_t raw = ((const uint16_t *)data)[index];
+    return dtype == RKV_DTYPE_F16 ? f16_to_float(raw) : bf16_to_float(raw);
 }
 
 float round_through(rkv_dtype dtype, float x) {
