@@ -39,6 +39,9 @@ class Array:
     stream: int | None  # a producer's stream (__cuda_array_interface__ v3)
     owner: Any  # keeps the memory alive while librkv reads it
     is_torch: bool = False
+    # False: librkv must not write into it (a read-only numpy array, a CAI
+    # readonly flag). DLPack's legacy capsule carries no such flag.
+    writable: bool = True
 
 
 def _torch_dtype(dtype) -> DType:
@@ -144,14 +147,14 @@ def describe(obj, stream: int | None = None) -> Array:
         shape = tuple(cai["shape"])
         return Array(cai["data"][0], shape,
                      _element_strides(shape, cai.get("strides"), _ITEMSIZE[dtype]), dtype,
-                     Device.CUDA, None, cai.get("stream"), obj)
+                     Device.CUDA, None, cai.get("stream"), obj, writable=not cai["data"][1])
     if hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
         return _from_dlpack(obj, stream)
     array = np.asarray(obj)
     dtype = _numpy_dtype(array.dtype)
     return Array(array.__array_interface__["data"][0], array.shape,
                  _element_strides(array.shape, array.strides, array.itemsize), dtype,
-                 Device.CPU, None, None, array)
+                 Device.CPU, None, None, array, writable=bool(array.flags.writeable))
 
 
 def host_ints(values, dtype, what: str) -> np.ndarray:
@@ -174,8 +177,8 @@ def stream_handle(stream) -> int | None:
 
 
 class _Interface:
-    """Exposes cache memory to numpy or torch, and keeps the cache object alive
-    as long as any array made from it."""
+    """Exposes cache memory to numpy or torch, and keeps the memory's owner
+    (the cache's handle) alive as long as any array made from it."""
 
     def __init__(self, owner, key: str, interface: dict):
         self._owner = owner

@@ -6,6 +6,7 @@ library as the exceptions of :mod:`rkv.errors` with its message.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -80,6 +81,21 @@ def cache_size(*, device="cpu", **options) -> int:
     return int(_c.rkv_cache_size(_make_params(device, options)))
 
 
+class _Handle:
+    """Owns the C cache. Its owners are the Cache (until close) and every view
+    made from it, so the memory a view points at lives as long as the view: the
+    C cache is destroyed when the last of them lets go."""
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __del__(self):
+        raw, self.raw = self.raw, None
+        if raw is not None and _c is not None:  # _c is None at interpreter shutdown
+            _c.rkv_cache_destroy(raw)
+
+
 @dataclass(frozen=True)
 class KVView:
     """Held K, V and positions of one (sequence, layer), borrowed from the cache.
@@ -87,8 +103,9 @@ class KVView:
     ``k`` and ``v`` are ``[num_kv_heads, length, head_dim]``, ``positions``
     ``[num_kv_heads, length]``: numpy arrays for a CPU cache, torch tensors for a
     CUDA cache, over the cache's own memory (no copy). bf16 storage reads as
-    uint16 bits in numpy. Valid until the next append, compress or reset of the
-    sequence, or close: read or copy it before then.
+    uint16 bits in numpy. Current until the next append, compress or reset of
+    the sequence: read or copy it before then. The view keeps the memory alive,
+    also after close (then frozen as it was).
     """
     k: Any
     v: Any
@@ -140,27 +157,32 @@ class Cache:
     here, once.
 
     Use it as a context manager or call :meth:`close`; closing twice is fine.
-    Like the C cache, one Cache must not be used from two threads at once.
+    The C API forbids two calls on one cache at once; a Cache keeps that rule
+    for you by serialising calls from several threads, and :meth:`close` waits
+    for a call in flight.
     """
 
     def __init__(self, *, max_seqs: int, num_layers: int, num_kv_heads: int, head_dim: int,
                  num_q_heads: int | None = None, device="cpu", **options):
         self._handle = None  # set first: __del__ runs even if creation fails
+        # Held around every C call on the handle (reentrant: methods call methods).
+        self._lock = threading.RLock()
         if "lambda_" in options:
             options["lambda"] = options.pop("lambda_")
         options.update(max_seqs=max_seqs, num_layers=num_layers, num_kv_heads=num_kv_heads,
                        head_dim=head_dim)
         if num_q_heads is not None:
             options["num_q_heads"] = num_q_heads
-        self._handle = _c.rkv_cache_create(_make_params(device, options))
+        self._handle = _Handle(_c.rkv_cache_create(_make_params(device, options)))
 
     # --- lifetime -----------------------------------------------------------
     def close(self) -> None:
-        """Free the cache and all its memory; every view becomes invalid.
-        Calling it again does nothing."""
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            _c.rkv_cache_destroy(handle)
+        """Free the cache and its memory. Waits for a call another thread has in
+        flight; later calls raise ValueError. Memory that views still point at
+        is freed with the last of them. Calling it again does nothing."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        del handle  # the C cache goes here unless a view still holds it
 
     @property
     def closed(self) -> bool:
@@ -173,21 +195,25 @@ class Cache:
         self.close()
 
     def __del__(self):
-        # A cache dropped without close() is freed here; explicit close() (or
-        # `with`) is still better: it frees device memory at a known point.
-        self.close()
+        # A cache dropped without close() is freed here (no call can be in
+        # flight: a call holds the Cache). Explicit close() or `with` is still
+        # better: it frees device memory at a known point.
+        self._handle = None
 
     def _h(self):
+        """The raw handle; call with self._lock held, and keep holding it for as
+        long as the C call uses the handle."""
         if self._handle is None:
             raise ValueError("operation on a closed rkv.Cache")
-        return self._handle
+        return self._handle.raw
 
     # --- parameters -----------------------------------------------------------
     @property
     def params(self) -> dict[str, Any]:
         """The parameters the cache runs with, by lower-case name."""
         raw = _c.rkv_cache_params()
-        _c.rkv_cache_get_params(self._h(), raw)
+        with self._lock:
+            _c.rkv_cache_get_params(self._h(), raw)
         out = {}
         for key in Param:
             if key == Param.SEED:
@@ -207,7 +233,8 @@ class Cache:
         compression."""
         key = name if isinstance(name, Param) else Param[str(name).upper().rstrip("_")]
         value = _enum_value(_ENUM_PARAMS.get(key, int), value)
-        _c.rkv_cache_set_param(self._h(), key, float(value))
+        with self._lock:
+            _c.rkv_cache_set_param(self._h(), key, float(value))
 
     # --- appending ------------------------------------------------------------
     def append(self, layer: int, seq_ids: Sequence[int] | int, k, v, q=None, *,
@@ -239,18 +266,18 @@ class Cache:
         args.num_seqs = n
         args.seq_ids = seqs.ctypes.data
         args.flags = _c.RKV_APPEND_PROMPT if prompt else 0
-        tokens = None
-        for name, array in arrays.items():
-            token_axis_len = _fill_tensor(getattr(args, name), array, name, n, layout,
-                                          packed=counts is not None and len(array.shape) == 3)
-            tokens = token_axis_len if tokens is None else tokens
-        self._check_devices(arrays.values())
-        if counts is None and tokens is not None and tokens > 1:
-            counts = np.full(n, tokens, np.int32)
-        _check_token_ranges(n, counts, offsets, tokens)
+        token_axes = {name: _fill_tensor(getattr(args, name), array, name, n, layout,
+                                         packed=counts is not None and len(array.shape) == 3)
+                      for name, array in arrays.items()}
+        if counts is None and (token_axes["k"] or 0) > 1:  # T tokens each, from k's shape
+            counts = np.full(n, token_axes["k"], np.int32)
+        _check_extents(token_axes, n, counts, offsets)
         args.num_tokens = None if counts is None else counts.ctypes.data
         args.token_offsets = None if offsets is None else offsets.ctypes.data
-        _c.rkv_append(self._h(), args, _pick_stream(stream, arrays.values()))
+        with self._lock:
+            raw = self._h()
+            _check_devices(raw, arrays.values())
+            _c.rkv_append(raw, args, _pick_stream(stream, arrays.values()))
         # seqs, counts, offsets and the arrays are alive until here: the
         # library has read them (it copies what it keeps) before returning.
 
@@ -258,30 +285,35 @@ class Cache:
     def compress(self, seq: int = ALL, layer: int = ALL, *, stream=None) -> None:
         """Compress now: one sequence if it holds more than its budget, or with
         seq=ALL every sequence that is due; one layer or all."""
-        _c.rkv_compress(self._h(), seq, layer, stream_handle(stream))
+        with self._lock:
+            _c.rkv_compress(self._h(), seq, layer, stream_handle(stream))
 
     def compress_due(self, seq: int = ALL, layer: int = ALL) -> bool:
         """True if appending one more token would compress first."""
-        return bool(_c.rkv_compress_due(self._h(), seq, layer))
+        with self._lock:
+            return bool(_c.rkv_compress_due(self._h(), seq, layer))
 
     def reset(self, seq: int = ALL, *, stream=None) -> None:
         """Forget a sequence (or all) so its slot can serve a new request."""
-        _c.rkv_seq_reset(self._h(), seq, stream_handle(stream))
+        with self._lock:
+            _c.rkv_seq_reset(self._h(), seq, stream_handle(stream))
 
     # --- views and inspection ----------------------------------------------------
     def view(self, seq: int, layer: int) -> KVView:
         """The held K, V and positions of (seq, layer), without copying."""
         raw = _c.rkv_kv_view()
-        _c.rkv_view(self._h(), seq, layer, raw)
+        with self._lock:
+            _c.rkv_view(self._h(), seq, layer, raw)
+            owner = self._handle  # the view keeps the memory alive, even past close
         heads, length, dim = raw.num_kv_heads, raw.length, raw.head_dim
         dtype, device = DType(raw.dtype), Device(raw.device_type)
         shape, strides = (heads, length, dim), (raw.stride_head, raw.stride_token, 1)
         make = host_view if device == Device.CPU else (
             lambda *a: cuda_view(*a, raw.device_id))
         return KVView(
-            k=make(self, raw.k, shape, strides, dtype),
-            v=make(self, raw.v, shape, strides, dtype),
-            positions=int_view(self, raw.positions, (heads, length), (raw.positions_stride_head, 1),
+            k=make(owner, raw.k, shape, strides, dtype),
+            v=make(owner, raw.v, shape, strides, dtype),
+            positions=int_view(owner, raw.positions, (heads, length), (raw.positions_stride_head, 1),
                                device, raw.device_id),
             length=length, logical_length=int(raw.logical_length), dtype=dtype, device=device,
             device_id=raw.device_id)
@@ -289,31 +321,35 @@ class Cache:
     def layer_view(self, layer: int) -> LayerView:
         """One layer for every sequence slot, for one batched attention call."""
         raw = _c.rkv_layer_view()
-        _c.rkv_view_layer(self._h(), layer, raw)
+        with self._lock:
+            _c.rkv_view_layer(self._h(), layer, raw)
+            owner = self._handle
         dtype, device = DType(raw.dtype), Device(raw.device_type)
         shape = (raw.max_seqs, raw.num_kv_heads, raw.capacity, raw.head_dim)
         strides = (raw.stride_seq, raw.stride_head, raw.stride_token, 1)
         make = host_view if device == Device.CPU else (
             lambda *a: cuda_view(*a, raw.device_id))
         return LayerView(
-            k=make(self, raw.k, shape, strides, dtype),
-            v=make(self, raw.v, shape, strides, dtype),
-            positions=int_view(self, raw.positions, shape[:3],
+            k=make(owner, raw.k, shape, strides, dtype),
+            v=make(owner, raw.v, shape, strides, dtype),
+            positions=int_view(owner, raw.positions, shape[:3],
                                (raw.positions_stride_seq, raw.positions_stride_head, 1),
                                device, raw.device_id),
-            lengths=int_view(self, raw.lengths, (raw.max_seqs,), (1,), device, raw.device_id),
+            lengths=int_view(owner, raw.lengths, (raw.max_seqs,), (1,), device, raw.device_id),
             capacity=raw.capacity, dtype=dtype, device=device, device_id=raw.device_id)
 
     def seq_length(self, seq: int, layer: int) -> tuple[int, int]:
         """(logical, physical): tokens appended so far, tokens held per head now."""
-        logical, physical = _c.rkv_seq_length(self._h(), seq, layer)
+        with self._lock:
+            logical, physical = _c.rkv_seq_length(self._h(), seq, layer)
         return int(logical), int(physical)
 
     def kept_positions(self, seq: int, layer: int, head: int) -> np.ndarray:
         """Original positions held by one KV head, in slot order (a host copy)."""
-        _, physical = self.seq_length(seq, layer)
-        out = np.empty(max(physical, 1), np.int32)
-        count = _c.rkv_kept_positions(self._h(), seq, layer, head, out.ctypes.data, out.size)
+        with self._lock:  # the length and the copy from one state
+            _, physical = self.seq_length(seq, layer)
+            out = np.empty(max(physical, 1), np.int32)
+            count = _c.rkv_kept_positions(self._h(), seq, layer, head, out.ctypes.data, out.size)
         return out[:count].copy()
 
     def inspect_scores(self, seq: int, layer: int, head: int, kind: str = "final") -> np.ndarray:
@@ -323,15 +359,17 @@ class Cache:
                  "final": _c.RKV_SCORE_FINAL}
         if kind not in kinds:
             raise InvalidArgumentError(f"unknown score kind {kind!r}: one of {', '.join(kinds)}")
-        _, physical = self.seq_length(seq, layer)
-        out = np.empty(max(physical, 1), np.float32)
-        count = _c.rkv_inspect_scores(self._h(), seq, layer, head, kinds[kind], out.ctypes.data,
-                                      out.size)
+        with self._lock:
+            _, physical = self.seq_length(seq, layer)
+            out = np.empty(max(physical, 1), np.float32)
+            count = _c.rkv_inspect_scores(self._h(), seq, layer, head, kinds[kind], out.ctypes.data,
+                                          out.size)
         return out[:count].copy()
 
     def stats(self, seq: int = ALL) -> Stats:
         raw = _c.rkv_stats()
-        _c.rkv_cache_stats(self._h(), seq, raw)
+        with self._lock:
+            _c.rkv_cache_stats(self._h(), seq, raw)
         return Stats(**{f: getattr(raw, f) for f in Stats.__dataclass_fields__})
 
     # --- attention ---------------------------------------------------------------
@@ -349,26 +387,20 @@ class Cache:
             else:
                 raise InvalidArgumentError("pass out= for arrays that are neither numpy nor torch")
         arrays = {"q": describe(q), "out": describe(out)}
+        if not arrays["out"].writable:
+            raise InvalidArgumentError(
+                "out is read-only (np.frombuffer over bytes, a broadcast view, a readonly "
+                "__cuda_array_interface__): attend writes into it; pass a writable array")
         tensors = {}
         for name, array in arrays.items():
             tensors[name] = _c.rkv_tensor()
             _fill_tensor(tensors[name], array, name, int(seqs.size), "bhtd", packed=False)
-        self._check_devices(arrays.values())
-        _c.rkv_attend(self._h(), layer, int(seqs.size), seqs.ctypes.data, tensors["q"],
-                      tensors["out"], float(scale), _pick_stream(stream, arrays.values()))
+        with self._lock:
+            raw = self._h()
+            _check_devices(raw, arrays.values())
+            _c.rkv_attend(raw, layer, int(seqs.size), seqs.ctypes.data, tensors["q"],
+                          tensors["out"], float(scale), _pick_stream(stream, arrays.values()))
         return out
-
-    def _check_devices(self, arrays) -> None:
-        """Host arrays for a CPU cache, memory of its GPU for a CUDA cache: the
-        library cannot tell a pointer's device, and a wrong one would crash."""
-        raw = _c.rkv_cache_params()
-        _c.rkv_cache_get_params(self._h(), raw)
-        for array in arrays:
-            if array.device != raw.device_type or (
-                    array.device == Device.CUDA and array.device_id not in (None, raw.device_id)):
-                where = "cpu" if array.device == Device.CPU else f"cuda:{array.device_id}"
-                cache = "cpu" if raw.device_type == Device.CPU else f"cuda:{raw.device_id}"
-                raise InvalidArgumentError(f"an array on {where} was passed to a cache on {cache}")
 
     def __repr__(self) -> str:
         if self._handle is None:
@@ -408,22 +440,42 @@ def _fill_tensor(tensor, array: Array, name: str, n: int, layout: str, packed: b
     return tokens
 
 
-def _check_token_ranges(n, counts, offsets, tokens) -> None:
-    """The library reads tokens offsets[i] .. offsets[i]+counts[i]-1 of each
-    entry: they must lie inside the arrays (it cannot know their extent)."""
+def _check_devices(raw_cache, arrays) -> None:
+    """Host arrays for a CPU cache, memory of its GPU for a CUDA cache: the
+    library cannot tell a pointer's device, and a wrong one would crash."""
+    raw = _c.rkv_cache_params()
+    _c.rkv_cache_get_params(raw_cache, raw)
+    for array in arrays:
+        if array.device != raw.device_type or (
+                array.device == Device.CUDA and array.device_id not in (None, raw.device_id)):
+            where = "cpu" if array.device == Device.CPU else f"cuda:{array.device_id}"
+            cache = "cpu" if raw.device_type == Device.CPU else f"cuda:{raw.device_id}"
+            raise InvalidArgumentError(f"an array on {where} was passed to a cache on {cache}")
+
+
+def _check_extents(token_axes: dict, n: int, counts, offsets) -> None:
+    """The library reads tokens offsets[i] .. offsets[i] + counts[i] - 1 of each
+    entry from every array (k, v and q alike): each array's token axis must
+    hold them. `token_axes` maps a name to its token axis length (None: one
+    token per entry). rkv_tensor carries no extent, so the library cannot check
+    this itself; once it does (issue 10), this function goes."""
     if counts is not None and counts.size != n:
         raise InvalidArgumentError(f"num_tokens has {counts.size} entries for {n} seq_ids")
     if offsets is not None and offsets.size != n:
         raise InvalidArgumentError(f"token_offsets has {offsets.size} entries for {n} seq_ids")
-    if tokens is None:
-        if (counts is not None and np.any(counts != 1)) or (offsets is not None and np.any(offsets != 0)):
-            raise InvalidArgumentError("[n, heads, dim] inputs hold one token per entry")
+    if n == 0:
         return
-    count = counts if counts is not None else np.ones(n, np.int32)
+    count = counts.astype(np.int64) if counts is not None else np.ones(n, np.int64)
     start = offsets if offsets is not None else np.zeros(n, np.int64)
-    if n and (np.any(start < 0) or np.any(start + count > tokens)):
-        raise InvalidArgumentError(
-            f"token_offsets + num_tokens exceed the {tokens} tokens of the inputs")
+    if np.any(count < 1) or np.any(start < 0):
+        return  # the library refuses these before reading anything
+    end = int(np.max(start + count))
+    for name, tokens in token_axes.items():
+        held = 1 if tokens is None else tokens
+        if end > held:
+            raise InvalidArgumentError(
+                f"{name} holds {held} token(s) per entry{' ([n, heads, dim])' if tokens is None else ''}, "
+                f"but num_tokens and token_offsets read up to token {end}")
 
 
 def _pick_stream(stream, arrays) -> int | None:
