@@ -307,6 +307,50 @@ fn host_slice<'c, T: Element>(data: *const c_void, dtype: sys::rkv_dtype, device
 }
 
 /// The held K, V and positions of one (sequence, layer), borrowed from the cache.
+///
+/// The borrow is what keeps the C rule "a view is valid until the next append,
+/// compress or reset of that sequence, or destroy": code that would read a
+/// view, or a slice taken from one, after any of them does not compile. Each
+/// example below differs from compiling code (the last one) only in its
+/// marked line, so it fails for the borrow the error code after
+/// `compile_fail` names (nightly rustdoc also checks the code).
+///
+/// A view cannot outlive its cache:
+/// ```compile_fail,E0597
+/// # use librkv::{Cache, Params};
+/// let view = {
+///     let cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
+///     cache.view(0, 0).unwrap()
+/// }; // the cache is dropped here, the view still borrows it
+/// println!("{}", view.len());
+/// ```
+/// nor can a slice taken from it:
+/// ```compile_fail,E0505
+/// # use librkv::{Cache, Params};
+/// let cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
+/// let view = cache.view(0, 0).unwrap();
+/// let keys: &[f32] = view.keys(0).unwrap();
+/// drop(cache); // moves the cache out while `keys` borrows it
+/// println!("{}", keys.len());
+/// ```
+/// and no call that changes the cache can run while a view is alive:
+/// ```compile_fail,E0502
+/// # use librkv::{Cache, Params, Stream};
+/// let mut cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
+/// let view = cache.view(0, 0).unwrap();
+/// cache.reset(0, Stream::DEFAULT).unwrap(); // needs &mut while the view borrows &
+/// println!("{:?}", view.positions(0));
+/// ```
+/// Read the view first, then change the cache; this compiles and runs:
+/// ```
+/// # use librkv::{Cache, Params, Stream};
+/// let mut cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
+/// let view = cache.view(0, 0).unwrap();
+/// let keys: &[f32] = view.keys(0).unwrap();
+/// assert!(keys.is_empty() && view.is_empty());
+/// cache.reset(0, Stream::DEFAULT).unwrap();
+/// drop(cache);
+/// ```
 pub struct KvView<'c> {
     raw: sys::rkv_kv_view,
     _cache: PhantomData<&'c Cache>,
