@@ -13,10 +13,44 @@
 #include <string>
 #include <vector>
 
+#include <csignal>
+#include <unistd.h>
+
 #include "failure.h"
 #include "program.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define RKV_REPLAY_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RKV_REPLAY_SANITIZED 1
+#endif
+#endif
+#ifdef RKV_REPLAY_SANITIZED
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace {
+
+// The input running now, named if the process dies on it (a sanitizer report
+// or a crash names no file of its own).
+char g_current[4096];
+
+void name_the_input() {
+    static const char prefix[] = "rkv_fuzz_replay: died on input ";
+    if (!g_current[0]) return;
+    (void)!write(2, prefix, sizeof prefix - 1);
+    (void)!write(2, g_current, std::strlen(g_current));
+    (void)!write(2, "\n", 1);
+}
+
+#ifndef RKV_REPLAY_SANITIZED
+void on_fatal_signal(int signal) {
+    name_the_input();
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+}
+#endif
 
 std::vector<std::string> input_files(const std::vector<std::string> &paths) {
     std::vector<std::string> files;
@@ -51,6 +85,11 @@ int main(int argc, char **argv) {
         std::fprintf(stderr, "usage: rkv_fuzz_replay [--print] FILE_OR_FOLDER...\n");
         return 2;
     }
+#ifdef RKV_REPLAY_SANITIZED
+    __sanitizer_set_death_callback(name_the_input);
+#else
+    for (int signal : {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL}) std::signal(signal, on_fatal_signal);
+#endif
     const std::vector<std::string> files = input_files(paths);
     const auto start = std::chrono::steady_clock::now();
     int failed = 0;
@@ -59,6 +98,7 @@ int main(int argc, char **argv) {
         std::ifstream stream(file, std::ios::binary);
         const std::vector<uint8_t> data((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
         if (print) std::printf("%s (%zu bytes)\n", file.c_str(), data.size());
+        std::snprintf(g_current, sizeof g_current, "%s", file.c_str());
         fuzz::RunOptions options;
         options.trace = print;
         fuzz::Program program(data.data(), data.size(), options);
