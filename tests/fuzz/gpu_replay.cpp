@@ -422,7 +422,7 @@ int main(int argc, char **argv) {
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("\nrkv_fuzz_gpu_replay: CUDA against the CPU, call by call (%.1f s)\n", seconds);
-    std::printf("| programs | calls | CUDA caches unsupported | CPU model failures | status | lengths | K/V contents | attend |\n");
+    std::printf("| programs | calls | CUDA caches unsupported | failed programs (CPU model, CUDA errors) | status | lengths | K/V contents | attend |\n");
     std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     std::printf("| %ld | %ld | %ld | %ld | %ld | %ld | %ld | %ld |\n\n", counts.programs, counts.calls, counts.unsupported,
                 counts.cpu_failures, counts.status, counts.lengths, counts.contents, counts.attend);

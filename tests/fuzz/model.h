@@ -46,8 +46,7 @@ struct SeqLayerModel {
 };
 
 // The verdict of rkv_cache_create / rkv_cache_size for `params` (NULL allowed).
-// `cuda_build`: the library was built with CUDA (a CUDA cache may then be
-// created where a device exists).
+// A CUDA device type may succeed or fail (this build or machine may lack it).
 Verdict params_verdict(const rkv_cache_params *params);
 
 // The capacities algorithm.md allows for params (FULL with the prompt guard:
