@@ -82,12 +82,12 @@ void check_seq_layer(const rkv_cache *cache, CacheModel &model, int32_t seq, int
                      const rkv_layer_view &layer_view) {
     const rkv_cache_params &p = model.params();
     SeqLayerModel &s = model.at(seq, layer);
-    rkv_kv_view view;
+    rkv_seq_view view;
     std::memset(&view, 0xab, sizeof view);
     view.struct_size = sizeof view;
     const rkv_status status = rkv_view(cache, seq, layer, &view);
     FUZZ_EXPECT(status == RKV_OK, "rkv_view(%d, %d) failed: %s: %s", seq, layer, rkv_status_name(status),
-                rkv_last_error_message());
+                rkv_error_message());
     const size_t elem = dtype_bytes(p.dtype);
     FUZZ_EXPECT(view.length == s.held, "seq %d layer %d: view length %d, expected %d held", seq, layer,
                 view.length, s.held);
@@ -197,7 +197,7 @@ void check_cache(const rkv_cache *cache, CacheModel &model) {
         lv.struct_size = sizeof lv;
         const rkv_status status = rkv_view_layer(cache, layer, &lv);
         FUZZ_EXPECT(status == RKV_OK, "rkv_view_layer(%d) failed: %s: %s", layer, rkv_status_name(status),
-                    rkv_last_error_message());
+                    rkv_error_message());
         FUZZ_EXPECT(lv.capacity == model.capacity() && lv.max_seqs == p.max_seqs && lv.num_kv_heads == p.num_kv_heads &&
                         lv.head_dim == p.head_dim && lv.dtype == p.dtype && lv.device_type == RKV_DEVICE_CPU,
                     "layer view %d: fields disagree with the params (capacity %d, expected %d)", layer, lv.capacity,
@@ -223,7 +223,7 @@ void check_cache(const rkv_cache *cache, CacheModel &model) {
     std::memset(&stats, 0xab, sizeof stats);
     stats.struct_size = sizeof stats;
     FUZZ_EXPECT(rkv_cache_stats(cache, RKV_ALL, &stats) == RKV_OK, "rkv_cache_stats failed: %s",
-                rkv_last_error_message());
+                rkv_error_message());
     check_stats(stats, model, RKV_ALL);
 }
 
@@ -236,7 +236,7 @@ ScoreSnapshot take_scores(const rkv_cache *cache, const CacheModel &model) {
             for (int32_t head = 0; head < p.num_kv_heads; ++head)
                 for (rkv_score_kind kind : {RKV_SCORE_IMPORTANCE, RKV_SCORE_FINAL}) {
                     int32_t count = 0;
-                    const rkv_status status = rkv_inspect_scores(cache, seq, layer, head, kind, out.data(),
+                    const rkv_status status = rkv_seq_scores(cache, seq, layer, head, kind, out.data(),
                                                                  int32_t(out.size()), &count);
                     snap.statuses.push_back(status);
                     if (status == RKV_OK) snap.scores.insert(snap.scores.end(), out.begin(), out.begin() + count);

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "model.h"
-#include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 
 namespace fuzz {
 

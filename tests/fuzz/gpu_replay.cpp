@@ -99,7 +99,7 @@ class CudaMirror final : public fuzz::Mirror {
             return;
         }
         if (status != RKV_OK) {
-            mismatch(&counts_->status, "create: CPU OK, CUDA %s: %s", rkv_status_name(status), rkv_last_error_message());
+            mismatch(&counts_->status, "create: CPU OK, CUDA %s: %s", rkv_status_name(status), rkv_error_message());
             t.gpu = nullptr;
             return;
         }
@@ -123,9 +123,9 @@ class CudaMirror final : public fuzz::Mirror {
             for (int32_t seq = 0; seq < p.max_seqs; ++seq)
                 for (int32_t head = 0; head < p.num_kv_heads; ++head) {
                     int32_t count = 0, held = 0;
-                    if (rkv_inspect_scores(cpu, seq, layer, head, RKV_SCORE_FINAL, out.data(), int32_t(out.size()),
+                    if (rkv_seq_scores(cpu, seq, layer, head, RKV_SCORE_FINAL, out.data(), int32_t(out.size()),
                                            &count) != RKV_OK ||
-                        rkv_kept_positions(cpu, seq, layer, head, positions.data(), int32_t(positions.size()),
+                        rkv_seq_positions(cpu, seq, layer, head, positions.data(), int32_t(positions.size()),
                                            &held) != RKV_OK)
                         continue;
                     std::map<int32_t, float> &scores = t.scores[key(seq, layer, head)];
@@ -173,27 +173,43 @@ class CudaMirror final : public fuzz::Mirror {
 
     void set_param(int slot, rkv_param param, double value, rkv_status cpu_status) override {
         if (!twins_[slot].gpu) return;
-        same_status("rkv_cache_set_param", cpu_status, rkv_cache_set_param(twins_[slot].gpu, param, value));
+        same_status("rkv_cache_set", cpu_status, rkv_cache_set(twins_[slot].gpu, param, value));
     }
 
-    void attend(int slot, int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const rkv_tensor &q,
-                const TensorBuffer &q_buffer, const rkv_tensor &out, const TensorBuffer &cpu_out, float scale,
+    void seq_copy(int slot, int32_t src, int32_t dst, rkv_status cpu_status) override {
+        Twin &t = twins_[slot];
+        if (!t.gpu) return;
+        const rkv_status status = rkv_seq_copy(t.gpu, src, dst, nullptr);
+        sync();
+        same_status("rkv_seq_copy", cpu_status, status);
+        if (status == RKV_OK)  // the copy diverged where its source did
+            for (int32_t layer = 0; layer < t.params.num_layers; ++layer)
+                t.diverged[size_t(layer) * t.params.max_seqs + dst] = t.diverged[size_t(layer) * t.params.max_seqs + src];
+    }
+
+    void set_budget(int slot, int32_t seq, int32_t budget, rkv_status cpu_status) override {
+        if (!twins_[slot].gpu) return;
+        same_status("rkv_seq_set_budget", cpu_status, rkv_seq_set_budget(twins_[slot].gpu, seq, budget));
+    }
+
+    void attend(int slot, const rkv_attend_args &args, const TensorBuffer &q_buffer, const TensorBuffer &cpu_out,
                 rkv_status cpu_status) override {
         Twin &t = twins_[slot];
         if (!t.gpu) return;
-        rkv_tensor dq = q, dout = out;
+        rkv_attend_args a = args;
         DeviceBuffer q_device(q_buffer.bytes.get(), q_buffer.size_bytes());
         // The output starts as the CPU's did: poison everywhere.
         std::vector<uint8_t> poison(cpu_out.size_bytes());
         for (int64_t i = 0; i < cpu_out.elements; ++i)
             fuzz::store_bits(poison.data(), i, cpu_out.dtype, fuzz::poison_bits(cpu_out.dtype));
         DeviceBuffer out_device(poison.data(), poison.size());
-        if (dq.data) dq.data = q_device.get();
-        if (dout.data) dout.data = out_device.get();
-        const rkv_status status = rkv_attend(t.gpu, layer, num_seqs, seq_ids, &dq, &dout, scale, nullptr);
+        if (a.q.data) a.q.data = q_device.get();
+        if (a.out.data) a.out.data = out_device.get();
+        const rkv_status status = rkv_attend(t.gpu, &a, nullptr);
         sync();
         same_status("rkv_attend", cpu_status, status);
-        if (status != RKV_OK || cpu_status != RKV_OK || !out.data) return;
+        if (status != RKV_OK || cpu_status != RKV_OK || !args.out.data) return;
+        const rkv_tensor &out = args.out;
         std::vector<uint8_t> gpu_out(cpu_out.size_bytes());
         download(gpu_out.data(), out_device.get(), gpu_out.size());
         const double roundoff = out.dtype == RKV_DTYPE_F16 ? 1.0 / 1024 : out.dtype == RKV_DTYPE_BF16 ? 1.0 / 128 : 1e-5;
@@ -207,10 +223,12 @@ class CudaMirror final : public fuzz::Mirror {
                          cpu_wrote ? "the CPU" : "CUDA");
                 return;
             }
-            const double a = fuzz::from_bits(cpu_bits, cpu_out.dtype), b = fuzz::from_bits(gpu_bits, cpu_out.dtype);
-            if (!std::isfinite(a) || std::fabs(a) > 1e4) continue;  // non-finite inputs: no promise
-            if (!(std::fabs(a - b) <= 2e-4 + 2 * roundoff * std::fabs(a) + roundoff * 1e-2)) {
-                mismatch(&counts_->attend, "rkv_attend: element %lld is %.8g on the CPU, %.8g on CUDA", (long long)i, a, b);
+            const double on_cpu = fuzz::from_bits(cpu_bits, cpu_out.dtype);
+            const double on_gpu = fuzz::from_bits(gpu_bits, cpu_out.dtype);
+            if (!std::isfinite(on_cpu) || std::fabs(on_cpu) > 1e4) continue;  // non-finite inputs: no promise
+            if (!(std::fabs(on_cpu - on_gpu) <= 2e-4 + 2 * roundoff * std::fabs(on_cpu) + roundoff * 1e-2)) {
+                mismatch(&counts_->attend, "rkv_attend: element %lld is %.8g on the CPU, %.8g on CUDA", (long long)i,
+                         on_cpu, on_gpu);
                 return;
             }
         }
@@ -235,17 +253,17 @@ class CudaMirror final : public fuzz::Mirror {
                 }
                 uint8_t &diverged = t.diverged[size_t(layer) * p.max_seqs + seq];
                 if (diverged || held == 0) continue;
-                rkv_kv_view view;
+                rkv_seq_view view;
                 std::memset(&view, 0, sizeof view);
                 view.struct_size = sizeof view;
                 if (rkv_view(t.gpu, seq, layer, &view) != RKV_OK) {
-                    mismatch(&counts_->status, "rkv_view on CUDA failed: %s", rkv_last_error_message());
+                    mismatch(&counts_->status, "rkv_view on CUDA failed: %s", rkv_error_message());
                     continue;
                 }
                 for (int32_t head = 0; head < p.num_kv_heads && !diverged; ++head) {
                     std::vector<int32_t> gpu(static_cast<size_t>(held));
                     int32_t count = 0;
-                    rkv_kept_positions(t.gpu, seq, layer, head, gpu.data(), held, &count);
+                    rkv_seq_positions(t.gpu, seq, layer, head, gpu.data(), held, &count);
                     const std::vector<int32_t> &cpu = m.kept[size_t(head)];
                     if (gpu == cpu) {
                         ++counts_->kept_same;
@@ -300,7 +318,7 @@ class CudaMirror final : public fuzz::Mirror {
     void same_status(const char *call, rkv_status cpu, rkv_status gpu) {
         if (cpu != gpu)
             mismatch(&counts_->status, "%s: CPU %s, CUDA %s (%s)", call, rkv_status_name(cpu), rkv_status_name(gpu),
-                     gpu == RKV_OK ? "" : rkv_last_error_message());
+                     gpu == RKV_OK ? "" : rkv_error_message());
     }
 
     void classify(const Twin &t, int32_t seq, int32_t layer, int32_t head, const std::vector<int32_t> &cpu,

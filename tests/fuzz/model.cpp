@@ -40,7 +40,7 @@ Verdict params_verdict(const rkv_cache_params *p) {
     // Shape fields are 0 until set; create rejects them.
     for (int key = RKV_PARAM_MAX_SEQS; key <= RKV_PARAM_HEAD_DIM; ++key)
         if (param_value(*p, key) == 0) parameter_error(&v);
-    // Each field within its rkv_param_bounds (any uint64 is a valid seed).
+    // Each field within its rkv_params_bounds (any uint64 is a valid seed).
     for (int key = 0; key < kNumParams; ++key) {
         if (key == RKV_PARAM_SEED) continue;
         const double value = param_value(*p, key);
@@ -94,7 +94,7 @@ std::vector<int32_t> allowed_capacities(const rkv_cache_params &p) {
 CacheModel::CacheModel(const rkv_cache_params &params, int32_t capacity, uint64_t bytes)
     : params_(params), capacity_(capacity), bytes_(bytes) {
     states_.resize(size_t(params.num_layers) * params.max_seqs);
-    for (SeqLayerModel &s : states_) s.kept.assign(size_t(params.num_kv_heads), {});
+    for (int32_t seq = 0; seq < params.max_seqs; ++seq) apply_reset(seq);
 }
 
 int64_t CacheModel::protected_prompt(const SeqLayerModel &s) const {
@@ -103,7 +103,7 @@ int64_t CacheModel::protected_prompt(const SeqLayerModel &s) const {
 
 bool CacheModel::full(const SeqLayerModel &s) const {
     if (params_.method == RKV_METHOD_FULL) return false;  // appending never compresses
-    return s.held - protected_prompt(s) >= int64_t(params_.budget) + params_.buffer;
+    return s.held - protected_prompt(s) >= int64_t(s.budget) + params_.buffer;
 }
 
 bool CacheModel::needs_window_queries() const {
@@ -118,7 +118,7 @@ int64_t CacheModel::protect_below(const SeqLayerModel &s) const {
     return std::max<int64_t>(protected_prompt(s), sink_protected() ? params_.sink : 0);
 }
 
-void overflow_verdict(__int128 last_index, Verdict *v) {
+void extent_verdict(const rkv_tensor &t, __int128 last_index, Verdict *v) {
     // Offsets whose bytes cannot be addressed must be refused; below that the
     // library may still refuse offsets it cannot compute safely.
     if (last_index >= (__int128(1) << 62)) {
@@ -126,6 +126,12 @@ void overflow_verdict(__int128 last_index, Verdict *v) {
         v->error(RKV_ERR_INVALID_ARGUMENT);
     } else if (last_index >= (__int128(1) << 56)) {
         v->tolerate(RKV_ERR_OVERFLOW);
+    }
+    // "every element it will touch ... lies in [0, extent)", else CAPACITY; 0 = unchecked.
+    if (t.extent > 0 && last_index >= t.extent) v->error(RKV_ERR_CAPACITY);
+    if (t.extent < 0) {  // the header gives no status for a negative extent
+        v->error(RKV_ERR_INVALID_ARGUMENT);
+        v->error(RKV_ERR_CAPACITY);
     }
 }
 
@@ -190,9 +196,9 @@ bool CacheModel::plan_entry(const SeqLayerModel &s, int64_t tokens, bool prompt,
         return true;
     }
     const int64_t guarded = prompt_guard ? s.prompt_len : 0;
-    const int64_t room_limit = guarded + p.budget + p.buffer;
+    const int64_t room_limit = guarded + s.budget + p.buffer;
     for (int64_t remaining = tokens; remaining > 0;) {
-        if (held - guarded >= int64_t(p.budget) + p.buffer) {  // full: compress to the budget first
+        if (held - guarded >= int64_t(s.budget) + p.buffer) {  // full: compress to the budget first
             if (!p.auto_compress) {
                 v->error(RKV_ERR_CAPACITY);
                 return false;
@@ -201,7 +207,7 @@ bool CacheModel::plan_entry(const SeqLayerModel &s, int64_t tokens, bool prompt,
                 v->error(RKV_ERR_MISSING_QUERIES);
                 return false;
             }
-            held = guarded + p.budget;
+            held = guarded + s.budget;
             plan->compressions += 1;
             plan->last_keep = int32_t(held);
             plan->tail_start = logical;
@@ -285,16 +291,22 @@ Verdict CacheModel::append_verdict(const rkv_append_args *a, bool null_cache) co
             v.error(RKV_ERR_UNSUPPORTED);
             v.error(RKV_ERR_INVALID_ARGUMENT);
         }
+        // Which check comes first is the library's choice: a mistake that also
+        // makes the tensor reach past its extent may be reported as CAPACITY.
+        const bool extent_given = t.extent != 0;
         if (t.num_heads != heads || t.head_dim != p.head_dim) {
             v.error(RKV_ERR_SHAPE_MISMATCH);
+            if (extent_given) v.tolerate(RKV_ERR_CAPACITY);
             return;  // the extent below assumes the cache's shape
         }
+        if (extent_given && (!counts_valid || a->num_seqs > p.max_seqs)) v.tolerate(RKV_ERR_CAPACITY);
         if (t.stride_seq < 0 || t.stride_token < 0 || t.stride_head < 0) {
             v.error(RKV_ERR_INVALID_ARGUMENT);  // "bad stride"
+            v.tolerate(RKV_ERR_CAPACITY);       // an index below 0 is outside [0, extent) too
             return;
         }
         if (entries > 0 && counts_valid)
-            overflow_verdict(tensor_last_index(t, entries, a->num_tokens, a->token_offsets, true), &v);
+            extent_verdict(t, tensor_last_index(t, entries, a->num_tokens, a->token_offsets, true), &v);
     };
     check_tensor(a->k, p.num_kv_heads, true);
     check_tensor(a->v, p.num_kv_heads, true);
@@ -372,9 +384,9 @@ int CacheModel::compress_job(const SeqLayerModel &s, bool only_due) const {
     if (params_.method == RKV_METHOD_FULL) return 0;
     if (only_due) return full(s) ? 1 : 0;  // RKV_ALL: "every sequence that is due"
     const int64_t generated = s.held - protected_prompt(s);
-    if (generated > params_.budget) return 1;  // "if it holds more than its budget"
+    if (generated > s.budget) return 1;  // "if it holds more than its budget"
     // "reference mode also reorders a cache of exactly the budget"
-    if (params_.mode == RKV_MODE_REFERENCE && generated == params_.budget) return 2;
+    if (params_.mode == RKV_MODE_REFERENCE && generated == s.budget) return 2;
     return 0;
 }
 
@@ -418,7 +430,7 @@ void CacheModel::apply_compress(int32_t seq, int32_t layer) {
             pending.logical_before = st.logical;
             pending.tail_start = st.logical;
             pending.reorder_only = job == 2;
-            pending.keep = job == 2 ? st.held : int32_t(protected_prompt(st) + p.budget);
+            pending.keep = job == 2 ? st.held : int32_t(protected_prompt(st) + st.budget);
             st.pending = pending;
             st.held = pending.keep;
             st.compressions_min += job == 1 ? 1 : 0;
@@ -434,10 +446,59 @@ void CacheModel::apply_reset(int32_t seq) {
             SeqLayerModel &st = at(s, l);
             st = SeqLayerModel{};
             st.kept.assign(size_t(params_.num_kv_heads), {});
+            // "A reset restores the cache's budget"; FULL's is its max_len.
+            st.budget = params_.method == RKV_METHOD_FULL ? params_.max_len : params_.budget;
         }
     }
 }
 
 void CacheModel::apply_set_param(rkv_param param, double value) { set_param_value(&params_, param, value); }
+
+bool CacheModel::empty(int32_t seq) const {
+    for (int32_t l = 0; l < params_.num_layers; ++l)
+        if (at(seq, l).logical > 0) return false;
+    return true;
+}
+
+Verdict CacheModel::set_budget_verdict(int32_t seq, int32_t budget, bool null_cache) const {
+    Verdict v;
+    if (null_cache) {
+        v.error(RKV_ERR_INVALID_ARGUMENT);
+        return v;
+    }
+    if (seq < 0 || seq >= params_.max_seqs) v.error(RKV_ERR_OUT_OF_RANGE);
+    if (params_.method == RKV_METHOD_FULL) {  // "FULL, which never evicts, has no budget"
+        v.error(RKV_ERR_UNSUPPORTED);
+        return v;
+    }
+    // "> window, and >= sink + window where sinks are kept ... up to the cache's budget"
+    const int64_t lowest = std::max<int64_t>(params_.window + 1, sink_protected() ? int64_t(params_.sink) + params_.window : 0);
+    if (budget < lowest || budget > params_.budget) v.error(RKV_ERR_OUT_OF_RANGE);
+    if (seq >= 0 && seq < params_.max_seqs && !empty(seq)) v.error(RKV_ERR_BAD_STATE);  // "while the sequence is empty"
+    return v;
+}
+
+void CacheModel::apply_set_budget(int32_t seq, int32_t budget) {
+    for (int32_t l = 0; l < params_.num_layers; ++l) at(seq, l).budget = budget;
+}
+
+Verdict CacheModel::copy_verdict(int32_t src, int32_t dst, bool null_cache) const {
+    Verdict v;
+    if (null_cache) {
+        v.error(RKV_ERR_INVALID_ARGUMENT);
+        return v;
+    }
+    const bool src_in = src >= 0 && src < params_.max_seqs, dst_in = dst >= 0 && dst < params_.max_seqs;
+    if (!src_in || !dst_in) v.error(RKV_ERR_OUT_OF_RANGE);
+    if (src == dst) v.error(RKV_ERR_INVALID_ARGUMENT);  // "dst ... must differ from src"
+    else if (dst_in && !empty(dst)) v.error(RKV_ERR_BAD_STATE);  // "dst must be empty"
+    return v;
+}
+
+void CacheModel::apply_copy(int32_t src, int32_t dst) {
+    // "the whole state of sequence src": every layer's tokens, lengths, prompt,
+    // queries, schedule, compression count and budget.
+    for (int32_t l = 0; l < params_.num_layers; ++l) at(dst, l) = at(src, l);
+}
 
 }  // namespace fuzz

@@ -36,6 +36,7 @@ struct SeqLayerModel {
     int64_t prompt_len = 0;     // tokens appended with RKV_APPEND_PROMPT
     int32_t queries_valid = 0;  // most recent tokens appended with queries (<= window)
     int32_t held = 0;           // tokens held per head
+    int32_t budget = 0;         // the sequence's budget (rkv_seq_set_budget; the cache's by default)
     std::vector<std::vector<int32_t>> kept;  // [head] positions held, in slot order
     std::optional<PendingCompression> pending;
     // Compressions the stats may count: min counts the evicting ones, max
@@ -83,6 +84,13 @@ class CacheModel {
     void apply_compress(int32_t seq, int32_t layer);
 
     void apply_reset(int32_t seq);
+    // rkv_seq_set_budget / rkv_seq_copy: what they must return, and their effect.
+    Verdict set_budget_verdict(int32_t seq, int32_t budget, bool null_cache) const;
+    void apply_set_budget(int32_t seq, int32_t budget);
+    Verdict copy_verdict(int32_t src, int32_t dst, bool null_cache) const;
+    void apply_copy(int32_t src, int32_t dst);
+    // A slot no token was appended to since create or reset.
+    bool empty(int32_t seq) const;
     void apply_set_param(rkv_param param, double value);
 
  private:
@@ -110,8 +118,9 @@ class CacheModel {
 __int128 tensor_last_index(const rkv_tensor &t, int32_t entries, const int32_t *num_tokens,
                            const int64_t *token_offsets, bool uses_tokens);
 
-// Adds what a call must (or may) return for a tensor reaching element `last_index`.
-void overflow_verdict(__int128 last_index, Verdict *v);
+// Adds what a call must (or may) return for a tensor reaching element
+// `last_index`: offsets past 64 bits, and an extent (if given) too small.
+void extent_verdict(const rkv_tensor &t, __int128 last_index, Verdict *v);
 
 // Element index of (entry, token, head, 0) by the header's formula.
 inline int64_t tensor_index(const rkv_tensor &t, int64_t entry, int64_t token, int64_t head) {

@@ -33,6 +33,7 @@ void visit(rkv_cache_params &p, int key, Visit &&visit_field) {
         case RKV_PARAM_MAX_LEN: visit_field(p.max_len); return;
         case RKV_PARAM_SEED: visit_field(p.seed); return;
         case RKV_PARAM_AUTO_COMPRESS: visit_field(p.auto_compress); return;
+        case RKV_PARAM_MAX_ROLLBACK: visit_field(p.max_rollback); return;
         default: break;
     }
     std::fprintf(stderr, "fuzz: no parameter key %d\n", key);
@@ -70,8 +71,8 @@ const Bounds &param_bounds(int key) {
         Bounds bounds[kNumParams];
         Table() {
             for (int key = 0; key < kNumParams; ++key) {
-                if (rkv_param_bounds(rkv_param(key), &bounds[key].lower, &bounds[key].upper) != RKV_OK) {
-                    std::fprintf(stderr, "fuzz: rkv_param_bounds(%d) failed: %s\n", key, rkv_last_error_message());
+                if (rkv_params_bounds(rkv_param(key), &bounds[key].lower, &bounds[key].upper) != RKV_OK) {
+                    std::fprintf(stderr, "fuzz: rkv_params_bounds(%d) failed: %s\n", key, rkv_error_message());
                     std::abort();
                 }
             }

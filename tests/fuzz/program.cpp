@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -34,9 +35,9 @@ void Program::note(const char *format, ...) {
 void Program::expect_status(const char *call, rkv_status status, const Verdict &verdict) {
     if (options_.trace) std::printf("         -> %s\n", rkv_status_name(status));
     FUZZ_EXPECT(verdict.allows(status), "%s returned %s (%s); the header says %s", call, rkv_status_name(status),
-                status == RKV_OK ? "" : rkv_last_error_message(), verdict.describe().c_str());
+                status == RKV_OK ? "" : rkv_error_message(), verdict.describe().c_str());
     if (status != RKV_OK) {
-        const char *message = rkv_last_error_message();
+        const char *message = rkv_error_message();
         FUZZ_EXPECT(message != nullptr && message[0] != '\0', "%s returned %s with no message", call,
                     rkv_status_name(status));
     }
@@ -63,7 +64,7 @@ int32_t Program::pick_index(int32_t count, bool allow_all) {
 
 rkv_cache_params Program::decode_params() {
     rkv_cache_params p;
-    FUZZ_EXPECT(rkv_cache_params_default(&p, sizeof p) == RKV_OK, "rkv_cache_params_default failed");
+    FUZZ_EXPECT(rkv_params_default(&p, sizeof p) == RKV_OK, "rkv_params_default failed");
     p.method = rkv_method(in_.byte() % 7);
     p.mode = in_.chance(25) ? RKV_MODE_REFERENCE : RKV_MODE_POSITION;
     p.dtype = rkv_dtype(in_.byte() % 3);
@@ -88,6 +89,7 @@ rkv_cache_params Program::decode_params() {
     p.max_len = in_.range(1, 48);
     p.seed = in_.u32();
     p.auto_compress = in_.chance(85) ? 1 : 0;
+    p.max_rollback = in_.chance(80) ? 0 : in_.range(1, 8);  // a query history beside the window
     if (in_.chance(6)) {  // one documented mistake: create must refuse it
         switch (in_.byte() % 12) {
             case 0: p.struct_size = in_.chance(50) ? 0 : sizeof p + 8; break;
@@ -130,7 +132,7 @@ void Program::create(int slot) {
     s.cache = cache;
     uint64_t bytes = 0;
     FUZZ_EXPECT(rkv_cache_size(&p, &bytes) == RKV_OK, "rkv_cache_size refused params create accepted: %s",
-                rkv_last_error_message());
+                rkv_error_message());
     rkv_layer_view lv;
     std::memset(&lv, 0, sizeof lv);
     lv.struct_size = sizeof lv;
@@ -192,6 +194,8 @@ void Program::run() {
                 break;
             case 28: op_misc(slot); break;
             case 29: op_cache_size(); break;
+            case 30: op_seq_copy(slot); break;
+            case 31: op_budget(slot); break;
             default: op_append(slot); break;
         }
         check_all();
@@ -261,11 +265,55 @@ void Program::op_reset(int slot) {
     if (options_.mirror && s.cache) options_.mirror->reset(slot, seq, status);
 }
 
+void Program::op_seq_copy(int slot) {
+    Slot &s = slots_[size_t(slot)];
+    const int32_t src = pick_index(s.params.max_seqs, false), dst = pick_index(s.params.max_seqs, false);
+    note("cache%d seq_copy %d -> %d", slot, src, dst);
+    Verdict verdict;
+    if (s.model) verdict = s.model->copy_verdict(src, dst, false);
+    else verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    ScoreSnapshot before;
+    if (s.model && verdict.expects_error()) before = take_scores(s.cache, *s.model);
+    const rkv_status status = rkv_seq_copy(s.cache, src, dst, nullptr);
+    expect_status("rkv_seq_copy", status, verdict);
+    if (status == RKV_OK) s.model->apply_copy(src, dst);
+    else if (s.model) expect_same_scores(before, take_scores(s.cache, *s.model));
+    if (options_.mirror && s.cache) options_.mirror->seq_copy(slot, src, dst, status);
+}
+
+void Program::op_budget(int slot) {
+    Slot &s = slots_[size_t(slot)];
+    const int32_t seq = pick_index(s.params.max_seqs, false);
+    // Around the bounds: below the window, at the smallest allowed, up to and past the cache's.
+    const int32_t budget = s.params.window + in_.range(-1, std::max(s.params.budget - s.params.window + 1, 0));
+    const bool set = in_.chance(60);
+    note("cache%d seq %s_budget %d%s", slot, set ? "set" : "get", seq, set ? (" to " + std::to_string(budget)).c_str() : "");
+    if (set) {
+        Verdict verdict;
+        if (s.model) verdict = s.model->set_budget_verdict(seq, budget, false);
+        else verdict.error(RKV_ERR_INVALID_ARGUMENT);
+        const rkv_status status = rkv_seq_set_budget(s.cache, seq, budget);
+        expect_status("rkv_seq_set_budget", status, verdict);
+        if (status == RKV_OK) s.model->apply_set_budget(seq, budget);
+        if (options_.mirror && s.cache) options_.mirror->set_budget(slot, seq, budget, status);
+        return;
+    }
+    Verdict verdict;
+    if (!s.model) verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    else if (seq < 0 || seq >= s.params.max_seqs) verdict.error(RKV_ERR_OUT_OF_RANGE);
+    int32_t got = -7;
+    const rkv_status status = rkv_seq_get_budget(s.cache, seq, &got);
+    expect_status("rkv_seq_get_budget", status, verdict);
+    if (status == RKV_OK)
+        FUZZ_EXPECT(got == s.model->at(seq, 0).budget, "rkv_seq_get_budget(%d) = %d, expected %d", seq, got,
+                    s.model->at(seq, 0).budget);
+}
+
 void Program::op_view(int slot) {
     Slot &s = slots_[size_t(slot)];
     const int32_t seq = pick_index(s.params.max_seqs, false), layer = pick_index(s.params.num_layers, false);
     const uint8_t abuse = in_.byte() % 16;
-    rkv_kv_view view;
+    rkv_seq_view view;
     std::memset(&view, 0, sizeof view);
     view.struct_size = abuse == 1 ? sizeof view - 8 : abuse == 2 ? 0 : sizeof view;
     note("cache%d view seq %d layer %d%s", slot, seq, layer, abuse == 0 ? " (NULL view)" : "");
@@ -339,21 +387,21 @@ void Program::op_kept_positions(int slot) {
     std::unique_ptr<int32_t[]> out(new int32_t[size_t(std::max(out_len, 1))]);
     std::fill(out.get(), out.get() + std::max(out_len, 1), -12345);
     int32_t count = -7;
-    const rkv_status status = rkv_kept_positions(s.cache, seq, layer, head, null_out ? nullptr : out.get(), out_len,
+    const rkv_status status = rkv_seq_positions(s.cache, seq, layer, head, null_out ? nullptr : out.get(), out_len,
                                                  null_count ? nullptr : &count);
-    expect_status("rkv_kept_positions", status, verdict);
+    expect_status("rkv_seq_positions", status, verdict);
     if (status != RKV_OK) {
         for (int32_t i = 0; i < out_len; ++i)
-            FUZZ_EXPECT(out[i] == -12345, "rkv_kept_positions failed but wrote out[%d]", i);
+            FUZZ_EXPECT(out[i] == -12345, "rkv_seq_positions failed but wrote out[%d]", i);
         return;
     }
-    FUZZ_EXPECT(count == held, "rkv_kept_positions: count %d, holds %d", count, held);
+    FUZZ_EXPECT(count == held, "rkv_seq_positions: count %d, holds %d", count, held);
     if (null_out) return;
     const std::vector<int32_t> &expected = s.model->at(seq, layer).kept[size_t(head)];
     for (int32_t i = 0; i < out_len; ++i) {
-        if (i < held) FUZZ_EXPECT(out[i] == expected[size_t(i)], "rkv_kept_positions: out[%d] = %d, view says %d",
+        if (i < held) FUZZ_EXPECT(out[i] == expected[size_t(i)], "rkv_seq_positions: out[%d] = %d, view says %d",
                                   i, out[i], expected[size_t(i)]);
-        else FUZZ_EXPECT(out[i] == -12345, "rkv_kept_positions wrote out[%d] past the %d held", i, held);
+        else FUZZ_EXPECT(out[i] == -12345, "rkv_seq_positions wrote out[%d] past the %d held", i, held);
     }
 }
 
@@ -377,22 +425,48 @@ void Program::op_stats(int slot) {
 void Program::op_get_params(int slot) {
     Slot &s = slots_[size_t(slot)];
     const uint8_t abuse = in_.byte() % 16;
-    note("cache%d get_params%s", slot, abuse == 0 ? " (NULL params)" : abuse == 1 ? " (bad struct_size)" : "");
+    // 0.1's struct ended at auto_compress (padded to its 8-byte alignment): the
+    // library fills that much and no more.
+    const size_t v01_size = (offsetof(rkv_cache_params, max_rollback) + 7) / 8 * 8;
+    static const char *what[] = {" (NULL params)", " (struct_size too large)", " (odd struct_size)",
+                                 " (0.1's struct_size)"};
+    note("cache%d get_params%s", slot, abuse < 4 ? what[abuse] : "");
     rkv_cache_params got;
-    std::memset(&got, 0, sizeof got);
-    got.struct_size = abuse == 1 ? sizeof got - 8 : sizeof got;
+    std::memset(&got, 0x5c, sizeof got);
+    got.struct_size = abuse == 1 ? sizeof got + 8 : abuse == 2 ? 7 : abuse == 3 ? v01_size : sizeof got;
     Verdict verdict;
     if (!s.model || abuse == 0) verdict.error(RKV_ERR_INVALID_ARGUMENT);
-    else if (abuse == 1) verdict.error(RKV_ERR_STRUCT_SIZE);
+    else if (abuse == 1 || abuse == 2) verdict.error(RKV_ERR_STRUCT_SIZE);
     const rkv_status status = rkv_cache_get_params(s.cache, abuse == 0 ? nullptr : &got);
     expect_status("rkv_cache_get_params", status, verdict);
-    if (status != RKV_OK) return;
-    FUZZ_EXPECT(got.struct_size == sizeof got, "rkv_cache_get_params: struct_size %zu", got.struct_size);
-    for (int key = 0; key < kNumParams; ++key) {
-        const double a = param_value(got, key), b = param_value(s.model->params(), key);
-        FUZZ_EXPECT(a == b || (std::isnan(a) && std::isnan(b)), "rkv_cache_get_params: parameter %d is %g, expected %g",
-                    key, a, b);
+    if (status == RKV_OK) {
+        const size_t size = abuse == 3 ? v01_size : sizeof got;
+        FUZZ_EXPECT(got.struct_size == size, "rkv_cache_get_params: struct_size %zu, expected %zu", got.struct_size, size);
+        for (int key = 0; key < kNumParams; ++key) {
+            if (abuse == 3 && key == RKV_PARAM_MAX_ROLLBACK) continue;
+            const double a = param_value(got, key), b = param_value(s.model->params(), key);
+            FUZZ_EXPECT(a == b || (std::isnan(a) && std::isnan(b)),
+                        "rkv_cache_get_params: parameter %d is %g, expected %g", key, a, b);
+        }
+        if (abuse == 3) {
+            const unsigned char *tail = reinterpret_cast<const unsigned char *>(&got) + v01_size;
+            for (size_t i = 0; i < sizeof got - v01_size; ++i)
+                FUZZ_EXPECT(tail[i] == 0x5c, "rkv_cache_get_params wrote past a 0.1 struct_size (byte %zu)",
+                            v01_size + i);
+        }
     }
+    // One parameter by key.
+    const int key = in_.range(-1, kNumParams);
+    const bool null_value = in_.chance(5);
+    Verdict get_verdict;
+    if (!s.model || null_value) get_verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    else if (key < 0 || key >= kNumParams) get_verdict.error(RKV_ERR_UNSUPPORTED);
+    double value = NAN;
+    const rkv_status get_status = rkv_cache_get(s.cache, rkv_param(key), null_value ? nullptr : &value);
+    expect_status("rkv_cache_get", get_status, get_verdict);
+    if (get_status == RKV_OK && key != RKV_PARAM_SEED)  // a seed beyond 2^53 is rounded as a double
+        FUZZ_EXPECT(value == param_value(s.model->params(), key), "rkv_cache_get(%d) = %g, expected %g", key, value,
+                    param_value(s.model->params(), key));
 }
 
 }  // namespace fuzz

@@ -23,7 +23,7 @@
 
 #include "byte_reader.h"
 #include "model.h"
-#include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 #include "values.h"
 
 namespace fuzz {
@@ -55,9 +55,12 @@ class Mirror {
     virtual void compress(int slot, int32_t seq, int32_t layer, rkv_status cpu_status) = 0;
     virtual void reset(int slot, int32_t seq, rkv_status cpu_status) = 0;
     virtual void set_param(int slot, rkv_param param, double value, rkv_status cpu_status) = 0;
-    virtual void attend(int slot, int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const rkv_tensor &q,
-                        const TensorBuffer &q_buffer, const rkv_tensor &out, const TensorBuffer &cpu_out,
-                        float scale, rkv_status cpu_status) = 0;
+    virtual void seq_copy(int slot, int32_t src, int32_t dst, rkv_status cpu_status) = 0;
+    virtual void set_budget(int slot, int32_t seq, int32_t budget, rkv_status cpu_status) = 0;
+    // args as the CPU got them (host pointers into q_buffer and cpu_out, which
+    // holds the CPU's output now).
+    virtual void attend(int slot, const rkv_attend_args &args, const TensorBuffer &q_buffer,
+                        const TensorBuffer &cpu_out, rkv_status cpu_status) = 0;
     // After every call, with the CPU cache checked against the model.
     virtual void compare(int slot, const rkv_cache *cpu, const CacheModel &model) = 0;
 };
@@ -100,6 +103,8 @@ class Program {
     void op_compress(int slot);
     void op_compress_due(int slot);
     void op_reset(int slot);
+    void op_seq_copy(int slot);
+    void op_budget(int slot);
     void op_view(int slot);
     void op_layer_view(int slot);
     void op_seq_length(int slot);

@@ -33,6 +33,7 @@ enum Mistake {
     kOverflowStride,
     kNullCache,
     kNullArgs,
+    kShortExtent,
     kMistakes
 };
 
@@ -40,7 +41,7 @@ const char *mistake_name(int m) {
     static const char *names[] = {"",           "struct_size",     "NULL seq_ids", "NULL data",   "num_heads",
                                   "head_dim",   "negative stride", "unknown flag", "bad count",   "bad offset",
                                   "duplicate seq", "seq outside",  "bad dtype",    "bad num_seqs", "overflowing stride",
-                                  "NULL cache", "NULL args"};
+                                  "NULL cache", "NULL args", "extent too small"};
     return m >= 0 && m < kMistakes ? names[m] : "?";
 }
 
@@ -130,6 +131,7 @@ void Program::op_append(int slot) {
         apply_layout(layout, &t, n, token_extent, token_extent > 1);
         arg.buffer = allocate_for(t, n, a.num_tokens, a.token_offsets, true);
         t.data = arg.buffer.bytes.get();
+        t.extent = extent_for(layout, arg.buffer);
         for (int32_t i = 0; i < n; ++i) {
             const int32_t seq = seqs[size_t(i)];
             const int64_t next = s.model && layer >= 0 && layer < p.num_layers ? s.model->at(seq, layer).logical : 0;
@@ -203,6 +205,9 @@ void Program::op_append(int slot) {
         }
         case kNullCache: cache = nullptr; break;
         case kNullArgs: passed = nullptr; break;
+        case kShortExtent:  // one element short of what the call reads (or negative)
+            victim.tensor->extent = in_.chance(80) ? std::max<int64_t>(victim.buffer.elements - 1, 1) : -1;
+            break;
         default: break;
     }
     for (Arg &arg : args)

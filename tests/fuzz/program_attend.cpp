@@ -1,5 +1,5 @@
 // rkv_attend against a float64 reference over the model's held tokens, and
-// rkv_inspect_scores: verdicts, the output written exactly where it should be,
+// rkv_seq_scores: verdicts, the output written exactly where it should be,
 // the scores within the ranges their definitions give.
 #include <algorithm>
 #include <cmath>
@@ -81,7 +81,8 @@ void Program::op_attend(int slot) {
     out.dtype = rkv_dtype(in_.byte() % 3);
     q.num_heads = out.num_heads = p.num_q_heads;
     q.head_dim = out.head_dim = p.head_dim;
-    apply_layout(decode_layout(in_), &q, n, 1, false);
+    const LayoutChoice q_layout = decode_layout(in_);
+    apply_layout(q_layout, &q, n, 1, false);
     LayoutChoice out_layout = decode_layout(in_);
     out_layout.packed = false;  // entries must not write over each other
     apply_layout(out_layout, &out, n, 1, false);
@@ -89,6 +90,8 @@ void Program::op_attend(int slot) {
     TensorBuffer out_buffer = allocate_for(out, n, nullptr, nullptr, false);
     q.data = q_buffer.bytes.get();
     out.data = out_buffer.bytes.get();
+    q.extent = extent_for(q_layout, q_buffer);
+    out.extent = extent_for(out_layout, out_buffer);
     for (int32_t i = 0; i < n; ++i)
         for (int32_t h = 0; h < q.num_heads; ++h) {
             const DataRow row(pattern_, salt_, stream_of(slot, seqs[size_t(i)]), layer, Tensor::AttendQ, h, calls_);
@@ -96,67 +99,85 @@ void Program::op_attend(int slot) {
                 store_bits(q.data, tensor_index(q, i, 0, h) + e, q.dtype, to_bits(row(e), q.dtype));
         }
 
+    rkv_attend_args a;
+    std::memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.layer = layer;
+    a.num_seqs = n;
+    a.seq_ids = seqs.data();
+    a.scale = scale;
     rkv_cache *cache = s.cache;
-    const rkv_tensor *q_arg = &q, *out_arg = &out;
-    const int32_t *seq_arg = seqs.data();
-    int32_t num_seqs = n;
-    const uint8_t mistake = in_.chance(15) ? in_.byte() % 12 + 1 : 0;
+    const rkv_attend_args *passed = &a;
+    const uint8_t mistake = in_.chance(15) ? in_.byte() % 14 + 1 : 0;
     rkv_tensor &victim = in_.chance(50) ? q : out;
     switch (mistake) {
-        case 1: q_arg = nullptr; break;
-        case 2: out_arg = nullptr; break;
+        case 1: passed = nullptr; break;
+        case 2: a.struct_size = in_.chance(50) ? 0 : sizeof a + 8; break;
         case 3: victim.data = nullptr; break;
         case 4: victim.num_heads += 1; break;
         case 5: victim.head_dim = 0; break;
         case 6: (in_.chance(50) ? victim.stride_seq : victim.stride_head) = -1; break;
         case 7: victim.dtype = rkv_dtype(3); break;
         case 8:
-            num_seqs = in_.chance(50) ? 0 : seqs_n + 1;
-            seqs.resize(size_t(std::max(num_seqs, n)), 0);
-            seq_arg = seqs.data();
+            a.num_seqs = in_.chance(50) ? 0 : seqs_n + 1;
+            seqs.resize(size_t(std::max(a.num_seqs, n)), 0);
+            a.seq_ids = seqs.data();
             break;
         case 9: seqs[0] = in_.chance(50) ? seqs_n : -1; break;
-        case 10: seq_arg = nullptr; break;
+        case 10: a.seq_ids = nullptr; break;
         case 11: cache = nullptr; break;
         case 12:
             if (victim.num_heads > 1) victim.stride_head = int64_t(1) << 62;
             else victim.stride_seq = int64_t(1) << 62;
             break;
+        case 13: victim.extent = std::max<int64_t>(victim.extent - 1, 1); break;  // one short
+        case 14: a.flags = 1u << in_.range(0, 31); break;                         // none defined
         default: break;
     }
+    a.q = q;
+    a.out = out;
+    const int32_t num_seqs = a.num_seqs;
     note("cache%d attend layer %d seqs [%d%s] num_seqs %d q{%s} out{%s} scale %g%s", slot, layer, seqs[0],
          n > 1 ? ",..." : "", num_seqs, describe_tensor(q).c_str(), describe_tensor(out).c_str(), double(scale),
          mistake ? " (mistake)" : "");
 
     Verdict verdict;
-    if (!s.model || !cache || !q_arg || !out_arg || !seq_arg) verdict.error(RKV_ERR_INVALID_ARGUMENT);
-    if (s.model) {
+    if (!s.model || !cache || !passed || !a.seq_ids) verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    if (s.model && passed && a.struct_size != sizeof a) verdict.error(RKV_ERR_STRUCT_SIZE);
+    if (s.model && passed && a.struct_size == sizeof a) {
+        if (a.flags) {
+            verdict.error(RKV_ERR_UNSUPPORTED);
+            verdict.error(RKV_ERR_INVALID_ARGUMENT);
+        }
         if (layer < 0 || layer >= p.num_layers) verdict.error(RKV_ERR_OUT_OF_RANGE);
         if (num_seqs < 1) verdict.error(RKV_ERR_INVALID_ARGUMENT);
         if (num_seqs > p.max_seqs) {
             verdict.error(RKV_ERR_INVALID_ARGUMENT);
             verdict.error(RKV_ERR_OUT_OF_RANGE);
+            verdict.tolerate(RKV_ERR_CAPACITY);  // more rows than the tensors hold
         }
-        if (seq_arg && num_seqs >= 1 && num_seqs <= p.max_seqs)
+        if (a.seq_ids && num_seqs >= 1 && num_seqs <= p.max_seqs)
             for (int32_t i = 0; i < num_seqs; ++i) {
                 const int32_t seq = seqs[size_t(i)];
                 if (seq < 0 || seq >= p.max_seqs) verdict.error(RKV_ERR_OUT_OF_RANGE);
                 else if (layer >= 0 && layer < p.num_layers && s.model->at(seq, layer).held == 0)
-                    verdict.error(RKV_ERR_BAD_STATE);  // "a sequence holds no tokens"
+                    verdict.error(RKV_ERR_BAD_STATE);  // "a sequence of seq_ids holds no tokens"
             }
-        for (const rkv_tensor *t : {q_arg, out_arg}) {
-            if (!t) continue;
-            if (!t->data) verdict.error(RKV_ERR_INVALID_ARGUMENT);
-            else if (int(t->dtype) < 0 || int(t->dtype) > 2) {
+        for (const rkv_tensor *t : {&a.q, &a.out}) {
+            if (!t->data) {
+                verdict.error(RKV_ERR_INVALID_ARGUMENT);
+            } else if (int(t->dtype) < 0 || int(t->dtype) > 2) {
                 verdict.error(RKV_ERR_UNSUPPORTED);
                 verdict.error(RKV_ERR_INVALID_ARGUMENT);
             } else if (t->num_heads != p.num_q_heads || t->head_dim != p.head_dim) {
                 verdict.error(RKV_ERR_SHAPE_MISMATCH);
+                if (t->extent) verdict.tolerate(RKV_ERR_CAPACITY);
             } else if (t->stride_seq < 0 || t->stride_head < 0) {
                 verdict.error(RKV_ERR_INVALID_ARGUMENT);
+                if (t->extent) verdict.tolerate(RKV_ERR_CAPACITY);
             } else if (num_seqs >= 1) {
-                overflow_verdict(tensor_last_index(*t, std::min(num_seqs, p.max_seqs), nullptr, nullptr, false),
-                                 &verdict);
+                extent_verdict(*t, tensor_last_index(*t, std::min(num_seqs, p.max_seqs), nullptr, nullptr, false),
+                               &verdict);
             }
         }
         if (std::isnan(scale)) verdict.tolerate(RKV_ERR_INVALID_ARGUMENT);  // the header does not say
@@ -165,7 +186,7 @@ void Program::op_attend(int slot) {
     ScoreSnapshot before;
     if (s.model) before = take_scores(s.cache, *s.model);
 
-    const rkv_status status = rkv_attend(cache, layer, num_seqs, seq_arg, q_arg, out_arg, scale, nullptr);
+    const rkv_status status = rkv_attend(cache, passed, nullptr);
     expect_status("rkv_attend", status, verdict);
     FUZZ_EXPECT(std::memcmp(q_copy.data(), q_buffer.bytes.get(), q_copy.size()) == 0, "rkv_attend wrote into q");
     if (s.model) expect_same_scores(before, take_scores(s.cache, *s.model));
@@ -205,8 +226,7 @@ void Program::op_attend(int slot) {
                             poison_bits(out_buffer.dtype),
                         "rkv_attend wrote element %lld of out, outside [entry, head, dim] (status %s)", (long long)i,
                         rkv_status_name(status));
-    if (options_.mirror && s.cache && cache && q_arg && out_arg && seq_arg)
-        options_.mirror->attend(slot, layer, num_seqs, seq_arg, q, q_buffer, out, out_buffer, scale, status);
+    if (options_.mirror && s.cache && cache && passed) options_.mirror->attend(slot, a, q_buffer, out_buffer, status);
 }
 
 void Program::op_inspect_scores(int slot) {
@@ -255,13 +275,13 @@ void Program::op_inspect_scores(int slot) {
     std::unique_ptr<float[]> out(new float[size_t(std::max(out_len, 1))]);
     std::fill(out.get(), out.get() + std::max(out_len, 1), -777.0f);
     int32_t count = -7;
-    const rkv_status status = rkv_inspect_scores(s.cache, seq, layer, head, rkv_score_kind(kind),
+    const rkv_status status = rkv_seq_scores(s.cache, seq, layer, head, rkv_score_kind(kind),
                                                  null_out ? nullptr : out.get(), out_len, null_count ? nullptr : &count);
-    expect_status("rkv_inspect_scores", status, verdict);
+    expect_status("rkv_seq_scores", status, verdict);
     if (status != RKV_OK) return;
-    FUZZ_EXPECT(count == candidates, "rkv_inspect_scores: count %d, expected %d candidates", count, candidates);
+    FUZZ_EXPECT(count == candidates, "rkv_seq_scores: count %d, expected %d candidates", count, candidates);
     for (int32_t j = candidates; j < out_len; ++j)
-        FUZZ_EXPECT(out[j] == -777.0f, "rkv_inspect_scores wrote out[%d] past its %d candidates", j, candidates);
+        FUZZ_EXPECT(out[j] == -777.0f, "rkv_seq_scores wrote out[%d] past its %d candidates", j, candidates);
     if (!finite_pattern(pattern_)) return;
     // Ranges from the definitions (algorithm.md), with float32 slack.
     double lo = -INFINITY, hi = INFINITY;
@@ -272,7 +292,7 @@ void Program::op_inspect_scores(int slot) {
     else if (p.method == RKV_METHOD_H2O) lo = 0;                                         // accumulated attention
     for (int32_t j = 0; j < candidates; ++j)
         FUZZ_EXPECT(std::isfinite(out[j]) && out[j] >= lo - 1e-4 && out[j] <= hi + 1e-4,
-                    "rkv_inspect_scores(kind %d): candidate %d scores %g, outside [%g, %g]", kind, j, double(out[j]), lo,
+                    "rkv_seq_scores(kind %d): candidate %d scores %g, outside [%g, %g]", kind, j, double(out[j]), lo,
                     hi);
 }
 

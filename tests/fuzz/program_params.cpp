@@ -1,4 +1,4 @@
-// Parameters: rkv_cache_set_param on live caches, the params struct API
+// Parameters: rkv_cache_set on live caches, the params struct API
 // (default, set, get, bounds), rkv_cache_size on any shape (overflow), and
 // the functions without a cache (names, version, messages).
 #include <cmath>
@@ -80,8 +80,8 @@ void Program::op_set_param(int slot) {
         if (!param_is_live(key)) verdict.error(RKV_ERR_BAD_STATE);  // sizes memory or defines stored state
         if (!valid_value(key, value)) value_error(&verdict);
     }
-    const rkv_status status = rkv_cache_set_param(s.cache, rkv_param(key), value);
-    expect_status("rkv_cache_set_param", status, verdict);
+    const rkv_status status = rkv_cache_set(s.cache, rkv_param(key), value);
+    expect_status("rkv_cache_set", status, verdict);
     if (status == RKV_OK) s.model->apply_set_param(rkv_param(key), value);
     if (options_.mirror && s.cache) options_.mirror->set_param(slot, rkv_param(key), value, status);
 }
@@ -94,12 +94,12 @@ void Program::op_params_api() {
     Verdict verdict;
     if (abuse == 0) verdict.error(RKV_ERR_INVALID_ARGUMENT);
     else if (abuse == 1) verdict.error(RKV_ERR_STRUCT_SIZE);
-    rkv_status status = rkv_cache_params_default(abuse == 0 ? nullptr : &p, abuse == 1 ? sizeof p - 4 : sizeof p);
-    expect_status("rkv_cache_params_default", status, verdict);
-    if (status != RKV_OK) FUZZ_EXPECT(rkv_cache_params_default(&p, sizeof p) == RKV_OK, "params_default failed");
+    rkv_status status = rkv_params_default(abuse == 0 ? nullptr : &p, abuse == 1 ? sizeof p - 4 : sizeof p);
+    expect_status("rkv_params_default", status, verdict);
+    if (status != RKV_OK) FUZZ_EXPECT(rkv_params_default(&p, sizeof p) == RKV_OK, "params_default failed");
     FUZZ_EXPECT(p.struct_size == sizeof p && p.budget == 1024 && p.buffer == 128 && p.window == 8 && p.kernel == 7 &&
                     p.method == RKV_METHOD_RKV && p.auto_compress == 1 && p.max_seqs == 0,
-                "rkv_cache_params_default: not the header's defaults");
+                "rkv_params_default: not the header's defaults");
 
     for (int round = 0; round < 4 && !in_.exhausted(); ++round) {
         const int key = decode_key(in_, false);
@@ -135,11 +135,11 @@ void Program::op_params_api() {
         Verdict bounds_verdict;
         if (null_bound) bounds_verdict.error(RKV_ERR_INVALID_ARGUMENT);
         else if (key < 0 || key >= kNumParams) bounds_verdict.error(RKV_ERR_UNSUPPORTED);
-        status = rkv_param_bounds(rkv_param(key), &lower, null_bound ? nullptr : &upper);
-        expect_status("rkv_param_bounds", status, bounds_verdict);
+        status = rkv_params_bounds(rkv_param(key), &lower, null_bound ? nullptr : &upper);
+        expect_status("rkv_params_bounds", status, bounds_verdict);
         if (status == RKV_OK)
             FUZZ_EXPECT(lower <= upper && (param_is_real(key) || (lower == std::floor(lower) && upper == std::floor(upper))),
-                        "rkv_param_bounds(%d) = [%g, %g]", key, lower, upper);
+                        "rkv_params_bounds(%d) = [%g, %g]", key, lower, upper);
     }
 }
 
@@ -191,7 +191,7 @@ void Program::op_misc(int slot) {
     // matrix-product path is AUTO only.
     Verdict verdict;
     if (!s.model) verdict.error(RKV_ERR_INVALID_ARGUMENT);
-    expect_status("rkv_sync_lengths", rkv_sync_lengths(s.cache, nullptr), verdict);
+    expect_status("rkv_cache_sync_lengths", rkv_cache_sync_lengths(s.cache, nullptr), verdict);
     if (s.model && path != RKV_MATMUL_AUTO) verdict.error(RKV_ERR_UNSUPPORTED);
     expect_status("rkv_cache_set_matmul_path", rkv_cache_set_matmul_path(s.cache, rkv_matmul_path(path)), verdict);
     static const struct {
@@ -223,7 +223,7 @@ void Program::op_misc(int slot) {
     char version[32];
     std::snprintf(version, sizeof version, "%d.%d.%d", RKV_VERSION_MAJOR, RKV_VERSION_MINOR, RKV_VERSION_PATCH);
     FUZZ_EXPECT(std::strcmp(rkv_version_string(), version) == 0, "rkv_version_string = %s", rkv_version_string());
-    FUZZ_EXPECT(rkv_last_error_message() != nullptr, "rkv_last_error_message returned NULL");
+    FUZZ_EXPECT(rkv_error_message() != nullptr, "rkv_error_message returned NULL");
     rkv_cache_destroy(nullptr);
 }
 

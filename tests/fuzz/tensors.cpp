@@ -24,6 +24,7 @@ LayoutChoice decode_layout(ByteReader &in) {
     for (int axis = 0; axis < 3; ++axis) layout.gaps[axis] = (gaps >> (2 * axis)) & 3 ? 0 : (gaps >> 6) + 1;
     static const int64_t unused[] = {0, 0, 1, 7, 1000, 0x7fffffffll};
     layout.unused_token_stride = in.pick(unused);
+    layout.unchecked_extent = in.chance(15);
     return layout;
 }
 

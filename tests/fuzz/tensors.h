@@ -17,6 +17,7 @@ struct LayoutChoice {
     int64_t gaps[3] = {0, 0, 0};  // extra elements after each axis
     bool packed = false;        // stride_seq = 0: entries share the token axis (varlen)
     int64_t unused_token_stride = 0;  // stride_token where no entry steps along tokens
+    bool unchecked_extent = false;    // extent 0 ("unknown") instead of the buffer's
 };
 
 LayoutChoice decode_layout(ByteReader &in);
@@ -30,6 +31,12 @@ void apply_layout(const LayoutChoice &layout, rkv_tensor *t, int32_t entries, in
 // poison value that no data pattern produces.
 TensorBuffer allocate_for(const rkv_tensor &t, int32_t entries, const int32_t *num_tokens,
                           const int64_t *token_offsets, bool uses_tokens);
+
+// The extent to pass for a buffer: its elements, or 0 (unchecked) if the
+// layout says so.
+inline int64_t extent_for(const LayoutChoice &layout, const TensorBuffer &buffer) {
+    return layout.unchecked_extent ? 0 : buffer.elements;
+}
 
 // Bits of the poison value in `dtype`.
 uint32_t poison_bits(rkv_dtype dtype);
