@@ -187,6 +187,13 @@ class CudaMirror final : public fuzz::Mirror {
                 t.diverged[size_t(layer) * t.params.max_seqs + dst] = t.diverged[size_t(layer) * t.params.max_seqs + src];
     }
 
+    void truncate(int slot, int32_t seq, int32_t tokens, rkv_status cpu_status) override {
+        if (!twins_[slot].gpu) return;
+        const rkv_status status = rkv_seq_truncate(twins_[slot].gpu, seq, tokens, nullptr);
+        sync();
+        same_status("rkv_seq_truncate", cpu_status, status);
+    }
+
     void set_budget(int slot, int32_t seq, int32_t budget, rkv_status cpu_status) override {
         if (!twins_[slot].gpu) return;
         same_status("rkv_seq_set_budget", cpu_status, rkv_seq_set_budget(twins_[slot].gpu, seq, budget));

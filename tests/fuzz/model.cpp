@@ -370,6 +370,13 @@ void CacheModel::apply_append(const rkv_append_args &a) {
             for (auto &list : s.kept)
                 for (int64_t t = 0; t < tokens; ++t) list.push_back(int32_t(s.logical + t));
         }
+        if (plan.compressions > 0) {
+            s.since_compression_low = s.since_compression_high = s.logical + tokens - plan.tail_start;
+        } else {
+            s.since_compression_low += tokens;
+            s.since_compression_high += tokens;
+        }
+        s.had_query.resize(size_t(s.logical + tokens), has_queries ? 1 : 0);
         s.logical += tokens;
         if (prompt) s.prompt_len += tokens;
         s.held = plan.held;
@@ -433,6 +440,8 @@ void CacheModel::apply_compress(int32_t seq, int32_t layer) {
             pending.keep = job == 2 ? st.held : int32_t(protected_prompt(st) + st.budget);
             st.pending = pending;
             st.held = pending.keep;
+            st.since_compression_low = 0;
+            if (job == 1) st.since_compression_high = 0;
             st.compressions_min += job == 1 ? 1 : 0;
             st.compressions_max += 1;
         }
@@ -493,6 +502,43 @@ Verdict CacheModel::copy_verdict(int32_t src, int32_t dst, bool null_cache) cons
     if (src == dst) v.error(RKV_ERR_INVALID_ARGUMENT);  // "dst ... must differ from src"
     else if (dst_in && !empty(dst)) v.error(RKV_ERR_BAD_STATE);  // "dst must be empty"
     return v;
+}
+
+int64_t CacheModel::rollback_bound_low(int32_t seq) const {
+    int64_t bound = INT64_MAX;
+    for (int32_t l = 0; l < params_.num_layers; ++l) bound = std::min(bound, at(seq, l).since_compression_low);
+    return bound;
+}
+
+int64_t CacheModel::rollback_bound_high(int32_t seq) const {
+    int64_t bound = INT64_MAX;
+    for (int32_t l = 0; l < params_.num_layers; ++l) bound = std::min(bound, at(seq, l).since_compression_high);
+    return bound;
+}
+
+void CacheModel::apply_truncate(int32_t seq, int32_t tokens) {
+    for (int32_t l = 0; l < params_.num_layers; ++l) {
+        SeqLayerModel &s = at(seq, l);
+        // The removed tokens came after the last compression, so every head holds
+        // them; the others stay where they are.
+        s.logical -= tokens;
+        s.held -= tokens;
+        for (std::vector<int32_t> &list : s.kept)
+            list.erase(std::remove_if(list.begin(), list.end(), [&](int32_t pos) { return pos >= s.logical; }),
+                       list.end());
+        s.prompt_len = std::min(s.prompt_len, s.logical);
+        s.since_compression_low -= tokens;
+        s.since_compression_high -= tokens;
+        const size_t row = size_t(params_.num_kv_heads) * params_.head_dim;
+        s.k_bits.resize(size_t(s.logical) * row);
+        s.v_bits.resize(size_t(s.logical) * row);
+        s.had_query.resize(size_t(s.logical));
+        // "the query window ... bit for bit as if the removed tokens had never
+        // come": the window holds the queries of the last tokens that had them.
+        int32_t run = 0;
+        for (int64_t pos = s.logical - 1; pos >= 0 && run < params_.window && s.had_query[size_t(pos)]; --pos) ++run;
+        s.queries_valid = run;
+    }
 }
 
 void CacheModel::apply_copy(int32_t src, int32_t dst) {

@@ -37,6 +37,11 @@ struct SeqLayerModel {
     int32_t queries_valid = 0;  // most recent tokens appended with queries (<= window)
     int32_t held = 0;           // tokens held per head
     int32_t budget = 0;         // the sequence's budget (rkv_seq_set_budget; the cache's by default)
+    // Tokens appended since the last compression (or reset): what a rollback may
+    // remove. `_low` counts reference mode's re-sorts as compressions, `_high` not
+    // (the header does not say).
+    int64_t since_compression_low = 0, since_compression_high = 0;
+    std::vector<uint8_t> had_query;  // [position] appended with its query
     std::vector<std::vector<int32_t>> kept;  // [head] positions held, in slot order
     std::optional<PendingCompression> pending;
     // Compressions the stats may count: min counts the evicting ones, max
@@ -91,6 +96,12 @@ class CacheModel {
     void apply_copy(int32_t src, int32_t dst);
     // A slot no token was appended to since create or reset.
     bool empty(int32_t seq) const;
+    // rkv_seq_truncate's effect: the last `tokens` positions of every layer go.
+    void apply_truncate(int32_t seq, int32_t tokens);
+    // Bounds on rkv_seq_rollback_limit from "tokens appended since that layer's
+    // last compression", the rule every method has.
+    int64_t rollback_bound_low(int32_t seq) const;
+    int64_t rollback_bound_high(int32_t seq) const;
     void apply_set_param(rkv_param param, double value);
 
  private:

@@ -174,6 +174,7 @@ void Program::run() {
         const int slot = (op >> 5) % caches;
         ++calls_;
         switch (op & 31) {
+            case 11: op_truncate(slot); break;
             case 12: case 13: op_compress(slot); break;
             case 14: op_compress_due(slot); break;
             case 15: op_reset(slot); break;
@@ -215,12 +216,12 @@ void Program::op_compress(int slot) {
     if (s.model) verdict = s.model->compress_verdict(seq, layer, cache == nullptr);
     else verdict.error(RKV_ERR_INVALID_ARGUMENT);
     ScoreSnapshot before;
-    if (s.model && verdict.expects_error()) before = take_scores(s.cache, *s.model);
+    if (s.model && verdict.allows_error()) before = take_scores(s.cache, *s.model);
     if (options_.mirror && s.cache) options_.mirror->before_mutation(slot, s.cache);
     const rkv_status status = rkv_compress(cache, seq, layer, nullptr);
     expect_status("rkv_compress", status, verdict);
     if (status == RKV_OK) s.model->apply_compress(seq, layer);
-    else if (s.model && verdict.expects_error()) expect_same_scores(before, take_scores(s.cache, *s.model));
+    else if (s.model && verdict.allows_error()) expect_same_scores(before, take_scores(s.cache, *s.model));
     if (options_.mirror && s.cache && cache) options_.mirror->compress(slot, seq, layer, status);
 }
 
@@ -273,12 +274,57 @@ void Program::op_seq_copy(int slot) {
     if (s.model) verdict = s.model->copy_verdict(src, dst, false);
     else verdict.error(RKV_ERR_INVALID_ARGUMENT);
     ScoreSnapshot before;
-    if (s.model && verdict.expects_error()) before = take_scores(s.cache, *s.model);
+    if (s.model && verdict.allows_error()) before = take_scores(s.cache, *s.model);
     const rkv_status status = rkv_seq_copy(s.cache, src, dst, nullptr);
     expect_status("rkv_seq_copy", status, verdict);
     if (status == RKV_OK) s.model->apply_copy(src, dst);
     else if (s.model) expect_same_scores(before, take_scores(s.cache, *s.model));
     if (options_.mirror && s.cache) options_.mirror->seq_copy(slot, src, dst, status);
+}
+
+void Program::op_truncate(int slot) {
+    Slot &s = slots_[size_t(slot)];
+    const rkv_cache_params &p = s.params;
+    const int32_t seq = pick_index(p.max_seqs, false);
+    const bool valid = s.model && seq >= 0 && seq < p.max_seqs;
+    // How many tokens the sequence can roll back now.
+    const bool null_tokens = in_.chance(4);
+    int32_t limit = -7;
+    Verdict limit_verdict;
+    if (!s.model || null_tokens) limit_verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    else if (!valid) limit_verdict.error(RKV_ERR_OUT_OF_RANGE);
+    const rkv_status limit_status = rkv_seq_rollback_limit(s.cache, seq, null_tokens ? nullptr : &limit);
+    if (limit_status == RKV_OK) {
+        // Never past the last compression; exactly that for methods that keep no queries.
+        const int64_t low = s.model->rollback_bound_low(seq), high = s.model->rollback_bound_high(seq);
+        const bool keeps_queries = p.method == RKV_METHOD_RKV || p.method == RKV_METHOD_SNAPKV || p.method == RKV_METHOD_H2O;
+        FUZZ_EXPECT(limit >= 0 && limit <= high && (keeps_queries || limit >= low),
+                    "rkv_seq_rollback_limit(%d) = %d; tokens since the last compression: %lld (%lld counting re-sorts)",
+                    seq, limit, (long long)high, (long long)low);
+    }
+    const uint8_t pick = in_.byte() % 8;
+    int32_t tokens = pick == 0 ? 0 : pick == 2 ? -1 : in_.range(0, 3);
+    if (limit_status == RKV_OK) tokens = pick == 0 ? 0 : pick == 1 ? limit + 1 : pick == 2 ? -1 : pick == 3 ? limit
+                                                                                            : in_.range(0, std::max(limit, 0));
+    note("cache%d rollback_limit seq %d = %d (%s); truncate %d", slot, seq, limit, rkv_status_name(limit_status), tokens);
+    expect_status("rkv_seq_rollback_limit", limit_status, limit_verdict);
+    Verdict verdict;
+    if (!s.model) verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    else if (!valid) verdict.error(RKV_ERR_OUT_OF_RANGE);
+    if (s.model && tokens < 0) verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    // "More fails with BAD_STATE": the limit the library itself gave.
+    if (valid && limit_status == RKV_OK && tokens > limit) verdict.error(RKV_ERR_BAD_STATE);
+    if (valid && limit_status != RKV_OK && tokens > 0) {  // no limit to go by: what the model can tell
+        if (tokens > s.model->rollback_bound_high(seq)) verdict.error(RKV_ERR_BAD_STATE);
+        else verdict.tolerate(RKV_ERR_BAD_STATE);
+    }
+    ScoreSnapshot before;
+    if (s.model && verdict.allows_error()) before = take_scores(s.cache, *s.model);
+    const rkv_status status = rkv_seq_truncate(s.cache, seq, tokens, nullptr);
+    expect_status("rkv_seq_truncate", status, verdict);
+    if (status == RKV_OK && tokens > 0) s.model->apply_truncate(seq, tokens);
+    else if (status != RKV_OK && s.model) expect_same_scores(before, take_scores(s.cache, *s.model));
+    if (options_.mirror && s.cache) options_.mirror->truncate(slot, seq, tokens, status);
 }
 
 void Program::op_budget(int slot) {

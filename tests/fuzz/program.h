@@ -56,6 +56,7 @@ class Mirror {
     virtual void reset(int slot, int32_t seq, rkv_status cpu_status) = 0;
     virtual void set_param(int slot, rkv_param param, double value, rkv_status cpu_status) = 0;
     virtual void seq_copy(int slot, int32_t src, int32_t dst, rkv_status cpu_status) = 0;
+    virtual void truncate(int slot, int32_t seq, int32_t tokens, rkv_status cpu_status) = 0;
     virtual void set_budget(int slot, int32_t seq, int32_t budget, rkv_status cpu_status) = 0;
     // args as the CPU got them (host pointers into q_buffer and cpu_out, which
     // holds the CPU's output now).
@@ -104,6 +105,7 @@ class Program {
     void op_compress_due(int slot);
     void op_reset(int slot);
     void op_seq_copy(int slot);
+    void op_truncate(int slot);
     void op_budget(int slot);
     void op_view(int slot);
     void op_layer_view(int slot);

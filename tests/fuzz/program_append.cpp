@@ -224,7 +224,7 @@ void Program::op_append(int slot) {
     if (s.model) verdict = s.model->append_verdict(passed, cache == nullptr);
     else verdict.error(RKV_ERR_INVALID_ARGUMENT);
     ScoreSnapshot before;
-    if (s.model && verdict.expects_error()) before = take_scores(s.cache, *s.model);
+    if (s.model && verdict.allows_error()) before = take_scores(s.cache, *s.model);
     if (options_.mirror && s.cache) options_.mirror->before_mutation(slot, s.cache);
 
     const rkv_status status = rkv_append(cache, passed, nullptr);
@@ -234,7 +234,7 @@ void Program::op_append(int slot) {
             FUZZ_EXPECT(std::memcmp(arg.copy.data(), arg.buffer.bytes.get(), arg.copy.size()) == 0,
                         "rkv_append wrote into its input tensors");
     if (status == RKV_OK) s.model->apply_append(a);
-    else if (s.model && verdict.expects_error()) expect_same_scores(before, take_scores(s.cache, *s.model));
+    else if (s.model && verdict.allows_error()) expect_same_scores(before, take_scores(s.cache, *s.model));
     if (options_.mirror && s.cache && cache && passed)
         options_.mirror->append(slot, a, &args[0].buffer, &args[1].buffer, with_q ? &args[2].buffer : nullptr, status);
 }

@@ -20,6 +20,8 @@ class Verdict {
 
     bool allows(rkv_status status) const { return (allowed() & bit(status)) != 0; }
     bool expects_error() const { return !allows(RKV_OK); }
+    // Some error is possible (must or may): a snapshot is due before the call.
+    bool allows_error() const { return (allowed() & ~bit(RKV_OK)) != 0; }
     bool has_errors() const { return errors_ != 0; }
     void merge(const Verdict &other) {
         errors_ |= other.errors_;
