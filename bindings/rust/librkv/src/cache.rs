@@ -1,20 +1,19 @@
 use std::ffi::c_void;
-use std::marker::PhantomData;
 use std::mem::size_of;
 use std::ptr::{self, NonNull};
-use std::slice;
 
 use librkv_sys as sys;
 
+use crate::batch::Batch;
 use crate::error::{check, Error, Result};
 use crate::params::{Param, Params};
-use crate::tensor::{check_extent, Element, Tensor, TensorMut};
-use crate::{Device, Dtype};
+use crate::tensor::{check_not_empty, Tensor, TensorMut};
+use crate::view::{LayerView, SeqView};
 
 /// A CUDA stream (`cudaStream_t`) that enqueueing calls run on. CPU caches
 /// ignore it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stream(*mut c_void);
+pub struct Stream(pub(crate) *mut c_void);
 
 impl Stream {
     /// The legacy default stream (NULL); the only one a CPU cache needs.
@@ -63,6 +62,7 @@ pub struct Stats {
     pub bytes_kv_capacity: u64,
     pub bytes_kv_held: u64,
     pub bytes_kv_full: u64,
+    /// Tokens appended (and not rolled back), summed over layers.
     pub tokens_appended: u64,
     pub tokens_held: u64,
     pub tokens_evicted: u64,
@@ -72,6 +72,13 @@ pub struct Stats {
 
 /// A librkv cache: the K/V memory of `max_seqs` sequences x `num_layers` x
 /// `num_kv_heads`, compressed to a fixed budget per head. Freed on drop.
+///
+/// # Names
+/// A method is its C function's name without `rkv_`, without the object the
+/// receiver stands for (`rkv_cache_stats` is `stats`) and without a getter's
+/// `get_` (`rkv_cache_get_params` is `params`); the calls on one sequence
+/// keep their `seq_`: `rkv_seq_truncate(cache, seq, n)` is
+/// `cache.seq_truncate(seq, n, stream)`.
 ///
 /// # Threads
 /// `Cache` is `Send`: the library lets a cache be used from any thread, one
@@ -115,6 +122,8 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// The library reads num_tokens[i] and token_offsets[i] for every entry, and
+/// cannot see a slice's length: the one check on host arrays left here.
 fn check_len<T>(name: &str, values: Option<&[T]>, entries: usize) -> Result<()> {
     match values {
         Some(v) if v.len() != entries => Err(Error::InvalidArgument(format!(
@@ -129,6 +138,21 @@ fn opt_ptr<T>(values: Option<&[T]>) -> *const T {
     values.map_or(ptr::null(), |v| v.as_ptr())
 }
 
+fn entries(n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::InvalidArgument(format!("{n} entries do not fit an int32")))
+}
+
+/// K and V as given, and Q or an absent tensor (data NULL) shaped like K.
+fn append_tensors(k: &Tensor<'_>, v: &Tensor<'_>, q: Option<&Tensor<'_>>) -> Result<[sys::rkv_tensor; 3]> {
+    check_not_empty("k", &k.raw, k.host)?;
+    check_not_empty("v", &v.raw, v.host)?;
+    if let Some(q) = q {
+        check_not_empty("q", &q.raw, q.host)?;
+    }
+    let absent = sys::rkv_tensor { data: ptr::null_mut(), extent: 0, ..k.raw };
+    Ok([k.raw, v.raw, q.map_or(absent, |q| q.raw)])
+}
+
 impl Cache {
     /// Validate `params` and allocate all the memory the cache will use.
     pub fn new(params: &Params) -> Result<Cache> {
@@ -138,7 +162,7 @@ impl Cache {
         Ok(Cache { raw: NonNull::new(raw).expect("rkv_cache_create returned OK and NULL") })
     }
 
-    fn ptr(&self) -> *mut sys::rkv_cache {
+    pub(crate) fn ptr(&self) -> *mut sys::rkv_cache {
         self.raw.as_ptr()
     }
 
@@ -148,7 +172,7 @@ impl Cache {
         self.ptr()
     }
 
-    /// The params the cache runs with.
+    /// The params the cache runs with (`rkv_cache_get_params`).
     pub fn params(&self) -> Result<Params> {
         let mut params = Params::new(0, 0, 0, 0, 0);
         // SAFETY: live handle; params.raw is sized.
@@ -158,36 +182,66 @@ impl Cache {
 
     /// Change lambda, threshold, kernel, pooling, seed or auto_compress
     /// (others fail with Error::BadState). Applies from the next compression.
-    pub fn set_param(&mut self, param: Param, value: f64) -> Result<()> {
+    pub fn set(&mut self, param: Param, value: f64) -> Result<()> {
         // SAFETY: live handle.
-        check(unsafe { sys::rkv_cache_set_param(self.ptr(), param.raw(), value) })
+        check(unsafe { sys::rkv_cache_set(self.ptr(), param.raw(), value) })
+    }
+
+    /// One parameter of the live cache.
+    pub fn get(&self, param: Param) -> Result<f64> {
+        let mut value = 0.0;
+        // SAFETY: live handle; value is a live f64.
+        check(unsafe { sys::rkv_cache_get(self.ptr(), param.raw(), &mut value) })?;
+        Ok(value)
     }
 
     /// Append tokens to one layer of one or many sequences (a full sequence is
-    /// compressed first with automatic compression on).
+    /// compressed first with automatic compression on). The library checks
+    /// every tensor against its extent (a host slice's length).
     pub fn append(&mut self, args: &Append<'_>, stream: Stream) -> Result<()> {
         let n = args.seq_ids.len();
         check_len("num_tokens", args.num_tokens, n)?;
         check_len("token_offsets", args.token_offsets, n)?;
-        check_extent("k", &args.k.raw, args.k.host_len, n, args.num_tokens, args.token_offsets)?;
-        check_extent("v", &args.v.raw, args.v.host_len, n, args.num_tokens, args.token_offsets)?;
-        if let Some(q) = &args.q {
-            check_extent("q", &q.raw, q.host_len, n, args.num_tokens, args.token_offsets)?;
-        }
+        let [k, v, q] = append_tensors(&args.k, &args.v, args.q.as_ref())?;
         let raw = sys::rkv_append_args {
             struct_size: size_of::<sys::rkv_append_args>(),
             layer: args.layer,
-            num_seqs: i32::try_from(n).map_err(|_| Error::InvalidArgument("too many seq_ids".into()))?,
+            num_seqs: entries(n)?,
             seq_ids: args.seq_ids.as_ptr(),
             num_tokens: opt_ptr(args.num_tokens),
             token_offsets: opt_ptr(args.token_offsets),
-            k: args.k.raw,
-            v: args.v.raw,
-            q: args.q.map_or(sys::rkv_tensor { data: ptr::null_mut(), ..args.k.raw }, |q| q.raw),
+            k,
+            v,
+            q,
             flags: if args.prompt { sys::RKV_APPEND_PROMPT } else { 0 },
+            batch: ptr::null(),
         };
-        // SAFETY: every host array was checked to cover what the library reads
-        // and is borrowed for the duration of the call.
+        // SAFETY: the host arrays hold num_seqs entries each and are borrowed
+        // for the call; every tensor carries its extent, which the library checks.
+        check(unsafe { sys::rkv_append(self.ptr(), &raw, stream.0) })
+    }
+
+    /// One decode step of every sequence in `batch` at `layer`: K, V (and Q)
+    /// have one row per batch entry, `[entries, heads, head_dim]`, padding
+    /// rows included. Does not compress and does not move the host's lengths:
+    /// [`Batch::advance`] accounts for the step (see [`Batch`]).
+    pub fn append_batch(&mut self, batch: &Batch<'_>, layer: i32, k: Tensor<'_>, v: Tensor<'_>, q: Option<Tensor<'_>>, stream: Stream) -> Result<()> {
+        let [k, v, q] = append_tensors(&k, &v, q.as_ref())?;
+        let raw = sys::rkv_append_args {
+            struct_size: size_of::<sys::rkv_append_args>(),
+            layer,
+            num_seqs: batch.entries() as i32,
+            seq_ids: ptr::null(),
+            num_tokens: ptr::null(),
+            token_offsets: ptr::null(),
+            k,
+            v,
+            q,
+            flags: 0,
+            batch: batch.as_raw(),
+        };
+        // SAFETY: the batch is live (it cannot outlive its cache, nor this
+        // one, which the library checks it belongs to); tensors carry extents.
         check(unsafe { sys::rkv_append(self.ptr(), &raw, stream.0) })
     }
 
@@ -207,10 +261,50 @@ impl Cache {
         Ok(due != 0)
     }
 
-    /// Forget a sequence (or `ALL`) so its slot can serve a new request.
-    pub fn reset(&mut self, seq: i32, stream: Stream) -> Result<()> {
+    /// Forget a sequence (or `ALL`) so its slot can serve a new request; its
+    /// budget returns to the cache's.
+    pub fn seq_reset(&mut self, seq: i32, stream: Stream) -> Result<()> {
         // SAFETY: live handle.
         check(unsafe { sys::rkv_seq_reset(self.ptr(), seq, stream.0) })
+    }
+
+    /// Rollback (speculative decoding): remove the last `tokens` appended
+    /// tokens of every layer of `seq`, exactly as if they had never come.
+    /// More than [`Cache::seq_rollback_limit`] fails with Error::BadState.
+    pub fn seq_truncate(&mut self, seq: i32, tokens: i32, stream: Stream) -> Result<()> {
+        // SAFETY: live handle.
+        check(unsafe { sys::rkv_seq_truncate(self.ptr(), seq, tokens, stream.0) })
+    }
+
+    /// How many tokens [`Cache::seq_truncate`] accepts now (raise it with
+    /// [`Params::max_rollback`] for the methods that keep queries).
+    pub fn seq_rollback_limit(&self, seq: i32) -> Result<i32> {
+        let mut tokens = 0;
+        // SAFETY: live handle; tokens is a live i32.
+        check(unsafe { sys::rkv_seq_rollback_limit(self.ptr(), seq, &mut tokens) })?;
+        Ok(tokens)
+    }
+
+    /// Fork (beam search, parallel sampling): copy the whole state of `src`
+    /// into the empty slot `dst`; the two then evolve independently.
+    pub fn seq_copy(&mut self, src: i32, dst: i32, stream: Stream) -> Result<()> {
+        // SAFETY: live handle.
+        check(unsafe { sys::rkv_seq_copy(self.ptr(), src, dst, stream.0) })
+    }
+
+    /// Per-request budget of an empty sequence: from the smallest the method
+    /// allows up to the cache's budget, in the memory the cache already has.
+    pub fn seq_set_budget(&mut self, seq: i32, budget: i32) -> Result<()> {
+        // SAFETY: live handle.
+        check(unsafe { sys::rkv_seq_set_budget(self.ptr(), seq, budget) })
+    }
+
+    /// The budget `seq` compresses to (`rkv_seq_get_budget`).
+    pub fn seq_budget(&self, seq: i32) -> Result<i32> {
+        let mut budget = 0;
+        // SAFETY: live handle; budget is a live i32.
+        check(unsafe { sys::rkv_seq_get_budget(self.ptr(), seq, &mut budget) })?;
+        Ok(budget)
     }
 
     /// (logical, physical): tokens appended so far, tokens held per head now.
@@ -222,13 +316,13 @@ impl Cache {
     }
 
     /// Original positions held by one head, in slot order (a copy).
-    pub fn kept_positions(&self, seq: i32, layer: i32, head: i32) -> Result<Vec<i32>> {
+    pub fn seq_positions(&self, seq: i32, layer: i32, head: i32) -> Result<Vec<i32>> {
         let (_, physical) = self.seq_length(seq, layer)?;
         let mut out = vec![0i32; physical.max(0) as usize];
         let mut count = 0;
         // SAFETY: out holds out.len() i32s; count is live.
         check(unsafe {
-            sys::rkv_kept_positions(self.ptr(), seq, layer, head, out.as_mut_ptr(), out.len() as i32, &mut count)
+            sys::rkv_seq_positions(self.ptr(), seq, layer, head, out.as_mut_ptr(), out.len() as i32, &mut count)
         })?;
         out.truncate(count as usize);
         Ok(out)
@@ -255,207 +349,56 @@ impl Cache {
     }
 
     /// The held K, V and positions of (seq, layer). The view borrows the
-    /// cache, so it cannot outlive the next append, compress or reset.
-    pub fn view(&self, seq: i32, layer: i32) -> Result<KvView<'_>> {
-        // SAFETY: all-zero is a valid rkv_kv_view (pointers and integers).
-        let mut raw: sys::rkv_kv_view = unsafe { std::mem::zeroed() };
-        raw.struct_size = size_of::<sys::rkv_kv_view>();
+    /// cache, so it cannot outlive the next call that changes it.
+    pub fn view(&self, seq: i32, layer: i32) -> Result<SeqView<'_>> {
+        // SAFETY: all-zero is a valid rkv_seq_view (pointers and integers).
+        let mut raw: sys::rkv_seq_view = unsafe { std::mem::zeroed() };
+        raw.struct_size = size_of::<sys::rkv_seq_view>();
         // SAFETY: live handle; raw is sized.
         check(unsafe { sys::rkv_view(self.ptr(), seq, layer, &mut raw) })?;
-        Ok(KvView { raw, _cache: PhantomData })
+        Ok(SeqView::new(raw))
     }
 
     /// A whole layer for every sequence slot, for one batched attention call.
-    pub fn layer_view(&self, layer: i32) -> Result<LayerView<'_>> {
+    pub fn view_layer(&self, layer: i32) -> Result<LayerView<'_>> {
         // SAFETY: as for view.
         let mut raw: sys::rkv_layer_view = unsafe { std::mem::zeroed() };
         raw.struct_size = size_of::<sys::rkv_layer_view>();
         // SAFETY: live handle; raw is sized.
         check(unsafe { sys::rkv_view_layer(self.ptr(), layer, &mut raw) })?;
-        Ok(LayerView { raw, _cache: PhantomData })
+        Ok(LayerView::new(raw))
     }
 
     /// Decode attention over the held tokens: `q` and `out` are
     /// `[n, num_q_heads, head_dim]` (Layout::Decode); `scale <= 0` means
     /// 1/sqrt(head_dim).
     pub fn attend(&mut self, layer: i32, seq_ids: &[i32], q: &Tensor<'_>, out: &mut TensorMut<'_>, scale: f32, stream: Stream) -> Result<()> {
-        let n = seq_ids.len();
-        check_extent("q", &q.raw, q.host_len, n, None, None)?;
-        check_extent("out", &out.raw, out.host_len, n, None, None)?;
-        // SAFETY: the slices cover what the library reads and writes.
-        check(unsafe {
-            sys::rkv_attend(self.ptr(), layer, n as i32, seq_ids.as_ptr(), &q.raw, &out.raw, scale, stream.0)
-        })
+        let args = attend_args(layer, entries(seq_ids.len())?, seq_ids.as_ptr(), ptr::null(), q, out, scale)?;
+        // SAFETY: seq_ids holds num_seqs ids for the call; q and out carry their extents.
+        check(unsafe { sys::rkv_attend(self.ptr(), &args, stream.0) })
+    }
+
+    /// Decode attention for every entry of `batch`: `q` and `out` have one
+    /// row per entry; padding entries leave their output rows untouched.
+    pub fn attend_batch(&mut self, batch: &Batch<'_>, layer: i32, q: &Tensor<'_>, out: &mut TensorMut<'_>, scale: f32, stream: Stream) -> Result<()> {
+        let args = attend_args(layer, batch.entries() as i32, ptr::null(), batch.as_raw(), q, out, scale)?;
+        // SAFETY: the batch is live (see append_batch); q and out carry their extents.
+        check(unsafe { sys::rkv_attend(self.ptr(), &args, stream.0) })
     }
 }
 
-/// Which storage a view's memory is in, and its element type.
-fn host_slice<'c, T: Element>(data: *const c_void, dtype: sys::rkv_dtype, device: sys::rkv_device_type, offset: i64, len: usize) -> Result<&'c [T]> {
-    if device != sys::RKV_DEVICE_CPU {
-        return Err(Error::InvalidArgument("the view is in device memory: use as_raw() for its pointers".into()));
-    }
-    if dtype != T::DTYPE as sys::rkv_dtype {
-        return Err(Error::InvalidArgument(format!("the view holds {:?}, not {:?}", Dtype::from_raw(dtype), T::DTYPE)));
-    }
-    if len == 0 {
-        return Ok(&[]);
-    }
-    // SAFETY: host memory of the cache, of T, with len elements from offset
-    // (the caller derived both from the view's own shape); borrowed from the
-    // cache for 'c, so no append, compress, reset or drop can happen meanwhile.
-    Ok(unsafe { slice::from_raw_parts((data as *const T).offset(offset as isize), len) })
-}
-
-/// The held K, V and positions of one (sequence, layer), borrowed from the cache.
-///
-/// The borrow is what keeps the C rule "a view is valid until the next append,
-/// compress or reset of that sequence, or destroy": code that would read a
-/// view, or a slice taken from one, after any of them does not compile. Each
-/// example below differs from compiling code (the last one) only in its
-/// marked line, so it fails for the borrow the error code after
-/// `compile_fail` names (nightly rustdoc also checks the code).
-///
-/// A view cannot outlive its cache:
-/// ```compile_fail,E0597
-/// # use librkv::{Cache, Params};
-/// let view = {
-///     let cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
-///     cache.view(0, 0).unwrap()
-/// }; // the cache is dropped here, the view still borrows it
-/// println!("{}", view.len());
-/// ```
-/// nor can a slice taken from it:
-/// ```compile_fail,E0505
-/// # use librkv::{Cache, Params};
-/// let cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
-/// let view = cache.view(0, 0).unwrap();
-/// let keys: &[f32] = view.keys(0).unwrap();
-/// drop(cache); // moves the cache out while `keys` borrows it
-/// println!("{}", keys.len());
-/// ```
-/// and no call that changes the cache can run while a view is alive:
-/// ```compile_fail,E0502
-/// # use librkv::{Cache, Params, Stream};
-/// let mut cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
-/// let view = cache.view(0, 0).unwrap();
-/// cache.reset(0, Stream::DEFAULT).unwrap(); // needs &mut while the view borrows &
-/// println!("{:?}", view.positions(0));
-/// ```
-/// Read the view first, then change the cache; this compiles and runs:
-/// ```
-/// # use librkv::{Cache, Params, Stream};
-/// let mut cache = Cache::new(&Params::new(1, 1, 1, 1, 8).budget(4).buffer(2).window(1)).unwrap();
-/// let view = cache.view(0, 0).unwrap();
-/// let keys: &[f32] = view.keys(0).unwrap();
-/// assert!(keys.is_empty() && view.is_empty());
-/// cache.reset(0, Stream::DEFAULT).unwrap();
-/// drop(cache);
-/// ```
-pub struct KvView<'c> {
-    raw: sys::rkv_kv_view,
-    _cache: PhantomData<&'c Cache>,
-}
-
-impl<'c> KvView<'c> {
-    /// Tokens held per head.
-    pub fn len(&self) -> usize {
-        self.raw.length as usize
-    }
-    pub fn is_empty(&self) -> bool {
-        self.raw.length == 0
-    }
-    /// Tokens appended so far (the next position).
-    pub fn logical_len(&self) -> i64 {
-        self.raw.logical_length
-    }
-    pub fn num_heads(&self) -> usize {
-        self.raw.num_kv_heads as usize
-    }
-    pub fn head_dim(&self) -> usize {
-        self.raw.head_dim as usize
-    }
-    pub fn dtype(&self) -> Dtype {
-        Dtype::from_raw(self.raw.dtype)
-    }
-    pub fn device(&self) -> Device {
-        Device::from_raw(self.raw.device_type, self.raw.device_id)
-    }
-    /// Keys of one head, `[len, head_dim]` row-major (host caches; `T` must
-    /// be the storage dtype).
-    pub fn keys<T: Element>(&self, head: usize) -> Result<&'c [T]> {
-        self.rows(self.raw.k, head)
-    }
-    /// Values of one head, `[len, head_dim]`.
-    pub fn values<T: Element>(&self, head: usize) -> Result<&'c [T]> {
-        self.rows(self.raw.v, head)
-    }
-    /// Original positions of the tokens one head holds, in slot order.
-    pub fn positions(&self, head: usize) -> Result<&'c [i32]> {
-        self.head_check(head)?;
-        if self.raw.device_type != sys::RKV_DEVICE_CPU {
-            return Err(Error::InvalidArgument("the view is in device memory: use as_raw() for its pointers".into()));
-        }
-        if self.raw.length == 0 {
-            return Ok(&[]);
-        }
-        // SAFETY: host memory, `length` positions per head at positions_stride_head.
-        Ok(unsafe {
-            slice::from_raw_parts(self.raw.positions.offset((head as i64 * self.raw.positions_stride_head) as isize), self.len())
-        })
-    }
-    /// The raw view: pointers and strides for an engine's own kernel.
-    pub fn as_raw(&self) -> &sys::rkv_kv_view {
-        &self.raw
-    }
-    fn head_check(&self, head: usize) -> Result<()> {
-        if head >= self.num_heads() {
-            return Err(Error::OutOfRange(format!("head {head} of {}", self.num_heads())));
-        }
-        Ok(())
-    }
-    fn rows<T: Element>(&self, data: *mut c_void, head: usize) -> Result<&'c [T]> {
-        self.head_check(head)?;
-        // tokens of a head are contiguous rows: stride_token == head_dim
-        debug_assert_eq!(self.raw.stride_token, self.raw.head_dim as i64);
-        host_slice(data, self.raw.dtype, self.raw.device_type, head as i64 * self.raw.stride_head, self.len() * self.head_dim())
-    }
-}
-
-/// A whole layer for every sequence slot, borrowed from the cache.
-pub struct LayerView<'c> {
-    raw: sys::rkv_layer_view,
-    _cache: PhantomData<&'c Cache>,
-}
-
-impl<'c> LayerView<'c> {
-    /// Slots per (sequence, head).
-    pub fn capacity(&self) -> usize {
-        self.raw.capacity as usize
-    }
-    /// Tokens held per head, per sequence slot (host caches).
-    pub fn lengths(&self) -> Result<&'c [i32]> {
-        if self.raw.device_type != sys::RKV_DEVICE_CPU {
-            return Err(Error::InvalidArgument("lengths are in device memory: use as_raw()".into()));
-        }
-        // SAFETY: host memory, max_seqs lengths.
-        Ok(unsafe { slice::from_raw_parts(self.raw.lengths, self.raw.max_seqs as usize) })
-    }
-    /// All `capacity` key slots of (seq, head), `[capacity, head_dim]`; the
-    /// first `lengths()[seq]` are held tokens.
-    pub fn keys<T: Element>(&self, seq: usize, head: usize) -> Result<&'c [T]> {
-        self.slots(self.raw.k, seq, head)
-    }
-    pub fn values<T: Element>(&self, seq: usize, head: usize) -> Result<&'c [T]> {
-        self.slots(self.raw.v, seq, head)
-    }
-    pub fn as_raw(&self) -> &sys::rkv_layer_view {
-        &self.raw
-    }
-    fn slots<T: Element>(&self, data: *mut c_void, seq: usize, head: usize) -> Result<&'c [T]> {
-        if seq >= self.raw.max_seqs as usize || head >= self.raw.num_kv_heads as usize {
-            return Err(Error::OutOfRange(format!("seq {seq}, head {head}")));
-        }
-        let offset = seq as i64 * self.raw.stride_seq + head as i64 * self.raw.stride_head;
-        host_slice(data, self.raw.dtype, self.raw.device_type, offset, self.capacity() * self.raw.head_dim as usize)
-    }
+fn attend_args(layer: i32, num_seqs: i32, seq_ids: *const i32, batch: *const sys::rkv_batch, q: &Tensor<'_>, out: &TensorMut<'_>, scale: f32) -> Result<sys::rkv_attend_args> {
+    check_not_empty("q", &q.raw, q.host)?;
+    check_not_empty("out", &out.raw, out.host)?;
+    Ok(sys::rkv_attend_args {
+        struct_size: size_of::<sys::rkv_attend_args>(),
+        layer,
+        num_seqs,
+        seq_ids,
+        batch,
+        q: q.raw,
+        out: out.raw,
+        scale,
+        flags: 0,
+    })
 }

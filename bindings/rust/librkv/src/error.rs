@@ -8,8 +8,8 @@ use librkv_sys as sys;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// NULL pointer, bad value, bad stride (also: a host slice too short for
-    /// the shape and strides given, found by this crate before the call).
+    /// NULL pointer, bad value, bad stride (also, found by this crate: an
+    /// empty host slice, or per-entry slices of another length than seq_ids).
     InvalidArgument(String),
     /// Sequence, layer or head index outside the cache.
     OutOfRange(String),
@@ -19,7 +19,8 @@ pub enum Error {
     ShapeMismatch(String),
     /// A struct size the library does not know.
     StructSize(String),
-    /// Too many tokens for the cache, or a buffer too small.
+    /// Too many tokens for the cache, a buffer too small, or a tensor whose
+    /// extent (a host slice's length) is too small for its shape and strides.
     Capacity(String),
     /// The method needs queries that were never appended.
     MissingQueries(String),
@@ -128,6 +129,6 @@ pub(crate) fn check(status: sys::rkv_status) -> Result<()> {
         return Ok(());
     }
     // SAFETY: never NULL; valid until the next librkv call on this thread.
-    let message = unsafe { CStr::from_ptr(sys::rkv_last_error_message()) };
+    let message = unsafe { CStr::from_ptr(sys::rkv_error_message()) };
     Err(Error::from_status(status, message.to_string_lossy()))
 }

@@ -18,21 +18,31 @@
 //! # Ok::<(), librkv::Error>(())
 //! ```
 //!
+//! Sequences can be rolled back ([`Cache::seq_truncate`]), forked
+//! ([`Cache::seq_copy`]) and given their own budget ([`Cache::seq_set_budget`]);
+//! a [`Batch`] lets one decode step (or a CUDA graph of it) serve whichever
+//! sequences are running.
+//!
 //! The cache keeps nothing but the C handle; every error is the library's
-//! status as an [`Error`] variant with its message.
+//! status as an [`Error`] variant with its message. The library checks every
+//! tensor against its extent, which a host [`Tensor`] takes from its slice.
 
+mod batch;
 mod cache;
 mod error;
 mod params;
 mod tensor;
+mod view;
 
 use std::ffi::CStr;
 
-pub use cache::{Append, Cache, KvView, LayerView, Stats, Stream};
+pub use batch::Batch;
+pub use cache::{Append, Cache, Stats, Stream};
 pub use error::{Error, Result};
 pub use librkv_sys as sys;
 pub use params::{guards, Param, Params};
 pub use tensor::{Bf16, Element, Layout, Tensor, TensorMut, F16};
+pub use view::{LayerView, SeqView};
 
 /// "Every sequence" / "every layer" where a call accepts it.
 pub const ALL: i32 = sys::RKV_ALL;

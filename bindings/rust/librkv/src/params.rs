@@ -32,6 +32,7 @@ pub enum Param {
     MaxLen,
     Seed,
     AutoCompress,
+    MaxRollback,
 }
 
 impl Param {
@@ -60,6 +61,7 @@ impl Param {
             Param::MaxLen => sys::RKV_PARAM_MAX_LEN,
             Param::Seed => sys::RKV_PARAM_SEED,
             Param::AutoCompress => sys::RKV_PARAM_AUTO_COMPRESS,
+            Param::MaxRollback => sys::RKV_PARAM_MAX_ROLLBACK,
         }
     }
 
@@ -68,7 +70,7 @@ impl Param {
     pub fn bounds(self) -> Result<(f64, f64)> {
         let (mut lower, mut upper) = (0.0, 0.0);
         // SAFETY: both outputs point to live f64s.
-        check(unsafe { sys::rkv_param_bounds(self.raw(), &mut lower, &mut upper) })?;
+        check(unsafe { sys::rkv_params_bounds(self.raw(), &mut lower, &mut upper) })?;
         Ok((lower, upper))
     }
 }
@@ -104,8 +106,8 @@ impl Params {
     pub fn new(max_seqs: i32, num_layers: i32, num_kv_heads: i32, num_q_heads: i32, head_dim: i32) -> Params {
         let mut raw = MaybeUninit::<sys::rkv_cache_params>::zeroed();
         // SAFETY: a valid pointer with the struct's own size: cannot fail.
-        let status = unsafe { sys::rkv_cache_params_default(raw.as_mut_ptr(), size_of::<sys::rkv_cache_params>()) };
-        assert_eq!(status, sys::RKV_OK, "rkv_cache_params_default rejected its own struct");
+        let status = unsafe { sys::rkv_params_default(raw.as_mut_ptr(), size_of::<sys::rkv_cache_params>()) };
+        assert_eq!(status, sys::RKV_OK, "rkv_params_default rejected its own struct");
         // SAFETY: zeroed, then filled by the library.
         let mut raw = unsafe { raw.assume_init() };
         raw.max_seqs = max_seqs;
@@ -139,6 +141,10 @@ impl Params {
         max_len: i32 => max_len,
         /// Method::Random's seed.
         seed: u64 => seed,
+        /// Tokens [`Cache::seq_truncate`](crate::Cache::seq_truncate) can remove
+        /// exactly for the methods that keep queries (their queries are kept
+        /// that much longer); 0 .. 1024.
+        max_rollback: i32 => max_rollback,
     }
 
     pub fn method(mut self, method: Method) -> Self {
@@ -213,6 +219,7 @@ impl std::fmt::Debug for Params {
             .field("budget", &r.budget)
             .field("buffer", &r.buffer)
             .field("window", &r.window)
+            .field("max_rollback", &r.max_rollback)
             .finish_non_exhaustive()
     }
 }

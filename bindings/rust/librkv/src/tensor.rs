@@ -79,7 +79,7 @@ impl Layout {
     }
 }
 
-fn describe(data: *const c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout) -> sys::rkv_tensor {
+fn describe(data: *const c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout, extent: i64) -> sys::rkv_tensor {
     let (stride_seq, stride_token, stride_head) = layout.strides(num_heads as i64, head_dim as i64);
     sys::rkv_tensor {
         data: data as *mut c_void,
@@ -89,100 +89,93 @@ fn describe(data: *const c_void, dtype: Dtype, num_heads: i32, head_dim: i32, la
         stride_seq,
         stride_token,
         stride_head,
+        extent,
     }
 }
 
+/// Elements of a slice as an extent (a slice never holds more than isize::MAX bytes).
+fn extent_of<T>(data: &[T]) -> i64 {
+    data.len() as i64
+}
+
 /// An input tensor: a host slice borrowed for `'a`, or device memory.
+///
+/// Its `extent` is the slice's length (host) or what the caller says (device):
+/// the library checks that every element a call reads lies inside it and
+/// refuses the call with [`Error::Capacity`](crate::Error::Capacity) otherwise.
 #[derive(Clone, Copy)]
 pub struct Tensor<'a> {
     pub(crate) raw: sys::rkv_tensor,
-    /// Elements of the host slice, for the extent check; None for device memory.
-    pub(crate) host_len: Option<usize>,
+    /// True for a host slice: an empty one cannot be described to the library
+    /// (extent 0 means "unchecked" there), so calls refuse it.
+    pub(crate) host: bool,
     _data: PhantomData<&'a [u8]>,
 }
 
 impl<'a> Tensor<'a> {
-    /// Host memory, read by the library during the call that takes it.
+    /// Host memory, read by the library during the call that takes it. The
+    /// element type is `T`'s and the extent the slice's length.
     pub fn host<T: Element>(data: &'a [T], num_heads: i32, head_dim: i32, layout: Layout) -> Tensor<'a> {
         Tensor {
-            raw: describe(data.as_ptr().cast(), T::DTYPE, num_heads, head_dim, layout),
-            host_len: Some(data.len()),
+            raw: describe(data.as_ptr().cast(), T::DTYPE, num_heads, head_dim, layout, extent_of(data)),
+            host: true,
             _data: PhantomData,
         }
     }
 
-    /// Device memory of the cache's GPU (CUDA caches).
+    /// Device memory of the cache's GPU (CUDA caches), `extent` elements of
+    /// `dtype` from `ptr` (0: unknown, then nothing is checked).
     ///
     /// # Safety
     /// `ptr` must point to device memory on the cache's GPU, of `dtype`,
-    /// covering every element the call reads, valid until the work the call
-    /// enqueues on its stream has run.
-    pub unsafe fn device(ptr: *const c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout) -> Tensor<'static> {
-        Tensor { raw: describe(ptr, dtype, num_heads, head_dim, layout), host_len: None, _data: PhantomData }
+    /// holding `extent` elements (with `extent` 0: covering every element the
+    /// call reads), valid until the work the call enqueues on its stream has
+    /// run.
+    pub unsafe fn device(ptr: *const c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout, extent: i64) -> Tensor<'static> {
+        Tensor { raw: describe(ptr, dtype, num_heads, head_dim, layout, extent), host: false, _data: PhantomData }
+    }
+
+    /// Elements the library may read from the data pointer (0: unchecked).
+    pub fn extent(&self) -> i64 {
+        self.raw.extent
     }
 }
 
 /// An output tensor (attention results): a mutable host slice or device memory.
 pub struct TensorMut<'a> {
     pub(crate) raw: sys::rkv_tensor,
-    pub(crate) host_len: Option<usize>,
+    pub(crate) host: bool,
     _data: PhantomData<&'a mut [u8]>,
 }
 
 impl<'a> TensorMut<'a> {
+    /// Host memory, written by the library during the call; the extent is the slice's length.
     pub fn host<T: Element>(data: &'a mut [T], num_heads: i32, head_dim: i32, layout: Layout) -> TensorMut<'a> {
+        let extent = extent_of(data);
         TensorMut {
-            raw: describe(data.as_mut_ptr().cast(), T::DTYPE, num_heads, head_dim, layout),
-            host_len: Some(data.len()),
+            raw: describe(data.as_mut_ptr().cast(), T::DTYPE, num_heads, head_dim, layout, extent),
+            host: true,
             _data: PhantomData,
         }
     }
 
     /// # Safety
     /// As [`Tensor::device`], and the memory must be writable.
-    pub unsafe fn device(ptr: *mut c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout) -> TensorMut<'static> {
-        TensorMut { raw: describe(ptr, dtype, num_heads, head_dim, layout), host_len: None, _data: PhantomData }
+    pub unsafe fn device(ptr: *mut c_void, dtype: Dtype, num_heads: i32, head_dim: i32, layout: Layout, extent: i64) -> TensorMut<'static> {
+        TensorMut { raw: describe(ptr, dtype, num_heads, head_dim, layout, extent), host: false, _data: PhantomData }
+    }
+
+    /// Elements the library may write from the data pointer (0: unchecked).
+    pub fn extent(&self) -> i64 {
+        self.raw.extent
     }
 }
 
-/// The library reads element (i, t, h, e) at
-/// i*stride_seq + (offset_i + t)*stride_token + h*stride_head + e: check that
-/// the largest such index lies inside a host slice, since C cannot know a
-/// slice's length. Negative strides and overflowing products are left to the
-/// library, which rejects them before reading anything.
-pub(crate) fn check_extent(
-    name: &str,
-    raw: &sys::rkv_tensor,
-    host_len: Option<usize>,
-    entries: usize,
-    num_tokens: Option<&[i32]>,
-    token_offsets: Option<&[i64]>,
-) -> Result<()> {
-    let Some(len) = host_len else { return Ok(()) };
-    if raw.stride_seq < 0 || raw.stride_token < 0 || raw.stride_head < 0 || raw.num_heads < 1 || raw.head_dim < 1 {
-        return Ok(());
-    }
-    let mut last: i64 = 0;
-    for i in 0..entries {
-        let tokens = num_tokens.map_or(1, |n| n[i] as i64);
-        let offset = token_offsets.map_or(0, |o| o[i]);
-        if tokens < 1 || offset < 0 {
-            return Ok(()); // the library rejects these
-        }
-        let index = (i as i64)
-            .checked_mul(raw.stride_seq)
-            .and_then(|a| (offset + tokens - 1).checked_mul(raw.stride_token).and_then(|b| a.checked_add(b)))
-            .and_then(|a| (raw.num_heads as i64 - 1).checked_mul(raw.stride_head).and_then(|b| a.checked_add(b)))
-            .and_then(|a| a.checked_add(raw.head_dim as i64 - 1));
-        match index {
-            Some(index) => last = last.max(index),
-            None => return Ok(()), // the library reports the overflow
-        }
-    }
-    if entries > 0 && last as u128 >= len as u128 {
-        return Err(Error::InvalidArgument(format!(
-            "{name}: the shape and strides reach element {last}, but the slice holds {len} elements"
-        )));
+/// The one thing about a host slice the library cannot tell apart: an empty
+/// slice would reach it as extent 0, "unchecked", with a dangling pointer.
+pub(crate) fn check_not_empty(name: &str, raw: &sys::rkv_tensor, host: bool) -> Result<()> {
+    if host && raw.extent == 0 {
+        return Err(Error::InvalidArgument(format!("{name}: the slice is empty")));
     }
     Ok(())
 }

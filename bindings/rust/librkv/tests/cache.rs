@@ -131,7 +131,7 @@ fn compression_keeps_the_budget() {
     assert_eq!(cache.seq_length(0, 0).unwrap(), (n as i64, 16));
     let view = cache.view(0, 0).unwrap();
     for h in 0..H {
-        let kept = cache.kept_positions(0, 0, h).unwrap();
+        let kept = cache.seq_positions(0, 0, h).unwrap();
         assert_eq!(kept, view.positions(h as usize).unwrap());
         assert_eq!(&kept[12..], &[n - 4, n - 3, n - 2, n - 1]); // the window stays
         assert!(kept.windows(2).all(|w| w[0] < w[1]));
@@ -139,7 +139,7 @@ fn compression_keeps_the_budget() {
     let stats = cache.stats(0).unwrap();
     assert_eq!((stats.tokens_held, stats.tokens_appended, stats.tokens_evicted), (16, n as u64, n as u64 - 16));
     assert_eq!(cache.stats(ALL).unwrap().bytes_allocated, params().method(Method::SnapKv).size().unwrap());
-    let layer = cache.layer_view(0).unwrap();
+    let layer = cache.view_layer(0).unwrap();
     assert_eq!(layer.capacity(), 24);
     assert_eq!(layer.lengths().unwrap(), &[16, 0, 0, 0]);
     assert_eq!(&layer.keys::<f32>(0, 1).unwrap()[..(16 * D) as usize], view.keys::<f32>(1).unwrap());
@@ -157,9 +157,9 @@ fn due_reset_params() {
     assert!(cache.compress_due(0, 0).unwrap() && cache.compress_due(ALL, ALL).unwrap());
     cache.compress(ALL, ALL, Stream::DEFAULT).unwrap();
     assert_eq!(cache.seq_length(0, 0).unwrap(), (24, 16));
-    cache.reset(0, Stream::DEFAULT).unwrap();
+    cache.seq_reset(0, Stream::DEFAULT).unwrap();
     assert_eq!(cache.seq_length(0, 0).unwrap(), (0, 0));
-    cache.set_param(Param::Lambda, 0.25).unwrap();
+    cache.set(Param::Lambda, 0.25).unwrap();
     let p = cache.params().unwrap();
     assert_eq!(p.get(Param::Lambda).unwrap(), 0.25);
     assert_eq!(p.get(Param::Budget).unwrap(), 16.0);

@@ -88,10 +88,10 @@ fn struct_size() {
     // send a wrong one; the mapping of the status is what the crate adds.
     let mut raw = *params().as_raw();
     // SAFETY: a valid pointer; the wrong size is the point.
-    let status = unsafe { sys::rkv_cache_params_default(&mut raw, 3) };
+    let status = unsafe { sys::rkv_params_default(&mut raw, 3) };
     assert_eq!(status, sys::RKV_ERR_STRUCT_SIZE);
     // SAFETY: never NULL, read right after the failed call on this thread.
-    let message = unsafe { std::ffi::CStr::from_ptr(sys::rkv_last_error_message()) };
+    let message = unsafe { std::ffi::CStr::from_ptr(sys::rkv_error_message()) };
     let e = Error::from_status(status, message.to_string_lossy());
     assert!(matches!(e, Error::StructSize(_)) && !e.message().is_empty());
 }
@@ -121,7 +121,7 @@ fn missing_queries() {
 #[test]
 fn bad_state() {
     let mut cache = Cache::new(&params()).unwrap();
-    assert!(matches!(assert_kind(cache.set_param(Param::Budget, 16.0), sys::RKV_ERR_BAD_STATE), Error::BadState(_)));
+    assert!(matches!(assert_kind(cache.set(Param::Budget, 16.0), sys::RKV_ERR_BAD_STATE), Error::BadState(_)));
 }
 
 #[test]
@@ -139,17 +139,17 @@ fn out_of_memory() {
 }
 
 #[test]
-fn short_host_slices_are_refused_before_the_call() {
+fn a_slice_shorter_than_its_shape_is_the_library_s_capacity_error() {
     let mut cache = Cache::new(&params()).unwrap();
     let k = vec![1f32; 2 * 3 * 8];
     let t = Tensor::host(&k, 2, 8, Layout::Bhtd { tokens: 3 });
     let mut args = Append::new(0, &[0], t, t, None);
     args.num_tokens = Some(&[2]);
     args.token_offsets = Some(&[2]); // tokens 2..3 of 3: one past the end
-    let e = assert_kind(cache.append(&args, Stream::DEFAULT), sys::RKV_ERR_INVALID_ARGUMENT);
-    assert!(e.message().contains("slice"));
+    let e = assert_kind(cache.append(&args, Stream::DEFAULT), sys::RKV_ERR_CAPACITY);
+    assert!(e.message().contains("args->k.extent is 48 elements"), "{e}");
     let mut args = Append::new(0, &[0, 1], t, t, None);
-    args.num_tokens = Some(&[1]); // one count for two seq_ids
+    args.num_tokens = Some(&[1]); // one count for two seq_ids: the crate's check
     assert_kind(cache.append(&args, Stream::DEFAULT), sys::RKV_ERR_INVALID_ARGUMENT);
     assert_eq!(cache.seq_length(0, 0).unwrap(), (0, 0));
 }
