@@ -26,10 +26,10 @@
 %module(package="rkv") capi
 
 %{
-#define RKV_EXPERIMENTAL_API
 #include <stdlib.h>
 #include <string.h>
 #include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 %}
 
 %include <stdint.i>
@@ -51,8 +51,8 @@
  * copied into a Python string first: any later librkv call on this thread
  * would overwrite it. The GIL is held again here, on the thread that failed. */
 static void rkv_py_raise(rkv_status status) {
-    PyObject *message = PyUnicode_DecodeUTF8(rkv_last_error_message(),
-                                             (Py_ssize_t)strlen(rkv_last_error_message()),
+    PyObject *message = PyUnicode_DecodeUTF8(rkv_error_message(),
+                                             (Py_ssize_t)strlen(rkv_error_message()),
                                              "replace");
     PyObject *errors = message ? PyImport_ImportModule("rkv.errors") : NULL;
     PyObject *exc = errors ? PyObject_CallMethod(errors, "from_status", "iO", (int)status, message)
@@ -63,7 +63,7 @@ static void rkv_py_raise(rkv_status status) {
         /* rkv.errors unusable (e.g. interpreter shutdown): still fail loudly. */
         PyErr_Clear();
         PyErr_Format(PyExc_RuntimeError, "%s: %s", rkv_status_name(status),
-                     rkv_last_error_message());
+                     rkv_error_message());
     }
     Py_XDECREF(exc);
     Py_XDECREF(errors);
@@ -193,8 +193,8 @@ RKV_RELEASE_GIL(rkv_seq_reset)
 RKV_RELEASE_GIL(rkv_append)
 RKV_RELEASE_GIL(rkv_compress)
 RKV_RELEASE_GIL(rkv_attend)
-RKV_RELEASE_GIL(rkv_kept_positions)
-RKV_RELEASE_GIL(rkv_inspect_scores)
+RKV_RELEASE_GIL(rkv_seq_positions)
+RKV_RELEASE_GIL(rkv_seq_scores)
 #endif /* SWIGPYTHON */
 
 /* ===========================================================================
@@ -204,7 +204,7 @@ RKV_RELEASE_GIL(rkv_inspect_scores)
 /*   Rule 1: a goroutine may run on another OS thread by its next cgo call,
  *   and the message is thread-local, so the C side of every status-returning
  *   wrapper copies status and message into a Failure before it returns (the
- *   Go side frees the copy). rkv_last_error_message is not wrapped: read in
+ *   Go side frees the copy). rkv_error_message is not wrapped: read in
  *   a separate call it would be another thread's message.
  *   Rule 2 (cgo's pointer rules): Go memory may be passed to C as an argument
  *   of the call that uses it, but never stored in C memory. So
@@ -214,7 +214,9 @@ RKV_RELEASE_GIL(rkv_inspect_scores)
  *       streams are addresses (uintptr): device memory or C memory;
  *     - host slices for rkv_append and rkv_attend go through rkv_go_append and
  *       rkv_go_attend, which take them as parameters and patch them into a
- *       copy of the struct for the one call;
+ *       copy of the struct for the one call, and the ids of rkv_batch_set
+ *       through rkv_go_batch_set (its seq_ids shares the name of the
+ *       address members);
  *     - pointers the library hands back (views) read as unsafe.Pointer and
  *       *int32, into the cache's own memory.
  *   Integers keep their width (int32_t is int32, not Go's int), and enums are
@@ -242,8 +244,9 @@ RKV_RELEASE_GIL(rkv_inspect_scores)
 %typemap(gotype) void *stream, void *data, const int32_t *seq_ids, const int32_t *num_tokens,
                  const int64_t *token_offsets "uintptr"
 
-/* The handle a create returns. */
+/* The handles a create returns. */
 %typemap(gotype) rkv_cache **cache "*uintptr"
+%typemap(gotype) rkv_batch **batch "*uintptr"
 
 /* Strings the library returns are static: copied into Go memory without a
  * malloc on the C side (SWIG's default copies twice, through C memory). */
@@ -254,7 +257,7 @@ RKV_RELEASE_GIL(rkv_inspect_scores)
 %typemap(goout) const char * %{ $result = strings.Clone($1) %}
 
 /* Rule 1. */
-%ignore rkv_last_error_message;
+%ignore rkv_error_message;
 %{
 struct rkv_go_failure;
 static void rkv_go_failure_free(struct rkv_go_failure *failure);
@@ -286,7 +289,7 @@ static rkv_go_failure *rkv_go_failure_new(rkv_status status) {
     failure = (rkv_go_failure *)malloc(sizeof *failure);
     if (!failure) return &rkv_go_no_memory;
     failure->status = (int32_t)status;
-    failure->message = strdup(rkv_last_error_message());
+    failure->message = strdup(rkv_error_message());
     if (!failure->message) failure->message = rkv_go_no_message;
     return failure;
 }
@@ -346,19 +349,25 @@ static rkv_status rkv_go_append(rkv_cache *cache, const rkv_append_args *args,
     return rkv_append(cache, &call, stream);
 }
 
-/* rkv_attend with Go host memory, as rkv_go_append: host_q and host_out, when
- * not NULL, replace q->data and out->data for this call. */
-static rkv_status rkv_go_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs,
-                                const int32_t *host_seq_ids, const rkv_tensor *q,
-                                const rkv_tensor *out, const void *host_q, void *host_out,
-                                float scale, void *stream) {
-    rkv_tensor q_call, out_call;
-    if (!q || !out) return rkv_attend(cache, layer, num_seqs, host_seq_ids, q, out, scale, stream);
-    q_call = *q;
-    out_call = *out;
-    if (host_q) q_call.data = (void *)host_q;
-    if (host_out) out_call.data = host_out;
-    return rkv_attend(cache, layer, num_seqs, host_seq_ids, &q_call, &out_call, scale, stream);
+/* rkv_attend with Go host memory, as rkv_go_append: host_seq_ids, host_q and
+ * host_out, when not NULL, replace args->seq_ids, args->q.data and
+ * args->out.data for this call. */
+static rkv_status rkv_go_attend(rkv_cache *cache, const rkv_attend_args *args,
+                                const int32_t *host_seq_ids, const void *host_q, void *host_out,
+                                void *stream) {
+    rkv_attend_args call;
+    if (!args) return rkv_attend(cache, args, stream); /* the library reports it */
+    call = *args;
+    if (host_seq_ids) call.seq_ids = host_seq_ids;
+    if (host_q) call.q.data = (void *)host_q;
+    if (host_out) call.out.data = host_out;
+    return rkv_attend(cache, &call, stream);
+}
+
+/* rkv_batch_set with the ids in Go memory (a parameter, never stored). */
+static rkv_status rkv_go_batch_set(rkv_batch *batch, const int32_t *host_seq_ids, int32_t num_ids,
+                                   void *stream) {
+    return rkv_batch_set(batch, host_seq_ids, num_ids, stream);
 }
 %}
 #endif /* SWIGGO */
@@ -371,7 +380,7 @@ static rkv_status rkv_go_attend(rkv_cache *cache, int32_t layer, int32_t num_seq
 %extend rkv_cache_params {
     rkv_cache_params() {
         rkv_cache_params *p = (rkv_cache_params *)calloc(1, sizeof *p);
-        if (p) rkv_cache_params_default(p, sizeof *p);
+        if (p) rkv_params_default(p, sizeof *p);
         return p;
     }
 }
@@ -385,10 +394,12 @@ static rkv_status rkv_go_attend(rkv_cache *cache, int32_t layer, int32_t num_seq
 }
 %enddef
 RKV_SIZED(rkv_append_args)
-RKV_SIZED(rkv_kv_view)
+RKV_SIZED(rkv_attend_args)
+RKV_SIZED(rkv_seq_view)
 RKV_SIZED(rkv_layer_view)
 RKV_SIZED(rkv_stats)
 
-/* The experimental section too (inspect_scores: for tests and plots). */
-#define RKV_EXPERIMENTAL_API
 %include "rkv/rkv.h"
+/* The experimental header too (rkv_seq_scores: for tests and plots). SWIG
+ * does not follow rkv.h's own #include of it. */
+%include "rkv/rkv_experimental.h"

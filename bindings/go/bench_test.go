@@ -27,7 +27,7 @@ func BenchmarkAppendDecode(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if i%1024 == 0 {
 			b.StopTimer()
-			if err := cache.Reset(rkv.All, 0); err != nil {
+			if err := cache.SeqReset(rkv.All, 0); err != nil {
 				b.Fatal(err)
 			}
 			b.StartTimer()
@@ -87,7 +87,7 @@ func BenchmarkAppendTiny(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if i%4096 == 0 {
 			b.StopTimer()
-			if err := cache.Reset(rkv.All, 0); err != nil {
+			if err := cache.SeqReset(rkv.All, 0); err != nil {
 				b.Fatal(err)
 			}
 			b.StartTimer()

@@ -15,9 +15,10 @@ var ErrClosed = errors.New("rkv: cache is closed")
 // Cache is a librkv cache: the K/V memory of MaxSeqs sequences x NumLayers x
 // NumKVHeads, compressed to a fixed budget per head.
 type Cache struct {
-	mu     sync.Mutex               // serialises calls, and Close with them
-	handle capi.Struct_SS_rkv_cache // nil once closed
-	args   appendArgs               // Append's C arguments, reused (calls are serialised)
+	mu         sync.Mutex               // serialises calls (its batches' too), and Close with them
+	handle     capi.Struct_SS_rkv_cache // nil once closed
+	args       appendArgs               // Append's C arguments, reused (calls are serialised)
+	attendArgs attendArgs               // Attend's
 }
 
 // NewCache validates p and allocates all the memory the cache will use.
@@ -31,21 +32,27 @@ func NewCache(p Params) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	var handle uintptr
-	if err := check(capi.Rkv_cache_create(r, &handle)); err != nil {
+	attend, err := newAttendArgs()
+	if err != nil {
 		args.free()
 		return nil, err
 	}
-	cache := &Cache{handle: capi.SwigcptrStruct_SS_rkv_cache(handle), args: args}
+	var handle uintptr
+	if err := check(capi.Rkv_cache_create(r, &handle)); err != nil {
+		args.free()
+		attend.free()
+		return nil, err
+	}
+	cache := &Cache{handle: capi.SwigcptrStruct_SS_rkv_cache(handle), args: args, attendArgs: attend}
 	// A safety net only: call Close to free memory (device memory above all)
 	// at a known point.
 	runtime.SetFinalizer(cache, (*Cache).Close)
 	return cache, nil
 }
 
-// Close frees the cache and all its memory; every view becomes invalid.
-// Closing again does nothing. A call running in another goroutine finishes
-// first.
+// Close frees the cache and all its memory; every view becomes invalid, and
+// its batches refuse calls (Close them too). Closing again does nothing. A
+// call running in another goroutine finishes first.
 func (c *Cache) Close() error {
 	if c == nil {
 		return nil
@@ -58,6 +65,7 @@ func (c *Cache) Close() error {
 	capi.Rkv_cache_destroy(c.handle)
 	c.handle = nil
 	c.args.free()
+	c.attendArgs.free()
 	runtime.SetFinalizer(c, nil)
 	return nil
 }
@@ -68,6 +76,11 @@ func (c *Cache) Close() error {
 // C API takes them as int32, and an int that does not fit is refused here
 // rather than wrapped into another, valid-looking index.
 func (c *Cache) call(raw func(h capi.Struct_SS_rkv_cache) *capi.Failure, indices ...int) error {
+	return c.do(func(h capi.Struct_SS_rkv_cache) error { return check(raw(h)) }, indices...)
+}
+
+// do is call for a body that may fail before its raw call (a closed batch).
+func (c *Cache) do(body func(h capi.Struct_SS_rkv_cache) error, indices ...int) error {
 	for _, i := range indices {
 		if i != int(int32(i)) {
 			return &Error{Status: StatusOutOfRange, Message: fmt.Sprintf("index %d does not fit an int32", i)}
@@ -81,7 +94,7 @@ func (c *Cache) call(raw func(h capi.Struct_SS_rkv_cache) *capi.Failure, indices
 	if c.handle == nil {
 		return ErrClosed
 	}
-	err := check(raw(c.handle))
+	err := body(c.handle)
 	// Without this the Cache could become unreachable during the cgo call and
 	// its finalizer destroy the handle the call is using.
 	runtime.KeepAlive(c)
@@ -101,12 +114,21 @@ func (c *Cache) Params() (Params, error) {
 	return fromRaw(r), nil
 }
 
-// SetParam changes Lambda, Threshold, Kernel, Pooling, Seed or AutoCompress of
-// a live cache (others fail with ErrBadState), from the next compression on.
-func (c *Cache) SetParam(p Param, value float64) error {
+// Set changes Lambda, Threshold, Kernel, Pooling, Seed or AutoCompress of a
+// live cache (others fail with ErrBadState), from the next compression on.
+func (c *Cache) Set(p Param, value float64) error {
 	return c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
-		return capi.Rkv_cache_set_param(h, int32(p), value)
+		return capi.Rkv_cache_set(h, int32(p), value)
 	})
+}
+
+// Get reads one parameter of the live cache.
+func (c *Cache) Get(p Param) (float64, error) {
+	var value float64
+	err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_cache_get(h, int32(p), &value)
+	})
+	return value, err
 }
 
 // Compress compresses now: seq if it holds more than its budget, or with
@@ -127,11 +149,56 @@ func (c *Cache) CompressDue(seq, layer int) (bool, error) {
 	return due != 0, err
 }
 
-// Reset forgets a sequence (or All) so its slot can serve a new request.
-func (c *Cache) Reset(seq int, stream uintptr) error {
+// SeqReset forgets a sequence (or All) so its slot can serve a new request;
+// its budget returns to the cache's.
+func (c *Cache) SeqReset(seq int, stream uintptr) error {
 	return c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
 		return capi.Rkv_seq_reset(h, int32(seq), stream)
 	}, seq)
+}
+
+// SeqTruncate rolls back the last tokens appended tokens of every layer of
+// seq (speculative decoding), exactly as if they had never come. More than
+// SeqRollbackLimit fails with ErrBadState.
+func (c *Cache) SeqTruncate(seq, tokens int, stream uintptr) error {
+	return c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_seq_truncate(h, int32(seq), int32(tokens), stream)
+	}, seq, tokens)
+}
+
+// SeqRollbackLimit is how many tokens SeqTruncate accepts now (raise it with
+// Params.MaxRollback for the methods that keep queries).
+func (c *Cache) SeqRollbackLimit(seq int) (int, error) {
+	var tokens int32
+	err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_seq_rollback_limit(h, int32(seq), &tokens)
+	}, seq)
+	return int(tokens), err
+}
+
+// SeqCopy forks src into the empty slot dst (beam search, parallel
+// sampling): the whole state, after which the two evolve independently.
+func (c *Cache) SeqCopy(src, dst int, stream uintptr) error {
+	return c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_seq_copy(h, int32(src), int32(dst), stream)
+	}, src, dst)
+}
+
+// SeqSetBudget gives the empty sequence seq its own budget, from the smallest
+// the method allows up to the cache's, in the memory the cache already has.
+func (c *Cache) SeqSetBudget(seq, budget int) error {
+	return c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_seq_set_budget(h, int32(seq), int32(budget))
+	}, seq, budget)
+}
+
+// SeqBudget is the budget seq compresses to.
+func (c *Cache) SeqBudget(seq int) (int, error) {
+	var budget int32
+	err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
+		return capi.Rkv_seq_get_budget(h, int32(seq), &budget)
+	}, seq)
+	return int(budget), err
 }
 
 // SeqLength returns the logical length (tokens appended) and the physical
@@ -144,17 +211,18 @@ func (c *Cache) SeqLength(seq, layer int) (logical int64, physical int, err erro
 	return logical, int(held), err
 }
 
-// KeptPositions returns the original positions one head holds, in slot order.
-func (c *Cache) KeptPositions(seq, layer, head int) ([]int32, error) {
+// SeqPositions returns the original positions one head holds, in slot order
+// (a copy).
+func (c *Cache) SeqPositions(seq, layer, head int) ([]int32, error) {
 	var out []int32
 	var count int32
 	err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
 		// Asked and copied under one lock: no call can change the length between.
-		if f := capi.Rkv_kept_positions(h, int32(seq), int32(layer), int32(head), nil, 0, &count); f != nil {
+		if f := capi.Rkv_seq_positions(h, int32(seq), int32(layer), int32(head), nil, 0, &count); f != nil {
 			return f
 		}
 		out = make([]int32, count+1) // +1: never a zero-length slice to point at
-		return capi.Rkv_kept_positions(h, int32(seq), int32(layer), int32(head),
+		return capi.Rkv_seq_positions(h, int32(seq), int32(layer), int32(head),
 			&out[0], int32(len(out)), &count)
 	}, seq, layer, head)
 	if err != nil {

@@ -126,7 +126,7 @@ func TestMissingQueries(t *testing.T) {
 
 func TestBadState(t *testing.T) {
 	cache := newCache(t, small())
-	expect(t, cache.SetParam(rkv.ParamBudget, 16), rkv.ErrBadState)
+	expect(t, cache.Set(rkv.ParamBudget, 16), rkv.ErrBadState)
 }
 
 func TestOverflow(t *testing.T) {
@@ -151,16 +151,23 @@ func TestOutOfMemory(t *testing.T) {
 // and DEVICE, FAULTED and INTERNAL need a failing GPU or a librkv bug; their
 // mapping is checked in TestEveryStatusHasASentinel.
 
-func TestShortSlicesAreRefusedBeforeTheCall(t *testing.T) {
+// A slice shorter than its shape and strides reach is the library's
+// ErrCapacity (the slice's length is the tensor's extent); per-entry slices of
+// another length than SeqIDs are this package's ErrInvalidArgument (the
+// library cannot see their lengths).
+func TestShortSlices(t *testing.T) {
 	cache := newCache(t, small())
 	k := rkv.HostF32(ones(2*3*8), 2, 8, rkv.BHTD(3))
 	err := cache.Append(rkv.Append{SeqIDs: []int32{0}, NumTokens: []int32{2}, TokenOffsets: []int64{2}, K: k, V: k})
-	expect(t, err, rkv.ErrInvalidArgument)
-	if !strings.Contains(err.Error(), "slice") {
+	expect(t, err, rkv.ErrCapacity)
+	if !strings.Contains(err.Error(), "args->k.extent is 48 elements") {
 		t.Fatalf("message: %v", err)
 	}
 	err = cache.Append(rkv.Append{SeqIDs: []int32{0, 1}, NumTokens: []int32{1}, K: k, V: k})
 	expect(t, err, rkv.ErrInvalidArgument)
+	if _, physical, _ := cache.SeqLength(0, 0); physical != 0 {
+		t.Fatal("a rejected call changed the cache")
+	}
 }
 
 // The message is thread-local in C and a goroutine may change OS threads
@@ -194,11 +201,11 @@ func TestConcurrentFailuresKeepTheirMessages(t *testing.T) {
 // The raw layer itself returns the status and message of a failed call.
 func TestRawFailure(t *testing.T) {
 	var lower, upper float64
-	f := capi.Rkv_param_bounds(4242, &lower, &upper)
+	f := capi.Rkv_params_bounds(4242, &lower, &upper)
 	if f == nil || f.Status != capi.RKV_ERR_UNSUPPORTED || !strings.Contains(f.Message, "4242") {
 		t.Fatalf("raw failure %+v", f)
 	}
-	if f := capi.Rkv_param_bounds(capi.RKV_PARAM_KERNEL, &lower, &upper); f != nil || upper != 255 {
+	if f := capi.Rkv_params_bounds(capi.RKV_PARAM_KERNEL, &lower, &upper); f != nil || upper != 255 {
 		t.Fatalf("raw success %+v, upper %v", f, upper)
 	}
 }

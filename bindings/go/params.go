@@ -23,12 +23,15 @@ type Params struct {
 	MaxPromptLen, MaxLen                               int
 	Seed                                               uint64
 	AutoCompress                                       bool
+	// MaxRollback: tokens SeqTruncate can remove exactly for the methods that
+	// keep queries (their queries are kept that much longer); 0 .. 1024.
+	MaxRollback int
 }
 
 // DefaultParams returns the library's defaults (R-KV, budget 1024 + buffer
 // 128, f32 on the CPU, automatic compression) with an unset shape.
 func DefaultParams() Params {
-	r := capi.NewRkv_cache_params() // filled by rkv_cache_params_default
+	r := capi.NewRkv_cache_params() // filled by rkv_params_default
 	defer capi.DeleteRkv_cache_params(r)
 	return fromRaw(r)
 }
@@ -45,6 +48,7 @@ func fromRaw(r capi.Rkv_cache_params) Params {
 		Pooling: Pooling(r.GetPooling()), Sink: int(r.GetSink()), Guards: Guard(r.GetGuards()),
 		MaxPromptLen: int(r.GetMax_prompt_len()), MaxLen: int(r.GetMax_len()),
 		Seed: r.GetSeed(), AutoCompress: r.GetAuto_compress() != 0,
+		MaxRollback: int(r.GetMax_rollback()),
 	}
 }
 
@@ -87,6 +91,7 @@ func (p *Params) raw() (capi.Rkv_cache_params, error) {
 		auto = 1
 	}
 	r.SetAuto_compress(auto)
+	r.SetMax_rollback(i32("MaxRollback", p.MaxRollback))
 	if err != nil {
 		capi.DeleteRkv_cache_params(r)
 		return nil, err

@@ -12,10 +12,22 @@
 // memory under it. Every failed call returns an *Error carrying the library's
 // status and message; compare with the sentinel errors through errors.Is.
 //
+// Names: a method is its C function's name without rkv_, without the object
+// its receiver stands for and without a getter's get_ (rkv_cache_set is
+// Cache.Set, rkv_cache_get_params is Cache.Params); the calls on one sequence
+// keep their Seq (rkv_seq_truncate(cache, seq, n) is cache.SeqTruncate(seq,
+// n, stream)); constructors are New<Type> (rkv_batch_create is NewBatch).
+//
+// Sequences can be rolled back (SeqTruncate), forked (SeqCopy) and given
+// their own budget (SeqSetBudget); a Batch lets one decode step, or a CUDA
+// graph of it, serve whichever sequences are running.
+//
 // Memory rules: host slices passed in are only read (or written, for
-// attention output) during the call; C keeps no Go pointer. Views point into
-// the cache's own memory and are valid until the next Append, Compress, Reset
-// of that sequence, or Close.
+// attention output) during the call; C keeps no Go pointer. A host slice's
+// length is its tensor's extent, which the library checks every call against.
+// Views point into the cache's own memory and are valid until the next call
+// that changes that sequence (Append, Compress, SeqTruncate, SeqCopy onto it,
+// SeqReset), or Close.
 package rkv
 
 import "rkv/capi"
@@ -95,7 +107,7 @@ var (
 	GuardPrompt = Guard(capi.RKV_GUARD_PROMPT) // prompt tokens are never evicted
 )
 
-// Param keys the parameters a live cache may change (SetParam) and bounds.
+// Param keys a parameter: of a live cache (Set, Get) and for Bounds.
 type Param int32
 
 var (
@@ -109,10 +121,11 @@ var (
 	ParamBuffer       = Param(capi.RKV_PARAM_BUFFER)
 	ParamWindow       = Param(capi.RKV_PARAM_WINDOW)
 	ParamMethod       = Param(capi.RKV_PARAM_METHOD)
+	ParamMaxRollback  = Param(capi.RKV_PARAM_MAX_ROLLBACK)
 )
 
 // Bounds returns the inclusive bounds of a parameter on its own.
 func (p Param) Bounds() (lower, upper float64, err error) {
-	err = check(capi.Rkv_param_bounds(int32(p), &lower, &upper))
+	err = check(capi.Rkv_params_bounds(int32(p), &lower, &upper))
 	return lower, upper, err
 }

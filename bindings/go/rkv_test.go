@@ -153,7 +153,7 @@ func TestCompressionKeepsTheBudget(t *testing.T) {
 	}
 	view, _ := cache.View(0, 0)
 	for h := 0; h < heads; h++ {
-		kept, err := cache.KeptPositions(0, 0, h)
+		kept, err := cache.SeqPositions(0, 0, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,7 +171,7 @@ func TestCompressionKeepsTheBudget(t *testing.T) {
 	if all, _ := cache.Stats(rkv.All); all.BytesAllocated != size {
 		t.Fatalf("allocated %d, size said %d", all.BytesAllocated, size)
 	}
-	if err := cache.Reset(0, 0); err != nil {
+	if err := cache.SeqReset(0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, physical, _ := cache.SeqLength(0, 0); physical != 0 {
@@ -187,7 +187,7 @@ func TestParamsAndBF16(t *testing.T) {
 	if err != nil || got != p {
 		t.Fatalf("params %+v, want %+v (%v)", got, p, err)
 	}
-	if err := cache.SetParam(rkv.ParamLambda, 0.25); err != nil {
+	if err := cache.Set(rkv.ParamLambda, 0.25); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := cache.Params(); got.Lambda != 0.25 {

@@ -7,10 +7,10 @@ import (
 	"rkv/capi"
 )
 
-// View is the held K, V and positions of one (sequence, layer). It points
-// into the cache's memory: valid until the next Append, Compress or Reset of
-// the sequence, or Close.
-type View struct {
+// SeqView is the held K, V and positions of one (sequence, layer). It points
+// into the cache's memory: valid until the next call that changes the
+// sequence, or Close.
+type SeqView struct {
 	cache         *Cache         // keeps the cache reachable while the view is used
 	k, v          unsafe.Pointer // [NumHeads, Length, HeadDim] at strideHead, strideToken
 	positions     *int32         // [NumHeads, Length] at positionsStrideHead
@@ -27,15 +27,15 @@ type View struct {
 }
 
 // View returns the held K, V and positions of (seq, layer), without copying.
-func (c *Cache) View(seq, layer int) (*View, error) {
-	raw := capi.NewRkv_kv_view() // struct_size set
-	defer capi.DeleteRkv_kv_view(raw)
+func (c *Cache) View(seq, layer int) (*SeqView, error) {
+	raw := capi.NewRkv_seq_view() // struct_size set
+	defer capi.DeleteRkv_seq_view(raw)
 	if err := c.call(func(h capi.Struct_SS_rkv_cache) *capi.Failure {
 		return capi.Rkv_view(h, int32(seq), int32(layer), raw)
 	}, seq, layer); err != nil {
 		return nil, err
 	}
-	return &View{
+	return &SeqView{
 		cache: c, k: raw.GetK(), v: raw.GetV(), positions: raw.GetPositions(),
 		strideHead: raw.GetStride_head(), strideToken: raw.GetStride_token(),
 		positionsHead: raw.GetPositions_stride_head(),
@@ -48,7 +48,7 @@ func (c *Cache) View(seq, layer int) (*View, error) {
 
 // host checks that the view can be read from Go: host memory, a cache not
 // closed, a head it has.
-func (v *View) host(head int) error {
+func (v *SeqView) host(head int) error {
 	if v.Device != CPU {
 		return invalid("the view is in device memory: use its addresses")
 	}
@@ -65,7 +65,7 @@ func (v *View) host(head int) error {
 }
 
 // rows is one head's [Length, HeadDim] block of K or V in the cache's memory.
-func (v *View) rows(data unsafe.Pointer, head int, dtype DType) (unsafe.Pointer, error) {
+func (v *SeqView) rows(data unsafe.Pointer, head int, dtype DType) (unsafe.Pointer, error) {
 	if err := v.host(head); err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (v *View) rows(data unsafe.Pointer, head int, dtype DType) (unsafe.Pointer,
 
 // KeysF32 returns the keys of one head, [Length, HeadDim] row-major, in the
 // cache's memory (f32 storage on the CPU).
-func (v *View) KeysF32(head int) ([]float32, error) {
+func (v *SeqView) KeysF32(head int) ([]float32, error) {
 	p, err := v.rows(v.k, head, F32)
 	if err != nil || v.Length == 0 {
 		return nil, err
@@ -86,7 +86,7 @@ func (v *View) KeysF32(head int) ([]float32, error) {
 }
 
 // ValuesF32 returns the values of one head, [Length, HeadDim].
-func (v *View) ValuesF32(head int) ([]float32, error) {
+func (v *SeqView) ValuesF32(head int) ([]float32, error) {
 	p, err := v.rows(v.v, head, F32)
 	if err != nil || v.Length == 0 {
 		return nil, err
@@ -95,7 +95,7 @@ func (v *View) ValuesF32(head int) ([]float32, error) {
 }
 
 // KeysBits returns the keys of one head as raw f16/bf16 bits.
-func (v *View) KeysBits(head int) ([]uint16, error) {
+func (v *SeqView) KeysBits(head int) ([]uint16, error) {
 	if v.DType == F32 {
 		return nil, invalid("the view holds f32: use KeysF32")
 	}
@@ -107,7 +107,7 @@ func (v *View) KeysBits(head int) ([]uint16, error) {
 }
 
 // Positions returns the original positions one head holds, in slot order.
-func (v *View) Positions(head int) ([]int32, error) {
+func (v *SeqView) Positions(head int) ([]int32, error) {
 	if err := v.host(head); err != nil || v.Length == 0 {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func (v *View) Positions(head int) ([]int32, error) {
 
 // Addresses returns the K, V and positions pointers and the element strides
 // (between heads, between tokens) for an engine's own kernel.
-func (v *View) Addresses() (k, val, positions uintptr, strideHead, strideToken, positionsStrideHead int64) {
+func (v *SeqView) Addresses() (k, val, positions uintptr, strideHead, strideToken, positionsStrideHead int64) {
 	return uintptr(v.k), uintptr(v.v), uintptr(unsafe.Pointer(v.positions)),
 		v.strideHead, v.strideToken, v.positionsHead
 }

@@ -172,10 +172,10 @@ static void* Swig_malloc(int c) {
 }
 
 
-#define RKV_EXPERIMENTAL_API
 #include <stdlib.h>
 #include <string.h>
 #include "rkv/rkv.h"
+#include "rkv/rkv_experimental.h"
 
 
 #include <stdint.h>		// Use the C99 official header
@@ -215,7 +215,7 @@ static rkv_go_failure *rkv_go_failure_new(rkv_status status) {
     failure = (rkv_go_failure *)malloc(sizeof *failure);
     if (!failure) return &rkv_go_no_memory;
     failure->status = (int32_t)status;
-    failure->message = strdup(rkv_last_error_message());
+    failure->message = strdup(rkv_error_message());
     if (!failure->message) failure->message = rkv_go_no_message;
     return failure;
 }
@@ -245,24 +245,30 @@ static rkv_status rkv_go_append(rkv_cache *cache, const rkv_append_args *args,
     return rkv_append(cache, &call, stream);
 }
 
-/* rkv_attend with Go host memory, as rkv_go_append: host_q and host_out, when
- * not NULL, replace q->data and out->data for this call. */
-static rkv_status rkv_go_attend(rkv_cache *cache, int32_t layer, int32_t num_seqs,
-                                const int32_t *host_seq_ids, const rkv_tensor *q,
-                                const rkv_tensor *out, const void *host_q, void *host_out,
-                                float scale, void *stream) {
-    rkv_tensor q_call, out_call;
-    if (!q || !out) return rkv_attend(cache, layer, num_seqs, host_seq_ids, q, out, scale, stream);
-    q_call = *q;
-    out_call = *out;
-    if (host_q) q_call.data = (void *)host_q;
-    if (host_out) out_call.data = host_out;
-    return rkv_attend(cache, layer, num_seqs, host_seq_ids, &q_call, &out_call, scale, stream);
+/* rkv_attend with Go host memory, as rkv_go_append: host_seq_ids, host_q and
+ * host_out, when not NULL, replace args->seq_ids, args->q.data and
+ * args->out.data for this call. */
+static rkv_status rkv_go_attend(rkv_cache *cache, const rkv_attend_args *args,
+                                const int32_t *host_seq_ids, const void *host_q, void *host_out,
+                                void *stream) {
+    rkv_attend_args call;
+    if (!args) return rkv_attend(cache, args, stream); /* the library reports it */
+    call = *args;
+    if (host_seq_ids) call.seq_ids = host_seq_ids;
+    if (host_q) call.q.data = (void *)host_q;
+    if (host_out) call.out.data = host_out;
+    return rkv_attend(cache, &call, stream);
+}
+
+/* rkv_batch_set with the ids in Go memory (a parameter, never stored). */
+static rkv_status rkv_go_batch_set(rkv_batch *batch, const int32_t *host_seq_ids, int32_t num_ids,
+                                   void *stream) {
+    return rkv_batch_set(batch, host_seq_ids, num_ids, stream);
 }
 
 SWIGINTERN struct rkv_cache_params *new_rkv_cache_params(void){
         rkv_cache_params *p = (rkv_cache_params *)calloc(1, sizeof *p);
-        if (p) rkv_cache_params_default(p, sizeof *p);
+        if (p) rkv_params_default(p, sizeof *p);
         return p;
     }
 SWIGINTERN struct rkv_append_args *new_rkv_append_args(void){
@@ -270,8 +276,8 @@ SWIGINTERN struct rkv_append_args *new_rkv_append_args(void){
         if (s) s->struct_size = sizeof *s;
         return s;
     }
-SWIGINTERN struct rkv_kv_view *new_rkv_kv_view(void){
-        rkv_kv_view *s = (rkv_kv_view *)calloc(1, sizeof *s);
+SWIGINTERN struct rkv_seq_view *new_rkv_seq_view(void){
+        rkv_seq_view *s = (rkv_seq_view *)calloc(1, sizeof *s);
         if (s) s->struct_size = sizeof *s;
         return s;
     }
@@ -285,11 +291,16 @@ SWIGINTERN struct rkv_stats *new_rkv_stats(void){
         if (s) s->struct_size = sizeof *s;
         return s;
     }
+SWIGINTERN struct rkv_attend_args *new_rkv_attend_args(void){
+        rkv_attend_args *s = (rkv_attend_args *)calloc(1, sizeof *s);
+        if (s) s->struct_size = sizeof *s;
+        return s;
+    }
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-void _wrap_Swig_free_capi_53324705309cce49(void *_swig_go_0) {
+void _wrap_Swig_free_capi_2cb418b89e63e46b(void *_swig_go_0) {
   void *arg1 = (void *) 0 ;
   
   arg1 = *(void **)&_swig_go_0; 
@@ -299,7 +310,7 @@ void _wrap_Swig_free_capi_53324705309cce49(void *_swig_go_0) {
 }
 
 
-void *_wrap_Swig_malloc_capi_53324705309cce49(intgo _swig_go_0) {
+void *_wrap_Swig_malloc_capi_2cb418b89e63e46b(intgo _swig_go_0) {
   int arg1 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -312,7 +323,7 @@ void *_wrap_Swig_malloc_capi_53324705309cce49(intgo _swig_go_0) {
 }
 
 
-int _wrap_rkv_go_failure_status_get_capi_53324705309cce49(struct rkv_go_failure *_swig_go_0) {
+int _wrap_rkv_go_failure_status_get_capi_2cb418b89e63e46b(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -325,7 +336,7 @@ int _wrap_rkv_go_failure_status_get_capi_53324705309cce49(struct rkv_go_failure 
 }
 
 
-_gostring_ _wrap_rkv_go_failure_message_get_capi_53324705309cce49(struct rkv_go_failure *_swig_go_0) {
+_gostring_ _wrap_rkv_go_failure_message_get_capi_2cb418b89e63e46b(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   char *result = 0 ;
   _gostring_ _swig_go_result;
@@ -341,7 +352,7 @@ _gostring_ _wrap_rkv_go_failure_message_get_capi_53324705309cce49(struct rkv_go_
 }
 
 
-void _wrap_delete_rkv_go_failure_capi_53324705309cce49(struct rkv_go_failure *_swig_go_0) {
+void _wrap_delete_rkv_go_failure_capi_2cb418b89e63e46b(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   
   arg1 = *(struct rkv_go_failure **)&_swig_go_0; 
@@ -351,7 +362,7 @@ void _wrap_delete_rkv_go_failure_capi_53324705309cce49(struct rkv_go_failure *_s
 }
 
 
-intgo _wrap_rkv_go_append_capi_53324705309cce49(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, int *_swig_go_2, int *_swig_go_3, long long *_swig_go_4, void *_swig_go_5, void *_swig_go_6, void *_swig_go_7, void *_swig_go_8) {
+intgo _wrap_rkv_go_append_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, int *_swig_go_2, int *_swig_go_3, long long *_swig_go_4, void *_swig_go_5, void *_swig_go_6, void *_swig_go_7, void *_swig_go_8) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_append_args *arg2 = (rkv_append_args *) 0 ;
   int32_t *arg3 = (int32_t *) 0 ;
@@ -380,49 +391,60 @@ intgo _wrap_rkv_go_append_capi_53324705309cce49(struct rkv_cache *_swig_go_0, st
 }
 
 
-intgo _wrap_rkv_go_attend_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int *_swig_go_3, struct rkv_tensor *_swig_go_4, struct rkv_tensor *_swig_go_5, void *_swig_go_6, void *_swig_go_7, float _swig_go_8, void *_swig_go_9) {
+intgo _wrap_rkv_go_attend_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, int *_swig_go_2, void *_swig_go_3, void *_swig_go_4, void *_swig_go_5) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
-  int32_t arg2 ;
-  int32_t arg3 ;
-  int32_t *arg4 = (int32_t *) 0 ;
-  rkv_tensor *arg5 = (rkv_tensor *) 0 ;
-  rkv_tensor *arg6 = (rkv_tensor *) 0 ;
-  void *arg7 = (void *) 0 ;
-  void *arg8 = (void *) 0 ;
-  float arg9 ;
-  void *arg10 = (void *) 0 ;
+  rkv_attend_args *arg2 = (rkv_attend_args *) 0 ;
+  int32_t *arg3 = (int32_t *) 0 ;
+  void *arg4 = (void *) 0 ;
+  void *arg5 = (void *) 0 ;
+  void *arg6 = (void *) 0 ;
   rkv_status result;
   intgo _swig_go_result;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  arg3 = (int32_t)_swig_go_2; 
-  arg4 = *(int32_t **)&_swig_go_3; 
-  arg5 = *(rkv_tensor **)&_swig_go_4; 
-  arg6 = *(rkv_tensor **)&_swig_go_5; 
-  arg7 = *(void **)&_swig_go_6; 
-  arg8 = *(void **)&_swig_go_7; 
-  arg9 = (float)_swig_go_8; 
-  arg10 = *(void **)&_swig_go_9; 
+  arg2 = *(rkv_attend_args **)&_swig_go_1; 
+  arg3 = *(int32_t **)&_swig_go_2; 
+  arg4 = *(void **)&_swig_go_3; 
+  arg5 = *(void **)&_swig_go_4; 
+  arg6 = *(void **)&_swig_go_5; 
   
-  result = (rkv_status)rkv_go_attend(arg1,arg2,arg3,(int const *)arg4,(struct rkv_tensor const *)arg5,(struct rkv_tensor const *)arg6,(void const *)arg7,arg8,arg9,arg10);
+  result = (rkv_status)rkv_go_attend(arg1,(struct rkv_attend_args const *)arg2,(int const *)arg3,(void const *)arg4,arg5,arg6);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_RKV_VERSION_NUMBER_capi_53324705309cce49() {
+intgo _wrap_rkv_go_batch_set_capi_2cb418b89e63e46b(struct rkv_batch *_swig_go_0, int *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
+  rkv_batch *arg1 = (rkv_batch *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  int32_t arg3 ;
+  void *arg4 = (void *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_batch **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  arg3 = (int32_t)_swig_go_2; 
+  arg4 = *(void **)&_swig_go_3; 
+  
+  result = (rkv_status)rkv_go_batch_set(arg1,(int const *)arg2,arg3,arg4);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_VERSION_NUMBER_capi_2cb418b89e63e46b() {
   int result;
   intgo _swig_go_result;
   
   
-  result = (int)((0*10000+1*100+0));
+  result = (int)((0*10000+2*100+0));
   _swig_go_result = result; 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_version_number_capi_53324705309cce49() {
+intgo _wrap_rkv_version_number_capi_2cb418b89e63e46b() {
   unsigned int result;
   intgo _swig_go_result;
   
@@ -433,7 +455,7 @@ intgo _wrap_rkv_version_number_capi_53324705309cce49() {
 }
 
 
-_gostring_ _wrap_rkv_version_string_capi_53324705309cce49() {
+_gostring_ _wrap_rkv_version_string_capi_2cb418b89e63e46b() {
   char *result = 0 ;
   _gostring_ _swig_go_result;
   
@@ -447,7 +469,7 @@ _gostring_ _wrap_rkv_version_string_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_OK_capi_53324705309cce49() {
+intgo _wrap_RKV_OK_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -459,7 +481,7 @@ intgo _wrap_RKV_OK_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -471,7 +493,7 @@ intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -483,7 +505,7 @@ intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_UNSUPPORTED_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_UNSUPPORTED_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -495,7 +517,7 @@ intgo _wrap_RKV_ERR_UNSUPPORTED_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -507,7 +529,7 @@ intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -519,7 +541,7 @@ intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_CAPACITY_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_CAPACITY_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -531,7 +553,7 @@ intgo _wrap_RKV_ERR_CAPACITY_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -543,7 +565,7 @@ intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_BAD_STATE_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_BAD_STATE_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -555,7 +577,7 @@ intgo _wrap_RKV_ERR_BAD_STATE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_OVERFLOW_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_OVERFLOW_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -567,7 +589,7 @@ intgo _wrap_RKV_ERR_OVERFLOW_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -579,7 +601,7 @@ intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_DEVICE_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_DEVICE_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -591,7 +613,7 @@ intgo _wrap_RKV_ERR_DEVICE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_FAULTED_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_FAULTED_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -603,7 +625,7 @@ intgo _wrap_RKV_ERR_FAULTED_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ERR_INTERNAL_capi_53324705309cce49() {
+intgo _wrap_RKV_ERR_INTERNAL_capi_2cb418b89e63e46b() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -615,7 +637,7 @@ intgo _wrap_RKV_ERR_INTERNAL_capi_53324705309cce49() {
 }
 
 
-_gostring_ _wrap_rkv_status_name_capi_53324705309cce49(intgo _swig_go_0) {
+_gostring_ _wrap_rkv_status_name_capi_2cb418b89e63e46b(intgo _swig_go_0) {
   rkv_status arg1 ;
   char *result = 0 ;
   _gostring_ _swig_go_result;
@@ -631,7 +653,7 @@ _gostring_ _wrap_rkv_status_name_capi_53324705309cce49(intgo _swig_go_0) {
 }
 
 
-intgo _wrap_RKV_DTYPE_F32_capi_53324705309cce49() {
+intgo _wrap_RKV_DTYPE_F32_capi_2cb418b89e63e46b() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -643,7 +665,7 @@ intgo _wrap_RKV_DTYPE_F32_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_DTYPE_F16_capi_53324705309cce49() {
+intgo _wrap_RKV_DTYPE_F16_capi_2cb418b89e63e46b() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -655,7 +677,7 @@ intgo _wrap_RKV_DTYPE_F16_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_DTYPE_BF16_capi_53324705309cce49() {
+intgo _wrap_RKV_DTYPE_BF16_capi_2cb418b89e63e46b() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -667,7 +689,7 @@ intgo _wrap_RKV_DTYPE_BF16_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_DEVICE_CPU_capi_53324705309cce49() {
+intgo _wrap_RKV_DEVICE_CPU_capi_2cb418b89e63e46b() {
   enum rkv_device_type result;
   intgo _swig_go_result;
   
@@ -679,7 +701,7 @@ intgo _wrap_RKV_DEVICE_CPU_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_DEVICE_CUDA_capi_53324705309cce49() {
+intgo _wrap_RKV_DEVICE_CUDA_capi_2cb418b89e63e46b() {
   enum rkv_device_type result;
   intgo _swig_go_result;
   
@@ -691,7 +713,7 @@ intgo _wrap_RKV_DEVICE_CUDA_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_RKV_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_RKV_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -703,7 +725,7 @@ intgo _wrap_RKV_METHOD_RKV_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_SNAPKV_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_SNAPKV_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -715,7 +737,7 @@ intgo _wrap_RKV_METHOD_SNAPKV_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_H2O_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_H2O_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -727,7 +749,7 @@ intgo _wrap_RKV_METHOD_H2O_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -739,7 +761,7 @@ intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_KEYDIFF_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_KEYDIFF_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -751,7 +773,7 @@ intgo _wrap_RKV_METHOD_KEYDIFF_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_RANDOM_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_RANDOM_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -763,7 +785,7 @@ intgo _wrap_RKV_METHOD_RANDOM_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_METHOD_FULL_capi_53324705309cce49() {
+intgo _wrap_RKV_METHOD_FULL_capi_2cb418b89e63e46b() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -775,7 +797,7 @@ intgo _wrap_RKV_METHOD_FULL_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_MODE_POSITION_capi_53324705309cce49() {
+intgo _wrap_RKV_MODE_POSITION_capi_2cb418b89e63e46b() {
   enum rkv_mode result;
   intgo _swig_go_result;
   
@@ -787,7 +809,7 @@ intgo _wrap_RKV_MODE_POSITION_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_MODE_REFERENCE_capi_53324705309cce49() {
+intgo _wrap_RKV_MODE_REFERENCE_capi_2cb418b89e63e46b() {
   enum rkv_mode result;
   intgo _swig_go_result;
   
@@ -799,7 +821,7 @@ intgo _wrap_RKV_MODE_REFERENCE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_POOLING_MAX_capi_53324705309cce49() {
+intgo _wrap_RKV_POOLING_MAX_capi_2cb418b89e63e46b() {
   enum rkv_pooling result;
   intgo _swig_go_result;
   
@@ -811,7 +833,7 @@ intgo _wrap_RKV_POOLING_MAX_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_POOLING_MEAN_capi_53324705309cce49() {
+intgo _wrap_RKV_POOLING_MEAN_capi_2cb418b89e63e46b() {
   enum rkv_pooling result;
   intgo _swig_go_result;
   
@@ -823,7 +845,7 @@ intgo _wrap_RKV_POOLING_MEAN_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_GUARD_SINK_capi_53324705309cce49() {
+intgo _wrap_RKV_GUARD_SINK_capi_2cb418b89e63e46b() {
   int result;
   intgo _swig_go_result;
   
@@ -835,7 +857,7 @@ intgo _wrap_RKV_GUARD_SINK_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_GUARD_PROMPT_capi_53324705309cce49() {
+intgo _wrap_RKV_GUARD_PROMPT_capi_2cb418b89e63e46b() {
   int result;
   intgo _swig_go_result;
   
@@ -847,7 +869,7 @@ intgo _wrap_RKV_GUARD_PROMPT_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_ALL_capi_53324705309cce49() {
+intgo _wrap_RKV_ALL_capi_2cb418b89e63e46b() {
   int result;
   intgo _swig_go_result;
   
@@ -858,7 +880,7 @@ intgo _wrap_RKV_ALL_capi_53324705309cce49() {
 }
 
 
-void _wrap_rkv_cache_params_struct_size_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_cache_params_struct_size_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   size_t arg2 ;
   
@@ -870,7 +892,7 @@ void _wrap_rkv_cache_params_struct_size_set_capi_53324705309cce49(struct rkv_cac
 }
 
 
-long long _wrap_rkv_cache_params_struct_size_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+long long _wrap_rkv_cache_params_struct_size_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -883,7 +905,7 @@ long long _wrap_rkv_cache_params_struct_size_get_capi_53324705309cce49(struct rk
 }
 
 
-void _wrap_rkv_cache_params_max_seqs_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_seqs_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -895,7 +917,7 @@ void _wrap_rkv_cache_params_max_seqs_set_capi_53324705309cce49(struct rkv_cache_
 }
 
 
-int _wrap_rkv_cache_params_max_seqs_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_seqs_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -908,7 +930,7 @@ int _wrap_rkv_cache_params_max_seqs_get_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_num_layers_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_layers_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -920,7 +942,7 @@ void _wrap_rkv_cache_params_num_layers_set_capi_53324705309cce49(struct rkv_cach
 }
 
 
-int _wrap_rkv_cache_params_num_layers_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_layers_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -933,7 +955,7 @@ int _wrap_rkv_cache_params_num_layers_get_capi_53324705309cce49(struct rkv_cache
 }
 
 
-void _wrap_rkv_cache_params_num_kv_heads_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_kv_heads_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -945,7 +967,7 @@ void _wrap_rkv_cache_params_num_kv_heads_set_capi_53324705309cce49(struct rkv_ca
 }
 
 
-int _wrap_rkv_cache_params_num_kv_heads_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_kv_heads_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -958,7 +980,7 @@ int _wrap_rkv_cache_params_num_kv_heads_get_capi_53324705309cce49(struct rkv_cac
 }
 
 
-void _wrap_rkv_cache_params_num_q_heads_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_q_heads_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -970,7 +992,7 @@ void _wrap_rkv_cache_params_num_q_heads_set_capi_53324705309cce49(struct rkv_cac
 }
 
 
-int _wrap_rkv_cache_params_num_q_heads_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_q_heads_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -983,7 +1005,7 @@ int _wrap_rkv_cache_params_num_q_heads_get_capi_53324705309cce49(struct rkv_cach
 }
 
 
-void _wrap_rkv_cache_params_head_dim_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_head_dim_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -995,7 +1017,7 @@ void _wrap_rkv_cache_params_head_dim_set_capi_53324705309cce49(struct rkv_cache_
 }
 
 
-int _wrap_rkv_cache_params_head_dim_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_head_dim_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1008,7 +1030,7 @@ int _wrap_rkv_cache_params_head_dim_get_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_dtype_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_dtype_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_dtype arg2 ;
   
@@ -1020,7 +1042,7 @@ void _wrap_rkv_cache_params_dtype_set_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-intgo _wrap_rkv_cache_params_dtype_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_dtype_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_dtype result;
   intgo _swig_go_result;
@@ -1033,7 +1055,7 @@ intgo _wrap_rkv_cache_params_dtype_get_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-void _wrap_rkv_cache_params_device_type_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_device_type_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_device_type arg2 ;
   
@@ -1045,7 +1067,7 @@ void _wrap_rkv_cache_params_device_type_set_capi_53324705309cce49(struct rkv_cac
 }
 
 
-intgo _wrap_rkv_cache_params_device_type_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_device_type_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_device_type result;
   intgo _swig_go_result;
@@ -1058,7 +1080,7 @@ intgo _wrap_rkv_cache_params_device_type_get_capi_53324705309cce49(struct rkv_ca
 }
 
 
-void _wrap_rkv_cache_params_device_id_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_device_id_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1070,7 +1092,7 @@ void _wrap_rkv_cache_params_device_id_set_capi_53324705309cce49(struct rkv_cache
 }
 
 
-int _wrap_rkv_cache_params_device_id_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_device_id_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1083,7 +1105,7 @@ int _wrap_rkv_cache_params_device_id_get_capi_53324705309cce49(struct rkv_cache_
 }
 
 
-void _wrap_rkv_cache_params_method_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_method_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_method arg2 ;
   
@@ -1095,7 +1117,7 @@ void _wrap_rkv_cache_params_method_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-intgo _wrap_rkv_cache_params_method_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_method_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_method result;
   intgo _swig_go_result;
@@ -1108,7 +1130,7 @@ intgo _wrap_rkv_cache_params_method_get_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_mode_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_mode_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_mode arg2 ;
   
@@ -1120,7 +1142,7 @@ void _wrap_rkv_cache_params_mode_set_capi_53324705309cce49(struct rkv_cache_para
 }
 
 
-intgo _wrap_rkv_cache_params_mode_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_mode_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_mode result;
   intgo _swig_go_result;
@@ -1133,7 +1155,7 @@ intgo _wrap_rkv_cache_params_mode_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_budget_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_budget_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1145,7 +1167,7 @@ void _wrap_rkv_cache_params_budget_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_budget_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_budget_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1158,7 +1180,7 @@ int _wrap_rkv_cache_params_budget_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_buffer_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_buffer_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1170,7 +1192,7 @@ void _wrap_rkv_cache_params_buffer_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_buffer_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_buffer_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1183,7 +1205,7 @@ int _wrap_rkv_cache_params_buffer_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_window_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_window_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1195,7 +1217,7 @@ void _wrap_rkv_cache_params_window_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_window_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_window_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1208,7 +1230,7 @@ int _wrap_rkv_cache_params_window_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_kernel_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_kernel_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1220,7 +1242,7 @@ void _wrap_rkv_cache_params_kernel_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_kernel_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_kernel_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1233,7 +1255,7 @@ int _wrap_rkv_cache_params_kernel_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_lambda_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
+void _wrap_rkv_cache_params_lambda_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float arg2 ;
   
@@ -1245,7 +1267,7 @@ void _wrap_rkv_cache_params_lambda_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-float _wrap_rkv_cache_params_lambda_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+float _wrap_rkv_cache_params_lambda_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float result;
   float _swig_go_result;
@@ -1258,7 +1280,7 @@ float _wrap_rkv_cache_params_lambda_get_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_threshold_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
+void _wrap_rkv_cache_params_threshold_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float arg2 ;
   
@@ -1270,7 +1292,7 @@ void _wrap_rkv_cache_params_threshold_set_capi_53324705309cce49(struct rkv_cache
 }
 
 
-float _wrap_rkv_cache_params_threshold_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+float _wrap_rkv_cache_params_threshold_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float result;
   float _swig_go_result;
@@ -1283,7 +1305,7 @@ float _wrap_rkv_cache_params_threshold_get_capi_53324705309cce49(struct rkv_cach
 }
 
 
-void _wrap_rkv_cache_params_pooling_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_pooling_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_pooling arg2 ;
   
@@ -1295,7 +1317,7 @@ void _wrap_rkv_cache_params_pooling_set_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-intgo _wrap_rkv_cache_params_pooling_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_pooling_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_pooling result;
   intgo _swig_go_result;
@@ -1308,7 +1330,7 @@ intgo _wrap_rkv_cache_params_pooling_get_capi_53324705309cce49(struct rkv_cache_
 }
 
 
-void _wrap_rkv_cache_params_sink_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_sink_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1320,7 +1342,7 @@ void _wrap_rkv_cache_params_sink_set_capi_53324705309cce49(struct rkv_cache_para
 }
 
 
-int _wrap_rkv_cache_params_sink_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_sink_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1333,7 +1355,7 @@ int _wrap_rkv_cache_params_sink_get_capi_53324705309cce49(struct rkv_cache_param
 }
 
 
-void _wrap_rkv_cache_params_guards_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_guards_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t arg2 ;
   
@@ -1345,7 +1367,7 @@ void _wrap_rkv_cache_params_guards_set_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_guards_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_guards_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t result;
   int _swig_go_result;
@@ -1358,7 +1380,7 @@ int _wrap_rkv_cache_params_guards_get_capi_53324705309cce49(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_max_prompt_len_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_prompt_len_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1370,7 +1392,7 @@ void _wrap_rkv_cache_params_max_prompt_len_set_capi_53324705309cce49(struct rkv_
 }
 
 
-int _wrap_rkv_cache_params_max_prompt_len_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_prompt_len_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1383,7 +1405,7 @@ int _wrap_rkv_cache_params_max_prompt_len_get_capi_53324705309cce49(struct rkv_c
 }
 
 
-void _wrap_rkv_cache_params_max_len_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_len_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1395,7 +1417,7 @@ void _wrap_rkv_cache_params_max_len_set_capi_53324705309cce49(struct rkv_cache_p
 }
 
 
-int _wrap_rkv_cache_params_max_len_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_len_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1408,7 +1430,7 @@ int _wrap_rkv_cache_params_max_len_get_capi_53324705309cce49(struct rkv_cache_pa
 }
 
 
-void _wrap_rkv_cache_params_seed_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_cache_params_seed_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint64_t arg2 ;
   
@@ -1420,7 +1442,7 @@ void _wrap_rkv_cache_params_seed_set_capi_53324705309cce49(struct rkv_cache_para
 }
 
 
-long long _wrap_rkv_cache_params_seed_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+long long _wrap_rkv_cache_params_seed_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -1433,7 +1455,7 @@ long long _wrap_rkv_cache_params_seed_get_capi_53324705309cce49(struct rkv_cache
 }
 
 
-void _wrap_rkv_cache_params_auto_compress_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_auto_compress_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1445,7 +1467,7 @@ void _wrap_rkv_cache_params_auto_compress_set_capi_53324705309cce49(struct rkv_c
 }
 
 
-int _wrap_rkv_cache_params_auto_compress_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_auto_compress_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1458,7 +1480,57 @@ int _wrap_rkv_cache_params_auto_compress_get_capi_53324705309cce49(struct rkv_ca
 }
 
 
-struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_53324705309cce49() {
+void _wrap_rkv_cache_params_max_rollback_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+  struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->max_rollback = arg2;
+  
+}
+
+
+int _wrap_rkv_cache_params_max_rollback_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
+  struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->max_rollback);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_cache_params_reserved_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+  struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
+  uint32_t arg2 ;
+  
+  arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
+  arg2 = (uint32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->reserved = arg2;
+  
+}
+
+
+int _wrap_rkv_cache_params_reserved_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
+  struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
+  uint32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
+  
+  result = (uint32_t) ((arg1)->reserved);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_2cb418b89e63e46b() {
   struct rkv_cache_params *result = 0 ;
   struct rkv_cache_params *_swig_go_result;
   
@@ -1469,7 +1541,7 @@ struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_53324705309cce49() {
 }
 
 
-void _wrap_delete_rkv_cache_params_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0) {
+void _wrap_delete_rkv_cache_params_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   
   arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
@@ -1479,7 +1551,7 @@ void _wrap_delete_rkv_cache_params_capi_53324705309cce49(struct rkv_cache_params
 }
 
 
-intgo _wrap_rkv_cache_params_default_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+intgo _wrap_rkv_params_default_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   size_t arg2 ;
   rkv_status result;
@@ -1488,13 +1560,13 @@ intgo _wrap_rkv_cache_params_default_capi_53324705309cce49(struct rkv_cache_para
   arg1 = *(rkv_cache_params **)&_swig_go_0; 
   arg2 = (size_t)_swig_go_1; 
   
-  result = (rkv_status)rkv_cache_params_default(arg1,arg2);
+  result = (rkv_status)rkv_params_default(arg1,arg2);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_SEQS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_MAX_SEQS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1506,7 +1578,7 @@ intgo _wrap_RKV_PARAM_MAX_SEQS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1518,7 +1590,7 @@ intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1530,7 +1602,7 @@ intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1542,7 +1614,7 @@ intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_HEAD_DIM_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_HEAD_DIM_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1554,7 +1626,7 @@ intgo _wrap_RKV_PARAM_HEAD_DIM_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_DTYPE_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_DTYPE_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1566,7 +1638,7 @@ intgo _wrap_RKV_PARAM_DTYPE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1578,7 +1650,7 @@ intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_DEVICE_ID_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_DEVICE_ID_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1590,7 +1662,7 @@ intgo _wrap_RKV_PARAM_DEVICE_ID_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_METHOD_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_METHOD_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1602,7 +1674,7 @@ intgo _wrap_RKV_PARAM_METHOD_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_MODE_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_MODE_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1614,7 +1686,7 @@ intgo _wrap_RKV_PARAM_MODE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_BUDGET_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_BUDGET_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1626,7 +1698,7 @@ intgo _wrap_RKV_PARAM_BUDGET_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_BUFFER_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_BUFFER_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1638,7 +1710,7 @@ intgo _wrap_RKV_PARAM_BUFFER_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_WINDOW_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_WINDOW_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1650,7 +1722,7 @@ intgo _wrap_RKV_PARAM_WINDOW_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_KERNEL_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_KERNEL_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1662,7 +1734,7 @@ intgo _wrap_RKV_PARAM_KERNEL_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_LAMBDA_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_LAMBDA_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1674,7 +1746,7 @@ intgo _wrap_RKV_PARAM_LAMBDA_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_THRESHOLD_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_THRESHOLD_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1686,7 +1758,7 @@ intgo _wrap_RKV_PARAM_THRESHOLD_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_POOLING_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_POOLING_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1698,7 +1770,7 @@ intgo _wrap_RKV_PARAM_POOLING_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_SINK_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_SINK_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1710,7 +1782,7 @@ intgo _wrap_RKV_PARAM_SINK_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_GUARDS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_GUARDS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1722,7 +1794,7 @@ intgo _wrap_RKV_PARAM_GUARDS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1734,7 +1806,7 @@ intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_LEN_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_MAX_LEN_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1746,7 +1818,7 @@ intgo _wrap_RKV_PARAM_MAX_LEN_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_SEED_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_SEED_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1758,7 +1830,7 @@ intgo _wrap_RKV_PARAM_SEED_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_53324705309cce49() {
+intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_2cb418b89e63e46b() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1770,7 +1842,19 @@ intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_rkv_param_bounds_capi_53324705309cce49(intgo _swig_go_0, double *_swig_go_1, double *_swig_go_2) {
+intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_2cb418b89e63e46b() {
+  enum rkv_param result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_PARAM_MAX_ROLLBACK;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_params_bounds_capi_2cb418b89e63e46b(intgo _swig_go_0, double *_swig_go_1, double *_swig_go_2) {
   rkv_param arg1 ;
   double *arg2 = (double *) 0 ;
   double *arg3 = (double *) 0 ;
@@ -1781,13 +1865,13 @@ intgo _wrap_rkv_param_bounds_capi_53324705309cce49(intgo _swig_go_0, double *_sw
   arg2 = *(double **)&_swig_go_1; 
   arg3 = *(double **)&_swig_go_2; 
   
-  result = (rkv_status)rkv_param_bounds(arg1,arg2,arg3);
+  result = (rkv_status)rkv_params_bounds(arg1,arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_params_set_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
+intgo _wrap_rkv_params_set_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_param arg2 ;
   double arg3 ;
@@ -1804,7 +1888,7 @@ intgo _wrap_rkv_params_set_capi_53324705309cce49(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_params_get_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
+intgo _wrap_rkv_params_get_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_param arg2 ;
   double *arg3 = (double *) 0 ;
@@ -1821,7 +1905,7 @@ intgo _wrap_rkv_params_get_capi_53324705309cce49(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_cache_size_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, long long *_swig_go_1) {
+intgo _wrap_rkv_cache_size_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, long long *_swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   uint64_t *arg2 = (uint64_t *) 0 ;
   rkv_status result;
@@ -1836,7 +1920,7 @@ intgo _wrap_rkv_cache_size_capi_53324705309cce49(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_cache_create_capi_53324705309cce49(struct rkv_cache_params *_swig_go_0, rkv_cache **_swig_go_1) {
+intgo _wrap_rkv_cache_create_capi_2cb418b89e63e46b(struct rkv_cache_params *_swig_go_0, rkv_cache **_swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_cache **arg2 = (rkv_cache **) 0 ;
   rkv_status result;
@@ -1851,7 +1935,7 @@ intgo _wrap_rkv_cache_create_capi_53324705309cce49(struct rkv_cache_params *_swi
 }
 
 
-void _wrap_rkv_cache_destroy_capi_53324705309cce49(struct rkv_cache *_swig_go_0) {
+void _wrap_rkv_cache_destroy_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
@@ -1861,7 +1945,7 @@ void _wrap_rkv_cache_destroy_capi_53324705309cce49(struct rkv_cache *_swig_go_0)
 }
 
 
-intgo _wrap_rkv_cache_get_params_capi_53324705309cce49(struct rkv_cache *_swig_go_0, struct rkv_cache_params *_swig_go_1) {
+intgo _wrap_rkv_cache_get_params_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, struct rkv_cache_params *_swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_cache_params *arg2 = (rkv_cache_params *) 0 ;
   rkv_status result;
@@ -1876,7 +1960,7 @@ intgo _wrap_rkv_cache_get_params_capi_53324705309cce49(struct rkv_cache *_swig_g
 }
 
 
-intgo _wrap_rkv_cache_set_param_capi_53324705309cce49(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
+intgo _wrap_rkv_cache_set_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_param arg2 ;
   double arg3 ;
@@ -1887,13 +1971,30 @@ intgo _wrap_rkv_cache_set_param_capi_53324705309cce49(struct rkv_cache *_swig_go
   arg2 = (rkv_param)_swig_go_1; 
   arg3 = (double)_swig_go_2; 
   
-  result = (rkv_status)rkv_cache_set_param(arg1,arg2,arg3);
+  result = (rkv_status)rkv_cache_set(arg1,arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_seq_reset_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, void *_swig_go_2) {
+intgo _wrap_rkv_cache_get_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  rkv_param arg2 ;
+  double *arg3 = (double *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (rkv_param)_swig_go_1; 
+  arg3 = *(double **)&_swig_go_2; 
+  
+  result = (rkv_status)rkv_cache_get((struct rkv_cache const *)arg1,arg2,arg3);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_seq_reset_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, void *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   void *arg3 = (void *) 0 ;
@@ -1910,503 +2011,7 @@ intgo _wrap_rkv_seq_reset_capi_53324705309cce49(struct rkv_cache *_swig_go_0, in
 }
 
 
-void _wrap_rkv_tensor_data_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, void *_swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  void *arg2 = (void *) 0 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = *(void **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->data = arg2;
-  
-}
-
-
-void *_wrap_rkv_tensor_data_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  void *result = 0 ;
-  void *_swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (void *) ((arg1)->data);
-  *(void **)&_swig_go_result = (void *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_dtype_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, intgo _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  rkv_dtype arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (rkv_dtype)_swig_go_1; 
-  
-  if (arg1) (arg1)->dtype = arg2;
-  
-}
-
-
-intgo _wrap_rkv_tensor_dtype_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  rkv_dtype result;
-  intgo _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (rkv_dtype) ((arg1)->dtype);
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_num_heads_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->num_heads = arg2;
-  
-}
-
-
-int _wrap_rkv_tensor_num_heads_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->num_heads);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_head_dim_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->head_dim = arg2;
-  
-}
-
-
-int _wrap_rkv_tensor_head_dim_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->head_dim);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_stride_seq_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_seq = arg2;
-  
-}
-
-
-long long _wrap_rkv_tensor_stride_seq_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_seq);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_stride_token_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_token = arg2;
-  
-}
-
-
-long long _wrap_rkv_tensor_stride_token_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_token);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_tensor_stride_head_set_capi_53324705309cce49(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_head = arg2;
-  
-}
-
-
-long long _wrap_rkv_tensor_stride_head_get_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_head);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-struct rkv_tensor *_wrap_new_rkv_tensor_capi_53324705309cce49() {
-  struct rkv_tensor *result = 0 ;
-  struct rkv_tensor *_swig_go_result;
-  
-  
-  result = (struct rkv_tensor *)calloc(1, sizeof(struct rkv_tensor));
-  *(struct rkv_tensor **)&_swig_go_result = (struct rkv_tensor *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_delete_rkv_tensor_capi_53324705309cce49(struct rkv_tensor *_swig_go_0) {
-  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
-  
-  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
-  
-  free((char *) arg1);
-  
-}
-
-
-intgo _wrap_RKV_APPEND_PROMPT_capi_53324705309cce49() {
-  int result;
-  intgo _swig_go_result;
-  
-  
-  result = RKV_APPEND_PROMPT;
-  
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_struct_size_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, long long _swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  size_t arg2 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = (size_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->struct_size = arg2;
-  
-}
-
-
-long long _wrap_rkv_append_args_struct_size_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  size_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result =  ((arg1)->struct_size);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_layer_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->layer = arg2;
-  
-}
-
-
-int _wrap_rkv_append_args_layer_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->layer);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_num_seqs_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->num_seqs = arg2;
-  
-}
-
-
-int _wrap_rkv_append_args_num_seqs_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->num_seqs);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_seq_ids_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t *arg2 = (int32_t *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(int32_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->seq_ids = (int32_t const *)arg2;
-  
-}
-
-
-int32_t *_wrap_rkv_append_args_seq_ids_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t *result = 0 ;
-  int32_t *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (int32_t *) ((arg1)->seq_ids);
-  *(int32_t **)&_swig_go_result = (int32_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_num_tokens_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t *arg2 = (int32_t *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(int32_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->num_tokens = (int32_t const *)arg2;
-  
-}
-
-
-int32_t *_wrap_rkv_append_args_num_tokens_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int32_t *result = 0 ;
-  int32_t *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (int32_t *) ((arg1)->num_tokens);
-  *(int32_t **)&_swig_go_result = (int32_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_token_offsets_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int64_t *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int64_t *arg2 = (int64_t *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(int64_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->token_offsets = (int64_t const *)arg2;
-  
-}
-
-
-int64_t *_wrap_rkv_append_args_token_offsets_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  int64_t *result = 0 ;
-  int64_t *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (int64_t *) ((arg1)->token_offsets);
-  *(int64_t **)&_swig_go_result = (int64_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_k_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(rkv_tensor **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->k = *arg2;
-  
-}
-
-
-struct rkv_tensor *_wrap_rkv_append_args_k_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *result = 0 ;
-  struct rkv_tensor *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (rkv_tensor *)& ((arg1)->k);
-  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_v_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(rkv_tensor **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->v = *arg2;
-  
-}
-
-
-struct rkv_tensor *_wrap_rkv_append_args_v_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *result = 0 ;
-  struct rkv_tensor *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (rkv_tensor *)& ((arg1)->v);
-  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_q_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = *(rkv_tensor **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->q = *arg2;
-  
-}
-
-
-struct rkv_tensor *_wrap_rkv_append_args_q_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  rkv_tensor *result = 0 ;
-  struct rkv_tensor *_swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (rkv_tensor *)& ((arg1)->q);
-  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_append_args_flags_set_capi_53324705309cce49(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  uint32_t arg2 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  arg2 = (uint32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->flags = arg2;
-  
-}
-
-
-int _wrap_rkv_append_args_flags_get_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  uint32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  result = (uint32_t) ((arg1)->flags);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-struct rkv_append_args *_wrap_new_rkv_append_args_capi_53324705309cce49() {
-  struct rkv_append_args *result = 0 ;
-  struct rkv_append_args *_swig_go_result;
-  
-  
-  result = (struct rkv_append_args *)new_rkv_append_args();
-  *(struct rkv_append_args **)&_swig_go_result = (struct rkv_append_args *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_delete_rkv_append_args_capi_53324705309cce49(struct rkv_append_args *_swig_go_0) {
-  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
-  
-  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
-  
-  free((char *) arg1);
-  
-}
-
-
-intgo _wrap_rkv_append_capi_53324705309cce49(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, void *_swig_go_2) {
-  rkv_cache *arg1 = (rkv_cache *) 0 ;
-  rkv_append_args *arg2 = (rkv_append_args *) 0 ;
-  void *arg3 = (void *) 0 ;
-  rkv_status result;
-  intgo _swig_go_result;
-  
-  arg1 = *(rkv_cache **)&_swig_go_0; 
-  arg2 = *(rkv_append_args **)&_swig_go_1; 
-  arg3 = *(void **)&_swig_go_2; 
-  
-  result = (rkv_status)rkv_append(arg1,(struct rkv_append_args const *)arg2,arg3);
-  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
-  return _swig_go_result;
-}
-
-
-intgo _wrap_rkv_compress_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_seq_truncate_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2419,885 +2024,83 @@ intgo _wrap_rkv_compress_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int
   arg3 = (int32_t)_swig_go_2; 
   arg4 = *(void **)&_swig_go_3; 
   
-  result = (rkv_status)rkv_compress(arg1,arg2,arg3,arg4);
+  result = (rkv_status)rkv_seq_truncate(arg1,arg2,arg3,arg4);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_compress_due_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int *_swig_go_3) {
+intgo _wrap_rkv_seq_rollback_limit_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  int32_t *arg3 = (int32_t *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = *(int32_t **)&_swig_go_2; 
+  
+  result = (rkv_status)rkv_seq_rollback_limit((struct rkv_cache const *)arg1,arg2,arg3);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_seq_copy_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
-  int32_t *arg4 = (int32_t *) 0 ;
+  void *arg4 = (void *) 0 ;
   rkv_status result;
   intgo _swig_go_result;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
   arg2 = (int32_t)_swig_go_1; 
   arg3 = (int32_t)_swig_go_2; 
-  arg4 = *(int32_t **)&_swig_go_3; 
+  arg4 = *(void **)&_swig_go_3; 
   
-  result = (rkv_status)rkv_compress_due((struct rkv_cache const *)arg1,arg2,arg3,arg4);
+  result = (rkv_status)rkv_seq_copy(arg1,arg2,arg3,arg4);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-void _wrap_rkv_kv_view_struct_size_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  size_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (size_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->struct_size = arg2;
-  
-}
-
-
-long long _wrap_rkv_kv_view_struct_size_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  size_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result =  ((arg1)->struct_size);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_k_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, void *_swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  void *arg2 = (void *) 0 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = *(void **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->k = arg2;
-  
-}
-
-
-void *_wrap_rkv_kv_view_k_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  void *result = 0 ;
-  void *_swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (void *) ((arg1)->k);
-  *(void **)&_swig_go_result = (void *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_v_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, void *_swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  void *arg2 = (void *) 0 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = *(void **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->v = arg2;
-  
-}
-
-
-void *_wrap_rkv_kv_view_v_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  void *result = 0 ;
-  void *_swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (void *) ((arg1)->v);
-  *(void **)&_swig_go_result = (void *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_positions_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, int *_swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t *arg2 = (int32_t *) 0 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = *(int32_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->positions = arg2;
-  
-}
-
-
-int *_wrap_rkv_kv_view_positions_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t *result = 0 ;
-  int *_swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int32_t *) ((arg1)->positions);
-  *(int32_t **)&_swig_go_result = (int32_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_dtype_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, intgo _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  rkv_dtype arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (rkv_dtype)_swig_go_1; 
-  
-  if (arg1) (arg1)->dtype = arg2;
-  
-}
-
-
-intgo _wrap_rkv_kv_view_dtype_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  rkv_dtype result;
-  intgo _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (rkv_dtype) ((arg1)->dtype);
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_device_type_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, intgo _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  rkv_device_type arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (rkv_device_type)_swig_go_1; 
-  
-  if (arg1) (arg1)->device_type = arg2;
-  
-}
-
-
-intgo _wrap_rkv_kv_view_device_type_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  rkv_device_type result;
-  intgo _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (rkv_device_type) ((arg1)->device_type);
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_device_id_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->device_id = arg2;
-  
-}
-
-
-int _wrap_rkv_kv_view_device_id_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->device_id);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_num_kv_heads_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->num_kv_heads = arg2;
-  
-}
-
-
-int _wrap_rkv_kv_view_num_kv_heads_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->num_kv_heads);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_head_dim_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->head_dim = arg2;
-  
-}
-
-
-int _wrap_rkv_kv_view_head_dim_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->head_dim);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_length_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->length = arg2;
-  
-}
-
-
-int _wrap_rkv_kv_view_length_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->length);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_logical_length_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->logical_length = arg2;
-  
-}
-
-
-long long _wrap_rkv_kv_view_logical_length_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->logical_length);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_stride_head_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_head = arg2;
-  
-}
-
-
-long long _wrap_rkv_kv_view_stride_head_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_head);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_stride_token_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_token = arg2;
-  
-}
-
-
-long long _wrap_rkv_kv_view_stride_token_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_token);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_kv_view_positions_stride_head_set_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->positions_stride_head = arg2;
-  
-}
-
-
-long long _wrap_rkv_kv_view_positions_stride_head_get_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->positions_stride_head);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-struct rkv_kv_view *_wrap_new_rkv_kv_view_capi_53324705309cce49() {
-  struct rkv_kv_view *result = 0 ;
-  struct rkv_kv_view *_swig_go_result;
-  
-  
-  result = (struct rkv_kv_view *)new_rkv_kv_view();
-  *(struct rkv_kv_view **)&_swig_go_result = (struct rkv_kv_view *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_delete_rkv_kv_view_capi_53324705309cce49(struct rkv_kv_view *_swig_go_0) {
-  struct rkv_kv_view *arg1 = (struct rkv_kv_view *) 0 ;
-  
-  arg1 = *(struct rkv_kv_view **)&_swig_go_0; 
-  
-  free((char *) arg1);
-  
-}
-
-
-intgo _wrap_rkv_view_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, struct rkv_kv_view *_swig_go_3) {
+intgo _wrap_rkv_seq_set_budget_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
-  rkv_kv_view *arg4 = (rkv_kv_view *) 0 ;
   rkv_status result;
   intgo _swig_go_result;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
   arg2 = (int32_t)_swig_go_1; 
   arg3 = (int32_t)_swig_go_2; 
-  arg4 = *(rkv_kv_view **)&_swig_go_3; 
   
-  result = (rkv_status)rkv_view((struct rkv_cache const *)arg1,arg2,arg3,arg4);
+  result = (rkv_status)rkv_seq_set_budget(arg1,arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-void _wrap_rkv_layer_view_struct_size_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  size_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (size_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->struct_size = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_struct_size_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  size_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result =  ((arg1)->struct_size);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_k_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  void *arg2 = (void *) 0 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = *(void **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->k = arg2;
-  
-}
-
-
-void *_wrap_rkv_layer_view_k_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  void *result = 0 ;
-  void *_swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (void *) ((arg1)->k);
-  *(void **)&_swig_go_result = (void *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_v_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  void *arg2 = (void *) 0 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = *(void **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->v = arg2;
-  
-}
-
-
-void *_wrap_rkv_layer_view_v_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  void *result = 0 ;
-  void *_swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (void *) ((arg1)->v);
-  *(void **)&_swig_go_result = (void *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_positions_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t *arg2 = (int32_t *) 0 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = *(int32_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->positions = arg2;
-  
-}
-
-
-int *_wrap_rkv_layer_view_positions_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t *result = 0 ;
-  int *_swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t *) ((arg1)->positions);
-  *(int32_t **)&_swig_go_result = (int32_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_lengths_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t *arg2 = (int32_t *) 0 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = *(int32_t **)&_swig_go_1; 
-  
-  if (arg1) (arg1)->lengths = (int32_t const *)arg2;
-  
-}
-
-
-int *_wrap_rkv_layer_view_lengths_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t *result = 0 ;
-  int *_swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t *) ((arg1)->lengths);
-  *(int32_t **)&_swig_go_result = (int32_t *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_dtype_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  rkv_dtype arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (rkv_dtype)_swig_go_1; 
-  
-  if (arg1) (arg1)->dtype = arg2;
-  
-}
-
-
-intgo _wrap_rkv_layer_view_dtype_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  rkv_dtype result;
-  intgo _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (rkv_dtype) ((arg1)->dtype);
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_device_type_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  rkv_device_type arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (rkv_device_type)_swig_go_1; 
-  
-  if (arg1) (arg1)->device_type = arg2;
-  
-}
-
-
-intgo _wrap_rkv_layer_view_device_type_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  rkv_device_type result;
-  intgo _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (rkv_device_type) ((arg1)->device_type);
-  _swig_go_result = (int32_t)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_device_id_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->device_id = arg2;
-  
-}
-
-
-int _wrap_rkv_layer_view_device_id_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->device_id);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_max_seqs_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->max_seqs = arg2;
-  
-}
-
-
-int _wrap_rkv_layer_view_max_seqs_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->max_seqs);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_num_kv_heads_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->num_kv_heads = arg2;
-  
-}
-
-
-int _wrap_rkv_layer_view_num_kv_heads_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->num_kv_heads);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_head_dim_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->head_dim = arg2;
-  
-}
-
-
-int _wrap_rkv_layer_view_head_dim_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->head_dim);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_capacity_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->capacity = arg2;
-  
-}
-
-
-int _wrap_rkv_layer_view_capacity_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int32_t result;
-  int _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int32_t) ((arg1)->capacity);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_stride_seq_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_seq = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_stride_seq_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_seq);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_stride_head_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_head = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_stride_head_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_head);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_stride_token_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->stride_token = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_stride_token_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->stride_token);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_positions_stride_seq_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->positions_stride_seq = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_positions_stride_seq_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->positions_stride_seq);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_rkv_layer_view_positions_stride_head_set_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t arg2 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  arg2 = (int64_t)_swig_go_1; 
-  
-  if (arg1) (arg1)->positions_stride_head = arg2;
-  
-}
-
-
-long long _wrap_rkv_layer_view_positions_stride_head_get_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  int64_t result;
-  long long _swig_go_result;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  result = (int64_t) ((arg1)->positions_stride_head);
-  _swig_go_result = result; 
-  return _swig_go_result;
-}
-
-
-struct rkv_layer_view *_wrap_new_rkv_layer_view_capi_53324705309cce49() {
-  struct rkv_layer_view *result = 0 ;
-  struct rkv_layer_view *_swig_go_result;
-  
-  
-  result = (struct rkv_layer_view *)new_rkv_layer_view();
-  *(struct rkv_layer_view **)&_swig_go_result = (struct rkv_layer_view *)result; 
-  return _swig_go_result;
-}
-
-
-void _wrap_delete_rkv_layer_view_capi_53324705309cce49(struct rkv_layer_view *_swig_go_0) {
-  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
-  
-  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
-  
-  free((char *) arg1);
-  
-}
-
-
-intgo _wrap_rkv_view_layer_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_layer_view *_swig_go_2) {
+intgo _wrap_rkv_seq_get_budget_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
-  rkv_layer_view *arg3 = (rkv_layer_view *) 0 ;
+  int32_t *arg3 = (int32_t *) 0 ;
   rkv_status result;
   intgo _swig_go_result;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
   arg2 = (int32_t)_swig_go_1; 
-  arg3 = *(rkv_layer_view **)&_swig_go_2; 
+  arg3 = *(int32_t **)&_swig_go_2; 
   
-  result = (rkv_status)rkv_view_layer((struct rkv_cache const *)arg1,arg2,arg3);
+  result = (rkv_status)rkv_seq_get_budget((struct rkv_cache const *)arg1,arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_seq_length_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, long long *_swig_go_3, int *_swig_go_4) {
+intgo _wrap_rkv_seq_length_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, long long *_swig_go_3, int *_swig_go_4) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -3318,7 +2121,7 @@ intgo _wrap_rkv_seq_length_capi_53324705309cce49(struct rkv_cache *_swig_go_0, i
 }
 
 
-intgo _wrap_rkv_kept_positions_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, int *_swig_go_4, int _swig_go_5, int *_swig_go_6) {
+intgo _wrap_rkv_seq_positions_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, int *_swig_go_4, int _swig_go_5, int *_swig_go_6) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -3337,13 +2140,1511 @@ intgo _wrap_rkv_kept_positions_capi_53324705309cce49(struct rkv_cache *_swig_go_
   arg6 = (int32_t)_swig_go_5; 
   arg7 = *(int32_t **)&_swig_go_6; 
   
-  result = (rkv_status)rkv_kept_positions((struct rkv_cache const *)arg1,arg2,arg3,arg4,arg5,arg6,arg7);
+  result = (rkv_status)rkv_seq_positions((struct rkv_cache const *)arg1,arg2,arg3,arg4,arg5,arg6,arg7);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-void _wrap_rkv_stats_struct_size_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_tensor_data_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, void *_swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  void *arg2 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = *(void **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->data = arg2;
+  
+}
+
+
+void *_wrap_rkv_tensor_data_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  void *result = 0 ;
+  void *_swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (void *) ((arg1)->data);
+  *(void **)&_swig_go_result = (void *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_dtype_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, intgo _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  rkv_dtype arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (rkv_dtype)_swig_go_1; 
+  
+  if (arg1) (arg1)->dtype = arg2;
+  
+}
+
+
+intgo _wrap_rkv_tensor_dtype_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  rkv_dtype result;
+  intgo _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (rkv_dtype) ((arg1)->dtype);
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_num_heads_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->num_heads = arg2;
+  
+}
+
+
+int _wrap_rkv_tensor_num_heads_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->num_heads);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_head_dim_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->head_dim = arg2;
+  
+}
+
+
+int _wrap_rkv_tensor_head_dim_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->head_dim);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_stride_seq_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_seq = arg2;
+  
+}
+
+
+long long _wrap_rkv_tensor_stride_seq_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_seq);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_stride_token_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_token = arg2;
+  
+}
+
+
+long long _wrap_rkv_tensor_stride_token_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_token);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_stride_head_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_tensor_stride_head_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_tensor_extent_set_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->extent = arg2;
+  
+}
+
+
+long long _wrap_rkv_tensor_extent_get_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->extent);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_tensor *_wrap_new_rkv_tensor_capi_2cb418b89e63e46b() {
+  struct rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  
+  result = (struct rkv_tensor *)calloc(1, sizeof(struct rkv_tensor));
+  *(struct rkv_tensor **)&_swig_go_result = (struct rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_delete_rkv_tensor_capi_2cb418b89e63e46b(struct rkv_tensor *_swig_go_0) {
+  struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_tensor **)&_swig_go_0; 
+  
+  free((char *) arg1);
+  
+}
+
+
+intgo _wrap_rkv_batch_create_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, rkv_batch **_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  rkv_batch **arg3 = (rkv_batch **) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = *(rkv_batch ***)&_swig_go_2; 
+  
+  result = (rkv_status)rkv_batch_create(arg1,arg2,arg3);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_batch_destroy_capi_2cb418b89e63e46b(struct rkv_batch *_swig_go_0) {
+  rkv_batch *arg1 = (rkv_batch *) 0 ;
+  
+  arg1 = *(rkv_batch **)&_swig_go_0; 
+  
+  rkv_batch_destroy(arg1);
+  
+}
+
+
+intgo _wrap_rkv_batch_set_capi_2cb418b89e63e46b(struct rkv_batch *_swig_go_0, int32_t *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
+  rkv_batch *arg1 = (rkv_batch *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  int32_t arg3 ;
+  void *arg4 = (void *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_batch **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  arg3 = (int32_t)_swig_go_2; 
+  arg4 = *(void **)&_swig_go_3; 
+  
+  result = (rkv_status)rkv_batch_set(arg1,(int const *)arg2,arg3,arg4);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_batch_advance_capi_2cb418b89e63e46b(struct rkv_batch *_swig_go_0, int _swig_go_1) {
+  rkv_batch *arg1 = (rkv_batch *) 0 ;
+  int32_t arg2 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_batch **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  result = (rkv_status)rkv_batch_advance(arg1,arg2);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_APPEND_PROMPT_capi_2cb418b89e63e46b() {
+  int result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_APPEND_PROMPT;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_struct_size_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, long long _swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  size_t arg2 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = (size_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->struct_size = arg2;
+  
+}
+
+
+long long _wrap_rkv_append_args_struct_size_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  size_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result =  ((arg1)->struct_size);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_layer_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->layer = arg2;
+  
+}
+
+
+int _wrap_rkv_append_args_layer_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->layer);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_num_seqs_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->num_seqs = arg2;
+  
+}
+
+
+int _wrap_rkv_append_args_num_seqs_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->num_seqs);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_seq_ids_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->seq_ids = (int32_t const *)arg2;
+  
+}
+
+
+int32_t *_wrap_rkv_append_args_seq_ids_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t *result = 0 ;
+  int32_t *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->seq_ids);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_num_tokens_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->num_tokens = (int32_t const *)arg2;
+  
+}
+
+
+int32_t *_wrap_rkv_append_args_num_tokens_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int32_t *result = 0 ;
+  int32_t *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->num_tokens);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_token_offsets_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int64_t *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int64_t *arg2 = (int64_t *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(int64_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->token_offsets = (int64_t const *)arg2;
+  
+}
+
+
+int64_t *_wrap_rkv_append_args_token_offsets_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  int64_t *result = 0 ;
+  int64_t *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (int64_t *) ((arg1)->token_offsets);
+  *(int64_t **)&_swig_go_result = (int64_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_k_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(rkv_tensor **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->k = *arg2;
+  
+}
+
+
+struct rkv_tensor *_wrap_rkv_append_args_k_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (rkv_tensor *)& ((arg1)->k);
+  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_v_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(rkv_tensor **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->v = *arg2;
+  
+}
+
+
+struct rkv_tensor *_wrap_rkv_append_args_v_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (rkv_tensor *)& ((arg1)->v);
+  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_q_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(rkv_tensor **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->q = *arg2;
+  
+}
+
+
+struct rkv_tensor *_wrap_rkv_append_args_q_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (rkv_tensor *)& ((arg1)->q);
+  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_flags_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  uint32_t arg2 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = (uint32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->flags = arg2;
+  
+}
+
+
+int _wrap_rkv_append_args_flags_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  uint32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (uint32_t) ((arg1)->flags);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_append_args_batch_set_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_batch *arg2 = (rkv_batch *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  arg2 = *(rkv_batch **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->batch = (rkv_batch const *)arg2;
+  
+}
+
+
+struct rkv_batch *_wrap_rkv_append_args_batch_get_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  rkv_batch *result = 0 ;
+  struct rkv_batch *_swig_go_result;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  result = (rkv_batch *) ((arg1)->batch);
+  *(rkv_batch **)&_swig_go_result = (rkv_batch *)result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_append_args *_wrap_new_rkv_append_args_capi_2cb418b89e63e46b() {
+  struct rkv_append_args *result = 0 ;
+  struct rkv_append_args *_swig_go_result;
+  
+  
+  result = (struct rkv_append_args *)new_rkv_append_args();
+  *(struct rkv_append_args **)&_swig_go_result = (struct rkv_append_args *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_delete_rkv_append_args_capi_2cb418b89e63e46b(struct rkv_append_args *_swig_go_0) {
+  struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
+  
+  arg1 = *(struct rkv_append_args **)&_swig_go_0; 
+  
+  free((char *) arg1);
+  
+}
+
+
+intgo _wrap_rkv_append_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, void *_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  rkv_append_args *arg2 = (rkv_append_args *) 0 ;
+  void *arg3 = (void *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = *(rkv_append_args **)&_swig_go_1; 
+  arg3 = *(void **)&_swig_go_2; 
+  
+  result = (rkv_status)rkv_append(arg1,(struct rkv_append_args const *)arg2,arg3);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_compress_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  int32_t arg3 ;
+  void *arg4 = (void *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = (int32_t)_swig_go_2; 
+  arg4 = *(void **)&_swig_go_3; 
+  
+  result = (rkv_status)rkv_compress(arg1,arg2,arg3,arg4);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_compress_due_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int *_swig_go_3) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  int32_t arg3 ;
+  int32_t *arg4 = (int32_t *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = (int32_t)_swig_go_2; 
+  arg4 = *(int32_t **)&_swig_go_3; 
+  
+  result = (rkv_status)rkv_compress_due((struct rkv_cache const *)arg1,arg2,arg3,arg4);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_struct_size_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  size_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (size_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->struct_size = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_struct_size_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  size_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result =  ((arg1)->struct_size);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_k_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  void *arg2 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = *(void **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->k = arg2;
+  
+}
+
+
+void *_wrap_rkv_seq_view_k_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  void *result = 0 ;
+  void *_swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (void *) ((arg1)->k);
+  *(void **)&_swig_go_result = (void *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_v_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  void *arg2 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = *(void **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->v = arg2;
+  
+}
+
+
+void *_wrap_rkv_seq_view_v_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  void *result = 0 ;
+  void *_swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (void *) ((arg1)->v);
+  *(void **)&_swig_go_result = (void *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_positions_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, int *_swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->positions = arg2;
+  
+}
+
+
+int *_wrap_rkv_seq_view_positions_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t *result = 0 ;
+  int *_swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->positions);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_dtype_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  rkv_dtype arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (rkv_dtype)_swig_go_1; 
+  
+  if (arg1) (arg1)->dtype = arg2;
+  
+}
+
+
+intgo _wrap_rkv_seq_view_dtype_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  rkv_dtype result;
+  intgo _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (rkv_dtype) ((arg1)->dtype);
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_device_type_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  rkv_device_type arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (rkv_device_type)_swig_go_1; 
+  
+  if (arg1) (arg1)->device_type = arg2;
+  
+}
+
+
+intgo _wrap_rkv_seq_view_device_type_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  rkv_device_type result;
+  intgo _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (rkv_device_type) ((arg1)->device_type);
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_device_id_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->device_id = arg2;
+  
+}
+
+
+int _wrap_rkv_seq_view_device_id_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->device_id);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_num_kv_heads_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->num_kv_heads = arg2;
+  
+}
+
+
+int _wrap_rkv_seq_view_num_kv_heads_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->num_kv_heads);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_head_dim_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->head_dim = arg2;
+  
+}
+
+
+int _wrap_rkv_seq_view_head_dim_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->head_dim);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_length_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->length = arg2;
+  
+}
+
+
+int _wrap_rkv_seq_view_length_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->length);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_logical_length_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->logical_length = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_logical_length_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->logical_length);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_stride_head_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_stride_head_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_stride_token_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_token = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_stride_token_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_token);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_positions_stride_head_set_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->positions_stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_positions_stride_head_get_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->positions_stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_seq_view *_wrap_new_rkv_seq_view_capi_2cb418b89e63e46b() {
+  struct rkv_seq_view *result = 0 ;
+  struct rkv_seq_view *_swig_go_result;
+  
+  
+  result = (struct rkv_seq_view *)new_rkv_seq_view();
+  *(struct rkv_seq_view **)&_swig_go_result = (struct rkv_seq_view *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_delete_rkv_seq_view_capi_2cb418b89e63e46b(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  free((char *) arg1);
+  
+}
+
+
+intgo _wrap_rkv_view_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, struct rkv_seq_view *_swig_go_3) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  int32_t arg3 ;
+  rkv_seq_view *arg4 = (rkv_seq_view *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = (int32_t)_swig_go_2; 
+  arg4 = *(rkv_seq_view **)&_swig_go_3; 
+  
+  result = (rkv_status)rkv_view((struct rkv_cache const *)arg1,arg2,arg3,arg4);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_struct_size_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  size_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (size_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->struct_size = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_struct_size_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  size_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result =  ((arg1)->struct_size);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_k_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  void *arg2 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(void **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->k = arg2;
+  
+}
+
+
+void *_wrap_rkv_layer_view_k_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  void *result = 0 ;
+  void *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (void *) ((arg1)->k);
+  *(void **)&_swig_go_result = (void *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_v_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  void *arg2 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(void **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->v = arg2;
+  
+}
+
+
+void *_wrap_rkv_layer_view_v_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  void *result = 0 ;
+  void *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (void *) ((arg1)->v);
+  *(void **)&_swig_go_result = (void *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_positions_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->positions = arg2;
+  
+}
+
+
+int *_wrap_rkv_layer_view_positions_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t *result = 0 ;
+  int *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->positions);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_lengths_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->lengths = (int32_t const *)arg2;
+  
+}
+
+
+int *_wrap_rkv_layer_view_lengths_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t *result = 0 ;
+  int *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->lengths);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_dtype_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  rkv_dtype arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (rkv_dtype)_swig_go_1; 
+  
+  if (arg1) (arg1)->dtype = arg2;
+  
+}
+
+
+intgo _wrap_rkv_layer_view_dtype_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  rkv_dtype result;
+  intgo _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (rkv_dtype) ((arg1)->dtype);
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_device_type_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  rkv_device_type arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (rkv_device_type)_swig_go_1; 
+  
+  if (arg1) (arg1)->device_type = arg2;
+  
+}
+
+
+intgo _wrap_rkv_layer_view_device_type_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  rkv_device_type result;
+  intgo _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (rkv_device_type) ((arg1)->device_type);
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_device_id_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->device_id = arg2;
+  
+}
+
+
+int _wrap_rkv_layer_view_device_id_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->device_id);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_max_seqs_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->max_seqs = arg2;
+  
+}
+
+
+int _wrap_rkv_layer_view_max_seqs_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->max_seqs);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_num_kv_heads_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->num_kv_heads = arg2;
+  
+}
+
+
+int _wrap_rkv_layer_view_num_kv_heads_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->num_kv_heads);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_head_dim_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->head_dim = arg2;
+  
+}
+
+
+int _wrap_rkv_layer_view_head_dim_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->head_dim);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_capacity_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->capacity = arg2;
+  
+}
+
+
+int _wrap_rkv_layer_view_capacity_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->capacity);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_stride_seq_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_seq = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_stride_seq_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_seq);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_stride_head_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_stride_head_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_stride_token_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->stride_token = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_stride_token_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->stride_token);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_positions_stride_seq_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->positions_stride_seq = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_positions_stride_seq_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->positions_stride_seq);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_positions_stride_head_set_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->positions_stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_positions_stride_head_get_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->positions_stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_layer_view *_wrap_new_rkv_layer_view_capi_2cb418b89e63e46b() {
+  struct rkv_layer_view *result = 0 ;
+  struct rkv_layer_view *_swig_go_result;
+  
+  
+  result = (struct rkv_layer_view *)new_rkv_layer_view();
+  *(struct rkv_layer_view **)&_swig_go_result = (struct rkv_layer_view *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_delete_rkv_layer_view_capi_2cb418b89e63e46b(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  free((char *) arg1);
+  
+}
+
+
+intgo _wrap_rkv_view_layer_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_layer_view *_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  rkv_layer_view *arg3 = (rkv_layer_view *) 0 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = *(rkv_layer_view **)&_swig_go_2; 
+  
+  result = (rkv_status)rkv_view_layer((struct rkv_cache const *)arg1,arg2,arg3);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_stats_struct_size_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   size_t arg2 ;
   
@@ -3355,7 +3656,7 @@ void _wrap_rkv_stats_struct_size_set_capi_53324705309cce49(struct rkv_stats *_sw
 }
 
 
-long long _wrap_rkv_stats_struct_size_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_struct_size_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -3368,7 +3669,7 @@ long long _wrap_rkv_stats_struct_size_get_capi_53324705309cce49(struct rkv_stats
 }
 
 
-void _wrap_rkv_stats_bytes_allocated_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_allocated_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3380,7 +3681,7 @@ void _wrap_rkv_stats_bytes_allocated_set_capi_53324705309cce49(struct rkv_stats 
 }
 
 
-long long _wrap_rkv_stats_bytes_allocated_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_allocated_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3393,7 +3694,7 @@ long long _wrap_rkv_stats_bytes_allocated_get_capi_53324705309cce49(struct rkv_s
 }
 
 
-void _wrap_rkv_stats_bytes_kv_capacity_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_capacity_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3405,7 +3706,7 @@ void _wrap_rkv_stats_bytes_kv_capacity_set_capi_53324705309cce49(struct rkv_stat
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3418,7 +3719,7 @@ long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_53324705309cce49(struct rkv
 }
 
 
-void _wrap_rkv_stats_bytes_kv_held_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_held_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3430,7 +3731,7 @@ void _wrap_rkv_stats_bytes_kv_held_set_capi_53324705309cce49(struct rkv_stats *_
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_held_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_held_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3443,7 +3744,7 @@ long long _wrap_rkv_stats_bytes_kv_held_get_capi_53324705309cce49(struct rkv_sta
 }
 
 
-void _wrap_rkv_stats_bytes_kv_full_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_full_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3455,7 +3756,7 @@ void _wrap_rkv_stats_bytes_kv_full_set_capi_53324705309cce49(struct rkv_stats *_
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_full_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_full_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3468,7 +3769,7 @@ long long _wrap_rkv_stats_bytes_kv_full_get_capi_53324705309cce49(struct rkv_sta
 }
 
 
-void _wrap_rkv_stats_tokens_appended_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_appended_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3480,7 +3781,7 @@ void _wrap_rkv_stats_tokens_appended_set_capi_53324705309cce49(struct rkv_stats 
 }
 
 
-long long _wrap_rkv_stats_tokens_appended_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_appended_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3493,7 +3794,7 @@ long long _wrap_rkv_stats_tokens_appended_get_capi_53324705309cce49(struct rkv_s
 }
 
 
-void _wrap_rkv_stats_tokens_held_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_held_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3505,7 +3806,7 @@ void _wrap_rkv_stats_tokens_held_set_capi_53324705309cce49(struct rkv_stats *_sw
 }
 
 
-long long _wrap_rkv_stats_tokens_held_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_held_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3518,7 +3819,7 @@ long long _wrap_rkv_stats_tokens_held_get_capi_53324705309cce49(struct rkv_stats
 }
 
 
-void _wrap_rkv_stats_tokens_evicted_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_evicted_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3530,7 +3831,7 @@ void _wrap_rkv_stats_tokens_evicted_set_capi_53324705309cce49(struct rkv_stats *
 }
 
 
-long long _wrap_rkv_stats_tokens_evicted_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_evicted_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3543,7 +3844,7 @@ long long _wrap_rkv_stats_tokens_evicted_get_capi_53324705309cce49(struct rkv_st
 }
 
 
-void _wrap_rkv_stats_compressions_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_compressions_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3555,7 +3856,7 @@ void _wrap_rkv_stats_compressions_set_capi_53324705309cce49(struct rkv_stats *_s
 }
 
 
-long long _wrap_rkv_stats_compressions_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_compressions_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3568,7 +3869,7 @@ long long _wrap_rkv_stats_compressions_get_capi_53324705309cce49(struct rkv_stat
 }
 
 
-void _wrap_rkv_stats_compress_seconds_set_capi_53324705309cce49(struct rkv_stats *_swig_go_0, double _swig_go_1) {
+void _wrap_rkv_stats_compress_seconds_set_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0, double _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   double arg2 ;
   
@@ -3580,7 +3881,7 @@ void _wrap_rkv_stats_compress_seconds_set_capi_53324705309cce49(struct rkv_stats
 }
 
 
-double _wrap_rkv_stats_compress_seconds_get_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+double _wrap_rkv_stats_compress_seconds_get_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   double result;
   double _swig_go_result;
@@ -3593,7 +3894,7 @@ double _wrap_rkv_stats_compress_seconds_get_capi_53324705309cce49(struct rkv_sta
 }
 
 
-struct rkv_stats *_wrap_new_rkv_stats_capi_53324705309cce49() {
+struct rkv_stats *_wrap_new_rkv_stats_capi_2cb418b89e63e46b() {
   struct rkv_stats *result = 0 ;
   struct rkv_stats *_swig_go_result;
   
@@ -3604,7 +3905,7 @@ struct rkv_stats *_wrap_new_rkv_stats_capi_53324705309cce49() {
 }
 
 
-void _wrap_delete_rkv_stats_capi_53324705309cce49(struct rkv_stats *_swig_go_0) {
+void _wrap_delete_rkv_stats_capi_2cb418b89e63e46b(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   
   arg1 = *(struct rkv_stats **)&_swig_go_0; 
@@ -3614,7 +3915,7 @@ void _wrap_delete_rkv_stats_capi_53324705309cce49(struct rkv_stats *_swig_go_0) 
 }
 
 
-intgo _wrap_rkv_cache_stats_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_stats *_swig_go_2) {
+intgo _wrap_rkv_cache_stats_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_stats *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   rkv_stats *arg3 = (rkv_stats *) 0 ;
@@ -3631,34 +3932,270 @@ intgo _wrap_rkv_cache_stats_capi_53324705309cce49(struct rkv_cache *_swig_go_0, 
 }
 
 
-intgo _wrap_rkv_attend_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int32_t *_swig_go_3, struct rkv_tensor *_swig_go_4, struct rkv_tensor *_swig_go_5, float _swig_go_6, void *_swig_go_7) {
-  rkv_cache *arg1 = (rkv_cache *) 0 ;
+void _wrap_rkv_attend_args_struct_size_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, long long _swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  size_t arg2 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = (size_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->struct_size = arg2;
+  
+}
+
+
+long long _wrap_rkv_attend_args_struct_size_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  size_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result =  ((arg1)->struct_size);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_layer_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t arg2 ;
-  int32_t arg3 ;
-  int32_t *arg4 = (int32_t *) 0 ;
-  rkv_tensor *arg5 = (rkv_tensor *) 0 ;
-  rkv_tensor *arg6 = (rkv_tensor *) 0 ;
-  float arg7 ;
-  void *arg8 = (void *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->layer = arg2;
+  
+}
+
+
+int _wrap_rkv_attend_args_layer_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->layer);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_num_seqs_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  int32_t arg2 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->num_seqs = arg2;
+  
+}
+
+
+int _wrap_rkv_attend_args_num_seqs_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  int32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (int32_t) ((arg1)->num_seqs);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_seq_ids_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, int32_t *_swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  int32_t *arg2 = (int32_t *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = *(int32_t **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->seq_ids = (int32_t const *)arg2;
+  
+}
+
+
+int32_t *_wrap_rkv_attend_args_seq_ids_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  int32_t *result = 0 ;
+  int32_t *_swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (int32_t *) ((arg1)->seq_ids);
+  *(int32_t **)&_swig_go_result = (int32_t *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_batch_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_batch *arg2 = (rkv_batch *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = *(rkv_batch **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->batch = (rkv_batch const *)arg2;
+  
+}
+
+
+struct rkv_batch *_wrap_rkv_attend_args_batch_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_batch *result = 0 ;
+  struct rkv_batch *_swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (rkv_batch *) ((arg1)->batch);
+  *(rkv_batch **)&_swig_go_result = (rkv_batch *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_q_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = *(rkv_tensor **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->q = *arg2;
+  
+}
+
+
+struct rkv_tensor *_wrap_rkv_attend_args_q_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (rkv_tensor *)& ((arg1)->q);
+  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_out_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_tensor *arg2 = (rkv_tensor *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = *(rkv_tensor **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->out = *arg2;
+  
+}
+
+
+struct rkv_tensor *_wrap_rkv_attend_args_out_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  rkv_tensor *result = 0 ;
+  struct rkv_tensor *_swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (rkv_tensor *)& ((arg1)->out);
+  *(rkv_tensor **)&_swig_go_result = (rkv_tensor *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_scale_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, float _swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  float arg2 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = (float)_swig_go_1; 
+  
+  if (arg1) (arg1)->scale = arg2;
+  
+}
+
+
+float _wrap_rkv_attend_args_scale_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  float result;
+  float _swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (float) ((arg1)->scale);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_attend_args_flags_set_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  uint32_t arg2 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  arg2 = (uint32_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->flags = arg2;
+  
+}
+
+
+int _wrap_rkv_attend_args_flags_get_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  uint32_t result;
+  int _swig_go_result;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  result = (uint32_t) ((arg1)->flags);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_attend_args *_wrap_new_rkv_attend_args_capi_2cb418b89e63e46b() {
+  struct rkv_attend_args *result = 0 ;
+  struct rkv_attend_args *_swig_go_result;
+  
+  
+  result = (struct rkv_attend_args *)new_rkv_attend_args();
+  *(struct rkv_attend_args **)&_swig_go_result = (struct rkv_attend_args *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_delete_rkv_attend_args_capi_2cb418b89e63e46b(struct rkv_attend_args *_swig_go_0) {
+  struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
+  
+  arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
+  
+  free((char *) arg1);
+  
+}
+
+
+intgo _wrap_rkv_attend_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, void *_swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  rkv_attend_args *arg2 = (rkv_attend_args *) 0 ;
+  void *arg3 = (void *) 0 ;
   rkv_status result;
   intgo _swig_go_result;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
-  arg2 = (int32_t)_swig_go_1; 
-  arg3 = (int32_t)_swig_go_2; 
-  arg4 = *(int32_t **)&_swig_go_3; 
-  arg5 = *(rkv_tensor **)&_swig_go_4; 
-  arg6 = *(rkv_tensor **)&_swig_go_5; 
-  arg7 = (float)_swig_go_6; 
-  arg8 = *(void **)&_swig_go_7; 
+  arg2 = *(rkv_attend_args **)&_swig_go_1; 
+  arg3 = *(void **)&_swig_go_2; 
   
-  result = (rkv_status)rkv_attend(arg1,arg2,arg3,(int const *)arg4,(struct rkv_tensor const *)arg5,(struct rkv_tensor const *)arg6,arg7,arg8);
+  result = (rkv_status)rkv_attend(arg1,(struct rkv_attend_args const *)arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_RKV_SCORE_IMPORTANCE_capi_53324705309cce49() {
+intgo _wrap_RKV_SCORE_IMPORTANCE_capi_2cb418b89e63e46b() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -3670,7 +4207,7 @@ intgo _wrap_RKV_SCORE_IMPORTANCE_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_SCORE_REDUNDANCY_capi_53324705309cce49() {
+intgo _wrap_RKV_SCORE_REDUNDANCY_capi_2cb418b89e63e46b() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -3682,7 +4219,7 @@ intgo _wrap_RKV_SCORE_REDUNDANCY_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_SCORE_FINAL_capi_53324705309cce49() {
+intgo _wrap_RKV_SCORE_FINAL_capi_2cb418b89e63e46b() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -3694,7 +4231,7 @@ intgo _wrap_RKV_SCORE_FINAL_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_rkv_inspect_scores_capi_53324705309cce49(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, intgo _swig_go_4, float *_swig_go_5, int _swig_go_6, int *_swig_go_7) {
+intgo _wrap_rkv_seq_scores_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, intgo _swig_go_4, float *_swig_go_5, int _swig_go_6, int *_swig_go_7) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -3715,13 +4252,13 @@ intgo _wrap_rkv_inspect_scores_capi_53324705309cce49(struct rkv_cache *_swig_go_
   arg7 = (int32_t)_swig_go_6; 
   arg8 = *(int32_t **)&_swig_go_7; 
   
-  result = (rkv_status)rkv_inspect_scores((struct rkv_cache const *)arg1,arg2,arg3,arg4,arg5,arg6,arg7,arg8);
+  result = (rkv_status)rkv_seq_scores((struct rkv_cache const *)arg1,arg2,arg3,arg4,arg5,arg6,arg7,arg8);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_rkv_sync_lengths_capi_53324705309cce49(struct rkv_cache *_swig_go_0, void *_swig_go_1) {
+intgo _wrap_rkv_cache_sync_lengths_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, void *_swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   void *arg2 = (void *) 0 ;
   rkv_status result;
@@ -3730,13 +4267,13 @@ intgo _wrap_rkv_sync_lengths_capi_53324705309cce49(struct rkv_cache *_swig_go_0,
   arg1 = *(rkv_cache **)&_swig_go_0; 
   arg2 = *(void **)&_swig_go_1; 
   
-  result = (rkv_status)rkv_sync_lengths(arg1,arg2);
+  result = (rkv_status)rkv_cache_sync_lengths(arg1,arg2);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }
 
 
-intgo _wrap_RKV_MATMUL_AUTO_capi_53324705309cce49() {
+intgo _wrap_RKV_MATMUL_AUTO_capi_2cb418b89e63e46b() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -3748,7 +4285,7 @@ intgo _wrap_RKV_MATMUL_AUTO_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_MATMUL_CUBLASLT_capi_53324705309cce49() {
+intgo _wrap_RKV_MATMUL_CUBLASLT_capi_2cb418b89e63e46b() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -3760,7 +4297,7 @@ intgo _wrap_RKV_MATMUL_CUBLASLT_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_RKV_MATMUL_FUSED_capi_53324705309cce49() {
+intgo _wrap_RKV_MATMUL_FUSED_capi_2cb418b89e63e46b() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -3772,7 +4309,7 @@ intgo _wrap_RKV_MATMUL_FUSED_capi_53324705309cce49() {
 }
 
 
-intgo _wrap_rkv_cache_set_matmul_path_capi_53324705309cce49(struct rkv_cache *_swig_go_0, intgo _swig_go_1) {
+intgo _wrap_rkv_cache_set_matmul_path_capi_2cb418b89e63e46b(struct rkv_cache *_swig_go_0, intgo _swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_matmul_path arg2 ;
   rkv_status result;
