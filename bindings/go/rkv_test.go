@@ -193,6 +193,20 @@ func TestParamsAndBF16(t *testing.T) {
 	if got, _ := cache.Params(); got.Lambda != 0.25 {
 		t.Fatal("lambda not set")
 	}
+	if lambda, err := cache.Get(rkv.ParamLambda); err != nil || lambda != 0.25 {
+		t.Fatalf("Get(ParamLambda) = %v (%v)", lambda, err)
+	}
+	if lo, hi, err := rkv.ParamMaxRollback.Bounds(); err != nil || lo != 0 || hi != 1024 {
+		t.Fatalf("max_rollback bounds %v %v %v", lo, hi, err)
+	}
+	p.MaxRollback = 6
+	rollback := newCache(t, p)
+	if got, _ := rollback.Params(); got.MaxRollback != 6 {
+		t.Fatalf("MaxRollback %d", got.MaxRollback)
+	}
+	if value, err := rollback.Get(rkv.ParamMaxRollback); err != nil || value != 6 {
+		t.Fatalf("Get(ParamMaxRollback) = %v (%v)", value, err)
+	}
 	if lo, hi, err := rkv.ParamKernel.Bounds(); err != nil || lo != 1 || hi != 255 {
 		t.Fatalf("kernel bounds %v %v %v", lo, hi, err)
 	}

@@ -164,6 +164,11 @@ fn due_reset_params() {
     assert_eq!(p.get(Param::Lambda).unwrap(), 0.25);
     assert_eq!(p.get(Param::Budget).unwrap(), 16.0);
     assert_eq!(Param::Kernel.bounds().unwrap(), (1.0, 255.0));
+    assert_eq!(cache.get(Param::Lambda).unwrap(), 0.25);
+    assert_eq!(Param::MaxRollback.bounds().unwrap(), (0.0, 1024.0));
+    let rollback = Cache::new(&params().set(Param::MaxRollback, 6.0).unwrap()).unwrap();
+    assert_eq!((rollback.get(Param::MaxRollback).unwrap(), rollback.params().unwrap().as_raw().max_rollback), (6.0, 6));
+    assert_eq!(params().max_rollback(7).get(Param::MaxRollback).unwrap(), 7.0);
     let seeded = Cache::new(&params().method(Method::Random).seed(u64::MAX - 1)).unwrap();
     assert_eq!(seeded.params().unwrap().as_raw().seed, u64::MAX - 1);
 }
