@@ -170,12 +170,19 @@ RKV_PY_OUTPUT(int32_t, due, PyLong_FromLong)
 RKV_PY_OUTPUT(int32_t, physical, PyLong_FromLong)
 RKV_PY_OUTPUT(int32_t, count, PyLong_FromLong)
 RKV_PY_OUTPUT(int64_t, logical, PyLong_FromLongLong)
-%typemap(in, numinputs=0) rkv_cache **cache (rkv_cache *created = NULL) { $1 = &created; }
-%typemap(argout) rkv_cache **cache {
+RKV_PY_OUTPUT(int32_t, tokens, PyLong_FromLong)
+RKV_PY_OUTPUT(int32_t, budget, PyLong_FromLong)
+/* Handles a create returns (rkv_cache_create, rkv_batch_create). */
+%define RKV_PY_HANDLE_OUTPUT(TYPE, NAME)
+%typemap(in, numinputs=0) TYPE **NAME (TYPE *created = NULL) { $1 = &created; }
+%typemap(argout) TYPE **NAME {
     $result = rkv_py_append_output($result,
                                    SWIG_NewPointerObj(created$argnum, $*1_descriptor, 0));
     if (!$result) SWIG_fail;
 }
+%enddef
+RKV_PY_HANDLE_OUTPUT(rkv_cache, cache)
+RKV_PY_HANDLE_OUTPUT(rkv_batch, batch)
 
 /* The GIL is released around calls that may run long (compression, attention,
  * allocation, a device-wide sync in destroy) so other Python threads run
@@ -190,11 +197,15 @@ RKV_PY_OUTPUT(int64_t, logical, PyLong_FromLongLong)
 RKV_RELEASE_GIL(rkv_cache_create)
 RKV_RELEASE_GIL(rkv_cache_destroy)
 RKV_RELEASE_GIL(rkv_seq_reset)
+RKV_RELEASE_GIL(rkv_seq_copy)
+RKV_RELEASE_GIL(rkv_batch_create)
+RKV_RELEASE_GIL(rkv_batch_destroy)
 RKV_RELEASE_GIL(rkv_append)
 RKV_RELEASE_GIL(rkv_compress)
 RKV_RELEASE_GIL(rkv_attend)
 RKV_RELEASE_GIL(rkv_seq_positions)
 RKV_RELEASE_GIL(rkv_seq_scores)
+RKV_RELEASE_GIL(rkv_cache_sync_lengths)
 #endif /* SWIGPYTHON */
 
 /* ===========================================================================
@@ -399,7 +410,8 @@ RKV_SIZED(rkv_seq_view)
 RKV_SIZED(rkv_layer_view)
 RKV_SIZED(rkv_stats)
 
+/* The stable header, then the experimental one (SWIG does not follow the
+ * #include between them). The languages expose the experimental functions
+ * under an explicit experimental name only (Python: rkv.experimental). */
 %include "rkv/rkv.h"
-/* The experimental header too (rkv_seq_scores: for tests and plots). SWIG
- * does not follow rkv.h's own #include of it. */
 %include "rkv/rkv_experimental.h"

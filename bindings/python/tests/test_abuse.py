@@ -30,38 +30,68 @@ def randn(*shape, seed=0):
 
 
 # --- finding 2: every array must hold the tokens the call reads from it --------
+# Since librkv 0.2 every rkv_tensor carries its extent and the library checks
+# each access against it: the binding sets the extent of every array, and the
+# library's CapacityError names the tensor that is too short.
 
 def test_v_and_q_shorter_than_k_are_refused():
     """k holds 12 tokens, v 2 and q 1: the token count must not come from k alone."""
     with make() as cache:
         k = randn(1, H, 12, D)
-        with pytest.raises(rkv.InvalidArgumentError, match="v holds 2"):
+        with pytest.raises(rkv.CapacityError, match=r"args->v\.extent is 64 elements"):
             cache.append(0, [0], k, randn(1, H, 2, D), q=randn(1, HQ, 12, D))
-        with pytest.raises(rkv.InvalidArgumentError, match="q holds 1"):
+        with pytest.raises(rkv.CapacityError, match=r"args->q\.extent"):
             cache.append(0, [0], k, randn(1, H, 12, D), q=randn(1, HQ, 1, D))
-        with pytest.raises(rkv.InvalidArgumentError, match="q holds 1"):
-            cache.append(0, [0], k, randn(1, H, 12, D), q=randn(1, HQ, D))  # one token, no token axis
-        assert cache.seq_length(0, 0) == (0, 0)
+        # one token and no token axis: legal strides to the library (stride 0),
+        # a mistake only the binding can see
+        with pytest.raises(rkv.InvalidArgumentError, match="q is \\[n, heads, dim\\]"):
+            cache.append(0, [0], k, randn(1, H, 12, D), q=randn(1, HQ, D))
+        assert cache.length(0, 0) == (0, 0)
 
 
 def test_packed_varlen_with_a_short_v_is_refused():
     with make() as cache:
         k, v = randn(12, H, D), randn(2, H, D)
-        with pytest.raises(rkv.InvalidArgumentError, match="v holds 2"):
+        with pytest.raises(rkv.CapacityError, match=r"args->v\.extent"):
             cache.append(0, [0, 1], k, v, num_tokens=[6, 6], token_offsets=[0, 6])
         # offsets past the end of an array that is long enough for the counts alone
-        with pytest.raises(rkv.InvalidArgumentError, match="k holds 12"):
+        with pytest.raises(rkv.CapacityError, match=r"args->k\.extent is 384 elements"):
             cache.append(0, [0, 1], k, randn(20, H, D), num_tokens=[6, 6], token_offsets=[0, 8])
-        assert cache.seq_length(0, 0) == (0, 0) and cache.seq_length(1, 0) == (0, 0)
+        assert cache.length(0, 0) == (0, 0) and cache.length(1, 0) == (0, 0)
 
 
-def test_an_empty_token_axis_is_refused():
-    """No num_tokens means one token each even for T = 0: never read from an empty array."""
+def test_extent_follows_strides_not_the_base_buffer():
+    """A view of every other token of a larger array: its extent ends at its
+    own last element, so a call that reads one token past the view is refused
+    although the base buffer would hold it."""
     with make() as cache:
-        empty = np.zeros((1, H, 1, D), np.float32)[:, :, :0]  # numpy gives a fresh empty array 0 strides
-        with pytest.raises(rkv.InvalidArgumentError, match="holds 0"):
+        base = randn(1, H, 12, D)
+        every_other = base[:, :, ::2]  # 6 tokens, stride 2 * D
+        with pytest.raises(rkv.CapacityError, match=r"args->k\.extent"):
+            cache.append(0, [0], every_other, every_other, num_tokens=[6], token_offsets=[1])
+        cache.append(0, [0], every_other, every_other, num_tokens=[5], token_offsets=[1])
+        np.testing.assert_array_equal(cache.view(0, 0).k, base[0, :, 2::2])
+
+
+def test_host_index_arrays_must_match_the_entries():
+    """The library reads num_seqs entries of num_tokens and token_offsets: it
+    cannot see their length, so the binding checks it."""
+    with make() as cache:
+        k = randn(2, H, 6, D)
+        with pytest.raises(rkv.InvalidArgumentError, match="num_tokens has 1 entries for 2"):
+            cache.append(0, [0, 1], k, k, num_tokens=[6])
+        with pytest.raises(rkv.InvalidArgumentError, match="token_offsets has 3 entries for 2"):
+            cache.append(0, [0, 1], k, k, num_tokens=[3, 3], token_offsets=[0, 1, 2])
+
+
+def test_an_empty_array_is_refused():
+    """An empty array has no extent to give (0 would mean "unchecked" to the
+    library): the binding refuses it before the call."""
+    with make() as cache:
+        empty = np.zeros((1, H, 1, D), np.float32)[:, :, :0]
+        with pytest.raises(rkv.InvalidArgumentError, match="k is empty"):
             cache.append(0, [0], empty, empty)
-        assert cache.seq_length(0, 0) == (0, 0)
+        assert cache.length(0, 0) == (0, 0)
 
 
 def test_arrays_that_hold_enough_tokens_still_pass():
@@ -120,7 +150,7 @@ def test_a_view_read_after_close_keeps_its_memory():
         cache = rkv.Cache(**{BIG})
         k = np.random.default_rng(0).standard_normal((1, 8, 300, 128)).astype(np.float32)
         cache.append(0, [0], k, k, q=k)
-        view, layer = cache.view(0, 0), cache.layer_view(0)
+        view, layer = cache.view(0, 0), cache.view_layer(0)
         before = view.k.copy()
         cache.close()
         assert cache.closed
@@ -180,5 +210,5 @@ def test_calls_from_two_threads_are_serialised():
             t.start()
         for t in threads:
             t.join()
-        assert cache.seq_length(0, 0) == (40, 40) and cache.seq_length(1, 0) == (40, 40)
+        assert cache.length(0, 0) == (40, 40) and cache.length(1, 0) == (40, 40)
         np.testing.assert_array_equal(cache.view(1, 0).k, k[0])

@@ -36,15 +36,15 @@ def test_round_trip_prompt_then_decode():
         cache.append(1, [2], k1, v1, q=q1)
         view = cache.view(2, 1)
         np.testing.assert_array_equal(view.k[:, 10], k1[0])
-        assert cache.seq_length(2, 1) == (11, 11)
-        assert cache.seq_length(2, 0) == (0, 0)  # other layers untouched
+        assert cache.length(2, 1) == (11, 11)
+        assert cache.length(2, 0) == (0, 0)  # other layers untouched
 
 
 def test_views_share_the_cache_memory():
     with make() as cache:
         cache.append(0, [0], randn(1, H, 5, D), randn(1, H, 5, D), q=randn(1, HQ, 5, D))
         view = cache.view(0, 0)
-        layer = cache.layer_view(0)
+        layer = cache.view_layer(0)
         # the same bytes, not a copy
         assert view.k.__array_interface__["data"][0] == layer.k.__array_interface__["data"][0]
         assert np.shares_memory(layer.k[0, :, :5], view.k)
@@ -103,13 +103,13 @@ def test_compression_keeps_the_budget():
     with make(method="snapkv") as cache:
         n = 24 + 5
         cache.append(0, [0], randn(1, H, n, D), randn(1, H, n, D), q=randn(1, HQ, n, D))
-        logical, held = cache.seq_length(0, 0)
+        logical, held = cache.length(0, 0)
         assert logical == n and held <= 24
         cache.compress(0, 0)
-        assert cache.seq_length(0, 0) == (n, 16)
+        assert cache.length(0, 0) == (n, 16)
         view = cache.view(0, 0)
         for head in range(H):
-            kept = cache.kept_positions(0, 0, head)
+            kept = cache.positions(0, 0, head)
             np.testing.assert_array_equal(kept, view.positions[head])
             assert list(kept[-4:]) == list(range(n - 4, n))  # the window stays
             assert np.all(np.diff(kept) > 0)  # position mode: sorted
@@ -127,14 +127,14 @@ def test_compress_due_reset_and_params():
         cache.append(0, [0], randn(1, H, 24, D), randn(1, H, 24, D), q=randn(1, HQ, 24, D))
         assert cache.compress_due(0, 0) and cache.compress_due()
         cache.compress()  # every due sequence and layer
-        assert cache.seq_length(0, 0) == (24, 16)
+        assert cache.length(0, 0) == (24, 16)
         cache.reset(0)
-        assert cache.seq_length(0, 0) == (0, 0)
+        assert cache.length(0, 0) == (0, 0)
         params = cache.params
         assert params["method"] == rkv.Method.RKV and params["budget"] == 16
         assert params["auto_compress"] == 0 and params["device_type"] == rkv.Device.CPU
-        cache.set_param("lambda", 0.25)
-        cache.set_param(rkv.Param.POOLING, "mean")
+        cache.set("lambda", 0.25)
+        cache.set(rkv.Param.POOLING, "mean")
         assert cache.params["lambda"] == pytest.approx(0.25)
         assert cache.params["pooling"] == rkv.Pooling.MEAN
     with make(seed=2**63 + 1, method="random") as cache:
@@ -184,7 +184,7 @@ def test_gil_is_released_during_compression():
             ticks.append(time.perf_counter())
         worker.join()
         elapsed = time.perf_counter() - started
-        assert cache.seq_length(0, 0) == (n, 1024)
+        assert cache.length(0, 0) == (n, 1024)
     gaps = np.diff([started] + ticks)
     assert elapsed > 0.02, "compression too quick to tell"
     # With the GIL held through the call, this thread would stall for all of it.
@@ -194,3 +194,24 @@ def test_gil_is_released_during_compression():
 def test_version():
     assert rkv.__version__ == rkv.capi.rkv_version_string()
     assert rkv.capi.rkv_version_number() == rkv.capi.RKV_VERSION_NUMBER
+
+
+def test_one_naming_rule():
+    """Methods are the C functions without rkv_ and their object; experimental
+    functions live in rkv.experimental, not on the Cache."""
+    with make(method="snapkv") as cache:
+        n = 20
+        cache.append(0, [1], randn(1, H, n, D), randn(1, H, n, D), q=randn(1, HQ, n, D))
+        assert cache.get("budget") == 16 and cache.get(rkv.Param.METHOD) == rkv.Method.SNAPKV
+        assert cache.get("lambda") == pytest.approx(0.1)
+        scores = rkv.experimental.scores(cache, 1, 0, 0, "importance")
+        assert scores.shape == (n - 4,) and np.all(scores >= 0)  # one per candidate (length - window)
+        with pytest.raises(rkv.InvalidArgumentError, match="score kind"):
+            rkv.experimental.scores(cache, 1, 0, 0, "novelty")
+        with pytest.raises(rkv.UnsupportedError):
+            rkv.experimental.set_matmul_path(cache, "fused")  # a CPU cache has one path
+        rkv.experimental.sync_lengths(cache)  # a CPU cache: already in agreement
+        assert cache.length(1, 0) == (n, n)
+    for old in ("set_param", "seq_length", "kept_positions", "layer_view", "inspect_scores"):
+        assert not hasattr(rkv.Cache, old)
+    assert not hasattr(rkv, "KVView")

@@ -74,7 +74,7 @@ def test_out_of_range():
 
 def test_unsupported():
     with pytest.raises(rkv.UnsupportedError) as e:
-        capi.rkv_param_bounds(4242)
+        capi.rkv_params_bounds(4242)
     raised(e, rkv.UnsupportedError)
 
 
@@ -83,12 +83,12 @@ def test_shape_mismatch():
         with pytest.raises(rkv.ShapeMismatchError) as e:
             c.append(0, [0], kv(3, heads=3), kv(3, heads=3))
         raised(e, rkv.ShapeMismatchError)
-        assert c.seq_length(0, 0) == (0, 0)  # the cache is unchanged
+        assert c.length(0, 0) == (0, 0)  # the cache is unchanged
 
 
 def test_struct_size():
     with pytest.raises(rkv.StructSizeError) as e:
-        capi.rkv_cache_params_default(capi.rkv_cache_params(), 3)
+        capi.rkv_params_default(capi.rkv_cache_params(), 3)
     raised(e, rkv.StructSizeError)
 
 
@@ -110,7 +110,7 @@ def test_missing_queries():
 def test_bad_state():
     with cache() as c:
         with pytest.raises(rkv.BadStateError) as e:
-            c.set_param("budget", 16)  # sizes memory: fixed after create
+            c.set("budget", 16)  # sizes memory: fixed after create
         raised(e, rkv.BadStateError)
 
 
@@ -132,10 +132,12 @@ def test_out_of_memory():
 
 def test_binding_side_errors_are_typed():
     with cache() as c:
-        with pytest.raises(rkv.InvalidArgumentError):  # more tokens than the array holds
-            c.append(0, [0], kv(3), kv(3), num_tokens=[2], token_offsets=[2])
-        with pytest.raises(rkv.InvalidArgumentError):
-            c.append(0, [0, 1], kv(3), kv(3))  # 1 entry for 2 seq_ids
+        with pytest.raises(rkv.InvalidArgumentError, match="empty"):
+            c.append(0, [0], kv(0), kv(0))
+        with pytest.raises(rkv.InvalidArgumentError, match="contiguous"):
+            c.append(0, [0], kv(3)[..., ::2], kv(3)[..., ::2])
+        with pytest.raises(rkv.InvalidArgumentError, match="read-only"):
+            c.attend(0, [0], kv(1)[:, :, 0], out=np.broadcast_to(np.zeros(8, np.float32), (1, 2, 8)))
         with pytest.raises(rkv.InvalidArgumentError, match="Method"):
             cache(method="nope")
         with pytest.raises(TypeError):

@@ -43,6 +43,15 @@ class Array:
     # readonly flag). DLPack's legacy capsule carries no such flag.
     writable: bool = True
 
+    @property
+    def extent(self) -> int:
+        """Elements from `address` to the last element of the array, plus one:
+        what rkv_tensor.extent tells the library it may touch. 0 for an empty
+        array (the library reads 0 as "unchecked": callers refuse those)."""
+        if 0 in self.shape:
+            return 0
+        return 1 + sum((n - 1) * s for n, s in zip(self.shape, self.strides) if s > 0)
+
 
 def _torch_dtype(dtype) -> DType:
     import torch

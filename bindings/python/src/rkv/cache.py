@@ -3,89 +3,41 @@
 A Cache holds the C handle and nothing else; every length, parameter and
 statistic is read from the library when asked for. Errors come from the
 library as the exceptions of :mod:`rkv.errors` with its message.
+
+Names follow the C API's rule: a method is the C function without ``rkv_``
+and without the object it is called on, ``rkv_seq_truncate(cache, seq, n)``
+is ``cache.truncate(seq, n)``, ``rkv_cache_stats(cache, seq)`` is
+``cache.stats(seq)``, ``rkv_batch_set(batch, ids)`` is ``batch.set(ids)``; a
+getter without arguments is a property (``rkv_cache_get_params`` is
+``cache.params``). Experimental functions live in :mod:`rkv.experimental`.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Any, Sequence
+import weakref
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import capi as _c
-from ._arrays import (Array, cuda_view, describe, host_ints, host_view, int_view,
-                      stream_handle)
-from .enums import ALL, Device, DType, Guard, Method, Mode, Param, Pooling
+from ._arrays import describe, host_ints, stream_handle
+from ._tensors import check_devices, check_writable, fill_tensor, pick_stream
+from .enums import ALL, Device, Param
 from .errors import InvalidArgumentError
+from .params import ENUM_PARAMS, FLOAT_PARAMS, enum_value, make_params, param_key, params_dict
+from .views import LayerView, SeqView, Stats, layer_view, seq_view, stats
 
-__all__ = ["Cache", "KVView", "LayerView", "Stats", "cache_size"]
+if TYPE_CHECKING:
+    from .batch import Batch
 
-_ENUM_PARAMS = {Param.DTYPE: DType, Param.DEVICE_TYPE: Device, Param.METHOD: Method,
-                Param.MODE: Mode, Param.POOLING: Pooling, Param.GUARDS: Guard}
-_FLOAT_PARAMS = {Param.LAMBDA, Param.THRESHOLD}
-_DTYPE_NAMES = {"f32": DType.F32, "float32": DType.F32, "f16": DType.F16, "float16": DType.F16,
-                "half": DType.F16, "bf16": DType.BF16, "bfloat16": DType.BF16}
-
-
-def _enum_value(enum_type, value):
-    """Accept the enum, its value, or its name in any case ("snapkv", "bf16")."""
-    if isinstance(value, str):
-        if enum_type is DType and value.lower() in _DTYPE_NAMES:
-            return _DTYPE_NAMES[value.lower()]
-        try:
-            return enum_type[value.upper()]
-        except KeyError:
-            names = ", ".join(m.name.lower() for m in enum_type)
-            raise InvalidArgumentError(f"unknown {enum_type.__name__} {value!r}: one of {names}") from None
-    if enum_type is DType and not isinstance(value, int):  # e.g. torch.bfloat16, np.float16
-        name = str(value).rsplit(".", 1)[-1].replace("'>", "").lower()
-        if name in _DTYPE_NAMES:
-            return _DTYPE_NAMES[name]
-    return value
-
-
-def _device(device) -> tuple[Device, int]:
-    """"cpu", "cuda", "cuda:1", a torch.device or a Device -> (type, ordinal)."""
-    if isinstance(device, Device):
-        return device, 0
-    text = str(device)
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda"):
-        raise InvalidArgumentError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
-    return (Device.CPU if kind == "cpu" else Device.CUDA), int(index or 0)
-
-
-def _make_params(device, options: dict[str, Any]):
-    params = _c.rkv_cache_params()  # library defaults, struct_size set
-    device_type, device_id = _device(device)
-    options.setdefault("device_type", device_type)
-    options.setdefault("device_id", device_id)
-    if "num_q_heads" not in options and "num_kv_heads" in options:
-        options["num_q_heads"] = options["num_kv_heads"]
-    for name, value in options.items():
-        try:
-            key = Param[name.upper()]
-        except KeyError:
-            raise TypeError(f"unknown cache parameter {name!r}") from None
-        if key == Param.SEED:
-            params.seed = int(value)  # any uint64: a double would round above 2^53
-            continue
-        value = _enum_value(_ENUM_PARAMS.get(key, int), value)
-        _c.rkv_params_set(params, key, float(value))  # bounds checked by the library
-    return params
-
-
-def cache_size(*, device="cpu", **options) -> int:
-    """Bytes a Cache with these options would allocate (host plus device),
-    without allocating. Validates exactly as creating one does."""
-    return int(_c.rkv_cache_size(_make_params(device, options)))
+__all__ = ["Cache"]
 
 
 class _Handle:
-    """Owns the C cache. Its owners are the Cache (until close) and every view
-    made from it, so the memory a view points at lives as long as the view: the
-    C cache is destroyed when the last of them lets go."""
-    __slots__ = ("raw",)
+    """Owns the C cache. Its owners are the Cache (until close), every view made
+    from it and every open Batch, so the memory a view points at lives as long
+    as the view: the C cache is destroyed when the last of them lets go."""
+    __slots__ = ("raw", "__weakref__")
 
     def __init__(self, raw):
         self.raw = raw
@@ -96,65 +48,15 @@ class _Handle:
             _c.rkv_cache_destroy(raw)
 
 
-@dataclass(frozen=True)
-class KVView:
-    """Held K, V and positions of one (sequence, layer), borrowed from the cache.
-
-    ``k`` and ``v`` are ``[num_kv_heads, length, head_dim]``, ``positions``
-    ``[num_kv_heads, length]``: numpy arrays for a CPU cache, torch tensors for a
-    CUDA cache, over the cache's own memory (no copy). bf16 storage reads as
-    uint16 bits in numpy. Current until the next append, compress or reset of
-    the sequence: read or copy it before then. The view keeps the memory alive,
-    also after close (then frozen as it was).
-    """
-    k: Any
-    v: Any
-    positions: Any
-    length: int
-    logical_length: int
-    dtype: DType
-    device: Device
-    device_id: int
-
-
-@dataclass(frozen=True)
-class LayerView:
-    """A whole layer for every sequence slot: ``k``/``v`` are
-    ``[max_seqs, num_kv_heads, capacity, head_dim]``, ``positions``
-    ``[max_seqs, num_kv_heads, capacity]`` and ``lengths`` ``[max_seqs]`` (tokens
-    held per head). Same lifetime as :class:`KVView`."""
-    k: Any
-    v: Any
-    positions: Any
-    lengths: Any
-    capacity: int
-    dtype: DType
-    device: Device
-    device_id: int
-
-
-@dataclass(frozen=True)
-class Stats:
-    bytes_allocated: int
-    bytes_kv_capacity: int
-    bytes_kv_held: int
-    bytes_kv_full: int
-    tokens_appended: int
-    tokens_held: int
-    tokens_evicted: int
-    compressions: int
-    compress_seconds: float
-
-
 class Cache:
     """A librkv cache: the K/V memory of ``max_seqs`` sequences x ``num_layers``
     x ``num_kv_heads``, compressed to a fixed budget per head.
 
     Keyword options are the parameters of the C API in lower case (``budget``,
-    ``buffer``, ``window``, ``method``, ``dtype``, ``lambda_`` or ``**{"lambda": x}``,
-    ...); enums accept the enum, its value or its name (``method="snapkv"``).
-    ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. All memory is allocated
-    here, once.
+    ``buffer``, ``window``, ``method``, ``dtype``, ``max_rollback``, ``lambda_``
+    or ``**{"lambda": x}``, ...); enums accept the enum, its value or its name
+    (``method="snapkv"``). ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    All memory is allocated here, once.
 
     Use it as a context manager or call :meth:`close`; closing twice is fine.
     The C API forbids two calls on one cache at once; a Cache keeps that rule
@@ -167,20 +69,28 @@ class Cache:
         self._handle = None  # set first: __del__ runs even if creation fails
         # Held around every C call on the handle (reentrant: methods call methods).
         self._lock = threading.RLock()
+        self._batches: weakref.WeakSet = weakref.WeakSet()
         if "lambda_" in options:
             options["lambda"] = options.pop("lambda_")
         options.update(max_seqs=max_seqs, num_layers=num_layers, num_kv_heads=num_kv_heads,
                        head_dim=head_dim)
         if num_q_heads is not None:
             options["num_q_heads"] = num_q_heads
-        self._handle = _Handle(_c.rkv_cache_create(_make_params(device, options)))
+        params = make_params(device, options)
+        # Fixed for the cache's life: where arrays must live.
+        self.device = Device(params.device_type)
+        self.device_id = int(params.device_id)
+        self._handle = _Handle(_c.rkv_cache_create(params))
 
     # --- lifetime -----------------------------------------------------------
     def close(self) -> None:
-        """Free the cache and its memory. Waits for a call another thread has in
-        flight; later calls raise ValueError. Memory that views still point at
-        is freed with the last of them. Calling it again does nothing."""
+        """Free the cache and its memory, and close its batches. Waits for a
+        call another thread has in flight; later calls raise ValueError. Memory
+        that views still point at is freed with the last of them. Calling it
+        again does nothing."""
         with self._lock:
+            for batch in list(self._batches):
+                batch.close()
             handle, self._handle = self._handle, None
         del handle  # the C cache goes here unless a view still holds it
 
@@ -210,40 +120,42 @@ class Cache:
     # --- parameters -----------------------------------------------------------
     @property
     def params(self) -> dict[str, Any]:
-        """The parameters the cache runs with, by lower-case name."""
+        """The parameters the cache runs with, by lower-case name
+        (``rkv_cache_get_params``)."""
         raw = _c.rkv_cache_params()
         with self._lock:
             _c.rkv_cache_get_params(self._h(), raw)
-        out = {}
-        for key in Param:
-            if key == Param.SEED:
-                out["seed"] = int(raw.seed)
-                continue
-            value = _c.rkv_params_get(raw, key)
-            if key in _ENUM_PARAMS:
-                value = _ENUM_PARAMS[key](int(value))
-            elif key not in _FLOAT_PARAMS:
-                value = int(value)
-            out[key.name.lower()] = value
-        return out
+        return params_dict(raw)
 
-    def set_param(self, name: str | Param, value) -> None:
-        """Change lambda, threshold, kernel, pooling, seed or auto_compress of a
-        live cache (the others fail with BadStateError). Applies from the next
-        compression."""
-        key = name if isinstance(name, Param) else Param[str(name).upper().rstrip("_")]
-        value = _enum_value(_ENUM_PARAMS.get(key, int), value)
+    def get(self, name: str | Param):
+        """One parameter of the live cache (``rkv_cache_get``)."""
+        key = param_key(name)
         with self._lock:
-            _c.rkv_cache_set_param(self._h(), key, float(value))
+            value = _c.rkv_cache_get(self._h(), key)
+        if key in ENUM_PARAMS:
+            return ENUM_PARAMS[key](int(value))
+        return value if key in FLOAT_PARAMS else int(value)
+
+    def set(self, name: str | Param, value) -> None:
+        """Change lambda, threshold, kernel, pooling, seed or auto_compress of a
+        live cache (``rkv_cache_set``; the others fail with BadStateError).
+        Applies from the next compression."""
+        key = param_key(name)
+        value = enum_value(ENUM_PARAMS.get(key, int), value)
+        with self._lock:
+            _c.rkv_cache_set(self._h(), key, float(value))
 
     # --- appending ------------------------------------------------------------
-    def append(self, layer: int, seq_ids: Sequence[int] | int, k, v, q=None, *,
+    def append(self, layer: int, seqs: Sequence[int] | int | "Batch", k, v, q=None, *,
                num_tokens: Sequence[int] | None = None,
                token_offsets: Sequence[int] | None = None,
                layout: str = "bhtd", prompt: bool = False, stream=None) -> None:
         """Append tokens' K, V (and Q) to one layer of one or many sequences.
 
-        Shapes (``n`` = len(seq_ids), H heads, D head_dim):
+        ``seqs`` is a list of sequence ids, or a :class:`Batch` of this cache
+        (one token for every entry, padding included: the kernels read the ids
+        from the batch's memory when they run; see :class:`Batch`).
+        Shapes (``n`` = len(seqs), or the batch's max_entries; H heads, D head_dim):
           * ``[n, H, D]``: one token per sequence (a decode step);
           * ``[n, H, T, D]`` (``layout="bhtd"``, transformers) or ``[n, T, H, D]``
             (``layout="bthd"``): T tokens each, or ``num_tokens[i]`` starting at
@@ -251,34 +163,53 @@ class Cache:
           * ``[total, H, D]`` with ``num_tokens`` and ``token_offsets``: packed varlen.
         Arrays: numpy (host), torch tensors (host or CUDA), anything with
         ``__cuda_array_interface__`` or DLPack; any strides with a contiguous
-        last axis; float32, float16 or bfloat16. ``prompt=True`` marks prompt
-        tokens. Invalidates views of these sequences.
+        last axis; float32, float16 or bfloat16. The library checks that every
+        element it reads lies inside each array (CapacityError otherwise).
+        ``prompt=True`` marks prompt tokens. Invalidates views of these sequences.
         """
-        seqs = host_ints([seq_ids] if np.isscalar(seq_ids) else seq_ids, np.int32, "seq_ids")
-        n = int(seqs.size)
+        batch = _batch_of(self, seqs)
+        args = _c.rkv_append_args()
+        args.layer = layer
+        args.flags = _c.RKV_APPEND_PROMPT if prompt else 0
         arrays = {"k": describe(k), "v": describe(v)}
         if q is not None:
             arrays["q"] = describe(q)
-        counts = None if num_tokens is None else host_ints(num_tokens, np.int32, "num_tokens")
-        offsets = None if token_offsets is None else host_ints(token_offsets, np.int64, "token_offsets")
-        args = _c.rkv_append_args()
-        args.layer = layer
+        if batch is not None:
+            if num_tokens is not None or token_offsets is not None:
+                raise InvalidArgumentError("a batch append takes one token per entry: "
+                                           "num_tokens and token_offsets must be None")
+            n, seq_ids, counts, offsets = batch.max_entries, None, None, None
+        else:
+            seq_ids = host_ints([seqs] if np.isscalar(seqs) else seqs, np.int32, "seq_ids")
+            n = int(seq_ids.size)
+            counts = None if num_tokens is None else host_ints(num_tokens, np.int32, "num_tokens")
+            offsets = None if token_offsets is None else host_ints(token_offsets, np.int64,
+                                                                   "token_offsets")
+            # The library reads n entries of these host arrays: it cannot see their length.
+            for what, array in (("num_tokens", counts), ("token_offsets", offsets)):
+                if array is not None and array.size != n:
+                    raise InvalidArgumentError(f"{what} has {array.size} entries for {n} seq_ids")
         args.num_seqs = n
-        args.seq_ids = seqs.ctypes.data
-        args.flags = _c.RKV_APPEND_PROMPT if prompt else 0
-        token_axes = {name: _fill_tensor(getattr(args, name), array, name, n, layout,
-                                         packed=counts is not None and len(array.shape) == 3)
+        token_axes = {name: fill_tensor(getattr(args, name), array, name, layout,
+                                        packed=counts is not None and len(array.shape) == 3)
                       for name, array in arrays.items()}
-        if counts is None and (token_axes["k"] or 0) > 1:  # T tokens each, from k's shape
-            counts = np.full(n, token_axes["k"], np.int32)
-        _check_extents(token_axes, n, counts, offsets)
+        tokens = token_axes["k"]
+        if batch is not None and (tokens or 1) != 1:
+            raise InvalidArgumentError(f"a batch append takes one token per entry; k has {tokens}")
+        if batch is None and counts is None and (tokens or 1) > 1:  # T tokens each, from k's shape
+            counts = np.full(n, tokens, np.int32)
+        if batch is None:
+            _check_token_axes(token_axes, counts, offsets)
+        args.seq_ids = None if seq_ids is None else seq_ids.ctypes.data
         args.num_tokens = None if counts is None else counts.ctypes.data
         args.token_offsets = None if offsets is None else offsets.ctypes.data
+        check_devices(self.device, self.device_id, arrays.values())
         with self._lock:
             raw = self._h()
-            _check_devices(raw, arrays.values())
-            _c.rkv_append(raw, args, _pick_stream(stream, arrays.values()))
-        # seqs, counts, offsets and the arrays are alive until here: the
+            if batch is not None:
+                args.batch = batch._raw()
+            _c.rkv_append(raw, args, pick_stream(stream, arrays.values()))
+        # seq_ids, counts, offsets and the arrays are alive until here: the
         # library has read them (it copies what it keeps) before returning.
 
     # --- compression ------------------------------------------------------------
@@ -293,113 +224,122 @@ class Cache:
         with self._lock:
             return bool(_c.rkv_compress_due(self._h(), seq, layer))
 
+    # --- sequences ----------------------------------------------------------------
     def reset(self, seq: int = ALL, *, stream=None) -> None:
-        """Forget a sequence (or all) so its slot can serve a new request."""
+        """Forget a sequence (or all) so its slot can serve a new request; its
+        budget returns to the cache's."""
         with self._lock:
             _c.rkv_seq_reset(self._h(), seq, stream_handle(stream))
 
-    # --- views and inspection ----------------------------------------------------
-    def view(self, seq: int, layer: int) -> KVView:
-        """The held K, V and positions of (seq, layer), without copying."""
-        raw = _c.rkv_kv_view()
+    def truncate(self, seq: int, tokens: int, *, stream=None) -> None:
+        """Roll back the last `tokens` appended tokens of every layer of `seq`
+        (speculative decoding rejects drafts). Allowed while they have not been
+        through a compression (and, for methods that keep queries, while the
+        queries that replace them in the window are held: ``max_rollback``);
+        else BadStateError naming :meth:`rollback_limit`. Appending the same
+        tokens again leaves the cache as if the drafts never came."""
         with self._lock:
-            _c.rkv_view(self._h(), seq, layer, raw)
-            owner = self._handle  # the view keeps the memory alive, even past close
-        heads, length, dim = raw.num_kv_heads, raw.length, raw.head_dim
-        dtype, device = DType(raw.dtype), Device(raw.device_type)
-        shape, strides = (heads, length, dim), (raw.stride_head, raw.stride_token, 1)
-        make = host_view if device == Device.CPU else (
-            lambda *a: cuda_view(*a, raw.device_id))
-        return KVView(
-            k=make(owner, raw.k, shape, strides, dtype),
-            v=make(owner, raw.v, shape, strides, dtype),
-            positions=int_view(owner, raw.positions, (heads, length), (raw.positions_stride_head, 1),
-                               device, raw.device_id),
-            length=length, logical_length=int(raw.logical_length), dtype=dtype, device=device,
-            device_id=raw.device_id)
+            _c.rkv_seq_truncate(self._h(), seq, tokens, stream_handle(stream))
 
-    def layer_view(self, layer: int) -> LayerView:
-        """One layer for every sequence slot, for one batched attention call."""
-        raw = _c.rkv_layer_view()
+    def rollback_limit(self, seq: int) -> int:
+        """How many tokens :meth:`truncate` accepts for `seq` now."""
         with self._lock:
-            _c.rkv_view_layer(self._h(), layer, raw)
-            owner = self._handle
-        dtype, device = DType(raw.dtype), Device(raw.device_type)
-        shape = (raw.max_seqs, raw.num_kv_heads, raw.capacity, raw.head_dim)
-        strides = (raw.stride_seq, raw.stride_head, raw.stride_token, 1)
-        make = host_view if device == Device.CPU else (
-            lambda *a: cuda_view(*a, raw.device_id))
-        return LayerView(
-            k=make(owner, raw.k, shape, strides, dtype),
-            v=make(owner, raw.v, shape, strides, dtype),
-            positions=int_view(owner, raw.positions, shape[:3],
-                               (raw.positions_stride_seq, raw.positions_stride_head, 1),
-                               device, raw.device_id),
-            lengths=int_view(owner, raw.lengths, (raw.max_seqs,), (1,), device, raw.device_id),
-            capacity=raw.capacity, dtype=dtype, device=device, device_id=raw.device_id)
+            return int(_c.rkv_seq_rollback_limit(self._h(), seq))
 
-    def seq_length(self, seq: int, layer: int) -> tuple[int, int]:
+    def copy(self, src: int, dst: int, *, stream=None) -> None:
+        """Fork: copy sequence `src`'s whole state into the empty slot `dst`
+        (beam search, n > 1 sampling). The two then evolve independently."""
+        with self._lock:
+            _c.rkv_seq_copy(self._h(), src, dst, stream_handle(stream))
+
+    def set_budget(self, seq: int, budget: int) -> None:
+        """A smaller budget for one request (set while the sequence is empty;
+        from the method's smallest up to the cache's budget). Reset restores
+        the cache's; copy carries it."""
+        with self._lock:
+            _c.rkv_seq_set_budget(self._h(), seq, budget)
+
+    def get_budget(self, seq: int) -> int:
+        """The budget sequence `seq` compresses to."""
+        with self._lock:
+            return int(_c.rkv_seq_get_budget(self._h(), seq))
+
+    def length(self, seq: int, layer: int) -> tuple[int, int]:
         """(logical, physical): tokens appended so far, tokens held per head now."""
         with self._lock:
             logical, physical = _c.rkv_seq_length(self._h(), seq, layer)
         return int(logical), int(physical)
 
-    def kept_positions(self, seq: int, layer: int, head: int) -> np.ndarray:
-        """Original positions held by one KV head, in slot order (a host copy)."""
+    def positions(self, seq: int, layer: int, head: int) -> np.ndarray:
+        """Original positions held by one KV head, in slot order (a host copy;
+        on CUDA it waits for the cache's work: for inspection, not decoding)."""
         with self._lock:  # the length and the copy from one state
-            _, physical = self.seq_length(seq, layer)
+            _, physical = self.length(seq, layer)
             out = np.empty(max(physical, 1), np.int32)
-            count = _c.rkv_kept_positions(self._h(), seq, layer, head, out.ctypes.data, out.size)
+            count = _c.rkv_seq_positions(self._h(), seq, layer, head, out.ctypes.data, out.size)
         return out[:count].copy()
 
-    def inspect_scores(self, seq: int, layer: int, head: int, kind: str = "final") -> np.ndarray:
-        """Experimental: the scores the next compression would rank for one head
-        ("importance", "redundancy" or "final")."""
-        kinds = {"importance": _c.RKV_SCORE_IMPORTANCE, "redundancy": _c.RKV_SCORE_REDUNDANCY,
-                 "final": _c.RKV_SCORE_FINAL}
-        if kind not in kinds:
-            raise InvalidArgumentError(f"unknown score kind {kind!r}: one of {', '.join(kinds)}")
+    # --- views --------------------------------------------------------------------
+    def view(self, seq: int, layer: int) -> SeqView:
+        """The held K, V and positions of (seq, layer), without copying."""
+        raw = _c.rkv_seq_view()
         with self._lock:
-            _, physical = self.seq_length(seq, layer)
-            out = np.empty(max(physical, 1), np.float32)
-            count = _c.rkv_inspect_scores(self._h(), seq, layer, head, kinds[kind], out.ctypes.data,
-                                          out.size)
-        return out[:count].copy()
+            _c.rkv_view(self._h(), seq, layer, raw)
+            owner = self._handle  # the view keeps the memory alive, even past close
+        return seq_view(owner, raw)
+
+    def view_layer(self, layer: int) -> LayerView:
+        """One layer for every sequence slot, for one batched attention call."""
+        raw = _c.rkv_layer_view()
+        with self._lock:
+            _c.rkv_view_layer(self._h(), layer, raw)
+            owner = self._handle
+        return layer_view(owner, raw)
 
     def stats(self, seq: int = ALL) -> Stats:
         raw = _c.rkv_stats()
         with self._lock:
             _c.rkv_cache_stats(self._h(), seq, raw)
-        return Stats(**{f: getattr(raw, f) for f in Stats.__dataclass_fields__})
+        return stats(raw)
 
     # --- attention ---------------------------------------------------------------
-    def attend(self, layer: int, seq_ids: Sequence[int] | int, q, out=None, *,
+    def attend(self, layer: int, seqs: Sequence[int] | int | "Batch", q, out=None, *,
                scale: float = 0.0, stream=None):
         """Decode attention over the held tokens: q and out are
-        ``[n, num_q_heads, head_dim]``. Returns out (allocated like q when not
-        given: numpy or torch). scale <= 0 means 1/sqrt(head_dim)."""
-        seqs = host_ints([seq_ids] if np.isscalar(seq_ids) else seq_ids, np.int32, "seq_ids")
+        ``[n, num_q_heads, head_dim]`` (n = len(seqs), or a Batch's max_entries:
+        padding entries leave their rows of out untouched). Returns out
+        (allocated like q when not given: numpy or torch). scale <= 0 means
+        1/sqrt(head_dim)."""
+        batch = _batch_of(self, seqs)
+        if batch is not None:
+            n, seq_ids = batch.max_entries, None
+        else:
+            seq_ids = host_ints([seqs] if np.isscalar(seqs) else seqs, np.int32, "seq_ids")
+            n = int(seq_ids.size)
         if out is None:
             if hasattr(q, "new_empty"):  # torch
-                out = q.new_empty(q.shape)
+                out = q.new_zeros(q.shape) if batch is not None else q.new_empty(q.shape)
             elif isinstance(q, np.ndarray):
-                out = np.empty(q.shape, q.dtype)
+                out = (np.zeros if batch is not None else np.empty)(q.shape, q.dtype)
             else:
                 raise InvalidArgumentError("pass out= for arrays that are neither numpy nor torch")
         arrays = {"q": describe(q), "out": describe(out)}
-        if not arrays["out"].writable:
-            raise InvalidArgumentError(
-                "out is read-only (np.frombuffer over bytes, a broadcast view, a readonly "
-                "__cuda_array_interface__): attend writes into it; pass a writable array")
-        tensors = {}
+        check_writable(arrays["out"], "out")
+        args = _c.rkv_attend_args()
+        args.layer = layer
+        args.num_seqs = n
+        args.seq_ids = None if seq_ids is None else seq_ids.ctypes.data
+        args.scale = float(scale)
         for name, array in arrays.items():
-            tensors[name] = _c.rkv_tensor()
-            _fill_tensor(tensors[name], array, name, int(seqs.size), "bhtd", packed=False)
+            if len(array.shape) != 3:
+                raise InvalidArgumentError(f"{name}: expected [n, heads, dim]; got shape {array.shape}")
+            fill_tensor(getattr(args, name), array, name, "bhtd", packed=False)
+        check_devices(self.device, self.device_id, arrays.values())
         with self._lock:
             raw = self._h()
-            _check_devices(raw, arrays.values())
-            _c.rkv_attend(raw, layer, int(seqs.size), seqs.ctypes.data, tensors["q"],
-                          tensors["out"], float(scale), _pick_stream(stream, arrays.values()))
+            if batch is not None:
+                args.batch = batch._raw()
+            _c.rkv_attend(raw, args, pick_stream(stream, arrays.values()))
         return out
 
     def __repr__(self) -> str:
@@ -412,83 +352,27 @@ class Cache:
                 f"{p['device_type'].name.lower()}>")
 
 
-def _fill_tensor(tensor, array: Array, name: str, n: int, layout: str, packed: bool) -> int | None:
-    """Describe `array` in an rkv_tensor. Returns the length of its token axis
-    (None for one token per entry)."""
-    shape, strides = array.shape, array.strides
-    if shape and shape[-1] > 1 and strides[-1] != 1:
-        raise InvalidArgumentError(f"{name}: the last (head_dim) axis must be contiguous")
-    if packed:  # [total, H, D]
-        head_axis, stride_seq, stride_token, tokens = 1, 0, strides[0], shape[0]
-    elif len(shape) == 3:  # [n, H, D]
-        head_axis, stride_seq, stride_token, tokens = 1, strides[0], 0, None
-    elif len(shape) == 4 and layout in ("bhtd", "bthd"):
-        head_axis, token_axis = (1, 2) if layout == "bhtd" else (2, 1)
-        stride_seq, stride_token, tokens = strides[0], strides[token_axis], shape[token_axis]
-    else:
-        raise InvalidArgumentError(
-            f"{name}: expected [n, heads, dim], [n, heads, T, dim] (layout 'bhtd'), "
-            f"[n, T, heads, dim] (layout 'bthd') or packed [total, heads, dim]; got shape {shape}")
-    if not packed and shape[0] != n:
-        raise InvalidArgumentError(f"{name}: {shape[0]} entries for {n} seq_ids")
-    tensor.data = array.address
-    tensor.dtype = array.dtype
-    tensor.num_heads = shape[head_axis]
-    tensor.head_dim = shape[-1]
-    tensor.stride_seq, tensor.stride_token = stride_seq, stride_token
-    tensor.stride_head = strides[head_axis]
-    return tokens
-
-
-def _check_devices(raw_cache, arrays) -> None:
-    """Host arrays for a CPU cache, memory of its GPU for a CUDA cache: the
-    library cannot tell a pointer's device, and a wrong one would crash."""
-    raw = _c.rkv_cache_params()
-    _c.rkv_cache_get_params(raw_cache, raw)
-    for array in arrays:
-        if array.device != raw.device_type or (
-                array.device == Device.CUDA and array.device_id not in (None, raw.device_id)):
-            where = "cpu" if array.device == Device.CPU else f"cuda:{array.device_id}"
-            cache = "cpu" if raw.device_type == Device.CPU else f"cuda:{raw.device_id}"
-            raise InvalidArgumentError(f"an array on {where} was passed to a cache on {cache}")
-
-
-def _check_extents(token_axes: dict, n: int, counts, offsets) -> None:
-    """The library reads tokens offsets[i] .. offsets[i] + counts[i] - 1 of each
-    entry from every array (k, v and q alike): each array's token axis must
-    hold them. `token_axes` maps a name to its token axis length (None: one
-    token per entry). rkv_tensor carries no extent, so the library cannot check
-    this itself; once it does (issue 10), this function goes."""
-    if counts is not None and counts.size != n:
-        raise InvalidArgumentError(f"num_tokens has {counts.size} entries for {n} seq_ids")
-    if offsets is not None and offsets.size != n:
-        raise InvalidArgumentError(f"token_offsets has {offsets.size} entries for {n} seq_ids")
-    if n == 0:
+def _check_token_axes(token_axes: dict, counts, offsets) -> None:
+    """An array without a token axis ([n, heads, dim]) holds one token per
+    entry. The library sees it as stride_token 0, which is legal (the same
+    row for every token), so only the binding knows that a call reading more
+    than one token, or from an offset, from such an array is a mistake."""
+    reads_more = (counts is not None and bool(np.any(counts > 1))) or (
+        offsets is not None and bool(np.any(offsets > 0)))
+    if not reads_more:
         return
-    count = counts.astype(np.int64) if counts is not None else np.ones(n, np.int64)
-    start = offsets if offsets is not None else np.zeros(n, np.int64)
-    if np.any(count < 1) or np.any(start < 0):
-        return  # the library refuses these before reading anything
-    end = int(np.max(start + count))
     for name, tokens in token_axes.items():
-        held = 1 if tokens is None else tokens
-        if end > held:
+        if tokens is None:
             raise InvalidArgumentError(
-                f"{name} holds {held} token(s) per entry{' ([n, heads, dim])' if tokens is None else ''}, "
-                f"but num_tokens and token_offsets read up to token {end}")
+                f"{name} is [n, heads, dim] (one token per entry), but num_tokens and token_offsets "
+                f"read more than its first token: give it a token axis ([n, heads, T, dim])")
 
 
-def _pick_stream(stream, arrays) -> int | None:
-    """The stream to enqueue on: the caller's; else a __cuda_array_interface__
-    producer's stream; else torch's current stream for CUDA tensors; else NULL."""
-    if stream is not None:
-        return stream_handle(stream)
-    arrays = list(arrays)
-    for array in arrays:
-        if array.stream is not None:
-            return array.stream
-    for array in arrays:
-        if array.is_torch and array.device == Device.CUDA:
-            import torch
-            return torch.cuda.current_stream(array.device_id).cuda_stream
-    return None
+def _batch_of(cache: Cache, seqs):
+    """The Batch when `seqs` is one (of this cache), else None."""
+    from .batch import Batch
+    if not isinstance(seqs, Batch):
+        return None
+    if seqs.cache is not cache:
+        raise InvalidArgumentError("the batch belongs to another cache")
+    return seqs

@@ -96,8 +96,9 @@ class Param(enum.IntEnum):
     MAX_LEN = _c.RKV_PARAM_MAX_LEN
     SEED = _c.RKV_PARAM_SEED
     AUTO_COMPRESS = _c.RKV_PARAM_AUTO_COMPRESS
+    MAX_ROLLBACK = _c.RKV_PARAM_MAX_ROLLBACK
 
     @property
     def bounds(self) -> tuple[float, float]:
         """Inclusive (lower, upper) bounds of this parameter on its own."""
-        return tuple(_c.rkv_param_bounds(self))
+        return tuple(_c.rkv_params_bounds(self))
