@@ -239,30 +239,30 @@ class Cache:
         else BadStateError naming :meth:`rollback_limit`. Appending the same
         tokens again leaves the cache as if the drafts never came."""
         with self._lock:
-            _c.rkv_seq_truncate(self._h(), seq, tokens, stream_handle(stream))
+            _c.rkv_seq_truncate(self._h(), int(seq), int(tokens), stream_handle(stream))
 
     def rollback_limit(self, seq: int) -> int:
         """How many tokens :meth:`truncate` accepts for `seq` now."""
         with self._lock:
-            return int(_c.rkv_seq_rollback_limit(self._h(), seq))
+            return int(_c.rkv_seq_rollback_limit(self._h(), int(seq)))
 
     def copy(self, src: int, dst: int, *, stream=None) -> None:
         """Fork: copy sequence `src`'s whole state into the empty slot `dst`
         (beam search, n > 1 sampling). The two then evolve independently."""
         with self._lock:
-            _c.rkv_seq_copy(self._h(), src, dst, stream_handle(stream))
+            _c.rkv_seq_copy(self._h(), int(src), int(dst), stream_handle(stream))
 
     def set_budget(self, seq: int, budget: int) -> None:
         """A smaller budget for one request (set while the sequence is empty;
         from the method's smallest up to the cache's budget). Reset restores
         the cache's; copy carries it."""
         with self._lock:
-            _c.rkv_seq_set_budget(self._h(), seq, budget)
+            _c.rkv_seq_set_budget(self._h(), int(seq), int(budget))
 
     def get_budget(self, seq: int) -> int:
         """The budget sequence `seq` compresses to."""
         with self._lock:
-            return int(_c.rkv_seq_get_budget(self._h(), seq))
+            return int(_c.rkv_seq_get_budget(self._h(), int(seq)))
 
     def length(self, seq: int, layer: int) -> tuple[int, int]:
         """(logical, physical): tokens appended so far, tokens held per head now."""

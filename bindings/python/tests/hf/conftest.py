@@ -4,6 +4,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+# Tiny models: one thread is many times faster than a pool fighting over
+# shared cores (and these tests compare results, not speed).
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    # transformers >= 5.18 renames generate's past_key_values to cache; 5.17
+    # (the GPU machine's) knows only past_key_values, so the tests keep it.
+    config.addinivalue_line("filterwarnings", "ignore:.past_key_values. is deprecated:FutureWarning")
+
 
 SHAPE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -32,6 +42,14 @@ def left_padded_batch(lengths, vocab=256, device="cpu", seed=1):
         ids[row, width - n:] = torch.randint(3, vocab, (n,), generator=generator)
         mask[row, width - n:] = 1
     return ids.to(device), mask.to(device)
+
+
+def generate(model, ids, mask, new_tokens, cache=None, **options):
+    """Greedy generation of exactly new_tokens tokens: (sequences, logits [batch, new, vocab])."""
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, past_key_values=cache,
+                         return_dict_in_generate=True, output_logits=True, **options)
+    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 def devices():

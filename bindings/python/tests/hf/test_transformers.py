@@ -1,10 +1,10 @@
 """RkvCache in transformers' generate: identical to transformers' own cache
 when nothing is evicted; bounded and equal to the C library's own selection
-when the budget is small."""
+when the budget is small; decode steps made of librkv's batch calls only."""
 import numpy as np
 import pytest
 import torch
-from conftest import left_padded_batch, tiny_model
+from conftest import generate, left_padded_batch, tiny_model
 from transformers import DynamicCache
 
 import rkv
@@ -12,13 +12,6 @@ import rkv.hf
 
 METHODS = ["rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"]
 PROMPTS = [7, 12, 3]  # left padded to 12
-
-
-def generate(model, ids, mask, new_tokens, cache=None):
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, do_sample=False, past_key_values=cache,
-                         return_dict_in_generate=True, output_logits=True)
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 @pytest.mark.parametrize("family,method", [("llama", m) for m in METHODS] +
@@ -34,6 +27,7 @@ def test_large_budget_equals_transformers_cache(family, method, device):
     assert torch.equal(got, expected)
     torch.testing.assert_close(got_logits, expected_logits, rtol=1e-4, atol=1e-4)
     assert with_rkv.native.stats().tokens_evicted == 0
+    assert with_rkv.forks == 0  # three different prompts: nothing to fork
 
 
 def test_rkv_attention_without_rkv_cache_is_plain_sdpa(device):
@@ -46,19 +40,23 @@ def test_rkv_attention_without_rkv_cache_is_plain_sdpa(device):
 
 
 class Recorder:
-    """Records every append the adapter makes to librkv (copies of its inputs)."""
+    """Records, per attention call of the adapter, what it hands to librkv:
+    K, V, Q and which of the tokens are real."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        original = rkv.Cache.append
+        original = rkv.hf.RkvCache._attention
 
-        def append(cache, layer, seq_ids, k, v, q=None, **kw):
-            self.calls.append((layer, list(seq_ids), k.cpu().clone(), v.cpu().clone(),
-                               q.cpu().clone(), list(kw["num_tokens"]),
-                               list(kw["token_offsets"]), kw["prompt"]))
-            return original(cache, layer, seq_ids, k, v, q, **kw)
+        def attention(cache, layer, query, key, value, attention_mask, scaling):
+            length = key.shape[2]
+            real = (torch.ones(key.shape[0], length, dtype=torch.bool) if attention_mask is None
+                    or length == 1 else attention_mask[:, -length:].bool().cpu())
+            prompt = not cache._held  # the first call: every layer appends prompt tokens
+            self.calls.append((layer, key.cpu().float().clone(), value.cpu().float().clone(),
+                               query.cpu().float().clone(), real, prompt))
+            return original(cache, layer, query, key, value, attention_mask, scaling)
 
-        monkeypatch.setattr(rkv.Cache, "append", append)
+        monkeypatch.setattr(rkv.hf.RkvCache, "_attention", attention)
 
 
 @pytest.mark.parametrize("family,method,dtype", [
@@ -77,7 +75,7 @@ def test_small_budget_is_bounded_and_matches_the_library(family, method, dtype, 
     cache = rkv.hf.RkvCache(model, **options)
     new_tokens = 30
     generate(model, ids, mask, new_tokens, cache)
-    monkeypatch.undo()  # stop recording: the replay below appends too
+    monkeypatch.undo()
     native = cache.native
     layers = model.config.num_hidden_layers
     params = native.params
@@ -90,41 +88,61 @@ def test_small_budget_is_bounded_and_matches_the_library(family, method, dtype, 
         device=device, **options)
     for b, prompt in enumerate(PROMPTS):
         for layer in range(layers):
-            logical, held = native.seq_length(b, layer)
+            logical, held = native.length(b, layer)
             assert logical == prompt + new_tokens - 1  # padding never entered
             assert held <= 8 + 4
     assert native.stats().tokens_evicted > 0
 
-    # The C library, fed the same K/V/Q one sequence at a time, keeps the same
-    # tokens in the same slots as the adapter's batched, left-padded cache.
+    # The C library, fed each sequence's real tokens one call at a time (the
+    # prompt whole, then one token per step, compressing when full as its
+    # append does), keeps the same tokens in the same slots as the adapter's
+    # batched, left-padded cache whose decode steps went through a batch.
+    storage = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
     for b in range(len(PROMPTS)):
         with rkv.Cache(max_seqs=1, num_layers=layers, num_kv_heads=params["num_kv_heads"],
                        num_q_heads=params["num_q_heads"], head_dim=params["head_dim"],
                        dtype=params["dtype"], **options) as replay:
-            for layer, seqs, k, v, q, counts, offsets, prompt in recorder.calls:
-                if b not in seqs:
-                    continue
-                i = seqs.index(b)
-                part = slice(offsets[i], offsets[i] + counts[i])
-                replay.append(layer, [0], k[i:i + 1, :, part], v[i:i + 1, :, part],
-                              q=q[i:i + 1, :, part], prompt=prompt)
+            for layer, k, v, q, real, prompt in recorder.calls:
+                keep = real[b]
+                as_input = lambda x: x[b:b + 1, :, keep].to(dtype)  # noqa: E731 (the model's dtype)
+                replay.append(layer, [0], as_input(k), as_input(v), q=as_input(q), prompt=prompt)
             for layer in range(layers):
                 ours, theirs = native.view(b, layer), replay.view(0, layer)
                 positions = ours.positions.cpu().numpy() if device == "cuda" else ours.positions
-                assert np.array_equal(positions, theirs.positions)
+                assert np.array_equal(positions, theirs.positions), (storage, b, layer)
                 for head in range(params["num_kv_heads"]):
-                    assert list(native.kept_positions(b, layer, head)) == list(
-                        replay.kept_positions(0, layer, head))
+                    assert list(native.positions(b, layer, head)) == list(replay.positions(0, layer, head))
     cache.close()
 
 
-def test_unsupported_uses_fail_clearly():
+def test_decode_steps_are_batch_calls_only(monkeypatch):
+    """After the prompt, a step is one rkv_append and one rkv_attend per layer,
+    both through the batch (no host ids, no per-row call, no length query):
+    the held cache is read where librkv keeps it."""
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="attn_implementation"):
-        rkv.hf.RkvCache(model)
     model.set_attn_implementation("rkv")
+    ids, mask = left_padded_batch(PROMPTS)
     cache = rkv.hf.RkvCache(model, budget=8, buffer=4, window=2)
-    with pytest.raises(NotImplementedError):
-        cache.crop(-1)
-    with pytest.raises(NotImplementedError):
-        cache.reorder_cache(torch.tensor([0]))
+    calls = []
+    for name in ("rkv_append", "rkv_attend", "rkv_seq_length", "rkv_view_layer", "rkv_view"):
+        original = getattr(rkv.capi, name)
+
+        def spy(*args, _name=name, _original=original):
+            calls.append((_name, args[1] if _name in ("rkv_append", "rkv_attend") else None))
+            return _original(*args)
+
+        monkeypatch.setattr(rkv.capi, name, spy)
+    new_tokens = 6
+    generate(model, ids, mask, new_tokens, cache)
+    layers = model.config.num_hidden_layers
+    first_batch_call = next(i for i, (name, args) in enumerate(calls)
+                            if args is not None and args.batch is not None)
+    prompt, decode = calls[:first_batch_call], calls[first_batch_call:]
+    prompt_appends = [args for name, args in prompt if name == "rkv_append"]
+    assert len(prompt_appends) == layers and all(a.seq_ids and a.batch is None for a in prompt_appends)
+    appends = [args for name, args in decode if name == "rkv_append"]
+    attends = [args for name, args in decode if name == "rkv_attend"]
+    assert len(appends) == len(attends) == layers * (new_tokens - 1)
+    assert all(a.batch is not None and not a.seq_ids and a.num_seqs == len(PROMPTS)
+               for a in appends + attends)
+    assert not [name for name, _ in decode if name not in ("rkv_append", "rkv_attend")]

@@ -36,7 +36,7 @@ def main(path: str) -> None:
               "kv_heads": small.native.params["num_kv_heads"],
               "q_heads": small.native.params["num_q_heads"],
               "evicted": small.native.stats().tokens_evicted,
-              "max_held": max(small.native.seq_length(b, 0)[1] for b in range(3)),
+              "max_held": max(small.native.length(b, 0)[1] for b in range(3)),
               "world": world}
     print("RKV_TP " + json.dumps(report), flush=True)
     dist.barrier()
