@@ -275,9 +275,34 @@ __device__ __forceinline__ int64_t history_index(const CacheLayer &c, int32_t se
 // ---------------------------------------------------------------------------
 // compression jobs
 
+// The memory of the job's layer: p.cache (layer 0) moved `job.layer` layers on.
+__device__ __forceinline__ CacheLayer job_cache(const CompressParams &p, const Job &job) {
+    CacheLayer c = p.cache;
+    const int64_t slots = int64_t(job.layer) * p.layer_slots;
+    const int64_t row_bytes = int64_t(c.head_dim) * dtype_bytes(c.dtype);
+    c.keys = static_cast<char *>(c.keys) + slots * row_bytes;
+    c.values = static_cast<char *>(c.values) + slots * row_bytes;
+    c.positions += slots;
+    c.state += slots;
+    c.queries = static_cast<char *>(c.queries) + int64_t(job.layer) * p.layer_queries * dtype_bytes(c.dtype);
+    if (c.history_queries)
+        c.history_queries =
+            static_cast<char *>(c.history_queries) + int64_t(job.layer) * p.layer_history * dtype_bytes(c.dtype);
+    const int32_t book = job.layer * c.max_seqs;
+    c.lengths += book;
+    c.logical += book;
+    c.queries_valid += book;
+    c.compressions += book;
+    c.dropped += book;
+    c.recent += book;
+    c.pending += book;
+    c.layer = job.layer;
+    return c;
+}
+
 // True if the job of this block still holds what the host planned.
 __device__ __forceinline__ bool job_active(const CompressParams &p, const Job &job) {
-    return p.cache.lengths[job.seq] == job.held;
+    return p.cache.lengths[job.layer * p.cache.max_seqs + job.seq] == job.held;
 }
 
 // Offset of (group job jj, head h) in the [J, H, cap] scratch arrays.

@@ -1,6 +1,8 @@
 // Launchers of the scoring, selection and compaction kernels
-// (kernels/scoring.cuh, kernels/select.cuh), and the shared-memory setup.
+// (kernels/scoring.cuh, kernels/select.cuh, kernels/score_select.cuh), and the
+// shared-memory setup.
 #include "launch.h"
+#include "score_select.cuh"
 #include "scoring.cuh"
 #include "select.cuh"
 
@@ -18,14 +20,18 @@ cudaError_t allow_shared(Kernel kernel, size_t bytes) {
 
 }  // namespace
 
-cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups) {
+cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups, int32_t window) {
     cudaError_t error = configure_append_kernels(dtype, head_dim, capacity, groups);
     if (error == cudaSuccess) error = configure_gram_kernels(dtype, head_dim);
+    if (error == cudaSuccess) error = configure_gram_wgmma_kernels(dtype, head_dim);
     if (error == cudaSuccess) error = configure_attend_kernels(dtype);
     if (error == cudaSuccess) error = configure_sequence_kernels(dtype, head_dim, capacity, groups);
     if (error != cudaSuccess) return error;
     const size_t select = select_shared_bytes(capacity);
     RKV_DISPATCH_DTYPE(dtype, T, { error = allow_shared(select_compact_kernel<T>, select); })
+    if (error != cudaSuccess) return error;
+    const size_t fused = score_select_shared_bytes(capacity, window);
+    RKV_DISPATCH_DTYPE(dtype, T, { error = allow_shared(score_select_kernel<T>, fused); })
     return error;
 }
 
@@ -65,6 +71,18 @@ cudaError_t launch_select_compact(const CompressParams &p, cudaStream_t stream) 
         select_compact_kernel<T><<<heads_jobs(p), kSelectThreads, shared, stream>>>(p);
     })
     return cudaGetLastError();
+}
+
+cudaError_t launch_score_select(const CompressParams &p, cudaStream_t stream) {
+    const size_t shared = score_select_shared_bytes(p.cache.capacity, p.cache.window);
+    RKV_DISPATCH_DTYPE(p.cache.dtype, T, {
+        score_select_kernel<T><<<heads_jobs(p), kSelectThreads, shared, stream>>>(p);
+    })
+    return cudaGetLastError();
+}
+
+size_t score_select_shared_bytes_for(int32_t capacity, int32_t window) {
+    return score_select_shared_bytes(capacity, window);
 }
 
 cudaError_t launch_commit(const CompressParams &p, cudaStream_t stream) {

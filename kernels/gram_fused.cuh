@@ -94,33 +94,26 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
 
-// grid (key tile, kv head, job), kImportanceThreads threads,
-// importance_fused_shared_bytes(D, rows) of dynamic shared memory.
+// Dynamic shared memory of importance_stream_kernel: the query rows, two key
+// tiles (double-buffered), the logits [rows, 128] and the inverse norms.
+__host__ __device__ constexpr size_t importance_stream_shared_bytes(int head_dim, int rows) {
+    return importance_fused_shared_bytes(head_dim, rows) + size_t(kGramTile) * head_dim * 2;
+}
+
+// The importance work of key tile t of (job, head), every thread of a block of
+// kImportanceThreads taking part, once the tile (k_tile, swizzled [128][D]) and
+// the window queries (q_tile, swizzled [padded][D]) are in shared memory:
+// with_norms: the inverse norms and this tile's W partial; then the window
+// logits of the tile, pooled over the group, into scratch.logits.
+// logits [padded][128] and inv [128] are shared scratch.
 template <typename T, int D>
-__global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(CompressParams p, int32_t with_norms) {
-    extern __shared__ __align__(128) char fused_shared[];
-    const int32_t t = blockIdx.x, h = blockIdx.y, jj = blockIdx.z;
-    const Job job = p.jobs[jj];
-    if (!job_active(p, job)) return;
-    const CacheLayer &c = p.cache;
+__device__ __forceinline__ void importance_tile(const CompressParams &p, const CacheLayer &c, const Job &job,
+                                                int32_t jj, int32_t h, int32_t t, const char *k_tile,
+                                                uint32_t q_address, float *logits, float *inv, int32_t with_norms) {
     const int32_t n = job.held, candidates = n - c.window;
-    if (t * kGramTile >= n) return;
     const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
     const int32_t padded = fused_rows(rows);
-    char *k_tile = fused_shared;                                            // [128][D]
-    char *q_tile = fused_shared + kGramTile * D * 2;                        // [padded][D]
-    float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
-    float *inv = logits + padded * kGramTile;                               // [128]
     const uint32_t k_address = shared_address(k_tile);
-    const uint32_t q_address = shared_address(q_tile);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
-    const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
-    load_rows<T, D>(k_address, keys, t * kGramTile, kGramTile, n);
-    load_rows<T, D>(q_address, queries, 0, padded, rows);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
     const int64_t head_row = scratch_row(p, jj, h);
@@ -184,6 +177,77 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
         if (j >= candidates) continue;
         pooled[int64_t(a) * c.capacity + j] = pool_group(
             p.pooling, groups, [&](int32_t gg) { return logits[(gg * c.window + a) * kGramTile + col]; });
+    }
+}
+
+// grid (key tile, kv head, job), kImportanceThreads threads,
+// importance_fused_shared_bytes(D, rows) of dynamic shared memory.
+template <typename T, int D>
+__global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(CompressParams p, int32_t with_norms) {
+    extern __shared__ __align__(128) char fused_shared[];
+    const int32_t t = blockIdx.x, h = blockIdx.y, jj = blockIdx.z;
+    const Job job = p.jobs[jj];
+    if (!job_active(p, job)) return;
+    const CacheLayer c = job_cache(p, job);
+    const int32_t n = job.held;
+    if (t * kGramTile >= n) return;
+    const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
+    const int32_t padded = fused_rows(rows);
+    char *k_tile = fused_shared;                                            // [128][D]
+    char *q_tile = fused_shared + kGramTile * D * 2;                        // [padded][D]
+    float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
+    float *inv = logits + padded * kGramTile;                               // [128]
+    const uint32_t q_address = shared_address(q_tile);
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
+    load_rows<T, D>(shared_address(k_tile), keys, t * kGramTile, kGramTile, n);
+    load_rows<T, D>(q_address, queries, 0, padded, rows);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    importance_tile<T, D>(p, c, job, jj, h, t, k_tile, q_address, logits, inv, with_norms);
+}
+
+// The same work as importance_fused_kernel, one block per (kv head, job)
+// streaming the head's key tiles through a double buffer: tile t + 1 loads
+// while tile t is computed, and the window queries load once per head instead
+// of once per tile (the wgmma path). grid (kv head, job), kImportanceThreads
+// threads, importance_stream_shared_bytes(D, rows) of dynamic shared memory.
+template <typename T, int D>
+__global__ void __launch_bounds__(kImportanceThreads, 2) importance_stream_kernel(CompressParams p, int32_t with_norms) {
+    extern __shared__ __align__(128) char stream_shared[];
+    const int32_t h = blockIdx.x, jj = blockIdx.y;
+    const Job job = p.jobs[jj];
+    if (!job_active(p, job)) return;
+    const CacheLayer c = job_cache(p, job);
+    const int32_t n = job.held, tiles = (n + kGramTile - 1) / kGramTile;
+    const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
+    const int32_t padded = fused_rows(rows);
+    constexpr int kTileBytes = kGramTile * D * 2;
+    char *q_tile = stream_shared;                                            // [padded][D]
+    char *k_tiles = q_tile + padded * D * 2;                                 // [2][128][D]
+    float *logits = reinterpret_cast<float *>(k_tiles + 2 * kTileBytes);     // [padded][128]
+    float *inv = logits + padded * kGramTile;                                // [128]
+    const uint32_t q_address = shared_address(q_tile);
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
+    load_rows<T, D>(q_address, queries, 0, padded, rows);
+    load_rows<T, D>(shared_address(k_tiles), keys, 0, kGramTile, n);
+    cp_async_commit();
+    for (int32_t t = 0; t < tiles; ++t) {
+        // Tile t + 1 goes into the buffer of tile t - 1 (done: the barrier at the end of the last step).
+        if (t + 1 < tiles) {
+            load_rows<T, D>(shared_address(k_tiles + ((t + 1) & 1) * kTileBytes), keys, (t + 1) * kGramTile,
+                            kGramTile, n);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        importance_tile<T, D>(p, c, job, jj, h, t, k_tiles + (t & 1) * kTileBytes, q_address, logits, inv,
+                              with_norms);
+        __syncthreads();  // the tile's buffer, the logits and the norms are reused
     }
 }
 
@@ -325,7 +389,8 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     const uint32_t a_address = shared_address(a_tile);
     const uint32_t b_address = shared_address(b_tiles);
 
-    const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * D;
+    const CacheLayer c = job_cache(p, job);
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
     const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = p.cache.capacity;
     const float *inv_norm = p.scratch.inv_norm + row;

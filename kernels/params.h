@@ -116,8 +116,11 @@ struct AttendParams {
 // One (sequence, layer) to compress. It runs only if the device still holds
 // `held` tokens (lengths[seq] == held): eagerly that is always the case; a
 // replayed graph compresses exactly the sequences in the state it was captured in.
+// The jobs of one group may be of different layers (job_cache in common.cuh
+// gives a job its layer's memory).
 struct Job {
     int32_t seq;
+    int32_t layer;
     int32_t held;
     int32_t keep;
     int32_t protect_below;   // tokens at positions below this are always kept
@@ -150,7 +153,10 @@ struct Scratch {
 };
 
 struct CompressParams {
-    CacheLayer cache;
+    CacheLayer cache;         // layer 0; a job's layer is `layer` strides further (job_cache)
+    int64_t layer_slots;      // slots between layers in K/V (times head_dim), positions, state
+    int64_t layer_queries;    // elements between layers in the query ring
+    int64_t layer_history;    // elements between layers in the query history
     Scratch scratch;
     Scorer scorer;            // what the candidates rank by (core/method.h)
     int32_t reference_order;  // 1: kept candidates by descending score (reference mode)

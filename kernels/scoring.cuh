@@ -23,20 +23,20 @@ constexpr int kRedundancyThreads = 512;  // two blocks per SM
 constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
 constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections
 
-// grid (kv head, job). logits [rows = G*window, cap] (row g*window + a), from
-// the cuBLASLt product scaled by 1/sqrt(d) over the C = held - window candidates.
+// The importance of head h of group job jj, all threads of the block taking
+// part. logits [rows = G*window, cap] (row g*window + a), from the cuBLASLt
+// product scaled by 1/sqrt(d) over the C = held - window candidates (or already
+// pooled over the group: pooled_groups 1).
 // Phase 1: a warp per window query finds the max and the softmax normaliser of
 // its group-pooled row; phase 2: every candidate averages its probabilities
 // over the window (in window order, as the CPU); phase 3: max-pool.
-__global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p) {
-    __shared__ float row_max[1024];      // [window]
-    __shared__ float row_inverse[1024];  // [window]
-    const Job job = p.jobs[blockIdx.y];
-    if (!job_active(p, job)) return;
-    const int32_t h = blockIdx.x, window = p.cache.window;
+// Scratch of the caller: row_max, row_inverse [window], averaged [C].
+__device__ void importance_pool_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
+                                     float *row_max, float *row_inverse, float *averaged) {
+    const int32_t window = p.cache.window;
     const int32_t groups = p.pooled_groups;  // 1: the fused kernel pooled already
     const int32_t candidates = job.held - window;
-    const int64_t row = scratch_row(p, blockIdx.y, h);
+    const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = p.cache.capacity;
     const float *logits = p.scratch.logits + row * p.scratch.rows;
     // pooled[a][j]: window row a of candidate j, pooled over the group.
@@ -57,7 +57,6 @@ __global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressP
         }
     }
     __syncthreads();
-    float *averaged = p.scratch.aux + row;
     const float inverse_window = 1.0f / float(window);
     for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
         float sum = 0.0f;
@@ -75,13 +74,24 @@ __global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressP
     }
 }
 
+// grid (kv head, job): importance_pool_head with the window averages in scratch.aux.
+__global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p) {
+    __shared__ float row_max[1024];      // [window]
+    __shared__ float row_inverse[1024];  // [window]
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t jj = blockIdx.y, h = blockIdx.x;
+    importance_pool_head(p, job, jj, h, row_max, row_inverse, p.scratch.aux + scratch_row(p, jj, h));
+}
+
 // grid (kv head, job), kScoreThreads threads: a warp per key.
 template <typename T>
 __global__ void __launch_bounds__(kScoreThreads) key_norms_kernel(CompressParams p) {
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
     const int32_t h = blockIdx.x, d = p.cache.head_dim;
-    const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * d;
+    const CacheLayer c = job_cache(p, job);
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * d;
     float *inv_norm = p.scratch.inv_norm + scratch_row(p, blockIdx.y, h);
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     for (int32_t r = threadIdx.x >> 5; r < job.held; r += warps) {
@@ -141,22 +151,21 @@ __global__ void __launch_bounds__(kRowStatThreads) gram_row_stats_kernel(Compres
     }
 }
 
-// grid (kv head, job), kRedundancyThreads threads. Column sums of S from the row
-// sums (slot 0; S is symmetric: column c sums to row c), minus the entries the rule
-// zeroes, taken off in fixed point so the result does not depend on the order
-// of the atomics; then R = softmax of the column means over all n slots.
-__global__ void __launch_bounds__(kRedundancyThreads) redundancy_kernel(CompressParams p) {
-    __shared__ double reduce_d[32];
-    const Job job = p.jobs[blockIdx.y];
-    if (!job_active(p, job)) return;
-    const int32_t h = blockIdx.x, n = job.held, candidates = n - p.cache.window;
-    const int64_t row = scratch_row(p, blockIdx.y, h);
+// The redundancy of head h of group job jj, all threads of the block taking
+// part. Column sums of S from the row sums (slot 0; S is symmetric: column c
+// sums to row c), minus the entries the rule zeroes, taken off in fixed point
+// so the result does not depend on the order of the atomics; then R = softmax
+// of the column means over all n slots. Scratch of the caller: corrections [n]
+// (global or shared memory), reduce_d [32].
+__device__ void redundancy_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
+                                long long *corrections, double *reduce_d) {
+    const int32_t n = job.held, candidates = n - p.cache.window;
+    const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = p.cache.capacity;
     const int32_t tiles = p.gram_fused ? (n + kGramTile - 1) / kGramTile : 1;
     const float *partial_sum = p.scratch.partial_sum + row * p.scratch.tiles;
     const int32_t *partial_latest = p.scratch.partial_latest + row * p.scratch.tiles;
     const float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
-    long long *corrections = p.scratch.corrections + row;
     for (int32_t c = threadIdx.x; c < n; c += blockDim.x) corrections[c] = 0;
     __syncthreads();
     for (int32_t r = threadIdx.x; r < n; r += blockDim.x) {
@@ -196,6 +205,16 @@ __global__ void __launch_bounds__(kRedundancyThreads) redundancy_kernel(Compress
         out[j] = float(exp(__longlong_as_double(corrections[j]) - max_mean) / sum);
 }
 
+// grid (kv head, job), kRedundancyThreads threads: redundancy_head with the
+// corrections in scratch.
+__global__ void __launch_bounds__(kRedundancyThreads) redundancy_kernel(CompressParams p) {
+    __shared__ double reduce_d[32];
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    const int32_t jj = blockIdx.y, h = blockIdx.x;
+    redundancy_head(p, job, jj, h, p.scratch.corrections + scratch_row(p, jj, h), reduce_d);
+}
+
 // grid (kv head, job), kScoreThreads threads: final_scores[j] = -cos(k_j, mean
 // key) for the candidates; the mean is summed key by key in order, as the CPU does.
 template <typename T>
@@ -205,7 +224,8 @@ __global__ void __launch_bounds__(kScoreThreads) keydiff_kernel(CompressParams p
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
     const int32_t h = blockIdx.x, d = p.cache.head_dim, n = job.held;
-    const T *keys = static_cast<const T *>(p.cache.keys) + slot_index(p.cache, job.seq, h, 0) * d;
+    const CacheLayer c = job_cache(p, job);
+    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * d;
     for (int32_t e = threadIdx.x; e < d; e += blockDim.x) {
         float sum = 0.0f;
         for (int32_t i = 0; i < n; ++i) sum += to_float(keys[int64_t(i) * d + e]);

@@ -33,8 +33,8 @@ __host__ __device__ constexpr size_t select_shared_bytes(int32_t capacity) {
 
 // The score candidate j of (job, head) ranks by (src/cpu/cpu_backend.cpp's score).
 static_assert(kNumScorers == 7, "a new Scorer needs its case in method_score (and its score kernels)");
-__device__ __forceinline__ float method_score(const CompressParams &p, const Job &job, int32_t h,
-                                              int64_t scratch, int64_t slots, int32_t j) {
+__device__ __forceinline__ float method_score(const CompressParams &p, const CacheLayer &c, const Job &job,
+                                              int32_t h, int64_t scratch, int64_t slots, int32_t j) {
     switch (p.scorer) {
         case Scorer::ImportanceRedundancy: {  // lambda * I - (1 - lambda) * R, rounded step by step as on the CPU
             const float importance = p.scratch.importance[scratch + j];
@@ -43,12 +43,12 @@ __device__ __forceinline__ float method_score(const CompressParams &p, const Job
                              __fmul_rn(__fsub_rn(1.0f, p.lambda), redundancy));
         }
         case Scorer::Importance: return p.scratch.importance[scratch + j];
-        case Scorer::AccumulatedAttention: return p.cache.state[slots + j];
-        case Scorer::Recency: return float(p.cache.positions[slots + j]);
+        case Scorer::AccumulatedAttention: return c.state[slots + j];
+        case Scorer::Recency: return float(c.positions[slots + j]);
         case Scorer::KeyDiff: return p.scratch.final_scores[scratch + j];  // keydiff_kernel
         case Scorer::Random:
-            return random_score(p.seed, job.seq, p.cache.layer, h,
-                                uint64_t(p.cache.compressions[job.seq]), p.cache.positions[slots + j]);
+            return random_score(p.seed, job.seq, c.layer, h, uint64_t(c.compressions[job.seq]),
+                                c.positions[slots + j]);
         case Scorer::None: break;
     }
     return 0.0f;
@@ -94,6 +94,67 @@ __device__ void compact_rows_ascending(char *k_head, char *v_head, const int32_t
                 }
             }
             __syncthreads();
+        }
+    }
+}
+
+// The moves of compact_rows_ascending, pipelined (score_select_kernel): chunk
+// c + 1 is read while chunk c is written, one barrier per chunk, and the
+// `in_place` leading rows (src[i] == i) are neither read nor written. Why this
+// is safe: chunk c + 1 reads only rows >= its first destination (src ascending,
+// src[i] >= i), which chunk c and earlier ones never write; and the barrier
+// before chunk c is written comes after every thread issued its reads of chunk
+// c and of all earlier chunks, the only reads of the rows chunk c writes.
+// A chunk holds whole rows (a row is at most 1 KiB: head_dim <= 256 on CUDA).
+template <typename Word>
+__device__ void compact_rows_pipelined(char *k_head, char *v_head, const int32_t *src, int32_t keep,
+                                       int64_t row_bytes, int32_t in_place) {
+    constexpr int kWordsPerThread = 2;  // per buffer, of K and as many of V (two buffers: 64 registers)
+    const int32_t words_per_row = int32_t(row_bytes / int64_t(sizeof(Word)));
+    const int32_t rows_per_chunk = max(1, int32_t(blockDim.x) * kWordsPerThread / words_per_row);
+    Word k_now[kWordsPerThread], v_now[kWordsPerThread], k_next[kWordsPerThread], v_next[kWordsPerThread];
+    // Word u of this thread in the chunk starting at row `first`: its row (or -1) and byte offset in it.
+    auto locate = [&](int32_t first, int u, int32_t *i, int64_t *part) {
+        const int32_t w = int32_t(threadIdx.x) + u * int32_t(blockDim.x);
+        const int32_t rows = min(rows_per_chunk, keep - first);
+        *i = w < rows * words_per_row ? first + w / words_per_row : -1;
+        *part = int64_t(w % words_per_row) * int64_t(sizeof(Word));
+    };
+    auto load = [&](int32_t first, Word *k, Word *v) {
+#pragma unroll
+        for (int u = 0; u < kWordsPerThread; ++u) {
+            int32_t i;
+            int64_t part;
+            locate(first, u, &i, &part);
+            if (i < 0) continue;
+            const int64_t offset = int64_t(src[i]) * row_bytes + part;
+            k[u] = *reinterpret_cast<const Word *>(k_head + offset);
+            v[u] = *reinterpret_cast<const Word *>(v_head + offset);
+        }
+    };
+    auto store = [&](int32_t first, const Word *k, const Word *v) {
+#pragma unroll
+        for (int u = 0; u < kWordsPerThread; ++u) {
+            int32_t i;
+            int64_t part;
+            locate(first, u, &i, &part);
+            if (i < 0 || src[i] == i) continue;
+            const int64_t offset = int64_t(i) * row_bytes + part;
+            *reinterpret_cast<Word *>(k_head + offset) = k[u];
+            *reinterpret_cast<Word *>(v_head + offset) = v[u];
+        }
+    };
+    if (in_place >= keep) return;
+    load(in_place, k_now, v_now);
+    for (int32_t first = in_place; first < keep; first += rows_per_chunk) {
+        __syncthreads();  // every read of the rows this chunk writes is issued
+        const int32_t next = first + rows_per_chunk;
+        if (next < keep) load(next, k_next, v_next);
+        store(first, k_now, v_now);
+#pragma unroll
+        for (int u = 0; u < kWordsPerThread; ++u) {
+            k_now[u] = k_next[u];
+            v_now[u] = v_next[u];
         }
     }
 }
@@ -147,20 +208,18 @@ __device__ __forceinline__ void bitonic_sort_descending(uint64_t *keys, int32_t 
     __syncthreads();
 }
 
-// grid (kv head, job), kSelectThreads threads, select_shared_bytes(capacity)
-// of dynamic shared memory.
-template <typename T>
-__global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(CompressParams p) {
-    extern __shared__ uint64_t select_shared[];
-    __shared__ int32_t reduce_i[32];
-    __shared__ int32_t warp_counts[kSelectThreads / 32];
-    const Job job = p.jobs[blockIdx.y];
-    if (!job_active(p, job)) return;
-    const CacheLayer &c = p.cache;
-    const int32_t h = blockIdx.x, n = job.held, window = c.window;
+// Selection and compaction of head h of group job jj, all threads of the block
+// taking part. select_shared: select_shared_bytes(capacity); reduce_i [32];
+// warp_counts [blockDim / 32]. kPipelined: position-order K/V compaction by
+// compact_rows_pipelined (score_select_kernel), else compact_rows_ascending.
+template <typename T, bool kPipelined>
+__device__ void select_compact_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
+                                    uint64_t *select_shared, int32_t *reduce_i, int32_t *warp_counts) {
+    const CacheLayer c = job_cache(p, job);
+    const int32_t n = job.held, window = c.window;
     const int32_t candidates = n - window, keep = job.keep;
     const int64_t slots = slot_index(c, job.seq, h, 0);
-    const int64_t scratch = scratch_row(p, blockIdx.y, h);
+    const int64_t scratch = scratch_row(p, jj, h);
     const int32_t sorted_count = pow2_at_least(candidates);
     // Shared memory, reused phase by phase:
     uint64_t *keys = select_shared;                                            // [pow2] 1-2: sort keys, 0 = protected
@@ -177,7 +236,7 @@ __global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(Compr
             keys[j] = 0;
             continue;
         }
-        const float score = method_score(p, job, h, scratch, slots, j);
+        const float score = method_score(p, c, job, h, scratch, slots, j);
         p.scratch.final_scores[scratch + j] = score;
         const bool is_protected = c.positions[slots + j] < job.protect_below;
         keys[j] = is_protected ? 0 : selection_key(score, j);
@@ -237,9 +296,30 @@ __global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(Compr
     char *gather = p.scratch.gather
                        ? static_cast<char *>(p.scratch.gather) + scratch * row_bytes
                        : nullptr;
+    if (kPipelined && !p.reference_order) {
+        int32_t local_in_place = 0;  // src[i] == i holds for a leading run of rows only
+        for (int32_t i = threadIdx.x; i < keep; i += blockDim.x) local_in_place += src[i] == i;
+        const int32_t in_place = block_sum(local_in_place, reduce_i);
+        if (row_bytes % 16 == 0) compact_rows_pipelined<uint4>(k_head, v_head, src, keep, row_bytes, in_place);
+        else if (row_bytes % 4 == 0) compact_rows_pipelined<uint32_t>(k_head, v_head, src, keep, row_bytes, in_place);
+        else compact_rows_pipelined<uint16_t>(k_head, v_head, src, keep, row_bytes, in_place);
+        return;
+    }
     if (row_bytes % 16 == 0) compact_kv<uint4>(p, k_head, v_head, gather, src, keep, row_bytes);
     else if (row_bytes % 4 == 0) compact_kv<uint32_t>(p, k_head, v_head, gather, src, keep, row_bytes);
     else compact_kv<uint16_t>(p, k_head, v_head, gather, src, keep, row_bytes);
+}
+
+// grid (kv head, job), kSelectThreads threads, select_shared_bytes(capacity)
+// of dynamic shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(CompressParams p) {
+    extern __shared__ uint64_t select_shared[];
+    __shared__ int32_t reduce_i[32];
+    __shared__ int32_t warp_counts[kSelectThreads / 32];
+    const Job job = p.jobs[blockIdx.y];
+    if (!job_active(p, job)) return;
+    select_compact_head<T, false>(p, job, blockIdx.y, blockIdx.x, select_shared, reduce_i, warp_counts);
 }
 
 // One thread per job, after every head of the group is compacted: publish the
@@ -249,10 +329,11 @@ __global__ void commit_kernel(CompressParams p) {
     if (jj >= p.num_jobs) return;
     const Job job = p.jobs[jj];
     if (!job_active(p, job)) return;
-    p.cache.lengths[job.seq] = job.keep;
-    p.cache.compressions[job.seq] += 1;
-    p.cache.recent[job.seq] = 0;
-    p.cache.pending[job.seq] = 0;  // committed before the scores (launch_h2o_commit_all)
+    const CacheLayer c = job_cache(p, job);
+    c.lengths[job.seq] = job.keep;
+    c.compressions[job.seq] += 1;
+    c.recent[job.seq] = 0;
+    c.pending[job.seq] = 0;  // committed before the scores (launch_h2o_commit_all)
 }
 
 }  // namespace rkv::kernels

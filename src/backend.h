@@ -71,9 +71,10 @@ class Backend {
     virtual void append_batch(int32_t layer, const rkv_append_args &args, const int32_t *batch_ids,
                               int32_t entries, const LiveParams &live, void *stream) = 0;
     // Score, select and compact each job's (seq, layer) in place, if it holds
-    // job.held tokens (H2O: after committing its pending queries).
-    virtual void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs,
-                          const LiveParams &live, void *stream) = 0;
+    // job.held tokens (H2O: after committing its pending queries). The jobs of
+    // one call may span many layers (rkv_compress of RKV_ALL layers hands them
+    // over at once, so that a device backend compresses them in the same launches).
+    virtual void compress(const CompressJob *jobs, int32_t num_jobs, const LiveParams &live, void *stream) = 0;
     // Remove the last `tokens` tokens of every layer of `seq` (the host checked
     // rollback_limit): bookkeeping, and the window ring restored from the history.
     virtual void truncate(int32_t seq, int32_t tokens, void *stream) = 0;

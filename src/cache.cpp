@@ -35,10 +35,10 @@ MemoryPlan Cache::plan(const rkv_cache_params &params, const char *function) {
 
 uint64_t Cache::host_bytes(const rkv_cache_params &p, const char *function) {
     const uint64_t seqs = uint64_t(p.max_seqs);
-    const uint64_t per_call =
-        sizeof(AppendChunk) + sizeof(CompressJob) + sizeof(EntryPlan) + sizeof(uint8_t);  // chunks_, jobs_, plans_, seen_
+    const uint64_t per_call = sizeof(AppendChunk) + sizeof(EntryPlan) + sizeof(uint8_t);  // chunks_, plans_, seen_
+    // states_ and jobs_ (a compression of every layer plans one job per (layer, seq))
     const uint64_t states = checked_mul(checked_mul(uint64_t(p.num_layers), seqs, function),
-                                        sizeof(SeqLayerState), function);
+                                        sizeof(SeqLayerState) + sizeof(CompressJob), function);
     return checked_add(sizeof(Cache) + states, checked_mul(seqs, per_call, function), function);
 }
 
@@ -51,7 +51,7 @@ Cache::Cache(const rkv_cache_params &params, const MemoryPlan &plan, uint64_t by
     states_.resize(size_t(params_.num_layers) * params_.max_seqs);
     backend_ = make_backend(params_, plan_);
     chunks_.reserve(size_t(params_.max_seqs));
-    jobs_.reserve(size_t(params_.max_seqs));
+    jobs_.reserve(states_.size());
     plans_.resize(size_t(params_.max_seqs));
     seen_.resize(size_t(params_.max_seqs));
     const uint64_t held_bytes = sizeof(Cache) + states_.capacity() * sizeof(SeqLayerState) +
@@ -205,9 +205,10 @@ void Cache::append(const rkv_append_args &a, void *stream) {
             CompressJob job{};
             if (!plan_compression(plan.seq, state(a.layer, plan.seq), rules_, &job))
                 fail(RKV_ERR_INTERNAL, "%s: sequence %d has no compression where its plan has one", fn, plan.seq);
+            job.layer = a.layer;
             jobs_.push_back(job);
         }
-        run_jobs(a.layer, stream);
+        run_jobs(stream);
 
         chunks_.clear();
         for (int32_t i = 0; i < a.num_seqs; ++i) {
@@ -257,12 +258,12 @@ void Cache::append_batch(const rkv_append_args &a, void *stream) {
 // ---------------------------------------------------------------------------
 // compression
 
-void Cache::run_jobs(int32_t layer, void *stream) {
+void Cache::run_jobs(void *stream) {
     if (jobs_.empty()) return;
     const auto start = std::chrono::steady_clock::now();
-    backend_->compress(layer, jobs_.data(), int32_t(jobs_.size()), live_, stream);
+    backend_->compress(jobs_.data(), int32_t(jobs_.size()), live_, stream);
     for (const CompressJob &job : jobs_) {
-        SeqLayerState &s = state(layer, job.seq);
+        SeqLayerState &s = state(job.layer, job.seq);
         s = after_compression(s, job);
     }
     compress_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -276,26 +277,25 @@ void Cache::compress(int32_t seq, int32_t layer, void *stream) {
     const int32_t last_layer = layer == RKV_ALL ? params_.num_layers - 1 : layer;
     const int32_t first_seq = seq == RKV_ALL ? 0 : seq;
     const int32_t last_seq = seq == RKV_ALL ? params_.max_seqs - 1 : seq;
-    // Check every job before running any, so a missing query changes nothing.
-    for (int pass = 0; pass < 2; ++pass) {
-        for (int32_t l = first_layer; l <= last_layer; ++l) {
-            jobs_.clear();
-            for (int32_t s = first_seq; s <= last_seq; ++s) {
-                const SeqLayerState &st = state(l, s);
-                CompressJob job{};
-                if (seq == RKV_ALL && !is_full(st, rules_)) continue;
-                if (!plan_compression(s, st, rules_, &job)) continue;
-                if (pass == 0 && rules_.method.queries == QueryNeed::Window &&
-                    st.queries_valid < params_.window)
-                    fail(RKV_ERR_MISSING_QUERIES,
-                         "%s: sequence %d, layer %d: %s needs the queries of the last %d tokens, "
-                         "but only %d were appended with queries: pass rkv_append_args.q",
-                         fn, s, l, rules_.method.name, params_.window, st.queries_valid);
-                jobs_.push_back(job);
-            }
-            if (pass == 1) run_jobs(l, stream);
+    // Every job is planned and checked before any runs, so a missing query
+    // changes nothing; then the jobs of all layers go to the backend at once.
+    jobs_.clear();
+    for (int32_t l = first_layer; l <= last_layer; ++l) {
+        for (int32_t s = first_seq; s <= last_seq; ++s) {
+            const SeqLayerState &st = state(l, s);
+            CompressJob job{};
+            if (seq == RKV_ALL && !is_full(st, rules_)) continue;
+            if (!plan_compression(s, st, rules_, &job)) continue;
+            if (rules_.method.queries == QueryNeed::Window && st.queries_valid < params_.window)
+                fail(RKV_ERR_MISSING_QUERIES,
+                     "%s: sequence %d, layer %d: %s needs the queries of the last %d tokens, "
+                     "but only %d were appended with queries: pass rkv_append_args.q",
+                     fn, s, l, rules_.method.name, params_.window, st.queries_valid);
+            job.layer = l;
+            jobs_.push_back(job);
         }
     }
+    run_jobs(stream);
 }
 
 int32_t Cache::compress_due(int32_t seq, int32_t layer) const {
@@ -617,7 +617,7 @@ void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kin
     const int32_t candidates = s.held - params_.window;
     if (out_len < candidates)
         fail(RKV_ERR_CAPACITY, "%s: out_len is %d but there are %d candidates", fn, out_len, candidates);
-    CompressJob job{seq, s.held, s.held, 0, s.compressions};
+    CompressJob job{seq, s.held, s.held, 0, s.compressions, layer};
     backend_->inspect_scores(layer, job, head, rkv_score_kind(kind), live_, out);
     *count = candidates;
 }

@@ -89,7 +89,8 @@ class Cache {
         return states_[size_t(layer) * params_.max_seqs + seq];
     }
     bool is_empty(int32_t seq) const;
-    void run_jobs(int32_t layer, void *stream);
+    // Compresses jobs_ (any layers) and records the outcome in the host bookkeeping.
+    void run_jobs(void *stream);
     void check_tensor(const rkv_tensor &t, const char *name, int32_t heads, bool required, const TensorUse &use,
                       const char *function) const;
     // Checks every argument and plans every entry into plans_; throws before
@@ -109,7 +110,7 @@ class Cache {
     double compress_seconds_ = 0.0;
     // Reused per call; sized at create so no call allocates (host_bytes counts them).
     std::vector<AppendChunk> chunks_;      // [max_seqs]
-    std::vector<CompressJob> jobs_;        // [max_seqs]
+    std::vector<CompressJob> jobs_;        // [num_layers * max_seqs]
     std::vector<EntryPlan> plans_;         // [max_seqs] the schedule of each entry of an append
     mutable std::vector<uint8_t> seen_;    // [max_seqs] duplicate detection
 };

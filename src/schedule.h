@@ -59,6 +59,7 @@ struct CompressJob {
     int32_t keep;                   // keep <= held; keep == held only reorders (reference mode)
     int64_t protect_below;          // tokens at positions < protect_below are never evicted
     uint64_t round;                 // how many compressions this (seq, layer) had before (seeds Random)
+    int32_t layer;                  // set by the cache (plan_compression knows only the state)
 };
 
 // What the schedule reads from the parameters: a snapshot, taken at create and

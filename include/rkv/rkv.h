@@ -599,8 +599,10 @@ RKV_API rkv_status rkv_append(rkv_cache *cache, const rkv_append_args *args, voi
  *   seq == RKV_ALL: compress every sequence that is due (see rkv_compress_due).
  *   layer >= 0 or RKV_ALL: one layer or every layer.
  * Engines that capture decode in CUDA graphs call this outside the graph on the
- * steps where rkv_compress_due reports 1. Invalidates views of the sequences
- * compressed. Stream-ordered on CUDA.
+ * steps where rkv_compress_due reports 1. On CUDA the (sequence, layer)s of one
+ * call compress together (up to 64 per kernel launch): one call for RKV_ALL
+ * layers fills the GPU where one call per layer would not. Invalidates views of
+ * the sequences compressed. Stream-ordered on CUDA.
  * Statuses: OK, INVALID_ARGUMENT, OUT_OF_RANGE, MISSING_QUERIES, DEVICE, FAULTED. */
 RKV_API rkv_status rkv_compress(rkv_cache *cache, int32_t seq, int32_t layer, void *stream);
 

@@ -102,16 +102,21 @@ RKV_API rkv_status rkv_cache_sync_lengths(rkv_cache *cache, void *stream);
 
 /* How a CUDA cache computes the matrix products of R-KV and SnapKV. */
 typedef enum rkv_matmul_path RKV_ENUM_BASE {
-    RKV_MATMUL_AUTO = 0,     /* the fastest measured: FUSED where it applies, else CUBLASLT */
+    RKV_MATMUL_AUTO = 0,     /* the fastest measured: WGMMA where it applies, else FUSED where
+                                it applies, else CUBLASLT */
     RKV_MATMUL_CUBLASLT = 1, /* cuBLASLt strided-batched products into scratch, then reductions */
-    RKV_MATMUL_FUSED = 2     /* librkv's tensor-core kernel with the redundancy reductions fused
+    RKV_MATMUL_FUSED = 2,    /* librkv's tensor-core kernel with the redundancy reductions fused
                                 into it (f16/bf16 storage, head_dim 64, 128 or 256) */
+    RKV_MATMUL_WGMMA = 3     /* FUSED on Hopper's warpgroup MMA, with the pooling, redundancy,
+                                selection and compaction of a head in one kernel (where FUSED
+                                applies, on a GPU of compute capability 9.0) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next
- * compression. For benchmarks and tests: both paths select the same tokens up
+ * compression. For benchmarks and tests: every path selects the same tokens up
  * to float rounding. Statuses: OK, INVALID_ARGUMENT, UNSUPPORTED (unknown path,
- * FUSED where it does not apply, anything but AUTO on a CPU cache), FAULTED. */
+ * FUSED or WGMMA where it does not apply, anything but AUTO on a CPU cache),
+ * FAULTED. */
 RKV_API rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path);
 
 #ifdef __cplusplus

@@ -105,11 +105,11 @@ class CpuBackend final : public Backend {
             if (batch_ids[i] >= 0) append_chunk(layer, a, batch_ids[i], i, 0, 1, live.pooling);
     }
 
-    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
-                  void *) override {
+    void compress(const CompressJob *jobs, int32_t num_jobs, const LiveParams &live, void *) override {
         const KeptOrder order = kept_in_reference_order(p_) ? KeptOrder::Reference : KeptOrder::Position;
         for (int32_t j = 0; j < num_jobs; ++j) {
             const CompressJob &job = jobs[j];
+            const int32_t layer = job.layer;
             if (count(kHeld, layer, job.seq) != job.held) continue;  // as the device (job_active)
             if (method_.scorer == Scorer::AccumulatedAttention)
                 for (int32_t h = 0; h < p_.num_kv_heads; ++h)

@@ -75,8 +75,12 @@ class CudaBackend final : public Backend {
         check(cudaMemset(state_.get(), 0, state_.bytes()), "cudaMemset(scorer state)");
         check(cudaMemset(positions_.get(), 0, positions_.bytes()), "cudaMemset(positions)");
         // FULL never selects: its (possibly huge) capacity sizes no kernel's shared memory.
-        check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_),
+        check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_,
+                                   p_.window),
               "configuring the kernels' shared memory");
+        check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
+        check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
+        wgmma_ = k::gram_wgmma_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
         if (scratch_.attention) {
             lt_ = std::make_unique<LtMatmul>(p_.dtype, workspace_.get(), workspace_.bytes());
             plan_steady_state();
@@ -139,22 +143,20 @@ class CudaBackend final : public Backend {
         check(k::launch_append(p, as_stream(stream)), "rkv_append: launching the append kernel (batch)");
     }
 
-    void compress(int32_t layer, const CompressJob *jobs, int32_t num_jobs, const LiveParams &live,
-                  void *stream) override {
+    // Jobs of any layers, in groups of up to scratch_.jobs: every kernel of a
+    // group covers all of its jobs (one launch for the 32 layers of a sequence).
+    void compress(const CompressJob *jobs, int32_t num_jobs, const LiveParams &live, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_compress");
         for (int32_t first = 0; first < num_jobs; first += scratch_.jobs) {
-            k::CompressParams p = compress_params(layer, live);
+            k::CompressParams p = compress_params(live);
             p.num_jobs = std::min(scratch_.jobs, num_jobs - first);
             for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
             const cudaStream_t s = as_stream(stream);
             if (method_.scorer == Scorer::AccumulatedAttention && p_.max_rollback > 0)
-                check(k::launch_h2o_commit_all(commit_params(p, nullptr, live), s),
-                      "rkv_compress: launching the H2O commit of pending queries");
+                commit_pending(p, nullptr, live, s, "rkv_compress: launching the H2O commit of pending queries");
             enqueue_scores(p, s);
-            profile_.begin(s);
-            check(k::launch_select_compact(p, s), "rkv_compress: launching the selection");
-            profile_.end("selection + compaction", s);
+            enqueue_selection(p, s);
             check(k::launch_commit(p, s), "rkv_compress: launching the commit");
         }
     }
@@ -232,9 +234,10 @@ class CudaBackend final : public Backend {
         DeviceGuard guard(device_);
         check_sticky("rkv_seq_scores");
         check(cudaDeviceSynchronize(), "rkv_seq_scores: waiting for the cache's work");
-        k::CompressParams p = compress_params(layer, live);
+        k::CompressParams p = compress_params(live);
         p.num_jobs = 1;
         p.jobs[0] = job(j);
+        p.jobs[0].layer = layer;
         p.score_only = 1;
         if (method_.scorer == Scorer::AccumulatedAttention) {
             // The state as the compression will rank it: pending queries committed, into a copy.
@@ -243,15 +246,14 @@ class CudaBackend final : public Backend {
             check(cudaMemcpy(copy, state, size_t(p_.num_kv_heads) * capacity_ * 4, cudaMemcpyDeviceToDevice),
                   "rkv_seq_scores: copying the H2O state");
             if (p_.max_rollback > 0)
-                check(k::launch_h2o_commit_all(commit_params(p, copy, live), nullptr),
-                      "rkv_seq_scores: launching the H2O commit of pending queries");
+                commit_pending(p, copy, live, nullptr, "rkv_seq_scores: launching the H2O commit of pending queries");
             check(cudaMemcpy(out, copy + int64_t(head) * capacity_, size_t(j.held - p_.window) * 4,
                              cudaMemcpyDeviceToHost),
                   "rkv_seq_scores: cudaMemcpy");
             return;
         }
         enqueue_scores(p, nullptr);
-        check(k::launch_select_compact(p, nullptr), "rkv_seq_scores: launching the scoring");
+        enqueue_selection(p, nullptr);
         const float *source = kind == RKV_SCORE_IMPORTANCE   ? importance_.get<float>()
                               : kind == RKV_SCORE_REDUNDANCY ? redundancy_.get<float>()
                                                               : final_.get<float>();
@@ -336,12 +338,17 @@ class CudaBackend final : public Backend {
     }
 
     void set_matmul_path(int32_t path) override {
-        if (path < RKV_MATMUL_AUTO || path > RKV_MATMUL_FUSED)
+        if (path < RKV_MATMUL_AUTO || path > RKV_MATMUL_WGMMA)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: unknown path %d", path);
-        if (path == RKV_MATMUL_FUSED && !k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows))
-            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the fused kernels need f16 or bf16 storage, "
+        const bool fused = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows);
+        if ((path == RKV_MATMUL_FUSED || path == RKV_MATMUL_WGMMA) && !fused)
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the %s kernels need f16 or bf16 storage, "
                  "head_dim 64, 128 or 256 and at most 64 window queries per KV head (this cache: %s, "
-                 "head_dim %d, %d)", dtype_name(p_.dtype), p_.head_dim, scratch_.rows);
+                 "head_dim %d, %d)", path == RKV_MATMUL_FUSED ? "fused" : "wgmma", dtype_name(p_.dtype),
+                 p_.head_dim, scratch_.rows);
+        if (path == RKV_MATMUL_WGMMA && !wgmma_)
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the wgmma kernels are sm_90a code and need a "
+                 "GPU of compute capability 9.0 (device %d is %d.%d)", device_, major_, minor_);
         matmul_path_ = path;
     }
 
@@ -398,20 +405,36 @@ class CudaBackend final : public Backend {
 
     // H2O's pending queries of the jobs of `p`, into the cache's state (out
     // NULL) or, for jobs[0], into `out` [kv_heads, capacity].
-    k::CommitParams commit_params(const k::CompressParams &p, float *out, const LiveParams &live) const {
-        k::CommitParams c{};
-        c.cache = p.cache;
-        c.state_out = out;
-        c.pooling = live.pooling;
-        c.scale = 1.0f / std::sqrt(float(p_.head_dim));
-        c.num_jobs = p.num_jobs;
-        std::copy(p.jobs, p.jobs + p.num_jobs, c.jobs);
-        return c;
+    // The commit kernel reads one layer's view: one launch per layer among the
+    // jobs of the group (a group of one layer, the usual case at large batches,
+    // is one launch).
+    void commit_pending(const k::CompressParams &p, float *out, const LiveParams &live, cudaStream_t stream,
+                        const char *what) {
+        bool done[k::kMaxGroupJobs] = {};
+        for (int32_t first = 0; first < p.num_jobs; ++first) {
+            if (done[first]) continue;
+            const int32_t layer = p.jobs[first].layer;
+            k::CommitParams c{};
+            c.cache = layer_view(layer);
+            c.state_out = out;
+            c.pooling = live.pooling;
+            c.scale = 1.0f / std::sqrt(float(p_.head_dim));
+            for (int32_t j = first; j < p.num_jobs; ++j) {
+                if (p.jobs[j].layer != layer) continue;
+                c.jobs[c.num_jobs++] = p.jobs[j];
+                done[j] = true;
+            }
+            check(k::launch_h2o_commit_all(c, stream), what);
+        }
     }
 
-    k::CompressParams compress_params(int32_t layer, const LiveParams &live) const {
+    // The parameters of a group of jobs (the caller fills in the jobs).
+    k::CompressParams compress_params(const LiveParams &live) const {
         k::CompressParams p{};
-        p.cache = layer_view(layer);
+        p.cache = layer_view(0);
+        p.layer_slots = int64_t(p_.max_seqs) * p_.num_kv_heads * capacity_;
+        p.layer_queries = int64_t(p_.max_seqs) * p_.num_q_heads * p_.window * p_.head_dim;
+        p.layer_history = int64_t(p_.max_seqs) * p_.num_q_heads * history_len_ * p_.head_dim;
         k::Scratch &s = p.scratch;
         s.importance = importance_.get<float>();
         s.redundancy = redundancy_.get<float>();
@@ -442,12 +465,33 @@ class CudaBackend final : public Backend {
 
     static k::Job job(const CompressJob &j) {
         const int64_t protect = std::min<int64_t>(j.protect_below, std::numeric_limits<int32_t>::max());
-        return k::Job{j.seq, j.held, j.keep, int32_t(protect)};
+        return k::Job{j.seq, j.layer, j.held, j.keep, int32_t(protect)};
     }
 
-    bool fused() const {
-        const bool supported = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows);
-        return matmul_path_ == RKV_MATMUL_FUSED || (matmul_path_ == RKV_MATMUL_AUTO && supported);
+    // The path a compression takes: the one set, or for AUTO the fastest that
+    // applies (kernels/README.md, "Performance": measured on the H200).
+    int32_t path() const {
+        if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
+        if (wgmma_) return RKV_MATMUL_WGMMA;
+        if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
+        return RKV_MATMUL_CUBLASLT;
+    }
+    // Window logits (and the norms and W of R-KV) from the fused importance kernel.
+    bool fused() const { return path() != RKV_MATMUL_CUBLASLT; }
+    // Pooling, redundancy and selection in score_select_kernel: the wgmma path
+    // of the methods that score with window queries.
+    bool one_kernel_selection() const { return scratch_.attention && path() == RKV_MATMUL_WGMMA; }
+
+    // Selection and compaction (and, in one kernel, what enqueue_scores left to it).
+    void enqueue_selection(const k::CompressParams &p, cudaStream_t stream) {
+        profile_.begin(stream);
+        if (one_kernel_selection()) {
+            check(k::launch_score_select(p, stream), "rkv_compress: launching the scoring and selection");
+            profile_.end("pool + redundancy + select + compact (one kernel)", stream);
+        } else {
+            check(k::launch_select_compact(p, stream), "rkv_compress: launching the selection");
+            profile_.end("selection + compaction", stream);
+        }
     }
 
     // The scores of every job of the group, into scratch (see kernels/scoring.cuh):
@@ -484,14 +528,21 @@ class CudaBackend final : public Backend {
             // pooled logits, and for R-KV the key norms and W the Gram kernel needs
             p.pooled_groups = 1;
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
-            check(k::launch_importance_fused(p, max_held, with_norms, stream),
-                  "rkv_compress: launching the fused importance kernel");
-            profile_.end("window logits (fused)", stream);
+            if (path() == RKV_MATMUL_WGMMA) {
+                check(k::launch_importance_stream(p, with_norms, stream),
+                      "rkv_compress: launching the streaming importance kernel");
+                profile_.end("window logits (streamed)", stream);
+            } else {
+                check(k::launch_importance_fused(p, max_held, with_norms, stream),
+                      "rkv_compress: launching the fused importance kernel");
+                profile_.end("window logits (fused)", stream);
+            }
         } else {
             p.pooled_groups = groups_;
             for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
             profile_.end("window logits (cuBLASLt)", stream);
         }
+        if (one_kernel_selection()) return;  // pooled in score_select_kernel
         profile_.begin(stream);
         check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
         profile_.end("importance pooling", stream);
@@ -501,6 +552,12 @@ class CudaBackend final : public Backend {
     // fused kernel wrote the key norms).
     void enqueue_redundancy(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
         profile_.begin(stream);
+        if (path() == RKV_MATMUL_WGMMA) {
+            p.gram_fused = 1;
+            check(k::launch_gram_wgmma(p, max_held, stream), "rkv_compress: launching the wgmma Gram kernel");
+            profile_.end("key Gram (wgmma)", stream);
+            return;  // the redundancy itself: score_select_kernel
+        }
         if (fused()) {
             p.gram_fused = 1;
             check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
@@ -515,23 +572,24 @@ class CudaBackend final : public Backend {
         profile_.end("redundancy", stream);
     }
 
-    // Calls run(first, count) for each run of jobs with consecutive sequence
-    // slots and equal lengths: one strided-batched product covers a run.
+    // Calls run(first, count) for each run of jobs of one layer with consecutive
+    // sequence slots and equal lengths: one strided-batched product covers a run.
     template <typename Run>
     static void for_each_run(const k::CompressParams &p, Run &&run) {
         for (int32_t first = 0; first < p.num_jobs;) {
             int32_t last = first + 1;
             while (last < p.num_jobs && p.jobs[last].seq == p.jobs[last - 1].seq + 1 &&
-                   p.jobs[last].held == p.jobs[first].held)
+                   p.jobs[last].layer == p.jobs[first].layer && p.jobs[last].held == p.jobs[first].held)
                 ++last;
             run(first, last - first);
             first = last;
         }
     }
 
-    const char *key_base(const k::CompressParams &p, int32_t seq) const {
-        return static_cast<const char *>(p.cache.keys) +
-               int64_t(seq) * p_.num_kv_heads * capacity_ * p_.head_dim * int64_t(element_size_);
+    // K of (the job's layer, seq), head 0, slot 0.
+    const char *key_base(const k::Job &job) const {
+        const int64_t slot0 = (int64_t(job.layer) * p_.max_seqs + job.seq) * p_.num_kv_heads * capacity_;
+        return keys_.get<char>() + slot0 * p_.head_dim * int64_t(element_size_);
     }
 
     // logits [rows, cap] of each (job, head) = window queries x candidate keys / sqrt(d).
@@ -556,11 +614,12 @@ class CudaBackend final : public Backend {
     }
 
     void window_logits(const k::CompressParams &p, int32_t first, int32_t count, cudaStream_t stream) {
-        const int32_t seq = p.jobs[first].seq, held = p.jobs[first].held;
+        const k::Job &job = p.jobs[first];
         const int64_t d = p_.head_dim;
-        const void *keys = key_base(p, seq);
-        const void *queries = static_cast<const char *>(p.cache.queries) +
-                              int64_t(seq) * p_.num_q_heads * p_.window * d * int64_t(element_size_);
+        const void *keys = key_base(job);
+        const int64_t ring0 = (int64_t(job.layer) * p_.max_seqs + job.seq) * p_.num_q_heads * p_.window;
+        const void *queries = queries_.get<char>() + ring0 * d * int64_t(element_size_);
+        const int32_t held = job.held;
         float *out = logits_.get<float>() + int64_t(first) * p_.num_kv_heads * scratch_.rows * capacity_;
         const LtProblem problem = window_problem(keys, queries, out, held, count);
         lt_->run(problem, 1.0f / std::sqrt(float(d)), keys, queries, out, stream);
@@ -596,7 +655,7 @@ class CudaBackend final : public Backend {
             for_each_run(p, [&](int32_t first, int32_t count) {
                 const int32_t held = p.jobs[first].held;
                 if (r0 >= held) return;
-                const char *keys = key_base(p, p.jobs[first].seq);
+                const char *keys = key_base(p.jobs[first]);
                 const char *rows = keys + r0 * row_bytes;
                 float *out = gram_.get<float>() + int64_t(first) * p_.num_kv_heads * k::kGramTile * capacity_;
                 lt_->run(gram_problem(keys, rows, out, held, r0, count), 1.0f, keys, rows, out, stream);
@@ -605,13 +664,13 @@ class CudaBackend final : public Backend {
         }
     }
 
-    // Plans of the steady state (every sequence full, a whole group of
-    // consecutive sequences), so the first compressions plan nothing.
+    // Plans of the steady state (every sequence full: runs of the consecutive
+    // sequences of a layer in a group), so the first compressions plan nothing.
     void plan_steady_state() {
         const char *keys = static_cast<const char *>(keys_.get());
         const int32_t held = capacity_;
         if (held <= p_.window) return;
-        for (int32_t jobs : {scratch_.jobs, 1}) {
+        for (int32_t jobs : {std::min(scratch_.jobs, p_.max_seqs), 1}) {
             lt_->plan(window_problem(keys, queries_.get(), logits_.get<float>(), held, jobs));
             if (scratch_.redundancy) lt_->plan(gram_problem(keys, keys, gram_.get<float>(), held, 0, jobs));
         }
@@ -628,6 +687,8 @@ class CudaBackend final : public Backend {
     const ScratchPlan scratch_;
     const MethodInfo method_;
     int32_t matmul_path_ = RKV_MATMUL_AUTO;
+    int major_ = 0, minor_ = 0;  // the device's compute capability
+    bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 
     // Cache memory (layouts in src/backend.h).

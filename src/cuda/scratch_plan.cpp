@@ -17,7 +17,9 @@ ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
     const MethodInfo method = method_info(p.method);
     compresses = method.evicts();
     if (!compresses) return;
-    jobs = std::min<int32_t>(p.max_seqs, kernels::kMaxGroupJobs);
+    // A group holds jobs of any layers: rkv_compress of every layer of one
+    // sequence is one group of num_layers jobs.
+    jobs = int32_t(std::min<int64_t>(int64_t(p.max_seqs) * p.num_layers, kernels::kMaxGroupJobs));
     tiles = int32_t((cap + kernels::kGramTile - 1) / kernels::kGramTile);
     rows = (p.num_q_heads / p.num_kv_heads) * p.window;
     attention = method.queries == QueryNeed::Window;

@@ -13,7 +13,7 @@ namespace rkv::cuda {
 constexpr uint64_t kLtWorkspaceBytes = 8ull << 20;  // cuBLASLt workspace
 
 struct ScratchPlan {
-    int32_t jobs = 0;     // J: jobs compressed per group (bounds everything below)
+    int32_t jobs = 0;     // J: (seq, layer) jobs compressed per group (bounds everything below)
     int32_t tiles = 0;    // ceil(capacity / kGramTile): partial row-stat slots
     int32_t rows = 0;     // G * window: query rows per KV head
     bool compresses = false;   // the method evicts (all but FULL)
