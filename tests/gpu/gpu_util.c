@@ -26,6 +26,13 @@ int gpu_small(void) {
     return small && *small ? atoi(small) : 0;
 }
 
+int gpu_wgmma(void) {
+    int major = 0, minor = 0;
+    CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+    CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+    return major == 9 && minor == 0;
+}
+
 void *gpu_alloc(size_t bytes) {
     void *device = NULL;
     CUDA_OK(cudaMalloc(&device, bytes ? bytes : 1));

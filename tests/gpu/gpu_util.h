@@ -16,6 +16,8 @@
 int gpu_device_count(void);
 /* RKV_GPU_TEST_SMALL as a level: 0 full size, 1 smaller (memcheck), 2 smallest (racecheck). */
 int gpu_small(void);
+/* 1 if device 0 runs the wgmma path (RKV_MATMUL_WGMMA: compute capability 9.0). */
+int gpu_wgmma(void);
 
 /* In main(): exit 77 (CTest SKIP_RETURN_CODE) without a CUDA device. */
 #define GPU_SKIP_WITHOUT_DEVICE()                                          \

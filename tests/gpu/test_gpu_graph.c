@@ -285,7 +285,10 @@ static void test_graphs_match_eager(void **state) {
     (void)state;
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_AUTO);
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_CUBLASLT);
+    graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_FUSED);
+    if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_WGMMA);
     if (gpu_small()) return;
+    if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_SNAPKV, RKV_DTYPE_F16, RKV_MATMUL_WGMMA);
     graph_matches_eager(RKV_METHOD_H2O, RKV_DTYPE_F32, RKV_MATMUL_AUTO);
     graph_matches_eager(RKV_METHOD_RANDOM, RKV_DTYPE_F16, RKV_MATMUL_AUTO);
 }

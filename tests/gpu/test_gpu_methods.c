@@ -1,6 +1,7 @@
 /* CUDA against the CPU oracle on random caches: every method x storage dtype x
- * head dim (64, 128, 256, and 32 through the generic kernels) x mode, for both
- * matrix-product paths where they differ. Three sequences of different
+ * head dim (64, 128, 256, and 32 through the generic kernels) x mode, for every
+ * matrix-product path where they differ (R-KV and SnapKV on f16/bf16 with a
+ * fused head dim: AUTO, CUBLASLT, FUSED, and WGMMA on compute capability 9.0). Three sequences of different
  * lengths (one prompt longer than the capacity), two layers, GQA; decode one
  * token at a time and compress whenever due, comparing after every compression:
  *   - kept tokens per head: identical (same set, same slots), except where two
@@ -25,6 +26,8 @@ static const char *dtype_names[] = {"f32", "f16", "bf16"};
 typedef struct totals {
     kept_compare kept[3]; /* per storage dtype */
     int configs;
+    int per_path[4];      /* configurations run on each rkv_matmul_path */
+    int wgmma_unsupported; /* WGMMA configurations this GPU cannot run */
     double worst_score_error;
 } totals;
 
@@ -124,7 +127,13 @@ static void run_config(rkv_method method, rkv_dtype dtype, int32_t head_dim, rkv
     p.threshold = 0.3f; /* random keys rarely pass 0.5; 0.3 exercises the near-duplicate rule */
     if (method == RKV_METHOD_STREAMINGLLM || seed % 2) p.guards = mode == RKV_MODE_POSITION ? RKV_GUARD_SINK : 0;
     twin t = twin_create(&p);
+    if (path == RKV_MATMUL_WGMMA && rkv_cache_set_matmul_path(t.gpu, path) == RKV_ERR_UNSUPPORTED) {
+        all.wgmma_unsupported++; /* not compute capability 9.0 (the message says) */
+        twin_destroy(&t);
+        return;
+    }
     if (path != RKV_MATMUL_AUTO) ASSERT_OK(rkv_cache_set_matmul_path(t.gpu, path));
+    all.per_path[path]++;
     uint64_t rng = seed;
     kept_compare *kc = &all.kept[dtype];
 
@@ -201,10 +210,12 @@ static void test_every_method_dtype_head_dim(void **state) {
                     if (gpu_small() && dt == 1 && m != RKV_METHOD_RKV) continue;
                     if (gpu_small() >= 2 && (di > 0 || mode == 1) && m != RKV_METHOD_RKV) continue;
                     run_config((rkv_method)m, (rkv_dtype)dt, dims[di], (rkv_mode)mode, RKV_MATMUL_AUTO, seed++);
-                    /* R-KV on f16/bf16 with a fused head dim: the cuBLASLt path too. */
+                    /* R-KV and SnapKV on f16/bf16 with a fused head dim: every path explicitly. */
                     const int fused = dt != 0 && (dims[di] == 64 || dims[di] == 128 || dims[di] == 256);
-                    if (m == RKV_METHOD_RKV && fused)
-                        run_config((rkv_method)m, (rkv_dtype)dt, dims[di], (rkv_mode)mode, RKV_MATMUL_CUBLASLT, seed++);
+                    if ((m == RKV_METHOD_RKV || m == RKV_METHOD_SNAPKV) && fused)
+                        for (int path = RKV_MATMUL_CUBLASLT; path <= RKV_MATMUL_WGMMA; ++path)
+                            run_config((rkv_method)m, (rkv_dtype)dt, dims[di], (rkv_mode)mode, (rkv_matmul_path)path,
+                                       seed++);
                 }
     for (int dt = 0; dt < 3; ++dt) {
         const kept_compare *kc = &all.kept[dt];
@@ -215,8 +226,10 @@ static void test_every_method_dtype_head_dim(void **state) {
         assert_int_equal(kc->mismatches, 0);
         assert_int_equal(kc->order_errors, 0);
     }
-    print_message("%d configurations; worst score difference %.3g of the largest score\n", all.configs,
-                  all.worst_score_error);
+    print_message("%d configurations (path auto %d, cublaslt %d, fused %d, wgmma %d; %d wgmma ones this GPU "
+                  "cannot run); worst score difference %.3g of the largest score\n",
+                  all.configs, all.per_path[0], all.per_path[1], all.per_path[2], all.per_path[3],
+                  all.wgmma_unsupported, all.worst_score_error);
     assert_int_equal(all.kept[RKV_DTYPE_F32].near_ties, 0); /* f32 storage: identical kept sets */
     /* Near ties are rare: under 1% of the head comparisons. */
     for (int dt = 1; dt < 3; ++dt) assert_true(all.kept[dt].near_ties * 100 <= all.kept[dt].heads);
@@ -229,6 +242,7 @@ static void test_matmul_path_errors(void **state) {
     p.device_type = RKV_DEVICE_CUDA;
     rkv_cache *cache = test_create(&p);
     ASSERT_STATUS(rkv_cache_set_matmul_path(cache, RKV_MATMUL_FUSED), RKV_ERR_UNSUPPORTED); /* f32 */
+    ASSERT_STATUS(rkv_cache_set_matmul_path(cache, RKV_MATMUL_WGMMA), RKV_ERR_UNSUPPORTED); /* f32 */
     ASSERT_STATUS(rkv_cache_set_matmul_path(cache, (rkv_matmul_path)7), RKV_ERR_UNSUPPORTED);
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_CUBLASLT));
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
@@ -237,6 +251,7 @@ static void test_matmul_path_errors(void **state) {
     cache = test_create(&p);
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
     ASSERT_STATUS(rkv_cache_set_matmul_path(cache, RKV_MATMUL_CUBLASLT), RKV_ERR_UNSUPPORTED);
+    ASSERT_STATUS(rkv_cache_set_matmul_path(cache, RKV_MATMUL_WGMMA), RKV_ERR_UNSUPPORTED);
     rkv_cache_destroy(cache);
 }
 

@@ -1,0 +1,282 @@
+/* The tensor-core key-Gram kernels, white box: gram_fused_kernel (mma.sync)
+ * and gram_wgmma_kernel (wgmma, on compute capability 9.0) called through their
+ * launchers on hand-made scratch, against a float64 reference of the same
+ * definition (kernels/gram_fused.cuh): for every row r and column tile t, the
+ * latest column c of t with S[r, c] = (k_r . k_c) inv_r inv_c > tau (the
+ * diagonal counts as 0), S there, the row sums of S (slot 0), S[r, 0].
+ *
+ * The inputs make every part of the kernels matter: random keys with planted
+ * near-duplicates in earlier and later tiles (S ~ 0.99), two jobs of different
+ * layers, sequences and lengths (700 and 333: partial last tiles), NaN in the
+ * slots past the held length (must never be read), tau 0.5 and -0.25 (a
+ * negative tau makes the diagonal and the padding count, unless masked),
+ * f16 and bf16, head_dim 64, 128, 256. Every (row, slot) must be written: the
+ * partials start as a sentinel.
+ *
+ * On a mismatch the first few are printed with their coordinates and whether
+ * they sit on a diagonal tile, in the row direction (t > r's tile) or the
+ * column direction (t < r's tile), so a fragment-layout error shows its pattern
+ * in one run. */
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "gpu_util.h"
+}
+#include "kernels/launch.h"
+
+namespace {
+
+namespace k = rkv::kernels;
+
+#define CUDA_OK(call)                                                                      \
+    do {                                                                                   \
+        cudaError_t error_ = (call);                                                       \
+        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
+    } while (0)
+
+constexpr int kLayers = 2, kSeqs = 2, kHeads = 2, kCap = 700, kTiles = (kCap + 127) / 128, kJobs = 2;
+constexpr float kValueTolerance = 1e-5f;
+constexpr int32_t kSentinel = 0x7f7f7f7f;  // the bytes the partials start as
+
+struct JobSpec {
+    int32_t seq, layer, held;
+};
+constexpr JobSpec kJobSpecs[kJobs] = {{1, 1, 700}, {0, 0, 333}};
+
+// The reference outputs of one (job, head).
+struct Reference {
+    std::vector<int32_t> latest;  // [tiles][n]
+    std::vector<double> value;    // [tiles][n]
+    std::vector<double> row_sum;  // [n]
+    std::vector<double> first;    // [n] S[r, 0]
+    std::vector<uint8_t> close;   // [n] some S[r, c] lies within 1e-5 of tau: not compared
+};
+
+Reference reference(const std::vector<float> &keys, const std::vector<float> &inv, int32_t n, int d, float tau) {
+    Reference out;
+    out.latest.assign(size_t(kTiles) * n, -1);
+    out.value.assign(size_t(kTiles) * n, 0.0);
+    out.row_sum.assign(n, 0.0);
+    out.first.assign(n, 0.0);
+    out.close.assign(n, 0);
+    for (int32_t r = 0; r < n; ++r)
+        for (int32_t c = 0; c < n; ++c) {
+            double s = 0.0;
+            if (c != r) {
+                double dot = 0.0;
+                for (int e = 0; e < d; ++e) dot += double(keys[size_t(r) * d + e]) * keys[size_t(c) * d + e];
+                s = dot * inv[r] * inv[c];
+            }
+            out.row_sum[r] += s;
+            if (c == 0) out.first[r] = s;
+            if (std::fabs(s - tau) < 1e-5) out.close[r] = 1;
+            if (s > tau) {
+                out.latest[size_t(c / 128) * n + r] = c;
+                out.value[size_t(c / 128) * n + r] = s;
+            }
+        }
+    return out;
+}
+
+struct Outcome {
+    int compared = 0, mismatches = 0, skipped = 0;
+    int by_kind[3] = {0, 0, 0};  // diagonal, row direction, column direction
+};
+
+const char *kind_name(int kind) { return kind == 0 ? "diagonal tile" : kind == 1 ? "row direction" : "column direction"; }
+
+void report(Outcome *o, const char *what, int job, int head, int32_t r, int32_t t, const char *field, double got,
+            double expected) {
+    const int kind = t == r / 128 ? 0 : t > r / 128 ? 1 : 2;
+    o->by_kind[kind]++;
+    if (o->mismatches++ < 12)
+        print_message("MISMATCH %s: job %d head %d row %d (row tile %d) slot %d (%s): %s %.7g, reference %.7g\n", what,
+                      job, head, r, r / 128, t, kind_name(kind), field, got, expected);
+}
+
+// One (dtype, head_dim, tau): both kernels against the reference.
+void run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
+    char what[96];
+    std::snprintf(what, sizeof what, "%s d=%d tau=%g", dtype == RKV_DTYPE_F16 ? "f16" : "bf16", d, tau);
+    const size_t slots = size_t(kLayers) * kSeqs * kHeads * kCap;
+    // Keys: normal, planted near-duplicates, NaN past each held length.
+    std::vector<float> host(slots * d, NAN);
+    std::vector<std::vector<float>> head_keys(kJobs * kHeads);
+    uint64_t rng = seed;
+    for (int jj = 0; jj < kJobs; ++jj)
+        for (int h = 0; h < kHeads; ++h) {
+            const JobSpec &job = kJobSpecs[jj];
+            std::vector<float> &keys = head_keys[jj * kHeads + h];
+            keys.resize(size_t(job.held) * d);
+            for (float &x : keys) x = test_rng_normal(&rng);
+            for (int32_t r = 0; r < job.held; ++r) {
+                if (test_rng_uniform(&rng) > 0.1f) continue;
+                const int32_t other = int32_t(test_rng_uniform(&rng) * float(job.held)) % job.held;
+                if (other == r) continue;
+                for (int e = 0; e < d; ++e)
+                    keys[size_t(r) * d + e] = keys[size_t(other) * d + e] + 0.05f * test_rng_normal(&rng);
+            }
+            for (float &x : keys) x = round_through(dtype, x);  // the values the kernels see
+            const size_t slot0 = ((size_t(job.layer) * kSeqs + job.seq) * kHeads + h) * kCap;
+            std::copy(keys.begin(), keys.end(), host.begin() + slot0 * d);
+        }
+    std::vector<uint16_t> stored(slots * d);
+    convert_from_f32(host.data(), host.size(), dtype, stored.data());
+
+    // Scratch as the importance kernel leaves it: inverse norms, W partials per tile.
+    const size_t heads = size_t(kJobs) * kHeads;
+    std::vector<float> inv_norm(heads * kCap, 0.0f), partial_w(heads * kTiles * d, 0.0f);
+    std::vector<Reference> refs;
+    for (int jj = 0; jj < kJobs; ++jj)
+        for (int h = 0; h < kHeads; ++h) {
+            const int32_t n = kJobSpecs[jj].held;
+            const std::vector<float> &keys = head_keys[jj * kHeads + h];
+            std::vector<float> inv(n);
+            const size_t row = (size_t(jj) * kHeads + h) * kCap;
+            for (int32_t r = 0; r < n; ++r) {
+                double squares = 0.0;
+                for (int e = 0; e < d; ++e) squares += double(keys[size_t(r) * d + e]) * keys[size_t(r) * d + e];
+                inv[r] = 1.0f / (float(std::sqrt(squares)) + 1e-8f);
+                inv_norm[row + r] = inv[r];
+            }
+            for (int32_t r = 0; r < n; ++r)
+                for (int e = 0; e < d; ++e)
+                    partial_w[((size_t(jj) * kHeads + h) * kTiles + r / 128) * d + e] += keys[size_t(r) * d + e] * inv[r];
+            refs.push_back(reference(keys, inv, n, d, tau));
+        }
+
+    int32_t lengths[kLayers * kSeqs] = {0};
+    for (const JobSpec &job : kJobSpecs) lengths[job.layer * kSeqs + job.seq] = job.held;
+    void *d_keys = gpu_upload(stored.data(), stored.size() * 2);
+    int32_t *d_lengths = static_cast<int32_t *>(gpu_upload(lengths, sizeof lengths));
+    float *d_inv = static_cast<float *>(gpu_upload(inv_norm.data(), inv_norm.size() * 4));
+    float *d_w = static_cast<float *>(gpu_upload(partial_w.data(), partial_w.size() * 4));
+    const size_t partials = heads * kTiles * kCap;
+    float *d_sum = static_cast<float *>(gpu_alloc(partials * 4));
+    int32_t *d_latest = static_cast<int32_t *>(gpu_alloc(partials * 4));
+    float *d_value = static_cast<float *>(gpu_alloc(partials * 4));
+    float *d_first = static_cast<float *>(gpu_alloc(heads * kCap * 4));
+
+    k::CompressParams p{};
+    p.cache.keys = d_keys;
+    p.cache.lengths = d_lengths;
+    p.cache.max_seqs = kSeqs;
+    p.cache.kv_heads = kHeads;
+    p.cache.q_heads = kHeads * 4;
+    p.cache.capacity = kCap;
+    p.cache.head_dim = d;
+    p.cache.window = 8;
+    p.cache.dtype = dtype;
+    p.layer_slots = int64_t(kSeqs) * kHeads * kCap;
+    p.scratch.inv_norm = d_inv;
+    p.scratch.partial_w = d_w;
+    p.scratch.partial_sum = d_sum;
+    p.scratch.partial_latest = d_latest;
+    p.scratch.partial_value = d_value;
+    p.scratch.first_column = d_first;
+    p.scratch.tiles = kTiles;
+    p.scratch.rows = 32;
+    p.threshold = tau;
+    p.slot0_quirk = 1;
+    p.gram_fused = 1;
+    p.num_jobs = kJobs;
+    for (int jj = 0; jj < kJobs; ++jj) p.jobs[jj] = k::Job{kJobSpecs[jj].seq, kJobSpecs[jj].layer, kJobSpecs[jj].held, 0, 0};
+    CUDA_OK(k::configure_gram_kernels(dtype, d));
+    CUDA_OK(k::configure_gram_wgmma_kernels(dtype, d));
+
+    for (int kernel = 0; kernel < (wgmma ? 2 : 1); ++kernel) {
+        char name[128];
+        std::snprintf(name, sizeof name, "%s %s", kernel ? "wgmma" : "mma.sync", what);
+        CUDA_OK(cudaMemset(d_sum, 0x7f, partials * 4));
+        CUDA_OK(cudaMemset(d_latest, 0x7f, partials * 4));
+        CUDA_OK(cudaMemset(d_value, 0x7f, partials * 4));
+        CUDA_OK(cudaMemset(d_first, 0x7f, heads * kCap * 4));
+        CUDA_OK(kernel ? k::launch_gram_wgmma(p, kCap, nullptr) : k::launch_gram_fused(p, kCap, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<float> sum(partials), value(partials), first(heads * kCap);
+        std::vector<int32_t> latest(partials);
+        gpu_download(sum.data(), d_sum, partials * 4);
+        gpu_download(latest.data(), d_latest, partials * 4);
+        gpu_download(value.data(), d_value, partials * 4);
+        gpu_download(first.data(), d_first, heads * kCap * 4);
+        Outcome o;
+        for (int jj = 0; jj < kJobs; ++jj)
+            for (int h = 0; h < kHeads; ++h) {
+                const Reference &ref = refs[jj * kHeads + h];
+                const int32_t n = kJobSpecs[jj].held, tiles = (n + 127) / 128;
+                const size_t row = (size_t(jj) * kHeads + h) * kCap;
+                for (int32_t r = 0; r < n; ++r) {
+                    const double s = sum[row * kTiles + r];
+                    if (std::fabs(s - ref.row_sum[r]) > 1e-3 * std::max(1.0, std::fabs(ref.row_sum[r])))
+                        report(&o, name, jj, h, r, r / 128, "row sum", s, ref.row_sum[r]);
+                    if (std::fabs(first[row + r] - ref.first[r]) > kValueTolerance)
+                        report(&o, name, jj, h, r, 0, "S[r, 0]", first[row + r], ref.first[r]);
+                    if (ref.close[r]) {
+                        o.skipped++;
+                        continue;
+                    }
+                    for (int32_t t = 0; t < tiles; ++t) {
+                        const size_t at = row * kTiles + size_t(t) * kCap + r;
+                        o.compared++;
+                        if (latest[at] == kSentinel)
+                            report(&o, name, jj, h, r, t, "never written: latest", latest[at], ref.latest[size_t(t) * n + r]);
+                        else if (latest[at] != ref.latest[size_t(t) * n + r])
+                            report(&o, name, jj, h, r, t, "latest", latest[at], ref.latest[size_t(t) * n + r]);
+                        else if (std::fabs(value[at] - ref.value[size_t(t) * n + r]) > kValueTolerance)
+                            report(&o, name, jj, h, r, t, "value", value[at], ref.value[size_t(t) * n + r]);
+                    }
+                }
+            }
+        print_message("%-32s %6d (row, slot) pairs: %d mismatches (diagonal %d, row direction %d, column direction "
+                      "%d), %d rows within 1e-5 of tau not compared\n",
+                      name, o.compared, o.mismatches, o.by_kind[0], o.by_kind[1], o.by_kind[2], o.skipped);
+        if (o.mismatches) fail_msg("%s: %d mismatches against the float64 reference", name, o.mismatches);
+    }
+    gpu_free(d_keys);
+    gpu_free(d_lengths);
+    gpu_free(d_inv);
+    gpu_free(d_w);
+    gpu_free(d_sum);
+    gpu_free(d_latest);
+    gpu_free(d_value);
+    gpu_free(d_first);
+}
+
+bool device_has_wgmma() {
+    int major = 0, minor = 0;
+    CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+    CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+    return k::gram_wgmma_supported(RKV_DTYPE_BF16, 128, 32, major, minor);
+}
+
+void test_gram_kernels_against_reference(void **state) {
+    (void)state;
+    const bool wgmma = device_has_wgmma();
+    if (!wgmma) print_message("this GPU is not compute capability 9.0: the wgmma kernel is not tested\n");
+    const int dims_full[] = {64, 128, 256}, dims_small[] = {128};
+    const int *dims = gpu_small() ? dims_small : dims_full;
+    const int num_dims = gpu_small() ? 1 : 3;
+    uint64_t seed = 5;
+    for (rkv_dtype dtype : {RKV_DTYPE_BF16, RKV_DTYPE_F16})
+        for (int di = 0; di < num_dims; ++di)
+            for (float tau : {0.5f, -0.25f}) {
+                if (gpu_small() && (dtype == RKV_DTYPE_F16 || tau < 0)) continue;
+                run_config(dtype, dims[di], tau, wgmma, seed++);
+            }
+}
+
+}  // namespace
+
+int main(void) {
+    GPU_SKIP_WITHOUT_DEVICE();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gram_kernels_against_reference),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
