@@ -2,15 +2,18 @@
 // 8 KV heads, 32 query heads, head_dim 128, bf16), budget 1024 + buffer 128,
 // through the public C API, timed with CUDA events on one stream:
 //   - compression of every layer of every sequence (all full), batch 1, 8, 64,
-//     256, on both matrix-product paths: ms, achieved TFLOP/s (of the nominal
-//     work below) against the measured bf16 matmul peak, scratch bytes;
+//     256, on every matrix-product path (cuBLASLt, fused mma.sync, wgmma): ms,
+//     achieved TFLOP/s (of the nominal work below) against the measured bf16
+//     matmul peak, the time against the floor (nominal work at that peak),
+//     scratch bytes; then the time of each phase of one compression per path
+//     (RKV_CUDA_PROFILE, phases synchronised) at the --profile batches;
 //   - append of one decode token for batch 256 (one layer per call), eagerly and
 //     replayed from a CUDA graph of the 32 layers: GB/s against the copy bandwidth;
 //   - rkv_attend for batch 256 at length 1152: GB/s of K and V read.
 // The ceilings are measured in the same run: a 1 GiB device-to-device copy
 // (bytes read + written) and an 8192^3 bf16 cuBLASLt matmul.
 //
-//   rkv_bench_gpu [--batches 1,8,64,256] [--repeats 5] [--json FILE]
+//   rkv_bench_gpu [--batches 1,8,64,256] [--profile 1,64] [--repeats 5] [--json FILE]
 //
 // Nominal work per (sequence, layer, KV head), N = 1152, C = N - 8, G*window = 32:
 //   key Gram 2*N*N*d + window logits 2*32*C*d  (about 89 GFLOP per sequence).
@@ -260,32 +263,72 @@ double time_compression(rkv_cache *cache, const Source &src, int seqs, int repea
     return median(ms);
 }
 
+struct Path {
+    rkv_matmul_path path;
+    const char *name;
+};
+constexpr Path kPaths[] = {{RKV_MATMUL_CUBLASLT, "cublaslt"}, {RKV_MATMUL_FUSED, "fused"}, {RKV_MATMUL_WGMMA, "wgmma"}};
+
 void bench_compression(const std::vector<int> &batches, int repeats, double peak_tflops, cudaStream_t stream) {
     std::printf("\n== compression of all 32 layers (R1-Distill-Llama-8B, bf16, B 1024 + 128, every sequence full)\n");
-    std::printf("%6s %10s %12s %10s %12s %10s %14s %8s\n", "batch", "path", "ms", "ms/seq", "TFLOP/s", "of peak",
-                "scratch MiB", "of KV");
+    std::printf("floor = the nominal work at the measured bf16 matmul rate (%.0f TFLOP/s); x floor = ms / floor\n",
+                peak_tflops);
+    std::printf("%6s %10s %12s %10s %10s %12s %10s %9s %14s %8s\n", "batch", "path", "ms", "ms/seq", "floor ms",
+                "TFLOP/s", "of peak", "x floor", "scratch MiB", "of KV");
     for (int seqs : batches) {
         rkv_cache *cache = make_cache(seqs);
         Source src(seqs, kCapacity, stream);
         append_tokens(cache, src, seqs, kCapacity, stream);
         uint64_t kv = 0;
         const uint64_t scratch = scratch_bytes(cache, seqs, &kv);
-        for (int path : {int(RKV_MATMUL_FUSED), int(RKV_MATMUL_CUBLASLT)}) {
-            CHECK(rkv_cache_set_matmul_path(cache, rkv_matmul_path(path)));
+        const double floor_ms = nominal_flops(seqs) / (peak_tflops * 1e12) * 1e3;
+        for (const Path &path : kPaths) {
+            if (rkv_cache_set_matmul_path(cache, path.path) != RKV_OK) {
+                std::printf("%6d %10s  (not run: %s)\n", seqs, path.name, rkv_last_error_message());
+                continue;
+            }
             const double ms = time_compression(cache, src, seqs, repeats, stream);
             const double tflops = nominal_flops(seqs) / (ms * 1e-3) / 1e12;
-            const char *name = path == RKV_MATMUL_FUSED ? "fused" : "cublaslt";
-            std::printf("%6d %10s %12.3f %10.4f %12.1f %9.1f%% %14.1f %7.2f%%\n", seqs, name, ms, ms / seqs, tflops,
-                        100.0 * tflops / peak_tflops, double(scratch) / (1 << 20), 100.0 * double(scratch) / double(kv));
+            std::printf("%6d %10s %12.3f %10.4f %10.3f %12.1f %9.1f%% %8.2fx %14.1f %7.2f%%\n", seqs, path.name, ms,
+                        ms / seqs, floor_ms, tflops, 100.0 * tflops / peak_tflops, ms / floor_ms,
+                        double(scratch) / (1 << 20), 100.0 * double(scratch) / double(kv));
             if (json)
                 std::fprintf(json,
                              "{\"bench\":\"compress\",\"batch\":%d,\"path\":\"%s\",\"ms\":%.4f,\"tflops\":%.2f,"
-                             "\"peak_tflops\":%.1f,\"scratch_bytes\":%llu,\"kv_bytes\":%llu}\n",
-                             seqs, name, ms, tflops, peak_tflops, (unsigned long long)scratch, (unsigned long long)kv);
+                             "\"peak_tflops\":%.1f,\"floor_ms\":%.4f,\"scratch_bytes\":%llu,\"kv_bytes\":%llu}\n",
+                             seqs, path.name, ms, tflops, peak_tflops, floor_ms, (unsigned long long)scratch,
+                             (unsigned long long)kv);
             std::fflush(stdout);
         }
         CHECK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
         rkv_cache_destroy(cache);
+    }
+}
+
+// The time of each phase of one compression of every (sequence, layer), per
+// path: a cache created with RKV_CUDA_PROFILE=1 prints its phase times to
+// stderr when destroyed (phases synchronised, so they add up to more than the
+// unprofiled time).
+void bench_phases(const std::vector<int> &batches, cudaStream_t stream) {
+    for (int seqs : batches) {
+        Source src(seqs, kCapacity, stream);
+        for (const Path &path : kPaths) {
+            setenv("RKV_CUDA_PROFILE", "1", 1);
+            rkv_cache *cache = make_cache(seqs);
+            unsetenv("RKV_CUDA_PROFILE");
+            if (rkv_cache_set_matmul_path(cache, path.path) != RKV_OK) {
+                rkv_cache_destroy(cache);
+                continue;
+            }
+            append_tokens(cache, src, seqs, kCapacity, stream);
+            CUDA(cudaStreamSynchronize(stream));
+            CHECK(rkv_compress(cache, RKV_ALL, RKV_ALL, stream));
+            CUDA(cudaStreamSynchronize(stream));
+            std::printf("\n== phases of one compression, batch %d, path %s:\n", seqs, path.name);
+            std::fflush(stdout);
+            rkv_cache_destroy(cache);  // prints the profile
+            std::fflush(stderr);
+        }
     }
 }
 
@@ -391,19 +434,24 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
 }  // namespace
 
 int main(int argc, char **argv) {
-    std::vector<int> batches = {1, 8, 64, 256};
+    std::vector<int> batches = {1, 8, 64, 256}, profile = {1, 64};
     int repeats = 5;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--batches") && i + 1 < argc) {
             batches.clear();
             for (char *token = std::strtok(argv[++i], ","); token; token = std::strtok(nullptr, ","))
                 batches.push_back(std::atoi(token));
+        } else if (!std::strcmp(argv[i], "--profile") && i + 1 < argc) {
+            profile.clear();
+            for (char *token = std::strtok(argv[++i], ","); token; token = std::strtok(nullptr, ","))
+                if (std::atoi(token) > 0) profile.push_back(std::atoi(token));
         } else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) {
             repeats = std::max(1, std::atoi(argv[++i]));
         } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
             json = std::fopen(argv[++i], "w");
         } else {
-            std::fprintf(stderr, "usage: %s [--batches 1,8,64,256] [--repeats 5] [--json FILE]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--batches 1,8,64,256] [--profile 1,64 (0: none)] [--repeats 5] "
+                         "[--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -423,6 +471,7 @@ int main(int argc, char **argv) {
     if (json)
         std::fprintf(json, "{\"bench\":\"ceilings\",\"copy_gbs\":%.1f,\"matmul_tflops\":%.1f}\n", copy / 1e9, peak);
     bench_compression(batches, repeats, peak > 0 ? peak : 790.0, stream);
+    bench_phases(profile, stream);
     bench_decode(*std::max_element(batches.begin(), batches.end()), copy, stream);
     if (json) std::fclose(json);
     CUDA(cudaStreamDestroy(stream));

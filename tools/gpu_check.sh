@@ -3,9 +3,11 @@
 # compute capability 9.0 or newer (H100/H200), CUDA 13, cmake and ninja:
 #
 #   tools/gpu_check.sh               build (build-gpu/), then run the GPU tests, the
-#                                    GPU tests under compute-sanitizer (memcheck and
-#                                    racecheck, smaller sizes), and the benchmarks
-#                                    (rkv_bench_gpu and the PyTorch comparison)
+#                                    benchmarks (rkv_bench_gpu: every path, and the
+#                                    phase profile of a compression; the PyTorch
+#                                    comparison), and the GPU tests under
+#                                    compute-sanitizer (memcheck and racecheck,
+#                                    smaller sizes)
 # Options:
 #   --build-dir DIR   build folder (default build-gpu)
 #   --prebuilt        use the binaries already in the build folder (built on another
@@ -13,6 +15,7 @@
 #   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
 #   --no-tests, --no-sanitizer, --no-bench, --no-torch      skip a part
 #   --batches LIST    benchmark batches (default 1,8,64,256)
+#   --profile LIST    batches whose compression phases are timed (default 1,64; 0: none)
 # Environment: RKV_GOLDEN_DIR (default tests/golden of the repository).
 # Exit status: 0 if every part that ran passed.
 #
@@ -30,6 +33,7 @@ run_sanitizer=1
 run_bench=1
 run_torch=1
 batches=1,8,64,256
+profile=1,64
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build=$2; shift ;;
@@ -40,7 +44,8 @@ while [ $# -gt 0 ]; do
     --no-bench) run_bench=0 ;;
     --no-torch) run_torch=0 ;;
     --batches) batches=$2; shift ;;
-    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--batches 1,8,64,256]" >&2; exit 2 ;;
+    --profile) profile=$2; shift ;;
+    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--batches 1,8,64,256] [--profile 1,64]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -60,8 +65,8 @@ if [ "$prebuilt" = 0 ]; then
     cmake --build "$build" -j"$(nproc)" >"$logs/build.log" 2>&1 || { tail -n 40 "$logs/build.log"; echo "build failed"; exit 1; }
 fi
 
-tests=(test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch test_gpu_errors
-       test_gpu_fault)
+tests=(test_gpu_gram test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch
+       test_gpu_errors test_gpu_fault)
 
 # run_one NAME LOG COMMAND...: runs, records pass/skip/fail with the time.
 run_one() {
@@ -81,11 +86,25 @@ if [ "$run_tests" = 1 ]; then
   echo "== GPU tests"
   for t in "${tests[@]}"; do
     run_one "$t" "$logs/$t.log" "$build/tests/gpu/$t"
-    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says" "$logs/$t.log" | grep -v "^\[" | sed -n 1,12p
+    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says|pairs:|wgmma|MISMATCH" "$logs/$t.log" | grep -v "^\[" | sed -n 1,16p
   done
   # The layer view read as FlashInfer and flash-attn read it (skips without torch).
   run_one test_view_layouts "$logs/test_view_layouts.log" python3 tests/gpu/test_view_layouts.py --lib "$build/librkv.so"
   sed -n '/computed as/,$p' "$logs/test_view_layouts.log"
+fi
+
+if [ "$run_bench" = 1 ]; then
+  echo "== benchmarks"
+  "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
+  if [ "$run_torch" = 1 ] && python3 -c "import torch" 2>/dev/null; then
+    python3 tools/torch_rkv.py check "$RKV_GOLDEN_DIR" 2>&1 | tee "$logs/torch_check.log"
+    python3 tools/torch_rkv.py bench --batches "$batches" --json "$logs/torch.json" --rkv-json "$logs/bench.json" 2>&1 |
+      tee "$logs/torch_bench.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  torch_rkv.py bench"; status=1; }
+  else
+    note "SKIP  PyTorch comparison (--no-torch, or no torch)"
+  fi
 fi
 
 if [ "$run_sanitizer" = 1 ]; then
@@ -97,27 +116,13 @@ if [ "$run_sanitizer" = 1 ]; then
     # test_gpu_errors and test_gpu_fault provoke failures on purpose (an
     # out-of-memory cudaMalloc, a kernel fault): they are not run here.
     for tool in memcheck racecheck; do
-      for t in test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch; do
+      for t in test_gpu_gram test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch; do
         [ "$tool" = racecheck ] && [ "$t" = test_gpu_golden ] && continue
         run_one "$tool $t" "$logs/${tool}_$t.log" env RKV_GPU_TEST_SMALL=$([ "$tool" = racecheck ] && echo 2 || echo 1) \
           "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/tests/gpu/$t"
         grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$logs/${tool}_$t.log" | tail -n 1
       done
     done
-  fi
-fi
-
-if [ "$run_bench" = 1 ]; then
-  echo "== benchmarks"
-  "$build/rkv_bench_gpu" --batches "$batches" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
-  if [ "$run_torch" = 1 ] && python3 -c "import torch" 2>/dev/null; then
-    python3 tools/torch_rkv.py check "$RKV_GOLDEN_DIR" 2>&1 | tee "$logs/torch_check.log"
-    python3 tools/torch_rkv.py bench --batches "$batches" --json "$logs/torch.json" --rkv-json "$logs/bench.json" 2>&1 |
-      tee "$logs/torch_bench.log"
-    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  torch_rkv.py bench"; status=1; }
-  else
-    note "SKIP  PyTorch comparison (--no-torch, or no torch)"
   fi
 fi
 

@@ -115,14 +115,19 @@ def bench(args):
                 out.write(json.dumps(r) + "\n")
     if args.rkv_json and os.path.exists(args.rkv_json):
         rkv = [json.loads(line) for line in open(args.rkv_json) if line.strip()]
+        paths = []  # every path rkv_bench_gpu measured, in its order
+        for x in rkv:
+            if x.get("bench") == "compress" and x["path"] not in paths:
+                paths.append(x["path"])
         print("\n== librkv CUDA against this PyTorch implementation (same workload)")
-        print(f"{'batch':>6} {'torch ms':>10} {'fused ms':>10} {'speed-up':>9} {'cublaslt ms':>12} {'speed-up':>9}")
+        print(f"{'batch':>6} {'torch ms':>10}" + "".join(f" {p + ' ms':>12} {'speed-up':>9}" for p in paths))
         for r in results:
             row = {x["path"]: x["ms"] for x in rkv if x.get("bench") == "compress" and x["batch"] == r["batch"]}
-            fused, lt = row.get("fused"), row.get("cublaslt")
-            print(f"{r['batch']:>6} {r['ms']:>10.1f} {fused or float('nan'):>10.2f} "
-                  f"{(r['ms'] / fused) if fused else float('nan'):>8.1f}x {lt or float('nan'):>12.2f} "
-                  f"{(r['ms'] / lt) if lt else float('nan'):>8.1f}x")
+            line = f"{r['batch']:>6} {r['ms']:>10.1f}"
+            for p in paths:
+                ms = row.get(p)
+                line += f" {ms or float('nan'):>12.2f} {(r['ms'] / ms) if ms else float('nan'):>8.1f}x"
+            print(line)
 
 
 def npy(path):
