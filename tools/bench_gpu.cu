@@ -269,26 +269,34 @@ struct Path {
 };
 constexpr Path kPaths[] = {{RKV_MATMUL_CUBLASLT, "cublaslt"}, {RKV_MATMUL_FUSED, "fused"}, {RKV_MATMUL_WGMMA, "wgmma"}};
 
+// Every path at every batch, path after path (the newest last: a kernel fault
+// there leaves the rows before it printed), then one row per batch comparing them.
 void bench_compression(const std::vector<int> &batches, int repeats, double peak_tflops, cudaStream_t stream) {
     std::printf("\n== compression of all 32 layers (R1-Distill-Llama-8B, bf16, B 1024 + 128, every sequence full)\n");
     std::printf("floor = the nominal work at the measured bf16 matmul rate (%.0f TFLOP/s); x floor = ms / floor\n",
                 peak_tflops);
     std::printf("%6s %10s %12s %10s %10s %12s %10s %9s %14s %8s\n", "batch", "path", "ms", "ms/seq", "floor ms",
                 "TFLOP/s", "of peak", "x floor", "scratch MiB", "of KV");
-    for (int seqs : batches) {
-        rkv_cache *cache = make_cache(seqs);
-        Source src(seqs, kCapacity, stream);
-        append_tokens(cache, src, seqs, kCapacity, stream);
-        uint64_t kv = 0;
-        const uint64_t scratch = scratch_bytes(cache, seqs, &kv);
-        const double floor_ms = nominal_flops(seqs) / (peak_tflops * 1e12) * 1e3;
-        for (const Path &path : kPaths) {
+    constexpr int kNumPaths = int(sizeof kPaths / sizeof kPaths[0]);
+    std::vector<std::vector<double>> times(batches.size(), std::vector<double>(kNumPaths, 0.0));
+    for (int pi = 0; pi < kNumPaths; ++pi) {
+        const Path &path = kPaths[pi];
+        for (size_t bi = 0; bi < batches.size(); ++bi) {
+            const int seqs = batches[bi];
+            rkv_cache *cache = make_cache(seqs);
             if (rkv_cache_set_matmul_path(cache, path.path) != RKV_OK) {
                 std::printf("%6d %10s  (not run: %s)\n", seqs, path.name, rkv_last_error_message());
+                rkv_cache_destroy(cache);
                 continue;
             }
+            Source src(seqs, kCapacity, stream);
+            append_tokens(cache, src, seqs, kCapacity, stream);
+            uint64_t kv = 0;
+            const uint64_t scratch = scratch_bytes(cache, seqs, &kv);
+            const double floor_ms = nominal_flops(seqs) / (peak_tflops * 1e12) * 1e3;
             const double ms = time_compression(cache, src, seqs, repeats, stream);
             const double tflops = nominal_flops(seqs) / (ms * 1e-3) / 1e12;
+            times[bi][pi] = ms;
             std::printf("%6d %10s %12.3f %10.4f %10.3f %12.1f %9.1f%% %8.2fx %14.1f %7.2f%%\n", seqs, path.name, ms,
                         ms / seqs, floor_ms, tflops, 100.0 * tflops / peak_tflops, ms / floor_ms,
                         double(scratch) / (1 << 20), 100.0 * double(scratch) / double(kv));
@@ -299,10 +307,28 @@ void bench_compression(const std::vector<int> &batches, int repeats, double peak
                              seqs, path.name, ms, tflops, peak_tflops, floor_ms, (unsigned long long)scratch,
                              (unsigned long long)kv);
             std::fflush(stdout);
+            rkv_cache_destroy(cache);
         }
-        CHECK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
-        rkv_cache_destroy(cache);
     }
+    std::printf("\n== paths side by side (ms; speed-up of each path over fused; fastest against the floor)\n");
+    std::printf("%6s", "batch");
+    for (const Path &path : kPaths) std::printf(" %10s ms %8s", path.name, "vs fused");
+    std::printf(" %10s %9s %9s\n", "floor ms", "x floor", "of floor");
+    for (size_t bi = 0; bi < batches.size(); ++bi) {
+        const double floor_ms = nominal_flops(batches[bi]) / (peak_tflops * 1e12) * 1e3;
+        const double fused = times[bi][1];
+        double best = 0.0;
+        std::printf("%6d", batches[bi]);
+        for (int pi = 0; pi < kNumPaths; ++pi) {
+            const double ms = times[bi][pi];
+            if (ms > 0 && (best == 0.0 || ms < best)) best = ms;
+            if (ms > 0) std::printf(" %13.3f %7.2fx", ms, fused > 0 ? fused / ms : 0.0);
+            else std::printf(" %13s %8s", "-", "-");
+        }
+        std::printf(" %10.3f %8.2fx %8.1f%%\n", floor_ms, best > 0 ? best / floor_ms : 0.0,
+                    best > 0 ? 100.0 * floor_ms / best : 0.0);
+    }
+    std::fflush(stdout);
 }
 
 // The time of each phase of one compression of every (sequence, layer), per
@@ -310,9 +336,9 @@ void bench_compression(const std::vector<int> &batches, int repeats, double peak
 // stderr when destroyed (phases synchronised, so they add up to more than the
 // unprofiled time).
 void bench_phases(const std::vector<int> &batches, cudaStream_t stream) {
-    for (int seqs : batches) {
-        Source src(seqs, kCapacity, stream);
-        for (const Path &path : kPaths) {
+    for (const Path &path : kPaths) {
+        for (int seqs : batches) {
+            Source src(seqs, kCapacity, stream);
             setenv("RKV_CUDA_PROFILE", "1", 1);
             rkv_cache *cache = make_cache(seqs);
             unsetenv("RKV_CUDA_PROFILE");
