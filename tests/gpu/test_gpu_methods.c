@@ -235,6 +235,56 @@ static void test_every_method_dtype_head_dim(void **state) {
     for (int dt = 1; dt < 3; ++dt) assert_true(all.kept[dt].near_ties * 100 <= all.kept[dt].heads);
 }
 
+/* More (sequence, layer) jobs than one group holds (64): 20 sequences x 4
+ * layers, all full, compress in two groups (the second of mixed layers and
+ * sequences) on every path; CUDA keeps the CPU's tokens. */
+static void test_jobs_in_several_groups(void **state) {
+    (void)state;
+    enum { MANY_SEQS = 20, MANY_LAYERS = 4 };
+    int32_t seqs[MANY_SEQS], prompt[MANY_SEQS];
+    for (int32_t s = 0; s < MANY_SEQS; ++s) {
+        seqs[s] = s;
+        prompt[s] = BUDGET + BUFFER; /* full: the next token needs a compression */
+    }
+    kept_compare kc = {0};
+    int paths = 0;
+    for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA; ++path) {
+        rkv_cache_params p = test_params(MANY_SEQS, MANY_LAYERS, KV_HEADS, Q_HEADS, 64, RKV_METHOD_RKV, BUDGET,
+                                         BUFFER, WINDOW);
+        p.dtype = RKV_DTYPE_BF16;
+        p.auto_compress = 0;
+        p.threshold = 0.3f;
+        twin t = twin_create(&p);
+        if (path != RKV_MATMUL_AUTO) {
+            const rkv_status status = rkv_cache_set_matmul_path(t.gpu, (rkv_matmul_path)path);
+            if (status == RKV_ERR_UNSUPPORTED) { /* WGMMA off compute capability 9.0 */
+                twin_destroy(&t);
+                continue;
+            }
+            ASSERT_OK(status);
+        }
+        uint64_t rng = 77 + (uint64_t)path;
+        twin_append_random(&t, MANY_SEQS, seqs, prompt, &rng, 0);
+        int32_t due = 0;
+        ASSERT_OK(rkv_compress_due(t.gpu, RKV_ALL, RKV_ALL, &due));
+        assert_int_equal(due, 1);
+        score_snapshot before = snapshot_scores(&t);
+        ASSERT_OK(rkv_compress(t.cpu, RKV_ALL, RKV_ALL, NULL));
+        ASSERT_OK(rkv_compress(t.gpu, RKV_ALL, RKV_ALL, NULL));
+        char what[64];
+        snprintf(what, sizeof what, "%d jobs in groups, path %d", MANY_SEQS * MANY_LAYERS, path);
+        compare_kept(&t, &before, &kc, what);
+        snapshot_free(&before);
+        twin_destroy(&t);
+        paths++;
+    }
+    print_message("%d jobs per compression in groups of at most 64, %d paths: %d head comparisons, %d identical, "
+                  "%d near ties, %d mismatches, %d order errors\n",
+                  MANY_SEQS * MANY_LAYERS, paths, kc.heads, kc.identical, kc.near_ties, kc.mismatches, kc.order_errors);
+    assert_int_equal(kc.mismatches, 0);
+    assert_int_equal(kc.order_errors, 0);
+}
+
 /* The paths can be chosen only where they exist. */
 static void test_matmul_path_errors(void **state) {
     (void)state;
@@ -259,6 +309,7 @@ int main(void) {
     GPU_SKIP_WITHOUT_DEVICE();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_path_errors),
+        cmocka_unit_test(test_jobs_in_several_groups),
         cmocka_unit_test(test_every_method_dtype_head_dim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
