@@ -285,7 +285,7 @@ void bench_compression(const std::vector<int> &batches, int repeats, double peak
             const int seqs = batches[bi];
             rkv_cache *cache = make_cache(seqs);
             if (rkv_cache_set_matmul_path(cache, path.path) != RKV_OK) {
-                std::printf("%6d %10s  (not run: %s)\n", seqs, path.name, rkv_last_error_message());
+                std::printf("%6d %10s  (not run: %s)\n", seqs, path.name, rkv_error_message());
                 rkv_cache_destroy(cache);
                 continue;
             }
