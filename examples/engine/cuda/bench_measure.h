@@ -81,6 +81,7 @@ class Rig {
     std::unique_ptr<Decoder> decoder_;
     DeviceBuffer source_;  // random tokens: K, V [kSourceTokens, kv_heads, head_dim], Q [.., heads, ..] bf16
     std::vector<int32_t> tokens_;
+    bool warm_ = false;  // the decode step's graph has been replayed
 };
 
 // Device bytes of `batch` sequences of spec (activations of the model included).

@@ -5,23 +5,25 @@
 #include <cstring>
 #include <string>
 
+#include "kernels.h"
+
 namespace engine::cuda {
 
 namespace {
 
 // Record one decode step (or some of its phases) on `stream` into a graph. On
-// failure the capture is ended (the stream stays usable) and the error rethrown.
-cudaGraph_t record_step(GpuModel &model, rkv_cache *cache, const Entries &entries, unsigned phases,
+// failure the capture is ended (the stream stays usable) and the error
+// rethrown; calls with a batch record nothing on the host, so nothing is undone.
+cudaGraph_t record_step(GpuModel &model, rkv_cache *cache, const StepSlots &step, unsigned phases,
                         cudaStream_t stream) {
     check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
     try {
-        model.decode_step(cache, entries, stream, phases);
+        model.decode_step(cache, step, stream, phases);
     } catch (...) {
         cudaGraph_t broken = nullptr;
         cudaStreamEndCapture(stream, &broken);
         if (broken) cudaGraphDestroy(broken);
         cudaGetLastError();
-        rkv_cache_sync_lengths(cache, stream);  // forget what the host recorded of the partial capture
         throw;
     }
     cudaGraph_t graph = nullptr;
@@ -31,11 +33,11 @@ cudaGraph_t record_step(GpuModel &model, rkv_cache *cache, const Entries &entrie
 
 }  // namespace
 
-Decoder::Decoder(GpuModel &model, rkv_cache *cache, bool use_graph)
+Decoder::Decoder(GpuModel &model, rkv_cache *cache, bool use_graph, cudaStream_t stream)
     : model_(model),
       cache_(cache),
       use_graph_(use_graph),
-      device_active_(size_t(model.slots()) * 4, "active slot table"),
+      decoding_(size_t(model.slots()) * 4, "decoding slots"),
       host_history_(size_t(model.options().history_rows) * size_t(model.slots()) * 4, "token history (host)") {
     rkv_cache_params params;
     std::memset(&params, 0, sizeof params);
@@ -52,28 +54,46 @@ Decoder::Decoder(GpuModel &model, rkv_cache *cache, bool use_graph)
     view.struct_size = sizeof view;
     check_rkv(rkv_view_layer(cache, 0, &view), "rkv_view_layer");
     capacity_ = view.capacity;
+    active_.reserve(size_t(model.slots()));
+    entry_ids_.assign(size_t(model.slots()), -1);
+    mask_.assign(size_t(model.slots()), 0);
+    check_rkv(rkv_batch_create(cache, model.slots(), &batch_), "rkv_batch_create");
+    try {
+        // Every entry is padding: librkv's batch kernels run (CUDA loads a kernel at its first
+        // launch, better not inside the capture) and change nothing. On the caller's stream:
+        // librkv's kernels of one cache share scratch, so they must not overlap other work on it.
+        check_cuda(cudaMemsetAsync(decoding_.data(), 0, decoding_.bytes(), stream), "cudaMemsetAsync");
+        model.decode_step(cache, step_slots(), stream, kPhaseAppend | kPhaseAttend);
+        check_rkv(rkv_batch_advance(batch_, 1), "rkv_batch_advance (warm-up: no sequence)");
+        if (use_graph) capture(stream);  // the one capture: the step reads its slots when it runs
+    } catch (...) {
+        rkv_batch_destroy(batch_);
+        throw;
+    }
 }
 
 Decoder::~Decoder() {
     if (graph_) cudaGraphExecDestroy(graph_);
+    rkv_batch_destroy(batch_);
 }
 
 void Decoder::set_active(const std::vector<int32_t> &slots, cudaStream_t stream) {
     if (slots == active_) return;
-    std::vector<bool> seen(size_t(model_.slots()), false);
+    std::fill(mask_.begin(), mask_.end(), 0);
     for (int32_t s : slots) {
         if (s < 0 || s >= model_.slots())
             throw Error("set_active: slot " + std::to_string(s) + " is outside the " +
                         std::to_string(model_.slots()) + " slots of the table");
-        if (seen[size_t(s)]) throw Error("set_active: slot " + std::to_string(s) + " listed twice");
-        seen[size_t(s)] = true;
+        if (mask_[size_t(s)]) throw Error("set_active: slot " + std::to_string(s) + " listed twice");
+        mask_[size_t(s)] = 1;
     }
-    active_ = slots;
-    if (!slots.empty())  // a pageable source is staged before the call returns; the copy runs in stream order
-        check_cuda(cudaMemcpyAsync(device_active_.data(), slots.data(), slots.size() * 4, cudaMemcpyHostToDevice,
-                                   stream),
-                   "upload of the active slots");
-    graph_stale_ = true;
+    for (size_t s = 0; s < mask_.size(); ++s) entry_ids_[s] = mask_[s] ? int32_t(s) : -1;
+    // Both copies run in stream order: steps enqueued before still see the previous set.
+    check_rkv(rkv_batch_set(batch_, entry_ids_.data(), model_.slots(), stream), "rkv_batch_set");
+    upload_by_value(decoding_.as<int32_t>(), mask_.data(), model_.slots(), stream);
+    check_launch("upload of the decoding slots");
+    active_.assign(slots.begin(), slots.end());
+    ++batch_changes_;
 }
 
 int32_t Decoder::compress_due(cudaStream_t stream) {
@@ -83,6 +103,7 @@ int32_t Decoder::compress_due(cudaStream_t stream) {
         check_rkv(rkv_compress_due(cache_, s, RKV_ALL, &due), "rkv_compress_due");
         count += due;
     }
+    // One call for all of them (a sequence sitting out that is due is compressed with them).
     if (count > 0) check_rkv(rkv_compress(cache_, RKV_ALL, RKV_ALL, stream), "rkv_compress (decode)");
     return count;
 }
@@ -98,58 +119,28 @@ int32_t Decoder::room() const {
 }
 
 void Decoder::capture(cudaStream_t stream) {
-    const Entries entries{active_.data(), device_active_.as<int32_t>(), int32_t(active_.size())};
-    if (captures_ == 0) {
-        // librkv's attention kernel may not have run yet: run it once outside the capture
-        // (CUDA loads kernels at their first launch); it only reads the cache.
-        const Config &c = model_.config();
-        const rkv_tensor q{model_.scratch_queries(), RKV_DTYPE_F32, c.n_heads, c.head_dim,
-                           int64_t(c.n_heads) * c.head_dim, 0, c.head_dim, 0};
-        const rkv_tensor out{model_.scratch_attention(), RKV_DTYPE_BF16, c.n_heads, c.head_dim,
-                             int64_t(c.n_heads) * c.head_dim, 0, c.head_dim, 0};
-        rkv_attend_args attend{};
-        attend.struct_size = sizeof attend;
-        attend.num_seqs = entries.count;
-        attend.seq_ids = entries.host;
-        attend.q = q;
-        attend.out = out;
-        check_rkv(rkv_attend(cache_, &attend, stream), "rkv_attend (warm-up)");
-    }
-    cudaGraph_t graph = record_step(model_, cache_, entries, kPhaseAll, stream);
-    // Capturing ran nothing, but librkv's host bookkeeping recorded a step: undo it.
-    const rkv_status synced = rkv_cache_sync_lengths(cache_, stream);
-    if (graph_) {
-        // Same topology with other arguments (the usual case when only the slots change): update in place.
-        cudaGraphExecUpdateResultInfo info;
-        if (cudaGraphExecUpdate(graph_, graph, &info) != cudaSuccess) {
-            cudaGetLastError();
-            cudaGraphExecDestroy(graph_);
-            graph_ = nullptr;
-        }
-    }
-    cudaError_t error = cudaSuccess;
-    if (!graph_) error = cudaGraphInstantiate(&graph_, graph, 0);
+    cudaGraph_t graph = record_step(model_, cache_, step_slots(), kPhaseAll, stream);
+    const cudaError_t error = cudaGraphInstantiate(&graph_, graph, 0);
     cudaGraphDestroy(graph);
+    if (error != cudaSuccess) graph_ = nullptr;
     check_cuda(error, "cudaGraphInstantiate (decode step)");
-    check_rkv(synced, "rkv_cache_sync_lengths (after capture)");
-    graph_stale_ = false;
     ++captures_;
 }
 
 cudaGraphExec_t Decoder::capture_phases(unsigned phases, cudaStream_t stream) {
-    const Entries entries{active_.data(), device_active_.as<int32_t>(), int32_t(active_.size())};
-    cudaGraph_t graph = record_step(model_, cache_, entries, phases, stream);
+    cudaGraph_t graph = record_step(model_, cache_, step_slots(), phases, stream);
     cudaGraphExec_t exec = nullptr;
     const cudaError_t error = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     check_cuda(error, "cudaGraphInstantiate (decode phases)");
-    if (phases & kPhaseAppend) check_rkv(rkv_cache_sync_lengths(cache_, stream), "rkv_cache_sync_lengths (after capture)");
     return exec;
 }
 
+void Decoder::advance(int32_t steps) { check_rkv(rkv_batch_advance(batch_, steps), "rkv_batch_advance"); }
+
 void Decoder::enqueue_steps(int32_t steps, cudaStream_t stream) {
     if (active_.empty()) throw Error("decode: no active slot");
-    // The history ring starts at row 0 and the host sees replays only after collect().
+    // The history ring starts at row 0 for every collect().
     if (pending_ > 0) throw Error("decode: collect() the steps enqueued before enqueueing more");
     if (steps < 1 || steps > model_.options().history_rows)
         throw Error("decode: " + std::to_string(steps) + " steps at once (1 to " +
@@ -159,14 +150,15 @@ void Decoder::enqueue_steps(int32_t steps, cudaStream_t stream) {
         throw Error("decode: " + std::to_string(steps) + " steps, but an active sequence has room for " +
                     std::to_string(room) + " (call compress_due first; a FULL cache cannot grow past max_len)");
     check_cuda(cudaMemsetAsync(model_.step_counter(), 0, 4, stream), "cudaMemsetAsync (step counter)");
-    if (use_graph_) {
-        if (graph_stale_) capture(stream);
-        for (int32_t i = 0; i < steps; ++i) check_cuda(cudaGraphLaunch(graph_, stream), "cudaGraphLaunch (decode step)");
-    } else {
-        const Entries entries{active_.data(), device_active_.as<int32_t>(), int32_t(active_.size())};
-        for (int32_t i = 0; i < steps; ++i) model_.decode_step(cache_, entries, stream);
+    for (int32_t i = 0; i < steps; ++i) {
+        if (use_graph_)
+            check_cuda(cudaGraphLaunch(graph_, stream), "cudaGraphLaunch (decode step)");
+        else
+            model_.decode_step(cache_, step_slots(), stream);
+        // The host learns what the step did (no sync): room(), compress_due() and prefill stay current.
+        advance(1);
+        ++pending_;
     }
-    pending_ = steps;
 }
 
 int32_t Decoder::collect(std::vector<int32_t> &tokens, cudaStream_t stream) {
@@ -176,7 +168,6 @@ int32_t Decoder::collect(std::vector<int32_t> &tokens, cudaStream_t stream) {
     check_cuda(cudaMemcpyAsync(host, model_.history(), count * 4, cudaMemcpyDeviceToHost, stream),
                "copy of the token history");
     check_cuda(cudaStreamSynchronize(stream), "decode steps (a kernel failed)");
-    check_rkv(rkv_cache_sync_lengths(cache_, stream), "rkv_cache_sync_lengths (after decode steps)");
     pending_ = 0;
     tokens.assign(host, host + count);
     return steps;

@@ -23,15 +23,16 @@ struct RowBytes {
         gate_up = 2 * uint64_t(c.hidden_dim) * 2;
         h = uint64_t(c.hidden_dim) * 2;
     }
-    uint64_t total() const { return x + xb + qkv + q + 2 * kv + 2 * att + gate_up + h; }
+    uint64_t total() const { return x + xb + qkv + q + 2 * kv + att + gate_up + h; }
 };
 
-// A row-major [rows, heads, head_dim] f32 tensor of compact entries, as librkv reads it.
-rkv_tensor entry_tensor(float *data, int32_t heads, int32_t head_dim, bool tokens_of_one_sequence) {
+// A row-major [rows, heads, head_dim] tensor as librkv reads it, with its extent.
+rkv_tensor row_tensor(void *data, rkv_dtype dtype, int32_t rows, int32_t heads, int32_t head_dim,
+                      bool tokens_of_one_sequence) {
     const int64_t row = int64_t(heads) * head_dim;
-    // decode: one entry per row (stride_seq); prefill: the rows are the tokens of one entry (stride_token)
-    return rkv_tensor{data, RKV_DTYPE_F32, heads, head_dim, tokens_of_one_sequence ? 0 : row,
-                      tokens_of_one_sequence ? row : 0, head_dim, 0};
+    // decode: one entry (slot) per row (stride_seq); prefill: the rows are the tokens of one entry (stride_token)
+    return rkv_tensor{data, dtype, heads, head_dim, tokens_of_one_sequence ? 0 : row,
+                      tokens_of_one_sequence ? row : 0, head_dim, int64_t(rows) * row};
 }
 
 }  // namespace
@@ -66,10 +67,9 @@ GpuModel::GpuModel(const DeviceWeights &weights, const ModelOptions &options)
     x_ = DeviceBuffer(s * row.x, "decode activations (residual)");
     xb_ = DeviceBuffer(s * row.xb, "decode activations (normalised)");
     qkv_ = DeviceBuffer(s * row.qkv, "decode activations (Q/K/V)");
-    q_ = DeviceBuffer(s * row.q, "decode activations (entry queries)");
-    k_ = DeviceBuffer(s * row.kv, "decode activations (entry keys)");
-    v_ = DeviceBuffer(s * row.kv, "decode activations (entry values)");
-    att_entries_ = DeviceBuffer(s * row.att, "decode activations (attention of entries)");
+    q_ = DeviceBuffer(s * row.q, "decode activations (queries)");
+    k_ = DeviceBuffer(s * row.kv, "decode activations (keys)");
+    v_ = DeviceBuffer(s * row.kv, "decode activations (values)");
     att_ = DeviceBuffer(s * row.att, "decode activations (attention)");
     gate_up_ = DeviceBuffer(s * row.gate_up, "decode activations (gate/up)");
     h_ = DeviceBuffer(s * row.h, "decode activations (SwiGLU)");
@@ -97,7 +97,7 @@ GpuModel::GpuModel(const DeviceWeights &weights, const ModelOptions &options)
     for (int32_t rows = 16; rows <= options.prefill_rows; rows *= 2) prefill_buckets_.emplace_back(rows, make_plans(rows));
     Stream stream;
     // Zeros everywhere: rows that are padding (idle slots, the tail of a piece) stay finite.
-    for (const DeviceBuffer *b : {&x_, &xb_, &qkv_, &q_, &k_, &v_, &att_entries_, &att_, &gate_up_, &h_, &logits_,
+    for (const DeviceBuffer *b : {&x_, &xb_, &qkv_, &q_, &k_, &v_, &att_, &gate_up_, &h_, &logits_,
                                   &tokens_, &positions_, &history_, &counter_, &p_tokens_, &p_x_, &p_xb_, &p_qkv_,
                                   &p_q_, &p_k_, &p_v_, &p_att_, &p_gate_up_, &p_h_, &prefill_logits_})
         check_cuda(cudaMemsetAsync(b->data(), 0, b->bytes(), stream.get()), "cudaMemsetAsync of the activations");
@@ -108,26 +108,28 @@ GpuModel::GpuModel(const DeviceWeights &weights, const ModelOptions &options)
 // captured in a graph: CUDA loads kernels lazily, at their first launch, and
 // that first launch is better not inside a capture. Nothing here changes the
 // state a decode relies on (the slots are empty until a prefill or set_slot).
+// (The Decoder warms librkv's batch kernels up the same way.)
 void GpuModel::warm_up(cudaStream_t stream) {
     const Config &c = config();
-    const int32_t slots = options_.slots, hd = c.head_dim, q_width = c.n_heads * hd;
+    const int32_t slots = options_.slots, hd = c.head_dim;
     const LayerWeights &L = weights_.layers[0];
     float *x = x_.as<float>();
     bf16 *xb = xb_.as<bf16>();
+    const DeviceBuffer no_slot(size_t(slots) * 4, "warm-up mask");  // [slots] 0: no slot decodes
+    check_cuda(cudaMemsetAsync(no_slot.data(), 0, no_slot.bytes(), stream), "cudaMemsetAsync");
     embed(slot_tokens(), slots, weights_.embedding, c.dim, c.vocab_size, x, stream);
     rmsnorm(x, c.dim, slots, c.dim, L.attn_norm, c.norm_eps, xb, stream);
     decode_plans_.qkv->run(xb, L.qkv, qkv_.data(), stream);
-    RopeArgs rope{qkv_.as<float>(), 1, step_counter(), slot_positions(), 0, c.n_heads, c.n_kv_heads, hd,
-                  weights_.rope_freq, q_.as<float>(), k_.as<float>(), v_.as<float>()};
-    rope_gather(rope, stream);  // entry 0 reads row *step_counter = 0
-    scatter_rows(att_entries_.as<bf16>(), 1, step_counter(), q_width, att_.as<bf16>(), stream);
+    RopeArgs rope{qkv_.as<float>(), slots, slot_positions(), 0, c.n_heads, c.n_kv_heads, hd, weights_.rope_freq,
+                  q_.as<float>(), k_.as<float>(), v_.as<float>()};
+    rope_split(rope, stream);
     decode_plans_.o->run(att_.as<bf16>(), L.o, x, stream);
     decode_plans_.gate_up->run(xb, L.gate_up, gate_up_.data(), stream);
     swiglu(gate_up_.as<bf16>(), slots, c.hidden_dim, h_.as<bf16>(), stream);
     decode_plans_.down->run(h_.as<bf16>(), L.down, x, stream);
     decode_logits_plan_->run(xb, weights_.output, logits_.data(), stream);
-    argmax(logits_.as<float>(), slots, c.vocab_size, slot_tokens(), stream);
-    finish_step(slot_positions(), step_counter(), 0, slot_tokens(), slots, history(), options_.history_rows,
+    argmax(logits_.as<float>(), slots, c.vocab_size, no_slot.as<int32_t>(), slot_tokens(), stream);
+    finish_step(slot_positions(), no_slot.as<int32_t>(), slot_tokens(), slots, history(), options_.history_rows,
                 step_counter(), stream);
     advance_counter(step_counter(), stream);
     check_launch("warm-up of the decode step");
@@ -166,48 +168,49 @@ void GpuModel::set_slot(int32_t slot, int32_t token, int32_t position, cudaStrea
     check_launch("set_slot");
 }
 
-void GpuModel::decode_step(rkv_cache *cache, const Entries &entries, cudaStream_t stream, unsigned phases) {
+void GpuModel::decode_step(rkv_cache *cache, const StepSlots &step, cudaStream_t stream, unsigned phases) {
     const Config &c = config();
-    const int32_t slots = options_.slots, hd = c.head_dim, q_width = c.n_heads * hd;
+    const int32_t slots = options_.slots, hd = c.head_dim;
     const bool matmul = phases & kPhaseMatmul, other = phases & kPhaseOther;
+    if (!step.batch || !step.decoding) throw Error("decode_step: no batch (the Decoder sets the step's slots)");
     float *x = x_.as<float>();
     bf16 *xb = xb_.as<bf16>();
 
+    // Entry s of the batch is slot s: librkv reads row s of K/V/Q and writes row s of the
+    // attention, and skips the rows of padding entries.
     rkv_append_args args;
     std::memset(&args, 0, sizeof args);
     args.struct_size = sizeof args;
-    args.num_seqs = entries.count;
-    args.seq_ids = entries.host;
-    args.k = entry_tensor(k_.as<float>(), c.n_kv_heads, hd, false);
-    args.v = entry_tensor(v_.as<float>(), c.n_kv_heads, hd, false);
-    args.q = entry_tensor(q_.as<float>(), c.n_heads, hd, false);
-    const rkv_tensor q_in = args.q;
-    const rkv_tensor att_out{att_entries_.data(), RKV_DTYPE_BF16, c.n_heads, hd, q_width, 0, hd, 0};
+    args.num_seqs = slots;
+    args.batch = step.batch;
+    args.k = row_tensor(k_.data(), RKV_DTYPE_F32, slots, c.n_kv_heads, hd, false);
+    args.v = row_tensor(v_.data(), RKV_DTYPE_F32, slots, c.n_kv_heads, hd, false);
+    args.q = row_tensor(q_.data(), RKV_DTYPE_F32, slots, c.n_heads, hd, false);
+    rkv_attend_args attend;
+    std::memset(&attend, 0, sizeof attend);
+    attend.struct_size = sizeof attend;
+    attend.num_seqs = slots;
+    attend.batch = step.batch;
+    attend.q = args.q;
+    attend.out = row_tensor(att_.data(), RKV_DTYPE_BF16, slots, c.n_heads, hd, false);
 
-    RopeArgs rope{qkv_.as<float>(), entries.count, entries.device, slot_positions(), 0, c.n_heads, c.n_kv_heads,
-                  hd, weights_.rope_freq, q_.as<float>(), k_.as<float>(), v_.as<float>()};
+    RopeArgs rope{qkv_.as<float>(), slots, slot_positions(), 0, c.n_heads, c.n_kv_heads, hd, weights_.rope_freq,
+                  q_.as<float>(), k_.as<float>(), v_.as<float>()};
 
     if (other) embed(slot_tokens(), slots, weights_.embedding, c.dim, c.vocab_size, x, stream);
     for (int32_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights &L = weights_.layers[size_t(l)];
         if (other) rmsnorm(x, c.dim, slots, c.dim, L.attn_norm, c.norm_eps, xb, stream);
         if (matmul) decode_plans_.qkv->run(xb, L.qkv, qkv_.data(), stream);
-        if (other) rope_gather(rope, stream);
+        if (other) rope_split(rope, stream);
         if (phases & kPhaseAppend) {
             args.layer = l;
             check_rkv(rkv_append(cache, &args, stream), "rkv_append (decode step)");
         }
         if (phases & kPhaseAttend) {
-            rkv_attend_args attend{};
-            attend.struct_size = sizeof attend;
             attend.layer = l;
-            attend.num_seqs = entries.count;
-            attend.seq_ids = entries.host;
-            attend.q = q_in;
-            attend.out = att_out;
             check_rkv(rkv_attend(cache, &attend, stream), "rkv_attend (decode step)");
         }
-        if (other) scatter_rows(att_entries_.as<bf16>(), entries.count, entries.device, q_width, att_.as<bf16>(), stream);
         if (matmul) decode_plans_.o->run(att_.as<bf16>(), L.o, x, stream);
         if (other) rmsnorm(x, c.dim, slots, c.dim, L.ffn_norm, c.norm_eps, xb, stream);
         if (matmul) decode_plans_.gate_up->run(xb, L.gate_up, gate_up_.data(), stream);
@@ -217,9 +220,9 @@ void GpuModel::decode_step(rkv_cache *cache, const Entries &entries, cudaStream_
     if (other) rmsnorm(x, c.dim, slots, c.dim, weights_.out_norm, c.norm_eps, xb, stream);
     if (matmul) decode_logits_plan_->run(xb, weights_.output, logits_.data(), stream);
     if (other) {
-        argmax(logits_.as<float>(), slots, c.vocab_size, slot_tokens(), stream);
-        finish_step(slot_positions(), entries.device, entries.count, slot_tokens(), slots, history(),
-                    options_.history_rows, step_counter(), stream);
+        argmax(logits_.as<float>(), slots, c.vocab_size, step.decoding, slot_tokens(), stream);
+        finish_step(slot_positions(), step.decoding, slot_tokens(), slots, history(), options_.history_rows,
+                    step_counter(), stream);
         advance_counter(step_counter(), stream);
     }
     check_launch("decode step");
@@ -284,18 +287,18 @@ void GpuModel::prefill_piece(rkv_cache *cache, int32_t slot, const int32_t *toke
     args.num_seqs = 1;
     args.seq_ids = &slot;
     args.num_tokens = &n;
-    args.k = entry_tensor(p_k_.as<float>(), c.n_kv_heads, hd, true);
-    args.v = entry_tensor(p_v_.as<float>(), c.n_kv_heads, hd, true);
-    args.q = entry_tensor(p_q_.as<float>(), c.n_heads, hd, true);
+    args.k = row_tensor(p_k_.data(), RKV_DTYPE_F32, n, c.n_kv_heads, hd, true);
+    args.v = row_tensor(p_v_.data(), RKV_DTYPE_F32, n, c.n_kv_heads, hd, true);
+    args.q = row_tensor(p_q_.data(), RKV_DTYPE_F32, n, c.n_heads, hd, true);
     args.flags = flags;
-    RopeArgs rope{p_qkv_.as<float>(), n, nullptr, nullptr, first_position, c.n_heads, c.n_kv_heads, hd,
-                  weights_.rope_freq, p_q_.as<float>(), p_k_.as<float>(), p_v_.as<float>()};
+    RopeArgs rope{p_qkv_.as<float>(), n, nullptr, first_position, c.n_heads, c.n_kv_heads, hd, weights_.rope_freq,
+                  p_q_.as<float>(), p_k_.as<float>(), p_v_.as<float>()};
 
     for (int32_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights &L = weights_.layers[size_t(l)];
         rmsnorm(x, c.dim, rows, c.dim, L.attn_norm, c.norm_eps, xb, stream);
         plans.qkv->run(xb, L.qkv, p_qkv_.data(), stream);
-        rope_gather(rope, stream);
+        rope_split(rope, stream);
         args.layer = l;
         check_rkv(rkv_append(cache, &args, stream), "rkv_append (prefill)");
         rkv_seq_view view;
@@ -320,7 +323,7 @@ void GpuModel::prefill_piece(rkv_cache *cache, int32_t slot, const int32_t *toke
         rmsnorm(x + size_t(n - 1) * c.dim, c.dim, 1, c.dim, weights_.out_norm, c.norm_eps, xb, stream);
         prefill_logits_plan_->run(xb, weights_.output, prefill_logits_.data(), stream);
         engine::cuda::set_slot(slot_tokens(), slot_positions(), slot, 0, first_position + n, stream);
-        argmax(prefill_logits_.as<float>(), 1, c.vocab_size, slot_tokens() + slot, stream);
+        argmax(prefill_logits_.as<float>(), 1, c.vocab_size, nullptr, slot_tokens() + slot, stream);
     }
     check_launch("prefill");
 }

@@ -3,22 +3,24 @@
 // Rows are slots. The decode activations have one row per slot of the cache
 // (the fixed slot table): every decode step runs its matrix products over all
 // rows (idle slots are padding), so the products have one shape, planned once,
-// and a sequence's results never depend on which other slots are busy. The
-// slots that take part in a step are its *entries*: librkv appends and attends
-// for those only (rkv_append / rkv_attend take their slot ids), so the step
-// gathers their Q/K/V rows into compact [entries, heads, head_dim] tensors and
-// scatters the attention rows back.
+// and a sequence's results never depend on which other slots are busy. Which
+// slots decode in a step is device data, not an argument baked into the
+// step: a librkv batch of one entry per slot (entry s holds sequence s, or -1
+// for padding) that rkv_append and rkv_attend read when their kernels run,
+// and the same as a 0/1 mask for the engine's kernels (StepSlots). A step
+// captured in a CUDA graph therefore serves any set of slots.
 //
 // One decode step (decode_step), all of it enqueued on one stream with no
 // synchronisation or allocation, so that it can be captured in a CUDA graph:
 //   embedding of each slot's token -> for each layer:
-//     RMSNorm -> QKV product -> RoPE + gather of the entries (positions read
-//     from device memory) -> rkv_append (K, V, Q) -> rkv_attend -> scatter
+//     RMSNorm -> QKV product -> RoPE (positions read from device memory) ->
+//     rkv_append (K, V, Q of the batch's slots) -> rkv_attend (into their rows)
 //     -> output product (+= residual) -> RMSNorm -> gate/up product -> SwiGLU
 //     -> down product (+= residual)
-//   -> RMSNorm -> logits (f32) -> greedy token of each slot -> each entry's
-//   position + 1, and the tokens into the history ring (read by the host
-//   after several steps).
+//   -> RMSNorm -> logits (f32) -> greedy token of each decoding slot -> its
+//   position + 1, and every slot's token into the history ring (read by the
+//   host after several steps). A slot that sits a step out keeps its token,
+//   position and cache, so it may resume later.
 // Prefill (prefill) runs the prompt of one sequence in pieces of at most
 // prefill_rows tokens: the same layers, librkv's rkv_append of the piece, and
 // the engine's causal attention over rkv_view; a full sequence is compressed
@@ -51,11 +53,10 @@ enum Phase : unsigned {
     kPhaseAll = 15u,
 };
 
-// The slots of a decode step, in entry order: host ids for librkv and a device copy for the kernels.
-struct Entries {
-    const int32_t *host = nullptr;    // [count]
-    const int32_t *device = nullptr;  // [count]
-    int32_t count = 0;
+// Which slots decode in a step, in device memory (the Decoder owns and sets both).
+struct StepSlots {
+    const rkv_batch *batch = nullptr;   // max_entries = slots: entry s holds s, or -1 (padding)
+    const int32_t *decoding = nullptr;  // [slots] int32: 1 where entry s holds s, else 0
 };
 
 class GpuModel {
@@ -75,8 +76,8 @@ class GpuModel {
     // the GPU, no compression inside appends (the engine compresses itself).
     void set_cache_shape(rkv_cache_params &params) const;
 
-    // One decode step (above) for `entries`; capturable.
-    void decode_step(rkv_cache *cache, const Entries &entries, cudaStream_t stream, unsigned phases = kPhaseAll);
+    // One decode step (above) of the slots `step` holds when it runs; capturable.
+    void decode_step(rkv_cache *cache, const StepSlots &step, cudaStream_t stream, unsigned phases = kPhaseAll);
 
     // Prefill tokens[0 .. n) of the sequence in `slot` (continuing what the
     // cache holds for it). Afterwards the slot's next token (greedy, from the
@@ -93,8 +94,6 @@ class GpuModel {
     const float *prefill_logits() const { return prefill_logits_.as<float>(); }  // [vocab]
     int32_t *history() const { return history_.as<int32_t>(); }           // [history_rows, slots]
     int32_t *step_counter() const { return counter_.as<int32_t>(); }      // steps since the counter was zeroed
-    float *scratch_queries() const { return q_.as<float>(); }             // [slots, heads, head_dim] f32
-    bf16 *scratch_attention() const { return att_entries_.as<bf16>(); }   // [slots, heads * head_dim] bf16
 
   private:
     struct Plans {  // the products of one row count
@@ -117,9 +116,8 @@ class GpuModel {
     DeviceBuffer x_;         // [slots, dim] f32 residual stream
     DeviceBuffer xb_;        // [slots, dim] bf16 normalised input of a block
     DeviceBuffer qkv_;       // [slots, (heads + 2 kv_heads) * head_dim] f32
-    DeviceBuffer q_, k_, v_; // [slots, heads or kv_heads, head_dim] f32, compact entries
-    DeviceBuffer att_entries_;  // [slots, heads * head_dim] bf16, compact entries (rkv_attend's output)
-    DeviceBuffer att_;       // [slots, heads * head_dim] bf16, slot rows
+    DeviceBuffer q_, k_, v_; // [slots, heads or kv_heads, head_dim] f32, post-RoPE (librkv's inputs)
+    DeviceBuffer att_;       // [slots, heads * head_dim] bf16 (rkv_attend's output; padding rows keep theirs)
     DeviceBuffer gate_up_;   // [slots, 2 * mlp] bf16
     DeviceBuffer h_;         // [slots, mlp] bf16
     DeviceBuffer logits_;    // [slots, vocab] f32

@@ -53,36 +53,28 @@ __global__ void rmsnorm_kernel(const float *x, int64_t x_stride, int32_t dim, co
     for (int32_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = __float2bfloat16(row[i] * scale * weight[i]);
 }
 
-// grid (entries, heads + 2 * kv_heads), head_dim / 2 threads: one pair each.
-__global__ void rope_gather_kernel(RopeArgs a) {
-    const int32_t entry = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
+// grid (rows, heads + 2 * kv_heads), head_dim / 2 threads: one pair each.
+__global__ void rope_split_kernel(RopeArgs a) {
+    const int32_t row = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
     const int32_t total_heads = a.heads + 2 * a.kv_heads;
-    const int32_t row = a.entry_row ? a.entry_row[entry] : entry;
     const float *src = a.qkv + (int64_t(row) * total_heads + head) * a.head_dim + 2 * i;
     float x0 = src[0], x1 = src[1];
     float *dst;
     if (head < a.heads + a.kv_heads) {  // Q or K: rotate
-        const int32_t position = a.position_of_row ? a.position_of_row[row] : a.first_position + entry;
+        const int32_t position = a.position_of_row ? a.position_of_row[row] : a.first_position + row;
         const float angle = float(position) * a.freq[i];
         float s, c;
         sincosf(angle, &s, &c);
         const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
         x0 = r0;
         x1 = r1;
-        dst = head < a.heads ? a.q + (int64_t(entry) * a.heads + head) * a.head_dim
-                             : a.k + (int64_t(entry) * a.kv_heads + (head - a.heads)) * a.head_dim;
+        dst = head < a.heads ? a.q + (int64_t(row) * a.heads + head) * a.head_dim
+                             : a.k + (int64_t(row) * a.kv_heads + (head - a.heads)) * a.head_dim;
     } else {
-        dst = a.v + (int64_t(entry) * a.kv_heads + (head - a.heads - a.kv_heads)) * a.head_dim;
+        dst = a.v + (int64_t(row) * a.kv_heads + (head - a.heads - a.kv_heads)) * a.head_dim;
     }
     dst[2 * i] = x0;
     dst[2 * i + 1] = x1;
-}
-
-__global__ void scatter_rows_kernel(const bf16 *src, const int32_t *entry_row, int32_t width, bf16 *dst) {
-    const int32_t entry = blockIdx.x;
-    const bf16 *from = src + int64_t(entry) * width;
-    bf16 *to = dst + int64_t(entry_row[entry]) * width;
-    for (int32_t i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
 }
 
 __global__ void swiglu_kernel(const bf16 *gate_up, int32_t rows, int32_t mlp, bf16 *out) {
@@ -97,7 +89,8 @@ __global__ void swiglu_kernel(const bf16 *gate_up, int32_t rows, int32_t mlp, bf
 }
 
 // One block per row. Ties keep the first index, as the CPU engine's argmax.
-__global__ void argmax_kernel(const float *logits, int32_t vocab, int32_t *tokens) {
+__global__ void argmax_kernel(const float *logits, int32_t vocab, const int32_t *decoding, int32_t *tokens) {
+    if (decoding && decoding[blockIdx.x] == 0) return;  // the whole block: the row keeps its token
     const float *row = logits + int64_t(blockIdx.x) * vocab;
     float best = -INFINITY;
     int32_t index = INT_MAX;
@@ -130,15 +123,28 @@ __global__ void argmax_kernel(const float *logits, int32_t vocab, int32_t *token
     }
 }
 
-__global__ void finish_step_kernel(int32_t *position_of_slot, const int32_t *entry_row, int32_t entries,
-                                   const int32_t *tokens, int32_t slots, int32_t *history, int32_t history_rows,
+__global__ void finish_step_kernel(int32_t *position_of_slot, const int32_t *decoding, const int32_t *tokens,
+                                   int32_t slots, int32_t *history, int32_t history_rows,
                                    const int32_t *step_counter) {
-    const int32_t t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < entries) position_of_slot[entry_row[t]] += 1;
-    if (t < slots) history[int64_t(*step_counter % history_rows) * slots + t] = tokens[t];
+    const int32_t s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= slots) return;
+    if (decoding[s] != 0) position_of_slot[s] += 1;
+    history[int64_t(*step_counter % history_rows) * slots + s] = tokens[s];
 }
 
 __global__ void advance_counter_kernel(int32_t *step_counter) { *step_counter += 1; }
+
+// Up to kUploadChunk values per launch: 4008 bytes of arguments, within the
+// 4 KiB every CUDA version accepts.
+constexpr int32_t kUploadChunk = 1000;
+struct UploadChunk {
+    int32_t first, count;
+    int32_t values[kUploadChunk];
+};
+
+__global__ void upload_kernel(int32_t *dst, const UploadChunk chunk) {
+    for (int32_t i = threadIdx.x; i < chunk.count; i += blockDim.x) dst[chunk.first + i] = chunk.values[i];
+}
 
 __global__ void set_slot_kernel(int32_t *tokens, int32_t *position_of_slot, int32_t slot, int32_t token,
                                 int32_t position) {
@@ -181,15 +187,10 @@ void rmsnorm(const float *x, int64_t x_stride, int32_t rows, int32_t dim, const 
     if (rows > 0) rmsnorm_kernel<<<unsigned(rows), 512, 0, stream>>>(x, x_stride, dim, weight, eps, out);
 }
 
-void rope_gather(const RopeArgs &args, cudaStream_t stream) {
-    if (args.entries <= 0) return;
-    const dim3 grid(unsigned(args.entries), unsigned(args.heads + 2 * args.kv_heads));
-    rope_gather_kernel<<<grid, unsigned(args.head_dim / 2), 0, stream>>>(args);
-}
-
-void scatter_rows(const bf16 *src, int32_t entries, const int32_t *entry_row, int32_t width, bf16 *dst,
-                  cudaStream_t stream) {
-    if (entries > 0) scatter_rows_kernel<<<unsigned(entries), kThreads, 0, stream>>>(src, entry_row, width, dst);
+void rope_split(const RopeArgs &args, cudaStream_t stream) {
+    if (args.rows <= 0) return;
+    const dim3 grid(unsigned(args.rows), unsigned(args.heads + 2 * args.kv_heads));
+    rope_split_kernel<<<grid, unsigned(args.head_dim / 2), 0, stream>>>(args);
 }
 
 void swiglu(const bf16 *gate_up, int32_t rows, int32_t mlp, bf16 *out, cudaStream_t stream) {
@@ -197,16 +198,26 @@ void swiglu(const bf16 *gate_up, int32_t rows, int32_t mlp, bf16 *out, cudaStrea
     if (n > 0) swiglu_kernel<<<blocks_for(n), kThreads, 0, stream>>>(gate_up, rows, mlp, out);
 }
 
-void argmax(const float *logits, int32_t rows, int32_t vocab, int32_t *tokens, cudaStream_t stream) {
-    if (rows > 0) argmax_kernel<<<unsigned(rows), 1024, 0, stream>>>(logits, vocab, tokens);
+void argmax(const float *logits, int32_t rows, int32_t vocab, const int32_t *decoding, int32_t *tokens,
+            cudaStream_t stream) {
+    if (rows > 0) argmax_kernel<<<unsigned(rows), 1024, 0, stream>>>(logits, vocab, decoding, tokens);
 }
 
-void finish_step(int32_t *position_of_slot, const int32_t *entry_row, int32_t entries, const int32_t *tokens,
-                 int32_t slots, int32_t *history, int32_t history_rows, const int32_t *step_counter,
-                 cudaStream_t stream) {
-    const int32_t n = entries > slots ? entries : slots;
-    finish_step_kernel<<<blocks_for(uint64_t(n)), kThreads, 0, stream>>>(
-        position_of_slot, entry_row, entries, tokens, slots, history, history_rows, step_counter);
+void finish_step(int32_t *position_of_slot, const int32_t *decoding, const int32_t *tokens, int32_t slots,
+                 int32_t *history, int32_t history_rows, const int32_t *step_counter, cudaStream_t stream) {
+    if (slots > 0)
+        finish_step_kernel<<<blocks_for(uint64_t(slots)), kThreads, 0, stream>>>(
+            position_of_slot, decoding, tokens, slots, history, history_rows, step_counter);
+}
+
+void upload_by_value(int32_t *dst, const int32_t *values, int32_t n, cudaStream_t stream) {
+    UploadChunk chunk;
+    for (int32_t first = 0; first < n; first += kUploadChunk) {
+        chunk.first = first;
+        chunk.count = n - first < kUploadChunk ? n - first : kUploadChunk;
+        for (int32_t i = 0; i < chunk.count; ++i) chunk.values[i] = values[first + i];
+        upload_kernel<<<1, kThreads, 0, stream>>>(dst, chunk);
+    }
 }
 
 void advance_counter(int32_t *step_counter, cudaStream_t stream) {

@@ -26,43 +26,44 @@ void embed(const int32_t *tokens, int32_t rows, const bf16 *table, int32_t dim, 
 void rmsnorm(const float *x, int64_t x_stride, int32_t rows, int32_t dim, const float *weight, float eps, bf16 *out,
              cudaStream_t stream);
 
-// The Q/K/V projections of some rows, rotated and gathered into compact
-// entries for librkv: entry e reads row entry_row[e] (identity when NULL) of
+// The Q/K/V projections of `rows` rows, rotated and split into the tensors
+// librkv reads:
 //   qkv [rows, (heads + 2 * kv_heads) * head_dim]  f32: Q heads, then K, then V
-// and writes q [entries, heads, head_dim], k and v [entries, kv_heads, head_dim]
-// (f32). Its position is position_of_row[row] when that is not NULL (decode:
-// every slot's next position), else first_position + e (a prompt piece).
+// becomes q [rows, heads, head_dim], k and v [rows, kv_heads, head_dim] (f32).
+// Row r's position is position_of_row[r] when that is not NULL (decode: every
+// slot's next position), else first_position + r (a prompt piece).
 // Pairs (2i, 2i+1) of Q and K rotate by position * freq[i] (GGUF's Llama layout).
 struct RopeArgs {
     const float *qkv;
-    int32_t entries;
-    const int32_t *entry_row;
+    int32_t rows;
     const int32_t *position_of_row;
     int32_t first_position;
     int32_t heads, kv_heads, head_dim;
     const float *freq;  // [head_dim / 2]
     float *q, *k, *v;
 };
-void rope_gather(const RopeArgs &args, cudaStream_t stream);
-
-// dst[entry_row[e], :] = src[e, :] for e < entries (width bf16 each).
-void scatter_rows(const bf16 *src, int32_t entries, const int32_t *entry_row, int32_t width, bf16 *dst,
-                  cudaStream_t stream);
+void rope_split(const RopeArgs &args, cudaStream_t stream);
 
 // out[r, j] = bf16(silu(g) * u) with g = gate_up[r, j], u = gate_up[r, mlp + j].
 void swiglu(const bf16 *gate_up, int32_t rows, int32_t mlp, bf16 *out, cudaStream_t stream);
 
-// tokens[r * token_stride] = the first index of the largest logits[r, :]
-// (NaN counts as -inf), r < rows.
-void argmax(const float *logits, int32_t rows, int32_t vocab, int32_t *tokens, cudaStream_t stream);
+// tokens[r] = the first index of the largest logits[r, :] (NaN counts as
+// -inf), for r < rows where decoding is NULL or decoding[r] != 0; the other
+// rows keep their token (a slot that sits out a step resumes with it).
+void argmax(const float *logits, int32_t rows, int32_t vocab, const int32_t *decoding, int32_t *tokens,
+            cudaStream_t stream);
 
-// End of a decode step: position_of_slot[entry_row[e]] += 1 for every entry,
-// and history[step % history_rows, s] = tokens[s] for every slot s, where step
-// is *step_counter (read here, advanced by advance_counter).
-void finish_step(int32_t *position_of_slot, const int32_t *entry_row, int32_t entries, const int32_t *tokens,
-                 int32_t slots, int32_t *history, int32_t history_rows, const int32_t *step_counter,
-                 cudaStream_t stream);
+// End of a decode step: position_of_slot[s] += 1 for every slot s with
+// decoding[s] != 0, and history[step % history_rows, s] = tokens[s] for every
+// slot, where step is *step_counter (read here, advanced by advance_counter).
+void finish_step(int32_t *position_of_slot, const int32_t *decoding, const int32_t *tokens, int32_t slots,
+                 int32_t *history, int32_t history_rows, const int32_t *step_counter, cudaStream_t stream);
 void advance_counter(int32_t *step_counter, cudaStream_t stream);
+
+// dst[0 .. n) = values[0 .. n) (host memory), carried to the device as kernel
+// arguments: no staging buffer, no synchronisation, and `values` may change as
+// soon as this returns (a pageable cudaMemcpyAsync may wait for the stream).
+void upload_by_value(int32_t *dst, const int32_t *values, int32_t n, cudaStream_t stream);
 
 // tokens[slot] = token, position_of_slot[slot] = position (values travel as launch arguments).
 void set_slot(int32_t *tokens, int32_t *position_of_slot, int32_t slot, int32_t token, int32_t position,

@@ -39,7 +39,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 Server::Server(GpuModel &model, rkv_cache *cache, const ServerOptions &options, cudaStream_t stream)
-    : model_(model), cache_(cache), options_(options), stream_(stream), decoder_(model, cache, options.use_graph) {
+    : model_(model), cache_(cache), options_(options), stream_(stream), decoder_(model, cache, options.use_graph, stream) {
     std::memset(&params_, 0, sizeof params_);
     params_.struct_size = sizeof params_;
     check_rkv(rkv_cache_get_params(cache, &params_), "rkv_cache_get_params");
@@ -147,8 +147,10 @@ void Server::run(const std::function<void(int32_t request, int32_t token)> &on_t
         decoder_.enqueue_steps(steps, stream_);
         decoder_.collect(tokens, stream_);
         stats_.decode_steps += steps;
+        ++stats_.decode_chunks;
         stats_.decode_s += seconds_since(decode_start);
         stats_.captures = decoder_.captures();
+        stats_.batch_changes = decoder_.batch_changes();
 
         // 4. hand out the tokens, retire finished requests
         const double now_s = seconds_since(start);

@@ -8,10 +8,11 @@
 //      state stays as it is: they resume decoding after the prefill;
 //   2. compress: every active sequence that is due is compressed, outside the
 //      captured decode step (Decoder::compress_due);
-//   3. decode: k steps of the active slots, replayed from a CUDA graph that is
-//      captured again only when the set of active slots changed, where k is
-//      the most no sequence can overrun (room before the next compression,
-//      tokens left, steps_per_sync), then one copy of their tokens to the host;
+//   3. decode: k steps of the active slots, replayed from the one CUDA graph
+//      of the decode step (a change of the active set only changes the
+//      Decoder's batch), where k is the most no sequence can overrun (room
+//      before the next compression, tokens left, steps_per_sync), then one
+//      copy of their tokens to the host: the loop's only synchronisation;
 //   4. retire: a request ends at a stop token or after max_new tokens (tokens a
 //      slot decoded past its stop token in the same k steps are dropped); its
 //      slot is reset (rkv_seq_reset) for the next request.
@@ -74,7 +75,9 @@ class Server {
         int64_t decode_tokens = 0;    // tokens those steps produced for active requests
         int64_t prefills = 0, prompt_tokens = 0;
         int64_t compressions = 0;     // sequences compressed (all layers) during decode
-        int32_t captures = 0;         // decode-step graphs captured
+        int64_t decode_chunks = 0;    // copies of tokens to the host (each waits for its chunk of steps)
+        int32_t captures = 0;         // decode-step graphs captured (1 with use_graph)
+        int32_t batch_changes = 0;    // changes of the set of active slots (rkv_batch_set, no capture)
         double prefill_s = 0, decode_s = 0;
     };
     const Stats &stats() const { return stats_; }
