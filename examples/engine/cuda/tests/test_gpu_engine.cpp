@@ -24,7 +24,18 @@
 // 4. Continuous batching: 7 requests on 3 slots (slots reused, a stop token):
 //    each request's tokens equal the same request run alone in the same slot,
 //    and the decode step was captured once.
-// 5. Errors on the GPU: too little memory, a prompt longer than a FULL cache,
+// 5. The decode loop with a librkv batch: one graph, captured once, replayed
+//    while the set of decoding slots changes at every chunk (slots sit out and
+//    come back), gives every slot the tokens it gets decoding alone; before
+//    each chunk's copy of tokens to the host nothing waits for the GPU,
+//    allocates or copies through pageable memory, and the copy is the one
+//    wait. Continuous batching in waves (the running set changes 16 times as
+//    scheduled, at least 12 asserted): one capture, no librkv call that waits
+//    (rkv_cache_sync_lengths, ...), and exactly one host wait per prefill, per
+//    decode chunk and at the end. The calls are counted by wrappers this
+//    program defines (call_counter.h); the test first proves that they see
+//    the calls made inside librkv.so.
+// 6. Errors on the GPU: too little memory, a prompt longer than a FULL cache,
 //    a full queue, a slot outside the table, a cache the engine cannot use,
 //    more steps than a FULL cache has room for: messages, no crash.
 #include <unistd.h>
@@ -39,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "call_counter.h"
 #include "decoder.h"
 #include "gguf.h"
 #include "gpu_model.h"
@@ -48,6 +60,7 @@
 #include "synthetic_gguf.h"
 #include "test_util.h"
 #include "weights.h"
+#include "rkv/rkv_experimental.h"  // rkv_cache_sync_lengths: to prove the call counter sees librkv's calls
 
 using namespace engine;
 using namespace engine::cuda;
@@ -477,6 +490,186 @@ void continuous_batching(Fixture &f) {
                 (long long)st.compressions, all_same ? "equal" : "DIFFER from");
 }
 
+// 5: the call counter sees the calls made inside librkv.so, or the checks below could not fail.
+bool counter_sees_librkv(Fixture &f) {
+    Stream stream;
+    ModelOptions mo;
+    mo.slots = 1;
+    mo.prefill_rows = 16;
+    mo.history_rows = 8;
+    GpuModel model(*f.weights, mo);
+    auto cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
+    const test::CallCounts before = test::call_counts();
+    check_rkv(rkv_cache_sync_lengths(cache.get(), stream.get()), "rkv_cache_sync_lengths");
+    const test::CallCounts seen = test::call_counts() - before;
+    // rkv_cache_sync_lengths waits with cudaStreamSynchronize inside librkv.so
+    EXPECT(seen.rkv_waits == 1 && seen.host_waits >= 1,
+           "the call counter does not see librkv's calls (rkv_cache_sync_lengths counted as %s): the wrappers of "
+           "call_counter.cpp are not bound",
+           seen.describe().c_str());
+    return seen.rkv_waits == 1 && seen.host_waits >= 1;
+}
+
+int32_t slot_token(const GpuModel &model, int32_t slot, cudaStream_t stream) {
+    check_cuda(cudaStreamSynchronize(stream), "the engine's work");
+    int32_t token = -1;
+    check_cuda(cudaMemcpy(&token, model.slot_tokens() + slot, 4, cudaMemcpyDeviceToHost), "download");
+    return token;
+}
+
+// 5: one graph for any set of slots, no wait before the token copy, each slot as if alone.
+void one_graph_for_changing_slots(Fixture &f) {
+    Stream stream;
+    ModelOptions mo;
+    mo.slots = 4;
+    mo.prefill_rows = 16;
+    mo.history_rows = 8;
+    GpuModel model(*f.weights, mo);
+    const int32_t slots = mo.slots, vocab = model.config().vocab_size, chunk_steps = 3;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int32_t s = 0; s < slots; ++s) prompts.push_back(random_tokens(6 + 9 * s, vocab, 700 + uint64_t(s)));
+    // The decoding slots of each chunk as bits: every slot sits out and comes back, and no two
+    // chunks in a row have the same set.
+    const unsigned pattern[] = {0xF, 0x5, 0xA, 0x3, 0x8, 0x6, 0xD, 0x1, 0xF, 0xE, 0x7, 0xB,
+                                0x2, 0xC, 0x9, 0x4, 0xF, 0x5, 0xA, 0x3, 0x6, 0x9, 0xF, 0x1};
+    const int32_t chunks = int32_t(sizeof pattern / sizeof pattern[0]);
+
+    auto cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
+    std::vector<std::vector<int32_t>> batched(static_cast<size_t>(slots));  // each slot's tokens (first: the prompt's)
+    for (int32_t s = 0; s < slots; ++s) {
+        const std::vector<int32_t> &prompt = prompts[size_t(s)];
+        model.prefill(cache.get(), s, prompt.data(), int32_t(prompt.size()), true, stream.get());
+        batched[size_t(s)].push_back(slot_token(model, s, stream.get()));
+    }
+    Decoder decoder(model, cache.get(), true, stream.get());
+    const test::CallCounts start = test::call_counts();
+    std::vector<int32_t> members, tokens;
+    int64_t compressions = 0;
+    int32_t waits_before_copy = 0, copies_not_one_wait = 0;
+    for (int32_t c = 0; c < chunks; ++c) {
+        members.clear();
+        for (int32_t s = 0; s < slots; ++s)
+            if (pattern[c] >> s & 1u) members.push_back(s);
+        const test::CallCounts before = test::call_counts();
+        decoder.set_active(members, stream.get());
+        compressions += decoder.compress_due(stream.get());
+        const int32_t k = std::min(decoder.room(), chunk_steps);
+        decoder.enqueue_steps(k, stream.get());
+        const test::CallCounts enqueued = test::call_counts() - before;
+        if (!enqueued.none() && waits_before_copy++ == 0)
+            std::fprintf(stderr, "chunk %d: before the copy of its tokens: %s\n", c, enqueued.describe().c_str());
+        const test::CallCounts copy_start = test::call_counts();
+        decoder.collect(tokens, stream.get());
+        const test::CallCounts copied = test::call_counts() - copy_start;
+        if (!(copied.host_waits == 1 && copied.pageable_copies == 0 && copied.allocations == 0 &&
+              copied.rkv_waits == 0) &&
+            copies_not_one_wait++ == 0)
+            std::fprintf(stderr, "chunk %d: the copy of its tokens: %s\n", c, copied.describe().c_str());
+        for (int32_t step = 0; step < k; ++step)
+            for (int32_t s : members) batched[size_t(s)].push_back(tokens[size_t(step) * size_t(slots) + size_t(s)]);
+    }
+    const test::CallCounts loop = test::call_counts() - start;
+    EXPECT(waits_before_copy == 0,
+           "%s: in %d of %d chunks a call before the copy of the tokens waited for the GPU, allocated or copied "
+           "through pageable memory (the first is printed above)", f.name.c_str(), waits_before_copy, chunks);
+    EXPECT(copies_not_one_wait == 0, "%s: in %d of %d chunks the copy of the tokens was not exactly one host wait",
+           f.name.c_str(), copies_not_one_wait, chunks);
+    EXPECT(loop.rkv_waits == 0, "%s: the decode loop called librkv functions that wait (%s)", f.name.c_str(),
+           loop.describe().c_str());
+    EXPECT(decoder.captures() == 1, "%s: the decode step is captured once for %d sets of slots (got %d captures)",
+           f.name.c_str(), chunks, decoder.captures());
+    EXPECT(decoder.batch_changes() == chunks, "%s: %d changes of the set of slots, %d recorded", f.name.c_str(), chunks,
+           decoder.batch_changes());
+    EXPECT(compressions > 0, "%s: sequences were compressed between chunks", f.name.c_str());
+
+    // Each slot alone, in a cache of its own, for as many steps as it decoded above.
+    int32_t same = 0;
+    for (int32_t s = 0; s < slots; ++s) {
+        auto alone_cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
+        model.prefill(alone_cache.get(), s, prompts[size_t(s)].data(), int32_t(prompts[size_t(s)].size()), true,
+                      stream.get());
+        std::vector<int32_t> alone = {slot_token(model, s, stream.get())};
+        Decoder single(model, alone_cache.get(), true, stream.get());
+        single.set_active({s}, stream.get());
+        while (alone.size() < batched[size_t(s)].size()) {
+            single.compress_due(stream.get());
+            const int32_t k = std::min({single.room(), chunk_steps, int32_t(batched[size_t(s)].size() - alone.size())});
+            single.enqueue_steps(k, stream.get());
+            single.collect(tokens, stream.get());
+            for (int32_t step = 0; step < k; ++step) alone.push_back(tokens[size_t(step) * size_t(slots) + size_t(s)]);
+        }
+        const bool equal = alone == batched[size_t(s)];
+        same += equal;
+        EXPECT(equal, "%s: slot %d decoded %zu tokens while slots came and went; alone they differ at %zu",
+               f.name.c_str(), s, batched[size_t(s)].size(),
+               size_t(std::mismatch(alone.begin(), alone.end(), batched[size_t(s)].begin()).first - alone.begin()));
+    }
+    std::printf("%s: one graph for %d changing sets of 4 slots: 1 capture (got %d), %lld compressions, per chunk "
+                "nothing waited before the token copy and the copy waited once (whole loop: %s); %d of %d slots "
+                "equal to decoding alone\n",
+                f.name.c_str(), chunks, decoder.captures(), (long long)compressions, loop.describe().c_str(), same,
+                slots);
+}
+
+// 5: continuous batching in waves: the running set changes many times, one capture, waits counted.
+void serving_waits_once_per_chunk(Fixture &f) {
+    Stream stream;
+    ModelOptions mo;
+    mo.slots = 4;
+    mo.prefill_rows = 16;
+    mo.history_rows = 8;
+    GpuModel model(*f.weights, mo);
+    auto cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
+    const int32_t vocab = model.config().vocab_size, waves = 4;
+    ServerOptions so;
+    so.max_requests = waves * mo.slots;
+    so.steps_per_sync = 4;
+    Server server(model, cache.get(), so, stream.get());
+    int32_t waits_not_counted = 0;
+    test::CallCounts all;
+    for (int32_t w = 0; w < waves; ++w) {
+        // four requests of distinct lengths: the running set shrinks 4 -> 3 -> 2 -> 1, then the next wave refills it
+        for (int32_t i = 0; i < mo.slots; ++i) {
+            Request r;
+            r.prompt = random_tokens(5 + 7 * i + w, vocab, 1300 + uint64_t(w * 10 + i));
+            r.max_new = 3 + 6 * i + w;
+            server.submit(r);
+        }
+        const Server::Stats before_stats = server.stats();
+        const test::CallCounts before = test::call_counts();
+        server.run();
+        const test::CallCounts seen = test::call_counts() - before;
+        const Server::Stats &st = server.stats();
+        const int64_t expected =
+            (st.prefills - before_stats.prefills) + (st.decode_chunks - before_stats.decode_chunks) + 1;
+        all.host_waits += seen.host_waits;
+        all.rkv_waits += seen.rkv_waits;
+        all.allocations += seen.allocations;
+        if (seen.host_waits != expected || seen.rkv_waits != 0 || seen.allocations != 0) {
+            ++waits_not_counted;
+            std::fprintf(stderr, "wave %d: %s; expected %lld host waits (one per prefill, per decode chunk, at the "
+                         "end)\n", w, seen.describe().c_str(), (long long)expected);
+        }
+    }
+    const Server::Stats &st = server.stats();
+    EXPECT(waits_not_counted == 0,
+           "%s: in %d of %d waves the server waited for the GPU elsewhere than after a prefill, a decode chunk and "
+           "at the end, called a librkv function that waits, or allocated (printed above)",
+           f.name.c_str(), waits_not_counted, waves);
+    EXPECT(st.captures == 1, "%s: the decode step is captured once (got %d captures)", f.name.c_str(), st.captures);
+    EXPECT(st.batch_changes >= 3 * waves, "%s: the running set changed %d times (at least %d expected)",
+           f.name.c_str(), st.batch_changes, 3 * waves);
+    bool all_ran = true;
+    for (int32_t i = 0; i < server.requests(); ++i)
+        all_ran = all_ran && int32_t(server.result(i).tokens.size()) == 3 + 6 * (i % mo.slots) + i / mo.slots;
+    EXPECT(all_ran, "%s: every request generated its tokens", f.name.c_str());
+    std::printf("%s: continuous batching in %d waves, %d requests on 4 slots: %lld decode chunks, the running set "
+                "changed %d times, %d graph capture(s); %lld host waits (prefills, chunks, ends), %lld librkv waits, "
+                "%lld allocations\n",
+                f.name.c_str(), waves, server.requests(), (long long)st.decode_chunks, st.batch_changes, st.captures,
+                (long long)all.host_waits, (long long)all.rkv_waits, (long long)all.allocations);
+}
+
 template <typename F> std::string error_of(F f) {
     try {
         f();
@@ -486,7 +679,7 @@ template <typename F> std::string error_of(F f) {
     return "";
 }
 
-// 5: bad input on the GPU.
+// 6: bad input on the GPU.
 void errors(Fixture &f) {
     Stream stream;
     const std::string oom = error_of([&] {
@@ -612,6 +805,11 @@ int main() {
         graph_equals_eager(fa);
         graph_equals_eager(fb);
         continuous_batching(fa);
+        if (counter_sees_librkv(fa)) {
+            one_graph_for_changing_slots(fa);
+            one_graph_for_changing_slots(fb);
+            serving_waits_once_per_chunk(fa);
+        }
         errors(fa);
     } catch (const std::exception &e) {
         std::fprintf(stderr, "FAILED with an exception: %s\n", e.what());
