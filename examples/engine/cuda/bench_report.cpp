@@ -253,7 +253,10 @@ std::string report_markdown(const Report &r) {
                << " tokens generated in " << fmt("%.1f s", s.seconds) << " ("
                << thousands(double(s.generated) / s.seconds) << " tokens/s with prefills; decode "
                << fmt("%.1f s", s.decode_s) << ", prefill " << fmt("%.1f s", s.prefill_s) << "); " << s.decode_steps
-               << " decode steps, " << s.captures << " graph captures, " << s.compressions << " compressions.\n\n";
+               << " decode steps in " << s.decode_chunks << " chunks (one copy of tokens to the host each, the "
+               << "decode loop's only synchronisation), " << s.batch_changes
+               << " changes of the running set of slots, " << s.captures << " graph capture"
+               << (s.captures == 1 ? "" : "s") << " of the decode step, " << s.compressions << " compressions.\n\n";
         }
     }
 
@@ -325,7 +328,8 @@ void write_report(const Report &r, const std::string &dir) {
     const ServeCheck &s = r.serve;
     js << "],\n\"serve_check\":{\"ran\":" << (s.ran ? "true" : "false") << ",\"slots\":" << s.slots
        << ",\"requests\":" << s.requests << ",\"prompt_tokens\":" << s.prompt_tokens << ",\"generated\":"
-       << s.generated << ",\"decode_steps\":" << s.decode_steps << ",\"captures\":" << s.captures
+       << s.generated << ",\"decode_steps\":" << s.decode_steps << ",\"decode_chunks\":" << s.decode_chunks
+       << ",\"batch_changes\":" << s.batch_changes << ",\"captures\":" << s.captures
        << ",\"compressions\":" << s.compressions << ",\"seconds\":" << fmt("%.3f", s.seconds)
        << ",\"error\":" << json_string(s.error) << "},\n\"notes\":[";
     for (size_t i = 0; i < r.notes.size(); ++i) js << (i ? "," : "") << json_string(r.notes[i]);

@@ -59,8 +59,9 @@ struct CapacityRow {
 struct ServeCheck {
     bool ran = false;
     int32_t slots = 0, requests = 0, budget = 0, buffer = 0;
-    int64_t prompt_tokens = 0, generated = 0, decode_steps = 0, compressions = 0;
-    int32_t captures = 0;
+    int64_t prompt_tokens = 0, generated = 0, decode_steps = 0, decode_chunks = 0, compressions = 0;
+    int32_t captures = 0;       // decode-step graphs captured (the engine captures one)
+    int32_t batch_changes = 0;  // changes of the running set of slots, each an rkv_batch_set
     double seconds = 0, prefill_s = 0, decode_s = 0;
     std::string error;
 };

