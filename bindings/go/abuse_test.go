@@ -12,6 +12,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,16 +138,22 @@ func TestEveryCallAfterCloseIsErrClosed(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 	calls := map[string]error{
-		"Append":   cache.Append(rkv.Append{SeqIDs: []int32{0}, K: kt, V: kt}),
-		"Compress": cache.Compress(0, 0, 0),
-		"Reset":    cache.Reset(0, 0),
-		"SetParam": cache.SetParam(rkv.ParamLambda, 0.5),
+		"Append":       cache.Append(rkv.Append{SeqIDs: []int32{0}, K: kt, V: kt}),
+		"Compress":     cache.Compress(0, 0, 0),
+		"SeqReset":     cache.SeqReset(0, 0),
+		"SeqTruncate":  cache.SeqTruncate(0, 0, 0),
+		"SeqCopy":      cache.SeqCopy(0, 1, 0),
+		"SeqSetBudget": cache.SeqSetBudget(0, 8),
+		"Set":          cache.Set(rkv.ParamLambda, 0.5),
 		"Attend": cache.Attend(0, []int32{0}, rkv.HostF32(q, qHeads, dim, rkv.Decode),
 			rkv.HostF32(out, qHeads, dim, rkv.Decode), 0, 0),
 	}
 	_, calls["CompressDue"] = cache.CompressDue(0, 0)
 	_, _, calls["SeqLength"] = cache.SeqLength(0, 0)
-	_, calls["KeptPositions"] = cache.KeptPositions(0, 0, 0)
+	_, calls["SeqPositions"] = cache.SeqPositions(0, 0, 0)
+	_, calls["Get"] = cache.Get(rkv.ParamLambda)
+	_, calls["SeqRollbackLimit"] = cache.SeqRollbackLimit(0)
+	_, calls["SeqBudget"] = cache.SeqBudget(0)
 	_, calls["Stats"] = cache.Stats(rkv.All)
 	_, calls["View"] = cache.View(0, 0)
 	_, calls["Params"] = cache.Params()
@@ -164,24 +171,26 @@ func TestShortSlicesAreRefused(t *testing.T) {
 	q := data(qHeads*12*dim, 3)
 	qShort := data(qHeads*1*dim, 4)
 	bhtd := func(x []float32, h int) rkv.Tensor { return rkv.HostF32(x, h, dim, rkv.BHTD(12)) }
-	refused := func(name string, err error) {
+	// Since librkv 0.2 every tensor carries its extent (the slice's length)
+	// and the library refuses an access past it with RKV_ERR_CAPACITY naming
+	// the tensor; a nil slice is refused before, as a missing tensor.
+	refused := func(name string, err, want error, tensor string) {
 		t.Helper()
-		var e *rkv.Error
-		if !errors.As(err, &e) || e.Status != rkv.StatusInvalidArgument {
-			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		if !errors.Is(err, want) || !strings.Contains(err.Error(), tensor) {
+			t.Errorf("%s: %v, want %v naming %q", name, err, want, tensor)
 		}
 	}
 	qt := bhtd(q, qHeads)
 	refused("v shorter than k", cache.Append(rkv.Append{SeqIDs: []int32{0}, NumTokens: []int32{12},
-		K: bhtd(k, heads), V: bhtd(vShort, heads), Q: &qt}))
+		K: bhtd(k, heads), V: bhtd(vShort, heads), Q: &qt}), rkv.ErrCapacity, "args->v.extent")
 	qs := bhtd(qShort, qHeads)
 	refused("q shorter than k", cache.Append(rkv.Append{SeqIDs: []int32{0}, NumTokens: []int32{12},
-		K: bhtd(k, heads), V: bhtd(k, heads), Q: &qs}))
+		K: bhtd(k, heads), V: bhtd(k, heads), Q: &qs}), rkv.ErrCapacity, "args->q.extent")
 	packed := func(x []float32) rkv.Tensor { return rkv.HostF32(x, heads, dim, rkv.Packed) }
 	refused("packed varlen with a short v", cache.Append(rkv.Append{SeqIDs: []int32{0, 1}, NumTokens: []int32{6, 6},
-		TokenOffsets: []int64{0, 6}, K: packed(k), V: packed(vShort)}))
+		TokenOffsets: []int64{0, 6}, K: packed(k), V: packed(vShort)}), rkv.ErrCapacity, "args->v.extent")
 	refused("an empty slice", cache.Append(rkv.Append{SeqIDs: []int32{0},
-		K: rkv.HostF32(nil, heads, dim, rkv.Decode), V: rkv.HostF32(k, heads, dim, rkv.Decode)}))
+		K: rkv.HostF32(nil, heads, dim, rkv.Decode), V: rkv.HostF32(k, heads, dim, rkv.Decode)}), rkv.ErrInvalidArgument, "")
 	if logical, held, err := cache.SeqLength(0, 0); err != nil || logical != 0 || held != 0 {
 		t.Errorf("refused appends changed the cache: %d/%d %v", logical, held, err)
 	}
@@ -195,9 +204,9 @@ func TestShortSlicesAreRefused(t *testing.T) {
 		out[i] = -7
 	}
 	refused("attend with a short q", cache.Attend(0, []int32{0}, rkv.HostF32(qShort[:qHeads*dim-1], qHeads, dim, rkv.Decode),
-		rkv.HostF32(make([]float32, qHeads*dim), qHeads, dim, rkv.Decode), 0, 0))
+		rkv.HostF32(make([]float32, qHeads*dim), qHeads, dim, rkv.Decode), 0, 0), rkv.ErrCapacity, "args->q.extent")
 	refused("attend with a short out", cache.Attend(0, []int32{0}, rkv.HostF32(qShort, qHeads, dim, rkv.Decode),
-		rkv.HostF32(out, qHeads, dim, rkv.Decode), 0, 0))
+		rkv.HostF32(out, qHeads, dim, rkv.Decode), 0, 0), rkv.ErrCapacity, "args->out.extent")
 	for _, x := range out {
 		if x != -7 {
 			t.Fatal("a refused attend wrote its output")
