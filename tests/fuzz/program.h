@@ -40,6 +40,15 @@ struct TensorBuffer {
     size_t size_bytes() const { return size_t(elements) * dtype_bytes(dtype); }
 };
 
+// What rkv_attend promises for one element of its output: the float64
+// reference within `allowed`. No promise (allowed < 0) where the inputs are not
+// finite, the logits too large for float32 to order, or f16 rounds to Inf.
+struct AttendPromise {
+    double want = 0;
+    double allowed = -1;
+    bool promised() const { return allowed >= 0; }
+};
+
 // A second backend run call by call with the CPU caches (the GPU replay).
 // Each hook gets the call as the CPU cache got it and the CPU's status; it
 // records its own disagreements (its statuses, lengths, kept sets, contents).
@@ -59,9 +68,11 @@ class Mirror {
     virtual void truncate(int slot, int32_t seq, int32_t tokens, rkv_status cpu_status) = 0;
     virtual void set_budget(int slot, int32_t seq, int32_t budget, rkv_status cpu_status) = 0;
     // args as the CPU got them (host pointers into q_buffer and cpu_out, which
-    // holds the CPU's output now).
+    // holds the CPU's output now). promised: what the header promises for each
+    // element of the output, the float64 reference the CPU was held to.
     virtual void attend(int slot, const rkv_attend_args &args, const TensorBuffer &q_buffer,
-                        const TensorBuffer &cpu_out, rkv_status cpu_status) = 0;
+                        const TensorBuffer &cpu_out, const std::vector<AttendPromise> &promised,
+                        rkv_status cpu_status) = 0;
     // After every call, with the CPU cache checked against the model.
     virtual void compare(int slot, const rkv_cache *cpu, const CacheModel &model) = 0;
 };

@@ -193,6 +193,7 @@ void Program::op_attend(int slot) {
 
     // Written exactly at out[i, h, 0 .. d), and nowhere else.
     std::vector<uint8_t> written(size_t(out_buffer.elements), 0);
+    std::vector<AttendPromise> promised(size_t(out_buffer.elements));
     if (status == RKV_OK) {
         const double scale_used = scale > 0 ? double(scale) : 1.0 / std::sqrt(double(p.head_dim));
         std::vector<float> q_row(size_t(p.head_dim));
@@ -214,6 +215,7 @@ void Program::op_attend(int slot) {
                     if (out.dtype == RKV_DTYPE_F16 && std::fabs(want) > 60000) continue;  // rounds to Inf
                     const double got = load(out.data, out_at + e, out.dtype);
                     const double allowed = tolerance + (std::fabs(want) + tolerance) * roundoff(out.dtype) + 6e-8;
+                    promised[size_t(out_at + e)] = AttendPromise{want, allowed};
                     FUZZ_EXPECT(std::fabs(got - want) <= allowed,
                                 "rkv_attend: out[entry %d, head %d, %d] = %.9g, float64 reference %.9g (tolerance %.3g)",
                                 i, h, e, got, want, allowed);
@@ -226,7 +228,7 @@ void Program::op_attend(int slot) {
                             poison_bits(out_buffer.dtype),
                         "rkv_attend wrote element %lld of out, outside [entry, head, dim] (status %s)", (long long)i,
                         rkv_status_name(status));
-    if (options_.mirror && s.cache && cache && passed) options_.mirror->attend(slot, a, q_buffer, out_buffer, status);
+    if (options_.mirror && s.cache && cache && passed) options_.mirror->attend(slot, a, q_buffer, out_buffer, promised, status);
 }
 
 void Program::op_inspect_scores(int slot) {
