@@ -223,6 +223,48 @@ static void test_prompt_rolls_back(void **state) {
     rkv_cache_destroy(cache);
 }
 
+/* Appends one token of the stream at `position` to every layer of `seq`
+ * without queries (args->q NULL). */
+static rkv_status append_without_queries(rkv_cache *cache, const rkv_cache_params *p, int32_t seq, int64_t position) {
+    float k[KV * DIM], v[KV * DIM], q[QH * DIM];
+    for (int32_t layer = 0; layer < p->num_layers; ++layer) {
+        stream_tokens(p, 0, position, 1, layer, k, v, q);
+        const rkv_status status = test_append(cache, layer, seq, k, v, NULL, 1, 0);
+        if (status != RKV_OK) return status;
+    }
+    return RKV_OK;
+}
+
+/* rkv.h's one exception to "exactly": rolling back over a token appended
+ * without queries leaves R-KV's window counted empty (the library keeps no
+ * record of the queries before that token), so a compression needs `window`
+ * tokens with queries first; truncating `window` tokens and appending them
+ * again with queries recovers, to the cache that never saw the token. Found by
+ * the fuzzer (tests/fuzz/regressions/rollback-over-unqueried-token), whose
+ * model expected the window back. */
+static void test_rollback_over_a_token_without_queries(void **state) {
+    (void)state;
+    rkv_cache_params p = rollback_params(RKV_METHOD_RKV, RKV_DTYPE_F32, 0);
+    rkv_cache *cache = test_create(&p), *clean = test_create(&p);
+    const int32_t capacity = BUDGET + BUFFER;
+    ASSERT_OK(stream_append(cache, 0, 0, 0, capacity - 1, 0));
+    ASSERT_OK(append_without_queries(cache, &p, 0, capacity - 1)); /* held = capacity */
+    assert_int_equal(rollback_limit(cache, 0), capacity);          /* the window is not whole */
+    ASSERT_OK(rkv_seq_truncate(cache, 0, 1, NULL));                /* the unqueried token goes */
+    ASSERT_OK(stream_append(cache, 0, 0, capacity - 1, 1, 0));     /* full again, 1 query on record */
+    ASSERT_STATUS(stream_append(cache, 0, 0, capacity, 1, 0), RKV_ERR_MISSING_QUERIES);
+    if (!strstr(rkv_error_message(), "only 1 were appended with queries"))
+        fail_msg("the message does not count the queries on record: %s", rkv_error_message());
+
+    ASSERT_OK(rkv_seq_truncate(cache, 0, WINDOW, NULL));
+    ASSERT_OK(stream_append(cache, 0, 0, capacity - WINDOW, WINDOW, 0));
+    ASSERT_OK(stream_append(cache, 0, 0, capacity, 1, 0)); /* compresses first */
+    ASSERT_OK(stream_append(clean, 0, 0, 0, capacity + 1, 0));
+    assert_same_sequence(cache, 0, clean, 0, "recovered after a rollback over a token without queries");
+    rkv_cache_destroy(cache);
+    rkv_cache_destroy(clean);
+}
+
 /* Bad input: each a status, a fresh message, the cache unchanged. */
 static void test_truncate_errors(void **state) {
     (void)state;
@@ -256,6 +298,7 @@ int main(void) {
         cmocka_unit_test(test_h2o_deferred_equals_eager),
         cmocka_unit_test(test_rollback_limits),
         cmocka_unit_test(test_prompt_rolls_back),
+        cmocka_unit_test(test_rollback_over_a_token_without_queries),
         cmocka_unit_test(test_truncate_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

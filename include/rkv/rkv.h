@@ -372,6 +372,12 @@ RKV_API rkv_status rkv_seq_reset(rkv_cache *cache, int32_t seq, void *stream);
  * in the window are still held; rkv_seq_rollback_limit answers how many that
  * is. More fails with BAD_STATE and a message naming the limit. Prompt tokens
  * roll back under the same rule (the prompt length shrinks with them).
+ * One exception to "exactly": rolling back over a token appended without
+ * queries (args->q NULL) leaves the window counted empty, as right after such
+ * a token; the next compression of R-KV or SnapKV then needs `window` tokens
+ * appended with queries first (else MISSING_QUERIES: truncate `window` tokens
+ * and append them again with queries). The library keeps no record of the
+ * queries before such a token, and the removed tokens may have overwritten them.
  *
  * On CUDA the device bookkeeping is adjusted in stream order by a small kernel
  * (nothing syncs). Invalidates views of the sequence.

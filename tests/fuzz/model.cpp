@@ -532,12 +532,16 @@ void CacheModel::apply_truncate(int32_t seq, int32_t tokens) {
         const size_t row = size_t(params_.num_kv_heads) * params_.head_dim;
         s.k_bits.resize(size_t(s.logical) * row);
         s.v_bits.resize(size_t(s.logical) * row);
-        s.had_query.resize(size_t(s.logical));
         // "the query window ... bit for bit as if the removed tokens had never
-        // come": the window holds the queries of the last tokens that had them.
+        // come": the window holds the queries of the last tokens that had them;
+        // except after rolling back over a token appended without queries, when
+        // it counts as empty (rkv.h: the queries before it are not on record).
+        const bool removed_unqueried =
+            std::find(s.had_query.begin() + s.logical, s.had_query.end(), 0) != s.had_query.end();
+        s.had_query.resize(size_t(s.logical));
         int32_t run = 0;
         for (int64_t pos = s.logical - 1; pos >= 0 && run < params_.window && s.had_query[size_t(pos)]; --pos) ++run;
-        s.queries_valid = run;
+        s.queries_valid = removed_unqueried ? 0 : run;
     }
 }
 
