@@ -54,6 +54,11 @@ size_t params_field_bytes(size_t struct_size) {
     return 0;
 }
 
+// The views of 0.1 end where 0.2 added the FP8 scales.
+constexpr size_t kSeqViewSizeV0_1 = offsetof(rkv_seq_view, k_scale);
+constexpr size_t kLayerViewSizeV0_1 = offsetof(rkv_layer_view, k_scale);
+static_assert(kSeqViewSizeV0_1 == 88 && kLayerViewSizeV0_1 == 112, "0.1's views on LP64");
+
 rkv_tensor tensor_from(const TensorV0_1 &t) {
     rkv_tensor out{};
     out.data = t.data;
@@ -92,6 +97,25 @@ void check_struct_size(size_t struct_size, size_t expected, const char *function
          "check that the header and the library come from the same release",
          function, struct_name, struct_size, rkv_version_string(), expected, struct_name);
 }
+
+void check_view_size(size_t struct_size, bool layer_view, const char *function) {
+    const size_t current = layer_view ? sizeof(rkv_layer_view) : sizeof(rkv_seq_view);
+    const size_t earlier = layer_view ? kLayerViewSizeV0_1 : kSeqViewSizeV0_1;
+    if (struct_size != current && struct_size != earlier)
+        fail_size(struct_size, function, layer_view ? "rkv_layer_view" : "rkv_seq_view", current, earlier);
+}
+
+namespace {
+template <typename View>
+void write_view_fields(const View &full, View *out) {
+    const size_t size = out->struct_size;  // checked by check_view_size
+    constexpr size_t first = sizeof(full.struct_size);
+    std::memcpy(reinterpret_cast<char *>(out) + first, reinterpret_cast<const char *>(&full) + first, size - first);
+}
+}  // namespace
+
+void write_view(const rkv_seq_view &full, rkv_seq_view *out) { write_view_fields(full, out); }
+void write_view(const rkv_layer_view &full, rkv_layer_view *out) { write_view_fields(full, out); }
 
 void check_params_size(size_t struct_size, const char *function) {
     if (params_field_bytes(struct_size) == 0)

@@ -33,6 +33,14 @@ void check_params_size(size_t struct_size, const char *function);
 // rkv_append_args of any known size as the current layout.
 rkv_append_args read_append_args(const rkv_append_args *args, const char *function);
 
+// rkv_seq_view and rkv_layer_view, which the library fills: 0.1's end before
+// the FP8 scale fields. check_view_size throws RKV_ERR_STRUCT_SIZE for other
+// sizes; write_view copies `full` up to the last field of the caller's version
+// (struct_size itself stays as the caller set it).
+void check_view_size(size_t struct_size, bool layer_view, const char *function);
+void write_view(const rkv_seq_view &full, rkv_seq_view *out);
+void write_view(const rkv_layer_view &full, rkv_layer_view *out);
+
 // Struct sizes this library knows, for the structs that have one version so
 // far (0.1's and 0.2's are equal): throws RKV_ERR_STRUCT_SIZE otherwise.
 void check_struct_size(size_t struct_size, size_t expected, const char *function,

@@ -1,5 +1,7 @@
 // The C entry points: validate what needs no cache state, call into the cache,
 // and turn every exception into a status plus a thread-local message.
+#include <cstddef>
+#include <cstring>
 #include <new>
 
 #include "abi.h"
@@ -285,10 +287,12 @@ rkv_status rkv_view(const rkv_cache *cache, int32_t seq, int32_t layer, rkv_seq_
         static const char *fn = "rkv_view";
         const rkv::Cache &c = usable(cache, fn);
         rkv::require_non_null(view, fn, "view");
-        rkv::check_struct_size(view->struct_size, sizeof(rkv_seq_view), fn, "rkv_seq_view");
+        rkv::check_view_size(view->struct_size, false, fn);
         c.check_seq(seq, false, fn);
         c.check_layer(layer, false, fn);
-        c.view(seq, layer, view);
+        rkv_seq_view full{};
+        c.view(seq, layer, &full);
+        rkv::write_view(full, view);
     });
 }
 
@@ -297,9 +301,11 @@ rkv_status rkv_view_layer(const rkv_cache *cache, int32_t layer, rkv_layer_view 
         static const char *fn = "rkv_view_layer";
         const rkv::Cache &c = usable(cache, fn);
         rkv::require_non_null(view, fn, "view");
-        rkv::check_struct_size(view->struct_size, sizeof(rkv_layer_view), fn, "rkv_layer_view");
+        rkv::check_view_size(view->struct_size, true, fn);
         c.check_layer(layer, false, fn);
-        c.view_layer(layer, view);
+        rkv_layer_view full{};
+        c.view_layer(layer, &full);
+        rkv::write_view(full, view);
     });
 }
 
@@ -371,6 +377,19 @@ rkv_status rkv_cache_sync_lengths(rkv_cache *cache, void *stream) {
 rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path) {
     return guarded(nullptr, [&] {
         usable(cache, "rkv_cache_set_matmul_path").set_matmul_path(int32_t(path));
+    });
+}
+
+rkv_status rkv_cache_set_attend_plan(rkv_cache *cache, int32_t splits, rkv_attend_variant variant) {
+    return guarded(nullptr, [&] {
+        static const char *fn = "rkv_cache_set_attend_plan";
+        rkv::Cache &c = usable(cache, fn);
+        if (splits < 0 || splits > 1024)
+            rkv::fail(RKV_ERR_INVALID_ARGUMENT, "%s: splits is %d; use 0 (automatic) or 1 .. 1024", fn, splits);
+        if (variant < RKV_ATTEND_AUTO || variant > RKV_ATTEND_NARROW)
+            rkv::fail(RKV_ERR_INVALID_ARGUMENT, "%s: variant %d is not an rkv_attend_variant (0 .. 2)", fn,
+                      int(variant));
+        c.set_attend_plan(splits, int32_t(variant));
     });
 }
 

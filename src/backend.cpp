@@ -43,4 +43,10 @@ void Backend::set_matmul_path(int32_t path) {
              "only RKV_MATMUL_AUTO applies");
 }
 
+void Backend::set_attend_plan(int32_t splits, int32_t variant) {
+    if (splits != 0 || variant != RKV_ATTEND_AUTO)
+        fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: this backend attends in one pass per sequence; "
+             "only splits 0 and RKV_ATTEND_AUTO apply");
+}
+
 }  // namespace rkv

@@ -5,10 +5,13 @@
 //
 // Memory layout shared by both backends (one allocation each, made at create):
 //   K, V        [num_layers, max_seqs, num_kv_heads, capacity, head_dim]  storage dtype
+//   K, V scales [num_layers, max_seqs, num_kv_heads, capacity]            f32, FP8 storage only
+//                                                                         (value = fp8 * scale)
 //   positions   [num_layers, max_seqs, num_kv_heads, capacity]            int32
 //   state       [num_layers, max_seqs, num_kv_heads, capacity]            f32 (H2O's accumulated attention)
-//   queries     [num_layers, max_seqs, num_q_heads, window, head_dim]     storage dtype, ring by position % window
-//   history     [num_layers, max_seqs, num_q_heads, H, head_dim]          storage dtype, ring by position % H,
+//   queries     [num_layers, max_seqs, num_q_heads, window, head_dim]     query_dtype (dtype.h), ring by
+//                                                                         position % window
+//   history     [num_layers, max_seqs, num_q_heads, H, head_dim]          query_dtype, ring by position % H,
 //               H = query_history(params) (window + max_rollback, or 0: none): the queries a rollback
 //               restores the window from, and H2O's pending queries
 //   lengths     [num_layers, max_seqs]                                    int32, tokens held per head (the
@@ -103,6 +106,8 @@ class Backend {
     // Base pointers of the buffers above (device pointers for CUDA).
     virtual void *keys() const = 0;
     virtual void *values() const = 0;
+    virtual float *key_scales() const = 0;    // nullptr unless FP8 storage
+    virtual float *value_scales() const = 0;  // nullptr unless FP8 storage
     virtual int32_t *positions() const = 0;
     virtual const int32_t *lengths() const = 0;
 
@@ -116,6 +121,9 @@ class Backend {
     virtual void check_memory(const void *data, const char *name, const char *function) const;
     // Selects the matrix-product path (rkv_matmul_path values).
     virtual void set_matmul_path(int32_t path);
+    // Decode attention's plan (rkv_cache_set_attend_plan): blocks per (sequence,
+    // KV head), 0 = automatic, and the kernel variant (rkv_attend_variant).
+    virtual void set_attend_plan(int32_t splits, int32_t variant);
 };
 
 // The backend factory: the one place that knows which backends exist.

@@ -101,7 +101,10 @@ void Cache::check_tensor(const rkv_tensor &t, const char *name, int32_t heads, b
     if (!required && t.data == nullptr) return;
     if (t.data == nullptr) fail(RKV_ERR_INVALID_ARGUMENT, "%s: %s.data is NULL", function, name);
     backend_->check_memory(t.data, name, function);
-    if (!dtype_is_valid(t.dtype))
+    if (t.dtype == RKV_DTYPE_FP8_E4M3)
+        fail(RKV_ERR_UNSUPPORTED, "%s: %s.dtype is FP8_E4M3, a storage dtype only: pass F32, F16 or BF16 "
+             "tensors (an FP8 cache quantises them itself)", function, name);
+    if (!tensor_dtype_is_valid(t.dtype))
         fail(RKV_ERR_UNSUPPORTED, "%s: %s.dtype = %d is not an rkv_dtype (F32, F16, BF16)",
              function, name, int(t.dtype));
     if (t.num_heads != heads)
@@ -497,6 +500,9 @@ void Cache::view(int32_t seq, int32_t layer, rkv_seq_view *v) const {
     v->stride_head = all.stride_head;
     v->stride_token = all.stride_token;
     v->positions_stride_head = all.positions_stride_head;
+    v->k_scale = all.k_scale ? all.k_scale + seq * all.scale_stride_seq : nullptr;
+    v->v_scale = all.v_scale ? all.v_scale + seq * all.scale_stride_seq : nullptr;
+    v->scale_stride_head = all.scale_stride_head;
 }
 
 void Cache::view_layer(int32_t layer, rkv_layer_view *v) const {
@@ -519,6 +525,11 @@ void Cache::view_layer(int32_t layer, rkv_layer_view *v) const {
     v->stride_token = d;
     v->positions_stride_seq = params_.num_kv_heads * cap;
     v->positions_stride_head = cap;
+    float *k_scales = backend_->key_scales(), *v_scales = backend_->value_scales();
+    v->k_scale = k_scales ? k_scales + slot0 : nullptr;
+    v->v_scale = v_scales ? v_scales + slot0 : nullptr;
+    v->scale_stride_seq = k_scales ? params_.num_kv_heads * cap : 0;
+    v->scale_stride_head = k_scales ? cap : 0;
 }
 
 void Cache::seq_length(int32_t seq, int32_t layer, int64_t *logical, int32_t *physical) const {
@@ -541,8 +552,10 @@ void Cache::kept_positions(int32_t seq, int32_t layer, int32_t head, int32_t *ou
 void Cache::stats(int32_t seq, rkv_stats *st) const {
     const int32_t first_seq = seq == RKV_ALL ? 0 : seq;
     const int32_t last_seq = seq == RKV_ALL ? params_.max_seqs - 1 : seq;
-    const uint64_t token_bytes = uint64_t(params_.num_kv_heads) * params_.head_dim *
-                                 dtype_size(params_.dtype) * 2;  // K and V, all heads
+    // K and V of all heads, with their scales (FP8)
+    const uint64_t row_bytes = uint64_t(params_.head_dim) * dtype_size(params_.dtype) +
+                               (is_fp8(params_.dtype) ? sizeof(float) : 0);
+    const uint64_t token_bytes = uint64_t(params_.num_kv_heads) * row_bytes * 2;
     rkv_stats out{};
     out.struct_size = sizeof(rkv_stats);
     out.bytes_allocated = bytes_allocated_;
@@ -665,5 +678,7 @@ void Cache::sync_lengths(void *stream) {
 }
 
 void Cache::set_matmul_path(int32_t path) { backend_->set_matmul_path(path); }
+
+void Cache::set_attend_plan(int32_t splits, int32_t variant) { backend_->set_attend_plan(splits, variant); }
 
 }  // namespace rkv

@@ -73,6 +73,7 @@ class Cache {
     // rkv_cache_sync_lengths: the host bookkeeping from the backend's (CUDA graphs).
     void sync_lengths(void *stream);
     void set_matmul_path(int32_t path);
+    void set_attend_plan(int32_t splits, int32_t variant);
 
     // Every call checks this first: a device fault leaves the memory undefined.
     void check_usable(const char *function) const;

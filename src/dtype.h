@@ -1,28 +1,48 @@
-// Storage dtypes: sizes, names and scalar conversions to and from float.
+// Dtypes: sizes, names and scalar conversions to and from float.
 // Conversions round to nearest even and keep NaN a NaN, as hardware does.
+// FP8 E4M3 is a storage dtype only: its rows carry a scale (core/fp8.h), and
+// quantize_row_fp8 / dequantize_row_fp8 convert whole rows.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "core/fp8.h"
 #include "rkv/rkv.h"
 
 namespace rkv {
 
-inline bool dtype_is_valid(int dtype) {
+// Dtypes of the tensors a caller passes (rkv_tensor): not FP8.
+inline bool tensor_dtype_is_valid(int dtype) {
     return dtype == RKV_DTYPE_F32 || dtype == RKV_DTYPE_F16 || dtype == RKV_DTYPE_BF16;
 }
 
-inline size_t dtype_size(rkv_dtype dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
+inline size_t dtype_size(rkv_dtype dtype) {
+    switch (dtype) {
+        case RKV_DTYPE_F32: return 4;
+        case RKV_DTYPE_F16:
+        case RKV_DTYPE_BF16: return 2;
+        case RKV_DTYPE_FP8_E4M3: return 1;
+    }
+    return 4;
+}
 
 inline const char *dtype_name(rkv_dtype dtype) {
     switch (dtype) {
         case RKV_DTYPE_F32: return "f32";
         case RKV_DTYPE_F16: return "f16";
         case RKV_DTYPE_BF16: return "bf16";
+        case RKV_DTYPE_FP8_E4M3: return "fp8_e4m3";
     }
     return "unknown";
 }
+
+inline bool is_fp8(rkv_dtype dtype) { return dtype == RKV_DTYPE_FP8_E4M3; }
+
+// The dtype the query window is kept in: the storage dtype, but BF16 for FP8
+// storage (queries are few, and scoring reads them at bf16 precision).
+inline rkv_dtype query_dtype(rkv_dtype storage) { return is_fp8(storage) ? RKV_DTYPE_BF16 : storage; }
 
 inline uint32_t float_bits(float value) {
     uint32_t bits;
@@ -84,12 +104,14 @@ inline uint16_t float_to_f16(float value) {
     return uint16_t(sign | result);
 }
 
-// Element `index` of a buffer of `dtype`, as float.
+// Element `index` of a buffer of `dtype`, as float (FP8: the byte's value,
+// before its row's scale).
 inline float load_as_float(const void *data, rkv_dtype dtype, int64_t index) {
     switch (dtype) {
         case RKV_DTYPE_F32: return static_cast<const float *>(data)[index];
         case RKV_DTYPE_F16: return f16_to_float(static_cast<const uint16_t *>(data)[index]);
         case RKV_DTYPE_BF16: return bf16_to_float(static_cast<const uint16_t *>(data)[index]);
+        case RKV_DTYPE_FP8_E4M3: return fp8_e4m3_to_float(static_cast<const uint8_t *>(data)[index]);
     }
     return 0.0f;
 }
@@ -99,7 +121,36 @@ inline void store_from_float(void *data, rkv_dtype dtype, int64_t index, float v
         case RKV_DTYPE_F32: static_cast<float *>(data)[index] = value; return;
         case RKV_DTYPE_F16: static_cast<uint16_t *>(data)[index] = float_to_f16(value); return;
         case RKV_DTYPE_BF16: static_cast<uint16_t *>(data)[index] = float_to_bf16(value); return;
+        case RKV_DTYPE_FP8_E4M3: static_cast<uint8_t *>(data)[index] = float_to_fp8_e4m3(value); return;
     }
+}
+
+// One row of `count` floats as FP8 E4M3 bytes; returns its scale (core/fp8.h):
+// out[i] = fp8(x[i] / scale), scale = 2^e the smallest with max|x| <= 448 * 2^e.
+inline float quantize_row_fp8(const float *x, int64_t count, uint8_t *out) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < count; ++i) amax = std::fmax(amax, std::fabs(x[i]));  // fmax: NaN ignored
+    const int32_t e = fp8_scale_exponent(amax);
+    const float inverse = fp8_pow2(-e);
+    for (int64_t i = 0; i < count; ++i) out[i] = float_to_fp8_e4m3(x[i] * inverse);
+    return fp8_pow2(e);
+}
+
+// The value of every E4M3 byte.
+inline const float *fp8_values() {
+    static const struct Table {
+        float value[256];
+        Table() {
+            for (int i = 0; i < 256; ++i) value[i] = fp8_e4m3_to_float(uint8_t(i));
+        }
+    } table;
+    return table.value;
+}
+
+// x[i] = fp8[i] * scale (exact in float32).
+inline void dequantize_row_fp8(const uint8_t *fp8, float scale, int64_t count, float *x) {
+    const float *values = fp8_values();
+    for (int64_t i = 0; i < count; ++i) x[i] = values[fp8[i]] * scale;
 }
 
 // Convert `count` contiguous elements between dtypes (same dtype: a copy).

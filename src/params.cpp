@@ -30,7 +30,7 @@ constexpr ParamInfo kParams[] = {
     {"num_kv_heads", 1, 1024, Kind::Integer},
     {"num_q_heads", 1, 8192, Kind::Integer},
     {"head_dim", 1, 1024, Kind::Integer},
-    {"dtype", RKV_DTYPE_F32, RKV_DTYPE_BF16, Kind::Enum},
+    {"dtype", RKV_DTYPE_F32, RKV_DTYPE_FP8_E4M3, Kind::Enum},
     {"device_type", RKV_DEVICE_CPU, RKV_DEVICE_CUDA, Kind::Enum},
     {"device_id", 0, 1023, Kind::Integer},
     {"method", 0, kNumMethods - 1, Kind::Enum},
@@ -208,6 +208,13 @@ void params_validate(const rkv_cache_params &p, const char *function) {
     }
 }
 
+void check_storage_on_device(rkv_dtype dtype, int major, int minor, int device_id, const char *function) {
+    if (is_fp8(dtype) && major * 10 + minor < 89)
+        fail(RKV_ERR_UNSUPPORTED,
+             "%s: FP8_E4M3 storage needs a GPU with FP8 conversions (compute capability 8.9 or newer); "
+             "CUDA device %d has %d.%d: use BF16 storage there", function, device_id, major, minor);
+}
+
 int32_t params_capacity(const rkv_cache_params &p) {
     if (!method_info(p.method).evicts()) return p.max_len;
     int64_t capacity = int64_t(p.budget) + p.buffer;
@@ -240,6 +247,7 @@ MemoryPlan memory_layout(const rkv_cache_params &p, const char *function) {
     plan.slot_entries = checked_mul(checked_mul(seq_layers, uint64_t(p.num_kv_heads), function),
                                     uint64_t(plan.capacity), function);
     plan.kv_elements = checked_mul(plan.slot_entries, uint64_t(p.head_dim), function);
+    plan.scale_entries = is_fp8(p.dtype) ? plan.slot_entries : 0;
     const uint64_t query_rows = checked_mul(checked_mul(seq_layers, uint64_t(p.num_q_heads), function),
                                             uint64_t(p.head_dim), function);
     plan.query_elements = checked_mul(query_rows, uint64_t(p.window), function);
@@ -252,9 +260,11 @@ uint64_t memory_plan_bytes(const MemoryPlan &plan, const rkv_cache_params &p,
                            const char *function) {
     const uint64_t elem = dtype_size(p.dtype);
     uint64_t total = checked_mul(checked_mul(plan.kv_elements, 2, function), elem, function);
+    total = checked_add(total, checked_mul(plan.scale_entries, 8, function), function);  // K and V scales
     total = checked_add(total, checked_mul(plan.slot_entries, 8, function), function);  // positions + state
-    total = checked_add(total, checked_mul(plan.query_elements, elem, function), function);
-    total = checked_add(total, checked_mul(plan.history_elements, elem, function), function);
+    const uint64_t query_size = dtype_size(query_dtype(p.dtype));  // FP8 storage keeps queries in bf16
+    total = checked_add(total, checked_mul(plan.query_elements, query_size, function), function);
+    total = checked_add(total, checked_mul(plan.history_elements, query_size, function), function);
     total = checked_add(total, checked_mul(plan.length_entries, 4, function), function);
     total = checked_add(total, plan.host_bytes, function);
     return checked_add(total, plan.scratch_bytes, function);

@@ -25,6 +25,10 @@ bool param_is_live(rkv_param param, const char *function);
 void param_set(rkv_cache_params *params, rkv_param param, double value, const char *function);
 double param_get(const rkv_cache_params &params, rkv_param param, const char *function);
 
+// Throws RKV_ERR_UNSUPPORTED if a GPU of compute capability major.minor cannot
+// hold this storage dtype (FP8 needs 8.9: its conversion instructions).
+void check_storage_on_device(rkv_dtype dtype, int major, int minor, int device_id, const char *function);
+
 // Slots per (sequence, layer, head).
 int32_t params_capacity(const rkv_cache_params &params);
 // Queries the history keeps per (sequence, layer, query head) so that a
@@ -51,9 +55,10 @@ struct MemoryPlan {
     int32_t capacity = 0;      // slots per (sequence, layer, head)
     uint64_t kv_elements = 0;  // K (and again V): layers * seqs * kv_heads * capacity * head_dim
     uint64_t slot_entries = 0; // positions / scorer state: layers * seqs * kv_heads * capacity
-    uint64_t query_elements = 0;  // layers * seqs * q_heads * window * head_dim
+    uint64_t scale_entries = 0;   // FP8 storage: K (and again V) scales, = slot_entries; else 0
+    uint64_t query_elements = 0;  // layers * seqs * q_heads * window * head_dim (query_dtype)
     int32_t history = 0;          // query_history(params)
-    uint64_t history_elements = 0;  // layers * seqs * q_heads * history * head_dim
+    uint64_t history_elements = 0;  // layers * seqs * q_heads * history * head_dim (query_dtype)
     uint64_t length_entries = 0;  // layers * seqs
     uint64_t scratch_bytes = 0;   // the backend's scratch and its own objects (backend_scratch_bytes)
     uint64_t host_bytes = 0;      // the cache's host bookkeeping (Cache::host_bytes)

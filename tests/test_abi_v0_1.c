@@ -52,8 +52,9 @@ static void test_struct_sizes_differ(void **state) {
     /* Every version has its own sizeof, so struct_size names the version. */
     assert_true(sizeof(rkv01_cache_params) != sizeof(rkv_cache_params));
     assert_true(sizeof(rkv01_append_args) != sizeof(rkv_append_args));
-    assert_int_equal(sizeof(rkv01_kv_view), sizeof(rkv_seq_view));
-    assert_int_equal(sizeof(rkv01_layer_view), sizeof(rkv_layer_view));
+    /* the views grew in 0.2 by the FP8 scales, at the end */
+    assert_true(sizeof(rkv01_kv_view) < sizeof(rkv_seq_view));
+    assert_true(sizeof(rkv01_layer_view) < sizeof(rkv_layer_view));
     assert_int_equal(sizeof(rkv01_stats), sizeof(rkv_stats));
 }
 

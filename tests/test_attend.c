@@ -1,5 +1,5 @@
 /* rkv_attend (decode attention over the held tokens) against a float64
- * reference computed from the view, for every storage dtype, GQA, sequences
+ * reference computed from the view (FP8: fp8 * scale), for every storage dtype, GQA, sequences
  * of different lengths, and q/out of several dtypes and strides. */
 #include <math.h>
 #include <stdlib.h>
@@ -41,8 +41,9 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
             double *weights = malloc(sizeof(double) * (size_t)view.length), max_logit = -INFINITY, sum = 0;
             for (int t = 0; t < view.length; ++t) {
                 double dot = 0;
+                const double k_scale = view.k_scale ? view.k_scale[kv * view.scale_stride_head + t] : 1.0;
                 for (int e = 0; e < DIM; ++e)
-                    dot += element_as_float(q, io, (size_t)i * stride_seq + h * DIM + e) *
+                    dot += element_as_float(q, io, (size_t)i * stride_seq + h * DIM + e) * k_scale *
                            element_as_float(view.k, storage, (size_t)kv * view.stride_head + t * view.stride_token + e);
                 weights[t] = dot / sqrt((double)DIM);
                 max_logit = fmax(max_logit, weights[t]);
@@ -50,8 +51,9 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
             for (int t = 0; t < view.length; ++t) sum += (weights[t] = exp(weights[t] - max_logit));
             for (int e = 0; e < DIM; ++e) {
                 double want = 0;
-                for (int t = 0; t < view.length; ++t)
-                    want += weights[t] / sum * element_as_float(view.v, storage, (size_t)kv * view.stride_head + t * view.stride_token + e);
+                for (int t = 0; t < view.length; ++t) /* FP8: the value is fp8 * scale */
+                    want += weights[t] / sum * (view.v_scale ? view.v_scale[kv * view.scale_stride_head + t] : 1.0) *
+                            element_as_float(view.v, storage, (size_t)kv * view.stride_head + t * view.stride_token + e);
                 double got = element_as_float(out, io, (size_t)i * stride_seq + h * DIM + e);
                 assert_false(isnan(got));
                 error2 += (got - want) * (got - want);
@@ -70,8 +72,8 @@ static void run(rkv_dtype storage, rkv_dtype io, double tolerance) {
 
 static void test_attend_matches_float64(void **state) {
     (void)state;
-    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
-    for (int s = 0; s < 3; ++s) {
+    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
+    for (int s = 0; s < 4; ++s) {
         run(dtypes[s], RKV_DTYPE_F32, 1e-5);  /* f32 arithmetic on the held values */
         run(dtypes[s], RKV_DTYPE_F16, 2e-3);  /* output rounding to f16 */
         run(dtypes[s], RKV_DTYPE_BF16, 1e-2); /* output rounding to bf16 */

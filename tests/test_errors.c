@@ -492,7 +492,7 @@ static void test_create_shape_errors(void **state) {
  * without CUDA, or a machine without a GPU, cannot create any CUDA cache. */
 static void test_create_enum_errors(void **state) {
     (void)state;
-    EXPECT_PARAMS(RKV_METHOD_RKV, p_.dtype = (rkv_dtype)3, RKV_ERR_UNSUPPORTED);
+    EXPECT_PARAMS(RKV_METHOD_RKV, p_.dtype = (rkv_dtype)4, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.dtype = (rkv_dtype)-1, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.device_type = (rkv_device_type)2, RKV_ERR_UNSUPPORTED);
     EXPECT_PARAMS(RKV_METHOD_RKV, p_.method = (rkv_method)(RKV_METHOD_FULL + 1),
@@ -819,11 +819,14 @@ static void test_append_tensor_errors(void **state) {
             append_tensor(&c, which)->head_dim = bad_dims[i];
             EXPECT_REJECTED(cache, rkv_append(cache, &c.args, NULL), RKV_ERR_SHAPE_MISMATCH);
         }
-        const int bad_dtypes[] = {3, 100, -1};
+        const int bad_dtypes[] = {RKV_DTYPE_FP8_E4M3, 4, 100, -1};
         for (size_t i = 0; i < COUNT(bad_dtypes); ++i) {
             base_append(&c);
             append_tensor(&c, which)->dtype = (rkv_dtype)bad_dtypes[i];
             EXPECT_REJECTED(cache, rkv_append(cache, &c.args, NULL), RKV_ERR_UNSUPPORTED);
+            /* FP8 is a storage dtype: the message says what to pass instead */
+            if (bad_dtypes[i] == RKV_DTYPE_FP8_E4M3)
+                assert_non_null(strstr(rkv_error_message(), "storage dtype only"));
         }
         base_append(&c);
         append_tensor(&c, which)->stride_token = -1;
@@ -1286,7 +1289,11 @@ static void test_attend_tensor_errors(void **state) {
             EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_SHAPE_MISMATCH);
         }
         base_attend(&c);
-        (which ? &c.out : &c.q)->dtype = (rkv_dtype)3;
+        (which ? &c.out : &c.q)->dtype = RKV_DTYPE_FP8_E4M3; /* storage only */
+        EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_UNSUPPORTED);
+        assert_non_null(strstr(rkv_error_message(), "storage dtype only"));
+        base_attend(&c);
+        (which ? &c.out : &c.q)->dtype = (rkv_dtype)4;
         EXPECT_REJECTED(cache, ATTEND(cache, c), RKV_ERR_UNSUPPORTED);
         base_attend(&c);
         (which ? &c.out : &c.q)->stride_seq = -QH * D;

@@ -1,5 +1,5 @@
 /* Invariants every method keeps during a long simulated decode, for every
- * method x mode x storage dtype:
+ * method x mode x storage dtype (FP8 E4M3 included):
  *   - the budget holds per head (held <= capacity, == budget right after a compression)
  *   - the window (the most recent tokens) and protected sinks are always held
  *   - every held slot carries the K and V that were appended at its position
@@ -71,13 +71,27 @@ static void check_invariants(const rkv_cache *cache, const rkv_cache_params *p, 
             assert_true(positions[i] >= 0 && positions[i] < logical);
             for (int32_t j = 0; j < i; ++j) assert_int_not_equal(positions[i], positions[j]);
             if (p->mode == RKV_MODE_POSITION && i > 0) assert_true(positions[i - 1] < positions[i]);
-            /* the slot holds what was appended at its position (rounded to storage) */
+            /* the slot holds what was appended at its position (rounded to storage;
+             * FP8: quantised with the row's power-of-two scale, which moved with it) */
+            const float *k_row = history_row(hist, hist->k, seq, layer, h, positions[i]);
+            const float *v_row = history_row(hist, hist->v, seq, layer, h, positions[i]);
+            float want_k[DIM], want_v[DIM], k_scale = 1.0f, v_scale = 1.0f;
+            if (p->dtype == RKV_DTYPE_FP8_E4M3) {
+                assert_true(fp8_reference_row(k_row, DIM, want_k) == view.k_scale[h * view.scale_stride_head + i]);
+                assert_true(fp8_reference_row(v_row, DIM, want_v) == view.v_scale[h * view.scale_stride_head + i]);
+                k_scale = view.k_scale[h * view.scale_stride_head + i];
+                v_scale = view.v_scale[h * view.scale_stride_head + i];
+            } else {
+                assert_null(view.k_scale);
+                for (int32_t e = 0; e < DIM; ++e) {
+                    want_k[e] = round_through(p->dtype, k_row[e]);
+                    want_v[e] = round_through(p->dtype, v_row[e]);
+                }
+            }
             for (int32_t e = 0; e < DIM; e += 5) {
                 int64_t index = h * view.stride_head + i * view.stride_token + e;
-                float want_k = round_through(p->dtype, history_row(hist, hist->k, seq, layer, h, positions[i])[e]);
-                float want_v = round_through(p->dtype, history_row(hist, hist->v, seq, layer, h, positions[i])[e]);
-                assert_true(element_as_float(view.k, p->dtype, (size_t)index) == want_k);
-                assert_true(element_as_float(view.v, p->dtype, (size_t)index) == want_v);
+                assert_true(element_as_float(view.k, p->dtype, (size_t)index) * k_scale == want_k[e]);
+                assert_true(element_as_float(view.v, p->dtype, (size_t)index) * v_scale == want_v[e]);
             }
         }
         for (int32_t t = logical - WINDOW; t < logical; ++t)
@@ -157,10 +171,10 @@ static void test_invariants_every_method(void **state) {
     const rkv_method methods[] = {RKV_METHOD_RKV, RKV_METHOD_SNAPKV, RKV_METHOD_H2O,
                                   RKV_METHOD_STREAMINGLLM, RKV_METHOD_KEYDIFF, RKV_METHOD_RANDOM,
                                   RKV_METHOD_FULL};
-    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
+    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
     for (size_t m = 0; m < sizeof methods / sizeof methods[0]; ++m)
         for (int mode = 0; mode < 2; ++mode)
-            for (size_t d = 0; d < 3; ++d) run_decode(methods[m], (rkv_mode)mode, dtypes[d], 0);
+            for (size_t d = 0; d < 4; ++d) run_decode(methods[m], (rkv_mode)mode, dtypes[d], 0);
     /* the sink guard on a scoring method */
     run_decode(RKV_METHOD_RKV, RKV_MODE_POSITION, RKV_DTYPE_F32, RKV_GUARD_SINK);
     run_decode(RKV_METHOD_H2O, RKV_MODE_POSITION, RKV_DTYPE_F32, RKV_GUARD_SINK);

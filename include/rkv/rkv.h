@@ -164,7 +164,15 @@ RKV_API const char *rkv_error_message(void);
 typedef enum rkv_dtype RKV_ENUM_BASE {
     RKV_DTYPE_F32 = 0,
     RKV_DTYPE_F16 = 1,
-    RKV_DTYPE_BF16 = 2
+    RKV_DTYPE_BF16 = 2,
+    /* Storage only (rkv_cache_params.dtype): K and V as FP8 E4M3 bytes, one
+     * float32 scale per (token, KV head), value = fp8 * scale (the views expose
+     * both). Append quantises (the scale is the smallest power of two 2^e with
+     * max|x| <= 448 * 2^e, then round to nearest even, saturating), attention
+     * and scoring read the dequantised values in float32. The query window is
+     * kept in BF16. Tensors passed to rkv_append and rkv_attend stay F32, F16
+     * or BF16. CUDA: compute capability 8.9 or newer. */
+    RKV_DTYPE_FP8_E4M3 = 3
 } rkv_dtype;
 
 typedef enum rkv_device_type RKV_ENUM_BASE {
@@ -225,7 +233,7 @@ typedef struct rkv_cache_params {
     int32_t head_dim;
 
     /* storage */
-    rkv_dtype dtype;          /* default F32 */
+    rkv_dtype dtype;          /* storage dtype of K and V; default F32 */
     rkv_device_type device_type; /* default CPU */
     int32_t device_id;        /* CUDA ordinal; default 0 */
 
@@ -464,7 +472,8 @@ RKV_API rkv_status rkv_seq_positions(const rkv_cache *cache, int32_t seq, int32_
  * checked (C callers that do not set it; the bindings always set it). */
 typedef struct rkv_tensor {
     void *data;               /* read-only for inputs; NULL = absent (queries only) */
-    rkv_dtype dtype;          /* any of F32, F16, BF16; converted to or from the storage dtype */
+    rkv_dtype dtype;          /* F32, F16 or BF16 (not FP8_E4M3); converted to or from the
+                                 storage dtype */
     int32_t num_heads;        /* must equal the cache's head count for this tensor
                                  (num_kv_heads for K/V, num_q_heads for Q): a cheap check
                                  that caller and cache agree on the model's shape */
@@ -665,6 +674,12 @@ typedef struct rkv_seq_view {
     int64_t stride_head;      /* elements between heads, K and V */
     int64_t stride_token;     /* elements between tokens, K and V (= head_dim) */
     int64_t positions_stride_head;
+    /* FP8_E4M3 storage (NULL otherwise): element e of token t of head h is
+     *   k[h*stride_head + t*stride_token + e] * k_scale[h*scale_stride_head + t]
+     * and the same for v with v_scale. Scales are powers of two. */
+    float *k_scale;           /* [num_kv_heads, length] */
+    float *v_scale;           /* [num_kv_heads, length] */
+    int64_t scale_stride_head;
 } rkv_seq_view;
 
 /* Statuses: OK, INVALID_ARGUMENT, STRUCT_SIZE, OUT_OF_RANGE, FAULTED. */
@@ -695,6 +710,12 @@ typedef struct rkv_layer_view {
     int64_t stride_token;
     int64_t positions_stride_seq;
     int64_t positions_stride_head;
+    /* FP8_E4M3 storage (NULL otherwise): the scales, value = fp8 * scale
+     * (rkv_seq_view), [max_seqs, num_kv_heads, capacity] at these strides. */
+    float *k_scale;
+    float *v_scale;
+    int64_t scale_stride_seq;
+    int64_t scale_stride_head;
 } rkv_layer_view;
 
 /* Statuses: OK, INVALID_ARGUMENT, STRUCT_SIZE, OUT_OF_RANGE, FAULTED. */
@@ -707,7 +728,8 @@ RKV_API rkv_status rkv_view_layer(const rkv_cache *cache, int32_t layer, rkv_lay
 typedef struct rkv_stats {
     size_t struct_size;         /* sizeof(rkv_stats), set by the caller */
     uint64_t bytes_allocated;   /* all memory the cache holds (host + device) */
-    uint64_t bytes_kv_capacity; /* K+V bytes reserved for the sequences asked about */
+    uint64_t bytes_kv_capacity; /* K+V bytes reserved for the sequences asked about (FP8:
+                                   with the scales, here and below) */
     uint64_t bytes_kv_held;     /* K+V bytes of the tokens held now */
     uint64_t bytes_kv_full;     /* K+V bytes a full cache would hold for the tokens seen */
     uint64_t tokens_appended;   /* tokens appended (and not rolled back), summed over layers */

@@ -23,7 +23,7 @@ struct ScratchPlan {
     int64_t logits;       // [max(G*window, G), capacity]
     int64_t block;        // [kRedundancyBlockRows, capacity]
     int64_t per_slot;     // averaged, importance, redundancy, final, state copy: [capacity] each
-    int64_t head_dim;     // mean, and out32 is [G, head_dim]
+    int64_t head_dim;     // mean and row32 [head_dim] each, and out32 is [G, head_dim]
     int64_t groups;
 
     explicit ScratchPlan(const rkv_cache_params &p, int32_t capacity) {
@@ -35,11 +35,11 @@ struct ScratchPlan {
         per_slot = capacity;
         head_dim = p.head_dim;
     }
-    uint64_t bytes(size_t element_size) const {
-        return uint64_t(3 * rows_d + queries + logits + block + 5 * per_slot + head_dim +
+    uint64_t bytes(size_t element_size, size_t query_size) const {
+        return uint64_t(3 * rows_d + queries + logits + block + 5 * per_slot + 2 * head_dim +
                         groups * head_dim) * 4 +
                uint64_t(per_slot) * 8 /* column sums */ + uint64_t(per_slot) * 4 * 3 /* order, select, positions */ +
-               uint64_t(rows_d) * element_size /* gather */ + uint64_t(head_dim) * element_size /* storage row */;
+               uint64_t(rows_d) * element_size /* gather */ + uint64_t(head_dim) * query_size /* query row */;
     }
 };
 
@@ -59,16 +59,20 @@ class CpuBackend final : public Backend {
           capacity_(plan.capacity),
           groups_(params.num_q_heads / params.num_kv_heads),
           element_size_(dtype_size(params.dtype)),
+          query_dtype_(query_dtype(params.dtype)),
+          query_size_(dtype_size(query_dtype_)),
           scratch_plan_(params, plan.capacity),
           history_len_(plan.history),
           max_rollback_(params.max_rollback),
           seq_layers_(int64_t(plan.length_entries)),
           keys_(plan.kv_elements * element_size_),
           values_(plan.kv_elements * element_size_),
+          key_scales_(plan.scale_entries),
+          value_scales_(plan.scale_entries),
           positions_(plan.slot_entries),
           state_(plan.slot_entries),
-          queries_(plan.query_elements * element_size_),
-          history_(plan.history_elements * element_size_),
+          queries_(plan.query_elements * query_size_),
+          history_(plan.history_elements * query_size_),
           counts_(plan.length_entries * kNumCountArrays),
           keys32_(scratch_plan_.rows_d),
           values32_(scratch_plan_.rows_d),
@@ -82,13 +86,14 @@ class CpuBackend final : public Backend {
           final_(capacity_),
           state_copy_(capacity_),
           mean_(params.head_dim),
+          row32_(params.head_dim),
           out32_(uint64_t(groups_) * params.head_dim),
           column_sums_(capacity_),
           kept_(capacity_),
           select_scratch_(capacity_),
           positions_copy_(capacity_),
           gather_(uint64_t(scratch_plan_.rows_d) * element_size_),
-          storage_row_(uint64_t(params.head_dim) * element_size_) {}
+          query_row_(uint64_t(params.head_dim) * query_size_) {}
 
     void append(int32_t layer, const rkv_append_args &a, const AppendChunk *chunks,
                 int32_t num_chunks, const LiveParams &live, void *) override {
@@ -142,6 +147,7 @@ class CpuBackend final : public Backend {
 
     void copy_sequence(int32_t src, int32_t dst, void *) override {
         const int64_t row_bytes = int64_t(p_.head_dim) * element_size_;
+        const int64_t query_row_bytes = int64_t(p_.head_dim) * query_size_;
         const int64_t query_rows = int64_t(p_.num_q_heads) * p_.window;
         const int64_t history_rows = int64_t(p_.num_q_heads) * history_len_;
         for (int32_t l = 0; l < p_.num_layers; ++l) {
@@ -152,13 +158,17 @@ class CpuBackend final : public Backend {
                     std::memcpy(storage + to * row_bytes, storage + from * row_bytes, size_t(held * row_bytes));
                 std::copy(positions_.get() + from, positions_.get() + from + held, positions_.get() + to);
                 std::copy(state_.get() + from, state_.get() + from + held, state_.get() + to);
+                if (is_fp8(p_.dtype))
+                    for (float *scales : {key_scales_.get(), value_scales_.get()})
+                        std::copy(scales + from, scales + from + held, scales + to);
             }
-            std::memcpy(queries_.get() + query_index(l, dst, 0, 0) * element_size_,
-                        queries_.get() + query_index(l, src, 0, 0) * element_size_, size_t(query_rows * row_bytes));
+            std::memcpy(queries_.get() + query_index(l, dst, 0, 0) * query_size_,
+                        queries_.get() + query_index(l, src, 0, 0) * query_size_,
+                        size_t(query_rows * query_row_bytes));
             if (history_len_ > 0)
-                std::memcpy(history_.get() + history_index(l, dst, 0, 0) * element_size_,
-                            history_.get() + history_index(l, src, 0, 0) * element_size_,
-                            size_t(history_rows * row_bytes));
+                std::memcpy(history_.get() + history_index(l, dst, 0, 0) * query_size_,
+                            history_.get() + history_index(l, src, 0, 0) * query_size_,
+                            size_t(history_rows * query_row_bytes));
             for (int32_t array = 0; array < kNumCountArrays; ++array)
                 count(CountArray(array), l, dst) = count(CountArray(array), l, src);
         }
@@ -181,8 +191,8 @@ class CpuBackend final : public Backend {
             const int32_t held = count(kHeld, layer, seq);
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
                 const int64_t base = slot_index(layer, seq, h, 0);
-                const float *k = keys_f32(base, held, keys32_.get(), keys_.get());
-                const float *v = keys_f32(base, held, values32_.get(), values_.get());
+                const float *k = rows_f32(keys_.get(), key_scales_.get(), base, held, keys32_.get());
+                const float *v = rows_f32(values_.get(), value_scales_.get(), base, held, values32_.get());
                 for (int32_t g = 0; g < groups_; ++g)
                     convert_row(element(q, i, 0, h * groups_ + g), q.dtype,
                                 queries32_.get() + int64_t(g) * d, RKV_DTYPE_F32, d);
@@ -234,6 +244,8 @@ class CpuBackend final : public Backend {
 
     void *keys() const override { return keys_.get(); }
     void *values() const override { return values_.get(); }
+    float *key_scales() const override { return is_fp8(p_.dtype) ? key_scales_.get() : nullptr; }
+    float *value_scales() const override { return is_fp8(p_.dtype) ? value_scales_.get() : nullptr; }
     int32_t *positions() const override { return positions_.get(); }
     const int32_t *lengths() const override { return counts_.get(); }  // kHeld comes first
 
@@ -261,13 +273,31 @@ class CpuBackend final : public Backend {
         return static_cast<const char *>(t.data) + index * int64_t(dtype_size(t.dtype));
     }
 
-    // Rows [0, n) of a head's K or V as float32: the storage itself for F32,
-    // else converted into `scratch`.
-    const float *keys_f32(int64_t base, int32_t n, float *scratch, const uint8_t *storage) const {
+    // One K or V row of a caller's tensor into slot `index` of storage (FP8:
+    // quantised through row32_, its scale into `scales`).
+    void store_row(const void *src, rkv_dtype src_dtype, uint8_t *storage, float *scales, int64_t index) {
+        const int32_t d = p_.head_dim;
+        uint8_t *dst = storage + index * d * element_size_;
+        if (!is_fp8(p_.dtype)) {
+            convert_row(src, src_dtype, dst, p_.dtype, d);
+            return;
+        }
+        convert_row(src, src_dtype, row32_.get(), RKV_DTYPE_F32, d);
+        scales[index] = quantize_row_fp8(row32_.get(), d, dst);
+    }
+
+    // Rows [0, n) of a head's K or V (from slot index `base`) as float32: the
+    // storage itself for F32, else converted (FP8: dequantised) into `scratch`.
+    const float *rows_f32(const uint8_t *storage, const float *scales, int64_t base, int32_t n,
+                          float *scratch) const {
         const int64_t d = p_.head_dim;
         const uint8_t *src = storage + base * d * element_size_;
         if (p_.dtype == RKV_DTYPE_F32) return reinterpret_cast<const float *>(src);
-        convert_row(src, p_.dtype, scratch, RKV_DTYPE_F32, n * d);
+        if (!is_fp8(p_.dtype)) {
+            convert_row(src, p_.dtype, scratch, RKV_DTYPE_F32, n * d);
+            return scratch;
+        }
+        for (int32_t i = 0; i < n; ++i) dequantize_row_fp8(src + i * d, scales[base + i], d, scratch + i * d);
         return scratch;
     }
 
@@ -298,10 +328,8 @@ class CpuBackend final : public Backend {
             const int64_t position = position0 + t;
             for (int32_t h = 0; h < p_.num_kv_heads; ++h) {
                 const int64_t index = slot_index(layer, seq, h, slot);
-                convert_row(element(a.k, entry, token, h), a.k.dtype, keys_.get() + index * d * element_size_,
-                            p_.dtype, d);
-                convert_row(element(a.v, entry, token, h), a.v.dtype, values_.get() + index * d * element_size_,
-                            p_.dtype, d);
+                store_row(element(a.k, entry, token, h), a.k.dtype, keys_.get(), key_scales_.get(), index);
+                store_row(element(a.v, entry, token, h), a.v.dtype, values_.get(), value_scales_.get(), index);
                 positions_.get()[index] = int32_t(position);
                 state_.get()[index] = 0.0f;
             }
@@ -310,13 +338,13 @@ class CpuBackend final : public Backend {
                 const void *q = element(a.q, entry, token, qh);
                 if (t >= tokens - p_.window)
                     convert_row(q, a.q.dtype,
-                                queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * element_size_,
-                                p_.dtype, d);
+                                queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * query_size_,
+                                query_dtype_, d);
                 if (history_len_ > 0 && t >= tokens - history_len_)
                     convert_row(q, a.q.dtype,
                                 history_.get() + history_index(layer, seq, qh, int32_t(position % history_len_)) *
-                                                     element_size_,
-                                p_.dtype, d);
+                                                     query_size_,
+                                query_dtype_, d);
             }
         }
         // H2O: the new tokens older than max_rollback commit now (all of them without a history).
@@ -335,14 +363,14 @@ class CpuBackend final : public Backend {
 
     // H2O: the first `tokens` new tokens' queries (from the caller's tensor) attend
     // over the held keys up to themselves, in order. With a history their
-    // queries are rounded through the storage dtype first, as the history holds
+    // queries are rounded through the query dtype first, as the history holds
     // them, so a query gives the same sums whichever way it is committed.
     void accumulate_new(int32_t layer, const rkv_append_args &a, int32_t seq, int32_t entry, int64_t token0,
                         int32_t slot0, int32_t tokens, int32_t h, rkv_pooling pooling) {
         if (tokens <= 0) return;
         const int32_t d = p_.head_dim;
         const int64_t base = slot_index(layer, seq, h, 0);
-        const float *k = keys_f32(base, slot0 + tokens, keys32_.get(), keys_.get());
+        const float *k = rows_f32(keys_.get(), key_scales_.get(), base, slot0 + tokens, keys32_.get());
         for (int32_t t0 = 0; t0 < tokens; t0 += kH2OTokenBlock) {
             const int32_t block = std::min(kH2OTokenBlock, tokens - t0);
             for (int32_t t = 0; t < block; ++t)
@@ -350,8 +378,8 @@ class CpuBackend final : public Backend {
                     float *row = queries32_.get() + (int64_t(t) * groups_ + g) * d;
                     const void *q = element(a.q, entry, token0 + t0 + t, h * groups_ + g);
                     if (history_len_ > 0) {
-                        convert_row(q, a.q.dtype, storage_row_.get(), p_.dtype, d);
-                        convert_row(storage_row_.get(), p_.dtype, row, RKV_DTYPE_F32, d);
+                        convert_row(q, a.q.dtype, query_row_.get(), query_dtype_, d);
+                        convert_row(query_row_.get(), query_dtype_, row, RKV_DTYPE_F32, d);
                     } else {
                         convert_row(q, a.q.dtype, row, RKV_DTYPE_F32, d);
                     }
@@ -371,14 +399,15 @@ class CpuBackend final : public Backend {
         const int32_t pending = count(kPending, layer, seq);
         const int64_t first_position = logical - pending;
         const int32_t first_slot = held - pending;
-        const float *k = keys_f32(slot_index(layer, seq, h, 0), first_slot + commits, keys32_.get(), keys_.get());
+        const float *k = rows_f32(keys_.get(), key_scales_.get(), slot_index(layer, seq, h, 0), first_slot + commits,
+                                  keys32_.get());
         for (int32_t t0 = 0; t0 < commits; t0 += kH2OTokenBlock) {
             const int32_t block = std::min(kH2OTokenBlock, commits - t0);
             for (int32_t t = 0; t < block; ++t) {
                 const int32_t ring = int32_t((first_position + t0 + t) % history_len_);
                 for (int32_t g = 0; g < groups_; ++g)
-                    convert_row(history_.get() + history_index(layer, seq, h * groups_ + g, ring) * element_size_,
-                                p_.dtype, queries32_.get() + (int64_t(t) * groups_ + g) * d, RKV_DTYPE_F32, d);
+                    convert_row(history_.get() + history_index(layer, seq, h * groups_ + g, ring) * query_size_,
+                                query_dtype_, queries32_.get() + (int64_t(t) * groups_ + g) * d, RKV_DTYPE_F32, d);
             }
             h2o_accumulate(queries32_.get(), block, groups_, k, first_slot + t0, d, pooling, logits_.get(), state);
         }
@@ -389,12 +418,12 @@ class CpuBackend final : public Backend {
     void restore_window(int32_t layer, int32_t seq) {
         const int64_t logical = count(kLogical, layer, seq);
         const int32_t restore = std::min(p_.window, count(kQueriesValid, layer, seq));
-        const int64_t row_bytes = int64_t(p_.head_dim) * element_size_;
+        const int64_t row_bytes = int64_t(p_.head_dim) * query_size_;
         for (int64_t position = logical - restore; position < logical; ++position)
             for (int32_t qh = 0; qh < p_.num_q_heads; ++qh)
-                std::memcpy(queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * element_size_,
+                std::memcpy(queries_.get() + query_index(layer, seq, qh, int32_t(position % p_.window)) * query_size_,
                             history_.get() + history_index(layer, seq, qh, int32_t(position % history_len_)) *
-                                                 element_size_,
+                                                 query_size_,
                             size_t(row_bytes));
     }
 
@@ -409,7 +438,7 @@ class CpuBackend final : public Backend {
         switch (method_.scorer) {
             case Scorer::ImportanceRedundancy:
             case Scorer::Importance: {
-                const float *k = keys_f32(base, n, keys32_.get(), keys_.get());
+                const float *k = rows_f32(keys_.get(), key_scales_.get(), base, n, keys32_.get());
                 gather_window_queries(layer, job.seq, head);
                 importance(queries32_.get(), groups_, window, k, n, d, live.kernel, live.pooling,
                            logits_.get(), averaged_.get(), importance_.get());
@@ -426,7 +455,7 @@ class CpuBackend final : public Backend {
             case Scorer::AccumulatedAttention:
                 return state_.get() + base;
             case Scorer::KeyDiff: {
-                const float *k = keys_f32(base, n, keys32_.get(), keys_.get());
+                const float *k = rows_f32(keys_.get(), key_scales_.get(), base, n, keys32_.get());
                 keydiff(k, n, d, window, mean_.get(), final_scores);
                 return final_scores;
             }
@@ -453,14 +482,14 @@ class CpuBackend final : public Backend {
         const int32_t d = p_.head_dim;
         for (int32_t g = 0; g < groups_; ++g) {
             const int64_t src = query_index(layer, seq, head * groups_ + g, 0);
-            convert_row(queries_.get() + src * element_size_, p_.dtype,
+            convert_row(queries_.get() + src * query_size_, query_dtype_,
                         queries32_.get() + int64_t(g) * p_.window * d, RKV_DTYPE_F32,
                         int64_t(p_.window) * d);
         }
     }
 
     // Slots kept_[0 .. keep) of the head at `base` move to slots 0 .. keep-1:
-    // K, V, positions and scorer state together.
+    // K, V, their scales (FP8), positions and scorer state together.
     void compact(int64_t base, int32_t keep) {
         const int64_t row_bytes = int64_t(p_.head_dim) * element_size_;
         const int32_t *kept = kept_.get();
@@ -478,6 +507,11 @@ class CpuBackend final : public Backend {
         }
         std::copy(positions_copy_.get(), positions_copy_.get() + keep, positions);
         std::copy(state_copy_.get(), state_copy_.get() + keep, state);
+        if (!is_fp8(p_.dtype)) return;
+        for (float *scales : {key_scales_.get() + base, value_scales_.get() + base}) {
+            for (int32_t i = 0; i < keep; ++i) state_copy_[i] = scales[kept[i]];
+            std::copy(state_copy_.get(), state_copy_.get() + keep, scales);
+        }
     }
 
     const rkv_cache_params p_;  // as created: the shape, method, mode and window (the live
@@ -485,7 +519,9 @@ class CpuBackend final : public Backend {
     const MethodInfo method_;
     const int32_t capacity_;
     const int32_t groups_;
-    const size_t element_size_;
+    const size_t element_size_;   // of K and V in storage
+    const rkv_dtype query_dtype_;  // the query window and history (bf16 for FP8 storage)
+    const size_t query_size_;
     const ScratchPlan scratch_plan_;
     const int32_t history_len_;   // query_history(params): 0 = no history
     const int32_t max_rollback_;
@@ -493,6 +529,7 @@ class CpuBackend final : public Backend {
 
     // Cache memory (layouts in backend.h).
     Buffer<uint8_t> keys_, values_;
+    Buffer<float> key_scales_, value_scales_;  // FP8 only (else empty)
     Buffer<int32_t> positions_;
     Buffer<float> state_;
     Buffer<uint8_t> queries_;
@@ -506,11 +543,12 @@ class CpuBackend final : public Backend {
     Buffer<float> block_;                           // [kRedundancyBlockRows, capacity]
     Buffer<float> averaged_, importance_, redundancy_, final_, state_copy_;  // [capacity]
     Buffer<float> mean_;                            // [head_dim]
+    Buffer<float> row32_;                           // [head_dim] a row on its way to FP8
     Buffer<float> out32_;                           // [G, head_dim]
     Buffer<double> column_sums_;                    // [capacity]
     Buffer<int32_t> kept_, select_scratch_, positions_copy_;  // [capacity]
     Buffer<uint8_t> gather_;                        // [capacity, head_dim] storage dtype
-    Buffer<uint8_t> storage_row_;                   // [head_dim] storage dtype
+    Buffer<uint8_t> query_row_;                     // [head_dim] query dtype
 };
 
 }  // namespace
@@ -522,7 +560,8 @@ std::unique_ptr<Backend> make_cpu_backend(const rkv_cache_params &params, const 
 uint64_t cpu_scratch_bytes(const rkv_cache_params &params, const MemoryPlan &plan) {
     // The bookkeeping beyond the lengths (which MemoryPlan counts).
     const uint64_t counts = plan.length_entries * (kNumCountArrays - 1) * sizeof(int32_t);
-    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype)) + counts + sizeof(CpuBackend);
+    return ScratchPlan(params, plan.capacity).bytes(dtype_size(params.dtype), dtype_size(query_dtype(params.dtype))) +
+           counts + sizeof(CpuBackend);
 }
 
 }  // namespace rkv::cpu

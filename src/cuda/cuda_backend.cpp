@@ -264,6 +264,8 @@ class CudaBackend final : public Backend {
 
     void *keys() const override { return keys_.get(); }
     void *values() const override { return values_.get(); }
+    float *key_scales() const override { return nullptr; }
+    float *value_scales() const override { return nullptr; }
     int32_t *positions() const override { return positions_.get<int32_t>(); }
     const int32_t *lengths() const override { return bookkeeping_.get<int32_t>(); }
 
@@ -741,6 +743,8 @@ void check_cuda_params(const rkv_cache_params &p, const char *function) {
     if (major < 9)
         fail(RKV_ERR_UNSUPPORTED, "%s: CUDA device %d has compute capability %d.x; librkv's kernels are built "
              "for 9.0 (sm_90a, with compute_90 PTX for newer GPUs)", function, p.device_id, major);
+    if (p.dtype == RKV_DTYPE_FP8_E4M3)
+        fail(RKV_ERR_UNSUPPORTED, "%s: FP8_E4M3 storage is not available on CUDA caches yet", function);
     if (p.head_dim > 256)
         fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA backend supports head_dim up to 256 (got %d)", function,
              p.head_dim);

@@ -118,16 +118,82 @@ void test_append_random(rkv_cache *cache, int32_t seq, int32_t tokens, uint64_t 
 
 /* --- storage dtypes ------------------------------------------------------ */
 
+size_t test_dtype_bytes(rkv_dtype dtype) {
+    return dtype == RKV_DTYPE_F32 ? 4 : dtype == RKV_DTYPE_FP8_E4M3 ? 1 : 2;
+}
+
+/* E4M3 from its definition, by search: the value of a positive code, and the
+ * code nearest to |x| (ties to the even code, saturating at 448 = code 0x7e). */
+static double fp8_code_value(int code) {
+    static double table[0x80];
+    static int filled = 0;
+    if (!filled) { /* tests run one thread per process here; a race would write the same values */
+        for (int c = 0; c < 0x80; ++c) {
+            const int e = (c >> 3) & 15, m = c & 7;
+            table[c] = e == 0 ? ldexp(m / 8.0, -6) : ldexp(1.0 + m / 8.0, e - 7);
+        }
+        filled = 1;
+    }
+    return table[code & 0x7f];
+}
+
+static int fp8_nearest_code(float x) {
+    if (isnan(x)) return 0x7f;
+    const double a = fabs((double)x);
+    /* the largest code whose value is <= a (values grow with the code), then
+     * the nearer of it and the next one */
+    int lo = 0, hi = 0x7e;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (fp8_code_value(mid) <= a) lo = mid;
+        else hi = mid - 1;
+    }
+    int best = lo;
+    if (lo < 0x7e) {
+        const double below = a - fp8_code_value(lo), above = fp8_code_value(lo + 1) - a;
+        if (above < below || (above == below && (lo & 1))) best = lo + 1;
+    }
+    return best | (signbit(x) ? 0x80 : 0);
+}
+
+float fp8_reference(float x) {
+    const int code = fp8_nearest_code(x);
+    if ((code & 0x7f) == 0x7f) return NAN;
+    const double v = fp8_code_value(code & 0x7f);
+    return (float)(code & 0x80 ? -v : v);
+}
+
+float fp8_reference_row(const float *x, size_t count, float *out) {
+    double amax = 0;
+    for (size_t i = 0; i < count; ++i)
+        if (!isnan(x[i]) && fabs((double)x[i]) > amax) amax = fabs((double)x[i]);
+    int e = 0;
+    if (amax > 0) {
+        e = -126; /* the smallest e with amax <= 448 * 2^e, within [-126, 126] */
+        while (e < 126 && amax > ldexp(448.0, e)) ++e;
+    }
+    const float scale = (float)ldexp(1.0, e);
+    for (size_t i = 0; i < count; ++i) out[i] = fp8_reference((float)((double)x[i] / scale)) * scale;
+    return scale;
+}
+
 void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out) {
     for (size_t i = 0; i < count; ++i) {
         if (dtype == RKV_DTYPE_F32) ((float *)out)[i] = x[i];
         else if (dtype == RKV_DTYPE_BF16) ((uint16_t *)out)[i] = bf16_from_float(x[i]);
+        else if (dtype == RKV_DTYPE_FP8_E4M3) ((uint8_t *)out)[i] = (uint8_t)fp8_nearest_code(x[i]);
         else ((uint16_t *)out)[i] = f16_from_float(x[i]);
     }
 }
 
 float element_as_float(const void *data, rkv_dtype dtype, size_t index) {
     if (dtype == RKV_DTYPE_F32) return ((const float *)data)[index];
+    if (dtype == RKV_DTYPE_FP8_E4M3) {
+        const int code = ((const uint8_t *)data)[index];
+        if ((code & 0x7f) == 0x7f) return NAN;
+        const double v = fp8_code_value(code & 0x7f);
+        return (float)(code & 0x80 ? -v : v);
+    }
     const uint16_t raw = ((const uint16_t *)data)[index];
     return dtype == RKV_DTYPE_F16 ? f16_to_float(raw) : bf16_to_float(raw);
 }
@@ -156,7 +222,7 @@ static void put(buffer *b, const void *data, size_t size) {
 }
 
 static void put_seq(buffer *b, const rkv_cache *cache, const rkv_cache_params *p, int32_t seq, int with_rollback) {
-    size_t element = p->dtype == RKV_DTYPE_F32 ? 4 : 2;
+    size_t element = test_dtype_bytes(p->dtype);
     for (int32_t layer = 0; layer < p->num_layers; ++layer) {
         rkv_seq_view view;
         memset(&view, 0, sizeof view);
@@ -170,6 +236,10 @@ static void put_seq(buffer *b, const rkv_cache *cache, const rkv_cache_params *p
                 size_t offset = (size_t)(h * view.stride_head + t * view.stride_token) * element;
                 put(b, (const unsigned char *)view.k + offset, row);
                 put(b, (const unsigned char *)view.v + offset, row);
+                if (view.k_scale) {
+                    put(b, view.k_scale + h * view.scale_stride_head + t, 4);
+                    put(b, view.v_scale + h * view.scale_stride_head + t, 4);
+                }
             }
             put(b, view.positions + h * view.positions_stride_head, (size_t)view.length * 4);
         }

@@ -37,10 +37,18 @@ void test_fill_normal(float *out, size_t count, uint64_t *state);
 
 /* Storage dtypes on the host: x[0..count) as `dtype` (round to nearest even,
  * NaN kept) into out; element `index` of a `dtype` buffer as float; the value
- * `dtype` stores for x. */
+ * `dtype` stores for x. FP8_E4M3 here is the bare format (no scale). */
 void convert_from_f32(const float *x, size_t count, rkv_dtype dtype, void *out);
 float element_as_float(const void *data, rkv_dtype dtype, size_t index);
 float round_through(rkv_dtype dtype, float x);
+size_t test_dtype_bytes(rkv_dtype dtype);
+
+/* FP8 E4M3 written for the tests from the format's definition, independent of
+ * the library: the nearest E4M3 value (ties to even, saturating to +-448);
+ * and a row as an FP8 cache stores it, dequantised: out = fp8(x / s) * s with
+ * s the smallest power of two with max|x| <= 448 s; returns s. */
+float fp8_reference(float x);
+float fp8_reference_row(const float *x, size_t count, float *out);
 
 /* A float32 tensor laid out [tokens, heads, head_dim] (one entry). */
 rkv_tensor test_tensor(float *data, int32_t heads, int32_t head_dim);
