@@ -31,7 +31,7 @@ cudaError_t launch_append(const AppendParams &p, cudaStream_t stream) {
         const cudaError_t committed = launch_h2o_commit_before_append(p, stream);
         if (committed != cudaSuccess) return committed;
     }
-    RKV_DISPATCH_DTYPE(c.dtype, T, {
+    RKV_DISPATCH_STORAGE(c.dtype, T, {
         append_kernel<T><<<grid, kAppendThreads, 0, stream>>>(p, vectorized);
         if (p.h2o) {
             const cudaError_t launched = cudaGetLastError();
@@ -46,7 +46,7 @@ cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t ca
     const size_t h2o = h2o_shared_bytes(capacity, groups, head_dim);
     if (h2o <= 48 * 1024) return cudaSuccess;
     cudaError_t error = cudaSuccess;
-    RKV_DISPATCH_DTYPE(dtype, T, {
+    RKV_DISPATCH_STORAGE(dtype, T, {
         error = cudaFuncSetAttribute(h2o_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(h2o));
     })
     return error;

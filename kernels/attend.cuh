@@ -1,58 +1,65 @@
 // Decode attention over the held tokens: one query token per entry, every
-// query head of a KV head's group at once (GQA), online softmax in float32.
-// The held length is read from the device bookkeeping, so a captured decode
-// step attends over what the replayed append left; with a batch, so is the
-// sequence of each entry.
+// query head of a KV head's group at once (GQA), softmax in float32 from the
+// stored values (FP8: fp8 * scale). The held length is read from the device
+// bookkeeping, so a captured decode step attends over what the replayed append
+// left; with a batch, so is the sequence of each entry.
 //
-// grid (kv head, entry), kAttendThreads threads. Each group of kLanes threads
-// works on one token at a time (kPerLane elements per thread), the groups
-// stride over the tokens, and their partial softmax states are merged at the end.
+// attend_split_kernel (head_dim 64, 128, 256; every storage dtype) is
+// flash-decoding: grid (split, KV head, entry). Each block takes a contiguous
+// share of one (entry, KV head)'s tokens, streams its K and V rows through
+// shared memory with cp.async (kSplitStages stages in flight: the bytes in
+// flight cost no registers), and computes a partial softmax state (max, sum,
+// weighted V) for the group's query heads. With one split the block writes the
+// output; otherwise it writes its partial, and the last of the (entry, KV
+// head)'s blocks to finish merges all of them (no second launch).
+//
+// Inside a block, a "worker" of kLanes lanes holds kE elements of each row (16
+// bytes per vector, vectors interleaved across the lanes so a worker's loads
+// are contiguous in shared memory) and takes kU tokens at a time: the kU x G
+// dot products are independent (their lane sums run side by side), and the
+// running softmax state is rescaled once per kU tokens, not per token. Workers
+// keep their own states; they are merged at the end (shuffles inside a warp,
+// then shared memory across warps).
+//
+// attend_kernel is the same arithmetic for any other head_dim (strided lanes,
+// registers only, one block per (KV head, entry)).
 #pragma once
 
 #include "common.cuh"
+#include "fp8.cuh"
 
 namespace rkv::kernels {
 
-constexpr int kAttendThreads = 256;
-
-// The sequence of entry i: from the host's list, or from a batch's device ids.
-__device__ __forceinline__ int32_t entry_seq(const AttendParams &p, int32_t entry) {
+// The sequence entry i of a call attends for (the one place that says so):
+// from the host's list, or from a batch's device ids; -1 for none (batch
+// padding: the entry's blocks leave its output rows untouched).
+__device__ __forceinline__ int32_t attend_sequence(const AttendParams &p, int32_t entry) {
+    if (entry >= p.num_seqs) return -1;
     return p.batch_ids ? p.batch_ids[entry] : p.seq_ids[entry];
 }
 
-template <typename T, int D>
-struct AttendShape {
-    static constexpr bool kVectorized = D > 0;  // D == 0: any head_dim <= 256, strided lanes
-    static constexpr int kPerVector = 16 / int(sizeof(T));
-    static constexpr int kPerLane = !kVectorized ? 8 : (D / kPerVector <= 32 ? kPerVector : D / 32);
-    static constexpr int kLanes = kVectorized ? D / kPerLane : 32;
-    static constexpr int kTokenGroups = kAttendThreads / kLanes;
-    static constexpr int kMaxGroup = kPerLane >= 8 ? 4 : 8;  // query heads per pass
-    static constexpr int kRow = kLanes * kPerLane;           // accumulator row (>= head_dim)
+// Rows [0, held) of one (sequence, KV head): K, V and (FP8) their scales.
+template <typename T>
+struct HeadRows {
+    const T *keys;
+    const T *values;
+    const float *k_scale;  // nullptr unless FP8
+    const float *v_scale;
 };
 
-// Element i of this lane in a row.
-template <typename S>
-__device__ __forceinline__ int lane_element(int lane, int i) {
-    return S::kVectorized ? lane * S::kPerLane + i : lane + 32 * i;
+template <typename T>
+__device__ __forceinline__ HeadRows<T> head_rows(const CacheLayer &c, int32_t seq, int32_t head) {
+    const int64_t slot0 = slot_index(c, seq, head, 0);
+    HeadRows<T> rows;
+    rows.keys = static_cast<const T *>(c.keys) + slot0 * c.head_dim;
+    rows.values = static_cast<const T *>(c.values) + slot0 * c.head_dim;
+    rows.k_scale = c.k_scale ? c.k_scale + slot0 : nullptr;
+    rows.v_scale = c.v_scale ? c.v_scale + slot0 : nullptr;
+    return rows;
 }
 
-template <typename T, typename S>
-__device__ __forceinline__ void load_lane(const T *row, int lane, int d, float (&out)[S::kPerLane]) {
-    if constexpr (S::kVectorized) {
-        const uint4 *v = reinterpret_cast<const uint4 *>(row + lane * S::kPerLane);
-#pragma unroll
-        for (int u = 0; u < S::kPerLane / S::kPerVector; ++u) unpack16(v[u], out + u * S::kPerVector, T());
-    } else {
-#pragma unroll
-        for (int i = 0; i < S::kPerLane; ++i) {
-            const int e = lane + 32 * i;
-            out[i] = e < d ? to_float(row[e]) : 0.0f;
-        }
-    }
-}
-
-// Sum over the kLanes lanes of a token group (they are consecutive in a warp).
+// Sum over the kLanes lanes of a worker (consecutive lanes of a warp): every
+// lane gets the total.
 template <int kLanes>
 __device__ __forceinline__ float lanes_sum(float v) {
 #pragma unroll
@@ -60,23 +67,353 @@ __device__ __forceinline__ float lanes_sum(float v) {
     return v;
 }
 
-template <typename T, int D>
+// exp2(a - b) that is 0 when a is -inf (a state that saw no token).
+__device__ __forceinline__ float rescale_factor(float a, float b) { return a == -INFINITY ? 0.0f : exp2f(a - b); }
+
+// ---------------------------------------------------------------------------
+// the split kernel
+
+constexpr int kSplitThreads = 128;       // 4 warps
+constexpr int kSplitStages = 3;          // shared-memory stages (two in flight while one is read)
+constexpr int kSplitMaxGroup = 8;        // query heads per pass over the tokens
+constexpr float kLog2E = 1.4426950408889634f;  // logits in log2 units: exp2 instead of exp
+
+// Two shapes of the same kernel (rkv_cache_set_attend_plan's variants):
+//   wide   (kNarrow false): 16 elements per lane (8 for f32), 16 KiB of K and
+//          16 KiB of V per stage, 4 tokens per worker step, two blocks per SM;
+//   narrow (kNarrow true, groups of at most 4): half the elements per lane,
+//          8 + 8 KiB stages, 2 tokens per step, at most 128 registers: four
+//          blocks per SM, twice the warps to hide latency, more shuffles per token.
+// Groups above 4 heads always use half the elements per lane (registers).
+template <typename T, int D, int G, bool kNarrow>
+struct SplitShape {
+    static constexpr int kSize = int(sizeof(T));
+    static constexpr int kPreferred = (kSize == 4 ? 8 : 16) / (G > 4 || kNarrow ? 2 : 1);
+    static constexpr int kE = kPreferred > D / 32 ? kPreferred : D / 32;  // elements per lane per row
+    static constexpr int kBlocksPerSM = kNarrow ? 4 : 2;
+    static constexpr int kKBytes = kNarrow ? 8192 : 16384;  // K bytes per stage (and as many of V)
+    static constexpr int kLanes = D / kE;                    // lanes per worker (<= 32)
+    static constexpr int kVectorBytes = kE * kSize < 16 ? kE * kSize : 16;
+    static constexpr int kPerVector = kVectorBytes / kSize;  // elements per vector
+    static constexpr int kVectors = kE / kPerVector;         // vectors per lane per row
+    static constexpr int kWorkersPerWarp = 32 / kLanes;
+    static constexpr int kWorkers = (kSplitThreads / 32) * kWorkersPerWarp;
+    static constexpr int kRowBytes = D * kSize;
+    static constexpr int kStageTokens = kKBytes / kRowBytes;
+    static constexpr int kMaxU = kNarrow ? 2 : 4;
+    static constexpr int kU = kStageTokens / kWorkers < kMaxU ? kStageTokens / kWorkers : kMaxU;  // tokens per worker step
+    static constexpr int kScaleBytes = kIsFp8<T> ? kStageTokens * 4 : 0;  // per stage, K and again V
+    static constexpr int kStageBytes = 2 * kKBytes + 2 * kScaleBytes;
+    static constexpr size_t kSharedBytes = size_t(kSplitStages) * kStageBytes;
+    static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "a worker is a power of two of lanes");
+    static_assert(kU >= 1 && kStageTokens % (kWorkers * kU) == 0, "a stage holds whole rounds of the workers");
+    static_assert(kVectors * kPerVector == kE, "whole vectors per lane");
+    // the merge of the warps fits in the stage memory
+    static_assert(size_t(kSplitThreads / 32) * G * (D + 2) * 4 <= kSharedBytes, "merge buffer");
+};
+
+// Element i of this lane in a row (vectors interleaved across the lanes).
+template <typename S>
+__device__ __forceinline__ int lane_element(int lane, int i) {
+    return ((i / S::kPerVector) * S::kLanes + lane) * S::kPerVector + i % S::kPerVector;
+}
+
+// This lane's kE elements of a row in shared memory, as floats.
+template <typename T, typename S>
+__device__ __forceinline__ void load_lane(const char *row, int lane, float (&out)[S::kE]) {
+#pragma unroll
+    for (int v = 0; v < S::kVectors; ++v) {
+        const char *at = row + (v * S::kLanes + lane) * S::kVectorBytes;
+        if constexpr (S::kVectorBytes == 16) {
+            unpack16(*reinterpret_cast<const uint4 *>(at), out + v * S::kPerVector, T());
+        } else {  // FP8 with 8 elements per lane
+            unpack8(*reinterpret_cast<const uint2 *>(at), out + v * S::kPerVector, T());
+        }
+    }
+}
+
+__device__ __forceinline__ void cp_async_4(uint32_t shared, const void *global, bool valid) {
+    const int bytes = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
+}
+
+// Partial results of one block: (max in log2 units, sum) per head, then the
+// weighted V sums. Index of a partial: (entry * kv_heads + head) * splits + split.
+__device__ __forceinline__ float *partial_state(const AttendParams &p, int64_t partial) {
+    return p.partial_state + partial * 2 * p.groups;  // [groups][2]
+}
+__device__ __forceinline__ float *partial_acc(const AttendParams &p, int64_t partial) {
+    return p.partial_acc + partial * p.groups * int64_t(p.cache.head_dim);  // [groups][head_dim]
+}
+
+// out[entry, head*groups + g, e] from the block's merged state, or from all
+// splits' partials (the last block of an (entry, head)).
+__device__ __forceinline__ void store_out(const AttendParams &p, int32_t entry, int32_t q_head, int32_t e, float x) {
+    store_any(const_cast<void *>(p.out.data), p.out.dtype,
+              entry * p.out.stride_seq + int64_t(q_head) * p.out.stride_head + e, x);
+}
+
+// grid (split, KV head, entry), kSplitThreads threads, SplitShape::kSharedBytes
+// of dynamic shared memory. G: query heads per pass (a power of two >= the
+// group size, or 8 with several passes).
+template <typename T, int D, int G, bool kNarrow>
+__global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::kBlocksPerSM))
+    attend_split_kernel(AttendParams p) {
+    using S = SplitShape<T, D, G, kNarrow>;
+    extern __shared__ __align__(16) char split_shared[];
+    __shared__ bool last_block;
+    const CacheLayer &c = p.cache;
+    const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
+    const int32_t seq = attend_sequence(p, entry);
+    if (seq < 0) return;
+    const int32_t groups = p.groups;
+    const int32_t held = c.lengths[seq];
+    // This block's tokens: an even share, rounded up (the last splits may be short or empty).
+    const int32_t chunk = (held + p.splits - 1) / p.splits;
+    const int32_t begin = min(held, split * chunk), end = min(held, begin + chunk);
+    const int32_t stages = (end - begin + S::kStageTokens - 1) / S::kStageTokens;
+    const HeadRows<T> rows = head_rows<T>(c, seq, head);
+    const int lane = threadIdx.x % S::kLanes, worker = threadIdx.x / S::kLanes;
+    const int warp = threadIdx.x / 32, warp_worker = worker % S::kWorkersPerWarp;
+    const float scale_log2 = p.scale * kLog2E;
+    constexpr int kChunksPerRow = S::kRowBytes / 16;
+
+    // Stage s: K rows, V rows (and FP8 scales) of tokens begin + s*kStageTokens ..
+    auto load_stage = [&](int32_t s) {
+        char *k_stage = split_shared + (s % kSplitStages) * S::kStageBytes;
+        char *v_stage = k_stage + S::kKBytes;
+        const int32_t first = begin + s * S::kStageTokens;
+        for (int index = threadIdx.x; index < S::kStageTokens * kChunksPerRow; index += kSplitThreads) {
+            const int32_t t = first + index / kChunksPerRow;
+            const bool valid = t < end;
+            const int64_t offset = valid ? int64_t(t) * S::kRowBytes + (index % kChunksPerRow) * 16 : 0;
+            cp_async_16(shared_address(k_stage + index * 16), reinterpret_cast<const char *>(rows.keys) + offset, valid);
+            cp_async_16(shared_address(v_stage + index * 16), reinterpret_cast<const char *>(rows.values) + offset, valid);
+        }
+        if constexpr (kIsFp8<T>) {
+            float *k_scales = reinterpret_cast<float *>(v_stage + S::kKBytes);
+            float *v_scales = k_scales + S::kStageTokens;
+            for (int i = threadIdx.x; i < S::kStageTokens; i += kSplitThreads) {
+                const int32_t t = first + i;
+                const bool valid = t < end;
+                cp_async_4(shared_address(k_scales + i), rows.k_scale + (valid ? t : 0), valid);
+                cp_async_4(shared_address(v_scales + i), rows.v_scale + (valid ? t : 0), valid);
+            }
+        }
+        cp_async_commit();
+    };
+
+    for (int32_t g0 = 0; g0 < groups; g0 += G) {
+        const int32_t count = min(G, groups - g0);
+        float q[G][S::kE], acc[G][S::kE], running_max[G], running_sum[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            running_max[g] = -INFINITY;
+            running_sum[g] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < S::kE; ++i) {
+                acc[g][i] = 0.0f;
+                q[g][i] = g < count ? load_any(p.q.data, p.q.dtype,
+                                               entry * p.q.stride_seq +
+                                                   (int64_t(head) * groups + g0 + g) * p.q.stride_head +
+                                                   lane_element<S>(lane, i))
+                                    : 0.0f;
+            }
+        }
+        __syncthreads();  // the previous pass is done with the shared memory
+        for (int32_t s = 0; s < kSplitStages - 1; ++s)
+            if (s < stages) load_stage(s);
+        for (int32_t stage = 0; stage < stages; ++stage) {
+            if (stage + 1 < stages) cp_async_wait<kSplitStages - 2>();
+            else cp_async_wait<0>();
+            __syncthreads();
+            if (stage + kSplitStages - 1 < stages) load_stage(stage + kSplitStages - 1);
+            const char *k_stage = split_shared + (stage % kSplitStages) * S::kStageBytes;
+            const char *v_stage = k_stage + S::kKBytes;
+            const float *k_scales = reinterpret_cast<const float *>(v_stage + S::kKBytes);
+            const float *v_scales = k_scales + S::kStageTokens;
+            const int32_t stage_first = begin + stage * S::kStageTokens;
+#pragma unroll 1
+            for (int round = 0; round < S::kStageTokens / (S::kWorkers * S::kU); ++round) {
+                const int local0 = (round * S::kWorkers + worker) * S::kU;
+                // logits of kU tokens x G heads (log2 units)
+                float logit[S::kU][G];
+#pragma unroll
+                for (int u = 0; u < S::kU; ++u) {
+                    float k[S::kE];
+                    load_lane<T, S>(k_stage + (local0 + u) * S::kRowBytes, lane, k);
+#pragma unroll
+                    for (int g = 0; g < G; ++g) {
+                        float dot = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < S::kE; ++i) dot = fmaf(q[g][i], k[i], dot);
+                        logit[u][g] = dot;
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < S::kU; ++u) {
+                    const bool valid = stage_first + local0 + u < end;
+                    float factor = scale_log2;
+                    if constexpr (kIsFp8<T>) factor *= k_scales[local0 + u];
+#pragma unroll
+                    for (int g = 0; g < G; ++g) {
+                        const float x = lanes_sum<S::kLanes>(logit[u][g]) * factor;
+                        logit[u][g] = valid ? x : -INFINITY;
+                    }
+                }
+                // one rescale per kU tokens
+                float weight[S::kU][G];
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    float tile_max = logit[0][g];
+#pragma unroll
+                    for (int u = 1; u < S::kU; ++u) tile_max = fmaxf(tile_max, logit[u][g]);
+                    const float new_max = fmaxf(running_max[g], tile_max);
+                    const float correction = rescale_factor(running_max[g], new_max);
+                    float sum = running_sum[g] * correction;
+#pragma unroll
+                    for (int u = 0; u < S::kU; ++u) {
+                        weight[u][g] = logit[u][g] == -INFINITY ? 0.0f : exp2f(logit[u][g] - new_max);
+                        sum += weight[u][g];
+                    }
+                    running_sum[g] = sum;
+                    running_max[g] = new_max;
+#pragma unroll
+                    for (int i = 0; i < S::kE; ++i) acc[g][i] *= correction;
+                }
+#pragma unroll
+                for (int u = 0; u < S::kU; ++u) {
+                    float v[S::kE];
+                    load_lane<T, S>(v_stage + (local0 + u) * S::kRowBytes, lane, v);
+                    float v_factor = 1.0f;
+                    if constexpr (kIsFp8<T>) v_factor = v_scales[local0 + u];
+#pragma unroll
+                    for (int g = 0; g < G; ++g) {
+                        const float w = weight[u][g] * v_factor;
+#pragma unroll
+                        for (int i = 0; i < S::kE; ++i) acc[g][i] = fmaf(w, v[i], acc[g][i]);
+                    }
+                }
+            }
+        }
+
+        // Merge the workers of each warp (shuffles), then the warps (shared memory).
+#pragma unroll
+        for (int offset = S::kLanes; offset < 32; offset <<= 1) {
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float other_max = __shfl_xor_sync(0xffffffffu, running_max[g], offset);
+                const float other_sum = __shfl_xor_sync(0xffffffffu, running_sum[g], offset);
+                const float new_max = fmaxf(running_max[g], other_max);
+                const float mine = rescale_factor(running_max[g], new_max);
+                const float theirs = rescale_factor(other_max, new_max);
+                running_sum[g] = running_sum[g] * mine + other_sum * theirs;
+#pragma unroll
+                for (int i = 0; i < S::kE; ++i) {
+                    const float other = __shfl_xor_sync(0xffffffffu, acc[g][i], offset);
+                    acc[g][i] = acc[g][i] * mine + other * theirs;
+                }
+                running_max[g] = new_max;
+            }
+        }
+        __syncthreads();  // every stage is consumed: the stage memory is free
+        constexpr int kWarps = kSplitThreads / 32;
+        float *merge_acc = reinterpret_cast<float *>(split_shared);  // [warps][G][D]
+        float *merge_max = merge_acc + kWarps * G * D;               // [warps][G]
+        float *merge_sum = merge_max + kWarps * G;                   // [warps][G]
+        if (warp_worker == 0) {
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+#pragma unroll
+                for (int i = 0; i < S::kE; ++i) merge_acc[(warp * G + g) * D + lane_element<S>(lane, i)] = acc[g][i];
+                if (lane == 0) {
+                    merge_max[warp * G + g] = running_max[g];
+                    merge_sum[warp * G + g] = running_sum[g];
+                }
+            }
+        }
+        __syncthreads();
+        const int64_t partial = (int64_t(entry) * c.kv_heads + head) * p.splits + split;
+        for (int32_t index = threadIdx.x; index < count * D; index += kSplitThreads) {
+            const int32_t g = index / D, e = index % D;
+            float total_max = -INFINITY;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) total_max = fmaxf(total_max, merge_max[w * G + g]);
+            float total_sum = 0.0f, total = 0.0f;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+                const float factor = rescale_factor(merge_max[w * G + g], total_max);
+                total_sum += merge_sum[w * G + g] * factor;
+                total += merge_acc[(w * G + g) * D + e] * factor;
+            }
+            if (p.splits == 1) {
+                store_out(p, entry, head * groups + g0 + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
+            } else {
+                partial_acc(p, partial)[(g0 + g) * D + e] = total;
+                if (e == 0) {
+                    partial_state(p, partial)[(g0 + g) * 2] = total_max;
+                    partial_state(p, partial)[(g0 + g) * 2 + 1] = total_sum;
+                }
+            }
+        }
+    }
+    if (p.splits == 1) return;
+
+    // The last block of this (entry, KV head) merges every split's partial.
+    __threadfence();
+    __syncthreads();
+    unsigned *counter = p.counters + int64_t(entry) * c.kv_heads + head;
+    if (threadIdx.x == 0) {
+        last_block = atomicAdd(counter, 1u) == unsigned(p.splits - 1);
+        if (last_block) *counter = 0;  // every other block of the pair has counted
+    }
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    const int64_t first = (int64_t(entry) * c.kv_heads + head) * p.splits;
+    for (int32_t index = threadIdx.x; index < groups * D; index += kSplitThreads) {
+        const int32_t g = index / D, e = index % D;
+        float total_max = -INFINITY;
+        for (int32_t s = 0; s < p.splits; ++s) total_max = fmaxf(total_max, __ldcg(partial_state(p, first + s) + g * 2));
+        float total_sum = 0.0f, total = 0.0f;
+        for (int32_t s = 0; s < p.splits; ++s) {
+            const float factor = rescale_factor(__ldcg(partial_state(p, first + s) + g * 2), total_max);
+            total_sum += __ldcg(partial_state(p, first + s) + g * 2 + 1) * factor;
+            total += __ldcg(partial_acc(p, first + s) + g * D + e) * factor;
+        }
+        store_out(p, entry, head * groups + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// any other head_dim: one block per (KV head, entry), registers only
+
+constexpr int kAttendThreads = 256;
+
+template <typename T>
+struct GenericShape {
+    static constexpr int kPerLane = 8;   // head_dim <= 256 = 32 lanes x 8
+    static constexpr int kLanes = 32;
+    static constexpr int kTokenGroups = kAttendThreads / kLanes;
+    static constexpr int kMaxGroup = 4;  // query heads per pass
+};
+
+// grid (KV head, entry), kAttendThreads threads.
+template <typename T>
 __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) {
-    using S = AttendShape<T, D>;
-    constexpr int kUnroll = 2;  // tokens whose rows are loaded before any is used
-    __shared__ float acc_shared[S::kTokenGroups][S::kMaxGroup][S::kRow];
+    using S = GenericShape<T>;
+    __shared__ float acc_shared[S::kTokenGroups][S::kMaxGroup][S::kLanes * S::kPerLane];
     __shared__ float max_shared[S::kTokenGroups][S::kMaxGroup];
     __shared__ float sum_shared[S::kTokenGroups][S::kMaxGroup];
     const CacheLayer &c = p.cache;
     const int32_t head = blockIdx.x, entry = blockIdx.y;
-    const int32_t seq = entry_seq(p, entry);
-    if (seq < 0) return;  // batch padding: the whole block leaves, its output rows untouched
-    const int32_t d = D > 0 ? D : c.head_dim;
-    const int32_t groups = c.q_heads / c.kv_heads;
+    const int32_t seq = attend_sequence(p, entry);
+    if (seq < 0) return;
+    const int32_t d = c.head_dim, groups = p.groups;
     const int32_t held = c.lengths[seq];
     const int lane = threadIdx.x % S::kLanes, token_group = threadIdx.x / S::kLanes;
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, seq, head, 0) * d;
-    const T *values = static_cast<const T *>(c.values) + slot_index(c, seq, head, 0) * d;
+    const HeadRows<T> rows = head_rows<T>(c, seq, head);
+    const float scale_log2 = p.scale * kLog2E;
 
     for (int32_t g0 = 0; g0 < groups; g0 += S::kMaxGroup) {
         const int32_t count = min(S::kMaxGroup, groups - g0);
@@ -88,7 +425,7 @@ __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) 
             running_sum[g] = 0.0f;
 #pragma unroll
             for (int i = 0; i < S::kPerLane; ++i) {
-                const int e = lane_element<S>(lane, i);
+                const int e = lane + 32 * i;
                 acc[g][i] = 0.0f;
                 q[g][i] = (g < count && e < d)
                               ? load_any(p.q.data, p.q.dtype,
@@ -96,41 +433,39 @@ __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) 
                               : 0.0f;
             }
         }
-        // The loop bound is uniform over the block: the lanes of every warp stay
-        // together for the shuffles, whatever token each group is on.
-        for (int32_t base = 0; base < held; base += S::kTokenGroups * kUnroll) {
-            float k[kUnroll][S::kPerLane], v[kUnroll][S::kPerLane];
+        // The loop bound is uniform over the block: every warp stays whole for the shuffles.
+        for (int32_t base = 0; base < held; base += S::kTokenGroups) {
+            const int32_t t = min(base + token_group, held - 1);  // a clamped row is ignored
+            const bool valid = base + token_group < held;
+            float k[S::kPerLane], v[S::kPerLane];
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const int32_t t = min(base + u * S::kTokenGroups + token_group, held - 1);  // clamped rows are ignored
-                load_lane<T, S>(keys + int64_t(t) * d, lane, d, k[u]);
-                load_lane<T, S>(values + int64_t(t) * d, lane, d, v[u]);
+            for (int i = 0; i < S::kPerLane; ++i) {
+                const int e = lane + 32 * i;
+                k[i] = e < d ? to_float(rows.keys[int64_t(t) * d + e]) : 0.0f;
+                v[i] = e < d ? to_float(rows.values[int64_t(t) * d + e]) : 0.0f;
             }
+            const float k_factor = scale_log2 * (rows.k_scale ? rows.k_scale[t] : 1.0f);
+            const float v_factor = rows.v_scale ? rows.v_scale[t] : 1.0f;
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const bool valid = base + u * S::kTokenGroups + token_group < held;
+            for (int g = 0; g < S::kMaxGroup; ++g) {
+                float dot = 0.0f;
 #pragma unroll
-                for (int g = 0; g < S::kMaxGroup; ++g) {
-                    float dot = 0.0f;
+                for (int i = 0; i < S::kPerLane; ++i) dot = fmaf(q[g][i], k[i], dot);
+                const float logit = warp_sum(dot) * k_factor;
+                if (!valid) continue;
+                const float new_max = fmaxf(running_max[g], logit);
+                const float correction = rescale_factor(running_max[g], new_max);
+                const float weight = exp2f(logit - new_max);
+                running_sum[g] = running_sum[g] * correction + weight;
 #pragma unroll
-                    for (int i = 0; i < S::kPerLane; ++i) dot += q[g][i] * k[u][i];
-                    const float logit = lanes_sum<S::kLanes>(dot) * p.scale;
-                    if (!valid) continue;
-                    const float new_max = fmaxf(running_max[g], logit);
-                    const float correction = expf(running_max[g] - new_max);
-                    const float weight = expf(logit - new_max);
-                    running_sum[g] = running_sum[g] * correction + weight;
-#pragma unroll
-                    for (int i = 0; i < S::kPerLane; ++i) acc[g][i] = acc[g][i] * correction + weight * v[u][i];
-                    running_max[g] = new_max;
-                }
+                for (int i = 0; i < S::kPerLane; ++i) acc[g][i] = acc[g][i] * correction + weight * v_factor * v[i];
+                running_max[g] = new_max;
             }
         }
-        // Merge the token groups.
 #pragma unroll
         for (int g = 0; g < S::kMaxGroup; ++g) {
 #pragma unroll
-            for (int i = 0; i < S::kPerLane; ++i) acc_shared[token_group][g][lane_element<S>(lane, i)] = acc[g][i];
+            for (int i = 0; i < S::kPerLane; ++i) acc_shared[token_group][g][lane + 32 * i] = acc[g][i];
             if (lane == 0) {
                 max_shared[token_group][g] = running_max[g];
                 sum_shared[token_group][g] = running_sum[g];
@@ -143,153 +478,13 @@ __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) 
             for (int tg = 0; tg < S::kTokenGroups; ++tg) total_max = fmaxf(total_max, max_shared[tg][g]);
             float total_sum = 0.0f, total = 0.0f;
             for (int tg = 0; tg < S::kTokenGroups; ++tg) {
-                if (max_shared[tg][g] == -INFINITY) continue;  // a group that saw no token
-                const float scale = expf(max_shared[tg][g] - total_max);
-                total_sum += sum_shared[tg][g] * scale;
-                total += acc_shared[tg][g][e] * scale;
+                const float factor = rescale_factor(max_shared[tg][g], total_max);
+                total_sum += sum_shared[tg][g] * factor;
+                total += acc_shared[tg][g][e] * factor;
             }
-            const float out = total_sum > 0.0f ? total / total_sum : 0.0f;
-            store_any(const_cast<void *>(p.out.data), p.out.dtype,
-                      entry * p.out.stride_seq + (int64_t(head) * groups + g0 + g) * p.out.stride_head + e, out);
+            store_out(p, entry, head * groups + g0 + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
         }
         __syncthreads();  // shared memory is reused by the next pass over the group
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The same attention for head_dim 64, 128 and 256 with the K and V rows
-// streamed through shared memory by cp.async, kAttendStages tiles deep: the
-// bytes in flight no longer cost registers, so an SM keeps enough reads
-// outstanding to run near the copy bandwidth. Same arithmetic, same merge.
-
-constexpr int kAttendStages = 3;
-constexpr int kAttendStageBytes = 16384;  // K (and again V) bytes per stage
-
-template <typename T, int D>
-struct PipelineShape {
-    static constexpr int kTokens = kAttendStageBytes / (D * int(sizeof(T)));  // tokens per stage
-    static constexpr size_t kSharedBytes = size_t(kAttendStages) * 2 * kAttendStageBytes;
-};
-
-// grid (kv head, entry), kAttendThreads threads, PipelineShape::kSharedBytes
-// of dynamic shared memory.
-template <typename T, int D>
-__global__ void __launch_bounds__(kAttendThreads) attend_pipelined_kernel(AttendParams p) {
-    using S = AttendShape<T, D>;
-    using P = PipelineShape<T, D>;
-    static_assert(P::kTokens % S::kTokenGroups == 0, "a stage holds whole rounds of token groups");
-    extern __shared__ __align__(16) char attend_shared[];
-    const CacheLayer &c = p.cache;
-    const int32_t head = blockIdx.x, entry = blockIdx.y;
-    const int32_t seq = entry_seq(p, entry);
-    if (seq < 0) return;  // batch padding: the whole block leaves, its output rows untouched
-    const int32_t groups = c.q_heads / c.kv_heads;
-    const int32_t held = c.lengths[seq];
-    const int lane = threadIdx.x % S::kLanes, token_group = threadIdx.x / S::kLanes;
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, seq, head, 0) * D;
-    const T *values = static_cast<const T *>(c.values) + slot_index(c, seq, head, 0) * D;
-    const int32_t stages = (held + P::kTokens - 1) / P::kTokens;
-    constexpr int kChunksPerRow = D * int(sizeof(T)) / 16;
-
-    // Stage s: K rows then V rows of tokens s*kTokens .., zero past `held`.
-    auto load_stage = [&](int32_t stage) {
-        char *k_stage = attend_shared + (stage % kAttendStages) * 2 * kAttendStageBytes;
-        char *v_stage = k_stage + kAttendStageBytes;
-        for (int index = threadIdx.x; index < P::kTokens * kChunksPerRow; index += blockDim.x) {
-            const int32_t t = stage * P::kTokens + index / kChunksPerRow;
-            const int chunk = index % kChunksPerRow;
-            const bool valid = t < held;
-            const int64_t offset = valid ? int64_t(t) * D * int64_t(sizeof(T)) + chunk * 16 : 0;
-            cp_async_16(shared_address(k_stage + index * 16), reinterpret_cast<const char *>(keys) + offset, valid);
-            cp_async_16(shared_address(v_stage + index * 16), reinterpret_cast<const char *>(values) + offset, valid);
-        }
-        cp_async_commit();
-    };
-
-    for (int32_t g0 = 0; g0 < groups; g0 += S::kMaxGroup) {
-        const int32_t count = min(S::kMaxGroup, groups - g0);
-        float q[S::kMaxGroup][S::kPerLane];
-        float running_max[S::kMaxGroup], running_sum[S::kMaxGroup], acc[S::kMaxGroup][S::kPerLane];
-#pragma unroll
-        for (int g = 0; g < S::kMaxGroup; ++g) {
-            running_max[g] = -INFINITY;
-            running_sum[g] = 0.0f;
-#pragma unroll
-            for (int i = 0; i < S::kPerLane; ++i) {
-                const int e = lane * S::kPerLane + i;
-                acc[g][i] = 0.0f;
-                q[g][i] = g < count ? load_any(p.q.data, p.q.dtype,
-                                               entry * p.q.stride_seq + (int64_t(head) * groups + g0 + g) * p.q.stride_head + e)
-                                    : 0.0f;
-            }
-        }
-        __syncthreads();  // the previous pass (or group) is done with the shared memory
-        for (int32_t s = 0; s < kAttendStages - 1; ++s)
-            if (s < stages) load_stage(s);
-        for (int32_t stage = 0; stage < stages; ++stage) {
-            // Wait for this stage (the later ones may still be in flight).
-            if (stage + 1 < stages) cp_async_wait<kAttendStages - 2>();
-            else cp_async_wait<0>();
-            __syncthreads();
-            if (stage + kAttendStages - 1 < stages) load_stage(stage + kAttendStages - 1);
-            const char *k_stage = attend_shared + (stage % kAttendStages) * 2 * kAttendStageBytes;
-            const char *v_stage = k_stage + kAttendStageBytes;
-#pragma unroll
-            for (int round = 0; round < P::kTokens / S::kTokenGroups; ++round) {
-                const int local = round * S::kTokenGroups + token_group;
-                const bool valid = stage * P::kTokens + local < held;
-                float k[S::kPerLane], v[S::kPerLane];
-                load_lane<T, S>(reinterpret_cast<const T *>(k_stage) + local * D, lane, D, k);
-                load_lane<T, S>(reinterpret_cast<const T *>(v_stage) + local * D, lane, D, v);
-#pragma unroll
-                for (int g = 0; g < S::kMaxGroup; ++g) {
-                    float dot = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < S::kPerLane; ++i) dot += q[g][i] * k[i];
-                    const float logit = lanes_sum<S::kLanes>(dot) * p.scale;
-                    if (!valid) continue;
-                    const float new_max = fmaxf(running_max[g], logit);
-                    const float correction = expf(running_max[g] - new_max);
-                    const float weight = expf(logit - new_max);
-                    running_sum[g] = running_sum[g] * correction + weight;
-#pragma unroll
-                    for (int i = 0; i < S::kPerLane; ++i) acc[g][i] = acc[g][i] * correction + weight * v[i];
-                    running_max[g] = new_max;
-                }
-            }
-        }
-        // Merge the token groups through the (now idle) stage memory.
-        __syncthreads();
-        float *acc_shared = reinterpret_cast<float *>(attend_shared);       // [groups][kMaxGroup][kRow]
-        float *max_shared = acc_shared + S::kTokenGroups * S::kMaxGroup * S::kRow;
-        float *sum_shared = max_shared + S::kTokenGroups * S::kMaxGroup;
-#pragma unroll
-        for (int g = 0; g < S::kMaxGroup; ++g) {
-#pragma unroll
-            for (int i = 0; i < S::kPerLane; ++i)
-                acc_shared[(token_group * S::kMaxGroup + g) * S::kRow + lane * S::kPerLane + i] = acc[g][i];
-            if (lane == 0) {
-                max_shared[token_group * S::kMaxGroup + g] = running_max[g];
-                sum_shared[token_group * S::kMaxGroup + g] = running_sum[g];
-            }
-        }
-        __syncthreads();
-        for (int32_t index = threadIdx.x; index < count * D; index += blockDim.x) {
-            const int32_t g = index / D, e = index % D;
-            float total_max = -INFINITY;
-            for (int tg = 0; tg < S::kTokenGroups; ++tg) total_max = fmaxf(total_max, max_shared[tg * S::kMaxGroup + g]);
-            float total_sum = 0.0f, total = 0.0f;
-            for (int tg = 0; tg < S::kTokenGroups; ++tg) {
-                const float m = max_shared[tg * S::kMaxGroup + g];
-                if (m == -INFINITY) continue;  // a group that saw no token
-                const float scale = expf(m - total_max);
-                total_sum += sum_shared[tg * S::kMaxGroup + g] * scale;
-                total += acc_shared[(tg * S::kMaxGroup + g) * S::kRow + e] * scale;
-            }
-            const float out = total_sum > 0.0f ? total / total_sum : 0.0f;
-            store_any(const_cast<void *>(p.out.data), p.out.dtype,
-                      entry * p.out.stride_seq + (int64_t(head) * groups + g0 + g) * p.out.stride_head + e, out);
-        }
     }
 }
 

@@ -16,7 +16,10 @@
 
 namespace rkv::kernels {
 
-// Compile-time dispatch over the storage dtype: the body sees `T`.
+// Compile-time dispatch over the storage dtype: the body sees `T`. FP8 storage
+// takes the default branch, bf16: the type its scoring reads (the dequantised
+// keys, scratch.keys_dequantised) and its query window are kept in. Kernels
+// that touch FP8 rows themselves dispatch with RKV_DISPATCH_STORAGE (fp8.cuh).
 #define RKV_DISPATCH_DTYPE(dtype, T, ...)                              \
     switch (dtype) {                                                   \
         case RKV_DTYPE_F32: {                                          \
@@ -73,7 +76,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
 
-__host__ __device__ __forceinline__ int dtype_bytes(int32_t dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
+__host__ __device__ __forceinline__ int dtype_bytes(int32_t dtype) {
+    return dtype == RKV_DTYPE_F32 ? 4 : dtype == RKV_DTYPE_FP8_E4M3 ? 1 : 2;
+}
+
+// Bytes of an element of the query window and history: the storage dtype's,
+// bf16 for FP8 storage (QueryType in append.cuh).
+__host__ __device__ __forceinline__ int query_dtype_bytes(int32_t dtype) {
+    return dtype == RKV_DTYPE_FP8_E4M3 ? 2 : dtype_bytes(dtype);
+}
 
 // Element `index` of a buffer of a runtime dtype, as float.
 __device__ __forceinline__ float load_any(const void *data, int32_t dtype, int64_t index) {
@@ -284,10 +295,12 @@ __device__ __forceinline__ CacheLayer job_cache(const CompressParams &p, const J
     c.values = static_cast<char *>(c.values) + slots * row_bytes;
     c.positions += slots;
     c.state += slots;
-    c.queries = static_cast<char *>(c.queries) + int64_t(job.layer) * p.layer_queries * dtype_bytes(c.dtype);
+    if (c.k_scale) c.k_scale += slots;
+    if (c.v_scale) c.v_scale += slots;
+    const int64_t query_element = query_dtype_bytes(c.dtype);
+    c.queries = static_cast<char *>(c.queries) + int64_t(job.layer) * p.layer_queries * query_element;
     if (c.history_queries)
-        c.history_queries =
-            static_cast<char *>(c.history_queries) + int64_t(job.layer) * p.layer_history * dtype_bytes(c.dtype);
+        c.history_queries = static_cast<char *>(c.history_queries) + int64_t(job.layer) * p.layer_history * query_element;
     const int32_t book = job.layer * c.max_seqs;
     c.lengths += book;
     c.logical += book;
@@ -308,6 +321,18 @@ __device__ __forceinline__ bool job_active(const CompressParams &p, const Job &j
 // Offset of (group job jj, head h) in the [J, H, cap] scratch arrays.
 __device__ __forceinline__ int64_t scratch_row(const CompressParams &p, int32_t jj, int32_t h) {
     return (int64_t(jj) * p.cache.kv_heads + h) * p.cache.capacity;
+}
+
+// The keys the scoring kernels read for (group job jj, head h), [held, head_dim]
+// of T: the rows of the job's layer (c = job_cache(p, job)), or for FP8 storage
+// their dequantised bf16 copy (kernels/fp8.cu, scratch.keys_dequantised), which
+// the scoring kernels read as they read a bf16 cache.
+template <typename T>
+__device__ __forceinline__ const T *scoring_keys(const CompressParams &p, const CacheLayer &c, int32_t jj,
+                                                 const Job &job, int32_t h) {
+    if (p.scratch.keys_dequantised)
+        return static_cast<const T *>(p.scratch.keys_dequantised) + scratch_row(p, jj, h) * c.head_dim;
+    return static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * c.head_dim;
 }
 
 // The last block of a grid to finish gets true (all other blocks have passed

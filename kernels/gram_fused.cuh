@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
     float *inv = logits + padded * kGramTile;                               // [128]
     const uint32_t q_address = shared_address(q_tile);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_rows<T, D>(shared_address(k_tile), keys, t * kGramTile, kGramTile, n);
     load_rows<T, D>(q_address, queries, 0, padded, rows);
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kImportanceThreads, 2) importance_stream_kerne
     float *logits = reinterpret_cast<float *>(k_tiles + 2 * kTileBytes);     // [padded][128]
     float *inv = logits + padded * kGramTile;                                // [128]
     const uint32_t q_address = shared_address(q_tile);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_rows<T, D>(q_address, queries, 0, padded, rows);
     load_rows<T, D>(shared_address(k_tiles), keys, 0, kGramTile, n);
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     const uint32_t b_address = shared_address(b_tiles);
 
     const CacheLayer c = job_cache(p, job);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = p.cache.capacity;
     const float *inv_norm = p.scratch.inv_norm + row;

@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     if (i >= tiles) return;
 
     const CacheLayer c = job_cache(p, job);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * D;
+    const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const int64_t row = scratch_row(p, jj, h);
     const int64_t cap = c.capacity;
     const float *inv_norm = p.scratch.inv_norm + row;

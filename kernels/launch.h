@@ -26,10 +26,34 @@ cudaError_t configure_sequence_kernels(int32_t dtype, int32_t head_dim, int32_t 
 // batch's entries.
 cudaError_t launch_append(const AppendParams &p, cudaStream_t stream);
 
-// Decode attention over the held tokens of every entry.
-cudaError_t launch_attend(const AttendParams &p, cudaStream_t stream);
+// Decode attention over the held tokens of every entry: p.splits blocks per
+// (entry, KV head), the narrow or the wide shape of the split kernel
+// (kernels/attend.cuh); the generic kernel, with splits 1, where
+// attend_splits_apply is false.
+cudaError_t launch_attend(const AttendParams &p, bool narrow, cudaStream_t stream);
+// Whether the split (flash-decoding) kernel serves this head_dim, and its
+// narrow shape these groups.
+bool attend_splits_apply(int32_t head_dim);
+bool attend_narrow_exists(int32_t head_dim, int32_t groups);
+// Blocks of the split kernel the current device runs at once (SMs x blocks per SM).
+int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, bool narrow);
+// How rkv_attend runs `pairs` (entry, KV head) pairs of up to `held` tokens,
+// given the blocks of each shape the GPU holds at once (resident_narrow 0: no
+// narrow shape): the measured rule (kernels/README.md).
+struct AttendPlan {
+    int32_t splits;  // blocks per (entry, KV head)
+    bool narrow;     // the narrow shape of the split kernel
+};
+AttendPlan choose_attend_plan(int32_t pairs, int32_t held, int32_t resident_wide, int32_t resident_narrow);
+// The splits alone for a shape holding `resident_blocks` blocks: one when the
+// pairs fill the GPU, else enough blocks for about two waves, each split
+// keeping at least 32 tokens.
+int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t resident_blocks);
 
 // --- compression of one group of jobs (see kernels/params.h Job) ----------
+// FP8 storage: the held keys of every job as bf16 into scratch.keys_dequantised,
+// before the kernels that score them (kernels/fp8.cuh).
+cudaError_t launch_dequantize_keys(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, int32_t max_rows,

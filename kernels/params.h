@@ -47,6 +47,10 @@ struct CacheLayer {
     int32_t dtype;           // storage rkv_dtype
     int32_t history;         // queries the history holds (window + max_rollback), or 0
     int32_t max_rollback;    // H2O commits a query once it is this many tokens old
+    // FP8_E4M3 storage: the scale of each K and V row, value = fp8 * scale;
+    // nullptr for the other dtypes.
+    float *k_scale;          // [max_seqs, kv_heads, capacity]
+    float *v_scale;          // [max_seqs, kv_heads, capacity]
 };
 
 // A caller's tensor: element (entry, token, head, e) at
@@ -97,7 +101,8 @@ struct AppendParams {
 // ---------------------------------------------------------------------------
 // attend
 
-constexpr int kMaxAttendSeqs = 1024;  // entries per launch (4 KiB of parameters)
+constexpr int kMaxAttendSeqs = 1024;     // entries per launch (4 KiB of parameters)
+constexpr int kAttendMaxPartials = 2048; // (entry, KV head, split) partial results per launch
 
 struct AttendParams {
     CacheLayer cache;
@@ -107,6 +112,13 @@ struct AttendParams {
     Tensor out;              // [entry, q_heads, head_dim] (written)
     float scale;
     int32_t num_seqs;
+    int32_t groups;          // query heads per KV head
+    int32_t splits;          // blocks per (entry, KV head); entries * kv_heads * splits <= kAttendMaxPartials
+    // Flash-decoding scratch (splits > 1): partial (entry, head, split) =
+    // (entry * kv_heads + head) * splits + split.
+    float *partial_state;    // [kAttendMaxPartials, groups, 2] max (log2 units) and sum
+    float *partial_acc;      // [kAttendMaxPartials, groups, head_dim] weighted V sums
+    unsigned *counters;      // [kMaxAttendSeqs, kv_heads] blocks done per pair; 0 between launches
     int32_t seq_ids[kMaxAttendSeqs];
 };
 
@@ -148,6 +160,8 @@ struct Scratch {
                               //                     [J, H, window, cap] logits pooled over the group (fused)
     float *gram;              // [J, H, kGramTile, cap]  raw key Gram rows (cuBLASLt path)
     void *gather;             // [J, H, cap, head_dim] storage dtype (reference-order compaction)
+    void *keys_dequantised;   // FP8 storage: [J, H, cap, head_dim] bf16, the keys the scoring reads
+                              // (common.cuh scoring_keys); nullptr otherwise
     int32_t tiles;            // ceil(cap / kGramTile)
     int32_t rows;             // G * window: query rows per KV head
 };

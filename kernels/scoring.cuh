@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kScoreThreads) key_norms_kernel(CompressParams
     if (!job_active(p, job)) return;
     const int32_t h = blockIdx.x, d = p.cache.head_dim;
     const CacheLayer c = job_cache(p, job);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * d;
+    const T *keys = scoring_keys<T>(p, c, blockIdx.y, job, h);
     float *inv_norm = p.scratch.inv_norm + scratch_row(p, blockIdx.y, h);
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     for (int32_t r = threadIdx.x >> 5; r < job.held; r += warps) {
@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kScoreThreads) keydiff_kernel(CompressParams p
     if (!job_active(p, job)) return;
     const int32_t h = blockIdx.x, d = p.cache.head_dim, n = job.held;
     const CacheLayer c = job_cache(p, job);
-    const T *keys = static_cast<const T *>(c.keys) + slot_index(c, job.seq, h, 0) * d;
+    const T *keys = scoring_keys<T>(p, c, blockIdx.y, job, h);
     for (int32_t e = threadIdx.x; e < d; e += blockDim.x) {
         float sum = 0.0f;
         for (int32_t i = 0; i < n; ++i) sum += to_float(keys[int64_t(i) * d + e]);

@@ -12,6 +12,7 @@
 
 #include "common.cuh"
 #include "core/random_score.h"
+#include "fp8.cuh"
 
 namespace rkv::kernels {
 
@@ -290,9 +291,10 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
         c.positions[slots + i] = kept_positions[i];
         c.state[slots + i] = kept_state[i];
     }
-    const int64_t row_bytes = int64_t(c.head_dim) * sizeof(T);
-    char *k_head = reinterpret_cast<char *>(static_cast<T *>(c.keys) + slots * c.head_dim);
-    char *v_head = reinterpret_cast<char *>(static_cast<T *>(c.values) + slots * c.head_dim);
+    if (c.k_scale) compact_scales(c, slots, src, keep, kept_state, reinterpret_cast<float *>(kept_positions));
+    const int64_t row_bytes = int64_t(c.head_dim) * dtype_bytes(c.dtype);  // the storage's (FP8: 1 byte)
+    char *k_head = static_cast<char *>(c.keys) + slots * row_bytes;
+    char *v_head = static_cast<char *>(c.values) + slots * row_bytes;
     char *gather = p.scratch.gather
                        ? static_cast<char *>(p.scratch.gather) + scratch * row_bytes
                        : nullptr;

@@ -13,7 +13,7 @@ size_t h2o_shared(const CacheLayer &c) { return h2o_shared_bytes(c.capacity, c.q
 
 cudaError_t launch_h2o_commit_before_append(const AppendParams &p, cudaStream_t stream) {
     const CacheLayer &c = p.cache;
-    RKV_DISPATCH_DTYPE(c.dtype, T, {
+    RKV_DISPATCH_STORAGE(c.dtype, T, {
         h2o_commit_before_append_kernel<T>
             <<<dim3(unsigned(c.kv_heads), unsigned(p.num_chunks)), kAppendThreads, h2o_shared(c), stream>>>(p);
     })
@@ -22,7 +22,7 @@ cudaError_t launch_h2o_commit_before_append(const AppendParams &p, cudaStream_t 
 
 cudaError_t launch_h2o_commit_all(const CommitParams &p, cudaStream_t stream) {
     const CacheLayer &c = p.cache;
-    RKV_DISPATCH_DTYPE(c.dtype, T, {
+    RKV_DISPATCH_STORAGE(c.dtype, T, {
         h2o_commit_all_kernel<T>
             <<<dim3(unsigned(c.kv_heads), unsigned(p.num_jobs)), kAppendThreads, h2o_shared(c), stream>>>(p);
     })
@@ -30,7 +30,7 @@ cudaError_t launch_h2o_commit_all(const CommitParams &p, cudaStream_t stream) {
 }
 
 cudaError_t launch_truncate(const SequenceParams &p, cudaStream_t stream) {
-    RKV_DISPATCH_DTYPE(p.layer0.dtype, T, {
+    RKV_DISPATCH_STORAGE(p.layer0.dtype, T, {
         truncate_kernel<T><<<unsigned(p.layers), kSequenceThreads, 0, stream>>>(p);
     })
     return cudaGetLastError();
@@ -38,7 +38,7 @@ cudaError_t launch_truncate(const SequenceParams &p, cudaStream_t stream) {
 
 cudaError_t launch_copy(const SequenceParams &p, cudaStream_t stream) {
     constexpr unsigned kBlocksPerLayer = 32;
-    RKV_DISPATCH_DTYPE(p.layer0.dtype, T, {
+    RKV_DISPATCH_STORAGE(p.layer0.dtype, T, {
         copy_kernel<T><<<dim3(kBlocksPerLayer, unsigned(p.layers)), kSequenceThreads, 0, stream>>>(p);
     })
     return cudaGetLastError();
@@ -59,7 +59,7 @@ cudaError_t configure_sequence_kernels(int32_t dtype, int32_t head_dim, int32_t 
     if (shared <= 48 * 1024) return cudaSuccess;
     cudaError_t error = cudaSuccess;
     const cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
-    RKV_DISPATCH_DTYPE(dtype, T, {
+    RKV_DISPATCH_STORAGE(dtype, T, {
         error = cudaFuncSetAttribute(h2o_commit_before_append_kernel<T>, limit, int(shared));
         if (error == cudaSuccess) error = cudaFuncSetAttribute(h2o_commit_all_kernel<T>, limit, int(shared));
     })

@@ -26,7 +26,8 @@ __device__ void h2o_commit(const CacheLayer &c, int32_t seq, int32_t head, int32
     const int32_t held = c.lengths[seq], pending = c.pending[seq];
     const int32_t first_position = c.logical[seq] - pending, first_slot = held - pending;
     const T *keys = static_cast<const T *>(c.keys) + slot_index(c, seq, head, 0) * d;
-    const T *history = static_cast<const T *>(c.history_queries);
+    const float *key_scales = c.k_scale ? c.k_scale + slot_index(c, seq, head, 0) : nullptr;
+    const QueryType<T> *history = static_cast<const QueryType<T> *>(c.history_queries);
     float *logits = shared;               // [capacity]
     float *queries = shared + c.capacity; // [groups, d]
     for (int32_t k = 0; k < commits; ++k) {
@@ -35,7 +36,7 @@ __device__ void h2o_commit(const CacheLayer &c, int32_t seq, int32_t head, int32
             const int32_t g = i / d, e = i % d;
             queries[i] = to_float(history[history_index(c, seq, head * groups + g, ring) + e]);
         }
-        h2o_add_query<T>(c, keys, first_slot + k + 1, pooling, scale, queries, logits, state, reduce_f, reduce_d);
+        h2o_add_query<T>(c, keys, key_scales, first_slot + k + 1, pooling, scale, queries, logits, state, reduce_f, reduce_d);
     }
 }
 
@@ -82,13 +83,16 @@ __global__ void __launch_bounds__(kAppendThreads) h2o_commit_all_kernel(CommitPa
 // Layer l of the cache, from layer 0's view.
 __device__ __forceinline__ CacheLayer layer_of(const SequenceParams &p, int32_t layer) {
     CacheLayer c = p.layer0;
-    const int64_t element = dtype_bytes(c.dtype);
+    const int64_t element = dtype_bytes(c.dtype), query_element = query_dtype_bytes(c.dtype);
     c.keys = static_cast<char *>(c.keys) + layer * p.layer_slots * c.head_dim * element;
     c.values = static_cast<char *>(c.values) + layer * p.layer_slots * c.head_dim * element;
     c.positions += layer * p.layer_slots;
     c.state += layer * p.layer_slots;
-    c.queries = static_cast<char *>(c.queries) + layer * p.layer_queries * element;
-    if (c.history_queries) c.history_queries = static_cast<char *>(c.history_queries) + layer * p.layer_history * element;
+    if (c.k_scale) c.k_scale += layer * p.layer_slots;
+    if (c.v_scale) c.v_scale += layer * p.layer_slots;
+    c.queries = static_cast<char *>(c.queries) + layer * p.layer_queries * query_element;
+    if (c.history_queries)
+        c.history_queries = static_cast<char *>(c.history_queries) + layer * p.layer_history * query_element;
     const int64_t book = int64_t(layer) * c.max_seqs;
     c.lengths += book;
     c.logical += book;
@@ -123,8 +127,9 @@ __global__ void __launch_bounds__(kSequenceThreads) truncate_kernel(SequencePara
     const int32_t restore = min(c.window, queries_valid);
     const int32_t d = c.head_dim;
     const int64_t elements = int64_t(c.q_heads) * restore * d;
-    T *window = static_cast<T *>(c.queries);
-    const T *history = static_cast<const T *>(c.history_queries);
+    using Q = QueryType<T>;
+    Q *window = static_cast<Q *>(c.queries);
+    const Q *history = static_cast<const Q *>(c.history_queries);
     for (int64_t i = threadIdx.x; i < elements; i += blockDim.x) {
         const int32_t e = int32_t(i % d);
         const int32_t row = int32_t(i / d);
@@ -136,8 +141,8 @@ __global__ void __launch_bounds__(kSequenceThreads) truncate_kernel(SequencePara
 }
 
 // Every layer of p.src onto p.seq (empty, checked by the host): the held K, V,
-// positions and state rows of every head, the window ring and the history,
-// and the bookkeeping. grid (x: blocks per layer, y: layer), kSequenceThreads.
+// positions and state rows of every head (FP8: and scales), the window ring and
+// the history, and the bookkeeping. grid (x: blocks per layer, y: layer), kSequenceThreads.
 template <typename T>
 __global__ void __launch_bounds__(kSequenceThreads) copy_kernel(SequenceParams p) {
     const CacheLayer c = layer_of(p, blockIdx.y);
@@ -154,21 +159,27 @@ __global__ void __launch_bounds__(kSequenceThreads) copy_kernel(SequenceParams p
         static_cast<T *>(c.keys)[to] = static_cast<const T *>(c.keys)[from];
         static_cast<T *>(c.values)[to] = static_cast<const T *>(c.values)[from];
     }
-    // positions and state: [kv_heads, held]
+    // positions, state and (FP8) scales: [kv_heads, held]
     for (int64_t i = first; i < int64_t(c.kv_heads) * held; i += stride) {
         const int32_t h = int32_t(i / held), slot = int32_t(i % held);
-        c.positions[slot_index(c, dst, h, slot)] = c.positions[slot_index(c, src, h, slot)];
-        c.state[slot_index(c, dst, h, slot)] = c.state[slot_index(c, src, h, slot)];
+        const int64_t from = slot_index(c, src, h, slot), to = slot_index(c, dst, h, slot);
+        c.positions[to] = c.positions[from];
+        c.state[to] = c.state[from];
+        if (c.k_scale) {
+            c.k_scale[to] = c.k_scale[from];
+            c.v_scale[to] = c.v_scale[from];
+        }
     }
     // the window ring and the history: contiguous per sequence
+    using Q = QueryType<T>;
     const int64_t window = int64_t(c.q_heads) * c.window * d;
     for (int64_t i = first; i < window; i += stride)
-        static_cast<T *>(c.queries)[query_index(c, dst, 0, 0) + i] =
-            static_cast<const T *>(c.queries)[query_index(c, src, 0, 0) + i];
+        static_cast<Q *>(c.queries)[query_index(c, dst, 0, 0) + i] =
+            static_cast<const Q *>(c.queries)[query_index(c, src, 0, 0) + i];
     const int64_t history = int64_t(c.q_heads) * c.history * d;
     for (int64_t i = first; i < history; i += stride)
-        static_cast<T *>(c.history_queries)[history_index(c, dst, 0, 0) + i] =
-            static_cast<const T *>(c.history_queries)[history_index(c, src, 0, 0) + i];
+        static_cast<Q *>(c.history_queries)[history_index(c, dst, 0, 0) + i] =
+            static_cast<const Q *>(c.history_queries)[history_index(c, src, 0, 0) + i];
     if (blockIdx.x == 0 && threadIdx.x < kBookkeepingArrays) {
         int32_t *book = p.bookkeeping + threadIdx.x * p.book_stride + int64_t(blockIdx.y) * c.max_seqs;
         book[dst] = book[src];

@@ -87,9 +87,12 @@ class Backend {
     virtual void clear_sequence(int32_t seq, void *stream) = 0;
 
     // Entry i attends for seq_ids[i] (host) or, with batch_ids, for the batch's
-    // sequence i when the work runs (-1: output row untouched).
+    // sequence i when the work runs (-1: output row untouched). max_held: the
+    // most tokens an entry holds as the host knows it (the capacity with a
+    // batch), for the CUDA backend's choice of splits.
     virtual void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
-                        const rkv_tensor &q, const rkv_tensor &out, float scale, void *stream) = 0;
+                        int32_t max_held, const rkv_tensor &q, const rkv_tensor &out, float scale,
+                        void *stream) = 0;
     // Positions of one head, slot order, into host memory (synchronous).
     virtual void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held,
                                 int32_t *out) = 0;

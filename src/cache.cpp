@@ -607,7 +607,13 @@ void Cache::attend(const rkv_attend_args &a, void *stream) {
     float scale = a.scale;
     if (std::isnan(scale)) fail(RKV_ERR_INVALID_ARGUMENT, "%s: scale is NaN", fn);
     if (scale <= 0.0f) scale = 1.0f / std::sqrt(float(params_.head_dim));
-    backend_->attend(a.layer, a.num_seqs, a.seq_ids, batch ? batch->ids() : nullptr, a.q, a.out, scale, stream);
+    int32_t max_held = plan_.capacity;  // with a batch the device decides the sequences
+    if (!batch) {
+        max_held = 0;
+        for (int32_t i = 0; i < a.num_seqs; ++i) max_held = std::max(max_held, state(a.layer, a.seq_ids[i]).held);
+    }
+    backend_->attend(a.layer, a.num_seqs, a.seq_ids, batch ? batch->ids() : nullptr, max_held, a.q, a.out, scale,
+                     stream);
 }
 
 void Cache::inspect_scores(int32_t seq, int32_t layer, int32_t head, int32_t kind, float *out,

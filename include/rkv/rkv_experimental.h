@@ -136,8 +136,10 @@ typedef enum rkv_attend_variant RKV_ENUM_BASE {
 } rkv_attend_variant;
 
 /* Force the attention plan: splits 1 .. 1024 (capped where the partial-result
- * scratch ends), or 0 to choose per call from the batch, the capacity and the
- * GPU's SM count (the default); and the variant. For benchmarks and tests:
+ * scratch ends), or 0 to choose per call from the number of entries, the
+ * longest held length and the GPU's SM count (the default; with an rkv_batch
+ * the default is one split, so that a sequence's result does not depend on
+ * the batch's size); and the variant. For benchmarks and tests:
  * every plan gives the same result up to float rounding. Takes effect at the
  * next rkv_attend. Statuses: OK, INVALID_ARGUMENT (out of range), UNSUPPORTED
  * (a CPU cache: only 0 and AUTO; NARROW or splits > 1 where the kernel does

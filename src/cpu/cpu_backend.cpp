@@ -182,7 +182,7 @@ class CpuBackend final : public Backend {
         }
     }
 
-    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
+    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids, int32_t,
                 const rkv_tensor &q, const rkv_tensor &out, float scale, void *) override {
         const int32_t d = p_.head_dim;
         for (int32_t i = 0; i < num_seqs; ++i) {

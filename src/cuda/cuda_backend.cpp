@@ -41,6 +41,7 @@ class CudaBackend final : public Backend {
           capacity_(plan.capacity),
           groups_(params.num_q_heads / params.num_kv_heads),
           element_size_(dtype_size(params.dtype)),
+          score_size_(dtype_size(query_dtype(params.dtype))),
           seq_layers_(int64_t(plan.length_entries)),
           history_len_(plan.history),
           scratch_(params, plan),
@@ -48,10 +49,12 @@ class CudaBackend final : public Backend {
         DeviceGuard guard(device_);
         keys_ = DeviceBuffer(plan.kv_elements * element_size_, "K", device_);
         values_ = DeviceBuffer(plan.kv_elements * element_size_, "V", device_);
+        key_scales_ = DeviceBuffer(plan.scale_entries * 4, "K scales", device_);
+        value_scales_ = DeviceBuffer(plan.scale_entries * 4, "V scales", device_);
         positions_ = DeviceBuffer(plan.slot_entries * 4, "positions", device_);
         state_ = DeviceBuffer(plan.slot_entries * 4, "scorer state", device_);
-        queries_ = DeviceBuffer(plan.query_elements * element_size_, "the query window", device_);
-        history_ = DeviceBuffer(plan.history_elements * element_size_, "the query history", device_);
+        queries_ = DeviceBuffer(plan.query_elements * score_size_, "the query window", device_);
+        history_ = DeviceBuffer(plan.history_elements * score_size_, "the query history", device_);
         bookkeeping_ = DeviceBuffer(uint64_t(seq_layers_) * 4 * k::kBookkeepingArrays, "lengths", device_);
         counter_ = DeviceBuffer(scratch_.counter, "a grid counter", device_);
         importance_ = DeviceBuffer(scratch_.per_head_f32, "scratch (importance)", device_);
@@ -69,11 +72,16 @@ class CudaBackend final : public Backend {
         gram_ = DeviceBuffer(scratch_.gram, "scratch (key Gram rows)", device_);
         gather_ = DeviceBuffer(scratch_.gather_bytes, "scratch (reference-order compaction)", device_);
         workspace_ = DeviceBuffer(scratch_.workspace, "the cuBLASLt workspace", device_);
+        keys_dequantised_ = DeviceBuffer(scratch_.keys_dequantised, "scratch (dequantised keys)", device_);
+        attend_state_ = DeviceBuffer(scratch_.attend_state, "scratch (attention partial states)", device_);
+        attend_acc_ = DeviceBuffer(scratch_.attend_acc, "scratch (attention partial sums)", device_);
+        attend_counters_ = DeviceBuffer(scratch_.attend_counters, "scratch (attention counters)", device_);
         pinned_ = std::make_unique<PinnedBuffer>(scratch_.pinned, "the bookkeeping copy");
         check(cudaMemset(bookkeeping_.get(), 0, bookkeeping_.bytes()), "cudaMemset(lengths)");
         check(cudaMemset(counter_.get(), 0, counter_.bytes()), "cudaMemset(counter)");
         check(cudaMemset(state_.get(), 0, state_.bytes()), "cudaMemset(scorer state)");
         check(cudaMemset(positions_.get(), 0, positions_.bytes()), "cudaMemset(positions)");
+        check(cudaMemset(attend_counters_.get(), 0, attend_counters_.bytes()), "cudaMemset(attention counters)");
         // FULL never selects: its (possibly huge) capacity sizes no kernel's shared memory.
         check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_,
                                    p_.window),
@@ -81,10 +89,15 @@ class CudaBackend final : public Backend {
         check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
         check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
         wgmma_ = k::gram_wgmma_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
-        if (scratch_.attention) {
-            lt_ = std::make_unique<LtMatmul>(p_.dtype, workspace_.get(), workspace_.bytes());
+        if (scratch_.attention) {  // FP8: the products read the bf16 copy of the keys and the bf16 queries
+            lt_ = std::make_unique<LtMatmul>(query_dtype(p_.dtype), workspace_.get(), workspace_.bytes());
             plan_steady_state();
         }
+        const int32_t dtype = int32_t(p_.dtype);
+        resident_wide_ = k::attend_resident_blocks(dtype, p_.head_dim, groups_, false);
+        resident_narrow_ = k::attend_narrow_exists(p_.head_dim, groups_)
+                               ? k::attend_resident_blocks(dtype, p_.head_dim, groups_, true)
+                               : 0;
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (create)");
     }
 
@@ -155,6 +168,7 @@ class CudaBackend final : public Backend {
             const cudaStream_t s = as_stream(stream);
             if (method_.scorer == Scorer::AccumulatedAttention && p_.max_rollback > 0)
                 commit_pending(p, nullptr, live, s, "rkv_compress: launching the H2O commit of pending queries");
+            dequantize_keys(p, s);
             enqueue_scores(p, s);
             enqueue_selection(p, s);
             check(k::launch_commit(p, s), "rkv_compress: launching the commit");
@@ -194,19 +208,31 @@ class CudaBackend final : public Backend {
         check(k::launch_clear_sequence(p, as_stream(stream)), "rkv_seq_reset: launching the reset kernel");
     }
 
-    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids,
+    void attend(int32_t layer, int32_t num_seqs, const int32_t *seq_ids, const int32_t *batch_ids, int32_t max_held,
                 const rkv_tensor &q, const rkv_tensor &out, float scale, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_attend");
         k::AttendParams p{};
         p.cache = layer_view(layer);
         p.scale = scale;
-        if (batch_ids) {  // the ids are read on the device: one launch (entries <= 65535 = grid.y)
+        p.groups = groups_;
+        p.partial_state = attend_state_.get<float>();
+        p.partial_acc = attend_acc_.get<float>();
+        p.counters = attend_counters_.get<unsigned>();
+        if (batch_ids) {  // the ids are read on the device: one launch (entries <= 65535 = grid.z)
             p.batch_ids = batch_ids;
             p.num_seqs = num_seqs;
             p.q = tensor(q);
             p.out = tensor(out);
-            check(k::launch_attend(p, as_stream(stream)), "rkv_attend: launching the attention kernel (batch)");
+            // One split per (entry, KV head) unless a plan is forced: the rule's
+            // splits depend on the number of entries, so a sequence would attend
+            // with different rounding in batches of different sizes (an engine
+            // compares a slot with decoding it alone, bit for bit).
+            k::AttendPlan plan = attend_plan(num_seqs, max_held);
+            if (attend_splits_ == 0) plan.splits = 1;
+            p.splits = plan.splits;
+            check(k::launch_attend(p, plan.narrow, as_stream(stream)),
+                  "rkv_attend: launching the attention kernel (batch)");
             return;
         }
         for (int32_t first = 0; first < num_seqs; first += k::kMaxAttendSeqs) {
@@ -216,8 +242,21 @@ class CudaBackend final : public Backend {
             p.q.data = static_cast<const char *>(q.data) + first * q.stride_seq * int64_t(dtype_size(q.dtype));
             p.out.data = static_cast<const char *>(out.data) + first * out.stride_seq * int64_t(dtype_size(out.dtype));
             std::copy(seq_ids + first, seq_ids + first + p.num_seqs, p.seq_ids);
-            check(k::launch_attend(p, as_stream(stream)), "rkv_attend: launching the attention kernel");
+            const k::AttendPlan plan = attend_plan(p.num_seqs, max_held);
+            p.splits = plan.splits;
+            check(k::launch_attend(p, plan.narrow, as_stream(stream)), "rkv_attend: launching the attention kernel");
         }
+    }
+
+    void set_attend_plan(int32_t splits, int32_t variant) override {
+        if (variant == RKV_ATTEND_NARROW && !k::attend_narrow_exists(p_.head_dim, groups_))
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: the narrow kernel serves head_dim 64, 128 or 256 "
+                 "and at most 4 query heads per KV head (this cache: head_dim %d, %d)", p_.head_dim, groups_);
+        if (splits > 1 && !k::attend_splits_apply(p_.head_dim))
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: splitting a sequence needs head_dim 64, 128 or "
+                 "256 (this cache: %d)", p_.head_dim);
+        attend_splits_ = splits;
+        attend_variant_ = variant;
     }
 
     void copy_positions(int32_t layer, int32_t seq, int32_t head, int32_t held, int32_t *out) override {
@@ -252,6 +291,7 @@ class CudaBackend final : public Backend {
                   "rkv_seq_scores: cudaMemcpy");
             return;
         }
+        dequantize_keys(p, nullptr);
         enqueue_scores(p, nullptr);
         enqueue_selection(p, nullptr);
         const float *source = kind == RKV_SCORE_IMPORTANCE   ? importance_.get<float>()
@@ -264,8 +304,8 @@ class CudaBackend final : public Backend {
 
     void *keys() const override { return keys_.get(); }
     void *values() const override { return values_.get(); }
-    float *key_scales() const override { return nullptr; }
-    float *value_scales() const override { return nullptr; }
+    float *key_scales() const override { return key_scales_.get<float>(); }      // nullptr unless FP8
+    float *value_scales() const override { return value_scales_.get<float>(); }
     int32_t *positions() const override { return positions_.get<int32_t>(); }
     const int32_t *lengths() const override { return bookkeeping_.get<int32_t>(); }
 
@@ -364,10 +404,10 @@ class CudaBackend final : public Backend {
         c.positions = positions_.get<int32_t>() + slot0;
         c.state = state_.get<float>() + slot0;
         c.queries = queries_.get<char>() +
-                    int64_t(layer) * seqs * p_.num_q_heads * p_.window * d * int64_t(element_size_);
+                    int64_t(layer) * seqs * p_.num_q_heads * p_.window * d * int64_t(score_size_);
         c.history_queries = history_len_ == 0 ? nullptr
                                               : history_.get<char>() + int64_t(layer) * seqs * p_.num_q_heads *
-                                                                           history_len_ * d * int64_t(element_size_);
+                                                                           history_len_ * d * int64_t(score_size_);
         int32_t *book = bookkeeping_.get<int32_t>() + int64_t(layer) * seqs;
         c.lengths = book + kHeld * seq_layers_;
         c.logical = book + kLogical * seq_layers_;
@@ -386,6 +426,10 @@ class CudaBackend final : public Backend {
         c.dtype = int32_t(p_.dtype);
         c.history = history_len_;
         c.max_rollback = p_.max_rollback;
+        if (is_fp8(p_.dtype)) {
+            c.k_scale = key_scales_.get<float>() + slot0;
+            c.v_scale = value_scales_.get<float>() + slot0;
+        }
         return c;
     }
 
@@ -452,6 +496,7 @@ class CudaBackend final : public Backend {
         s.logits = logits_.get<float>();
         s.gram = gram_.get<float>();
         s.gather = gather_.get();
+        s.keys_dequantised = keys_dequantised_.get();  // nullptr unless FP8 storage and a scorer of keys
         s.tiles = scratch_.tiles;
         s.rows = scratch_.rows;
         p.scorer = method_.scorer;
@@ -494,6 +539,31 @@ class CudaBackend final : public Backend {
             check(k::launch_select_compact(p, stream), "rkv_compress: launching the selection");
             profile_.end("selection + compaction", stream);
         }
+    }
+
+    // FP8 storage: the group's held keys as bf16 for the scoring kernels
+    // (scratch.keys_dequantised; empty for other dtypes and for scorers of no keys).
+    void dequantize_keys(const k::CompressParams &p, cudaStream_t stream) {
+        if (p.scratch.keys_dequantised == nullptr) return;
+        check(k::launch_dequantize_keys(p, stream), "rkv_compress: launching the FP8 key dequantisation");
+    }
+
+    // How rkv_attend runs `entries` entries holding up to `max_held` tokens:
+    // the plan rkv_cache_set_attend_plan forced, or the measured rule.
+    k::AttendPlan attend_plan(int32_t entries, int32_t max_held) const {
+        if (!k::attend_splits_apply(p_.head_dim)) return k::AttendPlan{1, false};
+        const int32_t pairs = entries * p_.num_kv_heads;
+        k::AttendPlan plan = k::choose_attend_plan(pairs, max_held, resident_wide_, resident_narrow_);
+        if (attend_variant_ != RKV_ATTEND_AUTO) {
+            plan.narrow = attend_variant_ == RKV_ATTEND_NARROW;
+            plan.splits = k::choose_attend_splits(pairs, max_held, plan.narrow ? resident_narrow_ : resident_wide_);
+        }
+        if (attend_splits_ > 0) plan.splits = attend_splits_;
+        plan.splits = std::max(1, std::min(plan.splits, k::kAttendMaxPartials / pairs));
+        // The merge counters have a row per entry for min(max_seqs, kMaxAttendSeqs)
+        // entries; a batch may have more entries (padding): one split each.
+        if (entries > std::min(p_.max_seqs, k::kMaxAttendSeqs)) plan.splits = 1;
+        return plan;
     }
 
     // The scores of every job of the group, into scratch (see kernels/scoring.cuh):
@@ -588,8 +658,15 @@ class CudaBackend final : public Backend {
         }
     }
 
-    // K of (the job's layer, seq), head 0, slot 0.
-    const char *key_base(const k::Job &job) const {
+    // The keys the products read for the run of jobs starting at `first` (one
+    // layer, consecutive sequences): the cache's K of (layer, seq), head 0,
+    // slot 0, or FP8's bf16 copy (consecutive jobs, the same stride).
+    const char *key_base(const k::CompressParams &p, int32_t first) const {
+        if (p.scratch.keys_dequantised) {
+            const int64_t per_job = int64_t(p_.num_kv_heads) * capacity_ * p_.head_dim;
+            return static_cast<const char *>(p.scratch.keys_dequantised) + first * per_job * int64_t(score_size_);
+        }
+        const k::Job &job = p.jobs[first];
         const int64_t slot0 = (int64_t(job.layer) * p_.max_seqs + job.seq) * p_.num_kv_heads * capacity_;
         return keys_.get<char>() + slot0 * p_.head_dim * int64_t(element_size_);
     }
@@ -597,7 +674,7 @@ class CudaBackend final : public Backend {
     // logits [rows, cap] of each (job, head) = window queries x candidate keys / sqrt(d).
     LtProblem window_problem(const void *keys, const void *queries, const float *out, int32_t held,
                              int32_t jobs) const {
-        const int64_t d = p_.head_dim, elem = int64_t(element_size_);
+        const int64_t d = p_.head_dim, elem = int64_t(score_size_);
         LtProblem problem;
         problem.m = uint64_t(held - p_.window);
         problem.n = uint64_t(scratch_.rows);
@@ -618,9 +695,9 @@ class CudaBackend final : public Backend {
     void window_logits(const k::CompressParams &p, int32_t first, int32_t count, cudaStream_t stream) {
         const k::Job &job = p.jobs[first];
         const int64_t d = p_.head_dim;
-        const void *keys = key_base(job);
+        const void *keys = key_base(p, first);
         const int64_t ring0 = (int64_t(job.layer) * p_.max_seqs + job.seq) * p_.num_q_heads * p_.window;
-        const void *queries = queries_.get<char>() + ring0 * d * int64_t(element_size_);
+        const void *queries = queries_.get<char>() + ring0 * d * int64_t(score_size_);
         const int32_t held = job.held;
         float *out = logits_.get<float>() + int64_t(first) * p_.num_kv_heads * scratch_.rows * capacity_;
         const LtProblem problem = window_problem(keys, queries, out, held, count);
@@ -630,7 +707,7 @@ class CudaBackend final : public Backend {
     // Raw Gram rows [kGramTile, cap] of each (job, head) for rows r0 .. r0+127.
     LtProblem gram_problem(const void *keys, const void *rows, const float *out, int32_t held, int32_t r0,
                            int32_t jobs) const {
-        const int64_t d = p_.head_dim, elem = int64_t(element_size_);
+        const int64_t d = p_.head_dim, elem = int64_t(score_size_);
         LtProblem problem;
         problem.m = uint64_t(held);
         problem.n = uint64_t(std::min(k::kGramTile, held - r0));
@@ -652,12 +729,12 @@ class CudaBackend final : public Backend {
         check(k::launch_key_norms(p, stream), "rkv_compress: launching the key norms");
         int32_t max_held = 0;
         for (int32_t j = 0; j < p.num_jobs; ++j) max_held = std::max(max_held, p.jobs[j].held);
-        const int64_t row_bytes = int64_t(p_.head_dim) * int64_t(element_size_);
+        const int64_t row_bytes = int64_t(p_.head_dim) * int64_t(score_size_);
         for (int32_t r0 = 0; r0 < max_held; r0 += k::kGramTile) {
             for_each_run(p, [&](int32_t first, int32_t count) {
                 const int32_t held = p.jobs[first].held;
                 if (r0 >= held) return;
-                const char *keys = key_base(p.jobs[first]);
+                const char *keys = key_base(p, first);
                 const char *rows = keys + r0 * row_bytes;
                 float *out = gram_.get<float>() + int64_t(first) * p_.num_kv_heads * k::kGramTile * capacity_;
                 lt_->run(gram_problem(keys, rows, out, held, r0, count), 1.0f, keys, rows, out, stream);
@@ -669,7 +746,7 @@ class CudaBackend final : public Backend {
     // Plans of the steady state (every sequence full: runs of the consecutive
     // sequences of a layer in a group), so the first compressions plan nothing.
     void plan_steady_state() {
-        const char *keys = static_cast<const char *>(keys_.get());
+        const char *keys = static_cast<const char *>(keys_dequantised_.get() ? keys_dequantised_.get() : keys_.get());
         const int32_t held = capacity_;
         if (held <= p_.window) return;
         for (int32_t jobs : {std::min(scratch_.jobs, p_.max_seqs), 1}) {
@@ -683,7 +760,8 @@ class CudaBackend final : public Backend {
     const int device_;
     const int32_t capacity_;
     const int32_t groups_;
-    const size_t element_size_;
+    const size_t element_size_;  // of K and V in storage
+    const size_t score_size_;    // of the keys and queries the scoring reads: bf16 for FP8 storage
     const int64_t seq_layers_;
     const int32_t history_len_;    // query_history(params): 0 = none
     const ScratchPlan scratch_;
@@ -691,10 +769,15 @@ class CudaBackend final : public Backend {
     int32_t matmul_path_ = RKV_MATMUL_AUTO;
     int major_ = 0, minor_ = 0;  // the device's compute capability
     bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
+    int32_t attend_splits_ = 0;    // rkv_cache_set_attend_plan: 0 = choose per call
+    int32_t attend_variant_ = RKV_ATTEND_AUTO;
+    int32_t resident_wide_ = 1;    // blocks of the split kernel the GPU holds at once, per shape
+    int32_t resident_narrow_ = 0;  // (0: the narrow shape does not serve this cache)
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 
     // Cache memory (layouts in src/backend.h).
     DeviceBuffer keys_, values_;   // [layers, seqs, kv_heads, cap, d]
+    DeviceBuffer key_scales_, value_scales_;  // [layers, seqs, kv_heads, cap] f32, FP8 storage only
     DeviceBuffer positions_;       // [layers, seqs, kv_heads, cap] int32
     DeviceBuffer state_;           // [layers, seqs, kv_heads, cap] f32
     DeviceBuffer queries_;         // [layers, seqs, q_heads, window, d]
@@ -710,6 +793,11 @@ class CudaBackend final : public Backend {
     DeviceBuffer gram_;            // [J, H, kGramTile, cap] f32
     DeviceBuffer gather_;          // [J, H, cap, d] storage dtype (reference mode)
     DeviceBuffer workspace_;       // cuBLASLt
+    DeviceBuffer keys_dequantised_;  // [J, H, cap, d] bf16: FP8 keys for the scoring (else empty)
+    // decode attention: partial softmax states of the split kernel (kernels/params.h AttendParams)
+    DeviceBuffer attend_state_;    // [kAttendMaxPartials, G, 2] f32
+    DeviceBuffer attend_acc_;      // [kAttendMaxPartials, G, d] f32
+    DeviceBuffer attend_counters_; // [min(seqs, kMaxAttendSeqs), kv_heads] uint32
     std::unique_ptr<PinnedBuffer> pinned_;  // [kNumCountArrays, layers, seqs] int32 host copy of the bookkeeping
     std::unique_ptr<LtMatmul> lt_;
 };
@@ -737,14 +825,15 @@ void check_cuda_params(const rkv_cache_params &p, const char *function) {
     if (p.device_id >= count)
         fail(RKV_ERR_OUT_OF_RANGE, "%s: device_id %d, but this machine has %d CUDA device(s)", function,
              p.device_id, count);
-    int major = 0;
+    int major = 0, minor = 0;
     check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_id),
           "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, p.device_id),
+          "cudaDeviceGetAttribute");
+    check_storage_on_device(p.dtype, major, minor, p.device_id, function);
     if (major < 9)
         fail(RKV_ERR_UNSUPPORTED, "%s: CUDA device %d has compute capability %d.x; librkv's kernels are built "
              "for 9.0 (sm_90a, with compute_90 PTX for newer GPUs)", function, p.device_id, major);
-    if (p.dtype == RKV_DTYPE_FP8_E4M3)
-        fail(RKV_ERR_UNSUPPORTED, "%s: FP8_E4M3 storage is not available on CUDA caches yet", function);
     if (p.head_dim > 256)
         fail(RKV_ERR_UNSUPPORTED, "%s: the CUDA backend supports head_dim up to 256 (got %d)", function,
              p.head_dim);

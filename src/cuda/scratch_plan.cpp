@@ -4,6 +4,7 @@
 
 #include "core/method.h"
 #include "dtype.h"
+#include "kernels/launch.h"
 #include "kernels/params.h"
 
 namespace rkv::cuda {
@@ -14,6 +15,12 @@ ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
     bookkeeping = seq_layers * 4 * (kernels::kBookkeepingArrays - 1);
     counter = 256;
     pinned = seq_layers * 4 * kernels::kBookkeepingArrays;
+    if (kernels::attend_splits_apply(p.head_dim)) {
+        const uint64_t groups = uint64_t(p.num_q_heads / p.num_kv_heads);
+        attend_state = uint64_t(kernels::kAttendMaxPartials) * groups * 2 * 4;
+        attend_acc = uint64_t(kernels::kAttendMaxPartials) * groups * uint64_t(p.head_dim) * 4;
+        attend_counters = uint64_t(std::min<int32_t>(p.max_seqs, kernels::kMaxAttendSeqs)) * uint64_t(p.num_kv_heads) * 4;
+    }
     const MethodInfo method = method_info(p.method);
     compresses = method.evicts();
     if (!compresses) return;
@@ -34,11 +41,14 @@ ScratchPlan::ScratchPlan(const rkv_cache_params &p, const MemoryPlan &plan) {
     gram = redundancy ? heads * uint64_t(kernels::kGramTile) * cap * 4 : 0;
     gather_bytes = gather ? heads * cap * uint64_t(p.head_dim) * dtype_size(p.dtype) : 0;
     workspace = attention ? kLtWorkspaceBytes : 0;
+    const bool scores_keys = method.scorer == Scorer::ImportanceRedundancy || method.scorer == Scorer::Importance ||
+                             method.scorer == Scorer::KeyDiff;
+    keys_dequantised = is_fp8(p.dtype) && scores_keys ? heads * cap * uint64_t(p.head_dim) * 2 : 0;
 }
 
 uint64_t ScratchPlan::total() const {
     return 6 * per_head_f32 + corrections + 3 * partials + partial_w + logits + gram + gather_bytes + workspace +
-           bookkeeping + counter + pinned;
+           bookkeeping + counter + pinned + attend_state + attend_acc + attend_counters + keys_dequantised;
 }
 
 }  // namespace rkv::cuda

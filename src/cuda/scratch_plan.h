@@ -35,6 +35,12 @@ struct ScratchPlan {
                                 // (lengths, the first array, is counted by MemoryPlan)
     uint64_t counter = 0;       // the append kernel's grid counter
     uint64_t pinned = 0;        // host copy of the 5 bookkeeping arrays (rkv_cache_sync_lengths)
+    // decode attention (kernels/attend.cuh), head_dim 64/128/256:
+    uint64_t attend_state = 0;     // [kAttendMaxPartials, G, 2] f32 partial max and sum
+    uint64_t attend_acc = 0;       // [kAttendMaxPartials, G, head_dim] f32 partial weighted V
+    uint64_t attend_counters = 0;  // [min(max_seqs, kMaxAttendSeqs), kv_heads] uint32
+    // FP8 storage, methods that score keys: [J, H, cap, head_dim] bf16 dequantised keys
+    uint64_t keys_dequantised = 0;
 
     ScratchPlan(const rkv_cache_params &params, const MemoryPlan &plan);
     uint64_t total() const;

@@ -53,7 +53,7 @@ void gpu_free(void *device) { CUDA_OK(cudaFree(device)); }
 
 void gpu_sync(void) { CUDA_OK(cudaDeviceSynchronize()); }
 
-size_t dtype_bytes(rkv_dtype dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
+size_t dtype_bytes(rkv_dtype dtype) { return test_dtype_bytes(dtype); }
 
 
 static rkv_cache_params params_of(const rkv_cache *cache) {
@@ -160,6 +160,11 @@ test_snapshot gpu_seq_snapshot(const rkv_cache *cache, int32_t seq) {
             append_bytes(&b, (const char *)view.k + (size_t)h * view.stride_head * element, rows, device);
             append_bytes(&b, (const char *)view.v + (size_t)h * view.stride_head * element, rows, device);
             append_bytes(&b, view.positions + (size_t)h * view.positions_stride_head, (size_t)view.length * 4, device);
+            if (view.k_scale) { /* FP8: the scales of the rows */
+                const size_t scales = (size_t)view.length * 4, first = (size_t)h * view.scale_stride_head;
+                append_bytes(&b, view.k_scale + first, scales, device);
+                append_bytes(&b, view.v_scale + first, scales, device);
+            }
         }
     }
     int32_t budget = -1;

@@ -3,9 +3,10 @@
  *     sequences with prompts of different lengths, R-KV with automatic
  *     compression, f32 storage, on both backends: identical held positions per
  *     head, and identical K/V bytes, at the end (and at checkpoints on the way);
- *   - rkv_attend against a float64 reference computed from the view, for every
- *     storage dtype, q/out dtype, head dim (64, 128, 256 and 32), GQA, and
- *     sequences of different lengths (some compressed). */
+ *   - rkv_attend against a float64 reference computed from the view (FP8:
+ *     fp8 * scale), for every storage dtype, q/out dtype, head dim (64, 128, 256
+ *     and 32), GQA, and sequences of different lengths (some compressed);
+ *     test_gpu_attend.c covers every length, group size and plan. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +140,14 @@ static void attend_case(rkv_dtype storage, rkv_dtype io, int32_t dim, double tol
         void *k = malloc(kv_bytes), *v = malloc(kv_bytes);
         gpu_download(k, view.k, kv_bytes);
         gpu_download(v, view.v, kv_bytes);
+        float k_scale[KV * 64], v_scale[KV * 64]; /* FP8: value = fp8 * scale (capacity 60) */
+        for (int i = 0; i < KV * 64; ++i) k_scale[i] = v_scale[i] = 1.0f;
+        if (view.k_scale) {
+            for (int h = 0; h < KV; ++h) {
+                gpu_download(k_scale + h * 64, view.k_scale + h * view.scale_stride_head, (size_t)view.length * 4);
+                gpu_download(v_scale + h * 64, view.v_scale + h * view.scale_stride_head, (size_t)view.length * 4);
+            }
+        }
         for (int h = 0; h < QH; ++h) {
             const int kvh = h / (QH / KV);
             double *weights = malloc(sizeof(double) * (size_t)view.length), max_logit = -INFINITY, sum = 0;
@@ -146,7 +155,8 @@ static void attend_case(rkv_dtype storage, rkv_dtype io, int32_t dim, double tol
                 double dot = 0;
                 for (int e = 0; e < dim; ++e)
                     dot += (double)element_as_float(qh, io, (size_t)(i * stride_seq + h * dim + e)) *
-                           element_as_float(k, storage, (size_t)(kvh * view.stride_head + t * view.stride_token + e));
+                           element_as_float(k, storage, (size_t)(kvh * view.stride_head + t * view.stride_token + e)) *
+                           k_scale[kvh * 64 + t];
                 weights[t] = dot / sqrt((double)dim);
                 max_logit = fmax(max_logit, weights[t]);
             }
@@ -154,7 +164,7 @@ static void attend_case(rkv_dtype storage, rkv_dtype io, int32_t dim, double tol
             for (int e = 0; e < dim; ++e) {
                 double want = 0;
                 for (int t = 0; t < view.length; ++t)
-                    want += weights[t] / sum *
+                    want += weights[t] / sum * v_scale[kvh * 64 + t] *
                             element_as_float(v, storage, (size_t)(kvh * view.stride_head + t * view.stride_token + e));
                 const double got = element_as_float(oh, io, (size_t)(i * stride_seq + h * dim + e));
                 if (isnan(got)) fail_msg("storage %d io %d d %d: NaN (unwritten?) at seq %d head %d dim %d", storage, io, dim, i, h, e);
@@ -179,10 +189,10 @@ static void attend_case(rkv_dtype storage, rkv_dtype io, int32_t dim, double tol
 
 static void test_attend_matches_float64(void **state) {
     (void)state;
-    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
+    const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
     const int32_t dims[] = {64, 128, 256, 32};
     for (int d = 0; d < (gpu_small() >= 2 ? 1 : gpu_small() ? 2 : 4); ++d)
-        for (int s = 0; s < 3; ++s) {
+        for (int s = 0; s < 4; ++s) {
             attend_case(dtypes[s], RKV_DTYPE_F32, dims[d], 1e-5);
             attend_case(dtypes[s], RKV_DTYPE_F16, dims[d], 2e-3);
             attend_case(dtypes[s], RKV_DTYPE_BF16, dims[d], 1e-2);

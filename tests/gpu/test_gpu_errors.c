@@ -5,7 +5,12 @@
  *   - shapes the kernels do not serve, a device that does not exist: statuses
  *     at create (and from the size query);
  *   - FULL on CUDA stops at max_len with CAPACITY;
- *   - the bytes a CUDA cache reports are the bytes rkv_cache_size predicted. */
+ *   - the bytes a CUDA cache reports are the bytes rkv_cache_size predicted
+ *     (every storage dtype, FP8 with its scales);
+ *   - FP8 storage: an FP8 input tensor is rejected at append and attend, every
+ *     method creates (this GPU has FP8; a GPU without it is refused at create,
+ *     tests/test_fp8.cpp);
+ *   - attention plans the kernels do not serve: statuses, nothing changed. */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,10 +142,12 @@ static void test_full_stops_at_max_len(void **state) {
 
 static void test_bytes_allocated_match_the_size_query(void **state) {
     (void)state;
+    for (int dtype = RKV_DTYPE_F32; dtype <= RKV_DTYPE_FP8_E4M3; ++dtype)
     for (int m = RKV_METHOD_RKV; m <= RKV_METHOD_FULL; ++m)
         for (int mode = 0; mode < 2; ++mode) {
             rkv_cache_params p = cuda_params((rkv_method)m);
             p.mode = (rkv_mode)mode;
+            p.dtype = (rkv_dtype)dtype;
             uint64_t predicted = 0;
             ASSERT_OK(rkv_cache_size(&p, &predicted));
             size_t free_before = 0, free_after = 0, total = 0;
@@ -159,6 +166,85 @@ static void test_bytes_allocated_match_the_size_query(void **state) {
         }
 }
 
+/* FP8 caches: inputs must be F32, F16 or BF16; the views expose the scales. */
+static void test_fp8_inputs_and_views(void **state) {
+    (void)state;
+    rkv_cache_params p = cuda_params(RKV_METHOD_RKV);
+    p.dtype = RKV_DTYPE_FP8_E4M3;
+    rkv_cache *cache = test_create(&p);
+    int32_t seq = 0, tokens = 3;
+    float x[3 * 4 * 64];
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; ++i) x[i] = (float)(i % 13) - 6.0f;
+    ASSERT_OK(gpu_test_append(cache, 0, 1, &seq, &tokens, x, x, x, RKV_DTYPE_BF16, 0));
+    void *bytes = gpu_alloc(sizeof x);
+    rkv_append_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.num_seqs = 1;
+    a.seq_ids = &seq;
+    const rkv_tensor t8 = {bytes, RKV_DTYPE_FP8_E4M3, 2, 64, 2 * 64, 0, 64, 0};
+    a.k = t8;
+    a.v = t8;
+    a.v.dtype = RKV_DTYPE_BF16;
+    ASSERT_STATUS(rkv_append(cache, &a, NULL), RKV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(rkv_error_message(), "storage dtype only"));
+    assert_length(cache, 0, 0, 3);
+    const rkv_tensor q8 = {bytes, RKV_DTYPE_FP8_E4M3, 4, 64, 4 * 64, 0, 64, 0};
+    rkv_tensor out = q8;
+    out.dtype = RKV_DTYPE_BF16;
+    ASSERT_STATUS(test_attend(cache, 0, 1, &seq, &q8, &out, 0.0f, NULL), RKV_ERR_UNSUPPORTED);
+    rkv_seq_view view;
+    memset(&view, 0, sizeof view);
+    view.struct_size = sizeof view;
+    ASSERT_OK(rkv_view(cache, 0, 0, &view));
+    assert_int_equal(view.dtype, RKV_DTYPE_FP8_E4M3);
+    assert_non_null(view.k_scale);
+    assert_non_null(view.v_scale);
+    float scales[3];
+    gpu_download(scales, view.k_scale, sizeof scales);
+    for (int i = 0; i < 3; ++i) assert_true(scales[i] == 1.0f / 64.0f); /* max |x| 6: 6 <= 448 / 64 */
+    gpu_free(bytes);
+    rkv_cache_destroy(cache);
+    for (int m = RKV_METHOD_RKV; m <= RKV_METHOD_FULL; ++m) {
+        p = cuda_params((rkv_method)m);
+        p.dtype = RKV_DTYPE_FP8_E4M3;
+        cache = test_create(&p);
+        rkv_cache_destroy(cache);
+    }
+}
+
+/* rkv_cache_set_attend_plan: values out of range, and plans the kernels do
+ * not serve (the narrow shape above 4 query heads per KV head or for head_dim
+ * 32; splits for head_dim 32); the plan in force stays. */
+static void test_attend_plan_errors(void **state) {
+    (void)state;
+    rkv_cache_params p = cuda_params(RKV_METHOD_FULL);
+    rkv_cache *cache = test_create(&p);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, -1, RKV_ATTEND_AUTO), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 1025, RKV_ATTEND_AUTO), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, (rkv_attend_variant)3), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 1024, RKV_ATTEND_NARROW));
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_AUTO));
+    rkv_cache_destroy(cache);
+    p.num_q_heads = 2 * 8; /* 8 query heads per KV head */
+    cache = test_create(&p);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_NARROW), RKV_ERR_UNSUPPORTED);
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 5, RKV_ATTEND_WIDE));
+    rkv_cache_destroy(cache);
+    p = cuda_params(RKV_METHOD_FULL);
+    p.head_dim = 32;
+    cache = test_create(&p);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 2, RKV_ATTEND_AUTO), RKV_ERR_UNSUPPORTED);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_NARROW), RKV_ERR_UNSUPPORTED);
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 1, RKV_ATTEND_AUTO));
+    rkv_cache_destroy(cache);
+    p.device_type = RKV_DEVICE_CPU;
+    cache = test_create(&p);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 2, RKV_ATTEND_AUTO), RKV_ERR_UNSUPPORTED);
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_AUTO));
+    rkv_cache_destroy(cache);
+}
+
 int main(void) {
     GPU_SKIP_WITHOUT_DEVICE();
     const struct CMUnitTest tests[] = {
@@ -167,6 +253,8 @@ int main(void) {
         cmocka_unit_test(test_unsupported_shapes_and_devices),
         cmocka_unit_test(test_full_stops_at_max_len),
         cmocka_unit_test(test_bytes_allocated_match_the_size_query),
+        cmocka_unit_test(test_fp8_inputs_and_views),
+        cmocka_unit_test(test_attend_plan_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

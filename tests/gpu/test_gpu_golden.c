@@ -6,9 +6,9 @@
  *     tie-aware sets; StreamingLLM exact; multi-step kept_rounds exact, order
  *     included, with explicit compressions and with automatic ones during
  *     decode; every held slot carries the K and V of its position.
- *   - bf16 storage, both matrix-product paths: CUDA against the CPU backend on
- *     the same bf16 keys (the golden values belong to float32 keys), kept sets
- *     identical except near ties (TIE_TOLERANCE). */
+ *   - bf16 and FP8 E4M3 storage, both matrix-product paths: CUDA against the
+ *     CPU backend on the same stored keys (the golden values belong to float32
+ *     keys), kept sets identical except near ties (TIE_TOLERANCE). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,11 +77,10 @@ static void test_every_golden_case_f32(void **state) {
     assert_int_equal(single + multi, num_cases);
 }
 
-/* bf16 storage: the CUDA backend (each path that applies to a case: FUSED and
- * WGMMA need head_dim 64, 128 or 256, WGMMA a GPU of compute capability 9.0)
- * against the CPU on the same keys. */
-static void test_golden_cases_bf16_against_cpu(void **state) {
-    (void)state;
+/* bf16 and FP8 storage: the CUDA backend (each path that applies to a case:
+ * FUSED and WGMMA need head_dim 64, 128 or 256, WGMMA a GPU of compute
+ * capability 9.0) against the CPU on the same keys. */
+static void golden_cases_against_cpu(rkv_dtype dtype, const char *name) {
     kept_compare kc = {0};
     int runs[RKV_MATMUL_WGMMA + 1] = {0};
     for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA; ++path)
@@ -89,7 +88,7 @@ static void test_golden_cases_bf16_against_cpu(void **state) {
             const golden_case *c = &cases[i];
             if (c->multistep || !c->compressed) continue;
             const int32_t n = c->cache_len;
-            rkv_cache_params p = golden_params(c, RKV_MODE_REFERENCE, RKV_DTYPE_BF16, n);
+            rkv_cache_params p = golden_params(c, RKV_MODE_REFERENCE, dtype, n);
             twin t = twin_create(&p);
             if (path != RKV_MATMUL_AUTO) {
                 const rkv_status status = rkv_cache_set_matmul_path(t.gpu, (rkv_matmul_path)path);
@@ -111,7 +110,7 @@ static void test_golden_cases_bf16_against_cpu(void **state) {
             ASSERT_OK(rkv_compress(t.cpu, 0, 0, NULL));
             ASSERT_OK(rkv_compress(t.gpu, 0, 0, NULL));
             char what[160];
-            snprintf(what, sizeof what, "%.64s bf16 path %d", c->name, path);
+            snprintf(what, sizeof what, "%.64s %s path %d", c->name, name, path);
             compare_kept(&t, &before, &kc, what);
             snapshot_free(&before);
             twin_destroy(&t);
@@ -119,11 +118,21 @@ static void test_golden_cases_bf16_against_cpu(void **state) {
             npy_free(&k);
             npy_free(&q);
         }
-    print_message("golden cases in bf16, CUDA vs CPU: %d heads, %d identical, %d near ties, %d mismatches (cases "
+    print_message("golden cases in %s, CUDA vs CPU: %d heads, %d identical, %d near ties, %d mismatches (cases "
                   "run: auto %d, cublaslt %d, fused %d, wgmma %d)\n",
-                  kc.heads, kc.identical, kc.near_ties, kc.mismatches, runs[0], runs[1], runs[2], runs[3]);
+                  name, kc.heads, kc.identical, kc.near_ties, kc.mismatches, runs[0], runs[1], runs[2], runs[3]);
     assert_int_equal(kc.mismatches, 0);
     assert_int_equal(kc.order_errors, 0);
+}
+
+static void test_golden_cases_bf16_against_cpu(void **state) {
+    (void)state;
+    golden_cases_against_cpu(RKV_DTYPE_BF16, "bf16");
+}
+
+static void test_golden_cases_fp8_against_cpu(void **state) {
+    (void)state;
+    golden_cases_against_cpu(RKV_DTYPE_FP8_E4M3, "fp8_e4m3");
 }
 
 int main(void) {
@@ -131,6 +140,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_golden_case_f32),
         cmocka_unit_test(test_golden_cases_bf16_against_cpu),
+        cmocka_unit_test(test_golden_cases_fp8_against_cpu),
     };
     return cmocka_run_group_tests(tests, load_manifest, NULL);
 }

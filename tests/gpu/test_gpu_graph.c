@@ -164,6 +164,22 @@ static void assert_same_caches(rkv_cache *a, rkv_cache *b, rkv_dtype storage, co
         }
         free(ka);
         free(kb);
+        if (va.k_scale) { /* FP8: the scales too */
+            const size_t scale_bytes = (size_t)SEQS * (size_t)va.scale_stride_seq * 4;
+            float *sa = malloc(scale_bytes), *sb = malloc(scale_bytes);
+            for (int kv = 0; kv < 2; ++kv) {
+                gpu_download(sa, kv ? va.v_scale : va.k_scale, scale_bytes);
+                gpu_download(sb, kv ? vb.v_scale : vb.k_scale, scale_bytes);
+                for (int32_t s = 0; s < SEQS; ++s)
+                    for (int32_t h = 0; h < KV; ++h) {
+                        const size_t at = (size_t)(s * va.scale_stride_seq + h * va.scale_stride_head);
+                        if (memcmp(sa + at, sb + at, (size_t)la[s] * 4) != 0)
+                            fail_msg("%s: seq %d layer %d head %d: %s scales differ", when, s, layer, h, kv ? "V" : "K");
+                    }
+            }
+            free(sa);
+            free(sb);
+        }
     }
 }
 
@@ -188,7 +204,8 @@ static void graph_matches_eager(rkv_method method, rkv_dtype storage, rkv_matmul
     }
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    step_buffers b = buffers_create(storage);
+    const rkv_dtype io = storage == RKV_DTYPE_FP8_E4M3 ? RKV_DTYPE_BF16 : storage; /* FP8 is a storage dtype only */
+    step_buffers b = buffers_create(io);
     uint64_t rng = 99;
     /* Prompts of different lengths (one compresses chunk by chunk), eagerly,
      * into both; then every sequence is compressed to the budget, so that all
@@ -205,8 +222,8 @@ static void graph_matches_eager(rkv_method method, rkv_dtype storage, rkv_matmul
         test_fill_normal(k, (size_t)total * KV * DIM, &prompt_rng);
         test_fill_normal(v, (size_t)total * KV * DIM, &prompt_rng);
         test_fill_normal(q, (size_t)total * QH * DIM, &prompt_rng);
-        ASSERT_OK(gpu_test_append(eager, layer, SEQS, ids, prompt, k, v, q, storage, 0));
-        ASSERT_OK(gpu_test_append(graphed, layer, SEQS, ids, prompt, k, v, q, storage, 0));
+        ASSERT_OK(gpu_test_append(eager, layer, SEQS, ids, prompt, k, v, q, io, 0));
+        ASSERT_OK(gpu_test_append(graphed, layer, SEQS, ids, prompt, k, v, q, io, 0));
         free(k);
         free(v);
         free(q);
@@ -287,6 +304,7 @@ static void test_graphs_match_eager(void **state) {
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_CUBLASLT);
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_FUSED);
     if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_WGMMA);
+    graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_FP8_E4M3, RKV_MATMUL_AUTO);
     if (gpu_small()) return;
     if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_SNAPKV, RKV_DTYPE_F16, RKV_MATMUL_WGMMA);
     graph_matches_eager(RKV_METHOD_H2O, RKV_DTYPE_F32, RKV_MATMUL_AUTO);

@@ -1,14 +1,16 @@
-/* CUDA against the CPU oracle on random caches: every method x storage dtype x
- * head dim (64, 128, 256, and 32 through the generic kernels) x mode, for every
- * matrix-product path where they differ (R-KV and SnapKV on f16/bf16 with a
- * fused head dim: AUTO, CUBLASLT, FUSED, and WGMMA on compute capability 9.0). Three sequences of different
+/* CUDA against the CPU oracle on random caches: every method x storage dtype
+ * (FP8 E4M3 included) x head dim (64, 128, 256, and 32 through the generic
+ * kernels) x mode, for every matrix-product path where they differ (R-KV and
+ * SnapKV on f16/bf16/FP8 with a fused head dim: AUTO, CUBLASLT, FUSED, and
+ * WGMMA on compute capability 9.0). Three sequences of different
  * lengths (one prompt longer than the capacity), two layers, GQA; decode one
  * token at a time and compress whenever due, comparing after every compression:
  *   - kept tokens per head: identical (same set, same slots), except where two
  *     candidates' CPU scores differ by less than TIE_TOLERANCE of the largest
  *     (counted and printed; required to be none for f32 storage);
  *   - the scores rkv_seq_scores reports, within 1e-4 of the largest;
- *   - the held K and V bytes, and the device lengths of the layer view. */
+ *   - the held K and V bytes (FP8: and their scales, quantised bit for bit as
+ *     the CPU does), and the device lengths of the layer view. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,10 +23,11 @@ enum { SEQS = 3, LAYERS = 2, KV_HEADS = 2, Q_HEADS = 8, BUDGET = 48, BUFFER = 16
 #define SCORE_TOLERANCE 1e-4
 
 static const char *method_names[] = {"rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"};
-static const char *dtype_names[] = {"f32", "f16", "bf16"};
+static const char *dtype_names[] = {"f32", "f16", "bf16", "fp8_e4m3"};
+enum { DTYPES = 4 };
 
 typedef struct totals {
-    kept_compare kept[3]; /* per storage dtype */
+    kept_compare kept[DTYPES]; /* per storage dtype */
     int configs;
     int per_path[4];      /* configurations run on each rkv_matmul_path */
     int wgmma_unsupported; /* WGMMA configurations this GPU cannot run */
@@ -91,14 +94,24 @@ static void compare_rows(const twin *t, const char *what) {
             for (int32_t h = 0; h < p->num_kv_heads; ++h) {
                 const size_t at = (size_t)h * (size_t)gpu.stride_head * element;
                 const size_t held = (size_t)gpu.length * (size_t)p->head_dim * element;
-                if (memcmp(k + at, (const unsigned char *)cpu.k + at, held) != 0 ||
-                    memcmp(v + at, (const unsigned char *)cpu.v + at, held) != 0) {
+                int same = memcmp(k + at, (const unsigned char *)cpu.k + at, held) == 0 &&
+                           memcmp(v + at, (const unsigned char *)cpu.v + at, held) == 0;
+                if (p->dtype == RKV_DTYPE_FP8_E4M3) { /* and the scales, bit for bit */
+                    assert_non_null(gpu.k_scale);
+                    float ks[256], vs[256];
+                    gpu_download(ks, gpu.k_scale + h * gpu.scale_stride_head, (size_t)gpu.length * 4);
+                    gpu_download(vs, gpu.v_scale + h * gpu.scale_stride_head, (size_t)gpu.length * 4);
+                    same = same && memcmp(ks, cpu.k_scale + h * cpu.scale_stride_head, (size_t)gpu.length * 4) == 0 &&
+                           memcmp(vs, cpu.v_scale + h * cpu.scale_stride_head, (size_t)gpu.length * 4) == 0;
+                }
+                if (!same) {
                     /* Rows differ only if the kept sets differ (counted elsewhere). */
                     int32_t a[256], b[256];
                     const int32_t n = kept_positions(t->cpu, s, l, h, a, 256);
                     kept_positions(t->gpu, s, l, h, b, 256);
                     if (memcmp(a, b, sizeof(int32_t) * (size_t)n) == 0)
-                        fail_msg("%s: seq %d layer %d head %d: same positions, different K/V bytes", what, s, l, h);
+                        fail_msg("%s: seq %d layer %d head %d: same positions, different K/V bytes (or scales)", what, s,
+                                 l, h);
                 }
             }
             free(k);
@@ -180,8 +193,9 @@ static void run_config(rkv_method method, rkv_dtype dtype, int32_t head_dim, rkv
             test_fill_normal(k, kv, &rng);
             test_fill_normal(v, kv, &rng);
             test_fill_normal(q, qn, &rng);
-            /* alternate the input dtype: conversion and same-dtype (vector) copies */
-            const rkv_dtype io = step % 2 ? dtype : RKV_DTYPE_F32;
+            /* alternate the input dtype: conversion and same-dtype (vector) copies
+             * (an FP8 cache takes bf16 inputs: FP8 is a storage dtype only) */
+            const rkv_dtype io = step % 2 ? (dtype == RKV_DTYPE_FP8_E4M3 ? RKV_DTYPE_BF16 : dtype) : RKV_DTYPE_F32;
             twin_append(&t, layer, SEQS, seqs, NULL, k, v, q, io, 0, RKV_OK);
         }
     }
@@ -204,20 +218,22 @@ static void test_every_method_dtype_head_dim(void **state) {
     const int num_dims = gpu_small() ? 2 : 4;
     uint64_t seed = 1;
     for (int m = RKV_METHOD_RKV; m <= RKV_METHOD_FULL; ++m)
-        for (int dt = 0; dt < 3; ++dt)
+        for (int dt = 0; dt < DTYPES; ++dt)
             for (int di = 0; di < num_dims; ++di)
                 for (int mode = 0; mode < 2; ++mode) {
                     if (gpu_small() && dt == 1 && m != RKV_METHOD_RKV) continue;
                     if (gpu_small() >= 2 && (di > 0 || mode == 1) && m != RKV_METHOD_RKV) continue;
                     run_config((rkv_method)m, (rkv_dtype)dt, dims[di], (rkv_mode)mode, RKV_MATMUL_AUTO, seed++);
-                    /* R-KV and SnapKV on f16/bf16 with a fused head dim: every path explicitly. */
-                    const int fused = dt != 0 && (dims[di] == 64 || dims[di] == 128 || dims[di] == 256);
+                    /* R-KV and SnapKV on f16/bf16/FP8 with a fused head dim: every path
+                     * explicitly (FP8's scoring reads the bf16 copy of its keys). */
+                    const int fused =
+                        dt != RKV_DTYPE_F32 && (dims[di] == 64 || dims[di] == 128 || dims[di] == 256);
                     if ((m == RKV_METHOD_RKV || m == RKV_METHOD_SNAPKV) && fused)
                         for (int path = RKV_MATMUL_CUBLASLT; path <= RKV_MATMUL_WGMMA; ++path)
                             run_config((rkv_method)m, (rkv_dtype)dt, dims[di], (rkv_mode)mode, (rkv_matmul_path)path,
                                        seed++);
                 }
-    for (int dt = 0; dt < 3; ++dt) {
+    for (int dt = 0; dt < DTYPES; ++dt) {
         const kept_compare *kc = &all.kept[dt];
         print_message("%s storage: %d head comparisons: %d identical, %d near ties (< %.0e of the largest "
                       "score), %d mismatches, %d order errors\n",
@@ -232,12 +248,13 @@ static void test_every_method_dtype_head_dim(void **state) {
                   all.wgmma_unsupported, all.worst_score_error);
     assert_int_equal(all.kept[RKV_DTYPE_F32].near_ties, 0); /* f32 storage: identical kept sets */
     /* Near ties are rare: under 1% of the head comparisons. */
-    for (int dt = 1; dt < 3; ++dt) assert_true(all.kept[dt].near_ties * 100 <= all.kept[dt].heads);
+    for (int dt = 1; dt < DTYPES; ++dt) assert_true(all.kept[dt].near_ties * 100 <= all.kept[dt].heads);
 }
 
 /* More (sequence, layer) jobs than one group holds (64): 20 sequences x 4
  * layers, all full, compress in two groups (the second of mixed layers and
- * sequences) on every path; CUDA keeps the CPU's tokens. */
+ * sequences) on every path, in bf16 and FP8 storage (each job's layer of K, V,
+ * scales and queries); CUDA keeps the CPU's tokens. */
 static void test_jobs_in_several_groups(void **state) {
     (void)state;
     enum { MANY_SEQS = 20, MANY_LAYERS = 4 };
@@ -248,10 +265,11 @@ static void test_jobs_in_several_groups(void **state) {
     }
     kept_compare kc = {0};
     int paths = 0;
-    for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA; ++path) {
+    for (int run = 0; run < 2 * (RKV_MATMUL_WGMMA + 1); ++run) {
+        const int path = run % (RKV_MATMUL_WGMMA + 1);
         rkv_cache_params p = test_params(MANY_SEQS, MANY_LAYERS, KV_HEADS, Q_HEADS, 64, RKV_METHOD_RKV, BUDGET,
                                          BUFFER, WINDOW);
-        p.dtype = RKV_DTYPE_BF16;
+        p.dtype = run <= RKV_MATMUL_WGMMA ? RKV_DTYPE_BF16 : RKV_DTYPE_FP8_E4M3;
         p.auto_compress = 0;
         p.threshold = 0.3f;
         twin t = twin_create(&p);
@@ -263,7 +281,7 @@ static void test_jobs_in_several_groups(void **state) {
             }
             ASSERT_OK(status);
         }
-        uint64_t rng = 77 + (uint64_t)path;
+        uint64_t rng = 77 + (uint64_t)run;
         twin_append_random(&t, MANY_SEQS, seqs, prompt, &rng, 0);
         int32_t due = 0;
         ASSERT_OK(rkv_compress_due(t.gpu, RKV_ALL, RKV_ALL, &due));
@@ -272,13 +290,14 @@ static void test_jobs_in_several_groups(void **state) {
         ASSERT_OK(rkv_compress(t.cpu, RKV_ALL, RKV_ALL, NULL));
         ASSERT_OK(rkv_compress(t.gpu, RKV_ALL, RKV_ALL, NULL));
         char what[64];
-        snprintf(what, sizeof what, "%d jobs in groups, path %d", MANY_SEQS * MANY_LAYERS, path);
+        snprintf(what, sizeof what, "%d jobs in groups, %s, path %d", MANY_SEQS * MANY_LAYERS,
+                 dtype_names[p.dtype], path);
         compare_kept(&t, &before, &kc, what);
         snapshot_free(&before);
         twin_destroy(&t);
         paths++;
     }
-    print_message("%d jobs per compression in groups of at most 64, %d paths: %d head comparisons, %d identical, "
+    print_message("%d jobs per compression in groups of at most 64, %d runs (dtype, path): %d head comparisons, %d identical, "
                   "%d near ties, %d mismatches, %d order errors\n",
                   MANY_SEQS * MANY_LAYERS, paths, kc.heads, kc.identical, kc.near_ties, kc.mismatches, kc.order_errors);
     assert_int_equal(kc.mismatches, 0);

@@ -1,8 +1,8 @@
 /* Rollback, fork and per-request budgets on the CUDA backend:
  *   - on the device, drafts rolled back leave the cache bit for bit as a cache
- *     that never saw them (K, V, positions, lengths, every score), every
- *     method, bf16 and f32 storage, through many compressions (the rollback,
- *     H2O-commit and copy kernels);
+ *     that never saw them (K, V, FP8 scales, positions, lengths, every score),
+ *     every method, f32, bf16 and FP8 storage, through many compressions (the
+ *     rollback, H2O-commit and copy kernels);
  *   - against the CPU oracle (twin caches fed the same calls): the same
  *     lengths, rollback limits and budgets after every step, and the same kept
  *     tokens after every compression (near ties of bf16 storage explained by
@@ -24,7 +24,9 @@ enum { ROLLBACK = 6, STEPS = 60 };
 
 static const char *method_names[] = {"rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"};
 
-static kept_compare g_kept[3];
+static const char *dtype_names[] = {"f32", "f16", "bf16", "fp8_e4m3"};
+
+static kept_compare g_kept[4];
 
 static rkv_cache_params sequence_params(rkv_method method, rkv_dtype dtype, rkv_device_type device) {
     rkv_cache_params p = test_params(SEQS, LAYERS, KV, QH, DIM, method, BUDGET, BUFFER, WINDOW);
@@ -114,7 +116,8 @@ static int compress_due(twin *t, rkv_cache *clean, rkv_dtype dtype, int diverged
  * own; sequence 1 is forked from 0 midway. */
 static void run_method(rkv_method method, rkv_dtype dtype) {
     char what[96];
-    snprintf(what, sizeof what, "%s %s", method_names[method], dtype == RKV_DTYPE_F32 ? "f32" : "bf16");
+    snprintf(what, sizeof what, "%s %s", method_names[method], dtype_names[dtype]);
+    const rkv_dtype io = dtype == RKV_DTYPE_FP8_E4M3 ? RKV_DTYPE_BF16 : dtype; /* FP8 is storage only */
     rkv_cache_params p = sequence_params(method, dtype, RKV_DEVICE_CUDA);
     twin t = twin_create(&p);
     rkv_cache *clean = test_create(&p);
@@ -127,9 +130,9 @@ static void run_method(rkv_method method, rkv_dtype dtype) {
     const int32_t starts[2] = {0, 2}; /* 1 is forked later */
     for (int i = 0; i < 2; ++i) {
         const int32_t s = starts[i];
-        ASSERT_OK(gpu_stream_append(t.cpu, s, 0, 0, 6 + s, dtype, RKV_APPEND_PROMPT));
-        ASSERT_OK(gpu_stream_append(t.gpu, s, 0, 0, 6 + s, dtype, RKV_APPEND_PROMPT));
-        ASSERT_OK(gpu_stream_append(clean, s, 0, 0, 6 + s, dtype, RKV_APPEND_PROMPT));
+        ASSERT_OK(gpu_stream_append(t.cpu, s, 0, 0, 6 + s, io, RKV_APPEND_PROMPT));
+        ASSERT_OK(gpu_stream_append(t.gpu, s, 0, 0, 6 + s, io, RKV_APPEND_PROMPT));
+        ASSERT_OK(gpu_stream_append(clean, s, 0, 0, 6 + s, io, RKV_APPEND_PROMPT));
     }
     uint64_t rng = 17 + (uint64_t)method * 3 + (uint64_t)dtype;
     int diverged = 0, forked = 0, rolled_back = 0;
@@ -152,8 +155,8 @@ static void run_method(rkv_method method, rkv_dtype dtype) {
             const int32_t fill = method == RKV_METHOD_FULL ? p.max_len : (s == 2 ? SMALL : BUDGET) + BUFFER;
             const int32_t drafts = 1 + (int32_t)(test_rng_next(&rng) % 4);
             if (held_of(t.gpu, s) + drafts + 1 <= fill && test_rng_next(&rng) % 2) {
-                ASSERT_OK(gpu_stream_append(t.cpu, s, 100 + (uint64_t)step, position, drafts, dtype, 0));
-                ASSERT_OK(gpu_stream_append(t.gpu, s, 100 + (uint64_t)step, position, drafts, dtype, 0));
+                ASSERT_OK(gpu_stream_append(t.cpu, s, 100 + (uint64_t)step, position, drafts, io, 0));
+                ASSERT_OK(gpu_stream_append(t.gpu, s, 100 + (uint64_t)step, position, drafts, io, 0));
                 const int32_t limit = limit_of(t.gpu, s);
                 if (limit < drafts) fail_msg("%s: %d drafts, but the limit is %d", what, drafts, limit);
                 ASSERT_OK(rkv_seq_truncate(t.cpu, s, drafts, NULL));
@@ -161,9 +164,9 @@ static void run_method(rkv_method method, rkv_dtype dtype) {
                 rolled_back += drafts;
             }
             if (held_of(t.gpu, s) + 1 > fill) continue; /* due: compressed next step */
-            ASSERT_OK(gpu_stream_append(t.cpu, s, 0, position, 1, dtype, 0));
-            ASSERT_OK(gpu_stream_append(t.gpu, s, 0, position, 1, dtype, 0));
-            ASSERT_OK(gpu_stream_append(clean, s, 0, position, 1, dtype, 0));
+            ASSERT_OK(gpu_stream_append(t.cpu, s, 0, position, 1, io, 0));
+            ASSERT_OK(gpu_stream_append(t.gpu, s, 0, position, 1, io, 0));
+            ASSERT_OK(gpu_stream_append(clean, s, 0, position, 1, io, 0));
         }
         for (int32_t s = 0; s < SEQS; ++s) {
             if (s == 1 && !forked) continue;
@@ -180,11 +183,11 @@ static void run_method(rkv_method method, rkv_dtype dtype) {
         rkv_cache_params own_params = p;
         own_params.budget = SMALL;
         rkv_cache *own = test_create(&own_params);
-        ASSERT_OK(gpu_stream_append(own, 2, 0, 0, 8, dtype, RKV_APPEND_PROMPT));
+        ASSERT_OK(gpu_stream_append(own, 2, 0, 0, 8, io, RKV_APPEND_PROMPT));
         int64_t position = 8;
         rkv_cache *fresh = test_create(&p);
         ASSERT_OK(rkv_seq_set_budget(fresh, 2, SMALL));
-        ASSERT_OK(gpu_stream_append(fresh, 2, 0, 0, 8, dtype, RKV_APPEND_PROMPT));
+        ASSERT_OK(gpu_stream_append(fresh, 2, 0, 0, 8, io, RKV_APPEND_PROMPT));
         for (int32_t step = 0; step < 40; ++step) {
             int32_t due = 0;
             ASSERT_OK(rkv_compress_due(own, 2, RKV_ALL, &due));
@@ -192,8 +195,8 @@ static void run_method(rkv_method method, rkv_dtype dtype) {
                 ASSERT_OK(rkv_compress(own, 2, RKV_ALL, NULL));
                 ASSERT_OK(rkv_compress(fresh, 2, RKV_ALL, NULL));
             }
-            ASSERT_OK(gpu_stream_append(own, 2, 0, position, 1, dtype, 0));
-            ASSERT_OK(gpu_stream_append(fresh, 2, 0, position, 1, dtype, 0));
+            ASSERT_OK(gpu_stream_append(own, 2, 0, position, 1, io, 0));
+            ASSERT_OK(gpu_stream_append(fresh, 2, 0, position, 1, io, 0));
             position += 1;
         }
         gpu_assert_same_sequence(fresh, 2, own, 2, "a budget of its own against a cache of that budget");
@@ -209,12 +212,13 @@ static void test_sequences_every_method(void **state) {
     for (int m = RKV_METHOD_RKV; m <= RKV_METHOD_FULL; ++m) {
         run_method((rkv_method)m, RKV_DTYPE_F32);
         if (!gpu_small()) run_method((rkv_method)m, RKV_DTYPE_BF16);
+        if (!gpu_small()) run_method((rkv_method)m, RKV_DTYPE_FP8_E4M3);
     }
-    const rkv_dtype dtypes[2] = {RKV_DTYPE_F32, RKV_DTYPE_BF16};
-    for (int i = 0; i < 2; ++i) {
+    const rkv_dtype dtypes[3] = {RKV_DTYPE_F32, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
+    for (int i = 0; i < 3; ++i) {
         const kept_compare *kc = &g_kept[dtypes[i]];
         print_message("%s storage: %d head comparisons: %d identical, %d near ties, %d mismatches, %d order errors\n",
-                      i ? "bf16" : "f32", kc->heads, kc->identical, kc->near_ties, kc->mismatches, kc->order_errors);
+                      dtype_names[dtypes[i]], kc->heads, kc->identical, kc->near_ties, kc->mismatches, kc->order_errors);
         assert_int_equal(kc->mismatches, 0);
         assert_int_equal(kc->order_errors, 0);
     }
