@@ -5,7 +5,9 @@
 #   tools/gpu_check.sh               build (build-gpu/), then run the GPU tests, the
 #                                    benchmarks (rkv_bench_gpu: every path, and the
 #                                    phase profile of a compression; the PyTorch
-#                                    comparison), and the GPU tests under
+#                                    comparison of the compression; bench_attend.py:
+#                                    rkv_attend against torch's SDPA on the same K/V,
+#                                    bf16 and FP8), and the GPU tests under
 #                                    compute-sanitizer (memcheck and racecheck,
 #                                    smaller sizes)
 # Options:
@@ -14,8 +16,15 @@
 #                     machine: put its libraries on LD_LIBRARY_PATH); no cmake
 #   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
 #   --no-tests, --no-sanitizer, --no-bench, --no-torch      skip a part
-#   --batches LIST    benchmark batches (default 1,8,64,256)
+#   --tests LIST      GPU tests to run (default: all), e.g. test_gpu_attend,test_gpu_fp8
+#   --sanitizer-tests LIST   tests run under compute-sanitizer (default: all but the
+#                     ones that provoke device errors on purpose)
+#   --bench LIST      benchmarks: compress (rkv_bench_gpu), torch (torch_rkv.py),
+#                     attend (bench_attend.py); default compress,torch,attend
+#   --batches LIST    compression benchmark batches (default 1,8,64,256)
 #   --profile LIST    batches whose compression phases are timed (default 1,64; 0: none)
+#   --attend-cases LIST  attention cases BATCHxLENGTH (default 1x1152,8x1152,32x1152,
+#                     256x1152,32x16384)
 # Environment: RKV_GOLDEN_DIR (default tests/golden of the repository).
 # Exit status: 0 if every part that ran passed.
 #
@@ -34,6 +43,10 @@ run_bench=1
 run_torch=1
 batches=1,8,64,256
 profile=1,64
+tests="test_gpu_fp8,test_gpu_gram,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_errors,test_gpu_fault"
+sanitizer_tests="test_gpu_fp8,test_gpu_gram,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch"
+benches=compress,torch,attend
+attend_cases=1x1152,8x1152,32x1152,256x1152,32x16384
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build=$2; shift ;;
@@ -45,7 +58,11 @@ while [ $# -gt 0 ]; do
     --no-torch) run_torch=0 ;;
     --batches) batches=$2; shift ;;
     --profile) profile=$2; shift ;;
-    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--batches 1,8,64,256] [--profile 1,64]" >&2; exit 2 ;;
+    --tests) tests=$2; shift ;;
+    --sanitizer-tests) sanitizer_tests=$2; shift ;;
+    --bench) benches=$2; shift ;;
+    --attend-cases) attend_cases=$2; shift ;;
+    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--tests LIST] [--sanitizer-tests LIST] [--bench compress,torch,attend] [--batches 1,8,64,256] [--profile 1,64] [--attend-cases 1x1152,...]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -65,8 +82,9 @@ if [ "$prebuilt" = 0 ]; then
     cmake --build "$build" -j"$(nproc)" >"$logs/build.log" 2>&1 || { tail -n 40 "$logs/build.log"; echo "build failed"; exit 1; }
 fi
 
-tests=(test_gpu_gram test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch
-       test_gpu_errors test_gpu_fault)
+IFS=, read -r -a test_list <<<"$tests"
+IFS=, read -r -a sanitizer_list <<<"$sanitizer_tests"
+wants() { [[ ",$benches," == *",$1,"* ]]; }
 
 # run_one NAME LOG COMMAND...: runs, records pass/skip/fail with the time.
 run_one() {
@@ -84,9 +102,9 @@ run_one() {
 
 if [ "$run_tests" = 1 ]; then
   echo "== GPU tests"
-  for t in "${tests[@]}"; do
+  for t in "${test_list[@]}"; do
     run_one "$t" "$logs/$t.log" "$build/tests/gpu/$t"
-    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says|pairs:|wgmma|MISMATCH" "$logs/$t.log" | grep -v "^\[" | sed -n 1,16p
+    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says|pairs:|wgmma|MISMATCH|patterns|worst" "$logs/$t.log" | grep -v "^\[" | sed -n 1,16p
   done
   # The layer view read as FlashInfer and flash-attn read it (skips without torch).
   run_one test_view_layouts "$logs/test_view_layouts.log" python3 tests/gpu/test_view_layouts.py --lib "$build/librkv.so"
@@ -95,14 +113,23 @@ fi
 
 if [ "$run_bench" = 1 ]; then
   echo "== benchmarks"
-  "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
-  if [ "$run_torch" = 1 ] && python3 -c "import torch" 2>/dev/null; then
+  if wants compress; then
+    "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
+  fi
+  if wants attend && python3 -c "import torch" 2>/dev/null; then
+    python3 tools/bench_attend.py --lib "$build/librkv.so" --cases "$attend_cases" --json "$logs/attend.json" 2>&1 |
+      tee "$logs/attend.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  bench_attend.py"; status=1; }
+  elif wants attend; then
+    note "SKIP  attention benchmark (no torch)"
+  fi
+  if wants torch && [ "$run_torch" = 1 ] && python3 -c "import torch" 2>/dev/null; then
     python3 tools/torch_rkv.py check "$RKV_GOLDEN_DIR" 2>&1 | tee "$logs/torch_check.log"
     python3 tools/torch_rkv.py bench --batches "$batches" --json "$logs/torch.json" --rkv-json "$logs/bench.json" 2>&1 |
       tee "$logs/torch_bench.log"
     [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  torch_rkv.py bench"; status=1; }
-  else
+  elif wants torch; then
     note "SKIP  PyTorch comparison (--no-torch, or no torch)"
   fi
 fi
@@ -116,7 +143,7 @@ if [ "$run_sanitizer" = 1 ]; then
     # test_gpu_errors and test_gpu_fault provoke failures on purpose (an
     # out-of-memory cudaMalloc, a kernel fault): they are not run here.
     for tool in memcheck racecheck; do
-      for t in test_gpu_gram test_gpu_golden test_gpu_methods test_gpu_decode test_gpu_graph test_gpu_sequences test_gpu_batch; do
+      for t in "${sanitizer_list[@]}"; do
         [ "$tool" = racecheck ] && [ "$t" = test_gpu_golden ] && continue
         run_one "$tool $t" "$logs/${tool}_$t.log" env RKV_GPU_TEST_SMALL=$([ "$tool" = racecheck ] && echo 2 || echo 1) \
           "$sanitizer" --tool "$tool" --error-exitcode 3 "$build/tests/gpu/$t"
