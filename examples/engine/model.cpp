@@ -144,7 +144,7 @@ void Model::set_cache_shape(rkv_cache_params &params, int32_t max_seqs) const {
     params.num_kv_heads = config_.n_kv_heads;
     params.num_q_heads = config_.n_heads;
     params.head_dim = config_.head_dim;
-    params.dtype = RKV_DTYPE_F32;  // the prefill attention reads the view as float32
+    params.dtype = RKV_DTYPE_F32;
 }
 
 void Model::ensure_rows(int32_t rows, int32_t held) {
@@ -163,6 +163,10 @@ void Model::ensure_rows(int32_t rows, int32_t held) {
         s.pos.resize(size_t(rows));
     }
     if (size_t(s.max_rows) * size_t(held) > s.scores.size()) s.scores.resize(size_t(s.max_rows) * size_t(held));
+    if (size_t(held) * c.head_dim > s.held_k.size()) {
+        s.held_k.resize(size_t(held) * c.head_dim);
+        s.held_v.resize(size_t(held) * c.head_dim);
+    }
 }
 
 void Model::prefill(rkv_cache *cache, int32_t seq, const int32_t *tokens, int32_t n, float *logits,
@@ -292,6 +296,55 @@ void Model::forward_rows(rkv_cache *cache, Mode mode, const int32_t *seq_ids, co
     matmul(logits, s.xb.data(), w_.lm_head(), rows);
 }
 
+namespace {
+
+// One element of a view's storage as float: bf16 and f16 by their bits, FP8
+// E4M3 (before its row's scale) by the format's definition.
+float stored_value(const void *data, rkv_dtype dtype, int64_t index) {
+    switch (dtype) {
+        case RKV_DTYPE_F32: return static_cast<const float *>(data)[index];
+        case RKV_DTYPE_BF16: {
+            const uint32_t bits = uint32_t(static_cast<const uint16_t *>(data)[index]) << 16;
+            float x;
+            std::memcpy(&x, &bits, 4);
+            return x;
+        }
+        case RKV_DTYPE_F16: {
+            const uint16_t h = static_cast<const uint16_t *>(data)[index];
+            const int exponent = (h >> 10) & 31, mantissa = h & 1023;
+            const float magnitude = exponent == 0 ? std::ldexp(float(mantissa), -24)
+                                    : exponent == 31 ? (mantissa ? NAN : INFINITY)
+                                                     : std::ldexp(float(1024 + mantissa), exponent - 25);
+            return h & 0x8000 ? -magnitude : magnitude;
+        }
+        case RKV_DTYPE_FP8_E4M3: {
+            const uint8_t b = static_cast<const uint8_t *>(data)[index];
+            const int exponent = (b >> 3) & 15, mantissa = b & 7;
+            if (exponent == 15 && mantissa == 7) return NAN;
+            const float magnitude = exponent == 0 ? std::ldexp(float(mantissa), -9)
+                                                  : std::ldexp(float(8 + mantissa), exponent - 10);
+            return b & 0x80 ? -magnitude : magnitude;
+        }
+    }
+    return NAN;
+}
+
+// Rows [0, held) of one KV head of a view as float32 [held, head_dim] (FP8:
+// times the row's scale). A float32 view is read in place.
+const float *held_rows(const rkv_seq_view &view, const void *base, const float *scales, int32_t head, int32_t held,
+                       float *out) {
+    const int64_t d = view.head_dim;
+    if (view.dtype == RKV_DTYPE_F32) return static_cast<const float *>(base) + head * view.stride_head;
+    for (int32_t t = 0; t < held; ++t) {
+        const float scale = scales ? scales[head * view.scale_stride_head + t] : 1.0f;
+        for (int64_t e = 0; e < d; ++e)
+            out[t * d + e] = stored_value(base, view.dtype, head * view.stride_head + t * view.stride_token + e) * scale;
+    }
+    return out;
+}
+
+}  // namespace
+
 // Causal attention of the n tokens just appended to (seq, layer) over
 // everything the sequence holds there, read through rkv_view. Held tokens can
 // sit in any slot (compression reorders them), so causality is decided by the
@@ -309,14 +362,18 @@ void Model::attend_prefill(rkv_cache *cache, int32_t seq, int32_t layer, int32_t
     const float scale = 1.0f / std::sqrt(float(hd));
     float *scores = s.scores.data();  // [n, held] for one query head
 
+    const int ld = view.dtype == RKV_DTYPE_F32 ? int(view.stride_token) : hd;  // row stride of k and v below
+    const float *k = nullptr, *v = nullptr;
     for (int32_t h = 0; h < c.n_heads; ++h) {
         const int32_t g = h / group;  // the KV head this query head reads
-        const float *k = static_cast<const float *>(view.k) + g * view.stride_head;        // [held, hd]
-        const float *v = static_cast<const float *>(view.v) + g * view.stride_head;        // [held, hd]
+        if (h % group == 0) {         // [held, hd] each, as float
+            k = held_rows(view, view.k, view.k_scale, g, held, s.held_k.data());
+            v = held_rows(view, view.v, view.v_scale, g, held, s.held_v.data());
+        }
         const int32_t *positions = view.positions + g * view.positions_stride_head;         // [held]
         // scores = scale * Q_h K^T
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, held, hd, scale, &s.q[size_t(h) * hd], q_width,
-                    k, int(view.stride_token), 0.0f, scores, held);
+                    k, ld, 0.0f, scores, held);
         for (int32_t r = 0; r < n; ++r) {
             float *row = scores + size_t(r) * held;
             float max = -std::numeric_limits<float>::infinity();
@@ -329,8 +386,8 @@ void Model::attend_prefill(rkv_cache *cache, int32_t seq, int32_t layer, int32_t
             for (int32_t j = 0; j < held; ++j) row[j] /= sum;
         }
         // att_h = softmax(scores) V
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, held, 1.0f, scores, held, v,
-                    int(view.stride_token), 0.0f, &s.att[size_t(h) * hd], q_width);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, held, 1.0f, scores, held, v, ld, 0.0f,
+                    &s.att[size_t(h) * hd], q_width);
     }
 }
 

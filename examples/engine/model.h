@@ -77,6 +77,8 @@ struct RunState {
     std::vector<float> hb;       // [max_rows, hidden_dim]   gate, then SwiGLU
     std::vector<float> hb2;      // [max_rows, hidden_dim]   up
     std::vector<float> scores;   // [max_rows, max held tokens]  prefill attention of one head
+    std::vector<float> held_k;   // [max held tokens, head_dim]  one KV head's keys as float (the
+    std::vector<float> held_v;   // [max held tokens, head_dim]  cache stores bf16/f16/FP8)
     std::vector<int32_t> pos;    // [max_rows] position of each row's token
 };
 
@@ -87,7 +89,8 @@ class Model {
 
     const Config &config() const { return config_; }
 
-    // Fill rkv params with this model's shape (the method and budget are the caller's).
+    // Fill rkv params with this model's shape and float32 storage (the method,
+    // budget and another storage dtype are the caller's).
     void set_cache_shape(rkv_cache_params &params, int32_t max_seqs) const;
 
     // Run n consecutive tokens of sequence `seq` (continuing what the cache

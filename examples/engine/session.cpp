@@ -91,6 +91,7 @@ rkv_cache *create_cache(const Model &model, const CacheOptions &o) {
     p.guards = o.guards;
     p.max_prompt_len = o.max_prompt_len;
     p.seed = o.seed;
+    p.dtype = o.dtype;
     rkv_cache *cache = nullptr;
     const rkv_status status = rkv_cache_create(&p, &cache);
     if (status != RKV_OK)

@@ -41,6 +41,7 @@ struct CacheOptions {
     uint32_t guards = 0;      // RKV_GUARD_*
     int32_t max_prompt_len = 0;
     uint64_t seed = 0;
+    rkv_dtype dtype = RKV_DTYPE_F32;  // storage of K and V
 };
 // Create a cache shaped for the model. Throws with librkv's message on error.
 rkv_cache *create_cache(const Model &model, const CacheOptions &options);

@@ -20,7 +20,7 @@
 //    the last number).
 //
 //   rkv_eval [--out DIR] [--traces N] [--trace-tokens L] [--budgets 64,128,256,512]
-//            [--methods rkv,snapkv,h2o,streamingllm,keydiff,random] [--gsm N]
+//            [--methods rkv,snapkv,h2o,streamingllm,keydiff,random] [--dtypes f32,bf16,fp8] [--gsm N]
 //            [--gsm-tokens T] [--gsm-budgets 64,128] [--model PATH] [--data DIR]
 //            [--skip-replay] [--skip-gsm]
 // Data: --data, else $RKV_DATA_DIR, else the repository's examples/engine/eval/data.
@@ -29,6 +29,7 @@
 // gsm8k_generations.txt, results.md, kept_<method>_b<budget>.html.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -40,6 +41,7 @@
 #include <vector>
 
 #include "answers.h"
+#include "fp8_scales.h"
 #include "gguf.h"
 #include "jsonl.h"
 #include "kept_html.h"
@@ -64,10 +66,34 @@ struct Options {
     std::vector<int32_t> budgets = {64, 128, 256, 512};
     std::vector<rkv_method> methods = {RKV_METHOD_RKV,          RKV_METHOD_SNAPKV,  RKV_METHOD_H2O,
                                        RKV_METHOD_STREAMINGLLM, RKV_METHOD_KEYDIFF, RKV_METHOD_RANDOM};
+    // Storage of K/V in the replay (the Full reference stays f32). Any dtype
+    // other than f32 also gets a Full cache of that dtype: what storing in it
+    // alone costs, on the same tokens.
+    std::vector<rkv_dtype> dtypes = {RKV_DTYPE_F32};
     int32_t gsm = 8, gsm_tokens = 256;
     std::vector<int32_t> gsm_budgets = {64, 128};
     bool replay = true, generation = true;
+    bool fp8_scales = false;  // --fp8-scales: the scale-granularity study instead
 };
+
+const char *dtype_label(rkv_dtype dtype) {
+    switch (dtype) {
+        case RKV_DTYPE_F32: return "f32";
+        case RKV_DTYPE_F16: return "f16";
+        case RKV_DTYPE_BF16: return "bf16";
+        case RKV_DTYPE_FP8_E4M3: return "fp8";
+    }
+    return "?";
+}
+
+bool parse_dtype(const std::string &name, rkv_dtype *dtype) {
+    for (rkv_dtype d : {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3})
+        if (name == dtype_label(d)) {
+            *dtype = d;
+            return true;
+        }
+    return false;
+}
 
 // Teacher-forced comparison with Full, summed over scored tokens.
 struct Totals {
@@ -79,8 +105,14 @@ struct Totals {
 struct Setting {
     rkv_method method;
     int32_t budget, buffer;
+    rkv_dtype dtype;
     rkv_cache *cache = nullptr;
     Totals trace, all;  // this trace, every trace
+
+    // "rkv", or "rkv/fp8" for another storage dtype than f32.
+    std::string label() const {
+        return std::string(kMethodNames[method]) + (dtype == RKV_DTYPE_F32 ? "" : std::string("/") + dtype_label(dtype));
+    }
 };
 
 int32_t buffer_for(int32_t budget) { return std::min(128, budget); }
@@ -109,21 +141,36 @@ std::vector<int32_t> parse_ints(const std::string &list) {
 // --------------------------------------------------------------------------
 // 1. Teacher-forced replay
 
-void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofstream &md) {
-    const Config &c = model.config();
-    const int32_t vocab = c.vocab_size;
-    std::vector<Record> traces = read_jsonl(o.data + "/r1_distill_math_traces.jsonl");
-    // Correct traces, alternating between the two models (records 0-9 are
-    // Qwen-14B's correct ones, 20-29 Llama-8B's).
+// The traces the replay reads: correct ones, alternating between the two
+// models (records 0-9 are Qwen-14B's correct ones, 20-29 Llama-8B's).
+std::vector<size_t> chosen_traces(const Options &o) {
     std::vector<size_t> chosen;
     for (size_t k = 0; int32_t(chosen.size()) < o.traces && k < 10; ++k) {
         chosen.push_back(k);
         if (int32_t(chosen.size()) < o.traces) chosen.push_back(20 + k);
     }
+    return chosen;
+}
+
+std::vector<int32_t> trace_tokens(const Tokenizer &tokenizer, const Record &r, const Options &o) {
+    std::vector<int32_t> tokens = tokenizer.encode(r.at("prompt") + r.at("cot"));
+    if (int32_t(tokens.size()) > o.trace_tokens) tokens.resize(size_t(o.trace_tokens));
+    return tokens;
+}
+
+void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofstream &md) {
+    const Config &c = model.config();
+    const int32_t vocab = c.vocab_size;
+    std::vector<Record> traces = read_jsonl(o.data + "/r1_distill_math_traces.jsonl");
+    const std::vector<size_t> chosen = chosen_traces(o);
 
     std::vector<Setting> settings;
-    for (rkv_method m : o.methods)
-        for (int32_t b : o.budgets) settings.push_back({m, b, buffer_for(b)});
+    for (rkv_dtype dtype : o.dtypes)
+        for (rkv_method m : o.methods)
+            for (int32_t b : o.budgets) settings.push_back({m, b, buffer_for(b), dtype});
+    for (rkv_dtype dtype : o.dtypes)  // Full in another dtype, scored on each budget's tokens
+        if (dtype != RKV_DTYPE_F32)
+            for (int32_t b : o.budgets) settings.push_back({RKV_METHOD_FULL, b, buffer_for(b), dtype});
     const int32_t kept_budget = o.budgets.size() > 1 ? o.budgets[1] : o.budgets[0];  // pages for this budget
 
     std::ofstream per_trace(o.out + "/teacher_forced_per_trace.csv");
@@ -136,8 +183,7 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
 
     for (size_t t = 0; t < chosen.size(); ++t) {
         const Record &r = traces.at(chosen[t]);
-        std::vector<int32_t> tokens = tokenizer.encode(r.at("prompt") + r.at("cot"));
-        if (int32_t(tokens.size()) > o.trace_tokens) tokens.resize(size_t(o.trace_tokens));
+        const std::vector<int32_t> tokens = trace_tokens(tokenizer, r, o);
         const int32_t n = int32_t(tokens.size());
         std::fprintf(stderr, "replay %zu/%zu: %s problem %s, %d tokens, %zu settings\n", t + 1, chosen.size(),
                      r.at("model").c_str(), r.at("problem_id").c_str(), n, settings.size());
@@ -152,6 +198,8 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
             so.budget = s.budget;
             so.buffer = s.buffer;
             so.seed = 1234;
+            so.dtype = s.dtype;
+            so.max_len = n;  // FULL
             s.cache = create_cache(model, so);
             s.trace = Totals();
         }
@@ -189,10 +237,10 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
                 all.agree += tt.agree;
             const double k = std::max<int64_t>(tt.tokens, 1);
             per_trace << chosen[t] << "," << r.at("model") << "," << r.at("problem_id") << "," << n << ","
-                      << kMethodNames[s.method] << "," << s.budget << "," << s.buffer << "," << tt.tokens << ","
+                      << s.label() << "," << s.budget << "," << s.buffer << "," << tt.tokens << ","
                       << tt.nll_full / k << "," << tt.nll / k << "," << (tt.nll - tt.nll_full) / k << ","
                       << double(tt.agree) / k << "," << tt.kl / k << "\n";
-            if (t == 0 && s.budget == kept_budget) {
+            if (t == 0 && s.budget == kept_budget && s.method != RKV_METHOD_FULL && s.dtype == o.dtypes[0]) {
                 const std::vector<int32_t> kept = kept_counts(s.cache, 0, n);
                 const std::string path = o.out + "/kept_" + kMethodNames[s.method] + "_b" +
                                          std::to_string(s.budget) + ".html";
@@ -218,7 +266,7 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
     for (const Setting &s : settings) {
         const Totals &a = s.all;
         const double k = std::max<int64_t>(a.tokens, 1);
-        csv << kMethodNames[s.method] << "," << s.budget << "," << s.buffer << "," << a.tokens << ","
+        csv << s.label() << "," << s.budget << "," << s.buffer << "," << a.tokens << ","
             << a.nll_full / k << "," << a.nll / k << "," << (a.nll - a.nll_full) / k << ","
             << double(a.agree) / k << "," << a.kl / k << "\n";
     }
@@ -248,10 +296,13 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
         md << "\n| --- |";
         for (size_t i = 0; i < o.budgets.size(); ++i) md << " ---: |";
         md << "\n";
-        for (rkv_method method : o.methods) {
-            md << "| " << kMethodNames[method] << " |";
+        std::vector<std::string> rows;  // method (and dtype) labels, in the settings' order
+        for (const Setting &s : settings)
+            if (std::find(rows.begin(), rows.end(), s.label()) == rows.end()) rows.push_back(s.label());
+        for (const std::string &row : rows) {
+            md << "| " << row << " |";
             for (const Setting &s : settings) {
-                if (s.method != method) continue;
+                if (s.label() != row) continue;
                 char cell[32];
                 std::snprintf(cell, sizeof cell, m.format, m.value(s.all));
                 md << " " << cell << " |";
@@ -262,10 +313,10 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
     }
     md << "Tokens scored per budget (summed over traces):";
     for (const Setting &s : settings)
-        if (s.method == o.methods[0]) md << " " << s.budget << ": " << s.all.tokens << ";";
+        if (s.method == o.methods[0] && s.dtype == o.dtypes[0]) md << " " << s.budget << ": " << s.all.tokens << ";";
     md << " Full's own loss on them:";
     for (const Setting &s : settings)
-        if (s.method == o.methods[0])
+        if (s.method == o.methods[0] && s.dtype == o.dtypes[0])
             md << " " << s.budget << ": "
                << std::to_string(s.all.nll_full / double(std::max<int64_t>(s.all.tokens, 1))).substr(0, 5) << ";";
     md << "\n\n";
@@ -440,6 +491,19 @@ int main(int argc, char **argv) {
         else if (arg == "--gsm-tokens") o.gsm_tokens = std::atoi(value().c_str());
         else if (arg == "--gsm-budgets") o.gsm_budgets = parse_ints(value());
         else if (arg == "--skip-replay") o.replay = false;
+        else if (arg == "--fp8-scales") o.fp8_scales = true;
+        else if (arg == "--dtypes") {
+            o.dtypes.clear();
+            std::stringstream s(value());
+            for (std::string name; std::getline(s, name, ',');) {
+                rkv_dtype d;
+                if (!parse_dtype(name, &d)) {
+                    std::fprintf(stderr, "unknown storage dtype '%s' (f32, f16, bf16, fp8)\n", name.c_str());
+                    return 2;
+                }
+                o.dtypes.push_back(d);
+            }
+        }
         else if (arg == "--skip-gsm") o.generation = false;
         else if (arg == "--methods") {
             o.methods.clear();
@@ -454,8 +518,8 @@ int main(int argc, char **argv) {
             }
         } else {
             std::fprintf(stderr, "usage: %s [--out DIR] [--traces N] [--trace-tokens L] [--budgets LIST] "
-                                 "[--methods LIST] [--gsm N] [--gsm-tokens T] [--gsm-budgets LIST] [--model PATH] "
-                                 "[--data DIR] [--skip-replay] [--skip-gsm]\n", argv[0]);
+                                 "[--methods LIST] [--dtypes f32,bf16,fp8] [--gsm N] [--gsm-tokens T] [--gsm-budgets LIST] [--model PATH] "
+                                 "[--data DIR] [--skip-replay] [--skip-gsm] [--fp8-scales]\n", argv[0]);
             return 2;
         }
     }
@@ -475,6 +539,13 @@ int main(int argc, char **argv) {
         for (int i = 1; i < argc; ++i) md << " " << argv[i];
         md << "` (librkv " << rkv_version_string() << ").\n\n";
         const auto t0 = std::chrono::steady_clock::now();
+        if (o.fp8_scales) {
+            const std::vector<Record> records = read_jsonl(o.data + "/r1_distill_math_traces.jsonl");
+            std::vector<std::vector<int32_t>> traces;
+            for (size_t index : chosen_traces(o)) traces.push_back(trace_tokens(tokenizer, records.at(index), o));
+            fp8_scale_study(model, traces, md);
+            o.replay = o.generation = false;
+        }
         if (o.replay) replay(model, tokenizer, o, md);
         if (o.generation) gsm8k(model, tokenizer, o, md);
         md << "Total time " << int(seconds_since(t0)) << " s on this machine.\n";
