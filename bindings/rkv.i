@@ -153,6 +153,8 @@ RKV_PY_ADDRESS(const int64_t *)
 RKV_PY_ADDRESS(int32_t *positions)
 RKV_PY_ADDRESS(int32_t *out)
 RKV_PY_ADDRESS(float *out)
+RKV_PY_ADDRESS(float *k_scale)
+RKV_PY_ADDRESS(float *v_scale)
 
 /* Outputs: hidden from Python's arguments, returned instead. */
 %define RKV_PY_OUTPUT(TYPE, NAME, TO_PYTHON)

@@ -52,12 +52,18 @@ var (
 	F32  = DType(capi.RKV_DTYPE_F32)
 	F16  = DType(capi.RKV_DTYPE_F16)
 	BF16 = DType(capi.RKV_DTYPE_BF16)
+	// FP8E4M3 is a storage dtype only: E4M3 bytes with one float32 scale per
+	// (token, head); a value is fp8 * scale (SeqView.KeysFP8, SeqView.KeyScales).
+	FP8E4M3 = DType(capi.RKV_DTYPE_FP8_E4M3)
 )
 
 // size is the bytes of one element.
 func (d DType) size() int64 {
-	if d == F32 {
+	switch d {
+	case F32:
 		return 4
+	case FP8E4M3:
+		return 1
 	}
 	return 2
 }

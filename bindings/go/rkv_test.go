@@ -225,6 +225,41 @@ func TestParamsAndBF16(t *testing.T) {
 	}
 }
 
+func TestFP8Storage(t *testing.T) {
+	p := params()
+	p.DType = rkv.FP8E4M3
+	cache := newCache(t, p)
+	k := data(heads*dim, 21)
+	for i := range k {
+		k[i] *= 5
+	}
+	kt := rkv.HostF32(k, heads, dim, rkv.Decode)
+	if err := cache.Append(rkv.Append{SeqIDs: []int32{1}, K: kt, V: kt}); err != nil {
+		t.Fatal(err)
+	}
+	view, _ := cache.View(1, 0)
+	bytes, err := view.KeysFP8(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scales, err := view.KeyScales(1)
+	if err != nil || len(scales) != 1 {
+		t.Fatalf("scales %v %v", scales, err)
+	}
+	if frac, _ := math.Frexp(float64(scales[0])); frac != 0.5 {
+		t.Fatalf("scale %v is not a power of two", scales[0])
+	}
+	for e := 0; e < dim; e++ {
+		want, got := k[dim+e], rkv.FP8Value(bytes[e])*scales[0]
+		if math.Abs(float64(got-want)) > math.Abs(float64(want))/16+1e-3 {
+			t.Fatalf("element %d: %v, want %v", e, got, want)
+		}
+	}
+	if _, err := view.KeysBits(0); err == nil {
+		t.Fatal("KeysBits on FP8 storage succeeded")
+	}
+}
+
 func TestAttend(t *testing.T) {
 	cache := newCache(t, params())
 	k, v := data(heads*7*dim, 11), data(heads*7*dim, 12)

@@ -90,319 +90,344 @@ typedef long long swig_type_57;
 typedef long long swig_type_58;
 typedef long long swig_type_59;
 typedef long long swig_type_60;
-extern void _wrap_Swig_free_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_Swig_malloc_capi_31fb065127705af5(swig_intgo arg1);
-extern int _wrap_rkv_go_failure_status_get_capi_31fb065127705af5(uintptr_t arg1);
-extern swig_type_1 _wrap_rkv_go_failure_message_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_delete_rkv_go_failure_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_go_append_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2, swig_voidp arg3, swig_voidp arg4, swig_voidp arg5, swig_voidp arg6, swig_voidp arg7, swig_voidp arg8, uintptr_t arg9);
-extern uintptr_t _wrap_rkv_go_attend_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2, swig_voidp arg3, swig_voidp arg4, swig_voidp arg5, uintptr_t arg6);
-extern uintptr_t _wrap_rkv_go_batch_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2, int arg3, uintptr_t arg4);
-extern swig_intgo _wrap_RKV_VERSION_NUMBER_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_rkv_version_number_capi_31fb065127705af5(void);
-extern swig_type_2 _wrap_rkv_version_string_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_OK_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_UNSUPPORTED_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_CAPACITY_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_BAD_STATE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_OVERFLOW_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_DEVICE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_FAULTED_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ERR_INTERNAL_capi_31fb065127705af5(void);
-extern swig_type_3 _wrap_rkv_status_name_capi_31fb065127705af5(swig_intgo arg1);
-extern swig_intgo _wrap_RKV_DTYPE_F32_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_DTYPE_F16_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_DTYPE_BF16_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_DEVICE_CPU_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_DEVICE_CUDA_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_RKV_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_SNAPKV_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_H2O_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_KEYDIFF_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_RANDOM_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_METHOD_FULL_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_MODE_POSITION_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_MODE_REFERENCE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_POOLING_MAX_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_POOLING_MEAN_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_GUARD_SINK_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_GUARD_PROMPT_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_ALL_capi_31fb065127705af5(void);
-extern void _wrap_rkv_cache_params_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_4 arg2);
-extern swig_type_5 _wrap_rkv_cache_params_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_max_seqs_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_max_seqs_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_num_layers_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_num_layers_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_num_kv_heads_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_num_kv_heads_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_num_q_heads_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_num_q_heads_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_head_dim_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_head_dim_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_dtype_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_cache_params_dtype_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_device_type_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_cache_params_device_type_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_device_id_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_device_id_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_method_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_cache_params_method_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_mode_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_cache_params_mode_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_budget_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_budget_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_buffer_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_buffer_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_window_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_window_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_kernel_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_kernel_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_lambda_set_capi_31fb065127705af5(uintptr_t arg1, float arg2);
-extern float _wrap_rkv_cache_params_lambda_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_threshold_set_capi_31fb065127705af5(uintptr_t arg1, float arg2);
-extern float _wrap_rkv_cache_params_threshold_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_pooling_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_cache_params_pooling_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_sink_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_sink_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_guards_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_guards_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_max_prompt_len_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_max_prompt_len_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_max_len_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_max_len_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_seed_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_6 arg2);
-extern swig_type_7 _wrap_rkv_cache_params_seed_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_auto_compress_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_auto_compress_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_max_rollback_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_max_rollback_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_cache_params_reserved_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_cache_params_reserved_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_cache_params_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_cache_params_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_params_default_capi_31fb065127705af5(uintptr_t arg1, swig_type_8 arg2);
-extern swig_intgo _wrap_RKV_PARAM_MAX_SEQS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_HEAD_DIM_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_DTYPE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_DEVICE_ID_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_METHOD_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_MODE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_BUDGET_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_BUFFER_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_WINDOW_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_KERNEL_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_LAMBDA_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_THRESHOLD_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_POOLING_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_SINK_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_GUARDS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_MAX_LEN_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_SEED_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_31fb065127705af5(void);
-extern uintptr_t _wrap_rkv_params_bounds_capi_31fb065127705af5(swig_intgo arg1, swig_voidp arg2, swig_voidp arg3);
-extern uintptr_t _wrap_rkv_params_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2, double arg3);
-extern uintptr_t _wrap_rkv_params_get_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2, swig_voidp arg3);
-extern uintptr_t _wrap_rkv_cache_size_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern uintptr_t _wrap_rkv_cache_create_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern void _wrap_rkv_cache_destroy_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_cache_get_params_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_cache_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2, double arg3);
-extern uintptr_t _wrap_rkv_cache_get_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2, swig_voidp arg3);
-extern uintptr_t _wrap_rkv_seq_reset_capi_31fb065127705af5(uintptr_t arg1, int arg2, uintptr_t arg3);
-extern uintptr_t _wrap_rkv_seq_truncate_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
-extern uintptr_t _wrap_rkv_seq_rollback_limit_capi_31fb065127705af5(uintptr_t arg1, int arg2, swig_voidp arg3);
-extern uintptr_t _wrap_rkv_seq_copy_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
-extern uintptr_t _wrap_rkv_seq_set_budget_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3);
-extern uintptr_t _wrap_rkv_seq_get_budget_capi_31fb065127705af5(uintptr_t arg1, int arg2, swig_voidp arg3);
-extern uintptr_t _wrap_rkv_seq_length_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, swig_voidp arg4, swig_voidp arg5);
-extern uintptr_t _wrap_rkv_seq_positions_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, int arg4, swig_voidp arg5, int arg6, swig_voidp arg7);
-extern void _wrap_rkv_tensor_data_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_tensor_data_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_dtype_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_tensor_dtype_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_num_heads_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_tensor_num_heads_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_head_dim_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_tensor_head_dim_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_stride_seq_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_9 arg2);
-extern swig_type_10 _wrap_rkv_tensor_stride_seq_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_stride_token_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_11 arg2);
-extern swig_type_12 _wrap_rkv_tensor_stride_token_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_stride_head_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_13 arg2);
-extern swig_type_14 _wrap_rkv_tensor_stride_head_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_tensor_extent_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_15 arg2);
-extern swig_type_16 _wrap_rkv_tensor_extent_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_tensor_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_tensor_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_batch_create_capi_31fb065127705af5(uintptr_t arg1, int arg2, swig_voidp arg3);
-extern void _wrap_rkv_batch_destroy_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_batch_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2, int arg3, uintptr_t arg4);
-extern uintptr_t _wrap_rkv_batch_advance_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern swig_intgo _wrap_RKV_APPEND_PROMPT_capi_31fb065127705af5(void);
-extern void _wrap_rkv_append_args_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_17 arg2);
-extern swig_type_18 _wrap_rkv_append_args_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_layer_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_append_args_layer_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_num_seqs_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_append_args_num_seqs_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_seq_ids_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_seq_ids_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_num_tokens_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_num_tokens_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_token_offsets_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_token_offsets_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_k_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_k_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_v_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_v_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_q_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_q_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_flags_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_append_args_flags_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_append_args_batch_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_append_args_batch_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_append_args_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_append_args_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_append_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2, uintptr_t arg3);
-extern uintptr_t _wrap_rkv_compress_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
-extern uintptr_t _wrap_rkv_compress_due_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, swig_voidp arg4);
-extern void _wrap_rkv_seq_view_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_19 arg2);
-extern swig_type_20 _wrap_rkv_seq_view_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_k_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_seq_view_k_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_v_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_seq_view_v_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_positions_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_seq_view_positions_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_dtype_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_seq_view_dtype_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_device_type_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_seq_view_device_type_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_device_id_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_seq_view_device_id_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_num_kv_heads_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_seq_view_num_kv_heads_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_head_dim_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_seq_view_head_dim_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_length_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_seq_view_length_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_logical_length_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_21 arg2);
-extern swig_type_22 _wrap_rkv_seq_view_logical_length_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_stride_head_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_23 arg2);
-extern swig_type_24 _wrap_rkv_seq_view_stride_head_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_stride_token_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_25 arg2);
-extern swig_type_26 _wrap_rkv_seq_view_stride_token_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_seq_view_positions_stride_head_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_27 arg2);
-extern swig_type_28 _wrap_rkv_seq_view_positions_stride_head_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_seq_view_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_seq_view_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_view_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
-extern void _wrap_rkv_layer_view_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_29 arg2);
-extern swig_type_30 _wrap_rkv_layer_view_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_k_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_layer_view_k_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_v_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_layer_view_v_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_positions_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_layer_view_positions_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_lengths_set_capi_31fb065127705af5(uintptr_t arg1, swig_voidp arg2);
-extern swig_voidp _wrap_rkv_layer_view_lengths_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_dtype_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_layer_view_dtype_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_device_type_set_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
-extern swig_intgo _wrap_rkv_layer_view_device_type_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_device_id_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_layer_view_device_id_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_max_seqs_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_layer_view_max_seqs_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_num_kv_heads_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_layer_view_num_kv_heads_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_head_dim_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_layer_view_head_dim_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_capacity_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_layer_view_capacity_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_stride_seq_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_31 arg2);
-extern swig_type_32 _wrap_rkv_layer_view_stride_seq_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_stride_head_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_33 arg2);
-extern swig_type_34 _wrap_rkv_layer_view_stride_head_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_stride_token_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_35 arg2);
-extern swig_type_36 _wrap_rkv_layer_view_stride_token_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_positions_stride_seq_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_37 arg2);
-extern swig_type_38 _wrap_rkv_layer_view_positions_stride_seq_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_layer_view_positions_stride_head_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_39 arg2);
-extern swig_type_40 _wrap_rkv_layer_view_positions_stride_head_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_layer_view_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_layer_view_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_view_layer_capi_31fb065127705af5(uintptr_t arg1, int arg2, uintptr_t arg3);
-extern void _wrap_rkv_stats_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_41 arg2);
-extern swig_type_42 _wrap_rkv_stats_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_bytes_allocated_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_43 arg2);
-extern swig_type_44 _wrap_rkv_stats_bytes_allocated_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_bytes_kv_capacity_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_45 arg2);
-extern swig_type_46 _wrap_rkv_stats_bytes_kv_capacity_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_bytes_kv_held_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_47 arg2);
-extern swig_type_48 _wrap_rkv_stats_bytes_kv_held_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_bytes_kv_full_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_49 arg2);
-extern swig_type_50 _wrap_rkv_stats_bytes_kv_full_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_tokens_appended_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_51 arg2);
-extern swig_type_52 _wrap_rkv_stats_tokens_appended_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_tokens_held_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_53 arg2);
-extern swig_type_54 _wrap_rkv_stats_tokens_held_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_tokens_evicted_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_55 arg2);
-extern swig_type_56 _wrap_rkv_stats_tokens_evicted_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_compressions_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_57 arg2);
-extern swig_type_58 _wrap_rkv_stats_compressions_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_stats_compress_seconds_set_capi_31fb065127705af5(uintptr_t arg1, double arg2);
-extern double _wrap_rkv_stats_compress_seconds_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_stats_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_stats_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_cache_stats_capi_31fb065127705af5(uintptr_t arg1, int arg2, uintptr_t arg3);
-extern void _wrap_rkv_attend_args_struct_size_set_capi_31fb065127705af5(uintptr_t arg1, swig_type_59 arg2);
-extern swig_type_60 _wrap_rkv_attend_args_struct_size_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_layer_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_attend_args_layer_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_num_seqs_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_attend_args_num_seqs_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_seq_ids_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_attend_args_seq_ids_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_batch_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_attend_args_batch_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_q_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_attend_args_q_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_out_set_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern uintptr_t _wrap_rkv_attend_args_out_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_scale_set_capi_31fb065127705af5(uintptr_t arg1, float arg2);
-extern float _wrap_rkv_attend_args_scale_get_capi_31fb065127705af5(uintptr_t arg1);
-extern void _wrap_rkv_attend_args_flags_set_capi_31fb065127705af5(uintptr_t arg1, int arg2);
-extern int _wrap_rkv_attend_args_flags_get_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_new_rkv_attend_args_capi_31fb065127705af5(void);
-extern void _wrap_delete_rkv_attend_args_capi_31fb065127705af5(uintptr_t arg1);
-extern uintptr_t _wrap_rkv_attend_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2, uintptr_t arg3);
-extern swig_intgo _wrap_RKV_SCORE_IMPORTANCE_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_SCORE_REDUNDANCY_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_SCORE_FINAL_capi_31fb065127705af5(void);
-extern uintptr_t _wrap_rkv_seq_scores_capi_31fb065127705af5(uintptr_t arg1, int arg2, int arg3, int arg4, swig_intgo arg5, swig_voidp arg6, int arg7, swig_voidp arg8);
-extern uintptr_t _wrap_rkv_cache_sync_lengths_capi_31fb065127705af5(uintptr_t arg1, uintptr_t arg2);
-extern swig_intgo _wrap_RKV_MATMUL_AUTO_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_MATMUL_CUBLASLT_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_MATMUL_FUSED_capi_31fb065127705af5(void);
-extern swig_intgo _wrap_RKV_MATMUL_WGMMA_capi_31fb065127705af5(void);
-extern uintptr_t _wrap_rkv_cache_set_matmul_path_capi_31fb065127705af5(uintptr_t arg1, swig_intgo arg2);
+typedef long long swig_type_61;
+typedef long long swig_type_62;
+typedef long long swig_type_63;
+typedef long long swig_type_64;
+typedef long long swig_type_65;
+typedef long long swig_type_66;
+extern void _wrap_Swig_free_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_Swig_malloc_capi_25cafcfc785c7526(swig_intgo arg1);
+extern int _wrap_rkv_go_failure_status_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern swig_type_1 _wrap_rkv_go_failure_message_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_delete_rkv_go_failure_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_go_append_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2, swig_voidp arg3, swig_voidp arg4, swig_voidp arg5, swig_voidp arg6, swig_voidp arg7, swig_voidp arg8, uintptr_t arg9);
+extern uintptr_t _wrap_rkv_go_attend_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2, swig_voidp arg3, swig_voidp arg4, swig_voidp arg5, uintptr_t arg6);
+extern uintptr_t _wrap_rkv_go_batch_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2, int arg3, uintptr_t arg4);
+extern swig_intgo _wrap_RKV_VERSION_NUMBER_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_rkv_version_number_capi_25cafcfc785c7526(void);
+extern swig_type_2 _wrap_rkv_version_string_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_OK_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_UNSUPPORTED_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_CAPACITY_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_BAD_STATE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_OVERFLOW_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_DEVICE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_FAULTED_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ERR_INTERNAL_capi_25cafcfc785c7526(void);
+extern swig_type_3 _wrap_rkv_status_name_capi_25cafcfc785c7526(swig_intgo arg1);
+extern swig_intgo _wrap_RKV_DTYPE_F32_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_DTYPE_F16_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_DTYPE_BF16_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_DTYPE_FP8_E4M3_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_DEVICE_CPU_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_DEVICE_CUDA_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_RKV_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_SNAPKV_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_H2O_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_KEYDIFF_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_RANDOM_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_METHOD_FULL_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MODE_POSITION_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MODE_REFERENCE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_POOLING_MAX_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_POOLING_MEAN_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_GUARD_SINK_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_GUARD_PROMPT_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ALL_capi_25cafcfc785c7526(void);
+extern void _wrap_rkv_cache_params_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_4 arg2);
+extern swig_type_5 _wrap_rkv_cache_params_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_max_seqs_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_max_seqs_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_num_layers_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_num_layers_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_num_kv_heads_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_num_kv_heads_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_num_q_heads_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_num_q_heads_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_head_dim_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_head_dim_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_dtype_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_cache_params_dtype_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_device_type_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_cache_params_device_type_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_device_id_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_device_id_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_method_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_cache_params_method_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_mode_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_cache_params_mode_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_budget_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_budget_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_buffer_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_buffer_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_window_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_window_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_kernel_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_kernel_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_lambda_set_capi_25cafcfc785c7526(uintptr_t arg1, float arg2);
+extern float _wrap_rkv_cache_params_lambda_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_threshold_set_capi_25cafcfc785c7526(uintptr_t arg1, float arg2);
+extern float _wrap_rkv_cache_params_threshold_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_pooling_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_cache_params_pooling_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_sink_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_sink_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_guards_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_guards_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_max_prompt_len_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_max_prompt_len_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_max_len_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_max_len_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_seed_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_6 arg2);
+extern swig_type_7 _wrap_rkv_cache_params_seed_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_auto_compress_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_auto_compress_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_max_rollback_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_max_rollback_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_cache_params_reserved_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_cache_params_reserved_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_cache_params_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_cache_params_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_params_default_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_8 arg2);
+extern swig_intgo _wrap_RKV_PARAM_MAX_SEQS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_HEAD_DIM_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_DTYPE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_DEVICE_ID_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_METHOD_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_MODE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_BUDGET_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_BUFFER_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_WINDOW_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_KERNEL_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_LAMBDA_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_THRESHOLD_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_POOLING_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_SINK_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_GUARDS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_MAX_LEN_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_SEED_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_25cafcfc785c7526(void);
+extern uintptr_t _wrap_rkv_params_bounds_capi_25cafcfc785c7526(swig_intgo arg1, swig_voidp arg2, swig_voidp arg3);
+extern uintptr_t _wrap_rkv_params_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2, double arg3);
+extern uintptr_t _wrap_rkv_params_get_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2, swig_voidp arg3);
+extern uintptr_t _wrap_rkv_cache_size_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern uintptr_t _wrap_rkv_cache_create_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern void _wrap_rkv_cache_destroy_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_cache_get_params_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_cache_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2, double arg3);
+extern uintptr_t _wrap_rkv_cache_get_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2, swig_voidp arg3);
+extern uintptr_t _wrap_rkv_seq_reset_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, uintptr_t arg3);
+extern uintptr_t _wrap_rkv_seq_truncate_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
+extern uintptr_t _wrap_rkv_seq_rollback_limit_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, swig_voidp arg3);
+extern uintptr_t _wrap_rkv_seq_copy_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
+extern uintptr_t _wrap_rkv_seq_set_budget_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3);
+extern uintptr_t _wrap_rkv_seq_get_budget_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, swig_voidp arg3);
+extern uintptr_t _wrap_rkv_seq_length_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, swig_voidp arg4, swig_voidp arg5);
+extern uintptr_t _wrap_rkv_seq_positions_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, int arg4, swig_voidp arg5, int arg6, swig_voidp arg7);
+extern void _wrap_rkv_tensor_data_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_tensor_data_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_dtype_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_tensor_dtype_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_num_heads_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_tensor_num_heads_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_head_dim_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_tensor_head_dim_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_stride_seq_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_9 arg2);
+extern swig_type_10 _wrap_rkv_tensor_stride_seq_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_stride_token_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_11 arg2);
+extern swig_type_12 _wrap_rkv_tensor_stride_token_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_13 arg2);
+extern swig_type_14 _wrap_rkv_tensor_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_tensor_extent_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_15 arg2);
+extern swig_type_16 _wrap_rkv_tensor_extent_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_tensor_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_tensor_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_batch_create_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, swig_voidp arg3);
+extern void _wrap_rkv_batch_destroy_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_batch_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2, int arg3, uintptr_t arg4);
+extern uintptr_t _wrap_rkv_batch_advance_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern swig_intgo _wrap_RKV_APPEND_PROMPT_capi_25cafcfc785c7526(void);
+extern void _wrap_rkv_append_args_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_17 arg2);
+extern swig_type_18 _wrap_rkv_append_args_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_layer_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_append_args_layer_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_num_seqs_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_append_args_num_seqs_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_seq_ids_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_seq_ids_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_num_tokens_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_num_tokens_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_token_offsets_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_token_offsets_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_k_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_k_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_v_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_v_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_q_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_q_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_flags_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_append_args_flags_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_append_args_batch_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_append_args_batch_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_append_args_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_append_args_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_append_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2, uintptr_t arg3);
+extern uintptr_t _wrap_rkv_compress_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
+extern uintptr_t _wrap_rkv_compress_due_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, swig_voidp arg4);
+extern void _wrap_rkv_seq_view_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_19 arg2);
+extern swig_type_20 _wrap_rkv_seq_view_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_k_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_seq_view_k_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_v_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_seq_view_v_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_positions_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_seq_view_positions_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_dtype_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_seq_view_dtype_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_device_type_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_seq_view_device_type_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_device_id_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_seq_view_device_id_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_num_kv_heads_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_seq_view_num_kv_heads_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_head_dim_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_seq_view_head_dim_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_length_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_seq_view_length_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_logical_length_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_21 arg2);
+extern swig_type_22 _wrap_rkv_seq_view_logical_length_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_23 arg2);
+extern swig_type_24 _wrap_rkv_seq_view_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_stride_token_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_25 arg2);
+extern swig_type_26 _wrap_rkv_seq_view_stride_token_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_positions_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_27 arg2);
+extern swig_type_28 _wrap_rkv_seq_view_positions_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_k_scale_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_seq_view_k_scale_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_v_scale_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_seq_view_v_scale_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_seq_view_scale_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_29 arg2);
+extern swig_type_30 _wrap_rkv_seq_view_scale_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_seq_view_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_seq_view_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_view_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, uintptr_t arg4);
+extern void _wrap_rkv_layer_view_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_31 arg2);
+extern swig_type_32 _wrap_rkv_layer_view_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_k_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_k_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_v_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_v_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_positions_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_positions_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_lengths_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_lengths_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_dtype_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_layer_view_dtype_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_device_type_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_rkv_layer_view_device_type_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_device_id_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_layer_view_device_id_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_max_seqs_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_layer_view_max_seqs_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_num_kv_heads_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_layer_view_num_kv_heads_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_head_dim_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_layer_view_head_dim_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_capacity_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_layer_view_capacity_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_stride_seq_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_33 arg2);
+extern swig_type_34 _wrap_rkv_layer_view_stride_seq_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_35 arg2);
+extern swig_type_36 _wrap_rkv_layer_view_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_stride_token_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_37 arg2);
+extern swig_type_38 _wrap_rkv_layer_view_stride_token_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_positions_stride_seq_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_39 arg2);
+extern swig_type_40 _wrap_rkv_layer_view_positions_stride_seq_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_positions_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_41 arg2);
+extern swig_type_42 _wrap_rkv_layer_view_positions_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_k_scale_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_k_scale_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_v_scale_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_voidp arg2);
+extern swig_voidp _wrap_rkv_layer_view_v_scale_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_scale_stride_seq_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_43 arg2);
+extern swig_type_44 _wrap_rkv_layer_view_scale_stride_seq_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_layer_view_scale_stride_head_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_45 arg2);
+extern swig_type_46 _wrap_rkv_layer_view_scale_stride_head_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_layer_view_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_layer_view_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_view_layer_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, uintptr_t arg3);
+extern void _wrap_rkv_stats_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_47 arg2);
+extern swig_type_48 _wrap_rkv_stats_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_bytes_allocated_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_49 arg2);
+extern swig_type_50 _wrap_rkv_stats_bytes_allocated_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_bytes_kv_capacity_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_51 arg2);
+extern swig_type_52 _wrap_rkv_stats_bytes_kv_capacity_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_bytes_kv_held_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_53 arg2);
+extern swig_type_54 _wrap_rkv_stats_bytes_kv_held_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_bytes_kv_full_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_55 arg2);
+extern swig_type_56 _wrap_rkv_stats_bytes_kv_full_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_tokens_appended_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_57 arg2);
+extern swig_type_58 _wrap_rkv_stats_tokens_appended_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_tokens_held_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_59 arg2);
+extern swig_type_60 _wrap_rkv_stats_tokens_held_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_tokens_evicted_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_61 arg2);
+extern swig_type_62 _wrap_rkv_stats_tokens_evicted_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_compressions_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_63 arg2);
+extern swig_type_64 _wrap_rkv_stats_compressions_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_stats_compress_seconds_set_capi_25cafcfc785c7526(uintptr_t arg1, double arg2);
+extern double _wrap_rkv_stats_compress_seconds_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_stats_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_stats_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_cache_stats_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, uintptr_t arg3);
+extern void _wrap_rkv_attend_args_struct_size_set_capi_25cafcfc785c7526(uintptr_t arg1, swig_type_65 arg2);
+extern swig_type_66 _wrap_rkv_attend_args_struct_size_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_layer_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_attend_args_layer_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_num_seqs_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_attend_args_num_seqs_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_seq_ids_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_attend_args_seq_ids_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_batch_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_attend_args_batch_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_q_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_attend_args_q_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_out_set_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern uintptr_t _wrap_rkv_attend_args_out_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_scale_set_capi_25cafcfc785c7526(uintptr_t arg1, float arg2);
+extern float _wrap_rkv_attend_args_scale_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern void _wrap_rkv_attend_args_flags_set_capi_25cafcfc785c7526(uintptr_t arg1, int arg2);
+extern int _wrap_rkv_attend_args_flags_get_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_new_rkv_attend_args_capi_25cafcfc785c7526(void);
+extern void _wrap_delete_rkv_attend_args_capi_25cafcfc785c7526(uintptr_t arg1);
+extern uintptr_t _wrap_rkv_attend_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2, uintptr_t arg3);
+extern swig_intgo _wrap_RKV_SCORE_IMPORTANCE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_SCORE_REDUNDANCY_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_SCORE_FINAL_capi_25cafcfc785c7526(void);
+extern uintptr_t _wrap_rkv_seq_scores_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, int arg3, int arg4, swig_intgo arg5, swig_voidp arg6, int arg7, swig_voidp arg8);
+extern uintptr_t _wrap_rkv_cache_sync_lengths_capi_25cafcfc785c7526(uintptr_t arg1, uintptr_t arg2);
+extern swig_intgo _wrap_RKV_MATMUL_AUTO_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MATMUL_CUBLASLT_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MATMUL_FUSED_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MATMUL_WGMMA_capi_25cafcfc785c7526(void);
+extern uintptr_t _wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
+extern swig_intgo _wrap_RKV_ATTEND_AUTO_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ATTEND_WIDE_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ATTEND_NARROW_capi_25cafcfc785c7526(void);
+extern uintptr_t _wrap_rkv_cache_set_attend_plan_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, swig_intgo arg3);
 #undef intgo
 */
 import "C"
@@ -437,13 +462,13 @@ type _ sync.Mutex
 
 func Swig_free(arg1 uintptr) {
 	_swig_i_0 := arg1
-	C._wrap_Swig_free_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_Swig_free_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 func Swig_malloc(arg1 int) (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_Swig_malloc_capi_31fb065127705af5(C.swig_intgo(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_Swig_malloc_capi_25cafcfc785c7526(C.swig_intgo(_swig_i_0)))
 	return swig_r
 }
 
@@ -459,14 +484,14 @@ func (p SwigcptrRkv_go_failure) SwigIsRkv_go_failure() {
 func (arg1 SwigcptrRkv_go_failure) GetStatus() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_go_failure_status_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_go_failure_status_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_go_failure) GetMessage() (_swig_ret string) {
 	var swig_r string
 	_swig_i_0 := arg1
-	swig_r_p := C._wrap_rkv_go_failure_message_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	swig_r_p := C._wrap_rkv_go_failure_message_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 	swig_r = *(*string)(unsafe.Pointer(&swig_r_p))
 	var swig_r_1 string
  swig_r_1 = strings.Clone(swig_r) 
@@ -475,7 +500,7 @@ func (arg1 SwigcptrRkv_go_failure) GetMessage() (_swig_ret string) {
 
 func DeleteRkv_go_failure(arg1 Rkv_go_failure) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_go_failure_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_go_failure_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_go_failure interface {
@@ -514,7 +539,7 @@ func Rkv_go_append(arg1 Struct_SS_rkv_cache, arg2 Rkv_append_args, arg3 *int32, 
 	_swig_i_6 := arg7
 	_swig_i_7 := arg8
 	_swig_i_8 := arg9
-	swig_r = (uintptr)(C._wrap_rkv_go_append_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.swig_voidp(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4), C.swig_voidp(_swig_i_5), C.swig_voidp(_swig_i_6), C.swig_voidp(_swig_i_7), C.uintptr_t(_swig_i_8)))
+	swig_r = (uintptr)(C._wrap_rkv_go_append_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.swig_voidp(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4), C.swig_voidp(_swig_i_5), C.swig_voidp(_swig_i_6), C.swig_voidp(_swig_i_7), C.uintptr_t(_swig_i_8)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -528,7 +553,7 @@ func Rkv_go_attend(arg1 Struct_SS_rkv_cache, arg2 Rkv_attend_args, arg3 *int32, 
 	_swig_i_3 := arg4
 	_swig_i_4 := arg5
 	_swig_i_5 := arg6
-	swig_r = (uintptr)(C._wrap_rkv_go_attend_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.swig_voidp(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4), C.uintptr_t(_swig_i_5)))
+	swig_r = (uintptr)(C._wrap_rkv_go_attend_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.swig_voidp(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4), C.uintptr_t(_swig_i_5)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -540,7 +565,7 @@ func Rkv_go_batch_set(arg1 Struct_SS_rkv_batch, arg2 *int32, arg3 int32, arg4 ui
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_go_batch_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_go_batch_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -551,20 +576,20 @@ const RKV_VERSION_MINOR int = 2
 const RKV_VERSION_PATCH int = 0
 func _swig_getRKV_VERSION_NUMBER() (_swig_ret int) {
 	var swig_r int
-	swig_r = (int)(C._wrap_RKV_VERSION_NUMBER_capi_31fb065127705af5())
+	swig_r = (int)(C._wrap_RKV_VERSION_NUMBER_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_VERSION_NUMBER int = _swig_getRKV_VERSION_NUMBER()
 func Rkv_version_number() (_swig_ret uint) {
 	var swig_r uint
-	swig_r = (uint)(C._wrap_rkv_version_number_capi_31fb065127705af5())
+	swig_r = (uint)(C._wrap_rkv_version_number_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 func Rkv_version_string() (_swig_ret string) {
 	var swig_r string
-	swig_r_p := C._wrap_rkv_version_string_capi_31fb065127705af5()
+	swig_r_p := C._wrap_rkv_version_string_capi_25cafcfc785c7526()
 	swig_r = *(*string)(unsafe.Pointer(&swig_r_p))
 	var swig_r_1 string
  swig_r_1 = strings.Clone(swig_r) 
@@ -574,98 +599,98 @@ func Rkv_version_string() (_swig_ret string) {
 type Enum_SS_rkv_status int
 func _swig_getRKV_OK() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_OK_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_OK_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_OK int32 = _swig_getRKV_OK()
 func _swig_getRKV_ERR_INVALID_ARGUMENT() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_INVALID_ARGUMENT_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_INVALID_ARGUMENT_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_INVALID_ARGUMENT int32 = _swig_getRKV_ERR_INVALID_ARGUMENT()
 func _swig_getRKV_ERR_OUT_OF_RANGE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_OUT_OF_RANGE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_OUT_OF_RANGE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_OUT_OF_RANGE int32 = _swig_getRKV_ERR_OUT_OF_RANGE()
 func _swig_getRKV_ERR_UNSUPPORTED() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_UNSUPPORTED_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_UNSUPPORTED_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_UNSUPPORTED int32 = _swig_getRKV_ERR_UNSUPPORTED()
 func _swig_getRKV_ERR_SHAPE_MISMATCH() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_SHAPE_MISMATCH_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_SHAPE_MISMATCH_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_SHAPE_MISMATCH int32 = _swig_getRKV_ERR_SHAPE_MISMATCH()
 func _swig_getRKV_ERR_STRUCT_SIZE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_STRUCT_SIZE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_STRUCT_SIZE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_STRUCT_SIZE int32 = _swig_getRKV_ERR_STRUCT_SIZE()
 func _swig_getRKV_ERR_CAPACITY() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_CAPACITY_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_CAPACITY_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_CAPACITY int32 = _swig_getRKV_ERR_CAPACITY()
 func _swig_getRKV_ERR_MISSING_QUERIES() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_MISSING_QUERIES_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_MISSING_QUERIES_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_MISSING_QUERIES int32 = _swig_getRKV_ERR_MISSING_QUERIES()
 func _swig_getRKV_ERR_BAD_STATE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_BAD_STATE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_BAD_STATE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_BAD_STATE int32 = _swig_getRKV_ERR_BAD_STATE()
 func _swig_getRKV_ERR_OVERFLOW() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_OVERFLOW_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_OVERFLOW_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_OVERFLOW int32 = _swig_getRKV_ERR_OVERFLOW()
 func _swig_getRKV_ERR_OUT_OF_MEMORY() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_OUT_OF_MEMORY_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_OUT_OF_MEMORY_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_OUT_OF_MEMORY int32 = _swig_getRKV_ERR_OUT_OF_MEMORY()
 func _swig_getRKV_ERR_DEVICE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_DEVICE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_DEVICE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_DEVICE int32 = _swig_getRKV_ERR_DEVICE()
 func _swig_getRKV_ERR_FAULTED() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_FAULTED_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_FAULTED_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_ERR_FAULTED int32 = _swig_getRKV_ERR_FAULTED()
 func _swig_getRKV_ERR_INTERNAL() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_ERR_INTERNAL_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_ERR_INTERNAL_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -673,7 +698,7 @@ var RKV_ERR_INTERNAL int32 = _swig_getRKV_ERR_INTERNAL()
 func Rkv_status_name(arg1 int32) (_swig_ret string) {
 	var swig_r string
 	_swig_i_0 := arg1
-	swig_r_p := C._wrap_rkv_status_name_capi_31fb065127705af5(C.swig_intgo(_swig_i_0))
+	swig_r_p := C._wrap_rkv_status_name_capi_25cafcfc785c7526(C.swig_intgo(_swig_i_0))
 	swig_r = *(*string)(unsafe.Pointer(&swig_r_p))
 	var swig_r_1 string
  swig_r_1 = strings.Clone(swig_r) 
@@ -683,36 +708,43 @@ func Rkv_status_name(arg1 int32) (_swig_ret string) {
 type Enum_SS_rkv_dtype int
 func _swig_getRKV_DTYPE_F32() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_DTYPE_F32_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_DTYPE_F32_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_DTYPE_F32 int32 = _swig_getRKV_DTYPE_F32()
 func _swig_getRKV_DTYPE_F16() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_DTYPE_F16_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_DTYPE_F16_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_DTYPE_F16 int32 = _swig_getRKV_DTYPE_F16()
 func _swig_getRKV_DTYPE_BF16() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_DTYPE_BF16_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_DTYPE_BF16_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_DTYPE_BF16 int32 = _swig_getRKV_DTYPE_BF16()
+func _swig_getRKV_DTYPE_FP8_E4M3() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_DTYPE_FP8_E4M3_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_DTYPE_FP8_E4M3 int32 = _swig_getRKV_DTYPE_FP8_E4M3()
 type Enum_SS_rkv_device_type int
 func _swig_getRKV_DEVICE_CPU() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_DEVICE_CPU_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_DEVICE_CPU_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_DEVICE_CPU int32 = _swig_getRKV_DEVICE_CPU()
 func _swig_getRKV_DEVICE_CUDA() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_DEVICE_CUDA_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_DEVICE_CUDA_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -720,49 +752,49 @@ var RKV_DEVICE_CUDA int32 = _swig_getRKV_DEVICE_CUDA()
 type Enum_SS_rkv_method int
 func _swig_getRKV_METHOD_RKV() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_RKV_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_RKV_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_RKV int32 = _swig_getRKV_METHOD_RKV()
 func _swig_getRKV_METHOD_SNAPKV() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_SNAPKV_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_SNAPKV_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_SNAPKV int32 = _swig_getRKV_METHOD_SNAPKV()
 func _swig_getRKV_METHOD_H2O() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_H2O_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_H2O_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_H2O int32 = _swig_getRKV_METHOD_H2O()
 func _swig_getRKV_METHOD_STREAMINGLLM() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_STREAMINGLLM_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_STREAMINGLLM_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_STREAMINGLLM int32 = _swig_getRKV_METHOD_STREAMINGLLM()
 func _swig_getRKV_METHOD_KEYDIFF() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_KEYDIFF_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_KEYDIFF_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_KEYDIFF int32 = _swig_getRKV_METHOD_KEYDIFF()
 func _swig_getRKV_METHOD_RANDOM() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_RANDOM_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_RANDOM_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_METHOD_RANDOM int32 = _swig_getRKV_METHOD_RANDOM()
 func _swig_getRKV_METHOD_FULL() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_METHOD_FULL_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_METHOD_FULL_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -770,14 +802,14 @@ var RKV_METHOD_FULL int32 = _swig_getRKV_METHOD_FULL()
 type Enum_SS_rkv_mode int
 func _swig_getRKV_MODE_POSITION() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MODE_POSITION_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MODE_POSITION_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_MODE_POSITION int32 = _swig_getRKV_MODE_POSITION()
 func _swig_getRKV_MODE_REFERENCE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MODE_REFERENCE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MODE_REFERENCE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -785,35 +817,35 @@ var RKV_MODE_REFERENCE int32 = _swig_getRKV_MODE_REFERENCE()
 type Enum_SS_rkv_pooling int
 func _swig_getRKV_POOLING_MAX() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_POOLING_MAX_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_POOLING_MAX_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_POOLING_MAX int32 = _swig_getRKV_POOLING_MAX()
 func _swig_getRKV_POOLING_MEAN() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_POOLING_MEAN_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_POOLING_MEAN_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_POOLING_MEAN int32 = _swig_getRKV_POOLING_MEAN()
 func _swig_getRKV_GUARD_SINK() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_GUARD_SINK_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_GUARD_SINK_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_GUARD_SINK int32 = _swig_getRKV_GUARD_SINK()
 func _swig_getRKV_GUARD_PROMPT() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_GUARD_PROMPT_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_GUARD_PROMPT_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_GUARD_PROMPT int32 = _swig_getRKV_GUARD_PROMPT()
 func _swig_getRKV_ALL() (_swig_ret int) {
 	var swig_r int
-	swig_r = (int)(C._wrap_RKV_ALL_capi_31fb065127705af5())
+	swig_r = (int)(C._wrap_RKV_ALL_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -830,350 +862,350 @@ func (p SwigcptrRkv_cache_params) SwigIsRkv_cache_params() {
 func (arg1 SwigcptrRkv_cache_params) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_4(_swig_i_1))
+	C._wrap_rkv_cache_params_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_4(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_cache_params_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_cache_params_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMax_seqs(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_max_seqs_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_max_seqs_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMax_seqs() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_max_seqs_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_max_seqs_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetNum_layers(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_num_layers_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_num_layers_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetNum_layers() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_num_layers_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_num_layers_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetNum_kv_heads(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_num_kv_heads_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_num_kv_heads_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetNum_kv_heads() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_num_kv_heads_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_num_kv_heads_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetNum_q_heads(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_num_q_heads_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_num_q_heads_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetNum_q_heads() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_num_q_heads_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_num_q_heads_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetHead_dim(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_head_dim_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_head_dim_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetHead_dim() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_head_dim_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_head_dim_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetDtype(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_dtype_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_cache_params_dtype_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetDtype() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_dtype_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_dtype_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetDevice_type(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_device_type_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_cache_params_device_type_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetDevice_type() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_device_type_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_device_type_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetDevice_id(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_device_id_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_device_id_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetDevice_id() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_device_id_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_device_id_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMethod(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_method_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_cache_params_method_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMethod() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_method_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_method_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMode(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_mode_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_cache_params_mode_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMode() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_mode_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_mode_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetBudget(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_budget_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_budget_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetBudget() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_budget_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_budget_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetBuffer(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_buffer_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_buffer_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetBuffer() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_buffer_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_buffer_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetWindow(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_window_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_window_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetWindow() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_window_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_window_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetKernel(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_kernel_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_kernel_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetKernel() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_kernel_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_kernel_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetLambda(arg2 float32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_lambda_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
+	C._wrap_rkv_cache_params_lambda_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetLambda() (_swig_ret float32) {
 	var swig_r float32
 	_swig_i_0 := arg1
-	swig_r = (float32)(C._wrap_rkv_cache_params_lambda_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (float32)(C._wrap_rkv_cache_params_lambda_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetThreshold(arg2 float32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_threshold_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
+	C._wrap_rkv_cache_params_threshold_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetThreshold() (_swig_ret float32) {
 	var swig_r float32
 	_swig_i_0 := arg1
-	swig_r = (float32)(C._wrap_rkv_cache_params_threshold_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (float32)(C._wrap_rkv_cache_params_threshold_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetPooling(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_pooling_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_cache_params_pooling_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetPooling() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_pooling_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_pooling_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetSink(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_sink_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_sink_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetSink() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_sink_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_sink_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetGuards(arg2 uint32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_guards_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_guards_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetGuards() (_swig_ret uint32) {
 	var swig_r uint32
 	_swig_i_0 := arg1
-	swig_r = (uint32)(C._wrap_rkv_cache_params_guards_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint32)(C._wrap_rkv_cache_params_guards_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMax_prompt_len(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_max_prompt_len_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_max_prompt_len_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMax_prompt_len() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_max_prompt_len_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_max_prompt_len_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMax_len(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_max_len_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_max_len_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMax_len() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_max_len_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_max_len_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetSeed(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_seed_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_6(_swig_i_1))
+	C._wrap_rkv_cache_params_seed_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_6(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetSeed() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_cache_params_seed_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_cache_params_seed_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetAuto_compress(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_auto_compress_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_auto_compress_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetAuto_compress() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_auto_compress_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_auto_compress_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetMax_rollback(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_max_rollback_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_max_rollback_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetMax_rollback() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_cache_params_max_rollback_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_cache_params_max_rollback_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_cache_params) SetReserved(arg2 uint32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_cache_params_reserved_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_cache_params_reserved_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_cache_params) GetReserved() (_swig_ret uint32) {
 	var swig_r uint32
 	_swig_i_0 := arg1
-	swig_r = (uint32)(C._wrap_rkv_cache_params_reserved_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint32)(C._wrap_rkv_cache_params_reserved_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_cache_params() (_swig_ret Rkv_cache_params) {
 	var swig_r Rkv_cache_params
-	swig_r = (Rkv_cache_params)(SwigcptrRkv_cache_params(C._wrap_new_rkv_cache_params_capi_31fb065127705af5()))
+	swig_r = (Rkv_cache_params)(SwigcptrRkv_cache_params(C._wrap_new_rkv_cache_params_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_cache_params(arg1 Rkv_cache_params) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_cache_params_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_cache_params_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_cache_params interface {
@@ -1237,7 +1269,7 @@ func Rkv_params_default(arg1 Rkv_cache_params, arg2 uint64) (_swig_ret *Failure)
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_params_default_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_8(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_params_default_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_8(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1246,168 +1278,168 @@ func Rkv_params_default(arg1 Rkv_cache_params, arg2 uint64) (_swig_ret *Failure)
 type Enum_SS_rkv_param int
 func _swig_getRKV_PARAM_MAX_SEQS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_SEQS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_SEQS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_MAX_SEQS int32 = _swig_getRKV_PARAM_MAX_SEQS()
 func _swig_getRKV_PARAM_NUM_LAYERS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_LAYERS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_LAYERS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_NUM_LAYERS int32 = _swig_getRKV_PARAM_NUM_LAYERS()
 func _swig_getRKV_PARAM_NUM_KV_HEADS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_KV_HEADS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_KV_HEADS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_NUM_KV_HEADS int32 = _swig_getRKV_PARAM_NUM_KV_HEADS()
 func _swig_getRKV_PARAM_NUM_Q_HEADS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_Q_HEADS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_NUM_Q_HEADS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_NUM_Q_HEADS int32 = _swig_getRKV_PARAM_NUM_Q_HEADS()
 func _swig_getRKV_PARAM_HEAD_DIM() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_HEAD_DIM_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_HEAD_DIM_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_HEAD_DIM int32 = _swig_getRKV_PARAM_HEAD_DIM()
 func _swig_getRKV_PARAM_DTYPE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_DTYPE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_DTYPE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_DTYPE int32 = _swig_getRKV_PARAM_DTYPE()
 func _swig_getRKV_PARAM_DEVICE_TYPE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_DEVICE_TYPE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_DEVICE_TYPE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_DEVICE_TYPE int32 = _swig_getRKV_PARAM_DEVICE_TYPE()
 func _swig_getRKV_PARAM_DEVICE_ID() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_DEVICE_ID_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_DEVICE_ID_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_DEVICE_ID int32 = _swig_getRKV_PARAM_DEVICE_ID()
 func _swig_getRKV_PARAM_METHOD() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_METHOD_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_METHOD_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_METHOD int32 = _swig_getRKV_PARAM_METHOD()
 func _swig_getRKV_PARAM_MODE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_MODE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_MODE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_MODE int32 = _swig_getRKV_PARAM_MODE()
 func _swig_getRKV_PARAM_BUDGET() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_BUDGET_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_BUDGET_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_BUDGET int32 = _swig_getRKV_PARAM_BUDGET()
 func _swig_getRKV_PARAM_BUFFER() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_BUFFER_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_BUFFER_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_BUFFER int32 = _swig_getRKV_PARAM_BUFFER()
 func _swig_getRKV_PARAM_WINDOW() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_WINDOW_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_WINDOW_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_WINDOW int32 = _swig_getRKV_PARAM_WINDOW()
 func _swig_getRKV_PARAM_KERNEL() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_KERNEL_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_KERNEL_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_KERNEL int32 = _swig_getRKV_PARAM_KERNEL()
 func _swig_getRKV_PARAM_LAMBDA() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_LAMBDA_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_LAMBDA_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_LAMBDA int32 = _swig_getRKV_PARAM_LAMBDA()
 func _swig_getRKV_PARAM_THRESHOLD() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_THRESHOLD_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_THRESHOLD_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_THRESHOLD int32 = _swig_getRKV_PARAM_THRESHOLD()
 func _swig_getRKV_PARAM_POOLING() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_POOLING_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_POOLING_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_POOLING int32 = _swig_getRKV_PARAM_POOLING()
 func _swig_getRKV_PARAM_SINK() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_SINK_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_SINK_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_SINK int32 = _swig_getRKV_PARAM_SINK()
 func _swig_getRKV_PARAM_GUARDS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_GUARDS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_GUARDS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_GUARDS int32 = _swig_getRKV_PARAM_GUARDS()
 func _swig_getRKV_PARAM_MAX_PROMPT_LEN() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_MAX_PROMPT_LEN int32 = _swig_getRKV_PARAM_MAX_PROMPT_LEN()
 func _swig_getRKV_PARAM_MAX_LEN() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_LEN_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_LEN_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_MAX_LEN int32 = _swig_getRKV_PARAM_MAX_LEN()
 func _swig_getRKV_PARAM_SEED() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_SEED_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_SEED_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_SEED int32 = _swig_getRKV_PARAM_SEED()
 func _swig_getRKV_PARAM_AUTO_COMPRESS() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_AUTO_COMPRESS_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_AUTO_COMPRESS_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_PARAM_AUTO_COMPRESS int32 = _swig_getRKV_PARAM_AUTO_COMPRESS()
 func _swig_getRKV_PARAM_MAX_ROLLBACK() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_ROLLBACK_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_PARAM_MAX_ROLLBACK_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -1417,7 +1449,7 @@ func Rkv_params_bounds(arg1 int32, arg2 *float64, arg3 *float64) (_swig_ret *Fai
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_params_bounds_capi_31fb065127705af5(C.swig_intgo(_swig_i_0), C.swig_voidp(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_params_bounds_capi_25cafcfc785c7526(C.swig_intgo(_swig_i_0), C.swig_voidp(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1428,7 +1460,7 @@ func Rkv_params_set(arg1 Rkv_cache_params, arg2 int32, arg3 float64) (_swig_ret 
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_params_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.double(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_params_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.double(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1439,7 +1471,7 @@ func Rkv_params_get(arg1 Rkv_cache_params, arg2 int32, arg3 *float64) (_swig_ret
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_params_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_params_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1449,7 +1481,7 @@ func Rkv_cache_size(arg1 Rkv_cache_params, arg2 *uint64) (_swig_ret *Failure) {
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_cache_size_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_size_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1459,7 +1491,7 @@ func Rkv_cache_create(arg1 Rkv_cache_params, arg2 *uintptr) (_swig_ret *Failure)
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_cache_create_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_create_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1467,14 +1499,14 @@ func Rkv_cache_create(arg1 Rkv_cache_params, arg2 *uintptr) (_swig_ret *Failure)
 
 func Rkv_cache_destroy(arg1 Struct_SS_rkv_cache) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_rkv_cache_destroy_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_rkv_cache_destroy_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 func Rkv_cache_get_params(arg1 Struct_SS_rkv_cache, arg2 Rkv_cache_params) (_swig_ret *Failure) {
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := getSwigcptr(arg2)
-	swig_r = (uintptr)(C._wrap_rkv_cache_get_params_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_get_params_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1485,7 +1517,7 @@ func Rkv_cache_set(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 float64) (_swig_re
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_cache_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.double(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.double(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1496,7 +1528,7 @@ func Rkv_cache_get(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 *float64) (_swig_r
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_cache_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1507,7 +1539,7 @@ func Rkv_seq_reset(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 uintptr) (_swig_re
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_seq_reset_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_reset_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1519,7 +1551,7 @@ func Rkv_seq_truncate(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 uin
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_seq_truncate_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_truncate_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1530,7 +1562,7 @@ func Rkv_seq_rollback_limit(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 *int32) (
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_seq_rollback_limit_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_rollback_limit_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1542,7 +1574,7 @@ func Rkv_seq_copy(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 uintptr
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_seq_copy_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_copy_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1553,7 +1585,7 @@ func Rkv_seq_set_budget(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32) (_swig
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_seq_set_budget_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_set_budget_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1564,7 +1596,7 @@ func Rkv_seq_get_budget(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 *int32) (_swi
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_seq_get_budget_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_get_budget_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1577,7 +1609,7 @@ func Rkv_seq_length(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 *int6
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
 	_swig_i_4 := arg5
-	swig_r = (uintptr)(C._wrap_rkv_seq_length_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_length_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.swig_voidp(_swig_i_3), C.swig_voidp(_swig_i_4)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1592,7 +1624,7 @@ func Rkv_seq_positions(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 in
 	_swig_i_4 := arg5
 	_swig_i_5 := arg6
 	_swig_i_6 := arg7
-	swig_r = (uintptr)(C._wrap_rkv_seq_positions_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.int(_swig_i_3), C.swig_voidp(_swig_i_4), C.int(_swig_i_5), C.swig_voidp(_swig_i_6)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_positions_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.int(_swig_i_3), C.swig_voidp(_swig_i_4), C.int(_swig_i_5), C.swig_voidp(_swig_i_6)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1610,116 +1642,116 @@ func (p SwigcptrRkv_tensor) SwigIsRkv_tensor() {
 func (arg1 SwigcptrRkv_tensor) SetData(arg2 uintptr) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_data_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_tensor_data_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetData() (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_rkv_tensor_data_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_rkv_tensor_data_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetDtype(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_dtype_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_tensor_dtype_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetDtype() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_tensor_dtype_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_tensor_dtype_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetNum_heads(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_num_heads_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_tensor_num_heads_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetNum_heads() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_tensor_num_heads_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_tensor_num_heads_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetHead_dim(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_head_dim_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_tensor_head_dim_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetHead_dim() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_tensor_head_dim_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_tensor_head_dim_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetStride_seq(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_stride_seq_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_9(_swig_i_1))
+	C._wrap_rkv_tensor_stride_seq_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_9(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetStride_seq() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_tensor_stride_seq_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_tensor_stride_seq_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetStride_token(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_stride_token_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_11(_swig_i_1))
+	C._wrap_rkv_tensor_stride_token_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_11(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetStride_token() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_tensor_stride_token_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_tensor_stride_token_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetStride_head(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_stride_head_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_13(_swig_i_1))
+	C._wrap_rkv_tensor_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_13(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetStride_head() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_tensor_stride_head_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_tensor_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_tensor) SetExtent(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_tensor_extent_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_15(_swig_i_1))
+	C._wrap_rkv_tensor_extent_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_15(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_tensor) GetExtent() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_tensor_extent_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_tensor_extent_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_tensor() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_new_rkv_tensor_capi_31fb065127705af5()))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_new_rkv_tensor_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_tensor(arg1 Rkv_tensor) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_tensor_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_tensor_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_tensor interface {
@@ -1748,7 +1780,7 @@ func Rkv_batch_create(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 *uintptr) (_swi
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_batch_create_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_batch_create_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_voidp(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1756,7 +1788,7 @@ func Rkv_batch_create(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 *uintptr) (_swi
 
 func Rkv_batch_destroy(arg1 Struct_SS_rkv_batch) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_rkv_batch_destroy_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_rkv_batch_destroy_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 func Rkv_batch_set(arg1 Struct_SS_rkv_batch, arg2 uintptr, arg3 int32, arg4 uintptr) (_swig_ret *Failure) {
@@ -1765,7 +1797,7 @@ func Rkv_batch_set(arg1 Struct_SS_rkv_batch, arg2 uintptr, arg3 int32, arg4 uint
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_batch_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_batch_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1775,7 +1807,7 @@ func Rkv_batch_advance(arg1 Struct_SS_rkv_batch, arg2 int32) (_swig_ret *Failure
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_batch_advance_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_batch_advance_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1783,7 +1815,7 @@ func Rkv_batch_advance(arg1 Struct_SS_rkv_batch, arg2 int32) (_swig_ret *Failure
 
 func _swig_getRKV_APPEND_PROMPT() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_APPEND_PROMPT_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_APPEND_PROMPT_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -1800,155 +1832,155 @@ func (p SwigcptrRkv_append_args) SwigIsRkv_append_args() {
 func (arg1 SwigcptrRkv_append_args) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_17(_swig_i_1))
+	C._wrap_rkv_append_args_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_17(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_append_args_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_append_args_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetLayer(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_layer_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_append_args_layer_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetLayer() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_append_args_layer_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_append_args_layer_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetNum_seqs(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_num_seqs_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_append_args_num_seqs_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetNum_seqs() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_append_args_num_seqs_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_append_args_num_seqs_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetSeq_ids(arg2 uintptr) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_seq_ids_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_seq_ids_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetSeq_ids() (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_rkv_append_args_seq_ids_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_rkv_append_args_seq_ids_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetNum_tokens(arg2 uintptr) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_num_tokens_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_num_tokens_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetNum_tokens() (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_rkv_append_args_num_tokens_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_rkv_append_args_num_tokens_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetToken_offsets(arg2 uintptr) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_token_offsets_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_token_offsets_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetToken_offsets() (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_rkv_append_args_token_offsets_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_rkv_append_args_token_offsets_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetK(arg2 Rkv_tensor) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_append_args_k_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_k_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetK() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
 	_swig_i_0 := arg1
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_k_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_k_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetV(arg2 Rkv_tensor) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_append_args_v_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_v_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetV() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
 	_swig_i_0 := arg1
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_v_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_v_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetQ(arg2 Rkv_tensor) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_append_args_q_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_q_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetQ() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
 	_swig_i_0 := arg1
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_q_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_append_args_q_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetFlags(arg2 uint32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_append_args_flags_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_append_args_flags_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetFlags() (_swig_ret uint32) {
 	var swig_r uint32
 	_swig_i_0 := arg1
-	swig_r = (uint32)(C._wrap_rkv_append_args_flags_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint32)(C._wrap_rkv_append_args_flags_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_append_args) SetBatch(arg2 Struct_SS_rkv_batch) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_append_args_batch_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_append_args_batch_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_append_args) GetBatch() (_swig_ret Struct_SS_rkv_batch) {
 	var swig_r Struct_SS_rkv_batch
 	_swig_i_0 := arg1
-	swig_r = (Struct_SS_rkv_batch)(SwigcptrStruct_SS_rkv_batch(C._wrap_rkv_append_args_batch_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Struct_SS_rkv_batch)(SwigcptrStruct_SS_rkv_batch(C._wrap_rkv_append_args_batch_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func NewRkv_append_args() (_swig_ret Rkv_append_args) {
 	var swig_r Rkv_append_args
-	swig_r = (Rkv_append_args)(SwigcptrRkv_append_args(C._wrap_new_rkv_append_args_capi_31fb065127705af5()))
+	swig_r = (Rkv_append_args)(SwigcptrRkv_append_args(C._wrap_new_rkv_append_args_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_append_args(arg1 Rkv_append_args) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_append_args_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_append_args_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_append_args interface {
@@ -1983,7 +2015,7 @@ func Rkv_append(arg1 Struct_SS_rkv_cache, arg2 Rkv_append_args, arg3 uintptr) (_
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := getSwigcptr(arg2)
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_append_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.uintptr_t(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_append_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.uintptr_t(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -1995,7 +2027,7 @@ func Rkv_compress(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 uintptr
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_compress_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_compress_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2007,7 +2039,7 @@ func Rkv_compress_due(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 *in
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := arg4
-	swig_r = (uintptr)(C._wrap_rkv_compress_due_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.swig_voidp(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_compress_due_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.swig_voidp(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2025,194 +2057,233 @@ func (p SwigcptrRkv_seq_view) SwigIsRkv_seq_view() {
 func (arg1 SwigcptrRkv_seq_view) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_19(_swig_i_1))
+	C._wrap_rkv_seq_view_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_19(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_seq_view_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_seq_view_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetK(arg2 unsafe.Pointer) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_k_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_seq_view_k_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetK() (_swig_ret unsafe.Pointer) {
 	var swig_r unsafe.Pointer
 	_swig_i_0 := arg1
-	swig_r = (unsafe.Pointer)(C._wrap_rkv_seq_view_k_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (unsafe.Pointer)(C._wrap_rkv_seq_view_k_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetV(arg2 unsafe.Pointer) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_v_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_seq_view_v_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetV() (_swig_ret unsafe.Pointer) {
 	var swig_r unsafe.Pointer
 	_swig_i_0 := arg1
-	swig_r = (unsafe.Pointer)(C._wrap_rkv_seq_view_v_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (unsafe.Pointer)(C._wrap_rkv_seq_view_v_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetPositions(arg2 *int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_positions_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_seq_view_positions_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetPositions() (_swig_ret *int32) {
 	var swig_r *int32
 	_swig_i_0 := arg1
-	swig_r = (*int32)(C._wrap_rkv_seq_view_positions_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (*int32)(C._wrap_rkv_seq_view_positions_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetDtype(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_dtype_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_seq_view_dtype_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetDtype() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_dtype_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_dtype_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetDevice_type(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_device_type_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_seq_view_device_type_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetDevice_type() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_device_type_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_device_type_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetDevice_id(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_device_id_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_seq_view_device_id_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetDevice_id() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_device_id_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_device_id_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetNum_kv_heads(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_num_kv_heads_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_seq_view_num_kv_heads_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetNum_kv_heads() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_num_kv_heads_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_num_kv_heads_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetHead_dim(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_head_dim_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_seq_view_head_dim_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetHead_dim() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_head_dim_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_head_dim_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetLength(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_length_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_seq_view_length_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetLength() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_seq_view_length_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_seq_view_length_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetLogical_length(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_logical_length_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_21(_swig_i_1))
+	C._wrap_rkv_seq_view_logical_length_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_21(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetLogical_length() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_seq_view_logical_length_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_seq_view_logical_length_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetStride_head(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_stride_head_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_23(_swig_i_1))
+	C._wrap_rkv_seq_view_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_23(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetStride_head() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_seq_view_stride_head_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_seq_view_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetStride_token(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_stride_token_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_25(_swig_i_1))
+	C._wrap_rkv_seq_view_stride_token_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_25(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetStride_token() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_seq_view_stride_token_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_seq_view_stride_token_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_seq_view) SetPositions_stride_head(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_seq_view_positions_stride_head_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_27(_swig_i_1))
+	C._wrap_rkv_seq_view_positions_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_27(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_seq_view) GetPositions_stride_head() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_seq_view_positions_stride_head_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_seq_view_positions_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_seq_view) SetK_scale(arg2 *float32) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_seq_view_k_scale_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_seq_view) GetK_scale() (_swig_ret *float32) {
+	var swig_r *float32
+	_swig_i_0 := arg1
+	swig_r = (*float32)(C._wrap_rkv_seq_view_k_scale_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_seq_view) SetV_scale(arg2 *float32) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_seq_view_v_scale_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_seq_view) GetV_scale() (_swig_ret *float32) {
+	var swig_r *float32
+	_swig_i_0 := arg1
+	swig_r = (*float32)(C._wrap_rkv_seq_view_v_scale_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_seq_view) SetScale_stride_head(arg2 int64) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_seq_view_scale_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_29(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_seq_view) GetScale_stride_head() (_swig_ret int64) {
+	var swig_r int64
+	_swig_i_0 := arg1
+	swig_r = (int64)(C._wrap_rkv_seq_view_scale_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_seq_view() (_swig_ret Rkv_seq_view) {
 	var swig_r Rkv_seq_view
-	swig_r = (Rkv_seq_view)(SwigcptrRkv_seq_view(C._wrap_new_rkv_seq_view_capi_31fb065127705af5()))
+	swig_r = (Rkv_seq_view)(SwigcptrRkv_seq_view(C._wrap_new_rkv_seq_view_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_seq_view(arg1 Rkv_seq_view) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_seq_view_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_seq_view_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_seq_view interface {
@@ -2246,6 +2317,12 @@ type Rkv_seq_view interface {
 	GetStride_token() (_swig_ret int64)
 	SetPositions_stride_head(arg2 int64)
 	GetPositions_stride_head() (_swig_ret int64)
+	SetK_scale(arg2 *float32)
+	GetK_scale() (_swig_ret *float32)
+	SetV_scale(arg2 *float32)
+	GetV_scale() (_swig_ret *float32)
+	SetScale_stride_head(arg2 int64)
+	GetScale_stride_head() (_swig_ret int64)
 }
 
 func Rkv_view(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 Rkv_seq_view) (_swig_ret *Failure) {
@@ -2254,7 +2331,7 @@ func Rkv_view(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 Rkv_seq_vie
 	_swig_i_1 := arg2
 	_swig_i_2 := arg3
 	_swig_i_3 := getSwigcptr(arg4)
-	swig_r = (uintptr)(C._wrap_rkv_view_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
+	swig_r = (uintptr)(C._wrap_rkv_view_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.uintptr_t(_swig_i_3)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2272,233 +2349,285 @@ func (p SwigcptrRkv_layer_view) SwigIsRkv_layer_view() {
 func (arg1 SwigcptrRkv_layer_view) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_29(_swig_i_1))
+	C._wrap_rkv_layer_view_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_31(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_layer_view_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_layer_view_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetK(arg2 unsafe.Pointer) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_k_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_layer_view_k_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetK() (_swig_ret unsafe.Pointer) {
 	var swig_r unsafe.Pointer
 	_swig_i_0 := arg1
-	swig_r = (unsafe.Pointer)(C._wrap_rkv_layer_view_k_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (unsafe.Pointer)(C._wrap_rkv_layer_view_k_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetV(arg2 unsafe.Pointer) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_v_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_layer_view_v_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetV() (_swig_ret unsafe.Pointer) {
 	var swig_r unsafe.Pointer
 	_swig_i_0 := arg1
-	swig_r = (unsafe.Pointer)(C._wrap_rkv_layer_view_v_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (unsafe.Pointer)(C._wrap_rkv_layer_view_v_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetPositions(arg2 *int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_positions_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_layer_view_positions_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetPositions() (_swig_ret *int32) {
 	var swig_r *int32
 	_swig_i_0 := arg1
-	swig_r = (*int32)(C._wrap_rkv_layer_view_positions_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (*int32)(C._wrap_rkv_layer_view_positions_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetLengths(arg2 *int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_lengths_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+	C._wrap_rkv_layer_view_lengths_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetLengths() (_swig_ret *int32) {
 	var swig_r *int32
 	_swig_i_0 := arg1
-	swig_r = (*int32)(C._wrap_rkv_layer_view_lengths_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (*int32)(C._wrap_rkv_layer_view_lengths_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetDtype(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_dtype_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_layer_view_dtype_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetDtype() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_dtype_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_dtype_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetDevice_type(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_device_type_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
+	C._wrap_rkv_layer_view_device_type_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetDevice_type() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_device_type_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_device_type_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetDevice_id(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_device_id_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_layer_view_device_id_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetDevice_id() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_device_id_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_device_id_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetMax_seqs(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_max_seqs_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_layer_view_max_seqs_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetMax_seqs() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_max_seqs_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_max_seqs_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetNum_kv_heads(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_num_kv_heads_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_layer_view_num_kv_heads_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetNum_kv_heads() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_num_kv_heads_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_num_kv_heads_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetHead_dim(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_head_dim_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_layer_view_head_dim_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetHead_dim() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_head_dim_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_head_dim_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetCapacity(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_capacity_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_layer_view_capacity_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetCapacity() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_layer_view_capacity_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_layer_view_capacity_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetStride_seq(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_stride_seq_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_31(_swig_i_1))
+	C._wrap_rkv_layer_view_stride_seq_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_33(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetStride_seq() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_layer_view_stride_seq_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_layer_view_stride_seq_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetStride_head(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_stride_head_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_33(_swig_i_1))
+	C._wrap_rkv_layer_view_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_35(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetStride_head() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_layer_view_stride_head_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_layer_view_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetStride_token(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_stride_token_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_35(_swig_i_1))
+	C._wrap_rkv_layer_view_stride_token_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_37(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetStride_token() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_layer_view_stride_token_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_layer_view_stride_token_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetPositions_stride_seq(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_positions_stride_seq_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_37(_swig_i_1))
+	C._wrap_rkv_layer_view_positions_stride_seq_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_39(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetPositions_stride_seq() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_layer_view_positions_stride_seq_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_layer_view_positions_stride_seq_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_layer_view) SetPositions_stride_head(arg2 int64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_layer_view_positions_stride_head_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_39(_swig_i_1))
+	C._wrap_rkv_layer_view_positions_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_41(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_layer_view) GetPositions_stride_head() (_swig_ret int64) {
 	var swig_r int64
 	_swig_i_0 := arg1
-	swig_r = (int64)(C._wrap_rkv_layer_view_positions_stride_head_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int64)(C._wrap_rkv_layer_view_positions_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_layer_view) SetK_scale(arg2 *float32) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_layer_view_k_scale_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_layer_view) GetK_scale() (_swig_ret *float32) {
+	var swig_r *float32
+	_swig_i_0 := arg1
+	swig_r = (*float32)(C._wrap_rkv_layer_view_k_scale_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_layer_view) SetV_scale(arg2 *float32) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_layer_view_v_scale_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_voidp(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_layer_view) GetV_scale() (_swig_ret *float32) {
+	var swig_r *float32
+	_swig_i_0 := arg1
+	swig_r = (*float32)(C._wrap_rkv_layer_view_v_scale_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_layer_view) SetScale_stride_seq(arg2 int64) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_layer_view_scale_stride_seq_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_43(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_layer_view) GetScale_stride_seq() (_swig_ret int64) {
+	var swig_r int64
+	_swig_i_0 := arg1
+	swig_r = (int64)(C._wrap_rkv_layer_view_scale_stride_seq_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
+	return swig_r
+}
+
+func (arg1 SwigcptrRkv_layer_view) SetScale_stride_head(arg2 int64) {
+	_swig_i_0 := arg1
+	_swig_i_1 := arg2
+	C._wrap_rkv_layer_view_scale_stride_head_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_45(_swig_i_1))
+}
+
+func (arg1 SwigcptrRkv_layer_view) GetScale_stride_head() (_swig_ret int64) {
+	var swig_r int64
+	_swig_i_0 := arg1
+	swig_r = (int64)(C._wrap_rkv_layer_view_scale_stride_head_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_layer_view() (_swig_ret Rkv_layer_view) {
 	var swig_r Rkv_layer_view
-	swig_r = (Rkv_layer_view)(SwigcptrRkv_layer_view(C._wrap_new_rkv_layer_view_capi_31fb065127705af5()))
+	swig_r = (Rkv_layer_view)(SwigcptrRkv_layer_view(C._wrap_new_rkv_layer_view_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_layer_view(arg1 Rkv_layer_view) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_layer_view_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_layer_view_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_layer_view interface {
@@ -2538,6 +2667,14 @@ type Rkv_layer_view interface {
 	GetPositions_stride_seq() (_swig_ret int64)
 	SetPositions_stride_head(arg2 int64)
 	GetPositions_stride_head() (_swig_ret int64)
+	SetK_scale(arg2 *float32)
+	GetK_scale() (_swig_ret *float32)
+	SetV_scale(arg2 *float32)
+	GetV_scale() (_swig_ret *float32)
+	SetScale_stride_seq(arg2 int64)
+	GetScale_stride_seq() (_swig_ret int64)
+	SetScale_stride_head(arg2 int64)
+	GetScale_stride_head() (_swig_ret int64)
 }
 
 func Rkv_view_layer(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 Rkv_layer_view) (_swig_ret *Failure) {
@@ -2545,7 +2682,7 @@ func Rkv_view_layer(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 Rkv_layer_view) (
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := getSwigcptr(arg3)
-	swig_r = (uintptr)(C._wrap_rkv_view_layer_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_view_layer_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2563,142 +2700,142 @@ func (p SwigcptrRkv_stats) SwigIsRkv_stats() {
 func (arg1 SwigcptrRkv_stats) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_41(_swig_i_1))
+	C._wrap_rkv_stats_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_47(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetBytes_allocated(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_bytes_allocated_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_43(_swig_i_1))
+	C._wrap_rkv_stats_bytes_allocated_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_49(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetBytes_allocated() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_bytes_allocated_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_bytes_allocated_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetBytes_kv_capacity(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_bytes_kv_capacity_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_45(_swig_i_1))
+	C._wrap_rkv_stats_bytes_kv_capacity_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_51(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetBytes_kv_capacity() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_capacity_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_capacity_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetBytes_kv_held(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_bytes_kv_held_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_47(_swig_i_1))
+	C._wrap_rkv_stats_bytes_kv_held_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_53(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetBytes_kv_held() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_held_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_held_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetBytes_kv_full(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_bytes_kv_full_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_49(_swig_i_1))
+	C._wrap_rkv_stats_bytes_kv_full_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_55(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetBytes_kv_full() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_full_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_bytes_kv_full_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetTokens_appended(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_tokens_appended_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_51(_swig_i_1))
+	C._wrap_rkv_stats_tokens_appended_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_57(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetTokens_appended() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_tokens_appended_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_tokens_appended_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetTokens_held(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_tokens_held_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_53(_swig_i_1))
+	C._wrap_rkv_stats_tokens_held_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_59(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetTokens_held() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_tokens_held_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_tokens_held_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetTokens_evicted(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_tokens_evicted_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_55(_swig_i_1))
+	C._wrap_rkv_stats_tokens_evicted_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_61(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetTokens_evicted() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_tokens_evicted_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_tokens_evicted_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetCompressions(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_compressions_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_57(_swig_i_1))
+	C._wrap_rkv_stats_compressions_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_63(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetCompressions() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_stats_compressions_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_stats_compressions_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_stats) SetCompress_seconds(arg2 float64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_stats_compress_seconds_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.double(_swig_i_1))
+	C._wrap_rkv_stats_compress_seconds_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.double(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_stats) GetCompress_seconds() (_swig_ret float64) {
 	var swig_r float64
 	_swig_i_0 := arg1
-	swig_r = (float64)(C._wrap_rkv_stats_compress_seconds_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (float64)(C._wrap_rkv_stats_compress_seconds_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_stats() (_swig_ret Rkv_stats) {
 	var swig_r Rkv_stats
-	swig_r = (Rkv_stats)(SwigcptrRkv_stats(C._wrap_new_rkv_stats_capi_31fb065127705af5()))
+	swig_r = (Rkv_stats)(SwigcptrRkv_stats(C._wrap_new_rkv_stats_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_stats(arg1 Rkv_stats) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_stats_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_stats_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_stats interface {
@@ -2731,7 +2868,7 @@ func Rkv_cache_stats(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 Rkv_stats) (_swi
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
 	_swig_i_2 := getSwigcptr(arg3)
-	swig_r = (uintptr)(C._wrap_rkv_cache_stats_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_stats_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.uintptr_t(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2749,129 +2886,129 @@ func (p SwigcptrRkv_attend_args) SwigIsRkv_attend_args() {
 func (arg1 SwigcptrRkv_attend_args) SetStruct_size(arg2 uint64) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_struct_size_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_type_59(_swig_i_1))
+	C._wrap_rkv_attend_args_struct_size_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_type_65(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetStruct_size() (_swig_ret uint64) {
 	var swig_r uint64
 	_swig_i_0 := arg1
-	swig_r = (uint64)(C._wrap_rkv_attend_args_struct_size_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint64)(C._wrap_rkv_attend_args_struct_size_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetLayer(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_layer_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_attend_args_layer_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetLayer() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_attend_args_layer_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_attend_args_layer_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetNum_seqs(arg2 int32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_num_seqs_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_attend_args_num_seqs_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetNum_seqs() (_swig_ret int32) {
 	var swig_r int32
 	_swig_i_0 := arg1
-	swig_r = (int32)(C._wrap_rkv_attend_args_num_seqs_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (int32)(C._wrap_rkv_attend_args_num_seqs_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetSeq_ids(arg2 uintptr) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_seq_ids_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_attend_args_seq_ids_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetSeq_ids() (_swig_ret uintptr) {
 	var swig_r uintptr
 	_swig_i_0 := arg1
-	swig_r = (uintptr)(C._wrap_rkv_attend_args_seq_ids_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uintptr)(C._wrap_rkv_attend_args_seq_ids_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetBatch(arg2 Struct_SS_rkv_batch) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_attend_args_batch_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_attend_args_batch_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetBatch() (_swig_ret Struct_SS_rkv_batch) {
 	var swig_r Struct_SS_rkv_batch
 	_swig_i_0 := arg1
-	swig_r = (Struct_SS_rkv_batch)(SwigcptrStruct_SS_rkv_batch(C._wrap_rkv_attend_args_batch_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Struct_SS_rkv_batch)(SwigcptrStruct_SS_rkv_batch(C._wrap_rkv_attend_args_batch_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetQ(arg2 Rkv_tensor) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_attend_args_q_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_attend_args_q_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetQ() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
 	_swig_i_0 := arg1
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_attend_args_q_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_attend_args_q_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetOut(arg2 Rkv_tensor) {
 	_swig_i_0 := arg1
 	_swig_i_1 := getSwigcptr(arg2)
-	C._wrap_rkv_attend_args_out_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
+	C._wrap_rkv_attend_args_out_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetOut() (_swig_ret Rkv_tensor) {
 	var swig_r Rkv_tensor
 	_swig_i_0 := arg1
-	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_attend_args_out_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))))
+	swig_r = (Rkv_tensor)(SwigcptrRkv_tensor(C._wrap_rkv_attend_args_out_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetScale(arg2 float32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_scale_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
+	C._wrap_rkv_attend_args_scale_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.float(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetScale() (_swig_ret float32) {
 	var swig_r float32
 	_swig_i_0 := arg1
-	swig_r = (float32)(C._wrap_rkv_attend_args_scale_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (float32)(C._wrap_rkv_attend_args_scale_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func (arg1 SwigcptrRkv_attend_args) SetFlags(arg2 uint32) {
 	_swig_i_0 := arg1
 	_swig_i_1 := arg2
-	C._wrap_rkv_attend_args_flags_set_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
+	C._wrap_rkv_attend_args_flags_set_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1))
 }
 
 func (arg1 SwigcptrRkv_attend_args) GetFlags() (_swig_ret uint32) {
 	var swig_r uint32
 	_swig_i_0 := arg1
-	swig_r = (uint32)(C._wrap_rkv_attend_args_flags_get_capi_31fb065127705af5(C.uintptr_t(_swig_i_0)))
+	swig_r = (uint32)(C._wrap_rkv_attend_args_flags_get_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0)))
 	return swig_r
 }
 
 func NewRkv_attend_args() (_swig_ret Rkv_attend_args) {
 	var swig_r Rkv_attend_args
-	swig_r = (Rkv_attend_args)(SwigcptrRkv_attend_args(C._wrap_new_rkv_attend_args_capi_31fb065127705af5()))
+	swig_r = (Rkv_attend_args)(SwigcptrRkv_attend_args(C._wrap_new_rkv_attend_args_capi_25cafcfc785c7526()))
 	return swig_r
 }
 
 func DeleteRkv_attend_args(arg1 Rkv_attend_args) {
 	_swig_i_0 := getSwigcptr(arg1)
-	C._wrap_delete_rkv_attend_args_capi_31fb065127705af5(C.uintptr_t(_swig_i_0))
+	C._wrap_delete_rkv_attend_args_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0))
 }
 
 type Rkv_attend_args interface {
@@ -2902,7 +3039,7 @@ func Rkv_attend(arg1 Struct_SS_rkv_cache, arg2 Rkv_attend_args, arg3 uintptr) (_
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := getSwigcptr(arg2)
 	_swig_i_2 := arg3
-	swig_r = (uintptr)(C._wrap_rkv_attend_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.uintptr_t(_swig_i_2)))
+	swig_r = (uintptr)(C._wrap_rkv_attend_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1), C.uintptr_t(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2911,21 +3048,21 @@ func Rkv_attend(arg1 Struct_SS_rkv_cache, arg2 Rkv_attend_args, arg3 uintptr) (_
 type Enum_SS_rkv_score_kind int
 func _swig_getRKV_SCORE_IMPORTANCE() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_SCORE_IMPORTANCE_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_SCORE_IMPORTANCE_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_SCORE_IMPORTANCE int32 = _swig_getRKV_SCORE_IMPORTANCE()
 func _swig_getRKV_SCORE_REDUNDANCY() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_SCORE_REDUNDANCY_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_SCORE_REDUNDANCY_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_SCORE_REDUNDANCY int32 = _swig_getRKV_SCORE_REDUNDANCY()
 func _swig_getRKV_SCORE_FINAL() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_SCORE_FINAL_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_SCORE_FINAL_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -2940,7 +3077,7 @@ func Rkv_seq_scores(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32, arg4 int32
 	_swig_i_5 := arg6
 	_swig_i_6 := arg7
 	_swig_i_7 := arg8
-	swig_r = (uintptr)(C._wrap_rkv_seq_scores_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.int(_swig_i_3), C.swig_intgo(_swig_i_4), C.swig_voidp(_swig_i_5), C.int(_swig_i_6), C.swig_voidp(_swig_i_7)))
+	swig_r = (uintptr)(C._wrap_rkv_seq_scores_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.int(_swig_i_2), C.int(_swig_i_3), C.swig_intgo(_swig_i_4), C.swig_voidp(_swig_i_5), C.int(_swig_i_6), C.swig_voidp(_swig_i_7)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2950,7 +3087,7 @@ func Rkv_cache_sync_lengths(arg1 Struct_SS_rkv_cache, arg2 uintptr) (_swig_ret *
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_cache_sync_lengths_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_sync_lengths_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.uintptr_t(_swig_i_1)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1
@@ -2959,28 +3096,28 @@ func Rkv_cache_sync_lengths(arg1 Struct_SS_rkv_cache, arg2 uintptr) (_swig_ret *
 type Enum_SS_rkv_matmul_path int
 func _swig_getRKV_MATMUL_AUTO() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MATMUL_AUTO_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MATMUL_AUTO_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_MATMUL_AUTO int32 = _swig_getRKV_MATMUL_AUTO()
 func _swig_getRKV_MATMUL_CUBLASLT() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MATMUL_CUBLASLT_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MATMUL_CUBLASLT_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_MATMUL_CUBLASLT int32 = _swig_getRKV_MATMUL_CUBLASLT()
 func _swig_getRKV_MATMUL_FUSED() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MATMUL_FUSED_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MATMUL_FUSED_capi_25cafcfc785c7526())
 	return swig_r
 }
 
 var RKV_MATMUL_FUSED int32 = _swig_getRKV_MATMUL_FUSED()
 func _swig_getRKV_MATMUL_WGMMA() (_swig_ret int32) {
 	var swig_r int32
-	swig_r = (int32)(C._wrap_RKV_MATMUL_WGMMA_capi_31fb065127705af5())
+	swig_r = (int32)(C._wrap_RKV_MATMUL_WGMMA_capi_25cafcfc785c7526())
 	return swig_r
 }
 
@@ -2989,7 +3126,40 @@ func Rkv_cache_set_matmul_path(arg1 Struct_SS_rkv_cache, arg2 int32) (_swig_ret 
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)
 	_swig_i_1 := arg2
-	swig_r = (uintptr)(C._wrap_rkv_cache_set_matmul_path_capi_31fb065127705af5(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1)))
+	swig_r = (uintptr)(C._wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.swig_intgo(_swig_i_1)))
+	var swig_r_1 *Failure
+ swig_r_1 = takeFailure(swig_r) 
+	return swig_r_1
+}
+
+type Enum_SS_rkv_attend_variant int
+func _swig_getRKV_ATTEND_AUTO() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_ATTEND_AUTO_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_ATTEND_AUTO int32 = _swig_getRKV_ATTEND_AUTO()
+func _swig_getRKV_ATTEND_WIDE() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_ATTEND_WIDE_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_ATTEND_WIDE int32 = _swig_getRKV_ATTEND_WIDE()
+func _swig_getRKV_ATTEND_NARROW() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_ATTEND_NARROW_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_ATTEND_NARROW int32 = _swig_getRKV_ATTEND_NARROW()
+func Rkv_cache_set_attend_plan(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32) (_swig_ret *Failure) {
+	var swig_r uintptr
+	_swig_i_0 := getSwigcptr(arg1)
+	_swig_i_1 := arg2
+	_swig_i_2 := arg3
+	swig_r = (uintptr)(C._wrap_rkv_cache_set_attend_plan_capi_25cafcfc785c7526(C.uintptr_t(_swig_i_0), C.int(_swig_i_1), C.swig_intgo(_swig_i_2)))
 	var swig_r_1 *Failure
  swig_r_1 = takeFailure(swig_r) 
 	return swig_r_1

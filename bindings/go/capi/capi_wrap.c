@@ -300,7 +300,7 @@ SWIGINTERN struct rkv_attend_args *new_rkv_attend_args(void){
 extern "C" {
 #endif
 
-void _wrap_Swig_free_capi_31fb065127705af5(void *_swig_go_0) {
+void _wrap_Swig_free_capi_25cafcfc785c7526(void *_swig_go_0) {
   void *arg1 = (void *) 0 ;
   
   arg1 = *(void **)&_swig_go_0; 
@@ -310,7 +310,7 @@ void _wrap_Swig_free_capi_31fb065127705af5(void *_swig_go_0) {
 }
 
 
-void *_wrap_Swig_malloc_capi_31fb065127705af5(intgo _swig_go_0) {
+void *_wrap_Swig_malloc_capi_25cafcfc785c7526(intgo _swig_go_0) {
   int arg1 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -323,7 +323,7 @@ void *_wrap_Swig_malloc_capi_31fb065127705af5(intgo _swig_go_0) {
 }
 
 
-int _wrap_rkv_go_failure_status_get_capi_31fb065127705af5(struct rkv_go_failure *_swig_go_0) {
+int _wrap_rkv_go_failure_status_get_capi_25cafcfc785c7526(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -336,7 +336,7 @@ int _wrap_rkv_go_failure_status_get_capi_31fb065127705af5(struct rkv_go_failure 
 }
 
 
-_gostring_ _wrap_rkv_go_failure_message_get_capi_31fb065127705af5(struct rkv_go_failure *_swig_go_0) {
+_gostring_ _wrap_rkv_go_failure_message_get_capi_25cafcfc785c7526(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   char *result = 0 ;
   _gostring_ _swig_go_result;
@@ -352,7 +352,7 @@ _gostring_ _wrap_rkv_go_failure_message_get_capi_31fb065127705af5(struct rkv_go_
 }
 
 
-void _wrap_delete_rkv_go_failure_capi_31fb065127705af5(struct rkv_go_failure *_swig_go_0) {
+void _wrap_delete_rkv_go_failure_capi_25cafcfc785c7526(struct rkv_go_failure *_swig_go_0) {
   struct rkv_go_failure *arg1 = (struct rkv_go_failure *) 0 ;
   
   arg1 = *(struct rkv_go_failure **)&_swig_go_0; 
@@ -362,7 +362,7 @@ void _wrap_delete_rkv_go_failure_capi_31fb065127705af5(struct rkv_go_failure *_s
 }
 
 
-intgo _wrap_rkv_go_append_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, int *_swig_go_2, int *_swig_go_3, long long *_swig_go_4, void *_swig_go_5, void *_swig_go_6, void *_swig_go_7, void *_swig_go_8) {
+intgo _wrap_rkv_go_append_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, int *_swig_go_2, int *_swig_go_3, long long *_swig_go_4, void *_swig_go_5, void *_swig_go_6, void *_swig_go_7, void *_swig_go_8) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_append_args *arg2 = (rkv_append_args *) 0 ;
   int32_t *arg3 = (int32_t *) 0 ;
@@ -391,7 +391,7 @@ intgo _wrap_rkv_go_append_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, st
 }
 
 
-intgo _wrap_rkv_go_attend_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, int *_swig_go_2, void *_swig_go_3, void *_swig_go_4, void *_swig_go_5) {
+intgo _wrap_rkv_go_attend_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, int *_swig_go_2, void *_swig_go_3, void *_swig_go_4, void *_swig_go_5) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_attend_args *arg2 = (rkv_attend_args *) 0 ;
   int32_t *arg3 = (int32_t *) 0 ;
@@ -414,7 +414,7 @@ intgo _wrap_rkv_go_attend_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, st
 }
 
 
-intgo _wrap_rkv_go_batch_set_capi_31fb065127705af5(struct rkv_batch *_swig_go_0, int *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_go_batch_set_capi_25cafcfc785c7526(struct rkv_batch *_swig_go_0, int *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_batch *arg1 = (rkv_batch *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   int32_t arg3 ;
@@ -433,7 +433,7 @@ intgo _wrap_rkv_go_batch_set_capi_31fb065127705af5(struct rkv_batch *_swig_go_0,
 }
 
 
-intgo _wrap_RKV_VERSION_NUMBER_capi_31fb065127705af5() {
+intgo _wrap_RKV_VERSION_NUMBER_capi_25cafcfc785c7526() {
   int result;
   intgo _swig_go_result;
   
@@ -444,7 +444,7 @@ intgo _wrap_RKV_VERSION_NUMBER_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_rkv_version_number_capi_31fb065127705af5() {
+intgo _wrap_rkv_version_number_capi_25cafcfc785c7526() {
   unsigned int result;
   intgo _swig_go_result;
   
@@ -455,7 +455,7 @@ intgo _wrap_rkv_version_number_capi_31fb065127705af5() {
 }
 
 
-_gostring_ _wrap_rkv_version_string_capi_31fb065127705af5() {
+_gostring_ _wrap_rkv_version_string_capi_25cafcfc785c7526() {
   char *result = 0 ;
   _gostring_ _swig_go_result;
   
@@ -469,7 +469,7 @@ _gostring_ _wrap_rkv_version_string_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_OK_capi_31fb065127705af5() {
+intgo _wrap_RKV_OK_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -481,7 +481,7 @@ intgo _wrap_RKV_OK_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -493,7 +493,7 @@ intgo _wrap_RKV_ERR_INVALID_ARGUMENT_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -505,7 +505,7 @@ intgo _wrap_RKV_ERR_OUT_OF_RANGE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_UNSUPPORTED_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_UNSUPPORTED_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -517,7 +517,7 @@ intgo _wrap_RKV_ERR_UNSUPPORTED_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -529,7 +529,7 @@ intgo _wrap_RKV_ERR_SHAPE_MISMATCH_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -541,7 +541,7 @@ intgo _wrap_RKV_ERR_STRUCT_SIZE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_CAPACITY_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_CAPACITY_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -553,7 +553,7 @@ intgo _wrap_RKV_ERR_CAPACITY_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -565,7 +565,7 @@ intgo _wrap_RKV_ERR_MISSING_QUERIES_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_BAD_STATE_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_BAD_STATE_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -577,7 +577,7 @@ intgo _wrap_RKV_ERR_BAD_STATE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_OVERFLOW_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_OVERFLOW_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -589,7 +589,7 @@ intgo _wrap_RKV_ERR_OVERFLOW_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -601,7 +601,7 @@ intgo _wrap_RKV_ERR_OUT_OF_MEMORY_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_DEVICE_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_DEVICE_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -613,7 +613,7 @@ intgo _wrap_RKV_ERR_DEVICE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_FAULTED_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_FAULTED_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -625,7 +625,7 @@ intgo _wrap_RKV_ERR_FAULTED_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ERR_INTERNAL_capi_31fb065127705af5() {
+intgo _wrap_RKV_ERR_INTERNAL_capi_25cafcfc785c7526() {
   enum rkv_status result;
   intgo _swig_go_result;
   
@@ -637,7 +637,7 @@ intgo _wrap_RKV_ERR_INTERNAL_capi_31fb065127705af5() {
 }
 
 
-_gostring_ _wrap_rkv_status_name_capi_31fb065127705af5(intgo _swig_go_0) {
+_gostring_ _wrap_rkv_status_name_capi_25cafcfc785c7526(intgo _swig_go_0) {
   rkv_status arg1 ;
   char *result = 0 ;
   _gostring_ _swig_go_result;
@@ -653,7 +653,7 @@ _gostring_ _wrap_rkv_status_name_capi_31fb065127705af5(intgo _swig_go_0) {
 }
 
 
-intgo _wrap_RKV_DTYPE_F32_capi_31fb065127705af5() {
+intgo _wrap_RKV_DTYPE_F32_capi_25cafcfc785c7526() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -665,7 +665,7 @@ intgo _wrap_RKV_DTYPE_F32_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_DTYPE_F16_capi_31fb065127705af5() {
+intgo _wrap_RKV_DTYPE_F16_capi_25cafcfc785c7526() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -677,7 +677,7 @@ intgo _wrap_RKV_DTYPE_F16_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_DTYPE_BF16_capi_31fb065127705af5() {
+intgo _wrap_RKV_DTYPE_BF16_capi_25cafcfc785c7526() {
   enum rkv_dtype result;
   intgo _swig_go_result;
   
@@ -689,7 +689,19 @@ intgo _wrap_RKV_DTYPE_BF16_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_DEVICE_CPU_capi_31fb065127705af5() {
+intgo _wrap_RKV_DTYPE_FP8_E4M3_capi_25cafcfc785c7526() {
+  enum rkv_dtype result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_DTYPE_FP8_E4M3;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_DEVICE_CPU_capi_25cafcfc785c7526() {
   enum rkv_device_type result;
   intgo _swig_go_result;
   
@@ -701,7 +713,7 @@ intgo _wrap_RKV_DEVICE_CPU_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_DEVICE_CUDA_capi_31fb065127705af5() {
+intgo _wrap_RKV_DEVICE_CUDA_capi_25cafcfc785c7526() {
   enum rkv_device_type result;
   intgo _swig_go_result;
   
@@ -713,7 +725,7 @@ intgo _wrap_RKV_DEVICE_CUDA_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_RKV_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_RKV_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -725,7 +737,7 @@ intgo _wrap_RKV_METHOD_RKV_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_SNAPKV_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_SNAPKV_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -737,7 +749,7 @@ intgo _wrap_RKV_METHOD_SNAPKV_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_H2O_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_H2O_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -749,7 +761,7 @@ intgo _wrap_RKV_METHOD_H2O_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -761,7 +773,7 @@ intgo _wrap_RKV_METHOD_STREAMINGLLM_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_KEYDIFF_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_KEYDIFF_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -773,7 +785,7 @@ intgo _wrap_RKV_METHOD_KEYDIFF_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_RANDOM_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_RANDOM_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -785,7 +797,7 @@ intgo _wrap_RKV_METHOD_RANDOM_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_METHOD_FULL_capi_31fb065127705af5() {
+intgo _wrap_RKV_METHOD_FULL_capi_25cafcfc785c7526() {
   enum rkv_method result;
   intgo _swig_go_result;
   
@@ -797,7 +809,7 @@ intgo _wrap_RKV_METHOD_FULL_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_MODE_POSITION_capi_31fb065127705af5() {
+intgo _wrap_RKV_MODE_POSITION_capi_25cafcfc785c7526() {
   enum rkv_mode result;
   intgo _swig_go_result;
   
@@ -809,7 +821,7 @@ intgo _wrap_RKV_MODE_POSITION_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_MODE_REFERENCE_capi_31fb065127705af5() {
+intgo _wrap_RKV_MODE_REFERENCE_capi_25cafcfc785c7526() {
   enum rkv_mode result;
   intgo _swig_go_result;
   
@@ -821,7 +833,7 @@ intgo _wrap_RKV_MODE_REFERENCE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_POOLING_MAX_capi_31fb065127705af5() {
+intgo _wrap_RKV_POOLING_MAX_capi_25cafcfc785c7526() {
   enum rkv_pooling result;
   intgo _swig_go_result;
   
@@ -833,7 +845,7 @@ intgo _wrap_RKV_POOLING_MAX_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_POOLING_MEAN_capi_31fb065127705af5() {
+intgo _wrap_RKV_POOLING_MEAN_capi_25cafcfc785c7526() {
   enum rkv_pooling result;
   intgo _swig_go_result;
   
@@ -845,7 +857,7 @@ intgo _wrap_RKV_POOLING_MEAN_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_GUARD_SINK_capi_31fb065127705af5() {
+intgo _wrap_RKV_GUARD_SINK_capi_25cafcfc785c7526() {
   int result;
   intgo _swig_go_result;
   
@@ -857,7 +869,7 @@ intgo _wrap_RKV_GUARD_SINK_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_GUARD_PROMPT_capi_31fb065127705af5() {
+intgo _wrap_RKV_GUARD_PROMPT_capi_25cafcfc785c7526() {
   int result;
   intgo _swig_go_result;
   
@@ -869,7 +881,7 @@ intgo _wrap_RKV_GUARD_PROMPT_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_ALL_capi_31fb065127705af5() {
+intgo _wrap_RKV_ALL_capi_25cafcfc785c7526() {
   int result;
   intgo _swig_go_result;
   
@@ -880,7 +892,7 @@ intgo _wrap_RKV_ALL_capi_31fb065127705af5() {
 }
 
 
-void _wrap_rkv_cache_params_struct_size_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_cache_params_struct_size_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   size_t arg2 ;
   
@@ -892,7 +904,7 @@ void _wrap_rkv_cache_params_struct_size_set_capi_31fb065127705af5(struct rkv_cac
 }
 
 
-long long _wrap_rkv_cache_params_struct_size_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+long long _wrap_rkv_cache_params_struct_size_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -905,7 +917,7 @@ long long _wrap_rkv_cache_params_struct_size_get_capi_31fb065127705af5(struct rk
 }
 
 
-void _wrap_rkv_cache_params_max_seqs_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_seqs_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -917,7 +929,7 @@ void _wrap_rkv_cache_params_max_seqs_set_capi_31fb065127705af5(struct rkv_cache_
 }
 
 
-int _wrap_rkv_cache_params_max_seqs_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_seqs_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -930,7 +942,7 @@ int _wrap_rkv_cache_params_max_seqs_get_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_num_layers_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_layers_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -942,7 +954,7 @@ void _wrap_rkv_cache_params_num_layers_set_capi_31fb065127705af5(struct rkv_cach
 }
 
 
-int _wrap_rkv_cache_params_num_layers_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_layers_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -955,7 +967,7 @@ int _wrap_rkv_cache_params_num_layers_get_capi_31fb065127705af5(struct rkv_cache
 }
 
 
-void _wrap_rkv_cache_params_num_kv_heads_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_kv_heads_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -967,7 +979,7 @@ void _wrap_rkv_cache_params_num_kv_heads_set_capi_31fb065127705af5(struct rkv_ca
 }
 
 
-int _wrap_rkv_cache_params_num_kv_heads_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_kv_heads_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -980,7 +992,7 @@ int _wrap_rkv_cache_params_num_kv_heads_get_capi_31fb065127705af5(struct rkv_cac
 }
 
 
-void _wrap_rkv_cache_params_num_q_heads_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_num_q_heads_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -992,7 +1004,7 @@ void _wrap_rkv_cache_params_num_q_heads_set_capi_31fb065127705af5(struct rkv_cac
 }
 
 
-int _wrap_rkv_cache_params_num_q_heads_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_num_q_heads_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1005,7 +1017,7 @@ int _wrap_rkv_cache_params_num_q_heads_get_capi_31fb065127705af5(struct rkv_cach
 }
 
 
-void _wrap_rkv_cache_params_head_dim_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_head_dim_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1017,7 +1029,7 @@ void _wrap_rkv_cache_params_head_dim_set_capi_31fb065127705af5(struct rkv_cache_
 }
 
 
-int _wrap_rkv_cache_params_head_dim_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_head_dim_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1030,7 +1042,7 @@ int _wrap_rkv_cache_params_head_dim_get_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_dtype_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_dtype_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_dtype arg2 ;
   
@@ -1042,7 +1054,7 @@ void _wrap_rkv_cache_params_dtype_set_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-intgo _wrap_rkv_cache_params_dtype_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_dtype_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_dtype result;
   intgo _swig_go_result;
@@ -1055,7 +1067,7 @@ intgo _wrap_rkv_cache_params_dtype_get_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-void _wrap_rkv_cache_params_device_type_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_device_type_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_device_type arg2 ;
   
@@ -1067,7 +1079,7 @@ void _wrap_rkv_cache_params_device_type_set_capi_31fb065127705af5(struct rkv_cac
 }
 
 
-intgo _wrap_rkv_cache_params_device_type_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_device_type_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_device_type result;
   intgo _swig_go_result;
@@ -1080,7 +1092,7 @@ intgo _wrap_rkv_cache_params_device_type_get_capi_31fb065127705af5(struct rkv_ca
 }
 
 
-void _wrap_rkv_cache_params_device_id_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_device_id_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1092,7 +1104,7 @@ void _wrap_rkv_cache_params_device_id_set_capi_31fb065127705af5(struct rkv_cache
 }
 
 
-int _wrap_rkv_cache_params_device_id_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_device_id_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1105,7 +1117,7 @@ int _wrap_rkv_cache_params_device_id_get_capi_31fb065127705af5(struct rkv_cache_
 }
 
 
-void _wrap_rkv_cache_params_method_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_method_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_method arg2 ;
   
@@ -1117,7 +1129,7 @@ void _wrap_rkv_cache_params_method_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-intgo _wrap_rkv_cache_params_method_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_method_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_method result;
   intgo _swig_go_result;
@@ -1130,7 +1142,7 @@ intgo _wrap_rkv_cache_params_method_get_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_mode_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_mode_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_mode arg2 ;
   
@@ -1142,7 +1154,7 @@ void _wrap_rkv_cache_params_mode_set_capi_31fb065127705af5(struct rkv_cache_para
 }
 
 
-intgo _wrap_rkv_cache_params_mode_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_mode_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_mode result;
   intgo _swig_go_result;
@@ -1155,7 +1167,7 @@ intgo _wrap_rkv_cache_params_mode_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_budget_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_budget_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1167,7 +1179,7 @@ void _wrap_rkv_cache_params_budget_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_budget_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_budget_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1180,7 +1192,7 @@ int _wrap_rkv_cache_params_budget_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_buffer_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_buffer_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1192,7 +1204,7 @@ void _wrap_rkv_cache_params_buffer_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_buffer_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_buffer_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1205,7 +1217,7 @@ int _wrap_rkv_cache_params_buffer_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_window_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_window_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1217,7 +1229,7 @@ void _wrap_rkv_cache_params_window_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_window_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_window_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1230,7 +1242,7 @@ int _wrap_rkv_cache_params_window_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_kernel_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_kernel_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1242,7 +1254,7 @@ void _wrap_rkv_cache_params_kernel_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_kernel_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_kernel_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1255,7 +1267,7 @@ int _wrap_rkv_cache_params_kernel_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_lambda_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
+void _wrap_rkv_cache_params_lambda_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float arg2 ;
   
@@ -1267,7 +1279,7 @@ void _wrap_rkv_cache_params_lambda_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-float _wrap_rkv_cache_params_lambda_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+float _wrap_rkv_cache_params_lambda_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float result;
   float _swig_go_result;
@@ -1280,7 +1292,7 @@ float _wrap_rkv_cache_params_lambda_get_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-void _wrap_rkv_cache_params_threshold_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
+void _wrap_rkv_cache_params_threshold_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, float _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float arg2 ;
   
@@ -1292,7 +1304,7 @@ void _wrap_rkv_cache_params_threshold_set_capi_31fb065127705af5(struct rkv_cache
 }
 
 
-float _wrap_rkv_cache_params_threshold_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+float _wrap_rkv_cache_params_threshold_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   float result;
   float _swig_go_result;
@@ -1305,7 +1317,7 @@ float _wrap_rkv_cache_params_threshold_get_capi_31fb065127705af5(struct rkv_cach
 }
 
 
-void _wrap_rkv_cache_params_pooling_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_cache_params_pooling_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_pooling arg2 ;
   
@@ -1317,7 +1329,7 @@ void _wrap_rkv_cache_params_pooling_set_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-intgo _wrap_rkv_cache_params_pooling_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+intgo _wrap_rkv_cache_params_pooling_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   rkv_pooling result;
   intgo _swig_go_result;
@@ -1330,7 +1342,7 @@ intgo _wrap_rkv_cache_params_pooling_get_capi_31fb065127705af5(struct rkv_cache_
 }
 
 
-void _wrap_rkv_cache_params_sink_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_sink_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1342,7 +1354,7 @@ void _wrap_rkv_cache_params_sink_set_capi_31fb065127705af5(struct rkv_cache_para
 }
 
 
-int _wrap_rkv_cache_params_sink_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_sink_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1355,7 +1367,7 @@ int _wrap_rkv_cache_params_sink_get_capi_31fb065127705af5(struct rkv_cache_param
 }
 
 
-void _wrap_rkv_cache_params_guards_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_guards_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t arg2 ;
   
@@ -1367,7 +1379,7 @@ void _wrap_rkv_cache_params_guards_set_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-int _wrap_rkv_cache_params_guards_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_guards_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t result;
   int _swig_go_result;
@@ -1380,7 +1392,7 @@ int _wrap_rkv_cache_params_guards_get_capi_31fb065127705af5(struct rkv_cache_par
 }
 
 
-void _wrap_rkv_cache_params_max_prompt_len_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_prompt_len_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1392,7 +1404,7 @@ void _wrap_rkv_cache_params_max_prompt_len_set_capi_31fb065127705af5(struct rkv_
 }
 
 
-int _wrap_rkv_cache_params_max_prompt_len_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_prompt_len_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1405,7 +1417,7 @@ int _wrap_rkv_cache_params_max_prompt_len_get_capi_31fb065127705af5(struct rkv_c
 }
 
 
-void _wrap_rkv_cache_params_max_len_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_len_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1417,7 +1429,7 @@ void _wrap_rkv_cache_params_max_len_set_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-int _wrap_rkv_cache_params_max_len_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_len_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1430,7 +1442,7 @@ int _wrap_rkv_cache_params_max_len_get_capi_31fb065127705af5(struct rkv_cache_pa
 }
 
 
-void _wrap_rkv_cache_params_seed_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_cache_params_seed_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint64_t arg2 ;
   
@@ -1442,7 +1454,7 @@ void _wrap_rkv_cache_params_seed_set_capi_31fb065127705af5(struct rkv_cache_para
 }
 
 
-long long _wrap_rkv_cache_params_seed_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+long long _wrap_rkv_cache_params_seed_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -1455,7 +1467,7 @@ long long _wrap_rkv_cache_params_seed_get_capi_31fb065127705af5(struct rkv_cache
 }
 
 
-void _wrap_rkv_cache_params_auto_compress_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_auto_compress_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1467,7 +1479,7 @@ void _wrap_rkv_cache_params_auto_compress_set_capi_31fb065127705af5(struct rkv_c
 }
 
 
-int _wrap_rkv_cache_params_auto_compress_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_auto_compress_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1480,7 +1492,7 @@ int _wrap_rkv_cache_params_auto_compress_get_capi_31fb065127705af5(struct rkv_ca
 }
 
 
-void _wrap_rkv_cache_params_max_rollback_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_max_rollback_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t arg2 ;
   
@@ -1492,7 +1504,7 @@ void _wrap_rkv_cache_params_max_rollback_set_capi_31fb065127705af5(struct rkv_ca
 }
 
 
-int _wrap_rkv_cache_params_max_rollback_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_max_rollback_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -1505,7 +1517,7 @@ int _wrap_rkv_cache_params_max_rollback_get_capi_31fb065127705af5(struct rkv_cac
 }
 
 
-void _wrap_rkv_cache_params_reserved_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_cache_params_reserved_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, int _swig_go_1) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t arg2 ;
   
@@ -1517,7 +1529,7 @@ void _wrap_rkv_cache_params_reserved_set_capi_31fb065127705af5(struct rkv_cache_
 }
 
 
-int _wrap_rkv_cache_params_reserved_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+int _wrap_rkv_cache_params_reserved_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   uint32_t result;
   int _swig_go_result;
@@ -1530,7 +1542,7 @@ int _wrap_rkv_cache_params_reserved_get_capi_31fb065127705af5(struct rkv_cache_p
 }
 
 
-struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_31fb065127705af5() {
+struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_25cafcfc785c7526() {
   struct rkv_cache_params *result = 0 ;
   struct rkv_cache_params *_swig_go_result;
   
@@ -1541,7 +1553,7 @@ struct rkv_cache_params *_wrap_new_rkv_cache_params_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_cache_params_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0) {
+void _wrap_delete_rkv_cache_params_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0) {
   struct rkv_cache_params *arg1 = (struct rkv_cache_params *) 0 ;
   
   arg1 = *(struct rkv_cache_params **)&_swig_go_0; 
@@ -1551,7 +1563,7 @@ void _wrap_delete_rkv_cache_params_capi_31fb065127705af5(struct rkv_cache_params
 }
 
 
-intgo _wrap_rkv_params_default_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
+intgo _wrap_rkv_params_default_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, long long _swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   size_t arg2 ;
   rkv_status result;
@@ -1566,7 +1578,7 @@ intgo _wrap_rkv_params_default_capi_31fb065127705af5(struct rkv_cache_params *_s
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_SEQS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_MAX_SEQS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1578,7 +1590,7 @@ intgo _wrap_RKV_PARAM_MAX_SEQS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1590,7 +1602,7 @@ intgo _wrap_RKV_PARAM_NUM_LAYERS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1602,7 +1614,7 @@ intgo _wrap_RKV_PARAM_NUM_KV_HEADS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1614,7 +1626,7 @@ intgo _wrap_RKV_PARAM_NUM_Q_HEADS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_HEAD_DIM_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_HEAD_DIM_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1626,7 +1638,7 @@ intgo _wrap_RKV_PARAM_HEAD_DIM_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_DTYPE_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_DTYPE_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1638,7 +1650,7 @@ intgo _wrap_RKV_PARAM_DTYPE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1650,7 +1662,7 @@ intgo _wrap_RKV_PARAM_DEVICE_TYPE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_DEVICE_ID_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_DEVICE_ID_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1662,7 +1674,7 @@ intgo _wrap_RKV_PARAM_DEVICE_ID_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_METHOD_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_METHOD_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1674,7 +1686,7 @@ intgo _wrap_RKV_PARAM_METHOD_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_MODE_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_MODE_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1686,7 +1698,7 @@ intgo _wrap_RKV_PARAM_MODE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_BUDGET_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_BUDGET_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1698,7 +1710,7 @@ intgo _wrap_RKV_PARAM_BUDGET_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_BUFFER_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_BUFFER_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1710,7 +1722,7 @@ intgo _wrap_RKV_PARAM_BUFFER_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_WINDOW_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_WINDOW_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1722,7 +1734,7 @@ intgo _wrap_RKV_PARAM_WINDOW_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_KERNEL_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_KERNEL_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1734,7 +1746,7 @@ intgo _wrap_RKV_PARAM_KERNEL_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_LAMBDA_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_LAMBDA_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1746,7 +1758,7 @@ intgo _wrap_RKV_PARAM_LAMBDA_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_THRESHOLD_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_THRESHOLD_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1758,7 +1770,7 @@ intgo _wrap_RKV_PARAM_THRESHOLD_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_POOLING_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_POOLING_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1770,7 +1782,7 @@ intgo _wrap_RKV_PARAM_POOLING_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_SINK_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_SINK_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1782,7 +1794,7 @@ intgo _wrap_RKV_PARAM_SINK_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_GUARDS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_GUARDS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1794,7 +1806,7 @@ intgo _wrap_RKV_PARAM_GUARDS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1806,7 +1818,7 @@ intgo _wrap_RKV_PARAM_MAX_PROMPT_LEN_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_LEN_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_MAX_LEN_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1818,7 +1830,7 @@ intgo _wrap_RKV_PARAM_MAX_LEN_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_SEED_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_SEED_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1830,7 +1842,7 @@ intgo _wrap_RKV_PARAM_SEED_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1842,7 +1854,7 @@ intgo _wrap_RKV_PARAM_AUTO_COMPRESS_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_31fb065127705af5() {
+intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_25cafcfc785c7526() {
   enum rkv_param result;
   intgo _swig_go_result;
   
@@ -1854,7 +1866,7 @@ intgo _wrap_RKV_PARAM_MAX_ROLLBACK_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_rkv_params_bounds_capi_31fb065127705af5(intgo _swig_go_0, double *_swig_go_1, double *_swig_go_2) {
+intgo _wrap_rkv_params_bounds_capi_25cafcfc785c7526(intgo _swig_go_0, double *_swig_go_1, double *_swig_go_2) {
   rkv_param arg1 ;
   double *arg2 = (double *) 0 ;
   double *arg3 = (double *) 0 ;
@@ -1871,7 +1883,7 @@ intgo _wrap_rkv_params_bounds_capi_31fb065127705af5(intgo _swig_go_0, double *_s
 }
 
 
-intgo _wrap_rkv_params_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
+intgo _wrap_rkv_params_set_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_param arg2 ;
   double arg3 ;
@@ -1888,7 +1900,7 @@ intgo _wrap_rkv_params_set_capi_31fb065127705af5(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_params_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
+intgo _wrap_rkv_params_get_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_param arg2 ;
   double *arg3 = (double *) 0 ;
@@ -1905,7 +1917,7 @@ intgo _wrap_rkv_params_get_capi_31fb065127705af5(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_cache_size_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, long long *_swig_go_1) {
+intgo _wrap_rkv_cache_size_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, long long *_swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   uint64_t *arg2 = (uint64_t *) 0 ;
   rkv_status result;
@@ -1920,7 +1932,7 @@ intgo _wrap_rkv_cache_size_capi_31fb065127705af5(struct rkv_cache_params *_swig_
 }
 
 
-intgo _wrap_rkv_cache_create_capi_31fb065127705af5(struct rkv_cache_params *_swig_go_0, rkv_cache **_swig_go_1) {
+intgo _wrap_rkv_cache_create_capi_25cafcfc785c7526(struct rkv_cache_params *_swig_go_0, rkv_cache **_swig_go_1) {
   rkv_cache_params *arg1 = (rkv_cache_params *) 0 ;
   rkv_cache **arg2 = (rkv_cache **) 0 ;
   rkv_status result;
@@ -1935,7 +1947,7 @@ intgo _wrap_rkv_cache_create_capi_31fb065127705af5(struct rkv_cache_params *_swi
 }
 
 
-void _wrap_rkv_cache_destroy_capi_31fb065127705af5(struct rkv_cache *_swig_go_0) {
+void _wrap_rkv_cache_destroy_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   
   arg1 = *(rkv_cache **)&_swig_go_0; 
@@ -1945,7 +1957,7 @@ void _wrap_rkv_cache_destroy_capi_31fb065127705af5(struct rkv_cache *_swig_go_0)
 }
 
 
-intgo _wrap_rkv_cache_get_params_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struct rkv_cache_params *_swig_go_1) {
+intgo _wrap_rkv_cache_get_params_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, struct rkv_cache_params *_swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_cache_params *arg2 = (rkv_cache_params *) 0 ;
   rkv_status result;
@@ -1960,7 +1972,7 @@ intgo _wrap_rkv_cache_get_params_capi_31fb065127705af5(struct rkv_cache *_swig_g
 }
 
 
-intgo _wrap_rkv_cache_set_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
+intgo _wrap_rkv_cache_set_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double _swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_param arg2 ;
   double arg3 ;
@@ -1977,7 +1989,7 @@ intgo _wrap_rkv_cache_set_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, in
 }
 
 
-intgo _wrap_rkv_cache_get_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
+intgo _wrap_rkv_cache_get_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, intgo _swig_go_1, double *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_param arg2 ;
   double *arg3 = (double *) 0 ;
@@ -1994,7 +2006,7 @@ intgo _wrap_rkv_cache_get_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, in
 }
 
 
-intgo _wrap_rkv_seq_reset_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, void *_swig_go_2) {
+intgo _wrap_rkv_seq_reset_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, void *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   void *arg3 = (void *) 0 ;
@@ -2011,7 +2023,7 @@ intgo _wrap_rkv_seq_reset_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, in
 }
 
 
-intgo _wrap_rkv_seq_truncate_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_seq_truncate_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2030,7 +2042,7 @@ intgo _wrap_rkv_seq_truncate_capi_31fb065127705af5(struct rkv_cache *_swig_go_0,
 }
 
 
-intgo _wrap_rkv_seq_rollback_limit_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
+intgo _wrap_rkv_seq_rollback_limit_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t *arg3 = (int32_t *) 0 ;
@@ -2047,7 +2059,7 @@ intgo _wrap_rkv_seq_rollback_limit_capi_31fb065127705af5(struct rkv_cache *_swig
 }
 
 
-intgo _wrap_rkv_seq_copy_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_seq_copy_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2066,7 +2078,7 @@ intgo _wrap_rkv_seq_copy_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int
 }
 
 
-intgo _wrap_rkv_seq_set_budget_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2) {
+intgo _wrap_rkv_seq_set_budget_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2083,7 +2095,7 @@ intgo _wrap_rkv_seq_set_budget_capi_31fb065127705af5(struct rkv_cache *_swig_go_
 }
 
 
-intgo _wrap_rkv_seq_get_budget_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
+intgo _wrap_rkv_seq_get_budget_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t *arg3 = (int32_t *) 0 ;
@@ -2100,7 +2112,7 @@ intgo _wrap_rkv_seq_get_budget_capi_31fb065127705af5(struct rkv_cache *_swig_go_
 }
 
 
-intgo _wrap_rkv_seq_length_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, long long *_swig_go_3, int *_swig_go_4) {
+intgo _wrap_rkv_seq_length_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, long long *_swig_go_3, int *_swig_go_4) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2121,7 +2133,7 @@ intgo _wrap_rkv_seq_length_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, i
 }
 
 
-intgo _wrap_rkv_seq_positions_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, int *_swig_go_4, int _swig_go_5, int *_swig_go_6) {
+intgo _wrap_rkv_seq_positions_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, int *_swig_go_4, int _swig_go_5, int *_swig_go_6) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2146,7 +2158,7 @@ intgo _wrap_rkv_seq_positions_capi_31fb065127705af5(struct rkv_cache *_swig_go_0
 }
 
 
-void _wrap_rkv_tensor_data_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, void *_swig_go_1) {
+void _wrap_rkv_tensor_data_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, void *_swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   void *arg2 = (void *) 0 ;
   
@@ -2158,7 +2170,7 @@ void _wrap_rkv_tensor_data_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go
 }
 
 
-void *_wrap_rkv_tensor_data_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+void *_wrap_rkv_tensor_data_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -2171,7 +2183,7 @@ void *_wrap_rkv_tensor_data_get_capi_31fb065127705af5(struct rkv_tensor *_swig_g
 }
 
 
-void _wrap_rkv_tensor_dtype_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_tensor_dtype_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, intgo _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   rkv_dtype arg2 ;
   
@@ -2183,7 +2195,7 @@ void _wrap_rkv_tensor_dtype_set_capi_31fb065127705af5(struct rkv_tensor *_swig_g
 }
 
 
-intgo _wrap_rkv_tensor_dtype_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+intgo _wrap_rkv_tensor_dtype_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   rkv_dtype result;
   intgo _swig_go_result;
@@ -2196,7 +2208,7 @@ intgo _wrap_rkv_tensor_dtype_get_capi_31fb065127705af5(struct rkv_tensor *_swig_
 }
 
 
-void _wrap_rkv_tensor_num_heads_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_tensor_num_heads_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int32_t arg2 ;
   
@@ -2208,7 +2220,7 @@ void _wrap_rkv_tensor_num_heads_set_capi_31fb065127705af5(struct rkv_tensor *_sw
 }
 
 
-int _wrap_rkv_tensor_num_heads_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+int _wrap_rkv_tensor_num_heads_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2221,7 +2233,7 @@ int _wrap_rkv_tensor_num_heads_get_capi_31fb065127705af5(struct rkv_tensor *_swi
 }
 
 
-void _wrap_rkv_tensor_head_dim_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_tensor_head_dim_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, int _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int32_t arg2 ;
   
@@ -2233,7 +2245,7 @@ void _wrap_rkv_tensor_head_dim_set_capi_31fb065127705af5(struct rkv_tensor *_swi
 }
 
 
-int _wrap_rkv_tensor_head_dim_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+int _wrap_rkv_tensor_head_dim_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2246,7 +2258,7 @@ int _wrap_rkv_tensor_head_dim_get_capi_31fb065127705af5(struct rkv_tensor *_swig
 }
 
 
-void _wrap_rkv_tensor_stride_seq_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_tensor_stride_seq_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t arg2 ;
   
@@ -2258,7 +2270,7 @@ void _wrap_rkv_tensor_stride_seq_set_capi_31fb065127705af5(struct rkv_tensor *_s
 }
 
 
-long long _wrap_rkv_tensor_stride_seq_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+long long _wrap_rkv_tensor_stride_seq_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -2271,7 +2283,7 @@ long long _wrap_rkv_tensor_stride_seq_get_capi_31fb065127705af5(struct rkv_tenso
 }
 
 
-void _wrap_rkv_tensor_stride_token_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_tensor_stride_token_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t arg2 ;
   
@@ -2283,7 +2295,7 @@ void _wrap_rkv_tensor_stride_token_set_capi_31fb065127705af5(struct rkv_tensor *
 }
 
 
-long long _wrap_rkv_tensor_stride_token_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+long long _wrap_rkv_tensor_stride_token_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -2296,7 +2308,7 @@ long long _wrap_rkv_tensor_stride_token_get_capi_31fb065127705af5(struct rkv_ten
 }
 
 
-void _wrap_rkv_tensor_stride_head_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_tensor_stride_head_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t arg2 ;
   
@@ -2308,7 +2320,7 @@ void _wrap_rkv_tensor_stride_head_set_capi_31fb065127705af5(struct rkv_tensor *_
 }
 
 
-long long _wrap_rkv_tensor_stride_head_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+long long _wrap_rkv_tensor_stride_head_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -2321,7 +2333,7 @@ long long _wrap_rkv_tensor_stride_head_get_capi_31fb065127705af5(struct rkv_tens
 }
 
 
-void _wrap_rkv_tensor_extent_set_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_tensor_extent_set_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0, long long _swig_go_1) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t arg2 ;
   
@@ -2333,7 +2345,7 @@ void _wrap_rkv_tensor_extent_set_capi_31fb065127705af5(struct rkv_tensor *_swig_
 }
 
 
-long long _wrap_rkv_tensor_extent_get_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+long long _wrap_rkv_tensor_extent_get_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -2346,7 +2358,7 @@ long long _wrap_rkv_tensor_extent_get_capi_31fb065127705af5(struct rkv_tensor *_
 }
 
 
-struct rkv_tensor *_wrap_new_rkv_tensor_capi_31fb065127705af5() {
+struct rkv_tensor *_wrap_new_rkv_tensor_capi_25cafcfc785c7526() {
   struct rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
   
@@ -2357,7 +2369,7 @@ struct rkv_tensor *_wrap_new_rkv_tensor_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_tensor_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0) {
+void _wrap_delete_rkv_tensor_capi_25cafcfc785c7526(struct rkv_tensor *_swig_go_0) {
   struct rkv_tensor *arg1 = (struct rkv_tensor *) 0 ;
   
   arg1 = *(struct rkv_tensor **)&_swig_go_0; 
@@ -2367,7 +2379,7 @@ void _wrap_delete_rkv_tensor_capi_31fb065127705af5(struct rkv_tensor *_swig_go_0
 }
 
 
-intgo _wrap_rkv_batch_create_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, rkv_batch **_swig_go_2) {
+intgo _wrap_rkv_batch_create_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, rkv_batch **_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   rkv_batch **arg3 = (rkv_batch **) 0 ;
@@ -2384,7 +2396,7 @@ intgo _wrap_rkv_batch_create_capi_31fb065127705af5(struct rkv_cache *_swig_go_0,
 }
 
 
-void _wrap_rkv_batch_destroy_capi_31fb065127705af5(struct rkv_batch *_swig_go_0) {
+void _wrap_rkv_batch_destroy_capi_25cafcfc785c7526(struct rkv_batch *_swig_go_0) {
   rkv_batch *arg1 = (rkv_batch *) 0 ;
   
   arg1 = *(rkv_batch **)&_swig_go_0; 
@@ -2394,7 +2406,7 @@ void _wrap_rkv_batch_destroy_capi_31fb065127705af5(struct rkv_batch *_swig_go_0)
 }
 
 
-intgo _wrap_rkv_batch_set_capi_31fb065127705af5(struct rkv_batch *_swig_go_0, int32_t *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_batch_set_capi_25cafcfc785c7526(struct rkv_batch *_swig_go_0, int32_t *_swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_batch *arg1 = (rkv_batch *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   int32_t arg3 ;
@@ -2413,7 +2425,7 @@ intgo _wrap_rkv_batch_set_capi_31fb065127705af5(struct rkv_batch *_swig_go_0, in
 }
 
 
-intgo _wrap_rkv_batch_advance_capi_31fb065127705af5(struct rkv_batch *_swig_go_0, int _swig_go_1) {
+intgo _wrap_rkv_batch_advance_capi_25cafcfc785c7526(struct rkv_batch *_swig_go_0, int _swig_go_1) {
   rkv_batch *arg1 = (rkv_batch *) 0 ;
   int32_t arg2 ;
   rkv_status result;
@@ -2428,7 +2440,7 @@ intgo _wrap_rkv_batch_advance_capi_31fb065127705af5(struct rkv_batch *_swig_go_0
 }
 
 
-intgo _wrap_RKV_APPEND_PROMPT_capi_31fb065127705af5() {
+intgo _wrap_RKV_APPEND_PROMPT_capi_25cafcfc785c7526() {
   int result;
   intgo _swig_go_result;
   
@@ -2440,7 +2452,7 @@ intgo _wrap_RKV_APPEND_PROMPT_capi_31fb065127705af5() {
 }
 
 
-void _wrap_rkv_append_args_struct_size_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_append_args_struct_size_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, long long _swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   size_t arg2 ;
   
@@ -2452,7 +2464,7 @@ void _wrap_rkv_append_args_struct_size_set_capi_31fb065127705af5(struct rkv_appe
 }
 
 
-long long _wrap_rkv_append_args_struct_size_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+long long _wrap_rkv_append_args_struct_size_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -2465,7 +2477,7 @@ long long _wrap_rkv_append_args_struct_size_get_capi_31fb065127705af5(struct rkv
 }
 
 
-void _wrap_rkv_append_args_layer_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_append_args_layer_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t arg2 ;
   
@@ -2477,7 +2489,7 @@ void _wrap_rkv_append_args_layer_set_capi_31fb065127705af5(struct rkv_append_arg
 }
 
 
-int _wrap_rkv_append_args_layer_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int _wrap_rkv_append_args_layer_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2490,7 +2502,7 @@ int _wrap_rkv_append_args_layer_get_capi_31fb065127705af5(struct rkv_append_args
 }
 
 
-void _wrap_rkv_append_args_num_seqs_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_append_args_num_seqs_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t arg2 ;
   
@@ -2502,7 +2514,7 @@ void _wrap_rkv_append_args_num_seqs_set_capi_31fb065127705af5(struct rkv_append_
 }
 
 
-int _wrap_rkv_append_args_num_seqs_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int _wrap_rkv_append_args_num_seqs_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2515,7 +2527,7 @@ int _wrap_rkv_append_args_num_seqs_get_capi_31fb065127705af5(struct rkv_append_a
 }
 
 
-void _wrap_rkv_append_args_seq_ids_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
+void _wrap_rkv_append_args_seq_ids_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -2527,7 +2539,7 @@ void _wrap_rkv_append_args_seq_ids_set_capi_31fb065127705af5(struct rkv_append_a
 }
 
 
-int32_t *_wrap_rkv_append_args_seq_ids_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int32_t *_wrap_rkv_append_args_seq_ids_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t *result = 0 ;
   int32_t *_swig_go_result;
@@ -2540,7 +2552,7 @@ int32_t *_wrap_rkv_append_args_seq_ids_get_capi_31fb065127705af5(struct rkv_appe
 }
 
 
-void _wrap_rkv_append_args_num_tokens_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
+void _wrap_rkv_append_args_num_tokens_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int32_t *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -2552,7 +2564,7 @@ void _wrap_rkv_append_args_num_tokens_set_capi_31fb065127705af5(struct rkv_appen
 }
 
 
-int32_t *_wrap_rkv_append_args_num_tokens_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int32_t *_wrap_rkv_append_args_num_tokens_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int32_t *result = 0 ;
   int32_t *_swig_go_result;
@@ -2565,7 +2577,7 @@ int32_t *_wrap_rkv_append_args_num_tokens_get_capi_31fb065127705af5(struct rkv_a
 }
 
 
-void _wrap_rkv_append_args_token_offsets_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int64_t *_swig_go_1) {
+void _wrap_rkv_append_args_token_offsets_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int64_t *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int64_t *arg2 = (int64_t *) 0 ;
   
@@ -2577,7 +2589,7 @@ void _wrap_rkv_append_args_token_offsets_set_capi_31fb065127705af5(struct rkv_ap
 }
 
 
-int64_t *_wrap_rkv_append_args_token_offsets_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int64_t *_wrap_rkv_append_args_token_offsets_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   int64_t *result = 0 ;
   int64_t *_swig_go_result;
@@ -2590,7 +2602,7 @@ int64_t *_wrap_rkv_append_args_token_offsets_get_capi_31fb065127705af5(struct rk
 }
 
 
-void _wrap_rkv_append_args_k_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+void _wrap_rkv_append_args_k_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *arg2 = (rkv_tensor *) 0 ;
   
@@ -2602,7 +2614,7 @@ void _wrap_rkv_append_args_k_set_capi_31fb065127705af5(struct rkv_append_args *_
 }
 
 
-struct rkv_tensor *_wrap_rkv_append_args_k_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+struct rkv_tensor *_wrap_rkv_append_args_k_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
@@ -2615,7 +2627,7 @@ struct rkv_tensor *_wrap_rkv_append_args_k_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_append_args_v_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+void _wrap_rkv_append_args_v_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *arg2 = (rkv_tensor *) 0 ;
   
@@ -2627,7 +2639,7 @@ void _wrap_rkv_append_args_v_set_capi_31fb065127705af5(struct rkv_append_args *_
 }
 
 
-struct rkv_tensor *_wrap_rkv_append_args_v_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+struct rkv_tensor *_wrap_rkv_append_args_v_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
@@ -2640,7 +2652,7 @@ struct rkv_tensor *_wrap_rkv_append_args_v_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_append_args_q_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+void _wrap_rkv_append_args_q_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *arg2 = (rkv_tensor *) 0 ;
   
@@ -2652,7 +2664,7 @@ void _wrap_rkv_append_args_q_set_capi_31fb065127705af5(struct rkv_append_args *_
 }
 
 
-struct rkv_tensor *_wrap_rkv_append_args_q_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+struct rkv_tensor *_wrap_rkv_append_args_q_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
@@ -2665,7 +2677,7 @@ struct rkv_tensor *_wrap_rkv_append_args_q_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_append_args_flags_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_append_args_flags_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, int _swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   uint32_t arg2 ;
   
@@ -2677,7 +2689,7 @@ void _wrap_rkv_append_args_flags_set_capi_31fb065127705af5(struct rkv_append_arg
 }
 
 
-int _wrap_rkv_append_args_flags_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+int _wrap_rkv_append_args_flags_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   uint32_t result;
   int _swig_go_result;
@@ -2690,7 +2702,7 @@ int _wrap_rkv_append_args_flags_get_capi_31fb065127705af5(struct rkv_append_args
 }
 
 
-void _wrap_rkv_append_args_batch_set_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
+void _wrap_rkv_append_args_batch_set_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_batch *arg2 = (rkv_batch *) 0 ;
   
@@ -2702,7 +2714,7 @@ void _wrap_rkv_append_args_batch_set_capi_31fb065127705af5(struct rkv_append_arg
 }
 
 
-struct rkv_batch *_wrap_rkv_append_args_batch_get_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+struct rkv_batch *_wrap_rkv_append_args_batch_get_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   rkv_batch *result = 0 ;
   struct rkv_batch *_swig_go_result;
@@ -2715,7 +2727,7 @@ struct rkv_batch *_wrap_rkv_append_args_batch_get_capi_31fb065127705af5(struct r
 }
 
 
-struct rkv_append_args *_wrap_new_rkv_append_args_capi_31fb065127705af5() {
+struct rkv_append_args *_wrap_new_rkv_append_args_capi_25cafcfc785c7526() {
   struct rkv_append_args *result = 0 ;
   struct rkv_append_args *_swig_go_result;
   
@@ -2726,7 +2738,7 @@ struct rkv_append_args *_wrap_new_rkv_append_args_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_append_args_capi_31fb065127705af5(struct rkv_append_args *_swig_go_0) {
+void _wrap_delete_rkv_append_args_capi_25cafcfc785c7526(struct rkv_append_args *_swig_go_0) {
   struct rkv_append_args *arg1 = (struct rkv_append_args *) 0 ;
   
   arg1 = *(struct rkv_append_args **)&_swig_go_0; 
@@ -2736,7 +2748,7 @@ void _wrap_delete_rkv_append_args_capi_31fb065127705af5(struct rkv_append_args *
 }
 
 
-intgo _wrap_rkv_append_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, void *_swig_go_2) {
+intgo _wrap_rkv_append_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, struct rkv_append_args *_swig_go_1, void *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_append_args *arg2 = (rkv_append_args *) 0 ;
   void *arg3 = (void *) 0 ;
@@ -2753,7 +2765,7 @@ intgo _wrap_rkv_append_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struc
 }
 
 
-intgo _wrap_rkv_compress_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
+intgo _wrap_rkv_compress_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, void *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2772,7 +2784,7 @@ intgo _wrap_rkv_compress_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int
 }
 
 
-intgo _wrap_rkv_compress_due_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int *_swig_go_3) {
+intgo _wrap_rkv_compress_due_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -2791,7 +2803,7 @@ intgo _wrap_rkv_compress_due_capi_31fb065127705af5(struct rkv_cache *_swig_go_0,
 }
 
 
-void _wrap_rkv_seq_view_struct_size_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_seq_view_struct_size_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   size_t arg2 ;
   
@@ -2803,7 +2815,7 @@ void _wrap_rkv_seq_view_struct_size_set_capi_31fb065127705af5(struct rkv_seq_vie
 }
 
 
-long long _wrap_rkv_seq_view_struct_size_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+long long _wrap_rkv_seq_view_struct_size_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -2816,7 +2828,7 @@ long long _wrap_rkv_seq_view_struct_size_get_capi_31fb065127705af5(struct rkv_se
 }
 
 
-void _wrap_rkv_seq_view_k_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
+void _wrap_rkv_seq_view_k_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   void *arg2 = (void *) 0 ;
   
@@ -2828,7 +2840,7 @@ void _wrap_rkv_seq_view_k_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_g
 }
 
 
-void *_wrap_rkv_seq_view_k_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+void *_wrap_rkv_seq_view_k_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -2841,7 +2853,7 @@ void *_wrap_rkv_seq_view_k_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_
 }
 
 
-void _wrap_rkv_seq_view_v_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
+void _wrap_rkv_seq_view_v_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, void *_swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   void *arg2 = (void *) 0 ;
   
@@ -2853,7 +2865,7 @@ void _wrap_rkv_seq_view_v_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_g
 }
 
 
-void *_wrap_rkv_seq_view_v_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+void *_wrap_rkv_seq_view_v_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -2866,7 +2878,7 @@ void *_wrap_rkv_seq_view_v_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_
 }
 
 
-void _wrap_rkv_seq_view_positions_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, int *_swig_go_1) {
+void _wrap_rkv_seq_view_positions_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, int *_swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -2878,7 +2890,7 @@ void _wrap_rkv_seq_view_positions_set_capi_31fb065127705af5(struct rkv_seq_view 
 }
 
 
-int *_wrap_rkv_seq_view_positions_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+int *_wrap_rkv_seq_view_positions_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t *result = 0 ;
   int *_swig_go_result;
@@ -2891,7 +2903,7 @@ int *_wrap_rkv_seq_view_positions_get_capi_31fb065127705af5(struct rkv_seq_view 
 }
 
 
-void _wrap_rkv_seq_view_dtype_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_seq_view_dtype_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   rkv_dtype arg2 ;
   
@@ -2903,7 +2915,7 @@ void _wrap_rkv_seq_view_dtype_set_capi_31fb065127705af5(struct rkv_seq_view *_sw
 }
 
 
-intgo _wrap_rkv_seq_view_dtype_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+intgo _wrap_rkv_seq_view_dtype_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   rkv_dtype result;
   intgo _swig_go_result;
@@ -2916,7 +2928,7 @@ intgo _wrap_rkv_seq_view_dtype_get_capi_31fb065127705af5(struct rkv_seq_view *_s
 }
 
 
-void _wrap_rkv_seq_view_device_type_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_seq_view_device_type_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, intgo _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   rkv_device_type arg2 ;
   
@@ -2928,7 +2940,7 @@ void _wrap_rkv_seq_view_device_type_set_capi_31fb065127705af5(struct rkv_seq_vie
 }
 
 
-intgo _wrap_rkv_seq_view_device_type_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+intgo _wrap_rkv_seq_view_device_type_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   rkv_device_type result;
   intgo _swig_go_result;
@@ -2941,7 +2953,7 @@ intgo _wrap_rkv_seq_view_device_type_get_capi_31fb065127705af5(struct rkv_seq_vi
 }
 
 
-void _wrap_rkv_seq_view_device_id_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_seq_view_device_id_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t arg2 ;
   
@@ -2953,7 +2965,7 @@ void _wrap_rkv_seq_view_device_id_set_capi_31fb065127705af5(struct rkv_seq_view 
 }
 
 
-int _wrap_rkv_seq_view_device_id_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+int _wrap_rkv_seq_view_device_id_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2966,7 +2978,7 @@ int _wrap_rkv_seq_view_device_id_get_capi_31fb065127705af5(struct rkv_seq_view *
 }
 
 
-void _wrap_rkv_seq_view_num_kv_heads_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_seq_view_num_kv_heads_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t arg2 ;
   
@@ -2978,7 +2990,7 @@ void _wrap_rkv_seq_view_num_kv_heads_set_capi_31fb065127705af5(struct rkv_seq_vi
 }
 
 
-int _wrap_rkv_seq_view_num_kv_heads_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+int _wrap_rkv_seq_view_num_kv_heads_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -2991,7 +3003,7 @@ int _wrap_rkv_seq_view_num_kv_heads_get_capi_31fb065127705af5(struct rkv_seq_vie
 }
 
 
-void _wrap_rkv_seq_view_head_dim_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_seq_view_head_dim_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t arg2 ;
   
@@ -3003,7 +3015,7 @@ void _wrap_rkv_seq_view_head_dim_set_capi_31fb065127705af5(struct rkv_seq_view *
 }
 
 
-int _wrap_rkv_seq_view_head_dim_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+int _wrap_rkv_seq_view_head_dim_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3016,7 +3028,7 @@ int _wrap_rkv_seq_view_head_dim_get_capi_31fb065127705af5(struct rkv_seq_view *_
 }
 
 
-void _wrap_rkv_seq_view_length_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_seq_view_length_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, int _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t arg2 ;
   
@@ -3028,7 +3040,7 @@ void _wrap_rkv_seq_view_length_set_capi_31fb065127705af5(struct rkv_seq_view *_s
 }
 
 
-int _wrap_rkv_seq_view_length_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+int _wrap_rkv_seq_view_length_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3041,7 +3053,7 @@ int _wrap_rkv_seq_view_length_get_capi_31fb065127705af5(struct rkv_seq_view *_sw
 }
 
 
-void _wrap_rkv_seq_view_logical_length_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_seq_view_logical_length_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t arg2 ;
   
@@ -3053,7 +3065,7 @@ void _wrap_rkv_seq_view_logical_length_set_capi_31fb065127705af5(struct rkv_seq_
 }
 
 
-long long _wrap_rkv_seq_view_logical_length_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+long long _wrap_rkv_seq_view_logical_length_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3066,7 +3078,7 @@ long long _wrap_rkv_seq_view_logical_length_get_capi_31fb065127705af5(struct rkv
 }
 
 
-void _wrap_rkv_seq_view_stride_head_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_seq_view_stride_head_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t arg2 ;
   
@@ -3078,7 +3090,7 @@ void _wrap_rkv_seq_view_stride_head_set_capi_31fb065127705af5(struct rkv_seq_vie
 }
 
 
-long long _wrap_rkv_seq_view_stride_head_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+long long _wrap_rkv_seq_view_stride_head_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3091,7 +3103,7 @@ long long _wrap_rkv_seq_view_stride_head_get_capi_31fb065127705af5(struct rkv_se
 }
 
 
-void _wrap_rkv_seq_view_stride_token_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_seq_view_stride_token_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t arg2 ;
   
@@ -3103,7 +3115,7 @@ void _wrap_rkv_seq_view_stride_token_set_capi_31fb065127705af5(struct rkv_seq_vi
 }
 
 
-long long _wrap_rkv_seq_view_stride_token_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+long long _wrap_rkv_seq_view_stride_token_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3116,7 +3128,7 @@ long long _wrap_rkv_seq_view_stride_token_get_capi_31fb065127705af5(struct rkv_s
 }
 
 
-void _wrap_rkv_seq_view_positions_stride_head_set_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_seq_view_positions_stride_head_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t arg2 ;
   
@@ -3128,7 +3140,7 @@ void _wrap_rkv_seq_view_positions_stride_head_set_capi_31fb065127705af5(struct r
 }
 
 
-long long _wrap_rkv_seq_view_positions_stride_head_get_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+long long _wrap_rkv_seq_view_positions_stride_head_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3141,7 +3153,82 @@ long long _wrap_rkv_seq_view_positions_stride_head_get_capi_31fb065127705af5(str
 }
 
 
-struct rkv_seq_view *_wrap_new_rkv_seq_view_capi_31fb065127705af5() {
+void _wrap_rkv_seq_view_k_scale_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, float *_swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  float *arg2 = (float *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = *(float **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->k_scale = arg2;
+  
+}
+
+
+float *_wrap_rkv_seq_view_k_scale_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  float *result = 0 ;
+  float *_swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (float *) ((arg1)->k_scale);
+  *(float **)&_swig_go_result = (float *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_v_scale_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, float *_swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  float *arg2 = (float *) 0 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = *(float **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->v_scale = arg2;
+  
+}
+
+
+float *_wrap_rkv_seq_view_v_scale_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  float *result = 0 ;
+  float *_swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (float *) ((arg1)->v_scale);
+  *(float **)&_swig_go_result = (float *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_seq_view_scale_stride_head_set_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->scale_stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_seq_view_scale_stride_head_get_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
+  struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->scale_stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_seq_view *_wrap_new_rkv_seq_view_capi_25cafcfc785c7526() {
   struct rkv_seq_view *result = 0 ;
   struct rkv_seq_view *_swig_go_result;
   
@@ -3152,7 +3239,7 @@ struct rkv_seq_view *_wrap_new_rkv_seq_view_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_seq_view_capi_31fb065127705af5(struct rkv_seq_view *_swig_go_0) {
+void _wrap_delete_rkv_seq_view_capi_25cafcfc785c7526(struct rkv_seq_view *_swig_go_0) {
   struct rkv_seq_view *arg1 = (struct rkv_seq_view *) 0 ;
   
   arg1 = *(struct rkv_seq_view **)&_swig_go_0; 
@@ -3162,7 +3249,7 @@ void _wrap_delete_rkv_seq_view_capi_31fb065127705af5(struct rkv_seq_view *_swig_
 }
 
 
-intgo _wrap_rkv_view_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, struct rkv_seq_view *_swig_go_3) {
+intgo _wrap_rkv_view_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, struct rkv_seq_view *_swig_go_3) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -3181,7 +3268,7 @@ intgo _wrap_rkv_view_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _sw
 }
 
 
-void _wrap_rkv_layer_view_struct_size_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_struct_size_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   size_t arg2 ;
   
@@ -3193,7 +3280,7 @@ void _wrap_rkv_layer_view_struct_size_set_capi_31fb065127705af5(struct rkv_layer
 }
 
 
-long long _wrap_rkv_layer_view_struct_size_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_struct_size_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -3206,7 +3293,7 @@ long long _wrap_rkv_layer_view_struct_size_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_layer_view_k_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
+void _wrap_rkv_layer_view_k_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   void *arg2 = (void *) 0 ;
   
@@ -3218,7 +3305,7 @@ void _wrap_rkv_layer_view_k_set_capi_31fb065127705af5(struct rkv_layer_view *_sw
 }
 
 
-void *_wrap_rkv_layer_view_k_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+void *_wrap_rkv_layer_view_k_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -3231,7 +3318,7 @@ void *_wrap_rkv_layer_view_k_get_capi_31fb065127705af5(struct rkv_layer_view *_s
 }
 
 
-void _wrap_rkv_layer_view_v_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
+void _wrap_rkv_layer_view_v_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, void *_swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   void *arg2 = (void *) 0 ;
   
@@ -3243,7 +3330,7 @@ void _wrap_rkv_layer_view_v_set_capi_31fb065127705af5(struct rkv_layer_view *_sw
 }
 
 
-void *_wrap_rkv_layer_view_v_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+void *_wrap_rkv_layer_view_v_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   void *result = 0 ;
   void *_swig_go_result;
@@ -3256,7 +3343,7 @@ void *_wrap_rkv_layer_view_v_get_capi_31fb065127705af5(struct rkv_layer_view *_s
 }
 
 
-void _wrap_rkv_layer_view_positions_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
+void _wrap_rkv_layer_view_positions_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -3268,7 +3355,7 @@ void _wrap_rkv_layer_view_positions_set_capi_31fb065127705af5(struct rkv_layer_v
 }
 
 
-int *_wrap_rkv_layer_view_positions_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int *_wrap_rkv_layer_view_positions_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t *result = 0 ;
   int *_swig_go_result;
@@ -3281,7 +3368,7 @@ int *_wrap_rkv_layer_view_positions_get_capi_31fb065127705af5(struct rkv_layer_v
 }
 
 
-void _wrap_rkv_layer_view_lengths_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
+void _wrap_rkv_layer_view_lengths_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int *_swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -3293,7 +3380,7 @@ void _wrap_rkv_layer_view_lengths_set_capi_31fb065127705af5(struct rkv_layer_vie
 }
 
 
-int *_wrap_rkv_layer_view_lengths_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int *_wrap_rkv_layer_view_lengths_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t *result = 0 ;
   int *_swig_go_result;
@@ -3306,7 +3393,7 @@ int *_wrap_rkv_layer_view_lengths_get_capi_31fb065127705af5(struct rkv_layer_vie
 }
 
 
-void _wrap_rkv_layer_view_dtype_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_layer_view_dtype_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   rkv_dtype arg2 ;
   
@@ -3318,7 +3405,7 @@ void _wrap_rkv_layer_view_dtype_set_capi_31fb065127705af5(struct rkv_layer_view 
 }
 
 
-intgo _wrap_rkv_layer_view_dtype_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+intgo _wrap_rkv_layer_view_dtype_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   rkv_dtype result;
   intgo _swig_go_result;
@@ -3331,7 +3418,7 @@ intgo _wrap_rkv_layer_view_dtype_get_capi_31fb065127705af5(struct rkv_layer_view
 }
 
 
-void _wrap_rkv_layer_view_device_type_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
+void _wrap_rkv_layer_view_device_type_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, intgo _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   rkv_device_type arg2 ;
   
@@ -3343,7 +3430,7 @@ void _wrap_rkv_layer_view_device_type_set_capi_31fb065127705af5(struct rkv_layer
 }
 
 
-intgo _wrap_rkv_layer_view_device_type_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+intgo _wrap_rkv_layer_view_device_type_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   rkv_device_type result;
   intgo _swig_go_result;
@@ -3356,7 +3443,7 @@ intgo _wrap_rkv_layer_view_device_type_get_capi_31fb065127705af5(struct rkv_laye
 }
 
 
-void _wrap_rkv_layer_view_device_id_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_layer_view_device_id_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t arg2 ;
   
@@ -3368,7 +3455,7 @@ void _wrap_rkv_layer_view_device_id_set_capi_31fb065127705af5(struct rkv_layer_v
 }
 
 
-int _wrap_rkv_layer_view_device_id_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int _wrap_rkv_layer_view_device_id_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3381,7 +3468,7 @@ int _wrap_rkv_layer_view_device_id_get_capi_31fb065127705af5(struct rkv_layer_vi
 }
 
 
-void _wrap_rkv_layer_view_max_seqs_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_layer_view_max_seqs_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t arg2 ;
   
@@ -3393,7 +3480,7 @@ void _wrap_rkv_layer_view_max_seqs_set_capi_31fb065127705af5(struct rkv_layer_vi
 }
 
 
-int _wrap_rkv_layer_view_max_seqs_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int _wrap_rkv_layer_view_max_seqs_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3406,7 +3493,7 @@ int _wrap_rkv_layer_view_max_seqs_get_capi_31fb065127705af5(struct rkv_layer_vie
 }
 
 
-void _wrap_rkv_layer_view_num_kv_heads_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_layer_view_num_kv_heads_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t arg2 ;
   
@@ -3418,7 +3505,7 @@ void _wrap_rkv_layer_view_num_kv_heads_set_capi_31fb065127705af5(struct rkv_laye
 }
 
 
-int _wrap_rkv_layer_view_num_kv_heads_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int _wrap_rkv_layer_view_num_kv_heads_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3431,7 +3518,7 @@ int _wrap_rkv_layer_view_num_kv_heads_get_capi_31fb065127705af5(struct rkv_layer
 }
 
 
-void _wrap_rkv_layer_view_head_dim_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_layer_view_head_dim_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t arg2 ;
   
@@ -3443,7 +3530,7 @@ void _wrap_rkv_layer_view_head_dim_set_capi_31fb065127705af5(struct rkv_layer_vi
 }
 
 
-int _wrap_rkv_layer_view_head_dim_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int _wrap_rkv_layer_view_head_dim_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3456,7 +3543,7 @@ int _wrap_rkv_layer_view_head_dim_get_capi_31fb065127705af5(struct rkv_layer_vie
 }
 
 
-void _wrap_rkv_layer_view_capacity_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_layer_view_capacity_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, int _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t arg2 ;
   
@@ -3468,7 +3555,7 @@ void _wrap_rkv_layer_view_capacity_set_capi_31fb065127705af5(struct rkv_layer_vi
 }
 
 
-int _wrap_rkv_layer_view_capacity_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+int _wrap_rkv_layer_view_capacity_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3481,7 +3568,7 @@ int _wrap_rkv_layer_view_capacity_get_capi_31fb065127705af5(struct rkv_layer_vie
 }
 
 
-void _wrap_rkv_layer_view_stride_seq_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_stride_seq_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t arg2 ;
   
@@ -3493,7 +3580,7 @@ void _wrap_rkv_layer_view_stride_seq_set_capi_31fb065127705af5(struct rkv_layer_
 }
 
 
-long long _wrap_rkv_layer_view_stride_seq_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_stride_seq_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3506,7 +3593,7 @@ long long _wrap_rkv_layer_view_stride_seq_get_capi_31fb065127705af5(struct rkv_l
 }
 
 
-void _wrap_rkv_layer_view_stride_head_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_stride_head_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t arg2 ;
   
@@ -3518,7 +3605,7 @@ void _wrap_rkv_layer_view_stride_head_set_capi_31fb065127705af5(struct rkv_layer
 }
 
 
-long long _wrap_rkv_layer_view_stride_head_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_stride_head_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3531,7 +3618,7 @@ long long _wrap_rkv_layer_view_stride_head_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_layer_view_stride_token_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_stride_token_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t arg2 ;
   
@@ -3543,7 +3630,7 @@ void _wrap_rkv_layer_view_stride_token_set_capi_31fb065127705af5(struct rkv_laye
 }
 
 
-long long _wrap_rkv_layer_view_stride_token_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_stride_token_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3556,7 +3643,7 @@ long long _wrap_rkv_layer_view_stride_token_get_capi_31fb065127705af5(struct rkv
 }
 
 
-void _wrap_rkv_layer_view_positions_stride_seq_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_positions_stride_seq_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t arg2 ;
   
@@ -3568,7 +3655,7 @@ void _wrap_rkv_layer_view_positions_stride_seq_set_capi_31fb065127705af5(struct 
 }
 
 
-long long _wrap_rkv_layer_view_positions_stride_seq_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_positions_stride_seq_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3581,7 +3668,7 @@ long long _wrap_rkv_layer_view_positions_stride_seq_get_capi_31fb065127705af5(st
 }
 
 
-void _wrap_rkv_layer_view_positions_stride_head_set_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_layer_view_positions_stride_head_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t arg2 ;
   
@@ -3593,7 +3680,7 @@ void _wrap_rkv_layer_view_positions_stride_head_set_capi_31fb065127705af5(struct
 }
 
 
-long long _wrap_rkv_layer_view_positions_stride_head_get_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+long long _wrap_rkv_layer_view_positions_stride_head_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   int64_t result;
   long long _swig_go_result;
@@ -3606,7 +3693,107 @@ long long _wrap_rkv_layer_view_positions_stride_head_get_capi_31fb065127705af5(s
 }
 
 
-struct rkv_layer_view *_wrap_new_rkv_layer_view_capi_31fb065127705af5() {
+void _wrap_rkv_layer_view_k_scale_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, float *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  float *arg2 = (float *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(float **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->k_scale = arg2;
+  
+}
+
+
+float *_wrap_rkv_layer_view_k_scale_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  float *result = 0 ;
+  float *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (float *) ((arg1)->k_scale);
+  *(float **)&_swig_go_result = (float *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_v_scale_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, float *_swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  float *arg2 = (float *) 0 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = *(float **)&_swig_go_1; 
+  
+  if (arg1) (arg1)->v_scale = arg2;
+  
+}
+
+
+float *_wrap_rkv_layer_view_v_scale_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  float *result = 0 ;
+  float *_swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (float *) ((arg1)->v_scale);
+  *(float **)&_swig_go_result = (float *)result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_scale_stride_seq_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->scale_stride_seq = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_scale_stride_seq_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->scale_stride_seq);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+void _wrap_rkv_layer_view_scale_stride_head_set_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0, long long _swig_go_1) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t arg2 ;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  arg2 = (int64_t)_swig_go_1; 
+  
+  if (arg1) (arg1)->scale_stride_head = arg2;
+  
+}
+
+
+long long _wrap_rkv_layer_view_scale_stride_head_get_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
+  struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
+  int64_t result;
+  long long _swig_go_result;
+  
+  arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
+  
+  result = (int64_t) ((arg1)->scale_stride_head);
+  _swig_go_result = result; 
+  return _swig_go_result;
+}
+
+
+struct rkv_layer_view *_wrap_new_rkv_layer_view_capi_25cafcfc785c7526() {
   struct rkv_layer_view *result = 0 ;
   struct rkv_layer_view *_swig_go_result;
   
@@ -3617,7 +3804,7 @@ struct rkv_layer_view *_wrap_new_rkv_layer_view_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_layer_view_capi_31fb065127705af5(struct rkv_layer_view *_swig_go_0) {
+void _wrap_delete_rkv_layer_view_capi_25cafcfc785c7526(struct rkv_layer_view *_swig_go_0) {
   struct rkv_layer_view *arg1 = (struct rkv_layer_view *) 0 ;
   
   arg1 = *(struct rkv_layer_view **)&_swig_go_0; 
@@ -3627,7 +3814,7 @@ void _wrap_delete_rkv_layer_view_capi_31fb065127705af5(struct rkv_layer_view *_s
 }
 
 
-intgo _wrap_rkv_view_layer_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_layer_view *_swig_go_2) {
+intgo _wrap_rkv_view_layer_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_layer_view *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   rkv_layer_view *arg3 = (rkv_layer_view *) 0 ;
@@ -3644,7 +3831,7 @@ intgo _wrap_rkv_view_layer_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, i
 }
 
 
-void _wrap_rkv_stats_struct_size_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_struct_size_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   size_t arg2 ;
   
@@ -3656,7 +3843,7 @@ void _wrap_rkv_stats_struct_size_set_capi_31fb065127705af5(struct rkv_stats *_sw
 }
 
 
-long long _wrap_rkv_stats_struct_size_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_struct_size_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -3669,7 +3856,7 @@ long long _wrap_rkv_stats_struct_size_get_capi_31fb065127705af5(struct rkv_stats
 }
 
 
-void _wrap_rkv_stats_bytes_allocated_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_allocated_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3681,7 +3868,7 @@ void _wrap_rkv_stats_bytes_allocated_set_capi_31fb065127705af5(struct rkv_stats 
 }
 
 
-long long _wrap_rkv_stats_bytes_allocated_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_allocated_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3694,7 +3881,7 @@ long long _wrap_rkv_stats_bytes_allocated_get_capi_31fb065127705af5(struct rkv_s
 }
 
 
-void _wrap_rkv_stats_bytes_kv_capacity_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_capacity_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3706,7 +3893,7 @@ void _wrap_rkv_stats_bytes_kv_capacity_set_capi_31fb065127705af5(struct rkv_stat
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3719,7 +3906,7 @@ long long _wrap_rkv_stats_bytes_kv_capacity_get_capi_31fb065127705af5(struct rkv
 }
 
 
-void _wrap_rkv_stats_bytes_kv_held_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_held_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3731,7 +3918,7 @@ void _wrap_rkv_stats_bytes_kv_held_set_capi_31fb065127705af5(struct rkv_stats *_
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_held_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_held_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3744,7 +3931,7 @@ long long _wrap_rkv_stats_bytes_kv_held_get_capi_31fb065127705af5(struct rkv_sta
 }
 
 
-void _wrap_rkv_stats_bytes_kv_full_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_bytes_kv_full_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3756,7 +3943,7 @@ void _wrap_rkv_stats_bytes_kv_full_set_capi_31fb065127705af5(struct rkv_stats *_
 }
 
 
-long long _wrap_rkv_stats_bytes_kv_full_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_bytes_kv_full_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3769,7 +3956,7 @@ long long _wrap_rkv_stats_bytes_kv_full_get_capi_31fb065127705af5(struct rkv_sta
 }
 
 
-void _wrap_rkv_stats_tokens_appended_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_appended_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3781,7 +3968,7 @@ void _wrap_rkv_stats_tokens_appended_set_capi_31fb065127705af5(struct rkv_stats 
 }
 
 
-long long _wrap_rkv_stats_tokens_appended_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_appended_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3794,7 +3981,7 @@ long long _wrap_rkv_stats_tokens_appended_get_capi_31fb065127705af5(struct rkv_s
 }
 
 
-void _wrap_rkv_stats_tokens_held_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_held_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3806,7 +3993,7 @@ void _wrap_rkv_stats_tokens_held_set_capi_31fb065127705af5(struct rkv_stats *_sw
 }
 
 
-long long _wrap_rkv_stats_tokens_held_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_held_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3819,7 +4006,7 @@ long long _wrap_rkv_stats_tokens_held_get_capi_31fb065127705af5(struct rkv_stats
 }
 
 
-void _wrap_rkv_stats_tokens_evicted_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_tokens_evicted_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3831,7 +4018,7 @@ void _wrap_rkv_stats_tokens_evicted_set_capi_31fb065127705af5(struct rkv_stats *
 }
 
 
-long long _wrap_rkv_stats_tokens_evicted_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_tokens_evicted_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3844,7 +4031,7 @@ long long _wrap_rkv_stats_tokens_evicted_get_capi_31fb065127705af5(struct rkv_st
 }
 
 
-void _wrap_rkv_stats_compressions_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_stats_compressions_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, long long _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t arg2 ;
   
@@ -3856,7 +4043,7 @@ void _wrap_rkv_stats_compressions_set_capi_31fb065127705af5(struct rkv_stats *_s
 }
 
 
-long long _wrap_rkv_stats_compressions_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+long long _wrap_rkv_stats_compressions_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   uint64_t result;
   long long _swig_go_result;
@@ -3869,7 +4056,7 @@ long long _wrap_rkv_stats_compressions_get_capi_31fb065127705af5(struct rkv_stat
 }
 
 
-void _wrap_rkv_stats_compress_seconds_set_capi_31fb065127705af5(struct rkv_stats *_swig_go_0, double _swig_go_1) {
+void _wrap_rkv_stats_compress_seconds_set_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0, double _swig_go_1) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   double arg2 ;
   
@@ -3881,7 +4068,7 @@ void _wrap_rkv_stats_compress_seconds_set_capi_31fb065127705af5(struct rkv_stats
 }
 
 
-double _wrap_rkv_stats_compress_seconds_get_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+double _wrap_rkv_stats_compress_seconds_get_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   double result;
   double _swig_go_result;
@@ -3894,7 +4081,7 @@ double _wrap_rkv_stats_compress_seconds_get_capi_31fb065127705af5(struct rkv_sta
 }
 
 
-struct rkv_stats *_wrap_new_rkv_stats_capi_31fb065127705af5() {
+struct rkv_stats *_wrap_new_rkv_stats_capi_25cafcfc785c7526() {
   struct rkv_stats *result = 0 ;
   struct rkv_stats *_swig_go_result;
   
@@ -3905,7 +4092,7 @@ struct rkv_stats *_wrap_new_rkv_stats_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_stats_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) {
+void _wrap_delete_rkv_stats_capi_25cafcfc785c7526(struct rkv_stats *_swig_go_0) {
   struct rkv_stats *arg1 = (struct rkv_stats *) 0 ;
   
   arg1 = *(struct rkv_stats **)&_swig_go_0; 
@@ -3915,7 +4102,7 @@ void _wrap_delete_rkv_stats_capi_31fb065127705af5(struct rkv_stats *_swig_go_0) 
 }
 
 
-intgo _wrap_rkv_cache_stats_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_stats *_swig_go_2) {
+intgo _wrap_rkv_cache_stats_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, struct rkv_stats *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   rkv_stats *arg3 = (rkv_stats *) 0 ;
@@ -3932,7 +4119,7 @@ intgo _wrap_rkv_cache_stats_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, 
 }
 
 
-void _wrap_rkv_attend_args_struct_size_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, long long _swig_go_1) {
+void _wrap_rkv_attend_args_struct_size_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, long long _swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   size_t arg2 ;
   
@@ -3944,7 +4131,7 @@ void _wrap_rkv_attend_args_struct_size_set_capi_31fb065127705af5(struct rkv_atte
 }
 
 
-long long _wrap_rkv_attend_args_struct_size_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+long long _wrap_rkv_attend_args_struct_size_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   size_t result;
   long long _swig_go_result;
@@ -3957,7 +4144,7 @@ long long _wrap_rkv_attend_args_struct_size_get_capi_31fb065127705af5(struct rkv
 }
 
 
-void _wrap_rkv_attend_args_layer_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_attend_args_layer_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t arg2 ;
   
@@ -3969,7 +4156,7 @@ void _wrap_rkv_attend_args_layer_set_capi_31fb065127705af5(struct rkv_attend_arg
 }
 
 
-int _wrap_rkv_attend_args_layer_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+int _wrap_rkv_attend_args_layer_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -3982,7 +4169,7 @@ int _wrap_rkv_attend_args_layer_get_capi_31fb065127705af5(struct rkv_attend_args
 }
 
 
-void _wrap_rkv_attend_args_num_seqs_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_attend_args_num_seqs_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t arg2 ;
   
@@ -3994,7 +4181,7 @@ void _wrap_rkv_attend_args_num_seqs_set_capi_31fb065127705af5(struct rkv_attend_
 }
 
 
-int _wrap_rkv_attend_args_num_seqs_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+int _wrap_rkv_attend_args_num_seqs_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t result;
   int _swig_go_result;
@@ -4007,7 +4194,7 @@ int _wrap_rkv_attend_args_num_seqs_get_capi_31fb065127705af5(struct rkv_attend_a
 }
 
 
-void _wrap_rkv_attend_args_seq_ids_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, int32_t *_swig_go_1) {
+void _wrap_rkv_attend_args_seq_ids_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, int32_t *_swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t *arg2 = (int32_t *) 0 ;
   
@@ -4019,7 +4206,7 @@ void _wrap_rkv_attend_args_seq_ids_set_capi_31fb065127705af5(struct rkv_attend_a
 }
 
 
-int32_t *_wrap_rkv_attend_args_seq_ids_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+int32_t *_wrap_rkv_attend_args_seq_ids_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   int32_t *result = 0 ;
   int32_t *_swig_go_result;
@@ -4032,7 +4219,7 @@ int32_t *_wrap_rkv_attend_args_seq_ids_get_capi_31fb065127705af5(struct rkv_atte
 }
 
 
-void _wrap_rkv_attend_args_batch_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
+void _wrap_rkv_attend_args_batch_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, struct rkv_batch *_swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_batch *arg2 = (rkv_batch *) 0 ;
   
@@ -4044,7 +4231,7 @@ void _wrap_rkv_attend_args_batch_set_capi_31fb065127705af5(struct rkv_attend_arg
 }
 
 
-struct rkv_batch *_wrap_rkv_attend_args_batch_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+struct rkv_batch *_wrap_rkv_attend_args_batch_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_batch *result = 0 ;
   struct rkv_batch *_swig_go_result;
@@ -4057,7 +4244,7 @@ struct rkv_batch *_wrap_rkv_attend_args_batch_get_capi_31fb065127705af5(struct r
 }
 
 
-void _wrap_rkv_attend_args_q_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+void _wrap_rkv_attend_args_q_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_tensor *arg2 = (rkv_tensor *) 0 ;
   
@@ -4069,7 +4256,7 @@ void _wrap_rkv_attend_args_q_set_capi_31fb065127705af5(struct rkv_attend_args *_
 }
 
 
-struct rkv_tensor *_wrap_rkv_attend_args_q_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+struct rkv_tensor *_wrap_rkv_attend_args_q_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
@@ -4082,7 +4269,7 @@ struct rkv_tensor *_wrap_rkv_attend_args_q_get_capi_31fb065127705af5(struct rkv_
 }
 
 
-void _wrap_rkv_attend_args_out_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
+void _wrap_rkv_attend_args_out_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, struct rkv_tensor *_swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_tensor *arg2 = (rkv_tensor *) 0 ;
   
@@ -4094,7 +4281,7 @@ void _wrap_rkv_attend_args_out_set_capi_31fb065127705af5(struct rkv_attend_args 
 }
 
 
-struct rkv_tensor *_wrap_rkv_attend_args_out_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+struct rkv_tensor *_wrap_rkv_attend_args_out_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   rkv_tensor *result = 0 ;
   struct rkv_tensor *_swig_go_result;
@@ -4107,7 +4294,7 @@ struct rkv_tensor *_wrap_rkv_attend_args_out_get_capi_31fb065127705af5(struct rk
 }
 
 
-void _wrap_rkv_attend_args_scale_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, float _swig_go_1) {
+void _wrap_rkv_attend_args_scale_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, float _swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   float arg2 ;
   
@@ -4119,7 +4306,7 @@ void _wrap_rkv_attend_args_scale_set_capi_31fb065127705af5(struct rkv_attend_arg
 }
 
 
-float _wrap_rkv_attend_args_scale_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+float _wrap_rkv_attend_args_scale_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   float result;
   float _swig_go_result;
@@ -4132,7 +4319,7 @@ float _wrap_rkv_attend_args_scale_get_capi_31fb065127705af5(struct rkv_attend_ar
 }
 
 
-void _wrap_rkv_attend_args_flags_set_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
+void _wrap_rkv_attend_args_flags_set_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0, int _swig_go_1) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   uint32_t arg2 ;
   
@@ -4144,7 +4331,7 @@ void _wrap_rkv_attend_args_flags_set_capi_31fb065127705af5(struct rkv_attend_arg
 }
 
 
-int _wrap_rkv_attend_args_flags_get_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+int _wrap_rkv_attend_args_flags_get_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   uint32_t result;
   int _swig_go_result;
@@ -4157,7 +4344,7 @@ int _wrap_rkv_attend_args_flags_get_capi_31fb065127705af5(struct rkv_attend_args
 }
 
 
-struct rkv_attend_args *_wrap_new_rkv_attend_args_capi_31fb065127705af5() {
+struct rkv_attend_args *_wrap_new_rkv_attend_args_capi_25cafcfc785c7526() {
   struct rkv_attend_args *result = 0 ;
   struct rkv_attend_args *_swig_go_result;
   
@@ -4168,7 +4355,7 @@ struct rkv_attend_args *_wrap_new_rkv_attend_args_capi_31fb065127705af5() {
 }
 
 
-void _wrap_delete_rkv_attend_args_capi_31fb065127705af5(struct rkv_attend_args *_swig_go_0) {
+void _wrap_delete_rkv_attend_args_capi_25cafcfc785c7526(struct rkv_attend_args *_swig_go_0) {
   struct rkv_attend_args *arg1 = (struct rkv_attend_args *) 0 ;
   
   arg1 = *(struct rkv_attend_args **)&_swig_go_0; 
@@ -4178,7 +4365,7 @@ void _wrap_delete_rkv_attend_args_capi_31fb065127705af5(struct rkv_attend_args *
 }
 
 
-intgo _wrap_rkv_attend_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, void *_swig_go_2) {
+intgo _wrap_rkv_attend_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, struct rkv_attend_args *_swig_go_1, void *_swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_attend_args *arg2 = (rkv_attend_args *) 0 ;
   void *arg3 = (void *) 0 ;
@@ -4195,7 +4382,7 @@ intgo _wrap_rkv_attend_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, struc
 }
 
 
-intgo _wrap_RKV_SCORE_IMPORTANCE_capi_31fb065127705af5() {
+intgo _wrap_RKV_SCORE_IMPORTANCE_capi_25cafcfc785c7526() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -4207,7 +4394,7 @@ intgo _wrap_RKV_SCORE_IMPORTANCE_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_SCORE_REDUNDANCY_capi_31fb065127705af5() {
+intgo _wrap_RKV_SCORE_REDUNDANCY_capi_25cafcfc785c7526() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -4219,7 +4406,7 @@ intgo _wrap_RKV_SCORE_REDUNDANCY_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_SCORE_FINAL_capi_31fb065127705af5() {
+intgo _wrap_RKV_SCORE_FINAL_capi_25cafcfc785c7526() {
   enum rkv_score_kind result;
   intgo _swig_go_result;
   
@@ -4231,7 +4418,7 @@ intgo _wrap_RKV_SCORE_FINAL_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_rkv_seq_scores_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, intgo _swig_go_4, float *_swig_go_5, int _swig_go_6, int *_swig_go_7) {
+intgo _wrap_rkv_seq_scores_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, int _swig_go_2, int _swig_go_3, intgo _swig_go_4, float *_swig_go_5, int _swig_go_6, int *_swig_go_7) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
   int32_t arg3 ;
@@ -4258,7 +4445,7 @@ intgo _wrap_rkv_seq_scores_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, i
 }
 
 
-intgo _wrap_rkv_cache_sync_lengths_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, void *_swig_go_1) {
+intgo _wrap_rkv_cache_sync_lengths_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, void *_swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   void *arg2 = (void *) 0 ;
   rkv_status result;
@@ -4273,7 +4460,7 @@ intgo _wrap_rkv_cache_sync_lengths_capi_31fb065127705af5(struct rkv_cache *_swig
 }
 
 
-intgo _wrap_RKV_MATMUL_AUTO_capi_31fb065127705af5() {
+intgo _wrap_RKV_MATMUL_AUTO_capi_25cafcfc785c7526() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -4285,7 +4472,7 @@ intgo _wrap_RKV_MATMUL_AUTO_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_MATMUL_CUBLASLT_capi_31fb065127705af5() {
+intgo _wrap_RKV_MATMUL_CUBLASLT_capi_25cafcfc785c7526() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -4297,7 +4484,7 @@ intgo _wrap_RKV_MATMUL_CUBLASLT_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_MATMUL_FUSED_capi_31fb065127705af5() {
+intgo _wrap_RKV_MATMUL_FUSED_capi_25cafcfc785c7526() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -4309,7 +4496,7 @@ intgo _wrap_RKV_MATMUL_FUSED_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_RKV_MATMUL_WGMMA_capi_31fb065127705af5() {
+intgo _wrap_RKV_MATMUL_WGMMA_capi_25cafcfc785c7526() {
   enum rkv_matmul_path result;
   intgo _swig_go_result;
   
@@ -4321,7 +4508,7 @@ intgo _wrap_RKV_MATMUL_WGMMA_capi_31fb065127705af5() {
 }
 
 
-intgo _wrap_rkv_cache_set_matmul_path_capi_31fb065127705af5(struct rkv_cache *_swig_go_0, intgo _swig_go_1) {
+intgo _wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, intgo _swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_matmul_path arg2 ;
   rkv_status result;
@@ -4331,6 +4518,59 @@ intgo _wrap_rkv_cache_set_matmul_path_capi_31fb065127705af5(struct rkv_cache *_s
   arg2 = (rkv_matmul_path)_swig_go_1; 
   
   result = (rkv_status)rkv_cache_set_matmul_path(arg1,arg2);
+  _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_ATTEND_AUTO_capi_25cafcfc785c7526() {
+  enum rkv_attend_variant result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_ATTEND_AUTO;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_ATTEND_WIDE_capi_25cafcfc785c7526() {
+  enum rkv_attend_variant result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_ATTEND_WIDE;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_RKV_ATTEND_NARROW_capi_25cafcfc785c7526() {
+  enum rkv_attend_variant result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_ATTEND_NARROW;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
+intgo _wrap_rkv_cache_set_attend_plan_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, intgo _swig_go_2) {
+  rkv_cache *arg1 = (rkv_cache *) 0 ;
+  int32_t arg2 ;
+  rkv_attend_variant arg3 ;
+  rkv_status result;
+  intgo _swig_go_result;
+  
+  arg1 = *(rkv_cache **)&_swig_go_0; 
+  arg2 = (int32_t)_swig_go_1; 
+  arg3 = (rkv_attend_variant)_swig_go_2; 
+  
+  result = (rkv_status)rkv_cache_set_attend_plan(arg1,arg2,arg3);
   _swig_go_result = (uintptr_t)rkv_go_failure_new(result); 
   return _swig_go_result;
 }

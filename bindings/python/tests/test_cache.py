@@ -99,6 +99,26 @@ def test_bf16_storage_reads_as_bits():
         np.testing.assert_allclose(as_float, k[0], rtol=1e-2)
 
 
+def test_fp8_storage_has_scales():
+    """FP8 E4M3 storage: uint8 bytes and float32 scales; value = fp8 * scale."""
+    k = randn(1, H, 3, D, seed=7) * 5
+    with make(dtype="fp8") as cache:
+        cache.append(0, [0], k, k, q=randn(1, HQ, 3, D))
+        view = cache.view(0, 0)
+        assert view.dtype == rkv.DType.FP8_E4M3 and view.k.dtype == np.uint8
+        assert view.k_scale.shape == (H, 3) and view.k_scale.dtype == np.float32
+        mantissa, exponent = np.frexp(view.k_scale)
+        assert (mantissa == 0.5).all()  # powers of two
+        # E4M3 by its definition: sign, 4 exponent bits (bias 7), 3 mantissa bits
+        b = view.k.astype(np.int32)
+        e, m = (b >> 3) & 15, b & 7
+        value = np.where(e == 0, m / 512.0, (1 + m / 8.0) * np.exp2(e - 7.0)) * np.where(b & 128, -1, 1)
+        np.testing.assert_allclose(value * view.k_scale[..., None], k[0], rtol=1 / 16, atol=1e-3)
+        assert cache.view_layer(0).k_scale.shape == (4, H, 16 + 8)
+    with make(dtype="bf16") as cache:
+        assert cache.view(0, 0).k_scale is None
+
+
 def test_compression_keeps_the_budget():
     with make(method="snapkv") as cache:
         n = 24 + 5

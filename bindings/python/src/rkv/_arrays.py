@@ -19,12 +19,12 @@ from .enums import Device, DType
 from .errors import InvalidArgumentError
 
 _NUMPY_DTYPES = {np.dtype(np.float32): DType.F32, np.dtype(np.float16): DType.F16}
-_ITEMSIZE = {DType.F32: 4, DType.F16: 2, DType.BF16: 2}
+_ITEMSIZE = {DType.F32: 4, DType.F16: 2, DType.BF16: 2, DType.FP8_E4M3: 1}
 # What views are exposed as on the host: numpy has no bfloat16, so bf16 storage
 # comes back as its raw uint16 bits (torch: .view(torch.bfloat16), no copy).
-_VIEW_TYPESTR = {DType.F32: "<f4", DType.F16: "<f2", DType.BF16: "<u2"}
+_VIEW_TYPESTR = {DType.F32: "<f4", DType.F16: "<f2", DType.BF16: "<u2", DType.FP8_E4M3: "|u1"}
 # ... and on CUDA, where torch reinterprets int16 as bfloat16 without a copy.
-_CUDA_VIEW_TYPESTR = {DType.F32: "<f4", DType.F16: "<f2", DType.BF16: "<i2"}
+_CUDA_VIEW_TYPESTR = {DType.F32: "<f4", DType.F16: "<f2", DType.BF16: "<i2", DType.FP8_E4M3: "|u1"}
 
 
 @dataclass
@@ -195,7 +195,8 @@ class _Interface:
 
 
 def host_view(owner, address: int, shape, strides, dtype: DType) -> np.ndarray:
-    """A numpy array over cache memory (no copy). bf16 comes back as uint16 bits."""
+    """A numpy array over cache memory (no copy). bf16 comes back as uint16 bits,
+    FP8 E4M3 as uint8 bytes."""
     itemsize = _ITEMSIZE[dtype]
     if 0 in shape or not address:
         return np.empty(shape, dtype=np.dtype(_VIEW_TYPESTR[dtype]))
@@ -207,7 +208,8 @@ def host_view(owner, address: int, shape, strides, dtype: DType) -> np.ndarray:
 def cuda_view(owner, address: int, shape, strides, dtype: DType, device_id: int):
     """A torch tensor over the cache's device memory (no copy)."""
     import torch
-    torch_dtype = {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16}[dtype]
+    torch_dtype = {DType.F32: torch.float32, DType.F16: torch.float16, DType.BF16: torch.bfloat16,
+                   DType.FP8_E4M3: torch.float8_e4m3fn}[dtype]
     device = torch.device("cuda", device_id)
     if 0 in shape or not address:
         return torch.empty(shape, dtype=torch_dtype, device=device)
@@ -218,7 +220,16 @@ def cuda_view(owner, address: int, shape, strides, dtype: DType, device_id: int)
                  "data": (address, False), "strides": tuple(s * itemsize for s in strides),
                  "stream": None}
     tensor = torch.as_tensor(_Interface(owner, "__cuda_array_interface__", interface), device=device)
-    return tensor.view(torch.bfloat16) if dtype == DType.BF16 else tensor
+    return tensor.view(torch_dtype) if dtype in (DType.BF16, DType.FP8_E4M3) else tensor
+
+
+def scale_view(owner, address: int, shape, strides, device: Device, device_id: int):
+    """FP8 scales (float32, value = fp8 * scale) over cache memory, or None."""
+    if not address:
+        return None
+    if device == Device.CPU:
+        return host_view(owner, address, shape, strides, DType.F32)
+    return cuda_view(owner, address, shape, strides, DType.F32, device_id)
 
 
 def int_view(owner, address: int, shape, strides, device: Device, device_id: int):

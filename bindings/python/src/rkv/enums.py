@@ -38,6 +38,7 @@ class DType(enum.IntEnum):
     F32 = _c.RKV_DTYPE_F32
     F16 = _c.RKV_DTYPE_F16
     BF16 = _c.RKV_DTYPE_BF16
+    FP8_E4M3 = _c.RKV_DTYPE_FP8_E4M3  # storage only: views carry k_scale/v_scale
 
 
 class Device(enum.IntEnum):

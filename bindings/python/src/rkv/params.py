@@ -15,7 +15,8 @@ ENUM_PARAMS = {Param.DTYPE: DType, Param.DEVICE_TYPE: Device, Param.METHOD: Meth
                Param.MODE: Mode, Param.POOLING: Pooling, Param.GUARDS: Guard}
 FLOAT_PARAMS = {Param.LAMBDA, Param.THRESHOLD}
 _DTYPE_NAMES = {"f32": DType.F32, "float32": DType.F32, "f16": DType.F16, "float16": DType.F16,
-                "half": DType.F16, "bf16": DType.BF16, "bfloat16": DType.BF16}
+                "half": DType.F16, "bf16": DType.BF16, "bfloat16": DType.BF16,
+                "fp8": DType.FP8_E4M3, "fp8_e4m3": DType.FP8_E4M3, "float8_e4m3fn": DType.FP8_E4M3}
 
 
 def enum_value(enum_type, value):

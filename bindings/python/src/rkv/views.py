@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._arrays import cuda_view, host_view, int_view
+from ._arrays import cuda_view, host_view, int_view, scale_view
 from .enums import Device, DType
 
 __all__ = ["SeqView", "LayerView", "Stats"]
@@ -18,7 +18,9 @@ class SeqView:
     ``k`` and ``v`` are ``[num_kv_heads, length, head_dim]``, ``positions``
     ``[num_kv_heads, length]``: numpy arrays for a CPU cache, torch tensors for a
     CUDA cache, over the cache's own memory (no copy). bf16 storage reads as
-    uint16 bits in numpy. Current until the next append, compress, truncate,
+    uint16 bits in numpy; FP8 E4M3 storage as uint8 bytes (torch.float8_e4m3fn
+    on CUDA), with ``k_scale``/``v_scale`` ``[num_kv_heads, length]`` float32: a
+    value is fp8 * scale (None for the other dtypes). Current until the next append, compress, truncate,
     copy onto the sequence or reset: read or copy it before then. The view
     keeps the memory alive, also after close (then frozen as it was).
     """
@@ -30,6 +32,8 @@ class SeqView:
     dtype: DType
     device: Device
     device_id: int
+    k_scale: Any = None
+    v_scale: Any = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class LayerView:
     are ``[max_seqs, num_kv_heads, capacity, head_dim]``, ``positions``
     ``[max_seqs, num_kv_heads, capacity]`` and ``lengths`` ``[max_seqs]`` (tokens
     held per head, in the cache's memory: on a CUDA cache a device tensor the
-    library keeps current in stream order, batch appends included). Same
+    library keeps current in stream order, batch appends included); FP8
+    storage: ``k_scale``/``v_scale`` ``[max_seqs, num_kv_heads, capacity]``. Same
     lifetime as :class:`SeqView`."""
     k: Any
     v: Any
@@ -48,6 +53,8 @@ class LayerView:
     dtype: DType
     device: Device
     device_id: int
+    k_scale: Any = None
+    v_scale: Any = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,11 @@ def seq_view(owner, raw) -> SeqView:
         positions=int_view(owner, raw.positions, (heads, length), (raw.positions_stride_head, 1),
                            device, raw.device_id),
         length=length, logical_length=int(raw.logical_length), dtype=dtype, device=device,
-        device_id=raw.device_id)
+        device_id=raw.device_id,
+        k_scale=scale_view(owner, raw.k_scale, (heads, length), (raw.scale_stride_head, 1), device,
+                           raw.device_id),
+        v_scale=scale_view(owner, raw.v_scale, (heads, length), (raw.scale_stride_head, 1), device,
+                           raw.device_id))
 
 
 def layer_view(owner, raw) -> LayerView:
@@ -98,7 +109,11 @@ def layer_view(owner, raw) -> LayerView:
                            (raw.positions_stride_seq, raw.positions_stride_head, 1),
                            device, raw.device_id),
         lengths=int_view(owner, raw.lengths, (raw.max_seqs,), (1,), device, raw.device_id),
-        capacity=raw.capacity, dtype=dtype, device=device, device_id=raw.device_id)
+        capacity=raw.capacity, dtype=dtype, device=device, device_id=raw.device_id,
+        k_scale=scale_view(owner, raw.k_scale, shape[:3], (raw.scale_stride_seq, raw.scale_stride_head, 1),
+                           device, raw.device_id),
+        v_scale=scale_view(owner, raw.v_scale, shape[:3], (raw.scale_stride_seq, raw.scale_stride_head, 1),
+                           device, raw.device_id))
 
 
 def stats(raw) -> Stats:

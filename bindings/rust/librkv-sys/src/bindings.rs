@@ -39,6 +39,7 @@ extern "C" {
 pub const RKV_DTYPE_F32: rkv_dtype = 0;
 pub const RKV_DTYPE_F16: rkv_dtype = 1;
 pub const RKV_DTYPE_BF16: rkv_dtype = 2;
+pub const RKV_DTYPE_FP8_E4M3: rkv_dtype = 3;
 pub type rkv_dtype = ::std::os::raw::c_uint;
 pub const RKV_DEVICE_CPU: rkv_device_type = 0;
 pub const RKV_DEVICE_CUDA: rkv_device_type = 1;
@@ -1119,12 +1120,15 @@ pub struct rkv_seq_view {
     pub stride_head: i64,
     pub stride_token: i64,
     pub positions_stride_head: i64,
+    pub k_scale: *mut f32,
+    pub v_scale: *mut f32,
+    pub scale_stride_head: i64,
 }
 #[test]
 fn bindgen_test_layout_rkv_seq_view() {
     assert_eq!(
         ::std::mem::size_of::<rkv_seq_view>(),
-        88usize,
+        112usize,
         concat!("Size of: ", stringify!(rkv_seq_view))
     );
     assert_eq!(
@@ -1370,6 +1374,57 @@ fn bindgen_test_layout_rkv_seq_view() {
         );
     }
     test_field_positions_stride_head();
+    fn test_field_k_scale() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_seq_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).k_scale) as usize - ptr as usize
+            },
+            88usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_seq_view),
+                "::",
+                stringify!(k_scale)
+            )
+        );
+    }
+    test_field_k_scale();
+    fn test_field_v_scale() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_seq_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).v_scale) as usize - ptr as usize
+            },
+            96usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_seq_view),
+                "::",
+                stringify!(v_scale)
+            )
+        );
+    }
+    test_field_v_scale();
+    fn test_field_scale_stride_head() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_seq_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).scale_stride_head) as usize - ptr as usize
+            },
+            104usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_seq_view),
+                "::",
+                stringify!(scale_stride_head)
+            )
+        );
+    }
+    test_field_scale_stride_head();
 }
 extern "C" {
     pub fn rkv_view(
@@ -1399,12 +1454,16 @@ pub struct rkv_layer_view {
     pub stride_token: i64,
     pub positions_stride_seq: i64,
     pub positions_stride_head: i64,
+    pub k_scale: *mut f32,
+    pub v_scale: *mut f32,
+    pub scale_stride_seq: i64,
+    pub scale_stride_head: i64,
 }
 #[test]
 fn bindgen_test_layout_rkv_layer_view() {
     assert_eq!(
         ::std::mem::size_of::<rkv_layer_view>(),
-        112usize,
+        144usize,
         concat!("Size of: ", stringify!(rkv_layer_view))
     );
     assert_eq!(
@@ -1701,6 +1760,74 @@ fn bindgen_test_layout_rkv_layer_view() {
         );
     }
     test_field_positions_stride_head();
+    fn test_field_k_scale() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_layer_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).k_scale) as usize - ptr as usize
+            },
+            112usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_layer_view),
+                "::",
+                stringify!(k_scale)
+            )
+        );
+    }
+    test_field_k_scale();
+    fn test_field_v_scale() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_layer_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).v_scale) as usize - ptr as usize
+            },
+            120usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_layer_view),
+                "::",
+                stringify!(v_scale)
+            )
+        );
+    }
+    test_field_v_scale();
+    fn test_field_scale_stride_seq() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_layer_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).scale_stride_seq) as usize - ptr as usize
+            },
+            128usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_layer_view),
+                "::",
+                stringify!(scale_stride_seq)
+            )
+        );
+    }
+    test_field_scale_stride_seq();
+    fn test_field_scale_stride_head() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<rkv_layer_view>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).scale_stride_head) as usize - ptr as usize
+            },
+            136usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(rkv_layer_view),
+                "::",
+                stringify!(scale_stride_head)
+            )
+        );
+    }
+    test_field_scale_stride_head();
 }
 extern "C" {
     pub fn rkv_view_layer(

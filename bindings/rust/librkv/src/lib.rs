@@ -41,7 +41,7 @@ pub use cache::{Append, Cache, Stats, Stream};
 pub use error::{Error, Result};
 pub use librkv_sys as sys;
 pub use params::{guards, Param, Params};
-pub use tensor::{Bf16, Element, Layout, Tensor, TensorMut, F16};
+pub use tensor::{Bf16, Element, Fp8E4m3, Layout, Tensor, TensorMut, F16};
 pub use view::{LayerView, SeqView};
 
 /// "Every sequence" / "every layer" where a call accepts it.
@@ -67,6 +67,9 @@ pub enum Dtype {
     F32 = sys::RKV_DTYPE_F32,
     F16 = sys::RKV_DTYPE_F16,
     Bf16 = sys::RKV_DTYPE_BF16,
+    /// Storage only: E4M3 bytes with one `f32` scale per (token, head); a
+    /// value is `fp8 * scale` (the views' `key_scales`/`value_scales`).
+    Fp8E4m3 = sys::RKV_DTYPE_FP8_E4M3,
 }
 
 impl Dtype {
@@ -74,6 +77,7 @@ impl Dtype {
         match raw {
             sys::RKV_DTYPE_F16 => Dtype::F16,
             sys::RKV_DTYPE_BF16 => Dtype::Bf16,
+            sys::RKV_DTYPE_FP8_E4M3 => Dtype::Fp8E4m3,
             _ => Dtype::F32,
         }
     }

@@ -10,7 +10,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// An element type librkv reads and writes: `f32`, [`F16`] or [`Bf16`].
+/// An element type librkv reads and writes: `f32`, [`F16`] or [`Bf16`]; and
+/// [`Fp8E4m3`], which FP8 caches store (views only: not an input dtype).
 pub trait Element: Copy + sealed::Sealed {
     const DTYPE: Dtype;
 }
@@ -36,9 +37,31 @@ impl Bf16 {
     }
 }
 
+/// FP8 E4M3, as its byte: the storage of an FP8 cache, read through a view
+/// (librkv takes no FP8 inputs). The value of a stored element is
+/// `to_f32() * scale` with its row's scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct Fp8E4m3(pub u8);
+
+impl Fp8E4m3 {
+    /// The byte's value: sign, 4 exponent bits (bias 7), 3 mantissa bits;
+    /// 0x7f and 0xff are NaN.
+    pub fn to_f32(self) -> f32 {
+        let (exponent, mantissa) = ((self.0 >> 3) & 15, self.0 & 7);
+        let magnitude = match (exponent, mantissa) {
+            (15, 7) => f32::NAN,
+            (0, m) => m as f32 / 512.0,
+            (e, m) => (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7),
+        };
+        if self.0 & 0x80 != 0 { -magnitude } else { magnitude }
+    }
+}
+
 impl sealed::Sealed for f32 {}
 impl sealed::Sealed for F16 {}
 impl sealed::Sealed for Bf16 {}
+impl sealed::Sealed for Fp8E4m3 {}
 impl Element for f32 {
     const DTYPE: Dtype = Dtype::F32;
 }
@@ -47,6 +70,9 @@ impl Element for F16 {
 }
 impl Element for Bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
+}
+impl Element for Fp8E4m3 {
+    const DTYPE: Dtype = Dtype::Fp8E4m3;
 }
 
 /// How the entries, tokens and heads of a tensor are laid out (the head_dim

@@ -115,6 +115,15 @@ impl<'c> SeqView<'c> {
     pub fn values<T: Element>(&self, head: usize) -> Result<&'c [T]> {
         self.rows(self.raw.v, head)
     }
+    /// FP8 storage: the scale of each key row one head holds (`value = fp8 *
+    /// scale`), in slot order (host caches).
+    pub fn key_scales(&self, head: usize) -> Result<&'c [f32]> {
+        self.scales(self.raw.k_scale, head)
+    }
+    /// FP8 storage: the scale of each value row.
+    pub fn value_scales(&self, head: usize) -> Result<&'c [f32]> {
+        self.scales(self.raw.v_scale, head)
+    }
     /// Original positions of the tokens one head holds, in slot order.
     pub fn positions(&self, head: usize) -> Result<&'c [i32]> {
         self.head_check(head)?;
@@ -138,6 +147,13 @@ impl<'c> SeqView<'c> {
             return Err(Error::OutOfRange(format!("head {head} of {}", self.num_heads())));
         }
         Ok(())
+    }
+    fn scales(&self, data: *mut f32, head: usize) -> Result<&'c [f32]> {
+        self.head_check(head)?;
+        if data.is_null() {
+            return Err(Error::InvalidArgument(format!("the view holds {:?}: only FP8 storage has scales", self.dtype())));
+        }
+        host_slice(data as *const c_void, sys::RKV_DTYPE_F32, self.raw.device_type, head as i64 * self.raw.scale_stride_head, self.len())
     }
     fn rows<T: Element>(&self, data: *mut c_void, head: usize) -> Result<&'c [T]> {
         self.head_check(head)?;

@@ -1,5 +1,5 @@
 //! Round trips through every layout, views, compression, stats, attention.
-use librkv::{Append, Bf16, Cache, Dtype, Layout, Method, Param, Params, Stream, Tensor, TensorMut, ALL, F16};
+use librkv::{Append, Bf16, Cache, Dtype, Fp8E4m3, Layout, Method, Param, Params, Stream, Tensor, TensorMut, ALL, F16};
 
 const H: i32 = 2;
 const HQ: i32 = 4;
@@ -115,6 +115,31 @@ fn half_inputs_and_bf16_storage() {
     assert_eq!(view.dtype(), Dtype::Bf16);
     assert_eq!(view.keys::<Bf16>(0).unwrap(), &k16[..(3 * D) as usize]);
     assert_eq!(view.values::<Bf16>(0).unwrap(), &k16[..(3 * D) as usize]);
+}
+
+#[test]
+fn fp8_storage_has_scales() {
+    let k: Vec<f32> = data((H * 3 * D) as usize, 12).iter().map(|x| x * 5.0).collect();
+    let mut cache = Cache::new(&params().dtype(Dtype::Fp8E4m3)).unwrap();
+    let bhtd = Layout::Bhtd { tokens: 3 };
+    let mut args = Append::new(0, &[0], Tensor::host(&k, H, D, bhtd), Tensor::host(&k, H, D, bhtd), None);
+    args.num_tokens = Some(&[3]);
+    cache.append(&args, Stream::DEFAULT).unwrap();
+    let view = cache.view(0, 0).unwrap();
+    assert_eq!(view.dtype(), Dtype::Fp8E4m3);
+    let (bytes, scales) = (view.keys::<Fp8E4m3>(1).unwrap(), view.key_scales(1).unwrap());
+    assert_eq!(scales.len(), 3);
+    for t in 0..3usize {
+        assert_eq!(scales[t], 2f32.powi(scales[t].log2() as i32)); // a power of two
+        for e in 0..D as usize {
+            let want = at(&k, H, 3, 0, 1, t as i32)[e];
+            let got = bytes[t * D as usize + e].to_f32() * scales[t];
+            assert!((got - want).abs() <= want.abs() / 16.0 + 1e-3, "{got} vs {want}");
+        }
+    }
+    assert!(cache.view(0, 0).unwrap().value_scales(0).is_ok());
+    let bf16 = Cache::new(&params().dtype(Dtype::Bf16)).unwrap();
+    assert!(bf16.view(0, 0).unwrap().key_scales(0).is_err());
 }
 
 #[test]
