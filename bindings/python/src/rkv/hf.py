@@ -69,9 +69,12 @@ def _padding_mask(batch_size: int, q_length: int, kv_length: int, attention_mask
     return attention_mask
 
 
-def rkv_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def rkv_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """The "rkv" attention implementation: an RkvCache's attention, or plain
-    SDPA when the call was not fed by an RkvCache (e.g. a DynamicCache)."""
+    SDPA when the call was not fed by an RkvCache (e.g. a DynamicCache).
+    Parameters in the order of transformers' own attention functions
+    (sdpa_attention_forward): wrappers such as NVIDIA kvpress's pass `dropout`
+    as the sixth positional argument."""
     entry = getattr(_pending, "entry", None)
     _pending.entry = None
     if entry is None:

@@ -146,3 +146,24 @@ def test_decode_steps_are_batch_calls_only(monkeypatch):
     assert all(a.batch is not None and not a.seq_ids and a.num_seqs == len(PROMPTS)
                for a in appends + attends)
     assert not [name for name, _ in decode if name not in ("rkv_append", "rkv_attend")]
+
+
+def test_attention_wrapped_as_transformers_calls_its_own(device, monkeypatch):
+    """Wrappers of transformers' attention functions pass `dropout` as the sixth
+    positional argument (NVIDIA kvpress wraps every registered function so when
+    imported): the "rkv" function takes its parameters in that order. Before,
+    `scaling` came sixth and such a call raised TypeError (found on the H200
+    with kvpress installed)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    inner = ALL_ATTENTION_FUNCTIONS["rkv"]
+
+    def positional_dropout(module, query, key, value, attention_mask, dropout, **kwargs):
+        return inner(module, query, key, value, attention_mask, dropout, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "rkv", positional_dropout)
+    model = tiny_model("llama", device=device)
+    ids, mask = left_padded_batch(PROMPTS, device=device)
+    expected, _ = generate(model, ids, mask, 8, DynamicCache(config=model.config))
+    model.set_attn_implementation("rkv")
+    got, _ = generate(model, ids, mask, 8, rkv.hf.RkvCache(model, budget=64, buffer=8, window=4, max_len=64))
+    assert torch.equal(got, expected)
