@@ -49,7 +49,8 @@ using fuzz::TensorBuffer;
 struct Counts {
     long programs = 0, calls = 0, cpu_failures = 0, unsupported = 0;
     long status = 0, lengths = 0, contents = 0, attend = 0;
-    long attend_checked = 0;  // output elements compared with the float64 reference
+    long attend_checked = 0;       // output elements compared with the float64 reference
+    long attend_other_tokens = 0;  // not compared: CUDA kept other tokens (near ties)
     long kept_same = 0, kept_near_tie = 0, kept_unclassified = 0, kept_different = 0, order_only = 0;
     long hard() const { return cpu_failures + status + lengths + contents + attend + kept_different; }
 };
@@ -220,6 +221,18 @@ class CudaMirror final : public fuzz::Mirror {
         if (status != RKV_OK || cpu_status != RKV_OK || !args.out.data) return;
         std::vector<uint8_t> gpu_out(cpu_out.size_bytes());
         download(gpu_out.data(), out_device.get(), gpu_out.size());
+        // Rows of a (sequence, layer) whose CUDA kept set went another way
+        // (near ties, ties inside a multi-chunk append) attend over other
+        // tokens than the CPU's: the float64 reference does not apply to them.
+        std::vector<uint8_t> other_tokens(size_t(cpu_out.elements), 0);
+        const rkv_cache_params &p = t.params;
+        for (int32_t i = 0; i < args.num_seqs; ++i) {
+            const int32_t seq = args.seq_ids[i];
+            if (seq < 0 || seq >= p.max_seqs || !t.diverged[size_t(args.layer) * p.max_seqs + seq]) continue;
+            for (int32_t h = 0; h < args.out.num_heads; ++h)
+                for (int32_t e = 0; e < args.out.head_dim; ++e)
+                    other_tokens[size_t(fuzz::tensor_index(args.out, i, 0, h) + e)] = 1;
+        }
         // CUDA is held to the promise the CPU was held to (the float64
         // reference within the tolerance the inputs allow), not to the CPU's
         // bits: where the logits are large (2^30 magnitudes) or the inputs not
@@ -237,6 +250,10 @@ class CudaMirror final : public fuzz::Mirror {
             }
             const AttendPromise &promise = promised[size_t(i)];
             if (!promise.promised()) continue;
+            if (other_tokens[size_t(i)]) {
+                ++counts_->attend_other_tokens;
+                continue;
+            }
             ++counts_->attend_checked;
             const double on_gpu = fuzz::from_bits(gpu_bits, cpu_out.dtype);
             if (!(std::fabs(on_gpu - promise.want) <= promise.allowed)) {
@@ -465,7 +482,8 @@ int main(int argc, char **argv) {
     std::printf("| %ld | %ld | %ld | %ld | %ld | %ld | %ld | %ld |\n\n", counts.programs, counts.calls, counts.unsupported,
                 counts.cpu_failures, counts.status, counts.lengths, counts.contents, counts.attend);
     std::printf("attention: %ld output elements within the float64 reference's tolerance on CUDA (where the header "
-                "promises a value)\n", counts.attend_checked - counts.attend);
+                "promises a value); %ld not compared (rows over a kept set that went another way at a tie)\n",
+                counts.attend_checked - counts.attend, counts.attend_other_tokens);
     std::printf("kept sets per head: %ld identical, %ld same set in another order, %ld near ties, %ld unclassified, "
                 "%ld different\n", counts.kept_same, counts.order_only, counts.kept_near_tie, counts.kept_unclassified,
                 counts.kept_different);
