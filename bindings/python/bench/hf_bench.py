@@ -278,9 +278,15 @@ def main(argv=None) -> int:
                  num_q_heads=bench.q_heads, head_dim=bench.head_dim,
                  dtype={torch.bfloat16: "bf16", torch.float32: "f32"}[dtype],
                  device="cuda" if device.type == "cuda" else "cpu", **rkv_options)
-    one, two = (rkv.cache_size(max_seqs=n, **shape) for n in (1, 2))
-    rkv_seq = two - one + activations
-    rkv_batch = max(1, int((available - (one - (two - one))) // rkv_seq))
+    # Bytes per sequence from two sizes far apart: the CUDA compression scratch
+    # grows with max_seqs x layers up to its cap of jobs (64), so the step from
+    # 1 to 2 sequences counts scratch, not a sequence's K/V.
+    low, high = 512, 1024
+    size_low, size_high = (rkv.cache_size(max_seqs=n, **shape) for n in (low, high))
+    per_seq_cache = (size_high - size_low) / (high - low)
+    fixed = size_low - low * per_seq_cache
+    rkv_seq = int(per_seq_cache + activations)
+    rkv_batch = max(1, int((available - fixed) // rkv_seq))
     if args.max_batch:
         rkv_batch = min(rkv_batch, args.max_batch)
         full_batch = {g: min(b, args.max_batch) for g, b in full_batch.items()}
