@@ -1,7 +1,8 @@
 # cmake -DBUILD_DIR=... -DWORK_DIR=... -DSOURCE_DIR=... -DCONSUMER_C_COMPILER=... [-DCONSUMER_FLAGS=...]
 #       -P check_install.cmake
 # Installs the build into a fresh prefix, then builds and runs a consumer that
-# finds it with find_package and with pkg-config.
+# finds it with find_package(rkv), with pkg-config (librkv), and with the old
+# package name find_package(librkv).
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(prefix "${WORK_DIR}/prefix")
 function(run)
@@ -22,3 +23,4 @@ run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 set(ENV{LD_LIBRARY_PATH} "${prefix}/lib")
 run("${WORK_DIR}/build/consumer_cmake")
 run("${WORK_DIR}/build/consumer_pkgconfig")
+run("${WORK_DIR}/build/consumer_cmake_librkv")
