@@ -7,11 +7,10 @@
  * for every sequence with one rkv_append call per layer, attends over the held
  * tokens with rkv_attend, and lets automatic compression keep the budget.
  *
- *   rkv_simulate [--method rkv|snapkv|h2o|streamingllm|keydiff|random|full]
- *                [--budget B] [--buffer N] [--window W] [--tokens T] [--seqs S]
- *                [--dtype f32|f16|bf16]
+ *   rkv_simulate --help lists the options (HELP below).
  * Defaults: the SmolLM2-135M shape (30 layers, 9 query / 3 KV heads, d 64),
  * R-KV, budget 256, buffer 128, 4 sequences of 1024 tokens. */
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,16 +54,64 @@ static void make_key(float *key, const float *mean, const float *topic, float *p
     }
 }
 
-static const char *method_names[] = {"rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"};
+static const char *const method_names[] = {"rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"};
+static const char *const dtype_names[] = {"f32", "f16", "bf16"};  /* rkv_dtype order */
 
-static int parse_method(const char *name, rkv_method *method) {
-    const char **names = method_names;
-    for (int i = 0; i < 7; ++i)
-        if (strcmp(name, names[i]) == 0) {
-            *method = (rkv_method)i;
-            return 1;
-        }
-    return 0;
+static const char *const HELP =
+    "usage: %s [options]\n"
+    "Drives librkv through a simulated decode (synthetic keys shaped like a reasoning trace) and\n"
+    "prints the memory held, the compressions and which positions each head kept.\n"
+    "  --method M    rkv snapkv h2o streamingllm keydiff random full (default rkv)\n"
+    "  --budget B    tokens kept per head after a compression (default 256)\n"
+    "  --buffer N    tokens appended between compressions (default 128)\n"
+    "  --window W    most recent tokens, always kept (default 8)\n"
+    "  --tokens T    tokens decoded per sequence (default 1024)\n"
+    "  --seqs S      sequences decoded as one batch (default 4)\n"
+    "  --dtype D     storage of the cache: f32 f16 bf16 (default f32)\n"
+    "  -h, --help    this help\n";
+
+/* A usage error: say what is wrong (and what is valid, if not NULL), exit 2. */
+static void usage_error(const char *program, const char *what, const char *value, const char *valid) {
+    fprintf(stderr, "%s: %s '%s'", program, what, value);
+    if (valid) fprintf(stderr, " (%s)", valid);
+    fprintf(stderr, "\n(%s --help lists the options)\n", program);
+    exit(2);
+}
+
+/* Index of `value` in names[0 .. n-1]; a usage error naming them all otherwise. */
+static int parse_name(const char *program, const char *option, const char *value, const char *const *names,
+                      int n) {
+    char valid[128] = "valid:";
+    for (int i = 0; i < n; ++i) {
+        if (strcmp(value, names[i]) == 0) return i;
+        strncat(valid, " ", sizeof valid - strlen(valid) - 1);
+        strncat(valid, names[i], sizeof valid - strlen(valid) - 1);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "unknown value for %s:", option);
+    usage_error(program, what, value, valid);
+    return -1;
+}
+
+/* An integer in [min, max]; a usage error otherwise. */
+static int parse_int(const char *program, const char *option, const char *value, long min, long max) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (*value == '\0' || *end != '\0' || errno == ERANGE || v < min || v > max) {
+        char what[64], valid[64];
+        snprintf(what, sizeof what, "%s takes an integer, not", option);
+        snprintf(valid, sizeof valid, "from %ld to %ld", min, max);
+        usage_error(program, what, value, valid);
+    }
+    return (int)v;
+}
+
+/* An integer within librkv's bounds for `param`. */
+static int parse_param(const char *program, const char *option, const char *value, rkv_param param) {
+    double lower = 0, upper = 0;
+    CHECK(rkv_params_bounds(param, &lower, &upper));
+    return parse_int(program, option, value, (long)lower, (long)upper);
 }
 
 /* Print sorted positions as ranges: "0-3 17 25-31". */
@@ -95,24 +142,29 @@ int main(int argc, char **argv) {
     params.buffer = 128;
     params.max_seqs = 4;
     int tokens = 1024;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *flag = argv[i], *value = argv[i + 1];
-        if (strcmp(flag, "--method") == 0) {
-            if (!parse_method(value, &params.method)) {
-                fprintf(stderr, "unknown method %s\n", value);
-                return 2;
-            }
-        } else if (strcmp(flag, "--budget") == 0) params.budget = atoi(value);
-        else if (strcmp(flag, "--buffer") == 0) params.buffer = atoi(value);
-        else if (strcmp(flag, "--window") == 0) params.window = atoi(value);
-        else if (strcmp(flag, "--tokens") == 0) tokens = atoi(value);
-        else if (strcmp(flag, "--seqs") == 0) params.max_seqs = atoi(value);
-        else if (strcmp(flag, "--dtype") == 0)
-            params.dtype = strcmp(value, "f16") == 0 ? RKV_DTYPE_F16 : strcmp(value, "bf16") == 0 ? RKV_DTYPE_BF16 : RKV_DTYPE_F32;
-        else {
-            fprintf(stderr, "usage: %s [--method M] [--budget B] [--buffer N] [--window W] "
-                            "[--tokens T] [--seqs S] [--dtype f32|f16|bf16]\n", argv[0]);
-            return 2;
+    const char *program = argv[0];
+    static const char *const options[] = {"--method", "--budget", "--buffer", "--window",
+                                          "--tokens", "--seqs",   "--dtype"};
+    for (int i = 1; i < argc; ++i) {
+        const char *flag = argv[i];
+        if (strcmp(flag, "-h") == 0 || strcmp(flag, "--help") == 0) {
+            printf(HELP, program);
+            return 0;
+        }
+        int option = -1;
+        for (int k = 0; k < 7; ++k)
+            if (strcmp(flag, options[k]) == 0) option = k;
+        if (option < 0) usage_error(program, "unknown option", flag, NULL);
+        if (i + 1 >= argc) usage_error(program, "no value after", flag, NULL);
+        const char *value = argv[++i];
+        switch (option) {
+            case 0: params.method = (rkv_method)parse_name(program, flag, value, method_names, 7); break;
+            case 1: params.budget = parse_param(program, flag, value, RKV_PARAM_BUDGET); break;
+            case 2: params.buffer = parse_param(program, flag, value, RKV_PARAM_BUFFER); break;
+            case 3: params.window = parse_param(program, flag, value, RKV_PARAM_WINDOW); break;
+            case 4: tokens = parse_int(program, flag, value, 1, 1 << 20); break;
+            case 5: params.max_seqs = parse_param(program, flag, value, RKV_PARAM_MAX_SEQS); break;
+            default: params.dtype = (rkv_dtype)parse_name(program, flag, value, dtype_names, 3); break;
         }
     }
     params.max_len = tokens;
@@ -122,10 +174,14 @@ int main(int argc, char **argv) {
     CHECK(rkv_cache_size(&params, &bytes));
     rkv_cache *cache = NULL;
     CHECK(rkv_cache_create(&params, &cache));
-    printf("librkv %s: %d layers, %d KV heads (%d query heads), head_dim %d, %d sequences\n",
-           rkv_version_string(), LAYERS, KV_HEADS, Q_HEADS, DIM, seqs);
-    printf("method %s, budget %d + buffer %d, window %d: %.1f MiB allocated once at create\n\n",
-           method_names[params.method], params.budget, params.buffer, params.window, (double)bytes / (1 << 20));
+    /* What it runs with, first; the budget only where the method has one. */
+    printf("rkv_simulate: method %s", method_names[params.method]);
+    if (params.method == RKV_METHOD_FULL) printf(" (keeps every token)");
+    else printf(", budget %d + buffer %d, window %d", params.budget, params.buffer, params.window);
+    printf(", %s cache, %d sequence%s x %d tokens\n", dtype_names[params.dtype], seqs, seqs == 1 ? "" : "s", tokens);
+    printf("librkv %s, the SmolLM2-135M shape: %d layers, %d KV heads (%d query heads), head_dim %d\n",
+           rkv_version_string(), LAYERS, KV_HEADS, Q_HEADS, DIM);
+    printf("%.1f MiB allocated once at create\n\n", (double)bytes / (1 << 20));
 
     /* Per (sequence, layer, head): the slowly drifting state of the synthetic trace. */
     const size_t streams = (size_t)seqs * LAYERS * KV_HEADS;

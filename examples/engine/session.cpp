@@ -100,6 +100,27 @@ rkv_cache *create_cache(const Model &model, const CacheOptions &o) {
     return cache;
 }
 
+std::string describe_cache(const CacheOptions &o) {
+    char text[160];
+    const char *name = kMethodNames[o.method];
+    if (o.method == RKV_METHOD_FULL) {
+        std::snprintf(text, sizeof text, "%s: every token (capacity %d)", name, o.max_len);
+    } else {
+        int at = std::snprintf(text, sizeof text, "%s: budget %d + buffer %d", name, o.budget, o.buffer);
+        rkv_cache_params defaults;  // the engine leaves the sink at librkv's default
+        rkv_params_default(&defaults, sizeof defaults);
+        if (o.method == RKV_METHOD_STREAMINGLLM)
+            at += std::snprintf(text + at, sizeof text - size_t(at), ", sink %d", defaults.sink);
+        else at += std::snprintf(text + at, sizeof text - size_t(at), ", window %d", o.window);
+        if (o.method == RKV_METHOD_RKV)
+            at += std::snprintf(text + at, sizeof text - size_t(at), ", lambda %g", double(o.lambda));
+        if (o.method == RKV_METHOD_RANDOM)
+            at += std::snprintf(text + at, sizeof text - size_t(at), ", seed %llu", (unsigned long long)o.seed);
+        if (o.guards & RKV_GUARD_PROMPT) std::snprintf(text + at, sizeof text - size_t(at), ", prompt kept");
+    }
+    return std::string(text) + ", f32 cache";
+}
+
 int32_t argmax(const float *x, int32_t n) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; ++i)

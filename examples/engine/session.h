@@ -45,6 +45,10 @@ struct CacheOptions {
 };
 // Create a cache shaped for the model. Throws with librkv's message on error.
 rkv_cache *create_cache(const Model &model, const CacheOptions &options);
+// What a cache runs with, naming only the parameters its method uses:
+// "rkv: budget 128 + buffer 128, window 8, lambda 0.1, f32" or
+// "full: every token (capacity 400), f32".
+std::string describe_cache(const CacheOptions &options);
 
 // Greedy generation for sequence `seq`: prefill the prompt, then decode until a
 // control token (end of turn) or max_new tokens. on_token (may be empty) sees

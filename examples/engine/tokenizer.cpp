@@ -270,4 +270,11 @@ std::string Tokenizer::decode(const std::vector<int32_t> &tokens) const {
     return s;
 }
 
+std::vector<std::string> Tokenizer::decode_each(const std::vector<int32_t> &tokens) const {
+    std::vector<std::string> texts;
+    texts.reserve(tokens.size());
+    for (int32_t t : tokens) texts.push_back(decode(t));
+    return texts;
+}
+
 }  // namespace engine

@@ -30,6 +30,8 @@ class Tokenizer {
     // The bytes a token stands for (control tokens: their literal text).
     const std::string &decode(int32_t token) const { return bytes_[size_t(token)]; }
     std::string decode(const std::vector<int32_t> &tokens) const;
+    // Each token's bytes on its own (a character may be split between two).
+    std::vector<std::string> decode_each(const std::vector<int32_t> &tokens) const;
     bool is_control(int32_t token) const { return control_[size_t(token)]; }
     int32_t vocab_size() const { return int32_t(bytes_.size()); }
     int32_t token_id(const std::string &piece) const;  // -1 if absent

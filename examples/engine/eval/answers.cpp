@@ -9,10 +9,11 @@ namespace engine {
 
 namespace {
 
-// The first number in s (digits with optional sign, thousands commas and a
-// decimal part), normalised; "" if there is none.
-std::string first_number(const std::string &s) {
-    for (size_t i = 0; i < s.size(); ++i) {
+// The first number in s at or after `from` (digits with optional sign,
+// thousands commas and a decimal part), normalised; "" if there is none.
+// *end (if given) receives the index just past it.
+std::string first_number(const std::string &s, size_t from = 0, size_t *end = nullptr) {
+    for (size_t i = from; i < s.size(); ++i) {
         if (!std::isdigit(static_cast<unsigned char>(s[i]))) continue;
         const bool negative = i > 0 && s[i - 1] == '-';
         std::string digits;
@@ -27,6 +28,7 @@ std::string first_number(const std::string &s) {
             while (digits.back() == '0') digits.pop_back();
             if (digits.back() == '.') digits.pop_back();
         }
+        if (end) *end = j;
         return (negative ? "-" : "") + digits;
     }
     return "";
@@ -62,6 +64,13 @@ std::string last_number(const std::string &text) {
         return first_number(text.substr(start, end - start));
     }
     return "";
+}
+
+std::vector<std::string> all_numbers(const std::string &text) {
+    std::vector<std::string> numbers;
+    size_t at = 0;
+    for (std::string n = first_number(text, at, &at); !n.empty(); n = first_number(text, at, &at)) numbers.push_back(n);
+    return numbers;
 }
 
 bool same_answer(const std::string &a, const std::string &b) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace engine {
 
@@ -12,6 +13,8 @@ namespace engine {
 std::string extract_answer(const std::string &text);
 // Lenient fallback: the last number anywhere in the text ("" if none).
 std::string last_number(const std::string &text);
+// Every number the text states, in order, normalised as above.
+std::vector<std::string> all_numbers(const std::string &text);
 // Equal as numbers when both parse as numbers, else equal as strings; "" never matches.
 bool same_answer(const std::string &a, const std::string &b);
 

