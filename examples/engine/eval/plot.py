@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Plot rkv_eval's teacher-forced results: loss increase over Full against the budget, one
-line per method, and top-1 agreement beside it.
+"""Plot rkv_eval's teacher-forced results against the budget: the next-token loss increase over
+Full and the top-1 agreement with Full, one line per method, with error bars from the spread over
+the traces (one standard error of the per-trace values). Random is far worse than the rest: it
+gets a panel of its own, so that its scale does not flatten the methods worth comparing.
 
-    python3 plot.py DIR        reads DIR/teacher_forced.csv, writes DIR/loss_vs_budget.png
+    python3 plot.py DIR        reads DIR/teacher_forced.csv and DIR/teacher_forced_per_trace.csv,
+                               writes DIR/loss_vs_budget.png
 Needs matplotlib (pip install matplotlib).
 """
 import csv
+import math
 import os
 import sys
 
@@ -14,30 +18,86 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt
 
+# One look per method, the same in every panel; R-KV drawn heaviest.
+STYLE = {
+    "rkv": dict(color="#d62728", marker="o", linewidth=2.6, markersize=7, label="R-KV"),
+    "snapkv": dict(color="#1f77b4", marker="s", label="SnapKV"),
+    "h2o": dict(color="#2ca02c", marker="^", label="H2O"),
+    "streamingllm": dict(color="#9467bd", marker="D", label="StreamingLLM"),
+    "keydiff": dict(color="#ff7f0e", marker="v", label="KeyDiff"),
+    "random": dict(color="#7f7f7f", marker="x", label="Random"),
+}
+MEASURES = [("loss_increase", "next-token loss increase over Full\n(nats per token; lower is better)"),
+            ("top1_agreement", "top-1 agreement with Full\n(higher is better)")]
+
+
+def read(folder, name):
+    with open(os.path.join(folder, name)) as f:
+        return list(csv.DictReader(f))
+
+
+def standard_error(values):
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def series(rows, per_trace, method, measure):
+    """Budgets, values (all traces together, as results.md) and error bars of one method."""
+    mine = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["budget"]))
+    budgets = [int(r["budget"]) for r in mine]
+    values = [float(r[measure]) for r in mine]
+    errors = [standard_error([float(t[measure]) for t in per_trace
+                              if t["method"] == method and int(t["budget"]) == b]) for b in budgets]
+    return budgets, values, errors
+
 
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "eval-results"
-    rows = list(csv.DictReader(open(os.path.join(folder, "teacher_forced.csv"))))
+    rows = read(folder, "teacher_forced.csv")
+    per_trace = read(folder, "teacher_forced_per_trace.csv")
+    traces = len({t["trace"] for t in per_trace})
     methods = list(dict.fromkeys(r["method"] for r in rows))  # in the program's order
-    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method in methods:
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["budget"]))
-        budgets = [int(r["budget"]) for r in mine]
-        style = dict(marker="o", linewidth=2.5 if method == "rkv" else 1.4, label=method)
-        loss_ax.plot(budgets, [float(r["loss_increase"]) for r in mine], **style)
-        top1_ax.plot(budgets, [float(r["top1_agreement"]) for r in mine], **style)
-    for ax in (loss_ax, top1_ax):
+    main_methods = [m for m in methods if m != "random"]
+    budgets = sorted({int(r["budget"]) for r in rows})
+    # Methods side by side at each budget, a little apart, so that error bars do not overlap.
+    offset = {m: 1.0 + 0.025 * (i - (len(methods) - 1) / 2) for i, m in enumerate(methods)}
+
+    has_random = "random" in methods
+    fig, axes = plt.subplots(1, 3 if has_random else 2, figsize=(15 if has_random else 11, 4.8),
+                             gridspec_kw=dict(width_ratios=[1, 1, 0.7] if has_random else [1, 1]))
+    for ax, (measure, label) in zip(axes, MEASURES):
+        for method in main_methods:
+            b, v, e = series(rows, per_trace, method, measure)
+            ax.errorbar([x * offset[method] for x in b], v, yerr=e, capsize=3,
+                        **dict(dict(linewidth=1.5, markersize=6), **STYLE.get(method, dict(label=method))))
+        ax.set_ylabel(label)
+    if has_random:  # Random on its own scale, R-KV beside it for reference
+        ax = axes[2]
+        for method in ["random", "rkv"] if "rkv" in methods else ["random"]:
+            b, v, e = series(rows, per_trace, method, "loss_increase")
+            style = dict(dict(linewidth=1.5, markersize=6), **STYLE[method])
+            style.pop("label")
+            ax.errorbar([x * offset[method] for x in b], v, yerr=e, capsize=3, **style)
+        ax.set_ylabel(MEASURES[0][1])
+        ax.set_title("Random, a quality floor, beside R-KV (own scale)", fontsize=10)
+    for ax in axes:
         ax.set_xscale("log", base=2)
-        budgets = sorted({int(r["budget"]) for r in rows})
         ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.set_xlabel("budget (tokens kept per head; buffer = min(128, budget))")
+        ax.minorticks_off()
+        ax.set_xlabel("budget (tokens kept per head)")
         ax.grid(alpha=0.3)
-    loss_ax.axhline(0, color="black", linewidth=0.8)
-    loss_ax.set_ylabel("next-token loss increase over Full (nats)")
-    top1_ax.set_ylabel("top-1 agreement with Full")
-    loss_ax.legend()
-    fig.suptitle("SmolLM2-135M replaying DeepSeek-R1-Distill reasoning traces through librkv")
-    fig.tight_layout()
+    axes[0].axhline(0, color="black", linewidth=0.8)
+    if has_random:
+        axes[2].axhline(0, color="black", linewidth=0.8)
+    handles = [plt.Line2D([], [], **{k: v for k, v in dict(dict(linewidth=1.5), **STYLE.get(m, {})).items()
+                                     if k != "label"}, label=STYLE.get(m, {}).get("label", m)) for m in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=len(methods), frameon=False)
+    fig.suptitle(f"SmolLM2-135M replaying {traces} DeepSeek-R1-Distill reasoning traces through librkv, "
+                 "against a Full cache\n(buffer = min(128, budget); error bars: one standard error over the "
+                 "traces)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = os.path.join(folder, "loss_vs_budget.png")
     fig.savefig(out, dpi=120)
     print("wrote", out)
