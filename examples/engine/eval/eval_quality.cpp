@@ -38,10 +38,10 @@
 #include <vector>
 
 #include "answers.h"
+#include "cli.h"
 #include "fp8_scales.h"
 #include "gguf.h"
 #include "jsonl.h"
-#include "cli.h"
 #include "kept_html.h"
 #include "model.h"
 #include "progress.h"
@@ -173,13 +173,10 @@ void replay(Model &model, const Tokenizer &tokenizer, const Options &o, std::ofs
     std::vector<float> logits(size_t(piece) * vocab);  // [piece, vocab] a setting's log-probabilities
 
     // Progress unit: one piece of one trace through one cache (Full or a setting).
-    std::vector<int32_t> lengths;
     int64_t units = 0, done = 0;
     for (size_t chosen_index : chosen) {
-        const Record &r = traces.at(chosen_index);
-        lengths.push_back(std::min<int32_t>(int32_t(tokenizer.encode(r.at("prompt") + r.at("cot")).size()),
-                                            o.trace_tokens));
-        units += int64_t((lengths.back() + piece - 1) / piece) * int64_t(settings.size() + 1);
+        const int32_t n = int32_t(trace_tokens(tokenizer, traces.at(chosen_index), o).size());
+        units += int64_t((n + piece - 1) / piece) * int64_t(settings.size() + 1);
     }
     Progress progress("replay", units);
 
