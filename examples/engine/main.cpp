@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
         else if (arg == "--device") {
             device = value();
             if (device != "cpu" && device != "cuda")
-                cli::fail(program, "--device '" + device + "': cpu or cuda");
+                cli::fail(program, "unknown device '" + device + "' for --device (valid: cpu cuda)");
         }
         else if (arg == "--demo") demo = true;
         else if (arg.rfind("-", 0) == 0) cli::fail(program, "unknown option '" + arg + "'");

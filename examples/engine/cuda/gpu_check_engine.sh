@@ -101,9 +101,11 @@ fi
 if [ -n "$model" ] && [ -f "$model" ]; then
   run_part "demo on the GPU" 180 "$engine_dir/rkv_engine" --model "$model" --demo --device cuda
   # Full's greedy answer, CPU (f32) against GPU (bf16): the first tokens agree unless bf16 flips a near tie
+  # (not --demo: on the CPU the demo prints its own comparison, not the run's answer alone)
+  question="A rectangle is 4 cm long and 3 cm wide. What is its area? Think step by step."
   answer() {  # DEVICE SECONDS: the answer printed between the run's header and the summary table
-    timeout "$2" "$engine_dir/rkv_engine" --model "$model" --demo --method full --quiet --max-tokens 96 --device "$1" |
-      awk '/^== full cache/ {on = 1; next} on && /^method / {exit} on {print}'
+    timeout "$2" "$engine_dir/rkv_engine" --model "$model" --method full --quiet --max-tokens 96 --device "$1" \
+      "$question" | awk '/^== full/ {on = 1; next} on && /^method / {exit} on {print}'
   }
   cpu=$(answer cpu 300)
   gpu=$(answer cuda 120)

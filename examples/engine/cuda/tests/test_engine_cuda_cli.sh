@@ -30,7 +30,7 @@ expect() {
 
 expect "a GGUF that is not a Llama model" 1 "architecture 'gpt2'" \
   "$engine" --device cuda --model "$out/gpt2.gguf" "hello"
-expect "an unknown device" 2 "usage:" "$engine" --device tpu "hello"
+expect "an unknown device" 2 "valid: cpu cuda" "$engine" --device tpu "hello"
 expect "a dummy shape whose heads do not divide" 2 "not a multiple of 8 KV heads" \
   "$bench" --shape r1-llama-8b,heads=30 --out "$out/bench"
 expect "a dummy shape without a kernel" 2 "head_dim 96" "$bench" --shape r1-llama-8b,head_dim=96 --out "$out/bench"
