@@ -476,9 +476,10 @@ int main(int argc, char **argv) {
         } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
             json = std::fopen(argv[++i], "w");
         } else {
-            std::fprintf(stderr, "usage: %s [--batches 1,8,64,256] [--profile 1,64 (0: none)] [--repeats 5] "
-                         "[--json FILE]\n", argv[0]);
-            return 2;
+            const bool help = !std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help");
+            std::fprintf(help ? stdout : stderr, "usage: %s [--batches 1,8,64,256] [--profile 1,64 (0: none)] "
+                         "[--repeats 5] [--json FILE]\n", argv[0]);
+            return help ? 0 : 2;
         }
     }
     int count = 0;

@@ -62,15 +62,16 @@ struct Options {
     std::string plot_script;  // default: the source tree's plot_serve.py, else ./examples/engine/cuda/plot_serve.py
 };
 
+// The usage, on stderr after a problem (exit 2), on stdout for --help (exit 0).
 [[noreturn]] void usage(const char *program, const std::string &problem) {
     if (!problem.empty()) std::fprintf(stderr, "%s: %s\n", program, problem.c_str());
-    std::fprintf(stderr,
+    std::fprintf(problem.empty() ? stdout : stderr,
                  "usage: %s [--out DIR] [--shape SPEC] [--prompt 256] [--gens 4096,16384,32768]\n"
                  "          [--budgets 1024,512,2048] [--buffer 128] [--steps 8] [--reserve-gib 2]\n"
                  "          [--max-batch N] [--time-limit 480] [--no-serve-check] [--plot-script PATH]\n"
                  "shape SPEC: a preset (r1-llama-8b) and/or key=value overrides, e.g. r1-llama-8b,layers=4\n",
                  program);
-    std::exit(2);
+    std::exit(problem.empty() ? 0 : 2);
 }
 
 std::vector<int32_t> parse_list(const char *program, const std::string &what, const std::string &text) {
@@ -102,7 +103,8 @@ Options parse(int argc, char **argv) {
                 usage(argv[0], arg + " " + text + " is outside " + std::to_string(low) + " .. " + std::to_string(high));
             return v;
         };
-        if (arg == "--out") o.out = value();
+        if (arg == "-h" || arg == "--help") usage(argv[0], "");
+        else if (arg == "--out") o.out = value();
         else if (arg == "--shape") o.shape = value();
         else if (arg == "--prompt") o.prompt = int32_t(number(1, 1 << 20));
         else if (arg == "--gens") o.gens = parse_list(argv[0], arg, value());
