@@ -429,7 +429,7 @@ std::vector<std::string> input_files(const std::vector<std::string> &paths) {
 int main(int argc, char **argv) {
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 1) {
-        std::printf("rkv_fuzz_gpu_replay: no CUDA device: skipping (exit 77)\n");
+        std::printf("SKIP: no CUDA device (run on an H100/H200: tests/fuzz/README.md, \"On a GPU machine\")\n");
         return 77;
     }
     long random_programs = 0;

@@ -33,10 +33,10 @@ SKIP = 77
 try:
     import torch
 except ImportError:
-    print("torch is not installed: skipping")
+    print("SKIP: PyTorch is not installed (pip install torch; the test runs on an H100/H200: tools/gpu_check.sh)")
     sys.exit(SKIP)
 if not torch.cuda.is_available():
-    print("no CUDA device: skipping")
+    print("SKIP: no CUDA device (run on an H100/H200: tools/gpu_check.sh)")
     sys.exit(SKIP)
 
 # --- the C API (rkv.h 0.2.0) ---------------------------------------------------

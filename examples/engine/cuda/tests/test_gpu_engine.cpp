@@ -771,7 +771,7 @@ Fixture load(const std::string &name, const test::SyntheticModel &spec, const st
 int main() {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        std::printf("SKIP: no CUDA device\n");
+        std::printf("SKIP: no CUDA device (run on an H100/H200: examples/engine/cuda/gpu_check_engine.sh)\n");
         return 77;
     }
     char dir_template[] = "/tmp/rkv_gpu_engine_XXXXXX";
