@@ -55,7 +55,7 @@ static void make_key(float *key, const float *mean, const float *topic, float *p
 }
 
 static const char *const method_names[] = {"rkv", "snapkv", "h2o", "streamingllm", "keydiff", "random", "full"};
-static const char *const dtype_names[] = {"f32", "f16", "bf16"};  /* rkv_dtype order */
+static const char *const dtype_names[] = {"f32", "f16", "bf16", "fp8"};  /* rkv_dtype order (fp8: E4M3) */
 
 static const char *const HELP =
     "usage: %s [options]\n"
@@ -67,7 +67,7 @@ static const char *const HELP =
     "  --window W    most recent tokens, always kept (default 8)\n"
     "  --tokens T    tokens decoded per sequence (default 1024)\n"
     "  --seqs S      sequences decoded as one batch (default 4)\n"
-    "  --dtype D     storage of the cache: f32 f16 bf16 (default f32)\n"
+    "  --dtype D     storage of the cache: f32 f16 bf16 fp8 (default f32)\n"
     "  -h, --help    this help\n";
 
 /* A usage error: say what is wrong (and what is valid, if not NULL), exit 2. */
@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
             case 3: params.window = parse_param(program, flag, value, RKV_PARAM_WINDOW); break;
             case 4: tokens = parse_int(program, flag, value, 1, 1 << 20); break;
             case 5: params.max_seqs = parse_param(program, flag, value, RKV_PARAM_MAX_SEQS); break;
-            default: params.dtype = (rkv_dtype)parse_name(program, flag, value, dtype_names, 3); break;
+            default: params.dtype = (rkv_dtype)parse_name(program, flag, value, dtype_names, 4); break;
         }
     }
     params.max_len = tokens;

@@ -93,9 +93,9 @@ void check_counts() {
             std::memset(&a, 0, sizeof a);
             a.struct_size = sizeof a;
             a.layer = layer, a.num_seqs = 1, a.seq_ids = &seq;
-            a.k = {k.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8};
-            a.v = {v.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8};
-            a.q = {q.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8};
+            a.k = {k.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8, int64_t(k.size())};
+            a.v = {v.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8, int64_t(v.size())};
+            a.q = {q.data(), RKV_DTYPE_F32, 2, 8, 16, 0, 8, int64_t(q.size())};
             EXPECT(rkv_append(cache, &a, nullptr) == RKV_OK, "append: %s", rkv_error_message());
         }
     // Full at 12 held: compressed to 8 when tokens 12, 16 and 20 arrive; 20, 21, 22 came after.
