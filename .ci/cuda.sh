@@ -31,8 +31,8 @@ case "${1:-}" in
     [ -f "$cache" ] || fail "$cache missing: run ./rkv test first"
     grep -q '^RKV_CUDA:BOOL=ON' "$cache" || fail "the build in $build has RKV_CUDA off: nvcc was not found by CMake"
     library=$(readlink -f "$build/librkv.so")
-    # Each tool's whole output is captured before grep reads it: `tool | grep -q`
-    # under pipefail fails at random, because grep exits at its first match and
+    # Each tool's whole output is captured before grep reads it: piping a tool
+    # into an early-exiting grep under pipefail fails at random, because grep exits at its first match and
     # the tool, still writing, dies of SIGPIPE (exit 141).
     sections=$(readelf -S "$library") || fail "readelf -S $library failed"
     dynamic=$(readelf -d "$library") || fail "readelf -d $library failed"

@@ -104,7 +104,7 @@ if [ "$run_tests" = 1 ]; then
   echo "== GPU tests"
   for t in "${test_list[@]}"; do
     run_one "$t" "$logs/$t.log" "$build/tests/gpu/$t"
-    grep -E "near tie|identical|conform|match|replays|head comparisons|configurations|out of memory says|pairs:|wgmma|MISMATCH|patterns|worst" "$logs/$t.log" | grep -v "^\[" | sed -n 1,16p
+    grep -E "near tie|identical|conform|match|replays|[h]ead comparisons|configurations|out of memory says|pairs:|wgmma|MISMATCH|patterns|worst" "$logs/$t.log" | grep -v "^\[" | sed -n 1,16p
   done
   # The layer view read as FlashInfer and flash-attn read it (skips without torch).
   run_one test_view_layouts "$logs/test_view_layouts.log" python3 tests/gpu/test_view_layouts.py --lib "$build/librkv.so"
