@@ -536,12 +536,15 @@ void CacheModel::apply_truncate(int32_t seq, int32_t tokens) {
         // come": the window holds the queries of the last tokens that had them;
         // except after rolling back over a token appended without queries, when
         // it counts as empty (rkv.h: the queries before it are not on record).
+        // The queries of the kept tokens are then off the record for good: a
+        // later rollback does not bring them back either.
         const bool removed_unqueried =
             std::find(s.had_query.begin() + s.logical, s.had_query.end(), 0) != s.had_query.end();
         s.had_query.resize(size_t(s.logical));
+        if (removed_unqueried) std::fill(s.had_query.begin(), s.had_query.end(), 0);
         int32_t run = 0;
         for (int64_t pos = s.logical - 1; pos >= 0 && run < params_.window && s.had_query[size_t(pos)]; --pos) ++run;
-        s.queries_valid = removed_unqueried ? 0 : run;
+        s.queries_valid = run;
     }
 }
 
