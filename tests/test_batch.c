@@ -114,23 +114,6 @@ static void eager_step(rkv_cache *cache, const int32_t *ids, int32_t layer, cons
     ASSERT_OK(test_attend(cache, layer, n, active, &qt, &ot, 0.0f, NULL));
 }
 
-/* Up to ENTRIES distinct sequences in random entries, the rest padding. */
-static void draw_members(uint64_t *rng, int32_t *ids) {
-    int32_t pool[SEQS];
-    for (int32_t s = 0; s < SEQS; ++s) pool[s] = s;
-    for (int32_t i = 0; i < ENTRIES; ++i) ids[i] = -1;
-    const int32_t members = 1 + (int32_t)(test_rng_next(rng) % ENTRIES);
-    for (int32_t m = 0; m < members; ++m) {
-        const int32_t pick = m + (int32_t)(test_rng_next(rng) % (uint64_t)(SEQS - m));
-        const int32_t seq = pool[pick];
-        pool[pick] = pool[m];
-        pool[m] = seq;
-        int32_t entry;
-        do entry = (int32_t)(test_rng_next(rng) % ENTRIES); while (ids[entry] >= 0);
-        ids[entry] = seq;
-    }
-}
-
 static void compress_due(rkv_cache *cache) {
     int32_t due = 0;
     ASSERT_OK(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due));
@@ -153,7 +136,7 @@ static void batch_against_eager(rkv_method method) {
     for (int32_t step = 0; step < 60; ++step) {
         if (method == RKV_METHOD_FULL && step >= 40) break; /* max_len */
         if (step % 3 == 0) {
-            draw_members(&rng, ids);
+            stream_draw_batch(&rng, SEQS, ENTRIES, ids);
             ASSERT_OK(rkv_batch_set(batch, ids, ENTRIES, NULL));
         }
         compress_due(batched);

@@ -90,3 +90,20 @@ void assert_same_sequence(const rkv_cache *a, int32_t seq_a, const rkv_cache *b,
                  (unsigned long long)stats_b.compressions);
     assert_same_scores(a, seq_a, b, seq_b);
 }
+
+void stream_draw_batch(uint64_t *rng, int32_t seqs, int32_t entries, int32_t *ids) {
+    int32_t pool[256];
+    assert_true(seqs >= entries && seqs <= 256);
+    for (int32_t s = 0; s < seqs; ++s) pool[s] = s;
+    for (int32_t i = 0; i < entries; ++i) ids[i] = -1;
+    const int32_t members = 1 + (int32_t)(test_rng_next(rng) % (uint64_t)entries);
+    for (int32_t m = 0; m < members; ++m) {
+        const int32_t pick = m + (int32_t)(test_rng_next(rng) % (uint64_t)(seqs - m));
+        const int32_t seq = pool[pick];
+        pool[pick] = pool[m];
+        pool[m] = seq;
+        int32_t entry;
+        do entry = (int32_t)(test_rng_next(rng) % (uint64_t)entries); while (ids[entry] >= 0);
+        ids[entry] = seq;
+    }
+}

@@ -18,6 +18,10 @@ void stream_tokens(const rkv_cache_params *p, uint64_t variant, int64_t first, i
 rkv_status stream_append(rkv_cache *cache, int32_t seq, uint64_t variant, int64_t first, int32_t count,
                          uint32_t flags);
 
+/* A batch's members: ids[0 .. entries) holds 1 .. entries distinct sequences
+ * of 0 .. seqs-1 in random entries, -1 (padding) elsewhere. seqs <= 256. */
+void stream_draw_batch(uint64_t *rng, int32_t seqs, int32_t entries, int32_t *ids);
+
 /* The next position of `seq` (its logical length at layer 0). */
 int64_t stream_position(const rkv_cache *cache, int32_t seq);
 

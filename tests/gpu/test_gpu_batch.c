@@ -158,22 +158,6 @@ static void fill_inputs(const rkv_cache_params *p, const rkv_cache *reference, c
     free(raw);
 }
 
-static void draw_members(uint64_t *rng, int32_t *ids) {
-    int32_t pool[SEQS];
-    for (int32_t s = 0; s < SEQS; ++s) pool[s] = s;
-    for (int32_t i = 0; i < ENTRIES; ++i) ids[i] = -1;
-    const int32_t members = 1 + (int32_t)(test_rng_next(rng) % ENTRIES);
-    for (int32_t m = 0; m < members; ++m) {
-        const int32_t pick = m + (int32_t)(test_rng_next(rng) % (uint64_t)(SEQS - m));
-        const int32_t seq = pool[pick];
-        pool[pick] = pool[m];
-        pool[m] = seq;
-        int32_t entry;
-        do entry = (int32_t)(test_rng_next(rng) % ENTRIES); while (ids[entry] >= 0);
-        ids[entry] = seq;
-    }
-}
-
 static void compress_due(rkv_cache *cache, cudaStream_t stream) {
     int32_t due = 0;
     ASSERT_OK(rkv_compress_due(cache, RKV_ALL, RKV_ALL, &due));
@@ -203,7 +187,7 @@ static void replay_against_eager(const config *c) {
     }
     uint64_t rng = 1234 + (uint64_t)c->method;
     int32_t ids[ENTRIES];
-    draw_members(&rng, ids);
+    stream_draw_batch(&rng, SEQS, ENTRIES, ids);
     ASSERT_OK(rkv_batch_set(batch, ids, ENTRIES, stream));
 
     /* A warm-up step run eagerly (CUDA loads kernels at their first launch),
@@ -229,7 +213,7 @@ static void replay_against_eager(const config *c) {
     const int steps = 90;
     for (int step = 0; step < steps; ++step) {
         if (step % 4 == 0) {
-            draw_members(&rng, ids);
+            stream_draw_batch(&rng, SEQS, ENTRIES, ids);
             ASSERT_OK(rkv_batch_set(batch, ids, ENTRIES, stream));
         }
         compress_due(graphed, stream);
