@@ -153,6 +153,75 @@ __device__ __forceinline__ void store_out(const AttendParams &p, int32_t entry, 
               entry * p.out.stride_seq + int64_t(q_head) * p.out.stride_head + e, x);
 }
 
+// The block's result for query heads g0 .. g0+count of its (entry, KV head,
+// split), from the kWarps states its warps left in shared memory
+// (merge_acc [kWarps][G][D] weighted V sums, merge_max / merge_sum [kWarps][G]):
+// the output itself with one split, else the block's partial. The caller
+// synchronises before (the states are written) and after (shared memory reuse).
+template <int kWarps, int G, int D>
+__device__ __forceinline__ void write_block_result(const AttendParams &p, int32_t entry, int32_t head, int32_t split,
+                                                   int32_t g0, int32_t count, const float *merge_acc,
+                                                   const float *merge_max, const float *merge_sum) {
+    const int64_t partial = (int64_t(entry) * p.cache.kv_heads + head) * p.splits + split;
+    for (int32_t index = threadIdx.x; index < count * D; index += blockDim.x) {
+        const int32_t g = index / D, e = index % D;
+        float total_max = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total_max = fmaxf(total_max, merge_max[w * G + g]);
+        float total_sum = 0.0f, total = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+            const float factor = rescale_factor(merge_max[w * G + g], total_max);
+            total_sum += merge_sum[w * G + g] * factor;
+            total += merge_acc[(w * G + g) * D + e] * factor;
+        }
+        if (p.splits == 1) {
+            store_out(p, entry, head * p.groups + g0 + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
+        } else {
+            partial_acc(p, partial)[(g0 + g) * D + e] = total;
+            if (e == 0) {
+                partial_state(p, partial)[(g0 + g) * 2] = total_max;
+                partial_state(p, partial)[(g0 + g) * 2 + 1] = total_sum;
+            }
+        }
+    }
+}
+
+// With several splits, the last block of this (entry, KV head) to finish
+// merges every split's partial (in split order: deterministic) into out. Every
+// thread of the block calls it after its partials are written.
+template <int D>
+__device__ __forceinline__ void merge_splits_if_last(const AttendParams &p, int32_t entry, int32_t head) {
+    __shared__ bool last_block;
+    if (p.splits == 1) return;
+    __threadfence();
+    __syncthreads();
+    unsigned *counter = p.counters + int64_t(entry) * p.cache.kv_heads + head;
+    if (threadIdx.x == 0) {
+        last_block = atomicAdd(counter, 1u) == unsigned(p.splits - 1);
+        if (last_block) *counter = 0;  // every other block of the pair has counted
+    }
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+    const int64_t first = (int64_t(entry) * p.cache.kv_heads + head) * p.splits;
+    for (int32_t index = threadIdx.x; index < p.groups * D; index += blockDim.x) {
+        const int32_t g = index / D, e = index % D;
+        // (unrolled: the loads of several splits are in flight at once)
+        float total_max = -INFINITY;
+#pragma unroll 8
+        for (int32_t s = 0; s < p.splits; ++s) total_max = fmaxf(total_max, __ldcg(partial_state(p, first + s) + g * 2));
+        float total_sum = 0.0f, total = 0.0f;
+#pragma unroll 8
+        for (int32_t s = 0; s < p.splits; ++s) {
+            const float factor = rescale_factor(__ldcg(partial_state(p, first + s) + g * 2), total_max);
+            total_sum += __ldcg(partial_state(p, first + s) + g * 2 + 1) * factor;
+            total += __ldcg(partial_acc(p, first + s) + g * D + e) * factor;
+        }
+        store_out(p, entry, head * p.groups + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
+    }
+}
+
 // grid (split, KV head, entry), kSplitThreads threads, SplitShape::kSharedBytes
 // of dynamic shared memory. G: query heads per pass (a power of two >= the
 // group size, or 8 with several passes).
@@ -161,7 +230,6 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
     attend_split_kernel(AttendParams p) {
     using S = SplitShape<T, D, G, kNarrow>;
     extern __shared__ __align__(16) char split_shared[];
-    __shared__ bool last_block;
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
     const int32_t seq = attend_sequence(p, entry);
@@ -333,56 +401,9 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
             }
         }
         __syncthreads();
-        const int64_t partial = (int64_t(entry) * c.kv_heads + head) * p.splits + split;
-        for (int32_t index = threadIdx.x; index < count * D; index += kSplitThreads) {
-            const int32_t g = index / D, e = index % D;
-            float total_max = -INFINITY;
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) total_max = fmaxf(total_max, merge_max[w * G + g]);
-            float total_sum = 0.0f, total = 0.0f;
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) {
-                const float factor = rescale_factor(merge_max[w * G + g], total_max);
-                total_sum += merge_sum[w * G + g] * factor;
-                total += merge_acc[(w * G + g) * D + e] * factor;
-            }
-            if (p.splits == 1) {
-                store_out(p, entry, head * groups + g0 + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
-            } else {
-                partial_acc(p, partial)[(g0 + g) * D + e] = total;
-                if (e == 0) {
-                    partial_state(p, partial)[(g0 + g) * 2] = total_max;
-                    partial_state(p, partial)[(g0 + g) * 2 + 1] = total_sum;
-                }
-            }
-        }
+        write_block_result<kWarps, G, D>(p, entry, head, split, g0, count, merge_acc, merge_max, merge_sum);
     }
-    if (p.splits == 1) return;
-
-    // The last block of this (entry, KV head) merges every split's partial.
-    __threadfence();
-    __syncthreads();
-    unsigned *counter = p.counters + int64_t(entry) * c.kv_heads + head;
-    if (threadIdx.x == 0) {
-        last_block = atomicAdd(counter, 1u) == unsigned(p.splits - 1);
-        if (last_block) *counter = 0;  // every other block of the pair has counted
-    }
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
-    const int64_t first = (int64_t(entry) * c.kv_heads + head) * p.splits;
-    for (int32_t index = threadIdx.x; index < groups * D; index += kSplitThreads) {
-        const int32_t g = index / D, e = index % D;
-        float total_max = -INFINITY;
-        for (int32_t s = 0; s < p.splits; ++s) total_max = fmaxf(total_max, __ldcg(partial_state(p, first + s) + g * 2));
-        float total_sum = 0.0f, total = 0.0f;
-        for (int32_t s = 0; s < p.splits; ++s) {
-            const float factor = rescale_factor(__ldcg(partial_state(p, first + s) + g * 2), total_max);
-            total_sum += __ldcg(partial_state(p, first + s) + g * 2 + 1) * factor;
-            total += __ldcg(partial_acc(p, first + s) + g * D + e) * factor;
-        }
-        store_out(p, entry, head * groups + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
-    }
+    merge_splits_if_last<D>(p, entry, head);
 }
 
 // ---------------------------------------------------------------------------
