@@ -1,7 +1,7 @@
 // Launcher of decode attention (kernels/attend.cuh): the split kernel for
 // head_dim 64, 128 and 256 in its two shapes (instantiated by attend_wide.cu
-// and attend_narrow.cu), the generic kernel for any other head_dim, and the
-// rule that chooses the splits.
+// and attend_narrow.cu), the tensor-core kernel (attend_mma.cu), the generic
+// kernel for any other head_dim, and the rule that chooses the plan.
 #include <algorithm>
 
 #include "attend_split.cuh"
@@ -15,6 +15,10 @@ extern template int32_t split_blocks_per_sm<false>(int32_t dtype, int32_t head_d
 extern template int32_t split_blocks_per_sm<true>(int32_t dtype, int32_t head_dim, int32_t groups);
 extern template cudaError_t launch_split<false>(const AttendParams &p, cudaStream_t stream);
 extern template cudaError_t launch_split<true>(const AttendParams &p, cudaStream_t stream);
+// attend_mma.cu
+cudaError_t configure_attend_mma(int32_t dtype);
+int32_t attend_mma_blocks_per_sm(int32_t dtype, int32_t head_dim, int32_t q_dtype);
+cudaError_t launch_attend_mma(const AttendParams &p, cudaStream_t stream);
 
 bool attend_splits_apply(int32_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
@@ -23,38 +27,55 @@ bool attend_narrow_exists(int32_t head_dim, int32_t groups) {
 }
 
 cudaError_t configure_attend_kernels(int32_t dtype) {
-    const cudaError_t error = configure_split<false>(dtype);
-    return error != cudaSuccess ? error : configure_split<true>(dtype);
+    cudaError_t error = configure_split<false>(dtype);
+    if (error == cudaSuccess) error = configure_split<true>(dtype);
+    return error != cudaSuccess ? error : configure_attend_mma(dtype);
 }
 
-int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, bool narrow) {
+int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, AttendKernel kernel) {
     int device = 0, sms = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
         cudaGetLastError();
         return 1;
     }
-    if (!attend_splits_apply(head_dim)) return sms;
-    const int32_t per_sm = narrow ? split_blocks_per_sm<true>(dtype, head_dim, groups)
-                                  : split_blocks_per_sm<false>(dtype, head_dim, groups);
-    return sms * std::max(per_sm, 1);
+    if (!attend_splits_apply(head_dim)) return kernel == AttendKernel::kWide ? sms : 0;
+    int32_t per_sm = 0;
+    switch (kernel) {
+        case AttendKernel::kWide: per_sm = std::max(split_blocks_per_sm<false>(dtype, head_dim, groups), 1); break;
+        case AttendKernel::kNarrow:
+            per_sm = attend_narrow_exists(head_dim, groups) ? split_blocks_per_sm<true>(dtype, head_dim, groups) : 0;
+            break;
+        case AttendKernel::kTensor:
+            per_sm = attend_tensor_exists(dtype, head_dim)
+                         ? attend_mma_blocks_per_sm(dtype, head_dim, dtype == RKV_DTYPE_F16 ? RKV_DTYPE_F16 : RKV_DTYPE_BF16)
+                         : 0;
+            break;
+    }
+    return sms * per_sm;
 }
 
 int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t resident_blocks) {
-    constexpr int32_t kWaves = 2;            // aim at about two waves of resident blocks
-    constexpr int32_t kMinSplitTokens = 32;  // below this a split is all latency
-    if (pairs <= 0 || pairs >= resident_blocks) return 1;
-    int32_t splits = (kWaves * resident_blocks + pairs - 1) / pairs;
-    splits = std::min(splits, std::max(1, held / kMinSplitTokens));
+    // Measured on the H200 (tools/bench_attend.py sweeps every plan): a split
+    // costs a partial write and a share of the merge, so split only while
+    // the pairs leave half the resident blocks idle, up to one wave, and keep
+    // two stages (128 tokens) per split.
+    constexpr int32_t kMinSplitTokens = 128;
+    if (pairs <= 0 || 2 * pairs >= resident_blocks) return 1;
+    const int32_t splits = std::min(resident_blocks / pairs, std::max(1, held / kMinSplitTokens));
     return std::max(1, std::min(splits, kAttendMaxPartials / pairs));
 }
 
-AttendPlan choose_attend_plan(int32_t pairs, int32_t held, int32_t resident_wide, int32_t resident_narrow) {
-    (void)resident_narrow;  // the narrow shape is chosen only when forced, until measured otherwise
-    return AttendPlan{choose_attend_splits(pairs, held, resident_wide), false};
+AttendPlan choose_attend_plan(int32_t dtype, int32_t pairs, int32_t held, const AttendResidency &resident) {
+    // The narrow shape is chosen only when forced, until measured otherwise.
+    // E4M3 rows: the tensor-core kernel converts every value in registers
+    // and measured slower than the wide shape (kernels/README.md).
+    if (resident.tensor > 0 && dtype != RKV_DTYPE_FP8_E4M3)
+        return AttendPlan{choose_attend_splits(pairs, held, resident.tensor), AttendKernel::kTensor};
+    return AttendPlan{choose_attend_splits(pairs, held, resident.wide), AttendKernel::kWide};
 }
 
-cudaError_t launch_attend(const AttendParams &p, bool narrow, cudaStream_t stream) {
+cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, cudaStream_t stream) {
     const CacheLayer &c = p.cache;
     if (!attend_splits_apply(c.head_dim)) {
         if (p.splits != 1) return cudaErrorInvalidValue;
@@ -65,8 +86,16 @@ cudaError_t launch_attend(const AttendParams &p, bool narrow, cudaStream_t strea
     }
     if (p.splits < 1 || (p.splits > 1 && int64_t(p.splits) * c.kv_heads * p.num_seqs > kAttendMaxPartials))
         return cudaErrorInvalidValue;
-    if (narrow && !attend_narrow_exists(c.head_dim, p.groups)) return cudaErrorInvalidValue;
-    return narrow ? launch_split<true>(p, stream) : launch_split<false>(p, stream);
+    switch (kernel) {
+        case AttendKernel::kNarrow:
+            if (!attend_narrow_exists(c.head_dim, p.groups)) return cudaErrorInvalidValue;
+            return launch_split<true>(p, stream);
+        case AttendKernel::kTensor:
+            if (!attend_tensor_exists(c.dtype, c.head_dim)) return cudaErrorInvalidValue;
+            return launch_attend_mma(p, stream);
+        case AttendKernel::kWide: break;
+    }
+    return launch_split<false>(p, stream);
 }
 
 }  // namespace rkv::kernels

@@ -245,6 +245,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) 
                  : "r"(address));
 }
 
+// Four 8x8 b16 matrices transposed: thread t gets, of each matrix, the elements
+// (rows 2(t%4), 2(t%4)+1; column t/4): the B fragment of m16n8k16 from a
+// row-major [k][n] tile (decode attention's V rows).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
 // ---------------------------------------------------------------------------
 // selection order (src/selection.cpp): higher score first, equal scores keep
 // the higher slot, NaN ranks with -inf, below every number.

@@ -27,27 +27,35 @@ cudaError_t configure_sequence_kernels(int32_t dtype, int32_t head_dim, int32_t 
 cudaError_t launch_append(const AppendParams &p, cudaStream_t stream);
 
 // Decode attention over the held tokens of every entry: p.splits blocks per
-// (entry, KV head), the narrow or the wide shape of the split kernel
-// (kernels/attend.cuh); the generic kernel, with splits 1, where
-// attend_splits_apply is false.
-cudaError_t launch_attend(const AttendParams &p, bool narrow, cudaStream_t stream);
-// Whether the split (flash-decoding) kernel serves this head_dim, and its
-// narrow shape these groups.
+// (entry, KV head) of the chosen kernel: the split kernel's wide or narrow
+// shape (kernels/attend.cuh), the tensor-core kernel (kernels/attend_mma.cuh);
+// the generic kernel, with splits 1, where attend_splits_apply is false.
+enum class AttendKernel : int32_t { kWide, kNarrow, kTensor };
+cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, cudaStream_t stream);
+// Whether the split (flash-decoding) kernels serve this head_dim, the narrow
+// shape these groups, and the tensor-core kernel this storage dtype.
 bool attend_splits_apply(int32_t head_dim);
 bool attend_narrow_exists(int32_t head_dim, int32_t groups);
-// Blocks of the split kernel the current device runs at once (SMs x blocks per SM).
-int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, bool narrow);
-// How rkv_attend runs `pairs` (entry, KV head) pairs of up to `held` tokens,
-// given the blocks of each shape the GPU holds at once (resident_narrow 0: no
-// narrow shape): the measured rule (kernels/README.md).
+bool attend_tensor_exists(int32_t dtype, int32_t head_dim);
+// Blocks of a split kernel the current device runs at once (SMs x blocks per
+// SM; 0 where the kernel does not serve the cache). The tensor-core kernel's
+// shared memory depends on the query dtype: counted for the storage's own
+// 16-bit dtype (bf16 for E4M3).
+int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, AttendKernel kernel);
+// How rkv_attend runs `pairs` (entry, KV head) pairs of up to `held` tokens
+// of a storage dtype, given the blocks of each kernel the GPU holds at once: the measured rule
+// (kernels/README.md).
 struct AttendPlan {
     int32_t splits;  // blocks per (entry, KV head)
-    bool narrow;     // the narrow shape of the split kernel
+    AttendKernel kernel;
 };
-AttendPlan choose_attend_plan(int32_t pairs, int32_t held, int32_t resident_wide, int32_t resident_narrow);
-// The splits alone for a shape holding `resident_blocks` blocks: one when the
-// pairs fill the GPU, else enough blocks for about two waves, each split
-// keeping at least 32 tokens.
+struct AttendResidency {
+    int32_t wide, narrow, tensor;  // resident blocks per kernel (0: it does not serve the cache)
+};
+AttendPlan choose_attend_plan(int32_t dtype, int32_t pairs, int32_t held, const AttendResidency &resident);
+// The splits alone for a kernel holding `resident_blocks` blocks: one when the
+// pairs fill half the GPU, else up to one wave of blocks, each split keeping
+// at least 128 tokens.
 int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t resident_blocks);
 
 // --- compression of one group of jobs (see kernels/params.h Job) ----------

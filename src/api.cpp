@@ -386,8 +386,8 @@ rkv_status rkv_cache_set_attend_plan(rkv_cache *cache, int32_t splits, rkv_atten
         rkv::Cache &c = usable(cache, fn);
         if (splits < 0 || splits > 1024)
             rkv::fail(RKV_ERR_INVALID_ARGUMENT, "%s: splits is %d; use 0 (automatic) or 1 .. 1024", fn, splits);
-        if (variant < RKV_ATTEND_AUTO || variant > RKV_ATTEND_NARROW)
-            rkv::fail(RKV_ERR_INVALID_ARGUMENT, "%s: variant %d is not an rkv_attend_variant (0 .. 2)", fn,
+        if (variant < RKV_ATTEND_AUTO || variant > RKV_ATTEND_TENSOR)
+            rkv::fail(RKV_ERR_INVALID_ARGUMENT, "%s: variant %d is not an rkv_attend_variant (0 .. 3)", fn,
                       int(variant));
         c.set_attend_plan(splits, int32_t(variant));
     });

@@ -126,13 +126,16 @@ RKV_API rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path p
 /* How rkv_attend runs on a CUDA cache (head_dim 64, 128 or 256). Each
  * (sequence, KV head) is split into `splits` blocks of consecutive tokens
  * (flash-decoding: a partial softmax per block, merged by the last block to
- * finish); the kernel has two shapes (kernels/README.md): WIDE holds 16 values
- * of a row per lane, two blocks per SM; NARROW holds 8, four blocks per SM
- * (at most 4 query heads per KV head). */
+ * finish); three kernels (kernels/README.md): WIDE and NARROW compute on the
+ * CUDA cores (WIDE holds 16 values of a row per lane, two blocks per SM;
+ * NARROW holds 8, four blocks per SM, at most 4 query heads per KV head);
+ * TENSOR computes both products on tensor cores, with the float32 accuracy of
+ * the others (f16, bf16 and FP8 storage). */
 typedef enum rkv_attend_variant RKV_ENUM_BASE {
     RKV_ATTEND_AUTO = 0,   /* the measured rule (the default) */
     RKV_ATTEND_WIDE = 1,
-    RKV_ATTEND_NARROW = 2
+    RKV_ATTEND_NARROW = 2,
+    RKV_ATTEND_TENSOR = 3
 } rkv_attend_variant;
 
 /* Force the attention plan: splits 1 .. 1024 (capped where the partial-result
@@ -142,8 +145,8 @@ typedef enum rkv_attend_variant RKV_ENUM_BASE {
  * the batch's size); and the variant. For benchmarks and tests:
  * every plan gives the same result up to float rounding. Takes effect at the
  * next rkv_attend. Statuses: OK, INVALID_ARGUMENT (out of range), UNSUPPORTED
- * (a CPU cache: only 0 and AUTO; NARROW or splits > 1 where the kernel does
- * not serve the cache's shape), FAULTED. */
+ * (a CPU cache: only 0 and AUTO; NARROW, TENSOR or splits > 1 where the
+ * kernel does not serve the cache's shape or dtype), FAULTED. */
 RKV_API rkv_status rkv_cache_set_attend_plan(rkv_cache *cache, int32_t splits, rkv_attend_variant variant);
 
 #ifdef __cplusplus

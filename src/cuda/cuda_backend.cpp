@@ -94,10 +94,9 @@ class CudaBackend final : public Backend {
             plan_steady_state();
         }
         const int32_t dtype = int32_t(p_.dtype);
-        resident_wide_ = k::attend_resident_blocks(dtype, p_.head_dim, groups_, false);
-        resident_narrow_ = k::attend_narrow_exists(p_.head_dim, groups_)
-                               ? k::attend_resident_blocks(dtype, p_.head_dim, groups_, true)
-                               : 0;
+        resident_.wide = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kWide);
+        resident_.narrow = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kNarrow);
+        resident_.tensor = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kTensor);
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (create)");
     }
 
@@ -231,7 +230,7 @@ class CudaBackend final : public Backend {
             k::AttendPlan plan = attend_plan(num_seqs, max_held);
             if (attend_splits_ == 0) plan.splits = 1;
             p.splits = plan.splits;
-            check(k::launch_attend(p, plan.narrow, as_stream(stream)),
+            check(k::launch_attend(p, plan.kernel, as_stream(stream)),
                   "rkv_attend: launching the attention kernel (batch)");
             return;
         }
@@ -244,7 +243,7 @@ class CudaBackend final : public Backend {
             std::copy(seq_ids + first, seq_ids + first + p.num_seqs, p.seq_ids);
             const k::AttendPlan plan = attend_plan(p.num_seqs, max_held);
             p.splits = plan.splits;
-            check(k::launch_attend(p, plan.narrow, as_stream(stream)), "rkv_attend: launching the attention kernel");
+            check(k::launch_attend(p, plan.kernel, as_stream(stream)), "rkv_attend: launching the attention kernel");
         }
     }
 
@@ -252,6 +251,9 @@ class CudaBackend final : public Backend {
         if (variant == RKV_ATTEND_NARROW && !k::attend_narrow_exists(p_.head_dim, groups_))
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: the narrow kernel serves head_dim 64, 128 or 256 "
                  "and at most 4 query heads per KV head (this cache: head_dim %d, %d)", p_.head_dim, groups_);
+        if (variant == RKV_ATTEND_TENSOR && !k::attend_tensor_exists(int32_t(p_.dtype), p_.head_dim))
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: the tensor-core kernel serves f16, bf16 and FP8 "
+                 "storage of head_dim 64, 128 or 256 (this cache: %s, head_dim %d)", dtype_name(p_.dtype), p_.head_dim);
         if (splits > 1 && !k::attend_splits_apply(p_.head_dim))
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_attend_plan: splitting a sequence needs head_dim 64, 128 or "
                  "256 (this cache: %d)", p_.head_dim);
@@ -551,12 +553,17 @@ class CudaBackend final : public Backend {
     // How rkv_attend runs `entries` entries holding up to `max_held` tokens:
     // the plan rkv_cache_set_attend_plan forced, or the measured rule.
     k::AttendPlan attend_plan(int32_t entries, int32_t max_held) const {
-        if (!k::attend_splits_apply(p_.head_dim)) return k::AttendPlan{1, false};
+        if (!k::attend_splits_apply(p_.head_dim)) return k::AttendPlan{1, k::AttendKernel::kWide};
         const int32_t pairs = entries * p_.num_kv_heads;
-        k::AttendPlan plan = k::choose_attend_plan(pairs, max_held, resident_wide_, resident_narrow_);
+        k::AttendPlan plan = k::choose_attend_plan(int32_t(p_.dtype), pairs, max_held, resident_);
         if (attend_variant_ != RKV_ATTEND_AUTO) {
-            plan.narrow = attend_variant_ == RKV_ATTEND_NARROW;
-            plan.splits = k::choose_attend_splits(pairs, max_held, plan.narrow ? resident_narrow_ : resident_wide_);
+            plan.kernel = attend_variant_ == RKV_ATTEND_NARROW   ? k::AttendKernel::kNarrow
+                          : attend_variant_ == RKV_ATTEND_TENSOR ? k::AttendKernel::kTensor
+                                                                 : k::AttendKernel::kWide;
+            const int32_t resident = plan.kernel == k::AttendKernel::kNarrow   ? resident_.narrow
+                                     : plan.kernel == k::AttendKernel::kTensor ? resident_.tensor
+                                                                               : resident_.wide;
+            plan.splits = k::choose_attend_splits(pairs, max_held, resident);
         }
         if (attend_splits_ > 0) plan.splits = attend_splits_;
         plan.splits = std::max(1, std::min(plan.splits, k::kAttendMaxPartials / pairs));
@@ -771,8 +778,8 @@ class CudaBackend final : public Backend {
     bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
     int32_t attend_splits_ = 0;    // rkv_cache_set_attend_plan: 0 = choose per call
     int32_t attend_variant_ = RKV_ATTEND_AUTO;
-    int32_t resident_wide_ = 1;    // blocks of the split kernel the GPU holds at once, per shape
-    int32_t resident_narrow_ = 0;  // (0: the narrow shape does not serve this cache)
+    k::AttendResidency resident_{1, 0, 0};  // blocks of each attention kernel the GPU holds at once
+                                            // (0: the kernel does not serve this cache)
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 
     // Cache memory (layouts in src/backend.h).

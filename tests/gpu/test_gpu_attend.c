@@ -1,11 +1,13 @@
 /* rkv_attend on CUDA against a float64 reference computed from the stored
  * values (the views; FP8: fp8 * scale), for every storage dtype, head dim (64,
- * 128, 256 through the split kernel, 32 through the generic one), group size
- * (1 to 12 query heads per KV head: one pass of 1, 2, 4 or 8 heads, or
- * several), every held length 1 .. capacity at once (sequence s holds s + 1
- * tokens), and every plan: the automatic one, and forced splits (1, 2, 3, 7,
- * 16, 64: most split the lengths unevenly, many leave splits empty) in both
- * kernel shapes. Also long sequences split in up to 64 blocks, and the CPU
+ * 128, 256 through the split kernels, 32 through the generic one), group size
+ * (1 to 20 query heads per KV head: one pass of 1, 2, 4 or 8 heads, or
+ * several; one or two passes of the tensor-core kernel's 16), every held
+ * length 1 .. capacity at once (sequence s holds s + 1 tokens), and every
+ * plan: the automatic one, and forced splits (1, 2, 3, 5, 7, 16, 64: most
+ * split the lengths unevenly, many leave splits empty) of each kernel (wide,
+ * narrow, tensor cores); q and out in f32, f16 and bf16; magnitudes that need
+ * the tensor-core kernel's scaling. Also long sequences split in up to 64 blocks, and the CPU
  * backend's rkv_attend on the same K/V (the CPU oracle) within the same bound.
  * Output buffers are poisoned with NaN: every element must be written. */
 #include <math.h>
@@ -22,20 +24,26 @@ typedef struct plan {
     rkv_attend_variant variant;
 } plan;
 
-static const plan kPlans[] = {{0, RKV_ATTEND_AUTO},   {1, RKV_ATTEND_WIDE},  {2, RKV_ATTEND_WIDE},
-                              {3, RKV_ATTEND_WIDE},   {7, RKV_ATTEND_WIDE},  {16, RKV_ATTEND_WIDE},
-                              {64, RKV_ATTEND_WIDE},  {0, RKV_ATTEND_NARROW}, {1, RKV_ATTEND_NARROW},
-                              {3, RKV_ATTEND_NARROW}, {13, RKV_ATTEND_NARROW}};
+static const plan kPlans[] = {{0, RKV_ATTEND_AUTO},    {1, RKV_ATTEND_WIDE},    {2, RKV_ATTEND_WIDE},
+                              {3, RKV_ATTEND_WIDE},    {7, RKV_ATTEND_WIDE},    {16, RKV_ATTEND_WIDE},
+                              {64, RKV_ATTEND_WIDE},   {0, RKV_ATTEND_NARROW},  {1, RKV_ATTEND_NARROW},
+                              {3, RKV_ATTEND_NARROW},  {13, RKV_ATTEND_NARROW}, {0, RKV_ATTEND_TENSOR},
+                              {1, RKV_ATTEND_TENSOR},  {2, RKV_ATTEND_TENSOR},  {5, RKV_ATTEND_TENSOR},
+                              {16, RKV_ATTEND_TENSOR}, {64, RKV_ATTEND_TENSOR}};
 enum { PLANS = sizeof kPlans / sizeof kPlans[0] };
 
 static int split_kernel(int32_t dim) { return dim == 64 || dim == 128 || dim == 256; }
-static int plan_applies(const plan *pl, int32_t dim, int32_t groups) {
+static int plan_applies(const plan *pl, rkv_dtype storage, int32_t dim, int32_t groups) {
     if (pl->variant == RKV_ATTEND_NARROW && !(split_kernel(dim) && groups <= 4)) return 0;
+    if (pl->variant == RKV_ATTEND_TENSOR && !(split_kernel(dim) && storage != RKV_DTYPE_F32)) return 0;
     if (pl->splits > 1 && !split_kernel(dim)) return 0;
     return 1;
 }
 
 static double worst_error;  /* largest relative error seen, for the summary */
+/* test_magnitudes: scales of the keys and queries, and values whose rows span 2^-8 .. 2^8 */
+static double key_magnitude = 1, query_magnitude = 1;
+static int value_spread;
 static int attend_calls;
 
 /* The stored K or V value (FP8: fp8 * scale) of (seq, head, token, e) from a
@@ -162,8 +170,9 @@ static void run_config(rkv_dtype storage, int32_t dim, int32_t groups, int32_t s
     const size_t kv = (size_t)total * KV * dim;
     float *k = malloc(kv * 4), *v = malloc(kv * 4);
     for (size_t i = 0; i < kv; ++i) { /* rows of different ranges: the FP8 scales differ per row */
-        k[i] = test_rng_normal(&rng) * (1.0f + (float)((i / (size_t)dim) % 5));
-        v[i] = test_rng_normal(&rng);
+        const size_t row = i / (size_t)dim;
+        k[i] = test_rng_normal(&rng) * (1.0f + (float)(row % 5)) * (float)key_magnitude;
+        v[i] = test_rng_normal(&rng) * (value_spread ? ldexpf(1.0f, (int)(row % 17) - 8) : 1.0f);
     }
     if (with_cpu) twin_append(&t, 0, seqs, ids, tokens, k, v, NULL, RKV_DTYPE_F32, 0, RKV_OK);
     else ASSERT_OK(gpu_test_append(t.gpu, 0, seqs, ids, tokens, k, v, NULL, RKV_DTYPE_F32, 0));
@@ -174,7 +183,7 @@ static void run_config(rkv_dtype storage, int32_t dim, int32_t groups, int32_t s
     const int64_t stride_seq = (int64_t)q_heads * dim + 8;
     const size_t count = (size_t)seqs * (size_t)stride_seq, bytes = count * dtype_bytes(io);
     float *qf = malloc(count * 4);
-    for (size_t i = 0; i < count; ++i) qf[i] = 1.5f * test_rng_normal(&rng);
+    for (size_t i = 0; i < count; ++i) qf[i] = 1.5f * test_rng_normal(&rng) * (float)query_magnitude;
     void *qh = malloc(bytes), *oh = malloc(bytes), *poison = malloc(bytes);
     convert_from_f32(qf, count, io, qh);
     memset(poison, 0xff, bytes); /* NaN in every dtype */
@@ -190,7 +199,7 @@ static void run_config(rkv_dtype storage, int32_t dim, int32_t groups, int32_t s
     const double tolerance = io == RKV_DTYPE_F32 ? 2e-5 : io == RKV_DTYPE_F16 ? 2e-3 : 1e-2;
     for (int pi = 0; pi < PLANS; ++pi) {
         const plan *pl = &kPlans[pi];
-        if (!plan_applies(pl, dim, groups)) continue;
+        if (!plan_applies(pl, storage, dim, groups)) continue;
         snprintf(what, sizeof what, "storage %d io %d d=%d groups %d lengths up to %d, splits %d variant %d",
                  storage, io, dim, groups, max_len, pl->splits, pl->variant);
         ASSERT_OK(rkv_cache_set_attend_plan(t.gpu, pl->splits, pl->variant));
@@ -237,10 +246,11 @@ static void test_every_dtype_dim_group_length_and_plan(void **state) {
     (void)state;
     const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
     const int32_t all_dims[] = {64, 128, 256, 32}, small_dims[] = {64, 32};
-    const int32_t all_groups[] = {1, 2, 3, 4, 7, 8, 12}, small_groups[] = {1, 4, 12};
+    /* 20: two passes of the tensor-core kernel's 16 rows, three of the split kernel's 8 */
+    const int32_t all_groups[] = {1, 2, 3, 4, 7, 8, 12, 20}, small_groups[] = {1, 4, 20};
     const int small = gpu_small();
     const int32_t *dims = small ? small_dims : all_dims, *groups = small ? small_groups : all_groups;
-    const int num_dims = small ? 2 : 4, num_groups = small ? 3 : 7;
+    const int num_dims = small ? 2 : 4, num_groups = small ? 3 : 8;
     const int32_t capacity = small ? 24 : 96;
     int configs = 0;
     for (int dt = small ? 2 : 0; dt < 4; ++dt)
@@ -250,11 +260,15 @@ static void test_every_dtype_dim_group_length_and_plan(void **state) {
                            gi == 0);
                 ++configs;
             }
-    /* q and out in 16-bit dtypes */
+    /* q and out in 16-bit dtypes: one query piece in the storage's own MMA type, two in the other */
     run_config(RKV_DTYPE_BF16, 128, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_BF16, 0);
+    run_config(RKV_DTYPE_BF16, 64, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_F16, 0);
+    run_config(RKV_DTYPE_F16, 128, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_F16, 0);
+    run_config(RKV_DTYPE_F16, 64, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_BF16, 0);
     run_config(RKV_DTYPE_FP8_E4M3, 128, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_F16, 0);
+    run_config(RKV_DTYPE_FP8_E4M3, 256, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_BF16, 0);
     print_message("%d configurations, lengths 1 .. %d each, %d attention calls: worst relative error %.3g (f32 "
-                  "output) against float64\n", configs + 2, capacity, attend_calls, worst_error);
+                  "output) against float64\n", configs + 6, capacity, attend_calls, worst_error);
 }
 
 /* Long sequences: splits of hundreds of tokens, up to 64 of them. */
@@ -266,11 +280,34 @@ static void test_long_sequences(void **state) {
     if (!gpu_small()) run_config(RKV_DTYPE_F16, 64, 8, 3, max_len, nearly_full, RKV_DTYPE_F32, 0);
 }
 
+/* Magnitudes the tensor-core kernel handles with scaling (attend_mma.cuh):
+ * queries far beyond f16's range over tiny keys, and tiny queries over large
+ * keys (its per-row power of two for f16 products); values whose rows span
+ * 2^-8 .. 2^8 (FP8: value scales far apart, so a warp's value reference moves
+ * while it accumulates). Every kernel is held to the same float64 bound. */
+static void test_magnitudes(void **state) {
+    (void)state;
+    const rkv_dtype dtypes[] = {RKV_DTYPE_BF16, RKV_DTYPE_F16, RKV_DTYPE_FP8_E4M3};
+    const int32_t capacity = gpu_small() ? 24 : 96;
+    value_spread = 1;
+    for (int d = 0; d < 3; ++d) {
+        key_magnitude = ldexp(1.0, -16); /* logits of order 1 */
+        query_magnitude = 1e5;
+        run_config(dtypes[d], 128, 4, capacity, capacity, one_more_than_slot, RKV_DTYPE_F32, 0);
+        key_magnitude = ldexp(1.0, 10);
+        query_magnitude = 1e-4;
+        run_config(dtypes[d], 64, 3, capacity, capacity, one_more_than_slot, RKV_DTYPE_F32, 0);
+    }
+    key_magnitude = query_magnitude = 1;
+    value_spread = 0;
+}
+
 int main(void) {
     GPU_SKIP_WITHOUT_DEVICE();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_dtype_dim_group_length_and_plan),
         cmocka_unit_test(test_long_sequences),
+        cmocka_unit_test(test_magnitudes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -215,27 +215,37 @@ static void test_fp8_inputs_and_views(void **state) {
 
 /* rkv_cache_set_attend_plan: values out of range, and plans the kernels do
  * not serve (the narrow shape above 4 query heads per KV head or for head_dim
- * 32; splits for head_dim 32); the plan in force stays. */
+ * 32; the tensor-core kernel for float32 storage or head_dim 32; splits for
+ * head_dim 32); the plan in force stays. */
 static void test_attend_plan_errors(void **state) {
     (void)state;
     rkv_cache_params p = cuda_params(RKV_METHOD_FULL);
     rkv_cache *cache = test_create(&p);
     ASSERT_STATUS(rkv_cache_set_attend_plan(cache, -1, RKV_ATTEND_AUTO), RKV_ERR_INVALID_ARGUMENT);
     ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 1025, RKV_ATTEND_AUTO), RKV_ERR_INVALID_ARGUMENT);
-    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, (rkv_attend_variant)3), RKV_ERR_INVALID_ARGUMENT);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, (rkv_attend_variant)4), RKV_ERR_INVALID_ARGUMENT);
     ASSERT_OK(rkv_cache_set_attend_plan(cache, 1024, RKV_ATTEND_NARROW));
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 7, RKV_ATTEND_TENSOR));
     ASSERT_OK(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_AUTO));
     rkv_cache_destroy(cache);
     p.num_q_heads = 2 * 8; /* 8 query heads per KV head */
     cache = test_create(&p);
     ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_NARROW), RKV_ERR_UNSUPPORTED);
     ASSERT_OK(rkv_cache_set_attend_plan(cache, 5, RKV_ATTEND_WIDE));
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 5, RKV_ATTEND_TENSOR));
+    rkv_cache_destroy(cache);
+    p = cuda_params(RKV_METHOD_FULL);
+    p.dtype = RKV_DTYPE_F32;
+    cache = test_create(&p);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_TENSOR), RKV_ERR_UNSUPPORTED);
+    ASSERT_OK(rkv_cache_set_attend_plan(cache, 3, RKV_ATTEND_NARROW));
     rkv_cache_destroy(cache);
     p = cuda_params(RKV_METHOD_FULL);
     p.head_dim = 32;
     cache = test_create(&p);
     ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 2, RKV_ATTEND_AUTO), RKV_ERR_UNSUPPORTED);
     ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 0, RKV_ATTEND_NARROW), RKV_ERR_UNSUPPORTED);
+    ASSERT_STATUS(rkv_cache_set_attend_plan(cache, 1, RKV_ATTEND_TENSOR), RKV_ERR_UNSUPPORTED);
     ASSERT_OK(rkv_cache_set_attend_plan(cache, 1, RKV_ATTEND_AUTO));
     rkv_cache_destroy(cache);
     p.device_type = RKV_DEVICE_CPU;

@@ -427,6 +427,7 @@ extern uintptr_t _wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(uintptr_t
 extern swig_intgo _wrap_RKV_ATTEND_AUTO_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_ATTEND_WIDE_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_ATTEND_NARROW_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_ATTEND_TENSOR_capi_25cafcfc785c7526(void);
 extern uintptr_t _wrap_rkv_cache_set_attend_plan_capi_25cafcfc785c7526(uintptr_t arg1, int arg2, swig_intgo arg3);
 #undef intgo
 */
@@ -3154,6 +3155,13 @@ func _swig_getRKV_ATTEND_NARROW() (_swig_ret int32) {
 }
 
 var RKV_ATTEND_NARROW int32 = _swig_getRKV_ATTEND_NARROW()
+func _swig_getRKV_ATTEND_TENSOR() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_ATTEND_TENSOR_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_ATTEND_TENSOR int32 = _swig_getRKV_ATTEND_TENSOR()
 func Rkv_cache_set_attend_plan(arg1 Struct_SS_rkv_cache, arg2 int32, arg3 int32) (_swig_ret *Failure) {
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)

@@ -4559,6 +4559,18 @@ intgo _wrap_RKV_ATTEND_NARROW_capi_25cafcfc785c7526() {
 }
 
 
+intgo _wrap_RKV_ATTEND_TENSOR_capi_25cafcfc785c7526() {
+  enum rkv_attend_variant result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_ATTEND_TENSOR;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
 intgo _wrap_rkv_cache_set_attend_plan_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, int _swig_go_1, intgo _swig_go_2) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   int32_t arg2 ;
