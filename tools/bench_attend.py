@@ -4,8 +4,8 @@
 scaled_dot_product_attention(q, k, v, enable_gqa=True) reading the very same
 K/V memory (the cache's layer view, wrapped as torch tensors).
 
-    python3 tools/bench_attend.py [--lib build-gpu/librkv.so] [--json FILE] [--repeats 20]
-                                  [--cases 1x1152,8x1152,32x1152,256x1152,32x16384]
+    python3 tools/bench_attend.py [--lib build-gpu/librkv.so] [--json FILE] [--plot FILE.png]
+                                  [--repeats 20] [--cases 1x1152,8x1152,32x1152,256x1152,32x16384]
 
 R1-Distill-Llama-8B shape (8 KV heads, 32 query heads, head_dim 128), one
 decode token per sequence, every sequence holding `length` tokens. Each
@@ -82,7 +82,7 @@ def kv_bytes(batch, length, fp8):
 def plans_for(batch):
     pairs = batch * KV_HEADS
     plans = [(0, rc.ATTEND_AUTO)]
-    for variant in (rc.ATTEND_WIDE, rc.ATTEND_NARROW):
+    for variant in (rc.ATTEND_WIDE, rc.ATTEND_NARROW, rc.ATTEND_TENSOR):
         for splits in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
             if pairs * splits <= 2048 or splits == 1:
                 plans.append((splits, variant))
@@ -126,13 +126,14 @@ def run_case(torch, F, rkv, batch, length, repeats, results):
                 return layers
 
             sweep = []
+            time_graph(torch, rkv_calls, repeats)  # warm-up: the first timing of a fresh cache runs slow
             for splits, variant in plans_for(batch):
                 try:
                     rkv.set_attend_plan(cache, splits, variant)
                 except rc.RkvError:
                     continue  # a plan this shape does not serve
                 ms = time_graph(torch, rkv_calls, repeats)
-                sweep.append({"splits": splits, "variant": ["auto", "wide", "narrow"][variant], "us": ms * 1e3,
+                sweep.append({"splits": splits, "variant": ["auto", "wide", "narrow", "tensor"][variant], "us": ms * 1e3,
                               "gbs": kv_bytes(batch, length, dtype == rc.FP8_E4M3) / (ms * 1e-3) / 1e9})
             rkv.set_attend_plan(cache, 0, rc.ATTEND_AUTO)
             rkv.attend(cache, 0, ids, q_t, out_t, 0.0, stream)
@@ -228,10 +229,40 @@ def capacity(rkv, results):
     results["capacity"] = rows
 
 
+def plot(results, path):
+    """Bars per case: GB/s of K+V read by SDPA and rkv_attend (automatic plan, bf16 and FP8)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib here: no plot written")
+        return
+    cases = results["cases"]
+    labels = ["%d x %d" % (c["batch"], c["length"]) for c in cases]
+    series = (("torch SDPA, bf16", [c["sdpa"]["gbs"] for c in cases]),
+              ("rkv_attend, bf16", [c["bf16"]["auto"]["gbs"] for c in cases]),
+              ("rkv_attend, FP8", [c["fp8"]["auto"]["gbs"] for c in cases]))
+    figure, axes = plt.subplots(figsize=(8, 4))
+    width = 0.27
+    for i, (name, values) in enumerate(series):
+        axes.bar([x + (i - 1) * width for x in range(len(cases))], values, width, label=name)
+    axes.set_xticks(range(len(cases)))
+    axes.set_xticklabels(labels)
+    axes.set_xlabel("sequences x held tokens (one decode token each, 8 KV heads, head_dim 128)")
+    axes.set_ylabel("GB/s of K+V read")
+    axes.set_title("Decode attention, %s (higher is better)" % results["device"])
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print("wrote", path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lib", default=os.environ.get("RKV_LIB", "build-gpu/librkv.so"))
     parser.add_argument("--json")
+    parser.add_argument("--plot", help="PNG of the summary: GB/s of K+V read per case (needs matplotlib)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cases", default="1x1152,8x1152,32x1152,256x1152,32x16384")
     args = parser.parse_args()
@@ -257,6 +288,8 @@ def main():
         s, b, f = c["sdpa"]["us"], c["bf16"]["auto"]["us"], c["fp8"]["auto"]["us"]
         print("%-16s %10.2f %10.0f %10.2f %7.2fx %10.2f %7.2fx %7.2fx" % ("%d x %d" % (c["batch"], c["length"]), s,
                                                                          c["sdpa"]["gbs"], b, s / b, f, s / f, b / f))
+    if args.plot:
+        plot(results, args.plot)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=1)

@@ -118,7 +118,8 @@ if [ "$run_bench" = 1 ]; then
     [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
   fi
   if wants attend && python3 -c "import torch" 2>/dev/null; then
-    python3 tools/bench_attend.py --lib "$build/librkv.so" --cases "$attend_cases" --json "$logs/attend.json" 2>&1 |
+    python3 tools/bench_attend.py --lib "$build/librkv.so" --cases "$attend_cases" --json "$logs/attend.json" \
+        --plot "$logs/attend.png" 2>&1 |
       tee "$logs/attend.log"
     [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  bench_attend.py"; status=1; }
   elif wants attend; then
