@@ -112,9 +112,19 @@ void check_seq_layer(const rkv_cache *cache, CacheModel &model, int32_t seq, int
                 "seq %d layer %d: rkv_seq_length says %lld/%d, expected %lld/%d", seq, layer, (long long)logical,
                 physical, (long long)s.logical, s.held);
 
+    const bool fp8 = p.dtype == RKV_DTYPE_FP8_E4M3;
+    const rkv_dtype bits_dtype = model_dtype(p.dtype);
+    FUZZ_EXPECT(fp8 == (view.k_scale != nullptr && view.v_scale != nullptr),
+                "seq %d layer %d: the view's scales are %s for storage dtype %d", seq, layer,
+                view.k_scale ? "set" : "NULL", int(p.dtype));
+    if (fp8 && view.k_scale)
+        FUZZ_EXPECT(view.k_scale == layer_view.k_scale + seq * layer_view.scale_stride_seq &&
+                        view.v_scale == layer_view.v_scale + seq * layer_view.scale_stride_seq &&
+                        view.scale_stride_head == layer_view.scale_stride_head,
+                    "seq %d layer %d: rkv_view and rkv_view_layer disagree on where the scales live", seq, layer);
     const int32_t d = p.head_dim;
     const size_t row = size_t(p.num_kv_heads) * d;
-    for (int32_t h = 0; h < p.num_kv_heads; ++h) {
+    for (int32_t h = 0; h < p.num_kv_heads && (!fp8 || view.k_scale); ++h) {
         const int32_t *positions = view.positions + h * view.positions_stride_head;
         if (s.pending) {
             check_compression(model, s, *s.pending, h, positions, view.length, seq, layer);
@@ -135,15 +145,29 @@ void check_seq_layer(const rkv_cache *cache, CacheModel &model, int32_t seq, int
             if (p.mode == RKV_MODE_POSITION && j > 0)
                 FUZZ_EXPECT(positions[j - 1] < pos, "seq %d layer %d head %d: position order broken at slot %d "
                             "(%d after %d)", seq, layer, h, j, pos, positions[j - 1]);
-            // The token's K and V where the view says, as it was appended.
+            // The token's K and V where the view says, as it was appended (FP8:
+            // the row's scale, and each byte's value times it).
             const int64_t at = h * view.stride_head + int64_t(j) * view.stride_token;
             const size_t expected_at = size_t(pos) * row + size_t(h) * d;
+            float k_scale = 1.0f, v_scale = 1.0f;
+            if (fp8) {
+                const size_t scale_at = size_t(pos) * p.num_kv_heads + size_t(h);
+                k_scale = view.k_scale[h * view.scale_stride_head + j];
+                v_scale = view.v_scale[h * view.scale_stride_head + j];
+                FUZZ_EXPECT(same_bits(half_float_bits(k_scale), half_float_bits(s.k_scale[scale_at]), RKV_DTYPE_F32) &&
+                                same_bits(half_float_bits(v_scale), half_float_bits(s.v_scale[scale_at]), RKV_DTYPE_F32),
+                            "seq %d layer %d head %d: scales of position %d (slot %d) are %g/%g, appended as %g/%g", seq,
+                            layer, h, pos, j, k_scale, v_scale, s.k_scale[scale_at], s.v_scale[scale_at]);
+            }
             for (int32_t e = 0; e < d; ++e) {
-                const uint32_t k = load_bits(view.k, at + e, p.dtype), v = load_bits(view.v, at + e, p.dtype);
-                FUZZ_EXPECT(same_bits(k, s.k_bits[expected_at + e], p.dtype),
+                const uint32_t k = fp8 ? fp8_value_bits(static_cast<const uint8_t *>(view.k)[at + e], k_scale)
+                                       : load_bits(view.k, at + e, p.dtype);
+                const uint32_t v = fp8 ? fp8_value_bits(static_cast<const uint8_t *>(view.v)[at + e], v_scale)
+                                       : load_bits(view.v, at + e, p.dtype);
+                FUZZ_EXPECT(same_bits(k, s.k_bits[expected_at + e], bits_dtype),
                             "seq %d layer %d head %d: K of position %d (slot %d) element %d is %#x, appended as %#x",
                             seq, layer, h, pos, j, e, k, s.k_bits[expected_at + e]);
-                FUZZ_EXPECT(same_bits(v, s.v_bits[expected_at + e], p.dtype),
+                FUZZ_EXPECT(same_bits(v, s.v_bits[expected_at + e], bits_dtype),
                             "seq %d layer %d head %d: V of position %d (slot %d) element %d is %#x, appended as %#x",
                             seq, layer, h, pos, j, e, v, s.v_bits[expected_at + e]);
             }
@@ -156,7 +180,9 @@ void check_seq_layer(const rkv_cache *cache, CacheModel &model, int32_t seq, int
 
 void check_stats(const rkv_stats &st, const CacheModel &model, int32_t seq) {
     const rkv_cache_params &p = model.params();
-    const uint64_t token_bytes = uint64_t(p.num_kv_heads) * p.head_dim * dtype_bytes(p.dtype) * 2;
+    // K and V of one token: FP8 rows count their float32 scale ("with the scales").
+    const uint64_t row_bytes = uint64_t(p.head_dim) * dtype_bytes(p.dtype) + (p.dtype == RKV_DTYPE_FP8_E4M3 ? 4 : 0);
+    const uint64_t token_bytes = uint64_t(p.num_kv_heads) * row_bytes * 2;
     uint64_t appended = 0, held = 0, min_c = 0, max_c = 0, seqs = 0;
     for (int32_t s = 0; s < p.max_seqs; ++s) {
         if (seq != RKV_ALL && s != seq) continue;

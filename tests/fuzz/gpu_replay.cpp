@@ -308,18 +308,35 @@ class CudaMirror final : public fuzz::Mirror {
                         diverged = 1;
                         continue;
                     }
-                    // Every held token's K and V as appended (the model's bits).
+                    // Every held token's K and V as appended (the model's bits; FP8:
+                    // each byte's value times its row's scale, and the scales).
+                    const bool fp8 = p.dtype == RKV_DTYPE_FP8_E4M3;
+                    const rkv_dtype bits_dtype = fuzz::model_dtype(p.dtype);
                     const size_t bytes = size_t(held) * p.head_dim * elem;
                     std::vector<uint8_t> k(bytes), v(bytes);
+                    std::vector<float> k_scale(fp8 ? size_t(held) : 0), v_scale(fp8 ? size_t(held) : 0);
                     const size_t head_offset = size_t(head) * size_t(view.stride_head) * elem;
                     download(k.data(), static_cast<char *>(view.k) + head_offset, bytes);
                     download(v.data(), static_cast<char *>(view.v) + head_offset, bytes);
+                    if (fp8) {
+                        download(k_scale.data(), view.k_scale + head * view.scale_stride_head, size_t(held) * 4);
+                        download(v_scale.data(), view.v_scale + head * view.scale_stride_head, size_t(held) * 4);
+                    }
+                    const auto held_bits = [&](const std::vector<uint8_t> &data, const std::vector<float> &scales,
+                                               int32_t j, int64_t at) {
+                        return fp8 ? fuzz::fp8_value_bits(data[size_t(at)], scales[size_t(j)])
+                                   : fuzz::load_bits(data.data(), at, p.dtype);
+                    };
                     for (int32_t j = 0; j < held; ++j)
                         for (int32_t e = 0; e < p.head_dim; ++e) {
                             const size_t expected = size_t(gpu[size_t(j)]) * row + size_t(head) * p.head_dim + e;
                             const int64_t at = int64_t(j) * p.head_dim + e;
-                            if (!fuzz::same_bits(fuzz::load_bits(k.data(), at, p.dtype), m.k_bits[expected], p.dtype) ||
-                                !fuzz::same_bits(fuzz::load_bits(v.data(), at, p.dtype), m.v_bits[expected], p.dtype)) {
+                            const size_t scale_at = size_t(gpu[size_t(j)]) * p.num_kv_heads + size_t(head);
+                            const bool scales_differ =
+                                fp8 && (k_scale[size_t(j)] != m.k_scale[scale_at] || v_scale[size_t(j)] != m.v_scale[scale_at]);
+                            if (scales_differ ||
+                                !fuzz::same_bits(held_bits(k, k_scale, j, at), m.k_bits[expected], bits_dtype) ||
+                                !fuzz::same_bits(held_bits(v, v_scale, j, at), m.v_bits[expected], bits_dtype)) {
                                 mismatch(&counts_->contents, "seq %d layer %d head %d: CUDA holds other K/V for position %d",
                                          seq, layer, head, gpu[size_t(j)]);
                                 j = held;

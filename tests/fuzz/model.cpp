@@ -341,18 +341,33 @@ void CacheModel::apply_append(const rkv_append_args &a) {
         // The bits each new token must be stored with, read where the header says
         // the library reads it.
         const size_t row = size_t(heads) * d;
+        const bool fp8 = p.dtype == RKV_DTYPE_FP8_E4M3;
         s.k_bits.resize(size_t(s.logical + tokens) * row);
         s.v_bits.resize(size_t(s.logical + tokens) * row);
+        if (fp8) {
+            s.k_scale.resize(size_t(s.logical + tokens) * heads);
+            s.v_scale.resize(size_t(s.logical + tokens) * heads);
+        }
+        std::vector<float> k_row(static_cast<size_t>(d)), v_row(static_cast<size_t>(d));
         for (int64_t t = 0; t < tokens; ++t) {
             const size_t base = size_t(s.logical + t) * row;
             for (int32_t h = 0; h < heads; ++h) {
                 const int64_t k_at = tensor_index(a.k, i, offset + t, h);
                 const int64_t v_at = tensor_index(a.v, i, offset + t, h);
+                uint32_t *k_bits = &s.k_bits[base + size_t(h) * d], *v_bits = &s.v_bits[base + size_t(h) * d];
+                if (fp8) {  // a row is quantised whole: its scale depends on every element
+                    for (int32_t e = 0; e < d; ++e) {
+                        k_row[size_t(e)] = load(a.k.data, k_at + e, a.k.dtype);
+                        v_row[size_t(e)] = load(a.v.data, v_at + e, a.v.dtype);
+                    }
+                    const size_t scale_at = size_t(s.logical + t) * heads + size_t(h);
+                    s.k_scale[scale_at] = fp8_row(k_row.data(), d, k_bits);
+                    s.v_scale[scale_at] = fp8_row(v_row.data(), d, v_bits);
+                    continue;
+                }
                 for (int32_t e = 0; e < d; ++e) {
-                    s.k_bits[base + size_t(h) * d + e] =
-                        stored_bits(load_bits(a.k.data, k_at + e, a.k.dtype), a.k.dtype, p.dtype);
-                    s.v_bits[base + size_t(h) * d + e] =
-                        stored_bits(load_bits(a.v.data, v_at + e, a.v.dtype), a.v.dtype, p.dtype);
+                    k_bits[e] = stored_bits(load_bits(a.k.data, k_at + e, a.k.dtype), a.k.dtype, p.dtype);
+                    v_bits[e] = stored_bits(load_bits(a.v.data, v_at + e, a.v.dtype), a.v.dtype, p.dtype);
                 }
             }
         }
@@ -532,6 +547,10 @@ void CacheModel::apply_truncate(int32_t seq, int32_t tokens) {
         const size_t row = size_t(params_.num_kv_heads) * params_.head_dim;
         s.k_bits.resize(size_t(s.logical) * row);
         s.v_bits.resize(size_t(s.logical) * row);
+        if (!s.k_scale.empty()) {
+            s.k_scale.resize(size_t(s.logical) * params_.num_kv_heads);
+            s.v_scale.resize(size_t(s.logical) * params_.num_kv_heads);
+        }
         // "the query window ... bit for bit as if the removed tokens had never
         // come": the window holds the queries of the last tokens that had them;
         // except after rolling back over a token appended without queries, when

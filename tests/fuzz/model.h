@@ -47,8 +47,11 @@ struct SeqLayerModel {
     // Compressions the stats may count: min counts the evicting ones, max
     // also reference mode's re-sorts (the header does not say if they count).
     uint64_t compressions_min = 0, compressions_max = 0;
-    // Storage-dtype bits each token must be held with: [position][head][e].
+    // Bits each token must be held with, [position][head][e]: the storage
+    // dtype's (model_dtype: FP8 rows as the float32 bits of their values).
     std::vector<uint32_t> k_bits, v_bits;
+    // FP8 storage: each row's scale, [position][head] (empty otherwise).
+    std::vector<float> k_scale, v_scale;
 };
 
 // The verdict of rkv_cache_create / rkv_cache_size for `params` (NULL allowed).

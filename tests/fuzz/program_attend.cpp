@@ -36,7 +36,8 @@ bool reference_attention(const CacheModel &model, int32_t seq, int32_t layer, in
         const size_t base = size_t(held[j]) * row + size_t(kv_head) * d;
         double dot = 0, abs_dot = 0;
         for (int32_t e = 0; e < d; ++e) {
-            const double k = from_bits(s.k_bits[base + e], p.dtype), v = from_bits(s.v_bits[base + e], p.dtype);
+            const double k = from_bits(s.k_bits[base + e], model_dtype(p.dtype)),
+                         v = from_bits(s.v_bits[base + e], model_dtype(p.dtype));
             if (!std::isfinite(k) || !std::isfinite(v)) return false;
             dot += double(q[e]) * k;
             abs_dot += std::fabs(double(q[e]) * k);
@@ -52,7 +53,8 @@ bool reference_attention(const CacheModel &model, int32_t seq, int32_t layer, in
     out->assign(size_t(d), 0.0);
     for (size_t j = 0; j < held.size(); ++j) {
         const size_t base = size_t(held[j]) * row + size_t(kv_head) * d;
-        for (int32_t e = 0; e < d; ++e) (*out)[size_t(e)] += logits[j] / total * from_bits(s.v_bits[base + e], p.dtype);
+        for (int32_t e = 0; e < d; ++e)
+            (*out)[size_t(e)] += logits[j] / total * from_bits(s.v_bits[base + e], model_dtype(p.dtype));
     }
     // float32 arithmetic: logit errors of ~magnitude * d * eps move each
     // probability by that much relative; sums add ~(n + d) eps.

@@ -1,18 +1,46 @@
 // Element values of the fuzzer's tensors: dtype conversions (from the formats'
-// definitions, tests/common/half.h, not from librkv) and the data patterns
-// that K, V and Q are drawn from.
+// definitions, tests/common/half.h, not from librkv; E4M3 from core/fp8.h,
+// which test_fp8 holds to a reference written from the format on every
+// float32) and the data patterns that K, V and Q are drawn from.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "core/fp8.h"
 #include "half.h"
 #include "rkv/rkv.h"
 
 namespace fuzz {
 
-inline size_t dtype_bytes(rkv_dtype dtype) { return dtype == RKV_DTYPE_F32 ? 4 : 2; }
+inline size_t dtype_bytes(rkv_dtype dtype) {
+    return dtype == RKV_DTYPE_F32 ? 4 : dtype == RKV_DTYPE_FP8_E4M3 ? 1 : 2;
+}
+
+// The dtype of the bits the model keeps for a storage dtype: FP8 rows are
+// modelled by their values (fp8 * scale, exact in float32).
+inline rkv_dtype model_dtype(rkv_dtype storage) {
+    return storage == RKV_DTYPE_FP8_E4M3 ? RKV_DTYPE_F32 : storage;
+}
+
+// An FP8 row as rkv.h defines it: the scale is the smallest power of two with
+// max|x| <= 448 * scale (NaN ignored), each element fp8(x / scale), held as
+// the value fp8 * scale. value_bits gets those values' float32 bits; returns
+// the scale.
+inline float fp8_row(const float *x, int32_t count, uint32_t *value_bits) {
+    float amax = 0.0f;
+    for (int32_t i = 0; i < count; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    const float scale = rkv::fp8_pow2(rkv::fp8_scale_exponent(amax));
+    for (int32_t i = 0; i < count; ++i)
+        value_bits[i] = rkv::fp8_float_bits(rkv::fp8_e4m3_to_float(rkv::float_to_fp8_e4m3(x[i] / scale)) * scale);
+    return scale;
+}
+
+// The value an FP8 byte holds with its row's scale, as float32 bits.
+inline uint32_t fp8_value_bits(uint8_t byte, float scale) {
+    return rkv::fp8_float_bits(rkv::fp8_e4m3_to_float(byte) * scale);
+}
 
 // The bits of x converted to `dtype` (f32 bits, or 16-bit patterns in the low half).
 inline uint32_t to_bits(float x, rkv_dtype dtype) {
