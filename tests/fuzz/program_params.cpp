@@ -194,6 +194,19 @@ void Program::op_misc(int slot) {
     expect_status("rkv_cache_sync_lengths", rkv_cache_sync_lengths(s.cache, nullptr), verdict);
     if (s.model && path != RKV_MATMUL_AUTO) verdict.error(RKV_ERR_UNSUPPORTED);
     expect_status("rkv_cache_set_matmul_path", rkv_cache_set_matmul_path(s.cache, rkv_matmul_path(path)), verdict);
+    // The attention plan, from bits of `value` (no byte of its own, so older
+    // inputs keep their meaning): splits -1 .. 1025, variants -1 .. 4. Out of
+    // range is INVALID_ARGUMENT; a CPU cache takes only (0, AUTO).
+    const int32_t splits = int32_t((uint32_t(value) >> 8) % 1027u) - 1;
+    const int32_t variant = int32_t((uint32_t(value) >> 20) % 6u) - 1;
+    note("cache%d set_attend_plan(%d, %d)", slot, splits, variant);
+    Verdict plan_verdict;
+    if (!s.model || splits < 0 || splits > 1024 || variant < RKV_ATTEND_AUTO || variant > RKV_ATTEND_TENSOR)
+        plan_verdict.error(RKV_ERR_INVALID_ARGUMENT);
+    else if (splits != 0 || variant != RKV_ATTEND_AUTO)
+        plan_verdict.error(RKV_ERR_UNSUPPORTED);
+    expect_status("rkv_cache_set_attend_plan",
+                  rkv_cache_set_attend_plan(s.cache, splits, rkv_attend_variant(variant)), plan_verdict);
     static const struct {
         int status;
         const char *name;
