@@ -2,17 +2,17 @@
 // attend.cuh (grid (split, KV head, entry); a block takes an even share of one
 // (entry, KV head)'s tokens, streams its K and V rows through shared memory
 // with cp.async, keeps a partial softmax; the last block of the pair merges)
-// with both products on mma.sync m16n8k16. A pass takes up to 16 query heads
-// of the group as the 16 rows of the MMA (rows past the group are zero); a
-// 64-token stage goes to 4 token groups of 16, each to two warps:
-//   S[16 heads, 16 tokens]  = Q K^T       (float32 accumulate; both warps)
-//   O[16 heads, head_dim/2] += P V        (P straight from S's registers; each
-//                                          warp its half of head_dim)
-// so a token costs a warp a few MMAs instead of the split kernel's dot
-// products, lane sums and per-element conversions. Two warps per token group
-// (S computed twice, a few MMAs) double the warps an SM holds in the same
-// shared memory: with one, the profile showed schedulers without an eligible
-// warp most of the time (tools/bench_attend.py; kernels/README.md).
+// with both products on mma.sync m16n8k16, transposed so that the tokens are
+// the MMA's 16 rows and up to 8 query heads its 8 columns:
+//   S^T[16 tokens, 8 heads]   = K Q^T       (float32 accumulate)
+//   O^T[head_dim, 8 heads]   += V^T P^T     (P^T from S^T's registers by
+//                                            movmatrix: the transpose in registers)
+// A 64-token stage goes to 4 warps, 16 tokens each; a warp keeps its own
+// softmax state per head and all of O. Decode has one query per head and a
+// KV head serves 4-8 query heads in the models we serve, so the tokens fill
+// the MMA's large side: a token costs a warp a quarter of the MMAs and
+// exponentials of the layout with heads as rows (which computed 16 rows for
+// 4 heads, and S twice per token).
 //
 // It keeps rkv_attend's float32 promise (the float64 reference within the
 // rounding of float32 arithmetic, as the split kernel): the stored values are
@@ -21,7 +21,10 @@
 // of what the previous pieces left) whose products the tensor cores add in
 // float32. q in M is one piece; f16 or bf16 q into the other type two (after
 // the row scale below); a float32 q three. P takes two (hi + lo): 16 or 22
-// bits, below float32's sum error over the window.
+// bits, below float32's sum error over the window. With at most 4 query heads
+// (kMmaPackedHeads), columns 4-7 repeat heads 0-3: the lanes holding them
+// compute the same logits and softmax state bit for bit and pass on the lo
+// piece instead of the hi one, so one MMA adds both pieces (added up at the end).
 //
 // f16 products: each query row is scaled by a power of two that brings its
 // largest element near 2^14 (inside f16's range; undone exactly on the
@@ -30,8 +33,8 @@
 // stays inside f16's range, each warp keeps its weighted V sums relative to
 // the largest value scale it has met (a power of two: rescaled like the
 // running maximum) and multiplies it back at the end. The fragments built by
-// hand permute head_dim (dot products do not depend on the order; for V the
-// output columns follow, output_column()).
+// hand from E4M3 bytes permute head_dim (dot products do not depend on the
+// order; for V the output rows follow, output_dim()).
 #pragma once
 
 #include <type_traits>
@@ -40,11 +43,12 @@
 
 namespace rkv::kernels {
 
-constexpr int kMmaThreads = 256;
-constexpr int kMmaTokenGroups = 4;                                // warps 0-3: first half of head_dim, 4-7: second
-constexpr int kMmaRows = 16;                                      // query heads per pass: the MMA's rows
-constexpr int kMmaGroupTokens = 16;                               // tokens per token group per stage
-constexpr int kMmaStageTokens = kMmaTokenGroups * kMmaGroupTokens;
+constexpr int kMmaThreads = 128;
+constexpr int kMmaWarps = kMmaThreads / 32;                       // a token group each
+constexpr int kMmaHeads = 8;                                      // query heads per pass: the MMA's columns
+constexpr int kMmaPackedHeads = 4;                                // up to this many: P's pieces share an MMA
+constexpr int kMmaGroupTokens = 16;                               // tokens per warp per stage: the MMA's rows
+constexpr int kMmaStageTokens = kMmaWarps * kMmaGroupTokens;
 constexpr int kMmaMaxPieces = 3;                                  // pieces of a float32 query
 
 // Pieces of M a query of dtype q_dtype needs (the comment at the top of this file).
@@ -56,9 +60,9 @@ __host__ __device__ constexpr int mma_query_pieces(int32_t q_dtype, bool bf16_pr
 // Dynamic shared memory of a block: kStages stages of
 //   [K rows: kMmaStageTokens x kRowStride bytes][V rows: the same]
 //   [E4M3 only: key scales [kMmaStageTokens] f32][value scales [kMmaStageTokens] f32]
-// then the pass's query pieces [pieces][kMmaRows][kQStride] of M. Once a pass
-// has consumed its stages, the first bytes hold the token groups' states for
-// the block's result ([groups][16][D] f32, then [groups][16] maxima and sums).
+// then the pass's query pieces [pieces][kMmaHeads][kQStride] of M. Once a pass
+// has consumed its stages, the first bytes hold the warps' states for the
+// block's result ([warps][8][D] f32, then [warps][8] maxima and sums).
 template <typename T, int D>
 struct MmaShape {
     static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
@@ -68,17 +72,20 @@ struct MmaShape {
     static constexpr int kRowsBytes = kMmaStageTokens * kRowStride;  // K rows of a stage (and V rows)
     static constexpr int kScaleBytes = kIsFp8<T> ? kMmaStageTokens * 4 : 0;
     static constexpr int kStageBytes = 2 * kRowsBytes + 2 * kScaleBytes;
-    static constexpr int kStages = 3 * kStageBytes <= 110 * 1024 ? 3 : 2;  // two blocks per SM where they fit
-    static constexpr int kMinBlocks = D <= 128 ? 2 : 1;  // per SM: registers capped at 128 for two
     static constexpr int kQStride = D + 8;  // elements of M per query row (padded as the K rows)
-    static constexpr int kQPieceBytes = kMmaRows * kQStride * 2;
-    static constexpr int kKSteps = D / 16;  // k-steps of S = Q K^T
-    static constexpr int kNTiles = D / 8;   // 8-column tiles of O
-    static constexpr int kHalfTiles = kNTiles / 2;  // a warp's n-tiles
+    static constexpr int kQPieceBytes = kMmaHeads * kQStride * 2;
+    // As many stages (up to 4) as leave room for two blocks per SM, at least 2.
+    static constexpr int kBlockBudget = 110 * 1024 - kMmaMaxPieces * kQPieceBytes;
+    static constexpr int kStages = 4 * kStageBytes <= kBlockBudget ? 4 : 3 * kStageBytes <= kBlockBudget ? 3 : 2;
+    static constexpr int kMinBlocks = D <= 128 ? 2 : 1;
+    static constexpr int kKSteps = D / 16;  // k-steps of S^T = K Q^T
+    static constexpr int kMTiles = D / 16;  // 16-row tiles of O^T
+    static constexpr int kChains = kKSteps < 4 ? kKSteps : 4;  // independent accumulators of S^T
     static constexpr size_t shared_bytes(int pieces) {
         return size_t(kStages) * kStageBytes + size_t(pieces) * kQPieceBytes;
     }
-    static_assert(size_t(kMmaTokenGroups) * kMmaRows * (D + 2) * 4 <= size_t(kStages) * kStageBytes, "merge buffer");
+    static_assert(size_t(kMmaWarps) * kMmaHeads * (D + 2) * 4 <= size_t(kStages) * kStageBytes, "merge buffer");
+    static_assert(kKSteps % 2 == 0, "query fragments load two k-steps at once");
 };
 
 // Two floats as the b16x2 register of M: `low` at the lower k (or column).
@@ -110,14 +117,24 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// The transpose of an 8 x 8 matrix of 16-bit values held as the warp's
+// accumulator-layout pairs (thread 4g + q: row g, columns 2q, 2q+1): thread
+// 4g + q receives row g of the transpose (original column g, rows 2q, 2q+1).
+__device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
+    uint32_t y;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
 // Two E4M3 bytes (low 16 bits of `pair`) as f16x2, exactly.
 __device__ __forceinline__ uint32_t fp8x2_to_half2(uint32_t pair) {
     const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xffffu), __NV_E4M3);
     return uint32_t(h.x) | (uint32_t(h.y) << 16);
 }
 
-// Where element d (0..15) of a 16-wide k-step sits in a hand-built K fragment:
-// thread c loads d = 4c .. 4c+3 as its (k = 2c, 2c+1) and (2c+8, 2c+9).
+// Where element d (0..15) of a 16-wide k-step sits in the query's shared rows:
+// an E4M3 K fragment is built by hand, thread q taking d = 4q .. 4q+3 of a row
+// as its (k = 2q, 2q+1) and (2q+8, 2q+9); the query follows the same order.
 template <typename T>
 __device__ __forceinline__ int query_fragment_column(int d) {
     if constexpr (!kIsFp8<T>) return d;  // ldmatrix fragments: the natural order
@@ -125,106 +142,111 @@ __device__ __forceinline__ int query_fragment_column(int d) {
     return i < 2 ? 2 * c + i : 8 + 2 * c + (i - 2);
 }
 
-// The head_dim index of column n (0..7) of O's n-tile j (of all kNTiles).
+// The head_dim index of row r (0..15) of O^T's m-tile j.
 template <typename T, int D>
-__device__ __forceinline__ int output_column(int j, int n) {
-    if constexpr (kIsFp8<T>) return n * (D / 8) + j;  // thread g loads d = g*D/8 .. +D/8 of a V row
-    return 8 * j + n;
+__device__ __forceinline__ int output_dim(int j, int r) {
+    if constexpr (kIsFp8<T>) return r * (D / 16) + j;  // V fragments: thread g reads d = g*D/16 .. +D/16
+    return 16 * j + r;
 }
 
-// B fragments of K^T for k-step ks over the token group's 16 tokens starting at
-// `rows` (shared memory): b[0], b[1] for tokens 0-7, b[2], b[3] for 8-15.
+// A fragment of K (rows: the warp's 16 tokens from `rows`) for k-step ks:
+// a[0] tokens 0-7, a[1] tokens 8-15 (k 0-7), a[2], a[3] the same for k 8-15.
 template <typename T, int D>
-__device__ __forceinline__ void key_fragments(const char *rows, int ks, int lane, uint32_t (&b)[4]) {
+__device__ __forceinline__ void key_fragment(const char *rows, int ks, int lane, uint32_t (&a)[4]) {
     using S = MmaShape<T, D>;
     if constexpr (kIsFp8<T>) {
-        const int g = lane >> 2, c = lane & 3;
+        const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const uint32_t word = *reinterpret_cast<const uint32_t *>(rows + (8 * j + g) * S::kRowStride + ks * 16 + 4 * c);
-            b[2 * j] = fp8x2_to_half2(word);
-            b[2 * j + 1] = fp8x2_to_half2(word >> 16);
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t word = *reinterpret_cast<const uint32_t *>(rows + (8 * h + g) * S::kRowStride + ks * 16 + 4 * q);
+            a[h] = fp8x2_to_half2(word);
+            a[2 + h] = fp8x2_to_half2(word >> 16);
         }
     } else {
-        const int token = (lane >> 4) * 8 + (lane & 7);
-        ldmatrix_x4(b, shared_address(rows + token * S::kRowStride + ks * 32 + ((lane >> 3) & 1) * 16));
+        const int token = (lane & 7) + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(a, shared_address(rows + token * S::kRowStride + ks * 32 + (lane >> 4) * 16));
     }
 }
 
-// A fragment of this pass's query piece for k-step ks.
+// B fragments of Q^T (the pass's 8 query rows of one piece) for k-steps ks
+// (b[0], b[1]) and ks + 1 (b[2], b[3]).
 template <typename T, int D>
-__device__ __forceinline__ void query_fragment(const char *q_piece, int ks, int lane, uint32_t (&a)[4]) {
+__device__ __forceinline__ void query_fragments(const char *q_piece, int ks, int lane, uint32_t (&b)[4]) {
     using S = MmaShape<T, D>;
-    ldmatrix_x4(a, shared_address(q_piece + ((lane & 15) * S::kQStride + ks * 16 + (lane >> 4) * 8) * 2));
+    ldmatrix_x4(b, shared_address(q_piece + ((lane & 7) * S::kQStride + ks * 16 + (lane >> 3) * 8) * 2));
 }
 
-// E4M3 V: this thread's bytes of its four tokens (2c, 2c+1, 2c+8, 2c+9 of
-// the group's 16) for the warp's half of head_dim: d = g*D/8 + half*D/16 ..
-// +D/16 (n-tiles half*kHalfTiles ..), as 32-bit words.
+// E4M3 V: this thread's bytes for every m-tile of O^T: of its four tokens
+// (2q, 2q+1, 2q+8, 2q+9 of the warp's 16) the bytes d = r*D/16 .. +D/16 for
+// its rows r = g and g + 8, as 32-bit words.
 template <int D>
 struct ValueBytes {
-    uint32_t w[4][D / 64];
+    uint32_t w[4][2][D / 64];  // [token][row g, g + 8][word]
 };
 
 template <int D>
-__device__ __forceinline__ void load_value_bytes(const char *rows, int row_stride, int lane, int half,
-                                                 ValueBytes<D> &v) {
-    const int g = lane >> 2, c = lane & 3;
+__device__ __forceinline__ void load_value_bytes(const char *rows, int row_stride, int lane, ValueBytes<D> &v) {
+    const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-        const char *at = rows + (2 * c + (t & 1) + 8 * (t >> 1)) * row_stride + g * (D / 8) + half * (D / 16);
-#pragma unroll
-        for (int i = 0; i < D / 64; ++i) v.w[t][i] = reinterpret_cast<const uint32_t *>(at)[i];
-    }
-}
-
-// B fragments of V for the warp's n-tiles 2jj and 2jj+1 of its half (b[0..1]
-// and b[2..3]).
-template <typename T, int D>
-__device__ __forceinline__ void value_fragments(const char *rows, const ValueBytes<D> &bytes, int half, int jj,
-                                                int lane, uint32_t (&b)[4]) {
-    using S = MmaShape<T, D>;
-    if constexpr (kIsFp8<T>) {
-        (void)half;
+    for (int t = 0; t < 4; ++t)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int j = 2 * jj + h, word = j / 4, byte = j % 4;  // j: n-tile of the half
-            const uint32_t select = uint32_t(byte) | (uint32_t(4 + byte) << 4);
-            b[2 * h] = fp8x2_to_half2(__byte_perm(bytes.w[0][word], bytes.w[1][word], select));
-            b[2 * h + 1] = fp8x2_to_half2(__byte_perm(bytes.w[2][word], bytes.w[3][word], select));
+            const char *at = rows + (2 * q + (t & 1) + 8 * (t >> 1)) * row_stride + (g + 8 * h) * (D / 16);
+#pragma unroll
+            for (int i = 0; i < D / 64; ++i) v.w[t][h][i] = reinterpret_cast<const uint32_t *>(at)[i];
+        }
+}
+
+// A fragment of V^T for O^T's m-tile j (rows: 16 of head_dim; k: the warp's
+// 16 tokens from `rows`).
+template <typename T, int D>
+__device__ __forceinline__ void value_fragment(const char *rows, const ValueBytes<D> &bytes, int j, int lane,
+                                               uint32_t (&a)[4]) {
+    using S = MmaShape<T, D>;
+    if constexpr (kIsFp8<T>) {
+        const int word = j / 4, byte = j % 4;
+        const uint32_t select = uint32_t(byte) | (uint32_t(4 + byte) << 4);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {  // a0: (row g, tokens 0-7), a1: (g+8, 0-7), a2: (g, 8-15), a3: (g+8, 8-15)
+            const int h = r & 1, t = 2 * (r >> 1);
+            a[r] = fp8x2_to_half2(__byte_perm(bytes.w[t][h][word], bytes.w[t + 1][h][word], select));
         }
     } else {
         (void)bytes;
-        const int column = (half * S::kHalfTiles / 2 + jj) * 16 + (lane >> 4) * 8;
-        ldmatrix_x4_trans(b, shared_address(rows + (lane & 15) * S::kRowStride + column * 2));
+        const int matrix = lane >> 3, token = (matrix >> 1) * 8 + (lane & 7);
+        ldmatrix_x4_trans(a, shared_address(rows + token * S::kRowStride + (16 * j + (matrix & 1) * 8) * 2));
     }
 }
 
-// The [16, D] query rows of a pass from `base` (rows past `count`: zeros):
-// element k * kMmaThreads + threadIdx.x into out[k]. One dtype switch, then
+// The pass's [8, D] query rows from `base` (element k * kMmaThreads +
+// threadIdx.x into out[k]): row r is query head `r` of the pass, or with
+// `packed` head r % 4; rows naming no head are zeros. One dtype switch, then
 // independent loads (their latencies overlap).
 template <typename Q, int D, int kPer>
-__device__ __forceinline__ void load_query_rows_as(const Q *data, int64_t stride_head, int32_t count,
+__device__ __forceinline__ void load_query_rows_as(const Q *data, int64_t stride_head, int32_t count, bool packed,
                                                    float (&out)[kPer]) {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
-        const int i = k * kMmaThreads + threadIdx.x, r = i / D, e = i % D;
+        const int i = k * kMmaThreads + threadIdx.x, e = i % D;
+        const int r = packed ? (i / D) % kMmaPackedHeads : i / D;
         out[k] = r < count ? to_float(data[r * stride_head + e]) : 0.0f;
     }
 }
 
 template <int D, int kPer>
-__device__ __forceinline__ void load_query_rows(const Tensor &q, int64_t base, int32_t count, float (&out)[kPer]) {
+__device__ __forceinline__ void load_query_rows(const Tensor &q, int64_t base, int32_t count, bool packed,
+                                                float (&out)[kPer]) {
     switch (q.dtype) {
         case RKV_DTYPE_F32:
-            load_query_rows_as<float, D>(static_cast<const float *>(q.data) + base, q.stride_head, count, out);
+            load_query_rows_as<float, D>(static_cast<const float *>(q.data) + base, q.stride_head, count, packed, out);
             break;
         case RKV_DTYPE_F16:
-            load_query_rows_as<__half, D>(static_cast<const __half *>(q.data) + base, q.stride_head, count, out);
+            load_query_rows_as<__half, D>(static_cast<const __half *>(q.data) + base, q.stride_head, count, packed,
+                                          out);
             break;
         default:
             load_query_rows_as<__nv_bfloat16, D>(static_cast<const __nv_bfloat16 *>(q.data) + base, q.stride_head,
-                                                 count, out);
+                                                 count, packed, out);
             break;
     }
 }
@@ -238,10 +260,10 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
     using S = MmaShape<T, D>;
     using M = typename S::M;
     extern __shared__ __align__(16) char mma_shared[];
-    __shared__ float row_factor[kMmaRows];  // scale * log2(e) / the row's power of two
-    __shared__ int row_shift[kMmaRows];     // the power of two of a query row (f16 products)
-    __shared__ int row_amax_bits[kMmaRows]; // largest |q| of a row, as the bits of a float >= 0
-    constexpr int kQueryPerThread = kMmaRows * D / kMmaThreads;
+    __shared__ float row_factor[kMmaHeads];  // scale * log2(e) / the row's power of two
+    __shared__ int row_shift[kMmaHeads];     // the power of two of a query row (f16 products)
+    __shared__ int row_amax_bits[kMmaHeads]; // largest |q| of a row, as the bits of a float >= 0
+    constexpr int kQueryPerThread = kMmaHeads * D / kMmaThreads;
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
     const int32_t seq = attend_sequence(p, entry);
@@ -253,11 +275,10 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
     const int32_t stages = (end - begin + kMmaStageTokens - 1) / kMmaStageTokens;
     const HeadRows<T> rows = head_rows<T>(c, seq, head);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int token_group = warp % kMmaTokenGroups, half = warp / kMmaTokenGroups;
-    const int g = lane >> 2, quad = lane & 3;  // fragment row (query head) and column pair
+    const int g = lane >> 2, quad = lane & 3;  // accumulators: tokens g, g+8 (S^T) or dims (O^T); heads 2q, 2q+1
     const int pieces = min(kMaxPieces, mma_query_pieces(p.q.dtype, S::kBf16));
     const bool scale_rows = !S::kBf16 && p.q.dtype != RKV_DTYPE_F16;
-    char *q_shared = mma_shared + S::kStages * S::kStageBytes;  // [pieces][16][kQStride] M
+    char *q_shared = mma_shared + S::kStages * S::kStageBytes;  // [pieces][8][kQStride] M
     constexpr int kChunksPerRow = S::kRowBytes / 16;
     constexpr int kChunksPerThread = kMmaStageTokens * kChunksPerRow / kMmaThreads;  // 16-byte copies per stage
     static_assert(kChunksPerThread * kMmaThreads == kMmaStageTokens * kChunksPerRow, "whole copies per thread");
@@ -292,18 +313,19 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
         cp_async_commit();
     };
 
-    for (int32_t g0 = 0; g0 < groups; g0 += kMmaRows) {
-        const int32_t count = min(kMmaRows, groups - g0);
+    for (int32_t g0 = 0; g0 < groups; g0 += kMmaHeads) {
+        const int32_t count = min(kMmaHeads, groups - g0);
+        const bool packed = count <= kMmaPackedHeads;  // columns 4-7 repeat heads 0-3 and carry P's lo piece
         __syncthreads();  // the previous pass is done with the shared memory
         for (int32_t s = 0; s < S::kStages - 1; ++s)
             if (s < stages) load_stage(s);
 
-        // This pass's query rows as pieces of M (rows past the group: zeros),
-        // each row first scaled by its power of two where the products are f16.
-        float q_values[kQueryPerThread];  // element k * kMmaThreads + threadIdx.x of [16][D]
+        // This pass's query rows as pieces of M, each row first scaled by its
+        // power of two where the products are f16.
+        float q_values[kQueryPerThread];  // element k * kMmaThreads + threadIdx.x of [8][D]
         load_query_rows<D>(p.q, entry * p.q.stride_seq + (int64_t(head) * groups + g0) * p.q.stride_head, count,
-                           q_values);
-        if (threadIdx.x < kMmaRows) row_amax_bits[threadIdx.x] = 0;
+                           packed, q_values);
+        if (threadIdx.x < kMmaHeads) row_amax_bits[threadIdx.x] = 0;
         __syncthreads();
         if (scale_rows) {
 #pragma unroll
@@ -313,7 +335,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
             }
             __syncthreads();
         }
-        if (threadIdx.x < kMmaRows) {
+        if (threadIdx.x < kMmaHeads) {
             const float amax = __int_as_float(row_amax_bits[threadIdx.x]);
             int exponent = 0;
             frexpf(amax, &exponent);  // amax < 2^exponent
@@ -331,15 +353,17 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
             for (int piece = 0; piece < kMaxPieces; ++piece) {
                 if (piece >= pieces) break;
                 const float head_part = split_piece<M>(x, &x);
-                reinterpret_cast<M *>(q_shared)[(piece * kMmaRows + r) * S::kQStride + column] = from_float<M>(head_part);
+                reinterpret_cast<M *>(q_shared)[(piece * kMmaHeads + r) * S::kQStride + column] = from_float<M>(head_part);
             }
         }
-        const float factor_low = row_factor[g], factor_high = row_factor[g + 8];
+        const float factor[2] = {row_factor[2 * quad], row_factor[2 * quad + 1]};
+        // Packed: lanes 2, 3 of a quad hold the repeated heads and pass on the lo piece of P.
+        const bool lo_lane = packed && quad >= 2;
 
-        float o[S::kHalfTiles][4];  // O: n-tile j of the half, rows g (0, 1) and g+8 (2, 3), columns 2*quad, +1
+        float o[S::kMTiles][4];  // O^T: rows 16j + g (0, 1) and + 8 (2, 3), heads 2q (0, 2) and 2q+1 (1, 3)
 #pragma unroll
-        for (int j = 0; j < S::kHalfTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-        float running_max[2] = {-INFINITY, -INFINITY}, running_sum[2] = {0.0f, 0.0f};
+        for (int j = 0; j < S::kMTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+        float running_max[2] = {-INFINITY, -INFINITY}, running_sum[2] = {0.0f, 0.0f};  // heads 2q, 2q+1
         float value_reference = 0.0f;  // E4M3: o is relative to this value scale
 
         for (int32_t stage = 0; stage < stages; ++stage) {
@@ -351,152 +375,159 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
             const char *v_stage = k_stage + S::kRowsBytes;
             const float *k_scales = reinterpret_cast<const float *>(v_stage + S::kRowsBytes);
             const float *v_scales = k_scales + kMmaStageTokens;
-            const char *k_rows = k_stage + token_group * kMmaGroupTokens * S::kRowStride;
-            const char *v_rows = v_stage + token_group * kMmaGroupTokens * S::kRowStride;
-            const int local0 = token_group * kMmaGroupTokens;  // the group's first token in the stage
+            const int local0 = warp * kMmaGroupTokens;  // the warp's first token in the stage
+            const char *k_rows = k_stage + local0 * S::kRowStride;
+            const char *v_rows = v_stage + local0 * S::kRowStride;
             const int32_t stage_first = begin + stage * kMmaStageTokens;
             if (stage_first + local0 >= end) continue;  // nothing of this warp's (no barrier below)
 
-            // S = Q K^T: s[j] holds tokens 8j + 2*quad (+1) of rows g and g+8
-            // (even and odd k-steps accumulate apart: four MMA chains in flight, not two)
-            float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-            float s_odd[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            // S^T = K Q^T: s[2h + i] is token g + 8h, head 2q + i (kChains
+            // accumulators over the k-steps: that many MMA chains in flight)
+            float parts[S::kChains][4];
 #pragma unroll
-            for (int ks = 0; ks < S::kKSteps; ++ks) {
-                uint32_t b[4];
-                key_fragments<T, D>(k_rows, ks, lane, b);
-                float (&acc)[2][4] = ks % 2 ? s_odd : s;
+            for (int chain = 0; chain < S::kChains; ++chain) parts[chain][0] = parts[chain][1] = parts[chain][2] = parts[chain][3] = 0.0f;
 #pragma unroll
-                for (int piece = 0; piece < kMaxPieces; ++piece) {
-                    if (piece >= pieces) break;
+            for (int ks = 0; ks < S::kKSteps; ks += 2) {
+                uint32_t b[kMaxPieces][4];
+#pragma unroll
+                for (int piece = 0; piece < kMaxPieces; ++piece)
+                    if (piece < pieces) query_fragments<T, D>(q_shared + piece * S::kQPieceBytes, ks, lane, b[piece]);
+#pragma unroll
+                for (int step = 0; step < 2; ++step) {
                     uint32_t a[4];
-                    query_fragment<T, D>(q_shared + piece * S::kQPieceBytes, ks, lane, a);
-                    mma_16816<M>(acc[0], a, b[0], b[1]);
-                    mma_16816<M>(acc[1], a, b[2], b[3]);
+                    key_fragment<T, D>(k_rows, ks + step, lane, a);
+                    float (&acc)[4] = parts[(ks + step) % S::kChains];
+#pragma unroll
+                    for (int piece = 0; piece < kMaxPieces; ++piece) {
+                        if (piece >= pieces) break;
+                        mma_16816<M>(acc, a, b[piece][2 * step], b[piece][2 * step + 1]);
+                    }
                 }
             }
+            float s[4];
 #pragma unroll
-            for (int j = 0; j < 2; ++j)
+            for (int e = 0; e < 4; ++e) {
+                s[e] = parts[0][e];
 #pragma unroll
-                for (int r = 0; r < 4; ++r) s[j][r] += s_odd[j][r];
+                for (int chain = 1; chain < S::kChains; ++chain) s[e] += parts[chain][e];
+            }
 
             // logits (log2 units), masked past the split's end
-            float value_scale[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int local = local0 + 8 * j + 2 * quad + i;
-                    const bool valid = stage_first + local < end;
-                    float key_scale = 1.0f;
-                    if constexpr (kIsFp8<T>) {
-                        key_scale = k_scales[local];
-                        value_scale[j][i] = valid ? v_scales[local] : 0.0f;
-                    }
-                    s[j][i] = valid ? s[j][i] * factor_low * key_scale : -INFINITY;
-                    s[j][2 + i] = valid ? s[j][2 + i] * factor_high * key_scale : -INFINITY;
-                }
-
-            // the running softmax state of rows g (h 0) and g+8 (h 1)
-            float correction[2];
+            float value_scale[2] = {1.0f, 1.0f};  // tokens g, g+8
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float tile_max = fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1]));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-                const float new_max = fmaxf(running_max[h], tile_max);
-                correction[h] = rescale_factor(running_max[h], new_max);
-                float sum = running_sum[h] * correction[h];
+                const int local = local0 + g + 8 * h;
+                const bool valid = stage_first + local < end;
+                float key_scale = 1.0f;
+                if constexpr (kIsFp8<T>) {
+                    key_scale = k_scales[local];
+                    value_scale[h] = valid ? v_scales[local] : 0.0f;
+                }
 #pragma unroll
-                for (int j = 0; j < 2; ++j)
+                for (int i = 0; i < 2; ++i) s[2 * h + i] = valid ? s[2 * h + i] * factor[i] * key_scale : -INFINITY;
+            }
+
+            // the running softmax state of heads 2q (i 0) and 2q+1 (i 1) over the warp's tokens
+            float correction[2];
 #pragma unroll
-                    for (int i = 0; i < 2; ++i) {
-                        float &x = s[j][2 * h + i];
-                        x = x == -INFINITY ? 0.0f : fast_exp2(x - new_max);
-                        sum += x;
-                    }
-                running_sum[h] = sum;
-                running_max[h] = new_max;
+            for (int i = 0; i < 2; ++i) {
+                float tile_max = fmaxf(s[i], s[2 + i]);
+#pragma unroll
+                for (int offset = 4; offset < 32; offset <<= 1)
+                    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+                const float new_max = fmaxf(running_max[i], tile_max);
+                correction[i] = rescale_factor(running_max[i], new_max);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float &x = s[2 * h + i];
+                    x = x == -INFINITY ? 0.0f : fast_exp2(x - new_max);
+                }
+                running_sum[i] = running_sum[i] * correction[i] + (s[i] + s[2 + i]);
+                running_max[i] = new_max;
             }
             float value_factor = 1.0f;  // E4M3: the weights relative to the largest value scale
             if constexpr (kIsFp8<T>) {
-                float tile_scale = fmaxf(fmaxf(value_scale[0][0], value_scale[0][1]),
-                                         fmaxf(value_scale[1][0], value_scale[1][1]));
-                tile_scale = fmaxf(tile_scale, __shfl_xor_sync(0xffffffffu, tile_scale, 1));
-                tile_scale = fmaxf(tile_scale, __shfl_xor_sync(0xffffffffu, tile_scale, 2));
-                if (tile_scale > value_reference) {  // warp-uniform: every quad saw the group's 16 tokens
+                float tile_scale = fmaxf(value_scale[0], value_scale[1]);
+#pragma unroll
+                for (int offset = 4; offset < 32; offset <<= 1)
+                    tile_scale = fmaxf(tile_scale, __shfl_xor_sync(0xffffffffu, tile_scale, offset));
+                if (tile_scale > value_reference) {  // warp-uniform: every lane saw the warp's 16 tokens
                     value_factor = value_reference / tile_scale;
                     value_reference = tile_scale;
                 }
 #pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int i = 0; i < 2; ++i) {
-                        const float w = value_scale[j][i] / value_reference;  // powers of two: exact
-                        s[j][i] *= w;
-                        s[j][2 + i] *= w;
-                    }
+                for (int h = 0; h < 2; ++h) {
+                    const float w = value_scale[h] / value_reference;  // powers of two: exact
+                    s[2 * h] *= w;
+                    s[2 * h + 1] *= w;
+                }
             }
-            const float low_factor = correction[0] * value_factor, high_factor = correction[1] * value_factor;
-            if (!__all_sync(0xffffffffu, low_factor == 1.0f && high_factor == 1.0f)) {
+            const float factor0 = correction[0] * value_factor, factor1 = correction[1] * value_factor;
+            if (!__all_sync(0xffffffffu, factor0 == 1.0f && factor1 == 1.0f)) {
 #pragma unroll
-                for (int j = 0; j < S::kHalfTiles; ++j) {
-                    o[j][0] *= low_factor;
-                    o[j][1] *= low_factor;
-                    o[j][2] *= high_factor;
-                    o[j][3] *= high_factor;
+                for (int j = 0; j < S::kMTiles; ++j) {
+                    o[j][0] *= factor0;
+                    o[j][1] *= factor1;
+                    o[j][2] *= factor0;
+                    o[j][3] *= factor1;
                 }
             }
 
-            // P as the A fragment of P V, in two pieces (hi, lo)
-            uint32_t a_hi[4], a_lo[4];
+            // P^T as the B fragment of V^T P^T, in two pieces (hi + lo): each
+            // piece packed in S^T's layout (tokens g, g+8; heads 2q, 2q+1),
+            // then transposed to the B layout (tokens 2q, 2q+1 and +8; head g).
+            uint32_t b_hi[2], b_lo[2];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {  // a0: (g, tokens 0-7), a1: (g+8, 0-7), a2: (g, 8-15), a3: (g+8, 8-15)
-                const int j = r >> 1, h = r & 1;
+            for (int h = 0; h < 2; ++h) {
                 float rest0, rest1;
-                const float hi0 = split_piece<M>(s[j][2 * h], &rest0), hi1 = split_piece<M>(s[j][2 * h + 1], &rest1);
-                a_hi[r] = pack2<M>(hi0, hi1);
-                a_lo[r] = pack2<M>(rest0, rest1);
+                const float hi0 = split_piece<M>(s[2 * h], &rest0), hi1 = split_piece<M>(s[2 * h + 1], &rest1);
+                const uint32_t hi = pack2<M>(hi0, hi1), lo = pack2<M>(rest0, rest1);
+                b_hi[h] = transpose_8x8(lo_lane ? lo : hi);
+                b_lo[h] = packed ? 0u : transpose_8x8(lo);
             }
             ValueBytes<D> bytes;
-            if constexpr (kIsFp8<T>) load_value_bytes<D>(v_rows, S::kRowStride, lane, half, bytes);
+            if constexpr (kIsFp8<T>) load_value_bytes<D>(v_rows, S::kRowStride, lane, bytes);
 #pragma unroll
-            for (int jj = 0; jj < S::kHalfTiles / 2; ++jj) {
-                uint32_t b[4];
-                value_fragments<T, D>(v_rows, bytes, half, jj, lane, b);
-                mma_16816<M>(o[2 * jj], a_hi, b[0], b[1]);
-                mma_16816<M>(o[2 * jj], a_lo, b[0], b[1]);
-                mma_16816<M>(o[2 * jj + 1], a_hi, b[2], b[3]);
-                mma_16816<M>(o[2 * jj + 1], a_lo, b[2], b[3]);
+            for (int j = 0; j < S::kMTiles; ++j) {
+                uint32_t a[4];
+                value_fragment<T, D>(v_rows, bytes, j, lane, a);
+                mma_16816<M>(o[j], a, b_hi[0], b_hi[1]);
+                if (!packed) mma_16816<M>(o[j], a, b_lo[0], b_lo[1]);
             }
         }
 
         // The warps' states into shared memory, then the block's result.
         __syncthreads();  // every stage is consumed: the stage memory is free
-        float *merge_acc = reinterpret_cast<float *>(mma_shared);     // [token groups][16][D]
-        float *merge_max = merge_acc + kMmaTokenGroups * kMmaRows * D;  // [token groups][16]
-        float *merge_sum = merge_max + kMmaTokenGroups * kMmaRows;      // [token groups][16]
+        float *merge_acc = reinterpret_cast<float *>(mma_shared);     // [warps][8][D]
+        float *merge_max = merge_acc + kMmaWarps * kMmaHeads * D;      // [warps][8]
+        float *merge_sum = merge_max + kMmaWarps * kMmaHeads;          // [warps][8]
         const float back = kIsFp8<T> ? value_reference : 1.0f;
+        if (packed) {  // the lo piece's sums join the hi piece's lanes
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float total = running_sum[h];
-            total += __shfl_xor_sync(0xffffffffu, total, 1);
-            total += __shfl_xor_sync(0xffffffffu, total, 2);
-            const int row = g + 8 * h;
-            if (quad == 0 && half == 0) {  // the two warps of a group hold the same state
-                merge_max[token_group * kMmaRows + row] = running_max[h];
-                merge_sum[token_group * kMmaRows + row] = total;
+            for (int j = 0; j < S::kMTiles; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[j][e] += __shfl_xor_sync(0xffffffffu, o[j][e], 2);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float total = running_sum[i];  // this lane's tokens: the sum over the warp's
+#pragma unroll
+            for (int offset = 4; offset < 32; offset <<= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+            const int h = 2 * quad + i;
+            if (lo_lane || h >= count) continue;
+            if (g == 0) {
+                merge_max[warp * kMmaHeads + h] = running_max[i];
+                merge_sum[warp * kMmaHeads + h] = total;
             }
+            float *acc = merge_acc + (warp * kMmaHeads + h) * D;
 #pragma unroll
-            for (int j = 0; j < S::kHalfTiles; ++j)
-#pragma unroll
-                for (int i = 0; i < 2; ++i)
-                    merge_acc[(token_group * kMmaRows + row) * D +
-                              output_column<T, D>(half * S::kHalfTiles + j, 2 * quad + i)] = o[j][2 * h + i] * back;
+            for (int j = 0; j < S::kMTiles; ++j) {
+                acc[output_dim<T, D>(j, g)] = o[j][i] * back;
+                acc[output_dim<T, D>(j, g + 8)] = o[j][2 + i] * back;
+            }
         }
         __syncthreads();
-        write_block_result<kMmaTokenGroups, kMmaRows, D>(p, entry, head, split, g0, count, merge_acc, merge_max,
-                                                         merge_sum);
+        write_block_result<kMmaWarps, kMmaHeads, D>(p, entry, head, split, g0, count, merge_acc, merge_max, merge_sum);
     }
     merge_splits_if_last<D>(p, entry, head);
 }
