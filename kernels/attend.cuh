@@ -189,9 +189,14 @@ __device__ __forceinline__ void write_block_result(const AttendParams &p, int32_
 
 // With several splits, the last block of this (entry, KV head) to finish
 // merges every split's partial (in split order: deterministic) into out. Every
-// thread of the block calls it after its partials are written.
+// thread of the block calls it after its partials are written. A thread takes
+// four consecutive elements of one query head and folds the splits in with a
+// running maximum, eight splits at a time: the loads of eight splits are in
+// flight at once and no thread waits on another (at one sequence this merge
+// is on the critical path of the whole call).
 template <int D>
 __device__ __forceinline__ void merge_splits_if_last(const AttendParams &p, int32_t entry, int32_t head) {
+    constexpr int kBatch = 8;  // splits whose loads are issued together
     __shared__ bool last_block;
     if (p.splits == 1) return;
     __threadfence();
@@ -205,20 +210,42 @@ __device__ __forceinline__ void merge_splits_if_last(const AttendParams &p, int3
     if (!last_block) return;
     __threadfence();
     const int64_t first = (int64_t(entry) * p.cache.kv_heads + head) * p.splits;
-    for (int32_t index = threadIdx.x; index < p.groups * D; index += blockDim.x) {
-        const int32_t g = index / D, e = index % D;
-        // (unrolled: the loads of several splits are in flight at once)
-        float total_max = -INFINITY;
-#pragma unroll 8
-        for (int32_t s = 0; s < p.splits; ++s) total_max = fmaxf(total_max, __ldcg(partial_state(p, first + s) + g * 2));
-        float total_sum = 0.0f, total = 0.0f;
-#pragma unroll 8
-        for (int32_t s = 0; s < p.splits; ++s) {
-            const float factor = rescale_factor(__ldcg(partial_state(p, first + s) + g * 2), total_max);
-            total_sum += __ldcg(partial_state(p, first + s) + g * 2 + 1) * factor;
-            total += __ldcg(partial_acc(p, first + s) + g * D + e) * factor;
+    for (int32_t index = threadIdx.x; index < p.groups * (D / 4); index += blockDim.x) {
+        const int32_t g = index / (D / 4), e = (index % (D / 4)) * 4;
+        float total_max = -INFINITY, total_sum = 0.0f;
+        float4 total = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int32_t s0 = 0; s0 < p.splits; s0 += kBatch) {
+            float2 state[kBatch];  // (max, sum) of split s0 + k
+            float4 acc[kBatch];
+#pragma unroll
+            for (int k = 0; k < kBatch; ++k) {
+                if (s0 + k < p.splits) {
+                    state[k] = __ldcg(reinterpret_cast<const float2 *>(partial_state(p, first + s0 + k) + g * 2));
+                    acc[k] = __ldcg(reinterpret_cast<const float4 *>(partial_acc(p, first + s0 + k) + g * D + e));
+                } else {
+                    state[k] = make_float2(-INFINITY, 0.0f);
+                    acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < kBatch; ++k) {
+                const float new_max = fmaxf(total_max, state[k].x);
+                const float old_factor = rescale_factor(total_max, new_max);
+                const float factor = rescale_factor(state[k].x, new_max);
+                total_sum = total_sum * old_factor + state[k].y * factor;
+                total.x = total.x * old_factor + acc[k].x * factor;
+                total.y = total.y * old_factor + acc[k].y * factor;
+                total.z = total.z * old_factor + acc[k].z * factor;
+                total.w = total.w * old_factor + acc[k].w * factor;
+                total_max = new_max;
+            }
         }
-        store_out(p, entry, head * p.groups + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
+        const bool any = total_sum > 0.0f;
+        const int32_t q_head = head * p.groups + g;
+        store_out(p, entry, q_head, e, any ? total.x / total_sum : 0.0f);
+        store_out(p, entry, q_head, e + 1, any ? total.y / total_sum : 0.0f);
+        store_out(p, entry, q_head, e + 2, any ? total.z / total_sum : 0.0f);
+        store_out(p, entry, q_head, e + 3, any ? total.w / total_sum : 0.0f);
     }
 }
 
@@ -292,8 +319,7 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
         for (int32_t s = 0; s < kSplitStages - 1; ++s)
             if (s < stages) load_stage(s);
         for (int32_t stage = 0; stage < stages; ++stage) {
-            if (stage + 1 < stages) cp_async_wait<kSplitStages - 2>();
-            else cp_async_wait<0>();
+            cp_async_wait_stage<kSplitStages>(stage, stages);
             __syncthreads();
             if (stage + kSplitStages - 1 < stages) load_stage(stage + kSplitStages - 1);
             const char *k_stage = split_shared + (stage % kSplitStages) * S::kStageBytes;

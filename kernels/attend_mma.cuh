@@ -74,9 +74,15 @@ struct MmaShape {
     static constexpr int kStageBytes = 2 * kRowsBytes + 2 * kScaleBytes;
     static constexpr int kQStride = D + 8;  // elements of M per query row (padded as the K rows)
     static constexpr int kQPieceBytes = kMmaHeads * kQStride * 2;
-    // As many stages (up to 4) as leave room for two blocks per SM, at least 2.
+    // As many stages (up to 6) as leave room for two blocks per SM, at least
+    // 2: the bytes in flight per SM, (stages - 1) / stages of the ring, are
+    // what keeps HBM busy.
     static constexpr int kBlockBudget = 110 * 1024 - kMmaMaxPieces * kQPieceBytes;
-    static constexpr int kStages = 4 * kStageBytes <= kBlockBudget ? 4 : 3 * kStageBytes <= kBlockBudget ? 3 : 2;
+    static constexpr int kStages = 6 * kStageBytes <= kBlockBudget   ? 6
+                                   : 5 * kStageBytes <= kBlockBudget ? 5
+                                   : 4 * kStageBytes <= kBlockBudget ? 4
+                                   : 3 * kStageBytes <= kBlockBudget ? 3
+                                                                     : 2;
     static constexpr int kMinBlocks = D <= 128 ? 2 : 1;
     static constexpr int kKSteps = D / 16;  // k-steps of S^T = K Q^T
     static constexpr int kMTiles = D / 16;  // 16-row tiles of O^T
@@ -296,8 +302,8 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
             const int chunk16 = index % kChunksPerRow;
             const int64_t offset = valid ? int64_t(t) * S::kRowBytes + chunk16 * 16 : 0;
             const int at = (index / kChunksPerRow) * S::kRowStride + chunk16 * 16;
-            cp_async_16(shared_address(k_stage + at), reinterpret_cast<const char *>(rows.keys) + offset, valid);
-            cp_async_16(shared_address(v_stage + at), reinterpret_cast<const char *>(rows.values) + offset, valid);
+            cp_async_16_stream(shared_address(k_stage + at), reinterpret_cast<const char *>(rows.keys) + offset, valid);
+            cp_async_16_stream(shared_address(v_stage + at), reinterpret_cast<const char *>(rows.values) + offset, valid);
         }
         if constexpr (kIsFp8<T>) {
             float *k_scales = reinterpret_cast<float *>(v_stage + S::kRowsBytes);
@@ -367,8 +373,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
         float value_reference = 0.0f;  // E4M3: o is relative to this value scale
 
         for (int32_t stage = 0; stage < stages; ++stage) {
-            if (stage + 1 < stages) cp_async_wait<S::kStages - 2>();
-            else cp_async_wait<0>();
+            cp_async_wait_stage<S::kStages>(stage, stages);
             __syncthreads();  // (the first time also: the query pieces are written)
             if (stage + S::kStages - 1 < stages) load_stage(stage + S::kStages - 1);
             const char *k_stage = mma_shared + (stage % S::kStages) * S::kStageBytes;

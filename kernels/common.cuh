@@ -208,10 +208,33 @@ __device__ __forceinline__ void cp_async_16(uint32_t shared, const void *global,
     const int bytes = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
 }
+// The same for a stream read once, front to back (attention's K/V rows): the
+// L2 fetches 128 bytes from HBM per miss instead of the minimum, so the next
+// copies of the row find their bytes there.
+__device__ __forceinline__ void cp_async_16_stream(uint32_t shared, const void *global, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most kPending committed groups are still in flight.
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// In a ring of kStages buffers that loads stages 0 .. kStages-2 up front and
+// stage s + kStages - 1 right after stage s's wait: wait until stage `stage`
+// (of `stages`) has landed. The groups committed after it may stay in flight:
+// kStages - 2 of them, fewer near the end (a fixed count there would let the
+// wait return before this stage's copies land).
+template <int kStages>
+__device__ __forceinline__ void cp_async_wait_stage(int32_t stage, int32_t stages) {
+    static_assert(kStages >= 2 && kStages <= 6, "up to four groups in flight behind the one waited for");
+    const int32_t later = min(kStages - 2, stages - 1 - stage);
+    if (later >= 4) cp_async_wait<4>();
+    else if (later == 3) cp_async_wait<3>();
+    else if (later == 2) cp_async_wait<2>();
+    else if (later == 1) cp_async_wait<1>();
+    else cp_async_wait<0>();
+}
 
 // ---------------------------------------------------------------------------
 // tensor cores: mma.sync m16n8k16 (f16/bf16 in, float32 accumulate) and

@@ -280,6 +280,89 @@ static void test_long_sequences(void **state) {
     if (!gpu_small()) run_config(RKV_DTYPE_F16, 64, 8, 3, max_len, nearly_full, RKV_DTYPE_F32, 0);
 }
 
+/* Copy pipelines under load: the tensor-core kernel's 4-stage shapes (E4M3 at
+ * head_dim 128, bf16 at 64) and a 3-stage one (bf16 at 128) over a batch whose
+ * K/V (~450 MB) streams from HBM while every SM copies, so copies land late;
+ * each split is many stages long. A wait for the wrong number of copy groups
+ * passes the small tests above (their copies land while the query is
+ * prepared) and fails here. Checked against float64 on the first and last 64
+ * entries (the reference is the slow part). */
+static void test_pipelines_under_load(void **state) {
+    (void)state;
+    const int32_t seqs = gpu_small() ? 16 : 768, length = 1152, chunk = 128, groups = 4, q_heads = KV * groups;
+    const int32_t checked = seqs < 128 ? seqs : 128, half = checked / 2;
+    const struct {
+        rkv_dtype storage;
+        int32_t dim;
+    } shapes[] = {{RKV_DTYPE_FP8_E4M3, 128}, {RKV_DTYPE_BF16, 64}, {RKV_DTYPE_BF16, 128}};
+    const plan plans[] = {{1, RKV_ATTEND_TENSOR}, {3, RKV_ATTEND_TENSOR}, {0, RKV_ATTEND_AUTO}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; ++si) {
+        const int32_t dim = shapes[si].dim;
+        rkv_cache_params p = test_params(seqs, 1, KV, q_heads, dim, RKV_METHOD_FULL, 16, 8, 4);
+        p.dtype = shapes[si].storage;
+        p.max_len = length;
+        p.device_type = RKV_DEVICE_CUDA;
+        rkv_cache *cache = test_create(&p);
+        uint64_t rng = 77 + (uint64_t)si;
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)seqs), *tokens = malloc(sizeof(int32_t) * (size_t)seqs);
+        for (int32_t s = 0; s < seqs; ++s) {
+            ids[s] = s;
+            tokens[s] = chunk;
+        }
+        const size_t kv = (size_t)seqs * chunk * KV * dim;
+        float *k = malloc(kv * 4), *v = malloc(kv * 4);
+        for (int32_t appended = 0; appended < length; appended += chunk) {
+            for (size_t i = 0; i < kv; ++i) {
+                k[i] = test_rng_normal(&rng) * (1.0f + (float)((i / (size_t)dim) % 5));
+                v[i] = test_rng_normal(&rng);
+            }
+            ASSERT_OK(gpu_test_append(cache, 0, seqs, ids, tokens, k, v, NULL, RKV_DTYPE_F32, 0));
+        }
+        free(k);
+        free(v);
+
+        const int64_t stride_seq = (int64_t)q_heads * dim;
+        const size_t count = (size_t)seqs * (size_t)stride_seq, bytes = count * 4;
+        float *q = malloc(bytes), *out = malloc(bytes), *poison = malloc(bytes);
+        for (size_t i = 0; i < count; ++i) q[i] = 1.5f * test_rng_normal(&rng);
+        memset(poison, 0xff, bytes);
+        void *qd = gpu_upload(q, bytes), *od = gpu_alloc(bytes);
+        const rkv_tensor qt = {qd, RKV_DTYPE_F32, q_heads, dim, stride_seq, 0, dim, 0};
+        rkv_tensor ot = {od, RKV_DTYPE_F32, q_heads, dim, stride_seq, 0, dim, 0};
+        host_layer layer = download_layer(cache, seqs);
+        const int32_t tail = seqs - half;  /* entry i attends sequence i */
+        double *want_head = reference(&layer, q, RKV_DTYPE_F32, stride_seq, half, ids, q_heads, dim);
+        double *want_tail =
+            reference(&layer, q + (size_t)tail * (size_t)stride_seq, RKV_DTYPE_F32, stride_seq, half, ids + tail, q_heads, dim);
+        for (size_t pi = 0; pi < sizeof plans / sizeof plans[0]; ++pi) {
+            char what[160];
+            snprintf(what, sizeof what, "under load: storage %d d=%d, %d sequences of %d, splits %d variant %d",
+                     p.dtype, dim, seqs, length, plans[pi].splits, plans[pi].variant);
+            ASSERT_OK(rkv_cache_set_attend_plan(cache, plans[pi].splits, plans[pi].variant));
+            gpu_free(od);
+            ot.data = od = gpu_upload(poison, bytes);
+            ASSERT_OK(test_attend(cache, 0, seqs, ids, &qt, &ot, 0.0f, NULL));
+            gpu_download(out, od, bytes);
+            const double error = fmax(relative_error(out, RKV_DTYPE_F32, stride_seq, want_head, half, q_heads, dim, what),
+                                      relative_error(out + (size_t)tail * (size_t)stride_seq, RKV_DTYPE_F32, stride_seq,
+                                                     want_tail, half, q_heads, dim, what));
+            if (error > 2e-5) fail_msg("%s: relative error %.3g > 2e-5", what, error);
+            ++attend_calls;
+        }
+        free_layer(&layer);
+        free(want_head);
+        free(want_tail);
+        gpu_free(qd);
+        gpu_free(od);
+        free(q);
+        free(out);
+        free(poison);
+        free(ids);
+        free(tokens);
+        rkv_cache_destroy(cache);
+    }
+}
+
 /* Magnitudes the tensor-core kernel handles with scaling (attend_mma.cuh):
  * queries far beyond f16's range over tiny keys, and tiny queries over large
  * keys (its per-row power of two for f16 products); values whose rows span
@@ -308,6 +391,7 @@ int main(void) {
         cmocka_unit_test(test_every_dtype_dim_group_length_and_plan),
         cmocka_unit_test(test_long_sequences),
         cmocka_unit_test(test_magnitudes),
+        cmocka_unit_test(test_pipelines_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
