@@ -43,7 +43,7 @@ bool attend_tensor_exists(int32_t dtype, int32_t head_dim);
 // 16-bit dtype (bf16 for E4M3).
 int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, AttendKernel kernel);
 // How rkv_attend runs `pairs` (entry, KV head) pairs of up to `held` tokens
-// of a storage dtype, given the blocks of each kernel the GPU holds at once: the measured rule
+// of the cache, given the blocks of each kernel the GPU holds at once: the measured rule
 // (kernels/README.md).
 struct AttendPlan {
     int32_t splits;  // blocks per (entry, KV head)
@@ -52,7 +52,7 @@ struct AttendPlan {
 struct AttendResidency {
     int32_t wide, narrow, tensor;  // resident blocks per kernel (0: it does not serve the cache)
 };
-AttendPlan choose_attend_plan(int32_t dtype, int32_t pairs, int32_t held, const AttendResidency &resident);
+AttendPlan choose_attend_plan(int32_t pairs, int32_t held, const AttendResidency &resident);
 // The splits alone for a kernel holding `resident_blocks` blocks: one when the
 // pairs fill half the GPU, else up to one wave of blocks, each split keeping
 // at least 128 tokens.

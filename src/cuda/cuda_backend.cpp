@@ -555,7 +555,7 @@ class CudaBackend final : public Backend {
     k::AttendPlan attend_plan(int32_t entries, int32_t max_held) const {
         if (!k::attend_splits_apply(p_.head_dim)) return k::AttendPlan{1, k::AttendKernel::kWide};
         const int32_t pairs = entries * p_.num_kv_heads;
-        k::AttendPlan plan = k::choose_attend_plan(int32_t(p_.dtype), pairs, max_held, resident_);
+        k::AttendPlan plan = k::choose_attend_plan(pairs, max_held, resident_);
         if (attend_variant_ != RKV_ATTEND_AUTO) {
             plan.kernel = attend_variant_ == RKV_ATTEND_NARROW   ? k::AttendKernel::kNarrow
                           : attend_variant_ == RKV_ATTEND_TENSOR ? k::AttendKernel::kTensor
