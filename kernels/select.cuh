@@ -302,14 +302,17 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
         int32_t local_in_place = 0;  // src[i] == i holds for a leading run of rows only
         for (int32_t i = threadIdx.x; i < keep; i += blockDim.x) local_in_place += src[i] == i;
         const int32_t in_place = block_sum(local_in_place, reduce_i);
+        // The widest word that divides a row (FP8 rows of an odd head_dim: bytes)
         if (row_bytes % 16 == 0) compact_rows_pipelined<uint4>(k_head, v_head, src, keep, row_bytes, in_place);
         else if (row_bytes % 4 == 0) compact_rows_pipelined<uint32_t>(k_head, v_head, src, keep, row_bytes, in_place);
-        else compact_rows_pipelined<uint16_t>(k_head, v_head, src, keep, row_bytes, in_place);
+        else if (row_bytes % 2 == 0) compact_rows_pipelined<uint16_t>(k_head, v_head, src, keep, row_bytes, in_place);
+        else compact_rows_pipelined<uint8_t>(k_head, v_head, src, keep, row_bytes, in_place);
         return;
     }
     if (row_bytes % 16 == 0) compact_kv<uint4>(p, k_head, v_head, gather, src, keep, row_bytes);
     else if (row_bytes % 4 == 0) compact_kv<uint32_t>(p, k_head, v_head, gather, src, keep, row_bytes);
-    else compact_kv<uint16_t>(p, k_head, v_head, gather, src, keep, row_bytes);
+    else if (row_bytes % 2 == 0) compact_kv<uint16_t>(p, k_head, v_head, gather, src, keep, row_bytes);
+    else compact_kv<uint8_t>(p, k_head, v_head, gather, src, keep, row_bytes);
 }
 
 // grid (kv head, job), kSelectThreads threads, select_shared_bytes(capacity)
