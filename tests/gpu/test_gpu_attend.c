@@ -2,12 +2,14 @@
  * values (the views; FP8: fp8 * scale), for every storage dtype, head dim (64,
  * 128, 256 through the split kernels, 32 through the generic one), group size
  * (1 to 20 query heads per KV head: one pass of 1, 2, 4 or 8 heads, or
- * several; one or two passes of the tensor-core kernel's 16), every held
+ * several; the tensor-core kernel's 8 columns with P's pieces packed (up to
+ * 4 heads) or not, in one to three passes), every held
  * length 1 .. capacity at once (sequence s holds s + 1 tokens), and every
  * plan: the automatic one, and forced splits (1, 2, 3, 5, 7, 16, 64: most
  * split the lengths unevenly, many leave splits empty) of each kernel (wide,
  * narrow, tensor cores); q and out in f32, f16 and bf16; magnitudes that need
- * the tensor-core kernel's scaling. Also long sequences split in up to 64 blocks, and the CPU
+ * the tensor-core kernel's scaling. Also long sequences split in up to 64 blocks, the
+ * copy pipelines under load (test_pipelines_under_load), and the CPU
  * backend's rkv_attend on the same K/V (the CPU oracle) within the same bound.
  * Output buffers are poisoned with NaN: every element must be written. */
 #include <math.h>
@@ -246,7 +248,8 @@ static void test_every_dtype_dim_group_length_and_plan(void **state) {
     (void)state;
     const rkv_dtype dtypes[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3};
     const int32_t all_dims[] = {64, 128, 256, 32}, small_dims[] = {64, 32};
-    /* 20: two passes of the tensor-core kernel's 16 rows, three of the split kernel's 8 */
+    /* 1-4: the tensor-core kernel packs P's two pieces into its 8 columns; 7, 8: it
+     * does not; 12, 20: two and three passes of 8 query heads (every kernel) */
     const int32_t all_groups[] = {1, 2, 3, 4, 7, 8, 12, 20}, small_groups[] = {1, 4, 20};
     const int small = gpu_small();
     const int32_t *dims = small ? small_dims : all_dims, *groups = small ? small_groups : all_groups;
