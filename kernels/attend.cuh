@@ -58,6 +58,20 @@ __device__ __forceinline__ HeadRows<T> head_rows(const CacheLayer &c, int32_t se
     return rows;
 }
 
+// FP8: the key and value scales of a stage's tokens first .. first + count
+// into shared k_to, v_to [count] (tokens at or past `end`: zeros), copied by
+// the block's threads in the stage's cp.async group.
+template <typename T>
+__device__ __forceinline__ void stage_scales(const HeadRows<T> &rows, float *k_to, float *v_to, int32_t first,
+                                             int32_t end, int count) {
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int32_t t = first + i;
+        const bool valid = t < end;
+        cp_async_4(shared_address(k_to + i), rows.k_scale + (valid ? t : 0), valid);
+        cp_async_4(shared_address(v_to + i), rows.v_scale + (valid ? t : 0), valid);
+    }
+}
+
 // Sum over the kLanes lanes of a worker (consecutive lanes of a warp): every
 // lane gets the total.
 template <int kLanes>
@@ -130,11 +144,6 @@ __device__ __forceinline__ void load_lane(const char *row, int lane, float (&out
             unpack8(*reinterpret_cast<const uint2 *>(at), out + v * S::kPerVector, T());
         }
     }
-}
-
-__device__ __forceinline__ void cp_async_4(uint32_t shared, const void *global, bool valid) {
-    const int bytes = valid ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
 }
 
 // Partial results of one block: (max in log2 units, sum) per head, then the
@@ -287,13 +296,7 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
         }
         if constexpr (kIsFp8<T>) {
             float *k_scales = reinterpret_cast<float *>(v_stage + S::kKBytes);
-            float *v_scales = k_scales + S::kStageTokens;
-            for (int i = threadIdx.x; i < S::kStageTokens; i += kSplitThreads) {
-                const int32_t t = first + i;
-                const bool valid = t < end;
-                cp_async_4(shared_address(k_scales + i), rows.k_scale + (valid ? t : 0), valid);
-                cp_async_4(shared_address(v_scales + i), rows.v_scale + (valid ? t : 0), valid);
-            }
+            stage_scales(rows, k_scales, k_scales + S::kStageTokens, first, end, S::kStageTokens);
         }
         cp_async_commit();
     };

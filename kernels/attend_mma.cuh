@@ -288,7 +288,6 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
     constexpr int kChunksPerRow = S::kRowBytes / 16;
     constexpr int kChunksPerThread = kMmaStageTokens * kChunksPerRow / kMmaThreads;  // 16-byte copies per stage
     static_assert(kChunksPerThread * kMmaThreads == kMmaStageTokens * kChunksPerRow, "whole copies per thread");
-    static_assert(kMmaStageTokens <= kMmaThreads, "a thread per token for the scales");
 
     auto load_stage = [&](int32_t s) {
         char *k_stage = mma_shared + (s % S::kStages) * S::kStageBytes;
@@ -307,14 +306,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
         }
         if constexpr (kIsFp8<T>) {
             float *k_scales = reinterpret_cast<float *>(v_stage + S::kRowsBytes);
-            float *v_scales = k_scales + kMmaStageTokens;
-            if (threadIdx.x < kMmaStageTokens) {
-                const int i = threadIdx.x;
-                const int32_t t = first + i;
-                const bool valid = t < end;
-                cp_async_4(shared_address(k_scales + i), rows.k_scale + (valid ? t : 0), valid);
-                cp_async_4(shared_address(v_scales + i), rows.v_scale + (valid ? t : 0), valid);
-            }
+            stage_scales(rows, k_scales, k_scales + kMmaStageTokens, first, end, kMmaStageTokens);
         }
         cp_async_commit();
     };

@@ -208,6 +208,12 @@ __device__ __forceinline__ void cp_async_16(uint32_t shared, const void *global,
     const int bytes = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
 }
+// A 4-byte copy (a float: FP8 scales); valid false: zeros. (.ca: 4-byte
+// copies may not bypass L1.)
+__device__ __forceinline__ void cp_async_4(uint32_t shared, const void *global, bool valid) {
+    const int bytes = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
+}
 // The same for a stream read once, front to back (attention's K/V rows): the
 // L2 fetches 128 bytes from HBM per miss instead of the minimum, so the next
 // copies of the row find their bytes there.

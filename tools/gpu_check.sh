@@ -2,7 +2,8 @@
 # The GPU side of librkv in one command, on a machine with an NVIDIA GPU of
 # compute capability 9.0 or newer (H100/H200), CUDA 13, cmake and ninja:
 #
-#   tools/gpu_check.sh               build (build-gpu/), then run the GPU tests, the
+#   tools/gpu_check.sh               build (build-gpu/), then run the GPU tests (and the
+#                                    fuzzer's corpus replayed on CUDA caches), the
 #                                    benchmarks (rkv_bench_gpu: every path, and the
 #                                    phase profile of a compression; the PyTorch
 #                                    comparison of the compression; bench_attend.py:
@@ -15,7 +16,8 @@
 #   --prebuilt        use the binaries already in the build folder (built on another
 #                     machine: put its libraries on LD_LIBRARY_PATH); no cmake
 #   --logs DIR        where the logs and JSON results go (default <build>/gpu_check)
-#   --no-tests, --no-sanitizer, --no-bench, --no-torch      skip a part
+#   --no-tests, --no-sanitizer, --no-bench, --no-torch, --no-fuzz   skip a part
+#                     (--no-fuzz: the fuzzer's GPU replay, run with the tests)
 #   --tests LIST      GPU tests to run (default: all), e.g. test_gpu_attend,test_gpu_fp8
 #   --sanitizer-tests LIST   tests run under compute-sanitizer (default: all but the
 #                     ones that provoke device errors on purpose)
@@ -41,6 +43,7 @@ run_tests=1
 run_sanitizer=1
 run_bench=1
 run_torch=1
+run_fuzz=1
 batches=1,8,64,256
 profile=1,64
 tests="test_gpu_fp8,test_gpu_gram,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_errors,test_gpu_fault"
@@ -56,13 +59,14 @@ while [ $# -gt 0 ]; do
     --no-sanitizer) run_sanitizer=0 ;;
     --no-bench) run_bench=0 ;;
     --no-torch) run_torch=0 ;;
+    --no-fuzz) run_fuzz=0 ;;
     --batches) batches=$2; shift ;;
     --profile) profile=$2; shift ;;
     --tests) tests=$2; shift ;;
     --sanitizer-tests) sanitizer_tests=$2; shift ;;
     --bench) benches=$2; shift ;;
     --attend-cases) attend_cases=$2; shift ;;
-    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--tests LIST] [--sanitizer-tests LIST] [--bench compress,torch,attend] [--batches 1,8,64,256] [--profile 1,64] [--attend-cases 1x1152,...]" >&2; exit 2 ;;
+    *) echo "usage: tools/gpu_check.sh [--build-dir DIR] [--prebuilt] [--logs DIR] [--no-tests] [--no-sanitizer] [--no-bench] [--no-torch] [--no-fuzz] [--tests LIST] [--sanitizer-tests LIST] [--bench compress,torch,attend] [--batches 1,8,64,256] [--profile 1,64] [--attend-cases 1x1152,...]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -109,6 +113,13 @@ if [ "$run_tests" = 1 ]; then
   # The layer view read as FlashInfer and flash-attn read it (skips without torch).
   run_one test_view_layouts "$logs/test_view_layouts.log" python3 tests/gpu/test_view_layouts.py --lib "$build/librkv.so"
   sed -n '/computed as/,$p' "$logs/test_view_layouts.log"
+  # The API fuzzer's corpus, regressions and 200 random programs on CUDA
+  # caches against the CPU, call by call (tests/fuzz/README.md).
+  if [ "$run_fuzz" = 1 ]; then
+    run_one fuzz_gpu_replay "$logs/fuzz_gpu_replay.log" "$build/tests/fuzz/rkv_fuzz_gpu_replay" \
+      tests/fuzz/corpus tests/fuzz/regressions --random 200
+    grep -E "^\| [0-9]|^kept sets|^attention:|mismatches|MISMATCHES" "$logs/fuzz_gpu_replay.log" | sed -n 1,6p
+  fi
 fi
 
 if [ "$run_bench" = 1 ]; then
