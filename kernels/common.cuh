@@ -214,7 +214,7 @@ __device__ __forceinline__ void cp_async_4(uint32_t shared, const void *global, 
     const int bytes = valid ? 4 : 0;
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
 }
-// The same for a stream read once, front to back (attention's K/V rows): the
+// cp_async_16 for a stream read once, front to back (attention's K/V rows): the
 // L2 fetches 128 bytes from HBM per miss instead of the minimum, so the next
 // copies of the row find their bytes there.
 __device__ __forceinline__ void cp_async_16_stream(uint32_t shared, const void *global, bool valid) {
