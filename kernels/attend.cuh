@@ -38,6 +38,19 @@ __device__ __forceinline__ int32_t attend_sequence(const AttendParams &p, int32_
     return p.batch_ids ? p.batch_ids[entry] : p.seq_ids[entry];
 }
 
+// The tokens [begin, end) split `split` of a split kernel's blocks takes of a
+// sequence holding `held`: an even share, rounded up (the last splits may be
+// short or empty). Both split kernels (CUDA cores and tensor cores) cut the
+// same way, so their partials merge the same way.
+struct SplitRange {
+    int32_t begin, end;
+};
+__device__ __forceinline__ SplitRange split_range(int32_t held, int32_t splits, int32_t split) {
+    const int32_t chunk = (held + splits - 1) / splits;
+    const int32_t begin = min(held, split * chunk);
+    return {begin, min(held, begin + chunk)};
+}
+
 // Rows [0, held) of one (sequence, KV head): K, V and (FP8) their scales.
 template <typename T>
 struct HeadRows {
@@ -272,9 +285,8 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
     if (seq < 0) return;
     const int32_t groups = p.groups;
     const int32_t held = c.lengths[seq];
-    // This block's tokens: an even share, rounded up (the last splits may be short or empty).
-    const int32_t chunk = (held + p.splits - 1) / p.splits;
-    const int32_t begin = min(held, split * chunk), end = min(held, begin + chunk);
+    const SplitRange range = split_range(held, p.splits, split);  // this block's tokens
+    const int32_t begin = range.begin, end = range.end;
     const int32_t stages = (end - begin + S::kStageTokens - 1) / S::kStageTokens;
     const HeadRows<T> rows = head_rows<T>(c, seq, head);
     const int lane = threadIdx.x % S::kLanes, worker = threadIdx.x / S::kLanes;

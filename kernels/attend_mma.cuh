@@ -276,8 +276,8 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
     if (seq < 0) return;
     const int32_t groups = p.groups;
     const int32_t held = c.lengths[seq];
-    const int32_t chunk = (held + p.splits - 1) / p.splits;
-    const int32_t begin = min(held, split * chunk), end = min(held, begin + chunk);
+    const SplitRange range = split_range(held, p.splits, split);  // this block's tokens
+    const int32_t begin = range.begin, end = range.end;
     const int32_t stages = (end - begin + kMmaStageTokens - 1) / kMmaStageTokens;
     const HeadRows<T> rows = head_rows<T>(c, seq, head);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
