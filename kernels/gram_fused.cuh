@@ -417,12 +417,17 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         w[e] = sum;
     }
 
+    // The inverse norms of column tile j + 1 are loaded during tile j: stored
+    // at the top of the next iteration, their L2 latency is off the tile's
+    // critical path (the profile's top stall was this store waiting on it).
+    float next_inv = i * kGramTile + int32_t(threadIdx.x) < n ? inv_norm[i * kGramTile + threadIdx.x] : 0.0f;
     for (int32_t j = i; j < tiles; ++j) {
         const int buffer = (j - i) & 1;
         float *inv_c = inv_b + buffer * kGramTile;
-        {
-            const int32_t c = j * kGramTile + threadIdx.x;
-            inv_c[threadIdx.x] = c < n ? inv_norm[c] : 0.0f;
+        inv_c[threadIdx.x] = next_inv;
+        if (j + 1 < tiles) {
+            const int32_t c = (j + 1) * kGramTile + threadIdx.x;
+            next_inv = c < n ? inv_norm[c] : 0.0f;
         }
         if (j + 1 < tiles) {
             load_rows<T, D>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, kGramTile, n);
