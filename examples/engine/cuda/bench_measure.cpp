@@ -27,7 +27,7 @@ rkv_cache_params params_for(const Config &shape, const CacheSpec &spec, int32_t 
     p.num_kv_heads = shape.n_kv_heads;
     p.num_q_heads = shape.n_heads;
     p.head_dim = shape.head_dim;
-    p.dtype = RKV_DTYPE_BF16;
+    p.dtype = spec.dtype;
     p.device_type = RKV_DEVICE_CUDA;
     p.auto_compress = 0;
     p.method = spec.method;
@@ -272,13 +272,17 @@ StepBreakdown Rig::breakdown(int32_t replays) {
     b.attend_ms = time_phases(kPhaseAttend);
     b.append_ms = time_phases(kPhaseAppend);
     b.other_ms = time_phases(kPhaseOther);
-    const double per_token_kv = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * 2;  // K + V, bf16
+    // K + V of one token, as stored: bf16 rows, or E4M3 rows plus a float32 scale per (token, KV head)
+    const bool fp8 = spec_.dtype == RKV_DTYPE_FP8_E4M3;
+    const double row_bytes = fp8 ? c.head_dim * 1.0 + 4.0 : c.head_dim * 2.0;
+    const double per_token_kv = 2.0 * c.n_layers * c.n_kv_heads * row_bytes;
     b.kv_bytes = per_token_kv * b.mean_held * batch_;
     b.weight_bytes = double(weights_.bytes());
     b.matmul_flops = 2.0 * double(matmul_params(c)) * batch_;
-    // append: f32 K and V (and Q, kept for the observation window) read, bf16 written
+    // append: f32 K and V (and Q, kept in bf16 for the observation window) read, rows written as stored
     const double q_heads = spec_.method == RKV_METHOD_FULL ? 0.0 : double(c.n_heads);
-    b.append_bytes = double(batch_) * c.n_layers * c.head_dim * (2.0 * c.n_kv_heads + q_heads) * (4 + 2);
+    b.append_bytes = double(batch_) * c.n_layers *
+                     (2.0 * c.n_kv_heads * (c.head_dim * 4.0 + row_bytes) + q_heads * c.head_dim * (4.0 + 2.0));
     return b;
 }
 

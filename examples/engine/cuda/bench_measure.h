@@ -32,6 +32,7 @@ struct CacheSpec {
     rkv_method method = RKV_METHOD_RKV;
     int32_t budget = 1024, buffer = 128;  // compressing methods
     int32_t max_len = 0;                  // FULL: slots per sequence
+    rkv_dtype dtype = RKV_DTYPE_BF16;     // K/V storage: bf16 or RKV_DTYPE_FP8_E4M3 (the engine hands librkv bf16)
     std::string label() const;            // "R-KV 1024+128", "Full 16640"
 };
 

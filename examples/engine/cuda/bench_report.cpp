@@ -150,7 +150,7 @@ std::string report_markdown(const Report &r) {
     md << "# Serving benchmark: R-KV against a full KV cache (`rkv_serve_bench`)\n\n";
     md << "GPU: " << r.device << "; model shape: " << r.shape << ", dummy bf16 weights ("
        << fmt("%.2f GiB", r.weight_bytes / double(1ull << 30)) << "); prompt " << r.prompt
-       << " tokens; greedy decode, every step replayed from a CUDA graph.\n";
+       << " tokens; greedy decode, every step replayed from a CUDA graph. K/V stored as " << r.kv_dtype << ".\n";
     md << "Ceilings measured in this run: copy " << fmt("%.0f GB/s", r.ceilings.copy_gbs)
        << " (bytes read + written), bf16 matrix product " << fmt("%.0f TFLOP/s", r.ceilings.matmul_tflops)
        << " (8192³, cuBLASLt). Memory for K/V and activations: "
@@ -276,7 +276,8 @@ void write_report(const Report &r, const std::string &dir) {
     std::ofstream(dir + "/serve_bench.md") << report_markdown(r);
 
     std::ostringstream js;
-    js << "{\n\"device\":" << json_string(r.device) << ",\"shape\":" << json_string(r.shape) << ",\"prompt\":"
+    js << "{\n\"device\":" << json_string(r.device) << ",\"shape\":" << json_string(r.shape)
+       << ",\"kv_dtype\":" << json_string(r.kv_dtype) << ",\"prompt\":"
        << r.prompt << ",\"buffer\":" << r.buffer << ",\n\"ceilings\":{\"copy_gbs\":"
        << fmt("%.1f", r.ceilings.copy_gbs) << ",\"matmul_tflops\":" << fmt("%.1f", r.ceilings.matmul_tflops)
        << "},\"weight_bytes\":" << fmt("%.0f", r.weight_bytes) << ",\"free_bytes\":" << fmt("%.0f", r.free_bytes)

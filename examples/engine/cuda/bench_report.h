@@ -68,6 +68,7 @@ struct ServeCheck {
 
 struct Report {
     std::string device, shape;
+    std::string kv_dtype = "bf16";  // the K/V storage of every cache measured
     int32_t prompt = 0, buffer = 128;
     std::vector<int32_t> gens, budgets;
     Ceilings ceilings;

@@ -43,9 +43,13 @@ Decoder::Decoder(GpuModel &model, rkv_cache *cache, bool use_graph, cudaStream_t
     std::memset(&params, 0, sizeof params);
     params.struct_size = sizeof params;
     check_rkv(rkv_cache_get_params(cache, &params), "rkv_cache_get_params");
-    if (params.max_seqs != model.slots() || params.device_type != RKV_DEVICE_CUDA || params.dtype != RKV_DTYPE_BF16)
+    // The decode step hands librkv bf16 K/V/Q and reads bf16 attention out: the
+    // cache may store them as bf16 or as FP8 E4M3 (librkv quantises at append
+    // and dequantises in rkv_attend). Prefill reads bf16 views itself.
+    const bool storage_ok = params.dtype == RKV_DTYPE_BF16 || params.dtype == RKV_DTYPE_FP8_E4M3;
+    if (params.max_seqs != model.slots() || params.device_type != RKV_DEVICE_CUDA || !storage_ok)
         throw Error("the cache does not match the model: it needs " + std::to_string(model.slots()) +
-                    " slots, CUDA, bf16 storage (GpuModel::set_cache_shape)");
+                    " slots, CUDA, bf16 or FP8 E4M3 storage (GpuModel::set_cache_shape)");
     if (params.auto_compress)
         throw Error("the cache compresses inside rkv_append (auto_compress = 1), which a captured decode step "
                     "must not do: create it with auto_compress = 0 (GpuModel::set_cache_shape)");

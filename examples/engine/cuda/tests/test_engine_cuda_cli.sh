@@ -37,6 +37,7 @@ expect "a dummy shape without a kernel" 2 "head_dim 96" "$bench" --shape r1-llam
 expect "an unknown preset" 2 "unknown preset" "$bench" --shape llama-70b --out "$out/bench"
 expect "a budget inside the window" 2 "above the window" "$bench" --budgets 4 --out "$out/bench"
 expect "an unknown option" 2 "unknown option" "$bench" --batch 12
+expect "an unknown K/V storage" 2 "valid: bf16 fp8" "$bench" --kv-dtype fp16 --out "$out/bench"
 expect "rkv_serve_bench --help" 0 "usage:" "$bench" --help
 
 if nvidia-smi -L >/dev/null 2>&1; then

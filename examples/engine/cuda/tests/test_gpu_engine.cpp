@@ -97,10 +97,12 @@ std::vector<int32_t> random_tokens(int32_t n, int32_t vocab, uint64_t seed) {
     return out;
 }
 
-rkv_cache *make_gpu_cache(const GpuModel &model, rkv_method method, int32_t max_len) {
+rkv_cache *make_gpu_cache(const GpuModel &model, rkv_method method, int32_t max_len,
+                          rkv_dtype storage = RKV_DTYPE_BF16) {
     rkv_cache_params p;
     check_rkv(rkv_params_default(&p, sizeof p), "rkv_params_default");
     model.set_cache_shape(p);
+    p.dtype = storage;
     p.method = method;
     p.budget = kBudget;
     p.buffer = kBuffer;
@@ -358,15 +360,19 @@ void compare_with_cpu(Fixture &f, rkv_method method, const std::vector<int32_t> 
 }
 
 // 3: graph replay equals eager decoding, bit for bit, across compressions.
-void graph_equals_eager(Fixture &f) {
+// With FP8 storage (the decoder hands librkv bf16; librkv quantises at append,
+// dequantises in rkv_attend) there is no prefill (the engine's prompt attention
+// reads bf16 views): the slots start empty, from one token each.
+void graph_equals_eager(Fixture &f, rkv_dtype storage) {
+    const std::string what = f.name + (storage == RKV_DTYPE_FP8_E4M3 ? " (FP8 cache)" : "");
     Stream stream;
     ModelOptions mo;
     mo.slots = 3;
     mo.prefill_rows = 16;
     mo.history_rows = 8;
     GpuModel model(*f.weights, mo);
-    auto graph_cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
-    auto eager_cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0));
+    auto graph_cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0, storage));
+    auto eager_cache = own(make_gpu_cache(model, RKV_METHOD_RKV, 0, storage));
     const std::vector<int32_t> slots = {0, 1, 2};
     Decoder graph(model, graph_cache.get(), true, stream.get()), eager(model, eager_cache.get(), false, stream.get());
     const size_t vocab = size_t(model.config().vocab_size), rows = size_t(model.slots()) * vocab;
@@ -394,7 +400,8 @@ void graph_equals_eager(Fixture &f) {
         rkv_cache *cache = which == 0 ? graph_cache.get() : eager_cache.get();
         for (int32_t s : slots) {
             const std::vector<int32_t> prompt = random_tokens(9 + 11 * s, int32_t(vocab), 500 + uint64_t(s));
-            model.prefill(cache, s, prompt.data(), int32_t(prompt.size()), true, stream.get());
+            if (storage == RKV_DTYPE_BF16) model.prefill(cache, s, prompt.data(), int32_t(prompt.size()), true, stream.get());
+            else model.set_slot(s, prompt[0], 0, stream.get());
         }
         save(which);
     }
@@ -402,10 +409,11 @@ void graph_equals_eager(Fixture &f) {
     eager.set_active(slots, stream.get());
     int32_t steps = 0, chunks = 0, logit_mismatches = 0;
     int64_t compressions = 0;
-    while (steps < 60) {
+    const int32_t total_steps = storage == RKV_DTYPE_BF16 ? 60 : 2 * (kBudget + kBuffer);  // FP8: past two compressions
+    while (steps < total_steps) {
         restore(0);
         compressions += graph.compress_due(stream.get());
-        const int32_t k = std::min({graph.room(), 4, 60 - steps});
+        const int32_t k = std::min({graph.room(), 4, total_steps - steps});
         graph.enqueue_steps(k, stream.get());
         graph.collect(graph_tokens, stream.get());
         graph_logits = download(model.decode_logits(), rows, stream.get());
@@ -422,14 +430,14 @@ void graph_equals_eager(Fixture &f) {
         steps += k;
         ++chunks;
     }
-    EXPECT(all_graph == all_eager, "%s: graph replay and eager decoding give different tokens", f.name.c_str());
-    EXPECT(logit_mismatches == 0, "%s: logits of graph and eager steps differ after %d of %d chunks", f.name.c_str(),
+    EXPECT(all_graph == all_eager, "%s: graph replay and eager decoding give different tokens", what.c_str());
+    EXPECT(logit_mismatches == 0, "%s: logits of graph and eager steps differ after %d of %d chunks", what.c_str(),
            logit_mismatches, chunks);
-    EXPECT(compressions > 0, "%s: the sequences were compressed during the replays", f.name.c_str());
-    EXPECT(graph.captures() == 1, "%s: the decode step is captured once (got %d captures)", f.name.c_str(),
+    EXPECT(compressions > 0, "%s: the sequences were compressed during the replays", what.c_str());
+    EXPECT(graph.captures() == 1, "%s: the decode step is captured once (got %d captures)", what.c_str(),
            graph.captures());
     std::printf("%s: graph replay = eager decoding: %d steps of 3 slots in %d chunks, %lld compressions, tokens "
-                "identical, logits bit-identical\n", f.name.c_str(), steps, chunks, (long long)compressions);
+                "identical, logits bit-identical\n", what.c_str(), steps, chunks, (long long)compressions);
 }
 
 // 4: continuous batching: each request's tokens equal the same request alone (in the same slot).
@@ -802,8 +810,10 @@ int main() {
             compare_with_cpu(*f, RKV_METHOD_RKV, {33}, {0}, 1, 48, 3, false);
             compare_with_cpu(*f, RKV_METHOD_RKV, {7, 23, 41, 70}, {0, 1, 2, 3}, 4, 48, 4, false);
         }
-        graph_equals_eager(fa);
-        graph_equals_eager(fb);
+        graph_equals_eager(fa, RKV_DTYPE_BF16);
+        graph_equals_eager(fb, RKV_DTYPE_BF16);
+        graph_equals_eager(fa, RKV_DTYPE_FP8_E4M3);
+        graph_equals_eager(fb, RKV_DTYPE_FP8_E4M3);
         continuous_batching(fa);
         if (counter_sees_librkv(fa)) {
             one_graph_for_changing_slots(fa);
