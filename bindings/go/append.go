@@ -28,12 +28,11 @@ type Append struct {
 // copy of what it holds: a decode loop that repeats one layout writes nothing
 // into it but what changed (each field written is a cgo call).
 type appendArgs struct {
-	raw            capi.Rkv_append_args
-	tensors        [3]capi.Rkv_tensor // K, V, Q inside raw
-	held           [3]description     // what they hold (calloc: zeros)
-	layer, entries int32
-	flags          uint32
-	batch          uintptr // the rkv_batch it points to (0: none)
+	raw     capi.Rkv_append_args
+	tensors [3]capi.Rkv_tensor // K, V, Q inside raw
+	held    [3]description     // what they hold (calloc: zeros)
+	common  heldArgs
+	flags   uint32
 }
 
 func newAppendArgs() (appendArgs, error) {
@@ -53,32 +52,12 @@ func (a *appendArgs) free() {
 
 // set brings the C arguments to these values, writing only what differs.
 func (a *appendArgs) set(layer, entries int32, flags uint32, batch capi.Struct_SS_rkv_batch, tensors [3]description) {
-	if layer != a.layer {
-		a.raw.SetLayer(layer)
-		a.layer = layer
-	}
-	if entries != a.entries {
-		a.raw.SetNum_seqs(entries)
-		a.entries = entries
-	}
+	a.common.set(layer, entries, batch, a.raw.SetLayer, a.raw.SetNum_seqs, a.raw.SetBatch)
 	if flags != a.flags {
 		a.raw.SetFlags(flags)
 		a.flags = flags
 	}
-	var address uintptr
-	if batch != nil {
-		address = batch.Swigcptr()
-	}
-	if address != a.batch {
-		a.raw.SetBatch(batch)
-		a.batch = address
-	}
-	for i := range tensors {
-		if tensors[i] != a.held[i] {
-			tensors[i].write(a.tensors[i])
-			a.held[i] = tensors[i]
-		}
-	}
+	writeChanged(tensors[:], a.held[:], a.tensors[:])
 }
 
 // Append appends tokens to one layer of one or many sequences; a full

@@ -9,12 +9,11 @@ import (
 // attendArgs is the C rkv_attend_args a Cache reuses for every Attend, with a
 // copy of what it holds, as appendArgs.
 type attendArgs struct {
-	raw            capi.Rkv_attend_args
-	tensors        [2]capi.Rkv_tensor // q, out inside raw
-	held           [2]description
-	layer, entries int32
-	scale          float32
-	batch          uintptr
+	raw     capi.Rkv_attend_args
+	tensors [2]capi.Rkv_tensor // q, out inside raw
+	held    [2]description
+	common  heldArgs
+	scale   float32
 }
 
 func newAttendArgs() (attendArgs, error) {
@@ -33,32 +32,12 @@ func (a *attendArgs) free() {
 }
 
 func (a *attendArgs) set(layer, entries int32, scale float32, batch capi.Struct_SS_rkv_batch, tensors [2]description) {
-	if layer != a.layer {
-		a.raw.SetLayer(layer)
-		a.layer = layer
-	}
-	if entries != a.entries {
-		a.raw.SetNum_seqs(entries)
-		a.entries = entries
-	}
+	a.common.set(layer, entries, batch, a.raw.SetLayer, a.raw.SetNum_seqs, a.raw.SetBatch)
 	if scale != a.scale {
 		a.raw.SetScale(scale)
 		a.scale = scale
 	}
-	var address uintptr
-	if batch != nil {
-		address = batch.Swigcptr()
-	}
-	if address != a.batch {
-		a.raw.SetBatch(batch)
-		a.batch = address
-	}
-	for i := range tensors {
-		if tensors[i] != a.held[i] {
-			tensors[i].write(a.tensors[i])
-			a.held[i] = tensors[i]
-		}
-	}
+	writeChanged(tensors[:], a.held[:], a.tensors[:])
 }
 
 // Attend runs decode attention over the held tokens: q and out are
