@@ -10,15 +10,25 @@ set -euo pipefail
 root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$root"
 
+# The project's files: in a git checkout, those tracked or about to be (not
+# ignored build output, staged binaries or data); elsewhere every file but
+# build folders.
+candidates() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard
+  else
+    find . -path ./.git -prune -o -path './build*' -prune -o -type f -print0
+  fi
+}
 scripts=()
 while IFS= read -r -d '' file; do
-  first=$(sed -n 1p "$file")
+  [ -f "$file" ] || continue
   case "$file" in
     *.sh) scripts+=("$file") ;;
-    *) [[ "$first" == '#!'*sh* ]] && scripts+=("$file") ;;
+    *) [ -x "$file" ] && [[ "$(head -c 2 "$file")" == '#!' ]] && [[ "$(sed -n 1p "$file")" == '#!'*sh* ]] &&
+         scripts+=("$file") ;;
   esac
-done < <(find . -path ./.git -prune -o -path './build*' -prune -o -type f \
-              \( -name '*.sh' -o -perm -u+x \) -print0)
+done < <(candidates)
 
 # A pipe (not `||`) followed by an early-exiting reader.
 early_reader='(^|[^|])\|[[:space:]]*(head([[:space:]]|$)|grep[[:space:]]+(-[[:alnum:]]*[qm]|--quiet|--max-count))'
