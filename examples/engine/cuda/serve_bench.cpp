@@ -132,6 +132,23 @@ Options parse(int argc, char **argv) {
     return o;
 }
 
+// The caches a run measures, in the run's K/V storage: R-KV at a budget (and
+// the run's buffer), or a Full cache of max_len slots per sequence.
+CacheSpec rkv_spec(const Options &o, int32_t budget) {
+    CacheSpec spec;
+    spec.budget = budget;
+    spec.buffer = o.buffer;
+    spec.dtype = o.kv_dtype;
+    return spec;
+}
+CacheSpec full_spec(const Options &o, int32_t max_len) {
+    CacheSpec spec;
+    spec.method = RKV_METHOD_FULL;
+    spec.max_len = max_len;
+    spec.dtype = o.kv_dtype;
+    return spec;
+}
+
 // Page-rounded tokens a paging engine holds for one request, averaged over its
 // life: after t of `gen` tokens it holds 16 * ceil((prompt + t) / 16).
 double paged_average(int32_t prompt, int32_t gen) {
@@ -177,10 +194,7 @@ struct Bench {
         run.buffer = o.buffer;
         run.batch = batch;
         try {
-            CacheSpec spec;
-            spec.budget = budget;
-            spec.buffer = o.buffer;
-            spec.dtype = o.kv_dtype;
+            const CacheSpec spec = rkv_spec(o, budget);
             Rig rig(*weights, spec, batch, stream);
             run.batch = rig.batch();
             const int32_t capacity = rig.capacity();
@@ -234,9 +248,7 @@ struct Bench {
         run.paged = paged;
         run.batch = batch;
         try {
-            CacheSpec spec;
-            spec.method = RKV_METHOD_FULL;
-            spec.dtype = o.kv_dtype;
+            CacheSpec spec = full_spec(o, 0);  // max_len below
             std::vector<int32_t> contexts;
             int32_t breakdown_at = 0;
             if (paged) {
@@ -420,22 +432,10 @@ int main(int argc, char **argv) {
                       per_sequence / (1 << 20));
         };
         for (int32_t gen : o.gens) {
-            CacheSpec reserved;
-            reserved.method = RKV_METHOD_FULL;
-            reserved.dtype = o.kv_dtype;
-            reserved.max_len = o.prompt + gen;
-            add_capacity("Full reserved", gen, reserved);
-            CacheSpec paged = reserved;
-            paged.max_len = int32_t(paged_average(o.prompt, gen) + 0.5);
-            add_capacity("Full paged", gen, paged);
+            add_capacity("Full reserved", gen, full_spec(o, o.prompt + gen));
+            add_capacity("Full paged", gen, full_spec(o, int32_t(paged_average(o.prompt, gen) + 0.5)));
         }
-        for (int32_t budget : o.budgets) {
-            CacheSpec spec;
-            spec.budget = budget;
-            spec.buffer = o.buffer;
-            spec.dtype = o.kv_dtype;
-            add_capacity(rkv_name(budget, o.buffer), 0, spec);
-        }
+        for (int32_t budget : o.budgets) add_capacity(rkv_name(budget, o.buffer), 0, rkv_spec(o, budget));
         write_report(report, o.out);
 
         // measurements, the most important first (a time limit cuts the tail)
