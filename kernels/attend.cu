@@ -18,7 +18,7 @@ extern template cudaError_t launch_split<true>(const AttendParams &p, cudaStream
 // attend_mma.cu
 cudaError_t configure_attend_mma(int32_t dtype);
 int32_t attend_mma_blocks_per_sm(int32_t dtype, int32_t head_dim, int32_t q_dtype);
-cudaError_t launch_attend_mma(const AttendParams &p, cudaStream_t stream);
+cudaError_t launch_attend_mma(const AttendParams &p, const AttendRowMaps *maps, cudaStream_t stream);
 
 bool attend_splits_apply(int32_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
@@ -55,27 +55,40 @@ int32_t attend_resident_blocks(int32_t dtype, int32_t head_dim, int32_t groups, 
     return sms * per_sm;
 }
 
-int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t resident_blocks) {
-    // Measured on the H200 (tools/bench_attend.py sweeps every plan): a split
-    // costs a partial write and a share of the merge, so split only while
-    // the pairs leave half the resident blocks idle, up to one wave, and keep
-    // two stages (128 tokens) per split.
-    constexpr int32_t kMinSplitTokens = 128;
-    if (pairs <= 0 || 2 * pairs >= resident_blocks) return 1;
-    const int32_t splits = std::min(resident_blocks / pairs, std::max(1, held / kMinSplitTokens));
+int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t fill_blocks, int32_t min_split_tokens) {
+    if (pairs <= 0 || 2 * pairs >= fill_blocks) return 1;
+    const int32_t splits = std::min(fill_blocks / pairs, std::max(1, held / min_split_tokens));
     return std::max(1, std::min(splits, kAttendMaxPartials / pairs));
+}
+
+int32_t choose_kernel_splits(AttendKernel kernel, int32_t pairs, int32_t held, const AttendResidency &resident) {
+    // Measured on the H200 (tools/bench_attend.py sweeps every plan): a split
+    // costs a partial write and a share of the merge. Kernels that copy with
+    // cp.async split while the pairs leave half the resident blocks idle, up
+    // to one wave, keeping two stages (128 tokens) per split. The tensor-core
+    // kernel on 16-bit rows (copied by the copy engine) streams best with one
+    // split per SM and three stages (192 tokens) or more per split: at
+    // 1 x 1152, 6 splits took 10.0 us where 9 took 10.5; at 8 x 1152, 2 took
+    // 17.4 where 4 took 18.2.
+    switch (kernel) {
+        case AttendKernel::kWide: return choose_attend_splits(pairs, held, resident.wide, 128);
+        case AttendKernel::kNarrow: return choose_attend_splits(pairs, held, resident.narrow, 128);
+        case AttendKernel::kTensor:
+            return resident.tensor_row_maps ? choose_attend_splits(pairs, held, resident.sms, 192)
+                                            : choose_attend_splits(pairs, held, resident.tensor, 128);
+    }
+    return 1;
 }
 
 AttendPlan choose_attend_plan(int32_t pairs, int32_t held, const AttendResidency &resident) {
     // The narrow shape is chosen only when forced, until measured otherwise;
     // the tensor-core kernel wherever it exists (f16, bf16 and E4M3 rows:
     // measured faster than the wide shape in every case, kernels/README.md).
-    if (resident.tensor > 0)
-        return AttendPlan{choose_attend_splits(pairs, held, resident.tensor), AttendKernel::kTensor};
-    return AttendPlan{choose_attend_splits(pairs, held, resident.wide), AttendKernel::kWide};
+    const AttendKernel kernel = resident.tensor > 0 ? AttendKernel::kTensor : AttendKernel::kWide;
+    return AttendPlan{choose_kernel_splits(kernel, pairs, held, resident), kernel};
 }
 
-cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, cudaStream_t stream) {
+cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, const AttendRowMaps *maps, cudaStream_t stream) {
     const CacheLayer &c = p.cache;
     if (!attend_splits_apply(c.head_dim)) {
         if (p.splits != 1) return cudaErrorInvalidValue;
@@ -92,7 +105,7 @@ cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, cudaStream
             return launch_split<true>(p, stream);
         case AttendKernel::kTensor:
             if (!attend_tensor_exists(c.dtype, c.head_dim)) return cudaErrorInvalidValue;
-            return launch_attend_mma(p, stream);
+            return launch_attend_mma(p, maps, stream);
         case AttendKernel::kWide: break;
     }
     return launch_split<false>(p, stream);

@@ -40,6 +40,8 @@
 #include <type_traits>
 
 #include "attend.cuh"
+#include "tma.cuh"
+#include "row_maps.h"
 
 namespace rkv::kernels {
 
@@ -57,8 +59,9 @@ __host__ __device__ constexpr int mma_query_pieces(int32_t q_dtype, bool bf16_pr
     return (q_dtype == RKV_DTYPE_BF16) == bf16_products ? 1 : 2;
 }
 
-// Dynamic shared memory of a block: kStages stages of
-//   [K rows: kMmaStageTokens x kRowStride bytes][V rows: the same]
+// Dynamic shared memory of a block (16-bit rows: from a 1024-byte aligned
+// start): kStages stages of
+//   [K rows: kMmaStageTokens rows, laid out as stage_offset() says][V rows: the same]
 //   [E4M3 only: key scales [kMmaStageTokens] f32][value scales [kMmaStageTokens] f32]
 // then the pass's query pieces [pieces][kMmaHeads][kQStride] of M. Once a pass
 // has consumed its stages, the first bytes hold the warps' states for the
@@ -68,8 +71,19 @@ struct MmaShape {
     static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
     using M = std::conditional_t<kBf16, __nv_bfloat16, __half>;  // the MMA's input type
     static constexpr int kRowBytes = D * int(sizeof(T));
-    static constexpr int kRowStride = kRowBytes + 16;  // padding: 8 rows of a fragment hit 8 bank groups
-    static constexpr int kRowsBytes = kMmaStageTokens * kRowStride;  // K rows of a stage (and V rows)
+    // 16-bit rows arrive by tensor copies (TMA) that swizzle 128-byte blocks
+    // of a row; E4M3 rows (and their scales, not 16-byte aligned) by cp.async
+    // into rows padded by 16 bytes. Either way the 8 rows of a fragment read 8
+    // bank groups. Why not cp.async for 16-bit rows: its 16-byte copies reach
+    // the L2 as requests shaped by the shared-memory side, and into padded rows
+    // each 128-byte line became ~2.6 requests and 1.5x its sectors (ncu at
+    // 32 x 16K: 44M requests for 67M sectors of K/V, DRAM at 76% of its peak
+    // where cuDNN's kernel issued 17M and read at 93%).
+    static constexpr bool kTma = !kIsFp8<T>;
+    static constexpr int kRowPitch = kTma ? 128 : kRowBytes + 16;  // from one row to the next (in a 128-byte block)
+    // K rows of a stage (and V rows)
+    static constexpr int kRowsBytes = kMmaStageTokens * (kTma ? kRowBytes : kRowPitch);
+    static constexpr int kAlignSlack = kTma ? 1024 : 0;  // aligning the start for the swizzle
     static constexpr int kScaleBytes = kIsFp8<T> ? kMmaStageTokens * 4 : 0;
     static constexpr int kStageBytes = 2 * kRowsBytes + 2 * kScaleBytes;
     static constexpr int kQStride = D + 8;  // elements of M per query row (padded as the K rows)
@@ -77,7 +91,7 @@ struct MmaShape {
     // As many stages (up to 6) as leave room for two blocks per SM, at least
     // 2: the bytes in flight per SM, (stages - 1) / stages of the ring, are
     // what keeps HBM busy.
-    static constexpr int kBlockBudget = 110 * 1024 - kMmaMaxPieces * kQPieceBytes;
+    static constexpr int kBlockBudget = 110 * 1024 - kMmaMaxPieces * kQPieceBytes - kAlignSlack;
     static constexpr int kStages = 6 * kStageBytes <= kBlockBudget   ? 6
                                    : 5 * kStageBytes <= kBlockBudget ? 5
                                    : 4 * kStageBytes <= kBlockBudget ? 4
@@ -88,11 +102,24 @@ struct MmaShape {
     static constexpr int kMTiles = D / 16;  // 16-row tiles of O^T
     static constexpr int kChains = kKSteps < 4 ? kKSteps : 4;  // independent accumulators of S^T
     static constexpr size_t shared_bytes(int pieces) {
-        return size_t(kStages) * kStageBytes + size_t(pieces) * kQPieceBytes;
+        return kAlignSlack + size_t(kStages) * kStageBytes + size_t(pieces) * kQPieceBytes;
     }
     static_assert(size_t(kMmaWarps) * kMmaHeads * (D + 2) * 4 <= size_t(kStages) * kStageBytes, "merge buffer");
     static_assert(kKSteps % 2 == 0, "query fragments load two k-steps at once");
 };
+
+// Where byte `byte` of row `row` of a stage's K (or V) rows lies. 16-bit
+// rows: in blocks of 128 bytes of every row ([byte / 128][row][128 bytes]),
+// the 16-byte chunk c of a row at c ^ (row % 8): the TMA's 128-byte swizzle.
+// E4M3 rows: padded rows. Callers pass rows relative to a multiple of 8 (a
+// warp's first token), which keeps row % 8.
+template <typename T, int D>
+__device__ __forceinline__ int stage_offset(int row, int byte) {
+    using S = MmaShape<T, D>;
+    if constexpr (S::kTma)
+        return (byte >> 7) * (kMmaStageTokens * 128) + row * 128 + ((((byte >> 4) ^ row) & 7) << 4) + (byte & 15);
+    return row * S::kRowPitch + byte;
+}
 
 // Two floats as the b16x2 register of M: `low` at the lower k (or column).
 template <typename M>
@@ -164,13 +191,14 @@ __device__ __forceinline__ void key_fragment(const char *rows, int ks, int lane,
         const int g = lane >> 2, q = lane & 3;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const uint32_t word = *reinterpret_cast<const uint32_t *>(rows + (8 * h + g) * S::kRowStride + ks * 16 + 4 * q);
+            const int at = stage_offset<T, D>(8 * h + g, ks * 16 + 4 * q);
+            const uint32_t word = *reinterpret_cast<const uint32_t *>(rows + at);
             a[h] = fp8x2_to_half2(word);
             a[2 + h] = fp8x2_to_half2(word >> 16);
         }
     } else {
         const int token = (lane & 7) + ((lane >> 3) & 1) * 8;
-        ldmatrix_x4(a, shared_address(rows + token * S::kRowStride + ks * 32 + (lane >> 4) * 16));
+        ldmatrix_x4(a, shared_address(rows + stage_offset<T, D>(token, ks * 32 + (lane >> 4) * 16)));
     }
 }
 
@@ -220,7 +248,7 @@ __device__ __forceinline__ void value_fragment(const char *rows, const ValueByte
     } else {
         (void)bytes;
         const int matrix = lane >> 3, token = (matrix >> 1) * 8 + (lane & 7);
-        ldmatrix_x4_trans(a, shared_address(rows + token * S::kRowStride + (16 * j + (matrix & 1) * 8) * 2));
+        ldmatrix_x4_trans(a, shared_address(rows + stage_offset<T, D>(token, (16 * j + (matrix & 1) * 8) * 2)));
     }
 }
 
@@ -258,17 +286,23 @@ __device__ __forceinline__ void load_query_rows(const Tensor &q, int64_t base, i
 }
 
 // grid (split, KV head, entry), kMmaThreads threads,
-// MmaShape::shared_bytes(kMaxPieces) of dynamic shared memory. kMaxPieces: 1
+// MmaShape::shared_bytes(kMaxPieces) of dynamic shared memory; `maps`: the
+// layer's row maps (16-bit rows; unused for E4M3). kMaxPieces: 1
 // where the query is one piece (the serving case: q in the MMA type), else
 // kMmaMaxPieces (the loops over pieces are unrolled either way).
 template <typename T, int D, int kMaxPieces>
-__global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) attend_mma_kernel(AttendParams p) {
+__global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
+    attend_mma_kernel(AttendParams p, const __grid_constant__ AttendRowMaps maps) {
     using S = MmaShape<T, D>;
     using M = typename S::M;
-    extern __shared__ __align__(16) char mma_shared[];
+    extern __shared__ __align__(16) char mma_dynamic[];
+    // (the swizzle's pattern follows address bits 7-9: stages start 1024-aligned)
+    const uintptr_t aligned = (reinterpret_cast<uintptr_t>(mma_dynamic) + 1023) & ~uintptr_t(1023);
+    char *const mma_shared = S::kTma ? reinterpret_cast<char *>(aligned) : mma_dynamic;
     __shared__ float row_factor[kMmaHeads];  // scale * log2(e) / the row's power of two
     __shared__ int row_shift[kMmaHeads];     // the power of two of a query row (f16 products)
     __shared__ int row_amax_bits[kMmaHeads]; // largest |q| of a row, as the bits of a float >= 0
+    __shared__ uint64_t stage_landed[S::kStages];  // TMA: a ring slot's K/V bytes have landed
     constexpr int kQueryPerThread = kMmaHeads * D / kMmaThreads;
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
@@ -289,26 +323,50 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
     constexpr int kChunksPerThread = kMmaStageTokens * kChunksPerRow / kMmaThreads;  // 16-byte copies per stage
     static_assert(kChunksPerThread * kMmaThreads == kMmaStageTokens * kChunksPerRow, "whole copies per thread");
 
+    // Stages the earlier passes loaded: stage s of this pass uses ring slot
+    // (ring + s) % kStages, in that slot's phase (ring + s) / kStages.
+    int32_t ring = 0;
+    const int32_t layer_row0 = int32_t(slot_index(c, seq, head, 0));  // the row maps' row of token 0
+    if constexpr (S::kTma) {
+        // (published by the first pass's barrier)
+        if (threadIdx.x < S::kStages) mbarrier_init(&stage_landed[threadIdx.x], 1);
+    }
     auto load_stage = [&](int32_t s) {
-        char *k_stage = mma_shared + (s % S::kStages) * S::kStageBytes;
+        const int slot = (ring + s) % S::kStages;
+        char *k_stage = mma_shared + slot * S::kStageBytes;
         char *v_stage = k_stage + S::kRowsBytes;
         const int32_t first = begin + s * kMmaStageTokens;
+        if constexpr (S::kTma) {
+            // One thread: every 128-byte column block of the stage's 64 K and
+            // V rows (rows past the split's end too: zeroed once landed).
+            if (threadIdx.x == 0) {
+                uint64_t *landed = &stage_landed[slot];
+                mbarrier_arrive_expect_bytes(landed, uint32_t(2 * S::kRowsBytes));
 #pragma unroll
-        for (int k = 0; k < kChunksPerThread; ++k) {
-            const int index = k * kMmaThreads + threadIdx.x;
-            const int32_t t = first + index / kChunksPerRow;
-            const bool valid = t < end;
-            const int chunk16 = index % kChunksPerRow;
-            const int64_t offset = valid ? int64_t(t) * S::kRowBytes + chunk16 * 16 : 0;
-            const int at = (index / kChunksPerRow) * S::kRowStride + chunk16 * 16;
-            cp_async_16_stream(shared_address(k_stage + at), reinterpret_cast<const char *>(rows.keys) + offset, valid);
-            cp_async_16_stream(shared_address(v_stage + at), reinterpret_cast<const char *>(rows.values) + offset, valid);
-        }
-        if constexpr (kIsFp8<T>) {
+                for (int block = 0; block < S::kRowBytes / 128; ++block) {
+                    const int at = block * kMmaStageTokens * 128, column = 64 * block, row = layer_row0 + first;
+                    tensor_copy_to_shared(shared_address(k_stage + at), &maps.keys, column, row, landed);
+                    tensor_copy_to_shared(shared_address(v_stage + at), &maps.values, column, row, landed);
+                }
+            }
+        } else {  // E4M3 rows and their scales: cp.async, 16 (4) bytes per copy
+#pragma unroll
+            for (int k = 0; k < kChunksPerThread; ++k) {
+                const int index = k * kMmaThreads + threadIdx.x;
+                const int32_t t = first + index / kChunksPerRow;
+                const bool valid = t < end;
+                const int chunk16 = index % kChunksPerRow;
+                const int64_t offset = valid ? int64_t(t) * S::kRowBytes + chunk16 * 16 : 0;
+                const int at = stage_offset<T, D>(index / kChunksPerRow, chunk16 * 16);
+                const char *keys = reinterpret_cast<const char *>(rows.keys);
+                const char *values = reinterpret_cast<const char *>(rows.values);
+                cp_async_16_stream(shared_address(k_stage + at), keys + offset, valid);
+                cp_async_16_stream(shared_address(v_stage + at), values + offset, valid);
+            }
             float *k_scales = reinterpret_cast<float *>(v_stage + S::kRowsBytes);
             stage_scales(rows, k_scales, k_scales + kMmaStageTokens, first, end, kMmaStageTokens);
+            cp_async_commit();
         }
-        cp_async_commit();
     };
 
     for (int32_t g0 = 0; g0 < groups; g0 += kMmaHeads) {
@@ -365,16 +423,32 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
         float value_reference = 0.0f;  // E4M3: o is relative to this value scale
 
         for (int32_t stage = 0; stage < stages; ++stage) {
-            cp_async_wait_stage<S::kStages>(stage, stages);
+            const int slot = (ring + stage) % S::kStages;
+            if constexpr (S::kTma) {
+                mbarrier_wait(&stage_landed[slot], uint32_t((ring + stage) / S::kStages) & 1u);
+                const int32_t rows_here = min(kMmaStageTokens, end - (begin + stage * kMmaStageTokens));
+                if (rows_here < kMmaStageTokens) {
+                    // V rows past the split's end: zeros. Their weight is 0,
+                    // but 0 * NaN is not, and unwritten slots hold any bits.
+                    char *v_zero = mma_shared + slot * S::kStageBytes + S::kRowsBytes;
+                    for (int i = threadIdx.x; i < (kMmaStageTokens - rows_here) * kChunksPerRow; i += kMmaThreads)
+                        *reinterpret_cast<uint4 *>(v_zero + stage_offset<T, D>(rows_here + i / kChunksPerRow,
+                                                                              (i % kChunksPerRow) * 16)) =
+                            make_uint4(0, 0, 0, 0);
+                    fence_proxy_async_shared();  // before a later tensor copy into the same bytes
+                }
+            } else {
+                cp_async_wait_stage<S::kStages>(stage, stages);
+            }
             __syncthreads();  // (the first time also: the query pieces are written)
             if (stage + S::kStages - 1 < stages) load_stage(stage + S::kStages - 1);
-            const char *k_stage = mma_shared + (stage % S::kStages) * S::kStageBytes;
+            const char *k_stage = mma_shared + slot * S::kStageBytes;
             const char *v_stage = k_stage + S::kRowsBytes;
             const float *k_scales = reinterpret_cast<const float *>(v_stage + S::kRowsBytes);
             const float *v_scales = k_scales + kMmaStageTokens;
             const int local0 = warp * kMmaGroupTokens;  // the warp's first token in the stage
-            const char *k_rows = k_stage + local0 * S::kRowStride;
-            const char *v_rows = v_stage + local0 * S::kRowStride;
+            const char *k_rows = k_stage + local0 * S::kRowPitch;  // the warp's rows (stage_offset from there)
+            const char *v_rows = v_stage + local0 * S::kRowPitch;
             const int32_t stage_first = begin + stage * kMmaStageTokens;
             if (stage_first + local0 >= end) continue;  // nothing of this warp's (no barrier below)
 
@@ -483,7 +557,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
                 b_lo[h] = packed ? 0u : transpose_8x8(lo);
             }
             ValueBytes<D> bytes;
-            if constexpr (kIsFp8<T>) load_value_bytes<D>(v_rows, S::kRowStride, lane, bytes);
+            if constexpr (kIsFp8<T>) load_value_bytes<D>(v_rows, S::kRowPitch, lane, bytes);
 #pragma unroll
             for (int j = 0; j < S::kMTiles; ++j) {
                 uint32_t a[4];
@@ -492,6 +566,8 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks)) att
                 if (!packed) mma_16816<M>(o[j], a, b_lo[0], b_lo[1]);
             }
         }
+
+        ring += stages;
 
         // The warps' states into shared memory, then the block's result.
         __syncthreads();  // every stage is consumed: the stage memory is free

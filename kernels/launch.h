@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include "params.h"
+#include "row_maps.h"
 
 namespace rkv::kernels {
 
@@ -30,8 +31,17 @@ cudaError_t launch_append(const AppendParams &p, cudaStream_t stream);
 // (entry, KV head) of the chosen kernel: the split kernel's wide or narrow
 // shape (kernels/attend.cuh), the tensor-core kernel (kernels/attend_mma.cuh);
 // the generic kernel, with splits 1, where attend_splits_apply is false.
+// The tensor-core kernel copies 16-bit K/V rows with the copy engine (TMA):
+// `maps` describes the layer's rows (make_attend_row_maps), NULL for E4M3
+// rows and the other kernels.
 enum class AttendKernel : int32_t { kWide, kNarrow, kTensor };
-cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, cudaStream_t stream);
+cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, const AttendRowMaps *maps, cudaStream_t stream);
+// Whether the tensor-core kernel reads this layout through row maps (16-bit
+// rows it serves), and the maps of one layer's rows (keys, values: the layer's
+// first row; rows of head_dim elements each).
+bool attend_uses_row_maps(int32_t dtype, int32_t head_dim);
+cudaError_t make_attend_row_maps(int32_t dtype, int32_t head_dim, const void *keys, const void *values, int64_t rows,
+                                 AttendRowMaps *maps);
 // Whether the split (flash-decoding) kernels serve this head_dim, the narrow
 // shape these groups, and the tensor-core kernel this storage dtype.
 bool attend_splits_apply(int32_t head_dim);
@@ -51,12 +61,16 @@ struct AttendPlan {
 };
 struct AttendResidency {
     int32_t wide, narrow, tensor;  // resident blocks per kernel (0: it does not serve the cache)
+    int32_t sms;                   // the GPU's SMs
+    bool tensor_row_maps;          // the tensor-core kernel copies the rows by row maps (attend_uses_row_maps)
 };
 AttendPlan choose_attend_plan(int32_t pairs, int32_t held, const AttendResidency &resident);
-// The splits alone for a kernel holding `resident_blocks` blocks: one when the
-// pairs fill half the GPU, else up to one wave of blocks, each split keeping
-// at least 128 tokens.
-int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t resident_blocks);
+// The splits alone for `kernel` (forced or chosen): choose_attend_splits with
+// the kernel's measured parameters.
+int32_t choose_kernel_splits(AttendKernel kernel, int32_t pairs, int32_t held, const AttendResidency &resident);
+// One split when the pairs fill half of `fill_blocks`, else up to
+// `fill_blocks` blocks, each split keeping at least `min_split_tokens` tokens.
+int32_t choose_attend_splits(int32_t pairs, int32_t held, int32_t fill_blocks, int32_t min_split_tokens);
 
 // --- compression of one group of jobs (see kernels/params.h Job) ----------
 // FP8 storage: the held keys of every job as bf16 into scratch.keys_dequantised,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/method.h"
 #include "cuda/cuda_check.h"
@@ -97,6 +98,17 @@ class CudaBackend final : public Backend {
         resident_.wide = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kWide);
         resident_.narrow = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kNarrow);
         resident_.tensor = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kTensor);
+        check(cudaDeviceGetAttribute(&resident_.sms, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
+        resident_.tensor_row_maps = k::attend_uses_row_maps(dtype, p_.head_dim);
+        if (resident_.tensor_row_maps) {
+            const int64_t rows = int64_t(p_.max_seqs) * p_.num_kv_heads * capacity_;
+            row_maps_.resize(size_t(p_.num_layers));
+            for (int32_t layer = 0; layer < p_.num_layers; ++layer) {
+                const k::CacheLayer c = layer_view(layer);
+                check(k::make_attend_row_maps(dtype, p_.head_dim, c.keys, c.values, rows, &row_maps_[size_t(layer)]),
+                      "describing each layer's K/V rows to the copy engine for rkv_attend (cuTensorMapEncodeTiled)");
+            }
+        }
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize (create)");
     }
 
@@ -230,7 +242,7 @@ class CudaBackend final : public Backend {
             k::AttendPlan plan = attend_plan(num_seqs, max_held);
             if (attend_splits_ == 0) plan.splits = 1;
             p.splits = plan.splits;
-            check(k::launch_attend(p, plan.kernel, as_stream(stream)),
+            check(k::launch_attend(p, plan.kernel, row_maps(layer), as_stream(stream)),
                   "rkv_attend: launching the attention kernel (batch)");
             return;
         }
@@ -243,7 +255,8 @@ class CudaBackend final : public Backend {
             std::copy(seq_ids + first, seq_ids + first + p.num_seqs, p.seq_ids);
             const k::AttendPlan plan = attend_plan(p.num_seqs, max_held);
             p.splits = plan.splits;
-            check(k::launch_attend(p, plan.kernel, as_stream(stream)), "rkv_attend: launching the attention kernel");
+            check(k::launch_attend(p, plan.kernel, row_maps(layer), as_stream(stream)),
+                  "rkv_attend: launching the attention kernel");
         }
     }
 
@@ -397,6 +410,10 @@ class CudaBackend final : public Backend {
     }
 
  private:
+    const k::AttendRowMaps *row_maps(int32_t layer) const {
+        return row_maps_.empty() ? nullptr : &row_maps_[size_t(layer)];
+    }
+
     k::CacheLayer layer_view(int32_t layer) const {
         k::CacheLayer c{};
         const int64_t seqs = p_.max_seqs, cap = capacity_, d = p_.head_dim;
@@ -560,10 +577,7 @@ class CudaBackend final : public Backend {
             plan.kernel = attend_variant_ == RKV_ATTEND_NARROW   ? k::AttendKernel::kNarrow
                           : attend_variant_ == RKV_ATTEND_TENSOR ? k::AttendKernel::kTensor
                                                                  : k::AttendKernel::kWide;
-            const int32_t resident = plan.kernel == k::AttendKernel::kNarrow   ? resident_.narrow
-                                     : plan.kernel == k::AttendKernel::kTensor ? resident_.tensor
-                                                                               : resident_.wide;
-            plan.splits = k::choose_attend_splits(pairs, max_held, resident);
+            plan.splits = k::choose_kernel_splits(plan.kernel, pairs, max_held, resident_);
         }
         if (attend_splits_ > 0) plan.splits = attend_splits_;
         plan.splits = std::max(1, std::min(plan.splits, k::kAttendMaxPartials / pairs));
@@ -778,7 +792,8 @@ class CudaBackend final : public Backend {
     bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
     int32_t attend_splits_ = 0;    // rkv_cache_set_attend_plan: 0 = choose per call
     int32_t attend_variant_ = RKV_ATTEND_AUTO;
-    k::AttendResidency resident_{1, 0, 0};  // blocks of each attention kernel the GPU holds at once
+    k::AttendResidency resident_{1, 0, 0, 1, false};  // blocks of each attention kernel the GPU holds at once
+    std::vector<k::AttendRowMaps> row_maps_;  // [layers] (16-bit rows the tensor-core attention serves; else empty)
                                             // (0: the kernel does not serve this cache)
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
 

@@ -49,6 +49,11 @@ void gpu_download(void *host, const void *device, size_t bytes) {
     CUDA_OK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
 }
 
+void gpu_fill(void *device, int byte, size_t bytes) {
+    CUDA_OK(cudaMemset(device, byte, bytes));
+    CUDA_OK(cudaDeviceSynchronize());
+}
+
 void gpu_free(void *device) { CUDA_OK(cudaFree(device)); }
 
 void gpu_sync(void) { CUDA_OK(cudaDeviceSynchronize()); }

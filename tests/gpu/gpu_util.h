@@ -32,6 +32,7 @@ int gpu_wgmma(void);
 void *gpu_alloc(size_t bytes);
 void *gpu_upload(const void *host, size_t bytes);
 void gpu_download(void *host, const void *device, size_t bytes);
+void gpu_fill(void *device, int byte, size_t bytes); /* every byte set to `byte` */
 void gpu_free(void *device);
 void gpu_sync(void);
 

@@ -11,7 +11,10 @@
  * the tensor-core kernel's scaling. Also long sequences split in up to 64 blocks, the
  * copy pipelines under load (test_pipelines_under_load), and the CPU
  * backend's rkv_attend on the same K/V (the CPU oracle) within the same bound.
- * Output buffers are poisoned with NaN: every element must be written. */
+ * Output buffers are poisoned with NaN: every element must be written; so are,
+ * in test_unwritten_slots_hold_nan, the cache's slots before the append: a
+ * kernel that reads rows past a sequence's end (the tensor-core kernel's
+ * copies take whole 64-row stages) must not let them reach the output. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,7 @@ static double worst_error;  /* largest relative error seen, for the summary */
 /* test_magnitudes: scales of the keys and queries, and values whose rows span 2^-8 .. 2^8 */
 static double key_magnitude = 1, query_magnitude = 1;
 static int value_spread;
+static int poison_slots; /* NaN in every K/V byte of layer 0 before the append */
 static int attend_calls;
 
 /* The stored K or V value (FP8: fp8 * scale) of (seq, head, token, e) from a
@@ -175,6 +179,15 @@ static void run_config(rkv_dtype storage, int32_t dim, int32_t groups, int32_t s
         const size_t row = i / (size_t)dim;
         k[i] = test_rng_normal(&rng) * (1.0f + (float)(row % 5)) * (float)key_magnitude;
         v[i] = test_rng_normal(&rng) * (value_spread ? ldexpf(1.0f, (int)(row % 17) - 8) : 1.0f);
+    }
+    if (poison_slots) {
+        rkv_layer_view view;
+        memset(&view, 0, sizeof view);
+        view.struct_size = sizeof view;
+        ASSERT_OK(rkv_view_layer(t.gpu, 0, &view));
+        const size_t bytes = (size_t)seqs * (size_t)view.stride_seq * dtype_bytes(view.dtype);
+        gpu_fill(view.k, 0xff, bytes); /* NaN in bf16, f16 and E4M3 */
+        gpu_fill(view.v, 0xff, bytes);
     }
     if (with_cpu) twin_append(&t, 0, seqs, ids, tokens, k, v, NULL, RKV_DTYPE_F32, 0, RKV_OK);
     else ASSERT_OK(gpu_test_append(t.gpu, 0, seqs, ids, tokens, k, v, NULL, RKV_DTYPE_F32, 0));
@@ -388,12 +401,25 @@ static void test_magnitudes(void **state) {
     value_spread = 0;
 }
 
+static void test_unwritten_slots_hold_nan(void **state) {
+    (void)state;
+    const rkv_dtype dtypes[] = {RKV_DTYPE_BF16, RKV_DTYPE_F16, RKV_DTYPE_FP8_E4M3};
+    const int32_t dims[] = {64, 128, 256};
+    const int32_t capacity = gpu_small() ? 40 : 150; /* sequences end inside a 64-row stage */
+    poison_slots = 1;
+    for (int d = 0; d < 3; ++d)
+        for (int di = 0; di < 3; ++di)
+            run_config(dtypes[d], dims[di], 4, 6, capacity, nearly_full, RKV_DTYPE_BF16, 0);
+    poison_slots = 0;
+}
+
 int main(void) {
     GPU_SKIP_WITHOUT_DEVICE();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_dtype_dim_group_length_and_plan),
         cmocka_unit_test(test_long_sequences),
         cmocka_unit_test(test_magnitudes),
+        cmocka_unit_test(test_unwritten_slots_hold_nan),
         cmocka_unit_test(test_pipelines_under_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
