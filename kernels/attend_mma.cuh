@@ -1,7 +1,8 @@
 // Decode attention on tensor cores (RKV_ATTEND_TENSOR): the split kernel of
 // attend.cuh (grid (split, KV head, entry); a block takes an even share of one
 // (entry, KV head)'s tokens, streams its K and V rows through shared memory
-// with cp.async, keeps a partial softmax; the last block of the pair merges)
+// (16-bit rows by the copy engine, TMA; E4M3 rows by cp.async), keeps a
+// partial softmax; the last block of the pair merges)
 // with both products on mma.sync m16n8k16, transposed so that the tokens are
 // the MMA's 16 rows and up to 8 query heads its 8 columns:
 //   S^T[16 tokens, 8 heads]   = K Q^T       (float32 accumulate)
