@@ -150,11 +150,12 @@ CacheSpec full_spec(const Options &o, int32_t max_len) {
 }
 
 // Page-rounded tokens a paging engine holds for one request, averaged over its
-// life: after t of `gen` tokens it holds 16 * ceil((prompt + t) / 16).
-double paged_average(int32_t prompt, int32_t gen) {
+// life and rounded to a token: after t of `gen` tokens it holds
+// 16 * ceil((prompt + t) / 16).
+int32_t paged_average(int32_t prompt, int32_t gen) {
     double sum = 0;
     for (int32_t t = 1; t <= gen; ++t) sum += 16.0 * double((prompt + t + 15) / 16);
-    return sum / gen;
+    return int32_t(sum / gen + 0.5);
 }
 
 class Clock {
@@ -252,7 +253,7 @@ struct Bench {
             std::vector<int32_t> contexts;
             int32_t breakdown_at = 0;
             if (paged) {
-                const int32_t average = int32_t(paged_average(o.prompt, gen) + 0.5);
+                const int32_t average = paged_average(o.prompt, gen);
                 contexts = {average};
                 breakdown_at = average;  // the step is taken apart where it was measured
                 spec.max_len = average + o.steps + 8;  // room for the steps and a short breakdown
@@ -433,7 +434,7 @@ int main(int argc, char **argv) {
         };
         for (int32_t gen : o.gens) {
             add_capacity("Full reserved", gen, full_spec(o, o.prompt + gen));
-            add_capacity("Full paged", gen, full_spec(o, int32_t(paged_average(o.prompt, gen) + 0.5)));
+            add_capacity("Full paged", gen, full_spec(o, paged_average(o.prompt, gen)));
         }
         for (int32_t budget : o.budgets) add_capacity(rkv_name(budget, o.buffer), 0, rkv_spec(o, budget));
         write_report(report, o.out);
