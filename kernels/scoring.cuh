@@ -19,9 +19,10 @@ namespace rkv::kernels {
 
 constexpr int kScoreThreads = 1024;      // key norms, KeyDiff
 constexpr int kPoolThreads = 256;        // importance pooling: a warp per window row, 8 blocks per SM
-constexpr int kRedundancyThreads = 512;  // two blocks per SM
+constexpr int kRedundancyThreads = 512;  // four blocks per SM (launch bounds): 64 jobs x 8 heads in one wave
 constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
 constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections
+constexpr int kPartialLoads = 16;     // redundancy: a row's partial stats loaded at once
 
 // The importance of head h of group job jj, all threads of the block taking
 // part. logits [rows = G*window, cap] (row g*window + a), from the cuBLASLt
@@ -169,15 +170,24 @@ __device__ void redundancy_head(const CompressParams &p, const Job &job, int32_t
     for (int32_t c = threadIdx.x; c < n; c += blockDim.x) corrections[c] = 0;
     __syncthreads();
     for (int32_t r = threadIdx.x; r < n; r += blockDim.x) {
-        int32_t latest = -1;
-        float value = 0.0f;
-        for (int32_t t = 0; t < tiles; ++t) {
-            const int32_t candidate = partial_latest[t * cap + r];
-            if (candidate > latest) {
-                latest = candidate;
-                value = partial_value[t * cap + r];
-            }
+        // The row's latest column over its tiles' partials: the first tile
+        // holding the largest (strict >), its value loaded once; the tiles'
+        // loads go out together (one at a time, they made this the launch's
+        // critical path).
+        int32_t latest = -1, latest_tile = -1;
+        for (int32_t t0 = 0; t0 < tiles; t0 += kPartialLoads) {
+            int32_t candidate[kPartialLoads];
+#pragma unroll
+            for (int u = 0; u < kPartialLoads; ++u)
+                candidate[u] = t0 + u < tiles ? partial_latest[(t0 + u) * cap + r] : -1;
+#pragma unroll
+            for (int u = 0; u < kPartialLoads; ++u)
+                if (candidate[u] > latest) {
+                    latest = candidate[u];
+                    latest_tile = t0 + u;
+                }
         }
+        float value = latest_tile >= 0 ? partial_value[latest_tile * cap + r] : 0.0f;
         if (latest < 0 && p.slot0_quirk) {  // the official code's argmax of an all-zero row
             latest = 0;
             value = p.scratch.first_column[row + r];
@@ -207,7 +217,7 @@ __device__ void redundancy_head(const CompressParams &p, const Job &job, int32_t
 
 // grid (kv head, job), kRedundancyThreads threads: redundancy_head with the
 // corrections in scratch.
-__global__ void __launch_bounds__(kRedundancyThreads) redundancy_kernel(CompressParams p) {
+__global__ void __launch_bounds__(kRedundancyThreads, 4) redundancy_kernel(CompressParams p) {
     __shared__ double reduce_d[32];
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
