@@ -55,6 +55,26 @@ __device__ __forceinline__ float method_score(const CompressParams &p, const Cac
     return 0.0f;
 }
 
+// Which word of which row a thread moves, for rows of `words_per_row` words
+// (at most 256: a row is at most 1 KiB, head_dim <= 256 on CUDA, moved in
+// words of 16 bytes, or of 4, 2, 1 where the row is not a multiple of 16):
+// thread t moves word t % words_per_row of every rows_per_pass-th row from
+// row t / words_per_row. The divisions happen once per thread: per word, as
+// before, the 64-bit divisions were most of the compaction's instructions.
+struct RowLanes {
+    int32_t row;            // the thread's first row of a pass (>= rows_per_pass: idle)
+    int32_t rows_per_pass;  // rows the block covers at once
+    int64_t byte;           // the thread's word, as a byte offset in a row
+};
+
+template <typename Word>
+__device__ __forceinline__ RowLanes row_lanes(int64_t row_bytes) {
+    const int32_t words_per_row = int32_t(row_bytes / int64_t(sizeof(Word)));
+    const int32_t thread = int32_t(threadIdx.x);
+    return RowLanes{thread / words_per_row, int32_t(blockDim.x) / words_per_row,
+                    int64_t(thread % words_per_row) * int64_t(sizeof(Word))};
+}
+
 // Moves rows src[i] -> i (i < keep) of one head's K and V in place, for
 // src ascending with src[i] >= i (position order): chunks of rows are read
 // into registers, then written, in ascending order, so a row is never
@@ -62,40 +82,32 @@ __device__ __forceinline__ float method_score(const CompressParams &p, const Cac
 template <typename Word>
 __device__ void compact_rows_ascending(char *k_head, char *v_head, const int32_t *src, int32_t keep,
                                        int64_t row_bytes) {
-    constexpr int kWordsPerThread = 4;  // of K, and as many of V
-    const int64_t words_per_row = row_bytes / int64_t(sizeof(Word));
-    const int64_t chunk_words = int64_t(kSelectThreads) * kWordsPerThread;
-    const int32_t rows_per_chunk = int32_t(chunk_words >= words_per_row ? chunk_words / words_per_row : 1);
+    constexpr int kRowsPerThread = 4;  // words of K per thread and chunk, and as many of V
+    const RowLanes lanes = row_lanes<Word>(row_bytes);
+    const int32_t rows_per_chunk = lanes.rows_per_pass * kRowsPerThread;
+    const bool active = lanes.row < lanes.rows_per_pass;
     for (int32_t first = 0; first < keep; first += rows_per_chunk) {
-        const int32_t rows = min(rows_per_chunk, keep - first);
-        const int64_t words = int64_t(rows) * words_per_row;
-        Word k_words[kWordsPerThread], v_words[kWordsPerThread];
-        // Several passes when one row alone is larger than a chunk.
-        for (int64_t base = 0; base < words; base += chunk_words) {
+        Word k_words[kRowsPerThread], v_words[kRowsPerThread];
 #pragma unroll
-            for (int u = 0; u < kWordsPerThread; ++u) {
-                const int64_t w = base + threadIdx.x + int64_t(u) * kSelectThreads;
-                if (w < words) {
-                    const int32_t i = first + int32_t(w / words_per_row);
-                    const int64_t offset = int64_t(src[i]) * row_bytes + (w % words_per_row) * int64_t(sizeof(Word));
-                    k_words[u] = *reinterpret_cast<const Word *>(k_head + offset);
-                    v_words[u] = *reinterpret_cast<const Word *>(v_head + offset);
-                }
+        for (int u = 0; u < kRowsPerThread; ++u) {
+            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
+            if (active && i < keep) {
+                const int64_t offset = int64_t(src[i]) * row_bytes + lanes.byte;
+                k_words[u] = *reinterpret_cast<const Word *>(k_head + offset);
+                v_words[u] = *reinterpret_cast<const Word *>(v_head + offset);
             }
-            __syncthreads();
-#pragma unroll
-            for (int u = 0; u < kWordsPerThread; ++u) {
-                const int64_t w = base + threadIdx.x + int64_t(u) * kSelectThreads;
-                if (w < words) {
-                    const int32_t i = first + int32_t(w / words_per_row);
-                    if (src[i] == i) continue;  // already in place
-                    const int64_t offset = int64_t(i) * row_bytes + (w % words_per_row) * int64_t(sizeof(Word));
-                    *reinterpret_cast<Word *>(k_head + offset) = k_words[u];
-                    *reinterpret_cast<Word *>(v_head + offset) = v_words[u];
-                }
-            }
-            __syncthreads();
         }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < kRowsPerThread; ++u) {
+            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
+            if (active && i < keep && src[i] != i) {  // (rows already in place are not written)
+                const int64_t offset = int64_t(i) * row_bytes + lanes.byte;
+                *reinterpret_cast<Word *>(k_head + offset) = k_words[u];
+                *reinterpret_cast<Word *>(v_head + offset) = v_words[u];
+            }
+        }
+        __syncthreads();
     }
 }
 
@@ -106,41 +118,30 @@ __device__ void compact_rows_ascending(char *k_head, char *v_head, const int32_t
 // src[i] >= i), which chunk c and earlier ones never write; and the barrier
 // before chunk c is written comes after every thread issued its reads of chunk
 // c and of all earlier chunks, the only reads of the rows chunk c writes.
-// A chunk holds whole rows (a row is at most 1 KiB: head_dim <= 256 on CUDA).
 template <typename Word>
 __device__ void compact_rows_pipelined(char *k_head, char *v_head, const int32_t *src, int32_t keep,
                                        int64_t row_bytes, int32_t in_place) {
-    constexpr int kWordsPerThread = 2;  // per buffer, of K and as many of V (two buffers: 64 registers)
-    const int32_t words_per_row = int32_t(row_bytes / int64_t(sizeof(Word)));
-    const int32_t rows_per_chunk = max(1, int32_t(blockDim.x) * kWordsPerThread / words_per_row);
-    Word k_now[kWordsPerThread], v_now[kWordsPerThread], k_next[kWordsPerThread], v_next[kWordsPerThread];
-    // Word u of this thread in the chunk starting at row `first`: its row (or -1) and byte offset in it.
-    auto locate = [&](int32_t first, int u, int32_t *i, int64_t *part) {
-        const int32_t w = int32_t(threadIdx.x) + u * int32_t(blockDim.x);
-        const int32_t rows = min(rows_per_chunk, keep - first);
-        *i = w < rows * words_per_row ? first + w / words_per_row : -1;
-        *part = int64_t(w % words_per_row) * int64_t(sizeof(Word));
-    };
+    constexpr int kRowsPerThread = 2;  // per buffer, of K and as many of V (two buffers: 64 registers)
+    const RowLanes lanes = row_lanes<Word>(row_bytes);
+    const int32_t rows_per_chunk = lanes.rows_per_pass * kRowsPerThread;
+    const bool active = lanes.row < lanes.rows_per_pass;
+    Word k_now[kRowsPerThread], v_now[kRowsPerThread], k_next[kRowsPerThread], v_next[kRowsPerThread];
     auto load = [&](int32_t first, Word *k, Word *v) {
 #pragma unroll
-        for (int u = 0; u < kWordsPerThread; ++u) {
-            int32_t i;
-            int64_t part;
-            locate(first, u, &i, &part);
-            if (i < 0) continue;
-            const int64_t offset = int64_t(src[i]) * row_bytes + part;
+        for (int u = 0; u < kRowsPerThread; ++u) {
+            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
+            if (!active || i >= keep) continue;
+            const int64_t offset = int64_t(src[i]) * row_bytes + lanes.byte;
             k[u] = *reinterpret_cast<const Word *>(k_head + offset);
             v[u] = *reinterpret_cast<const Word *>(v_head + offset);
         }
     };
     auto store = [&](int32_t first, const Word *k, const Word *v) {
 #pragma unroll
-        for (int u = 0; u < kWordsPerThread; ++u) {
-            int32_t i;
-            int64_t part;
-            locate(first, u, &i, &part);
-            if (i < 0 || src[i] == i) continue;
-            const int64_t offset = int64_t(i) * row_bytes + part;
+        for (int u = 0; u < kRowsPerThread; ++u) {
+            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
+            if (!active || i >= keep || src[i] == i) continue;
+            const int64_t offset = int64_t(i) * row_bytes + lanes.byte;
             *reinterpret_cast<Word *>(k_head + offset) = k[u];
             *reinterpret_cast<Word *>(v_head + offset) = v[u];
         }
@@ -153,7 +154,7 @@ __device__ void compact_rows_pipelined(char *k_head, char *v_head, const int32_t
         if (next < keep) load(next, k_next, v_next);
         store(first, k_now, v_now);
 #pragma unroll
-        for (int u = 0; u < kWordsPerThread; ++u) {
+        for (int u = 0; u < kRowsPerThread; ++u) {
             k_now[u] = k_next[u];
             v_now[u] = v_next[u];
         }
@@ -165,14 +166,13 @@ __device__ void compact_rows_pipelined(char *k_head, char *v_head, const int32_t
 template <typename Word>
 __device__ void compact_rows_gather(char *head, char *gather, const int32_t *src, int32_t keep,
                                     int64_t row_bytes) {
-    const int64_t words_per_row = row_bytes / int64_t(sizeof(Word));
-    const int64_t words = int64_t(keep) * words_per_row;
-    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
-        const int64_t i = w / words_per_row, part = (w % words_per_row) * int64_t(sizeof(Word));
-        *reinterpret_cast<Word *>(gather + i * row_bytes + part) =
-            *reinterpret_cast<const Word *>(head + int64_t(src[i]) * row_bytes + part);
-    }
+    const RowLanes lanes = row_lanes<Word>(row_bytes);
+    if (lanes.row < lanes.rows_per_pass)
+        for (int32_t i = lanes.row; i < keep; i += lanes.rows_per_pass)
+            *reinterpret_cast<Word *>(gather + int64_t(i) * row_bytes + lanes.byte) =
+                *reinterpret_cast<const Word *>(head + int64_t(src[i]) * row_bytes + lanes.byte);
     __syncthreads();
+    const int64_t words = int64_t(keep) * (row_bytes / int64_t(sizeof(Word)));
     for (int64_t w = threadIdx.x; w < words; w += blockDim.x)
         reinterpret_cast<Word *>(head)[w] = reinterpret_cast<const Word *>(gather)[w];
     __syncthreads();
