@@ -1,6 +1,7 @@
 // Launchers of append (kernels/append.cuh).
 #include "append.cuh"
 #include "launch.h"
+#include "shared_limit.cuh"
 
 namespace rkv::kernels {
 
@@ -44,11 +45,8 @@ cudaError_t launch_append(const AppendParams &p, cudaStream_t stream) {
 
 cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups) {
     const size_t h2o = h2o_shared_bytes(capacity, groups, head_dim);
-    if (h2o <= 48 * 1024) return cudaSuccess;
     cudaError_t error = cudaSuccess;
-    RKV_DISPATCH_STORAGE(dtype, T, {
-        error = cudaFuncSetAttribute(h2o_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(h2o));
-    })
+    RKV_DISPATCH_STORAGE(dtype, T, { error = raise_shared_limit(h2o_kernel<T>, h2o); })
     return error;
 }
 

@@ -5,18 +5,13 @@
 #include "score_select.cuh"
 #include "scoring.cuh"
 #include "select.cuh"
+#include "shared_limit.cuh"
 
 namespace rkv::kernels {
 
 namespace {
 
 dim3 heads_jobs(const CompressParams &p) { return dim3(unsigned(p.cache.kv_heads), unsigned(p.num_jobs)); }
-
-template <typename Kernel>
-cudaError_t allow_shared(Kernel kernel, size_t bytes) {
-    if (bytes <= 48 * 1024) return cudaSuccess;
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-}
 
 }  // namespace
 
@@ -28,10 +23,10 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
     if (error == cudaSuccess) error = configure_sequence_kernels(dtype, head_dim, capacity, groups);
     if (error != cudaSuccess) return error;
     const size_t select = select_shared_bytes(capacity);
-    RKV_DISPATCH_DTYPE(dtype, T, { error = allow_shared(select_compact_kernel<T>, select); })
+    RKV_DISPATCH_DTYPE(dtype, T, { error = raise_shared_limit(select_compact_kernel<T>, select); })
     if (error != cudaSuccess) return error;
     const size_t fused = score_select_shared_bytes(capacity, window);
-    RKV_DISPATCH_DTYPE(dtype, T, { error = allow_shared(score_select_kernel<T>, fused); })
+    RKV_DISPATCH_DTYPE(dtype, T, { error = raise_shared_limit(score_select_kernel<T>, fused); })
     return error;
 }
 

@@ -2,6 +2,7 @@
 // commits, reset, rollback, fork and batch ids.
 #include "launch.h"
 #include "sequence.cuh"
+#include "shared_limit.cuh"
 
 namespace rkv::kernels {
 
@@ -56,12 +57,10 @@ cudaError_t launch_batch_set(const BatchSetParams &p, cudaStream_t stream) {
 
 cudaError_t configure_sequence_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups) {
     const size_t shared = h2o_shared_bytes(capacity, groups, head_dim);
-    if (shared <= 48 * 1024) return cudaSuccess;
     cudaError_t error = cudaSuccess;
-    const cudaFuncAttribute limit = cudaFuncAttributeMaxDynamicSharedMemorySize;
     RKV_DISPATCH_STORAGE(dtype, T, {
-        error = cudaFuncSetAttribute(h2o_commit_before_append_kernel<T>, limit, int(shared));
-        if (error == cudaSuccess) error = cudaFuncSetAttribute(h2o_commit_all_kernel<T>, limit, int(shared));
+        error = raise_shared_limit(h2o_commit_before_append_kernel<T>, shared);
+        if (error == cudaSuccess) error = raise_shared_limit(h2o_commit_all_kernel<T>, shared);
     })
     return error;
 }

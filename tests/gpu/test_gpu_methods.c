@@ -325,10 +325,49 @@ static void test_matmul_path_errors(void **state) {
     rkv_cache_destroy(cache);
 }
 
+/* The selection's shared memory grows with the capacity (its sort keys: the
+ * capacity rounded up to a power of two), above the 48 KiB a kernel gets
+ * without asking from 3,277 slots on; the limit it asks for belongs to
+ * the kernel, for the whole process. A cache created later with a smaller
+ * capacity must not leave an earlier, larger cache launching above it (the
+ * library lowered it; the H200 with CUDA 13 ran those launches anyway, so
+ * this passed there before the limit was made raise-only). Both caches
+ * compress here after both were created, on every path the device has. */
+static void test_caches_of_different_capacities(void **state) {
+    (void)state;
+    enum { LARGE = 15800, SMALLER = 4200, EXTRA = 200 }; /* selection: 211 KB and 87.5 KB of shared memory */
+    for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA; ++path) {
+        rkv_cache_params p = test_params(1, 1, 1, 1, 64, RKV_METHOD_RKV, LARGE, EXTRA, WINDOW);
+        p.dtype = RKV_DTYPE_BF16;
+        p.auto_compress = 0;
+        rkv_cache *larger = test_create(&p);
+        p.budget = SMALLER;
+        rkv_cache *smaller = test_create(&p);
+        rkv_cache *caches[2] = {larger, smaller};
+        const int32_t budgets[2] = {LARGE, SMALLER};
+        int supported = 1;
+        for (int i = 0; i < 2 && path != RKV_MATMUL_AUTO; ++i) {
+            const rkv_status status = rkv_cache_set_matmul_path(caches[i], (rkv_matmul_path)path);
+            if (status == RKV_ERR_UNSUPPORTED) supported = 0; /* WGMMA off compute capability 9.0 */
+            else ASSERT_OK(status);
+        }
+        for (int i = 0; i < 2 && supported; ++i) {
+            ASSERT_OK(gpu_stream_append(caches[i], 0, (uint64_t)i, 0, budgets[i] + EXTRA, RKV_DTYPE_BF16, 0));
+            ASSERT_OK(rkv_compress(caches[i], RKV_ALL, RKV_ALL, NULL));
+            int32_t held = -1;
+            ASSERT_OK(rkv_seq_length(caches[i], 0, 0, NULL, &held));
+            assert_int_equal(held, budgets[i]);
+        }
+        rkv_cache_destroy(smaller);
+        rkv_cache_destroy(larger);
+    }
+}
+
 int main(void) {
     GPU_SKIP_WITHOUT_DEVICE();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_path_errors),
+        cmocka_unit_test(test_caches_of_different_capacities),
         cmocka_unit_test(test_jobs_in_several_groups),
         cmocka_unit_test(test_every_method_dtype_head_dim),
     };
