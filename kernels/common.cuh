@@ -151,6 +151,23 @@ __device__ __forceinline__ V warp_max(V v) {
     return v;
 }
 
+// The latest hit (largest index above a threshold, -1 for none) and the value
+// there, over the lanes whose ids differ only in the bits kFirstOffset ..
+// kLastOffset (powers of two): every such lane ends with the winner. Indices of
+// hits differ between lanes, so the order of the steps does not change it.
+template <int kFirstOffset, int kLastOffset>
+__device__ __forceinline__ void keep_latest_over_lanes(int32_t &latest, float &value) {
+#pragma unroll
+    for (int offset = kFirstOffset; offset <= kLastOffset; offset <<= 1) {
+        const int32_t other_latest = __shfl_xor_sync(0xffffffffu, latest, offset);
+        const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+        if (other_latest > latest) {
+            latest = other_latest;
+            value = other_value;
+        }
+    }
+}
+
 // Sum over the block; every thread gets the same total (warp totals are added
 // in warp order). `shared` holds 32 values.
 template <typename V>

@@ -322,15 +322,7 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     // Rows: the 4 lanes of a quad share a row; then one value per (warp column, row).
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-#pragma unroll
-        for (int offset = 1; offset <= 2; offset <<= 1) {
-            const int32_t other_latest = __shfl_xor_sync(0xffffffffu, row_latest[k], offset);
-            const float other_value = __shfl_xor_sync(0xffffffffu, row_value[k], offset);
-            if (other_latest > row_latest[k]) {
-                row_latest[k] = other_latest;
-                row_value[k] = other_value;
-            }
-        }
+        keep_latest_over_lanes<1, 2>(row_latest[k], row_value[k]);
         if (t.q == 0) {
             const int R = t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8;
             t.row_latest[t.warp_col * kGramTile + R] = row_latest[k];
@@ -341,15 +333,7 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     if constexpr (!kDiagonal) {
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
-#pragma unroll
-            for (int offset = 4; offset <= 16; offset <<= 1) {
-                const int32_t other_latest = __shfl_xor_sync(0xffffffffu, col_latest[k], offset);
-                const float other_value = __shfl_xor_sync(0xffffffffu, col_value[k], offset);
-                if (other_latest > col_latest[k]) {
-                    col_latest[k] = other_latest;
-                    col_value[k] = other_value;
-                }
-            }
+            keep_latest_over_lanes<4, 16>(col_latest[k], col_value[k]);
             if (t.g == 0) {
                 const int C = t.warp_col * 64 + 2 * t.q + (k >> 1) * 8 + (k & 1);
                 t.col_latest[t.warp_row * kGramTile + C] = col_latest[k];
@@ -405,10 +389,9 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     load_rows<T, D>(a_address, keys, i * kGramTile, kGramTile, n);
     load_rows<T, D>(b_address, keys, i * kGramTile, kGramTile, n);
     cp_async_commit();
-    {
-        const int32_t r = i * kGramTile + threadIdx.x;  // one thread per row of the tile
-        inv_a[threadIdx.x] = r < n ? inv_norm[r] : 0.0f;
-    }
+    // One thread per row of the tile; the diagonal tile's columns are the same keys.
+    float next_inv = i * kGramTile + int32_t(threadIdx.x) < n ? inv_norm[i * kGramTile + threadIdx.x] : 0.0f;
+    inv_a[threadIdx.x] = next_inv;
     // W = the sum of every normalised key, from the per-tile partials in order.
     for (int e = threadIdx.x; e < D; e += blockDim.x) {
         const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
@@ -420,7 +403,6 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     // The inverse norms of column tile j + 1 are loaded during tile j: stored
     // at the top of the next iteration, their L2 latency is off the tile's
     // critical path (the profile's top stall was this store waiting on it).
-    float next_inv = i * kGramTile + int32_t(threadIdx.x) < n ? inv_norm[i * kGramTile + threadIdx.x] : 0.0f;
     for (int32_t j = i; j < tiles; ++j) {
         const int buffer = (j - i) & 1;
         float *inv_c = inv_b + buffer * kGramTile;

@@ -127,15 +127,7 @@ __device__ __forceinline__ void wgmma_half_epilogue(const float (&acc)[64], int 
     // The 4 lanes of a quad share a row: the largest column wins.
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-#pragma unroll
-        for (int offset = 1; offset <= 2; offset <<= 1) {
-            const int32_t other_latest = __shfl_xor_sync(0xffffffffu, row_latest[hr], offset);
-            const float other_value = __shfl_xor_sync(0xffffffffu, row_value[hr], offset);
-            if (other_latest > row_latest[hr]) {
-                row_latest[hr] = other_latest;
-                row_value[hr] = other_value;
-            }
-        }
+        keep_latest_over_lanes<1, 2>(row_latest[hr], row_value[hr]);
         const int32_t r = i * kGramTile + row0 + 8 * hr;
         if (q == 0 && r < n) {
             partial_latest[j * cap + r] = row_latest[hr] >= 0 ? j * kGramTile + row_latest[hr] : -1;

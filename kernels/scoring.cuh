@@ -135,15 +135,7 @@ __global__ void __launch_bounds__(kRowStatThreads) gram_row_stats_kernel(Compres
         if (c == 0) p.scratch.first_column[row + r] = s;
     }
     sum = warp_sum(sum);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const int32_t other_latest = __shfl_xor_sync(0xffffffffu, latest, offset);
-        const float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
-        if (other_latest > latest) {
-            latest = other_latest;
-            value = other_value;
-        }
-    }
+    keep_latest_over_lanes<1, 16>(latest, value);
     if (lane == 0) {
         const int64_t slot0 = row * p.scratch.tiles;  // partial slot 0 of this head
         p.scratch.partial_sum[slot0 + r] = sum;
