@@ -175,11 +175,32 @@ __device__ __forceinline__ void store_out(const AttendParams &p, int32_t entry, 
               entry * p.out.stride_seq + int64_t(q_head) * p.out.stride_head + e, x);
 }
 
+// The block's state for query head g of a pass, element e: (max, sum,
+// weighted V sum) from the kWarps states its warps left in shared memory
+// (merge_acc [kWarps][G][D] weighted V sums, merge_max / merge_sum [kWarps][G]).
+struct BlockState {
+    float max, sum, acc;
+};
+template <int kWarps, int G, int D>
+__device__ __forceinline__ BlockState block_state(const float *merge_acc, const float *merge_max,
+                                                  const float *merge_sum, int32_t g, int32_t e) {
+    float total_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total_max = fmaxf(total_max, merge_max[w * G + g]);
+    float total_sum = 0.0f, total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        const float factor = rescale_factor(merge_max[w * G + g], total_max);
+        total_sum += merge_sum[w * G + g] * factor;
+        total += merge_acc[(w * G + g) * D + e] * factor;
+    }
+    return BlockState{total_max, total_sum, total};
+}
+
 // The block's result for query heads g0 .. g0+count of its (entry, KV head,
-// split), from the kWarps states its warps left in shared memory
-// (merge_acc [kWarps][G][D] weighted V sums, merge_max / merge_sum [kWarps][G]):
-// the output itself with one split, else the block's partial. The caller
-// synchronises before (the states are written) and after (shared memory reuse).
+// split), from its warps' states (block_state): the output itself with one
+// split, else the block's partial. The caller synchronises before (the states
+// are written) and after (shared memory reuse).
 template <int kWarps, int G, int D>
 __device__ __forceinline__ void write_block_result(const AttendParams &p, int32_t entry, int32_t head, int32_t split,
                                                    int32_t g0, int32_t count, const float *merge_acc,
@@ -187,16 +208,8 @@ __device__ __forceinline__ void write_block_result(const AttendParams &p, int32_
     const int64_t partial = (int64_t(entry) * p.cache.kv_heads + head) * p.splits + split;
     for (int32_t index = threadIdx.x; index < count * D; index += blockDim.x) {
         const int32_t g = index / D, e = index % D;
-        float total_max = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) total_max = fmaxf(total_max, merge_max[w * G + g]);
-        float total_sum = 0.0f, total = 0.0f;
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-            const float factor = rescale_factor(merge_max[w * G + g], total_max);
-            total_sum += merge_sum[w * G + g] * factor;
-            total += merge_acc[(w * G + g) * D + e] * factor;
-        }
+        const BlockState state = block_state<kWarps, G, D>(merge_acc, merge_max, merge_sum, g, e);
+        const float total_max = state.max, total_sum = state.sum, total = state.acc;
         if (p.splits == 1) {
             store_out(p, entry, head * p.groups + g0 + g, e, total_sum > 0.0f ? total / total_sum : 0.0f);
         } else {
@@ -209,16 +222,57 @@ __device__ __forceinline__ void write_block_result(const AttendParams &p, int32_
     }
 }
 
+// Query head q_head's output elements e .. e + 3 from the splits' results,
+// folded in split order with a running maximum, kMergeBatch splits' loads in
+// flight at once. load(s, &state, &acc): split s's (max, sum) and its
+// weighted V sums of those elements (from global partials, or from another
+// block's shared memory: either way the same arithmetic, so the same bits).
+constexpr int kMergeBatch = 8;
+template <typename Load>
+__device__ __forceinline__ void merge_splits_and_store(const AttendParams &p, int32_t entry, int32_t q_head, int32_t e,
+                                                       Load &&load) {
+    float total_max = -INFINITY, total_sum = 0.0f;
+    float4 total = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int32_t s0 = 0; s0 < p.splits; s0 += kMergeBatch) {
+        float2 state[kMergeBatch];  // (max, sum) of split s0 + k
+        float4 acc[kMergeBatch];
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            if (s0 + k < p.splits) {
+                load(s0 + k, &state[k], &acc[k]);
+            } else {
+                state[k] = make_float2(-INFINITY, 0.0f);
+                acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            const float new_max = fmaxf(total_max, state[k].x);
+            const float old_factor = rescale_factor(total_max, new_max);
+            const float factor = rescale_factor(state[k].x, new_max);
+            total_sum = total_sum * old_factor + state[k].y * factor;
+            total.x = total.x * old_factor + acc[k].x * factor;
+            total.y = total.y * old_factor + acc[k].y * factor;
+            total.z = total.z * old_factor + acc[k].z * factor;
+            total.w = total.w * old_factor + acc[k].w * factor;
+            total_max = new_max;
+        }
+    }
+    const bool any = total_sum > 0.0f;
+    store_out(p, entry, q_head, e, any ? total.x / total_sum : 0.0f);
+    store_out(p, entry, q_head, e + 1, any ? total.y / total_sum : 0.0f);
+    store_out(p, entry, q_head, e + 2, any ? total.z / total_sum : 0.0f);
+    store_out(p, entry, q_head, e + 3, any ? total.w / total_sum : 0.0f);
+}
+
 // With several splits, the last block of this (entry, KV head) to finish
 // merges every split's partial (in split order: deterministic) into out. Every
 // thread of the block calls it after its partials are written. A thread takes
-// four consecutive elements of one query head and folds the splits in with a
-// running maximum, eight splits at a time: the loads of eight splits are in
-// flight at once and no thread waits on another (at one sequence this merge
-// is on the critical path of the whole call).
+// four consecutive elements of one query head and folds the splits in
+// (merge_splits_and_store): no thread waits on another (at one sequence this
+// merge is on the critical path of the whole call).
 template <int D>
 __device__ __forceinline__ void merge_splits_if_last(const AttendParams &p, int32_t entry, int32_t head) {
-    constexpr int kBatch = 8;  // splits whose loads are issued together
     __shared__ bool last_block;
     if (p.splits == 1) return;
     __threadfence();
@@ -234,40 +288,10 @@ __device__ __forceinline__ void merge_splits_if_last(const AttendParams &p, int3
     const int64_t first = (int64_t(entry) * p.cache.kv_heads + head) * p.splits;
     for (int32_t index = threadIdx.x; index < p.groups * (D / 4); index += blockDim.x) {
         const int32_t g = index / (D / 4), e = (index % (D / 4)) * 4;
-        float total_max = -INFINITY, total_sum = 0.0f;
-        float4 total = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int32_t s0 = 0; s0 < p.splits; s0 += kBatch) {
-            float2 state[kBatch];  // (max, sum) of split s0 + k
-            float4 acc[kBatch];
-#pragma unroll
-            for (int k = 0; k < kBatch; ++k) {
-                if (s0 + k < p.splits) {
-                    state[k] = __ldcg(reinterpret_cast<const float2 *>(partial_state(p, first + s0 + k) + g * 2));
-                    acc[k] = __ldcg(reinterpret_cast<const float4 *>(partial_acc(p, first + s0 + k) + g * D + e));
-                } else {
-                    state[k] = make_float2(-INFINITY, 0.0f);
-                    acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < kBatch; ++k) {
-                const float new_max = fmaxf(total_max, state[k].x);
-                const float old_factor = rescale_factor(total_max, new_max);
-                const float factor = rescale_factor(state[k].x, new_max);
-                total_sum = total_sum * old_factor + state[k].y * factor;
-                total.x = total.x * old_factor + acc[k].x * factor;
-                total.y = total.y * old_factor + acc[k].y * factor;
-                total.z = total.z * old_factor + acc[k].z * factor;
-                total.w = total.w * old_factor + acc[k].w * factor;
-                total_max = new_max;
-            }
-        }
-        const bool any = total_sum > 0.0f;
-        const int32_t q_head = head * p.groups + g;
-        store_out(p, entry, q_head, e, any ? total.x / total_sum : 0.0f);
-        store_out(p, entry, q_head, e + 1, any ? total.y / total_sum : 0.0f);
-        store_out(p, entry, q_head, e + 2, any ? total.z / total_sum : 0.0f);
-        store_out(p, entry, q_head, e + 3, any ? total.w / total_sum : 0.0f);
+        merge_splits_and_store(p, entry, head * p.groups + g, e, [&](int32_t s, float2 *state, float4 *acc) {
+            *state = __ldcg(reinterpret_cast<const float2 *>(partial_state(p, first + s) + g * 2));
+            *acc = __ldcg(reinterpret_cast<const float4 *>(partial_acc(p, first + s) + g * D + e));
+        });
     }
 }
 

@@ -61,9 +61,25 @@ cudaError_t launch_instance(MmaTag<T, D>, const AttendParams &p, const AttendRow
     if (MmaShape<T, D>::kTma && maps == nullptr) return cudaErrorInvalidValue;
     const AttendRowMaps none{};
     const dim3 grid(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
-    mma_kernel_for<T, D>(p.q.dtype)<<<grid, kMmaThreads, mma_shared_bytes<T, D>(p.q.dtype), stream>>>(
-        p, maps != nullptr ? *maps : none);
-    return cudaGetLastError();
+    if (!mma_cluster_merge<T>(p.splits)) {
+        mma_kernel_for<T, D>(p.q.dtype)<<<grid, kMmaThreads, mma_shared_bytes<T, D>(p.q.dtype), stream>>>(
+            p, maps != nullptr ? *maps : none);
+        return cudaGetLastError();
+    }
+    // The splits of a pair as one cluster: they merge in shared memory.
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = unsigned(p.splits);
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(kMmaThreads);
+    config.dynamicSmemBytes = mma_shared_bytes<T, D>(p.q.dtype);
+    config.stream = stream;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, mma_kernel_for<T, D>(p.q.dtype), p, maps != nullptr ? *maps : none);
 }
 
 // cuTensorMapEncodeTiled from the driver the runtime uses (no link to libcuda).

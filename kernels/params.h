@@ -114,7 +114,8 @@ struct AttendParams {
     int32_t num_seqs;
     int32_t groups;          // query heads per KV head
     int32_t splits;          // blocks per (entry, KV head); entries * kv_heads * splits <= kAttendMaxPartials
-    // Flash-decoding scratch (splits > 1): partial (entry, head, split) =
+    // Flash-decoding scratch (splits > 1, except where the tensor-core kernel's
+    // splits merge in a cluster: mma_cluster_merge): partial (entry, head, split) =
     // (entry * kv_heads + head) * splits + split.
     float *partial_state;    // [kAttendMaxPartials, groups, 2] max (log2 units) and sum
     float *partial_acc;      // [kAttendMaxPartials, groups, head_dim] weighted V sums
