@@ -36,7 +36,12 @@ cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream) {
 }
 
 cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream) {
-    importance_pool_kernel<<<heads_jobs(p), kPoolThreads, 0, stream>>>(p);
+    // Staged where the logits are pooled already and a head fits in the 48 KiB
+    // every kernel may use without asking (window 8: capacities up to 1,363).
+    const int32_t staged = p.pooled_groups == 1 &&
+                           importance_pool_shared_bytes(p.cache.window, p.cache.capacity, true) <= 48 * 1024;
+    const size_t bytes = importance_pool_shared_bytes(p.cache.window, p.cache.capacity, staged);
+    importance_pool_kernel<<<heads_jobs(p), kPoolThreads, bytes, stream>>>(p, staged);
     return cudaGetLastError();
 }
 

@@ -31,9 +31,12 @@ constexpr int kPartialLoads = 16;     // redundancy: a row's partial stats loade
 // Phase 1: a warp per window query finds the max and the softmax normaliser of
 // its group-pooled row; phase 2: every candidate averages its probabilities
 // over the window (in window order, as the CPU); phase 3: max-pool.
-// Scratch of the caller: row_max, row_inverse [window], averaged [C].
+// Scratch of the caller: row_max, row_inverse [window], averaged [C]; staged:
+// the pooled logits [window][C] already in shared memory (pooled_groups 1), or
+// nullptr to read them from scratch.logits.
 __device__ void importance_pool_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
-                                     float *row_max, float *row_inverse, float *averaged) {
+                                     float *row_max, float *row_inverse, float *averaged,
+                                     const float *staged = nullptr) {
     const int32_t window = p.cache.window;
     const int32_t groups = p.pooled_groups;  // 1: the fused kernel pooled already
     const int32_t candidates = job.held - window;
@@ -42,6 +45,7 @@ __device__ void importance_pool_head(const CompressParams &p, const Job &job, in
     const float *logits = p.scratch.logits + row * p.scratch.rows;
     // pooled[a][j]: window row a of candidate j, pooled over the group.
     auto pooled = [&](int32_t a, int32_t j) {
+        if (staged != nullptr) return staged[a * candidates + j];
         return pool_group(p.pooling, groups, [&](int32_t g) { return logits[(int64_t(g) * window + a) * cap + j]; });
     };
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
@@ -75,14 +79,44 @@ __device__ void importance_pool_head(const CompressParams &p, const Job &job, in
     }
 }
 
-// grid (kv head, job): importance_pool_head with the window averages in scratch.aux.
-__global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p) {
-    __shared__ float row_max[1024];      // [window]
-    __shared__ float row_inverse[1024];  // [window]
+// Dynamic shared memory of importance_pool_kernel: the softmax's row maxima
+// and inverse sums [2][window]; staged, also the pooled logits
+// [window][capacity] and the window averages [capacity].
+__host__ __device__ constexpr size_t importance_pool_shared_bytes(int32_t window, int32_t capacity, bool staged) {
+    return (size_t(2) * window + (staged ? (size_t(window) + 1) * size_t(capacity) : 0)) * sizeof(float);
+}
+
+// grid (kv head, job): importance_pool_head. staged (the logits pooled over the
+// group already, and the head fits in shared memory): the head's logits are
+// first copied into shared memory with every thread's loads in flight
+// together, and the window averages stay there, so the three passes over them
+// cost one trip to memory instead of a chain of dependent ones per warp; else
+// the passes read scratch.logits and the averages go to scratch.aux.
+__global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p, int32_t staged) {
+    extern __shared__ float pool_shared[];
+    const int32_t window = p.cache.window;
+    float *row_max = pool_shared;               // [window]
+    float *row_inverse = pool_shared + window;  // [window]
+    float *logits_staged = row_inverse + window;  // staged: [window][candidates], then [candidates] averages
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
     const int32_t jj = blockIdx.y, h = blockIdx.x;
-    importance_pool_head(p, job, jj, h, row_max, row_inverse, p.scratch.aux + scratch_row(p, jj, h));
+    const int64_t row = scratch_row(p, jj, h);
+    if (!staged) {
+        importance_pool_head(p, job, jj, h, row_max, row_inverse, p.scratch.aux + row);
+        return;
+    }
+    const int32_t candidates = job.held - window;
+    const int64_t cap = p.cache.capacity;
+    const float *logits = p.scratch.logits + row * p.scratch.rows;  // [window, cap]
+    const int32_t count = window * candidates;
+#pragma unroll 8
+    for (int32_t index = threadIdx.x; index < count; index += blockDim.x) {
+        const int32_t a = index / candidates, j = index - a * candidates;
+        logits_staged[index] = logits[a * cap + j];
+    }
+    __syncthreads();
+    importance_pool_head(p, job, jj, h, row_max, row_inverse, logits_staged + count, logits_staged);
 }
 
 // grid (kv head, job), kScoreThreads threads: a warp per key.
