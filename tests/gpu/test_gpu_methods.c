@@ -305,6 +305,45 @@ static void test_jobs_in_several_groups(void **state) {
     assert_int_equal(kc.order_errors, 0);
 }
 
+/* The fused path's importance pooling stages a head's pooled logits in shared
+ * memory where they fit in 48 KiB (window 8: capacities up to 1,363 slots)
+ * and reads them from global scratch above: a capacity on each side, scores
+ * and kept tokens against the CPU. */
+static void test_importance_either_side_of_staging(void **state) {
+    (void)state;
+    enum { SIDE_BUFFER = 16, SIDE_WINDOW = 8 };
+    const int32_t budgets[] = {1024, 1400}; /* capacities 1,040 (staged) and 1,416 (global) */
+    kept_compare kc = {0};
+    for (int i = 0; i < 2; ++i) {
+        rkv_cache_params p =
+            test_params(1, 1, KV_HEADS, Q_HEADS, 64, RKV_METHOD_RKV, budgets[i], SIDE_BUFFER, SIDE_WINDOW);
+        p.dtype = RKV_DTYPE_BF16;
+        p.auto_compress = 0;
+        p.kernel = 7;
+        p.threshold = 0.3f;
+        twin t = twin_create(&p);
+        ASSERT_OK(rkv_cache_set_matmul_path(t.gpu, RKV_MATMUL_FUSED));
+        uint64_t rng = 901 + (uint64_t)i;
+        int32_t seq = 0, prompt = budgets[i] + SIDE_BUFFER; /* full: the next token needs a compression */
+        twin_append_random(&t, 1, &seq, &prompt, &rng, 0);
+        char what[64];
+        snprintf(what, sizeof what, "fused importance, capacity %d", budgets[i] + SIDE_BUFFER);
+        compare_scores(&t, RKV_SCORE_IMPORTANCE, what);
+        compare_scores(&t, RKV_SCORE_FINAL, what);
+        score_snapshot before = snapshot_scores(&t);
+        ASSERT_OK(rkv_compress(t.cpu, RKV_ALL, RKV_ALL, NULL));
+        ASSERT_OK(rkv_compress(t.gpu, RKV_ALL, RKV_ALL, NULL));
+        compare_kept(&t, &before, &kc, what);
+        snapshot_free(&before);
+        twin_destroy(&t);
+    }
+    print_message("importance either side of the staging limit: %d head comparisons, %d identical, %d near ties\n",
+                  kc.heads, kc.identical, kc.near_ties);
+    assert_int_equal(kc.heads, 2 * KV_HEADS);
+    assert_int_equal(kc.mismatches, 0);
+    assert_int_equal(kc.order_errors, 0);
+}
+
 /* The paths can be chosen only where they exist. */
 static void test_matmul_path_errors(void **state) {
     (void)state;
@@ -368,6 +407,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_path_errors),
         cmocka_unit_test(test_caches_of_different_capacities),
+        cmocka_unit_test(test_importance_either_side_of_staging),
         cmocka_unit_test(test_jobs_in_several_groups),
         cmocka_unit_test(test_every_method_dtype_head_dim),
     };
