@@ -122,16 +122,34 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         __syncthreads();
         if (threadIdx.x < kGramTile && t * kGramTile + int(threadIdx.x) < n)
             p.scratch.inv_norm[head_row + t * kGramTile + threadIdx.x] = inv[threadIdx.x];
-        // W partial: this tile's normalised keys summed in row order.
+        // W partial: this tile's normalised keys summed. A thread takes one
+        // 16-byte chunk (8 elements) of the rows of its row group (rows
+        // group, group + kRowGroups, ...: one vector load per row), the groups'
+        // sums meet in `logits` (free until the products below; at least
+        // [16][128] floats = [kRowGroups][D]) and are added in group order.
+        // (Per element over every row, one scalar load each, this loop was a
+        // quarter of the kernel's instructions.)
+        constexpr int kChunks = D / 8, kRowGroups = kImportanceThreads / kChunks;
+        static_assert(kRowGroups * D <= 16 * kGramTile, "the row groups' sums fit in the smallest logits buffer");
+        const int valid = min(kGramTile, n - t * kGramTile);
+        const int chunk = threadIdx.x % kChunks, group = threadIdx.x / kChunks;
+        float sums[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int r = group; r < valid; r += kRowGroups) {
+            float values[8];
+            unpack16(*reinterpret_cast<const uint4 *>(k_tile + swizzle<D>(r, chunk)), values, T());
+            const float inv_r = inv[r];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sums[e] += values[e] * inv_r;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) logits[group * D + chunk * 8 + e] = sums[e];
+        __syncthreads();
         for (int e = threadIdx.x; e < D; e += blockDim.x) {
             float sum = 0.0f;
-            const int valid = min(kGramTile, n - t * kGramTile);
-            for (int r = 0; r < valid; ++r) {
-                const T value = *reinterpret_cast<const T *>(k_tile + swizzle<D>(r, e >> 3) + (e & 7) * 2);
-                sum += to_float(value) * inv[r];
-            }
+            for (int g = 0; g < kRowGroups; ++g) sum += logits[g * D + e];
             p.scratch.partial_w[(head_row / c.capacity * p.scratch.tiles + t) * D + e] = sum;
         }
+        __syncthreads();  // the logits buffer is written next
     }
 
     // logits [rows, 128]: warp w takes columns 16w .. 16w+15 of every query row.
