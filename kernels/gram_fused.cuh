@@ -45,11 +45,25 @@ __host__ __device__ constexpr size_t gram_fused_shared_bytes(int head_dim) {
 // Query rows of the fused importance, padded to whole m16 tiles.
 __host__ __device__ constexpr int fused_rows(int rows) { return (rows + 15) / 16 * 16; }
 
-// Dynamic shared memory of importance_fused_kernel: the key tile, the query
+// What the importance of one key tile needs beside its key tile: the query
 // rows, the logits [rows, 128] and the inverse norms (rows padded to 16).
+__host__ __device__ constexpr size_t importance_tile_shared_bytes(int head_dim, int rows) {
+    return size_t(fused_rows(rows)) * head_dim * 2 + size_t(fused_rows(rows)) * kGramTile * sizeof(float) +
+           size_t(kGramTile) * sizeof(float);
+}
+
+// The row groups' W sums of importance_tile: [kRowGroups][D] floats, always
+// kImportanceThreads * 8 (a 16-byte chunk per thread).
+constexpr size_t kImportanceWBytes = size_t(kImportanceThreads) * 8 * sizeof(float);
+
+// Dynamic shared memory of importance_fused_kernel: the key tile and the query
+// rows, which the logits [rows, 128] overlay once the products are done (so a
+// block needs less: 48.5 KB instead of 56.5 at head_dim 128 and 32 rows, four
+// blocks per SM instead of three), the W sums and the inverse norms.
 __host__ __device__ constexpr size_t importance_fused_shared_bytes(int head_dim, int rows) {
-    return size_t(kGramTile) * head_dim * 2 + size_t(fused_rows(rows)) * head_dim * 2 +
-           size_t(fused_rows(rows)) * kGramTile * sizeof(float) + size_t(kGramTile) * sizeof(float);
+    const size_t operands = size_t(kGramTile) * head_dim * 2 + size_t(fused_rows(rows)) * head_dim * 2;
+    const size_t logits = size_t(fused_rows(rows)) * kGramTile * sizeof(float);
+    return (operands > logits ? operands : logits) + kImportanceWBytes + size_t(kGramTile) * sizeof(float);
 }
 
 // Byte offset of the 16-byte chunk `chunk` of row `row` in a swizzled tile:
@@ -97,7 +111,7 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_
 // Dynamic shared memory of importance_stream_kernel: the query rows, two key
 // tiles (double-buffered), the logits [rows, 128] and the inverse norms.
 __host__ __device__ constexpr size_t importance_stream_shared_bytes(int head_dim, int rows) {
-    return importance_fused_shared_bytes(head_dim, rows) + size_t(kGramTile) * head_dim * 2;
+    return size_t(2) * kGramTile * head_dim * 2 + importance_tile_shared_bytes(head_dim, rows);
 }
 
 // The importance work of key tile t of (job, head), every thread of a block of
@@ -105,11 +119,14 @@ __host__ __device__ constexpr size_t importance_stream_shared_bytes(int head_dim
 // the window queries (q_tile, swizzled [padded][D]) are in shared memory:
 // with_norms: the inverse norms and this tile's W partial; then the window
 // logits of the tile, pooled over the group, into scratch.logits.
-// logits [padded][128] and inv [128] are shared scratch.
+// logits [padded][128] (it may overlay the key tile and the query rows: it is
+// written only after the products), w_sums [kImportanceWBytes] and inv [128]
+// are shared scratch.
 template <typename T, int D>
 __device__ __forceinline__ void importance_tile(const CompressParams &p, const CacheLayer &c, const Job &job,
                                                 int32_t jj, int32_t h, int32_t t, const char *k_tile,
-                                                uint32_t q_address, float *logits, float *inv, int32_t with_norms) {
+                                                uint32_t q_address, float *logits, float *w_sums, float *inv,
+                                                int32_t with_norms) {
     const int32_t n = job.held, candidates = n - c.window;
     const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
     const int32_t padded = fused_rows(rows);
@@ -125,12 +142,11 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         // W partial: this tile's normalised keys summed. A thread takes one
         // 16-byte chunk (8 elements) of the rows of its row group (rows
         // group, group + kRowGroups, ...: one vector load per row), the groups'
-        // sums meet in `logits` (free until the products below; at least
-        // [16][128] floats = [kRowGroups][D]) and are added in group order.
-        // (Per element over every row, one scalar load each, this loop was a
-        // quarter of the kernel's instructions.)
+        // sums meet in w_sums and are added in group order. (Per element over
+        // every row, one scalar load each, this loop was a quarter of the
+        // kernel's instructions.)
         constexpr int kChunks = D / 8, kRowGroups = kImportanceThreads / kChunks;
-        static_assert(kRowGroups * D <= 16 * kGramTile, "the row groups' sums fit in the smallest logits buffer");
+        static_assert(size_t(kRowGroups) * D * sizeof(float) == kImportanceWBytes, "w_sums holds the row groups");
         const int valid = min(kGramTile, n - t * kGramTile);
         const int chunk = threadIdx.x % kChunks, group = threadIdx.x / kChunks;
         float sums[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -142,14 +158,13 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
             for (int e = 0; e < 8; ++e) sums[e] += values[e] * inv_r;
         }
 #pragma unroll
-        for (int e = 0; e < 8; ++e) logits[group * D + chunk * 8 + e] = sums[e];
+        for (int e = 0; e < 8; ++e) w_sums[group * D + chunk * 8 + e] = sums[e];
         __syncthreads();
         for (int e = threadIdx.x; e < D; e += blockDim.x) {
             float sum = 0.0f;
-            for (int g = 0; g < kRowGroups; ++g) sum += logits[g * D + e];
+            for (int g = 0; g < kRowGroups; ++g) sum += w_sums[g * D + e];
             p.scratch.partial_w[(head_row / c.capacity * p.scratch.tiles + t) * D + e] = sum;
         }
-        __syncthreads();  // the logits buffer is written next
     }
 
     // logits [rows, 128]: warp w takes columns 16w .. 16w+15 of every query row.
@@ -175,6 +190,7 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         }
     }
     const float scale = 1.0f / sqrtf(float(D));
+    __syncthreads();  // every warp's products are done: the logits may overlay their operands
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
         if (mt >= m_tiles) break;
@@ -211,10 +227,13 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     if (t * kGramTile >= n) return;
     const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
     const int32_t padded = fused_rows(rows);
+    const size_t operands = size_t(kGramTile) * D * 2 + size_t(padded) * D * 2;
+    const size_t logit_bytes = size_t(padded) * kGramTile * sizeof(float);
     char *k_tile = fused_shared;                                            // [128][D]
     char *q_tile = fused_shared + kGramTile * D * 2;                        // [padded][D]
-    float *logits = reinterpret_cast<float *>(q_tile + padded * D * 2);     // [padded][128]
-    float *inv = logits + padded * kGramTile;                               // [128]
+    float *logits = reinterpret_cast<float *>(fused_shared);                // [padded][128], after the products
+    float *w_sums = reinterpret_cast<float *>(fused_shared + (operands > logit_bytes ? operands : logit_bytes));
+    float *inv = w_sums + kImportanceWBytes / sizeof(float);                // [128]
     const uint32_t q_address = shared_address(q_tile);
     const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
@@ -223,7 +242,7 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    importance_tile<T, D>(p, c, job, jj, h, t, k_tile, q_address, logits, inv, with_norms);
+    importance_tile<T, D>(p, c, job, jj, h, t, k_tile, q_address, logits, w_sums, inv, with_norms);
 }
 
 // The same work as importance_fused_kernel, one block per (kv head, job)
@@ -263,7 +282,8 @@ __global__ void __launch_bounds__(kImportanceThreads, 2) importance_stream_kerne
             cp_async_wait<0>();
         }
         __syncthreads();
-        importance_tile<T, D>(p, c, job, jj, h, t, k_tiles + (t & 1) * kTileBytes, q_address, logits, inv,
+        // (its logits buffer is free during the W partial: the W sums go there)
+        importance_tile<T, D>(p, c, job, jj, h, t, k_tiles + (t & 1) * kTileBytes, q_address, logits, logits, inv,
                               with_norms);
         __syncthreads();  // the tile's buffer, the logits and the norms are reused
     }
