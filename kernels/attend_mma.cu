@@ -60,25 +60,23 @@ template <typename T, int D>
 cudaError_t launch_instance(MmaTag<T, D>, const AttendParams &p, const AttendRowMaps *maps, cudaStream_t stream) {
     if (MmaShape<T, D>::kTma && maps == nullptr) return cudaErrorInvalidValue;
     const AttendRowMaps none{};
-    const dim3 grid(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
-    if (!mma_cluster_merge<T>(p.splits)) {
-        mma_kernel_for<T, D>(p.q.dtype)<<<grid, kMmaThreads, mma_shared_bytes<T, D>(p.q.dtype), stream>>>(
-            p, maps != nullptr ? *maps : none);
-        return cudaGetLastError();
-    }
-    // The splits of a pair as one cluster: they merge in shared memory.
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = unsigned(p.splits);
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
+    // Every launch is a programmatic dependent of the kernel before it (the
+    // kernel waits for it before any global access: kernels/pdl.cuh); the
+    // splits of a pair that merge in shared memory run as one cluster.
+    cudaLaunchAttribute attributes[2];
+    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[0].val.programmaticStreamSerializationAllowed = 1;
+    attributes[1].id = cudaLaunchAttributeClusterDimension;
+    attributes[1].val.clusterDim.x = unsigned(p.splits);
+    attributes[1].val.clusterDim.y = 1;
+    attributes[1].val.clusterDim.z = 1;
     cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
+    config.gridDim = dim3(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
     config.blockDim = dim3(kMmaThreads);
     config.dynamicSmemBytes = mma_shared_bytes<T, D>(p.q.dtype);
     config.stream = stream;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+    config.attrs = attributes;
+    config.numAttrs = mma_cluster_merge<T>(p.splits) ? 2 : 1;
     return cudaLaunchKernelEx(&config, mma_kernel_for<T, D>(p.q.dtype), p, maps != nullptr ? *maps : none);
 }
 

@@ -45,6 +45,7 @@
 #include <type_traits>
 
 #include "attend.cuh"
+#include "pdl.cuh"
 #include "tma.cuh"
 #include "row_maps.h"
 
@@ -364,6 +365,17 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     constexpr int kQueryPerThread = kMmaHeads * D / kMmaThreads;
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
+    if constexpr (S::kTma) {
+        // (published by the first pass's barrier; as a cluster, by a cluster
+        // barrier: compute-sanitizer's racecheck otherwise reports each
+        // block's first arrival as racing with its cluster peers' start)
+        if (threadIdx.x < S::kStages) mbarrier_init(&stage_landed[threadIdx.x], 1);
+        if (mma_cluster_merge<T>(p.splits)) cooperative_groups::this_cluster().sync();
+    }
+    // A programmatic dependent launch (launch_attend_mma): the above overlapped
+    // the previous kernel's end; from here on global memory is read and written.
+    wait_for_prior_grids();
+    allow_dependent_launch();
     const int32_t seq = attend_sequence(p, entry);
     if (seq < 0) return;
     const int32_t groups = p.groups;
@@ -385,13 +397,6 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     // (ring + s) % kStages, in that slot's phase (ring + s) / kStages.
     int32_t ring = 0;
     const int32_t layer_row0 = int32_t(slot_index(c, seq, head, 0));  // the row maps' row of token 0
-    if constexpr (S::kTma) {
-        // (published by the first pass's barrier; as a cluster, by a cluster
-        // barrier: compute-sanitizer's racecheck otherwise reports each
-        // block's first arrival as racing with its cluster peers' start)
-        if (threadIdx.x < S::kStages) mbarrier_init(&stage_landed[threadIdx.x], 1);
-        if (mma_cluster_merge<T>(p.splits)) cooperative_groups::this_cluster().sync();
-    }
     auto load_stage = [&](int32_t s) {
         const int slot = (ring + s) % S::kStages;
         char *k_stage = mma_shared + slot * S::kStageBytes;
