@@ -10,14 +10,15 @@
 // transposed, the rows of tile j (slot i). Every (row, slot) is written once.
 //
 // What differs is how: one warpgroup (4 warps) per block computes each 128 x 128
-// tile as two 64 x 128 halves with wgmma from SW128 shared memory (kernels/
-// wgmma.cuh), so the tensor cores run asynchronously and no mma or ldmatrix
-// instruction takes issue slots from the epilogue. Two blocks share an SM (about
-// 108 KiB of shared memory each for head_dim 128): while one runs its epilogue
-// the other's wgmma keeps the tensor cores busy. The per-column winners are
-// reduced through shared memory (latest row as int16, then the value of the
-// one thread that holds it) instead of shuffles. Rows and columns past n carry
-// NaN inverse norms, so they never pass the threshold, whatever its sign.
+// tile as four 64 x 64 quarters with wgmma from SW128 shared memory (kernels/
+// wgmma.cuh), two accumulator sets in turn, so the tensor cores compute the
+// next quarter while the warpgroup runs the epilogue of the current one, and no
+// mma or ldmatrix instruction takes issue slots from the epilogue. Two blocks
+// share an SM (about 108 KiB of shared memory each for head_dim 128). The
+// per-column winners are reduced through shared memory (latest row as int16,
+// then the value of the one thread that holds it) instead of shuffles. Rows and
+// columns past n carry NaN inverse norms, so they never pass the threshold,
+// whatever its sign.
 #pragma once
 
 #include "wgmma.cuh"
@@ -65,22 +66,21 @@ __device__ __forceinline__ void load_sw128_tile(uint32_t tile, const T *source, 
     }
 }
 
-// acc = rows 64 * half .. + 63 of the A tile times every row of the B tile
-// (shared addresses of SW128 tiles of 128 keys), K = D.
+// Issues acc = rows 64 * half .. + 63 of the A tile times rows 64 * side ..
+// + 63 of the B tile (shared addresses of SW128 tiles of 128 keys), K = D, as
+// one committed wgmma group; the caller waits (wgmma_wait), then fences acc.
 template <typename T, int D>
-__device__ __forceinline__ void tile_half_product(float (&acc)[64], uint32_t a_tile, uint32_t b_tile, int half) {
+__device__ __forceinline__ void issue_quarter(float (&acc)[32], uint32_t a_tile, uint32_t b_tile, int half, int side) {
     constexpr uint32_t kRegion = GramWgmmaShared<D>::kRegion;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
         const uint32_t step = (k >> 2) * kRegion + (k & 3) * 32;
         const uint64_t a = sw128_descriptor(a_tile + step + uint32_t(half) * 64 * 128);
-        const uint64_t b = sw128_descriptor(b_tile + step);
-        wgmma_m64n128k16<T>(acc, a, b, k > 0);
+        const uint64_t b = sw128_descriptor(b_tile + step + uint32_t(side) * 64 * 128);
+        wgmma_m64n64k16<T>(acc, a, b, k > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_accumulators(acc);
 }
 
 // Where one thread's accumulators sit in the 128 x 128 tile and what the
@@ -90,48 +90,60 @@ struct WgmmaTileState {
     float col_value[32];     // S there
 };
 
-// The epilogue of one 64 x 128 half: per row (two per thread: local rows
-// 64 half + 16 warp + g and + 8) the latest column above tau, reduced over the
-// quad and written to partial slot j; per column (off the diagonal) the latest
-// row, kept in `state`. Rows ascend along (half, e / 2) and columns along (s, e % 2),
-// so a later hit replaces an earlier one. kDiagonal: S[r, r] = 0, rows only.
+// What one thread's rows (local rows 64 half + 16 warp + g and + 8) have met
+// so far in the columns of a half: the latest column above tau and S there.
+struct WgmmaRowState {
+    int32_t latest[2];
+    float value[2];
+};
+
+// The epilogue of one 64 x 64 quarter (rows of `half`, columns of `side`):
+// per row the latest column above tau (kept in `rows` over the two sides);
+// per column (off the diagonal) the latest row, kept in `state`. Rows ascend
+// along (half, e / 2) and columns along (side, s, e % 2), so a later hit
+// replaces an earlier one. kDiagonal: S[r, r] = 0, rows only.
 template <bool kDiagonal>
-__device__ __forceinline__ void wgmma_half_epilogue(const float (&acc)[64], int half, const float *inv_a,
-                                                    const float *inv_c, float tau, WgmmaTileState &state,
-                                                    int32_t i, int32_t j, int32_t n, int64_t cap,
-                                                    int32_t *partial_latest, float *partial_value) {
+__device__ __forceinline__ void wgmma_quarter_epilogue(const float (&acc)[32], int half, int side, const float *inv_a,
+                                                       const float *inv_c, float tau, WgmmaRowState &rows,
+                                                       WgmmaTileState &state) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int row0 = half * 64 + warp * 16 + g;  // + 8 for e >= 2
     const float inv_r[2] = {inv_a[row0], inv_a[row0 + 8]};
-    int32_t row_latest[2] = {-1, -1};
-    float row_value[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int s = 0; s < 16; ++s) {
-        const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + 8 * s + 2 * q);
+    for (int s = 0; s < 8; ++s) {
+        const int column_pair = 8 * (8 * side + s) + 2 * q;
+        const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + column_pair);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int hr = e >> 1, ec = e & 1;
-            const int row_local = row0 + 8 * hr, col_local = 8 * s + 2 * q + ec;
+            const int row_local = row0 + 8 * hr, col_local = column_pair + ec;
             float value = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
             if (kDiagonal && row_local == col_local) value = 0.0f;
             if (value > tau) {
-                row_latest[hr] = col_local;
-                row_value[hr] = value;
+                rows.latest[hr] = col_local;
+                rows.value[hr] = value;
                 if (!kDiagonal) {
-                    state.col_latest[2 * s + ec] = row_local;
-                    state.col_value[2 * s + ec] = value;
+                    state.col_latest[2 * (8 * side + s) + ec] = row_local;
+                    state.col_value[2 * (8 * side + s) + ec] = value;
                 }
             }
         }
     }
-    // The 4 lanes of a quad share a row: the largest column wins.
+}
+
+// After both sides of a half: the 4 lanes of a quad share a row, the largest
+// column wins; written to partial slot j of the row.
+__device__ __forceinline__ void wgmma_write_rows(WgmmaRowState &rows, int half, int32_t i, int32_t j, int32_t n,
+                                                 int64_t cap, int32_t *partial_latest, float *partial_value) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int row0 = half * 64 + warp * 16 + g;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        keep_latest_over_lanes<1, 2>(row_latest[hr], row_value[hr]);
+        keep_latest_over_lanes<1, 2>(rows.latest[hr], rows.value[hr]);
         const int32_t r = i * kGramTile + row0 + 8 * hr;
         if (q == 0 && r < n) {
-            partial_latest[j * cap + r] = row_latest[hr] >= 0 ? j * kGramTile + row_latest[hr] : -1;
-            partial_value[j * cap + r] = row_value[hr];
+            partial_latest[j * cap + r] = rows.latest[hr] >= 0 ? j * kGramTile + rows.latest[hr] : -1;
+            partial_value[j * cap + r] = rows.value[hr];
         }
     }
 }
@@ -251,8 +263,41 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         fence_async_shared();
         __syncthreads();
 
+        WgmmaTileState state;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+            state.col_latest[k] = -1;
+            state.col_value[k] = 0.0f;
+        }
+        // The tile as four 64 x 64 quarters (half, side) = (0, 0), (0, 1),
+        // (1, 0), (1, 1) in two accumulator sets: the tensor cores compute the
+        // next quarter while the warpgroup runs the epilogue of this one (one
+        // 128 x 128 accumulator, product then epilogue, took 16.6 ms at batch
+        // 64 where the products alone took 10.1).
+        auto epilogue = [&](const float (&acc)[32], int half, int side, WgmmaRowState &rows) {
+            if (step == 0) wgmma_quarter_epilogue<true>(acc, half, side, inv_a, inv_c, p.threshold, rows, state);
+            else wgmma_quarter_epilogue<false>(acc, half, side, inv_a, inv_c, p.threshold, rows, state);
+            if (p.slot0_quirk && i == 0 && half == 0 && t < 4) {
+                // S[0, c] for the side's columns: row 0 is accumulator e = 0, 1 of lanes 0 .. 3 of warp 0.
+#pragma unroll
+                for (int s8 = 0; s8 < 8; ++s8)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int column = 64 * side + 8 * s8 + 2 * t + e;
+                        const int32_t col = j * kGramTile + column;
+                        if (col < n)
+                            p.scratch.first_column[row + col] =
+                                col == 0 ? 0.0f : acc[4 * s8 + e] * inv_a[0] * inv_c[column];
+                    }
+            }
+        };
+        float even[32], odd[32];
+        WgmmaRowState rows = {{-1, -1}, {0.0f, 0.0f}};
+        issue_quarter<T, D>(even, base + L::kA, b_tile, 0, 0);
+        issue_quarter<T, D>(odd, base + L::kA, b_tile, 0, 1);
         if (step == 0) {
-            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row).
+            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row;
+            // while the first quarters are computed).
             const float inv_r = inv_a[t];
             float dot_w = 0.0f, dot_self = 0.0f;
             for (int chunk = 0; chunk < D / 8; ++chunk) {
@@ -269,38 +314,23 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
             if (i * kGramTile + t < n) partial_sum[i * kGramTile + t] = dot_w - dot_self;
         }
 
-        WgmmaTileState state;
-#pragma unroll
-        for (int k = 0; k < 32; ++k) {
-            state.col_latest[k] = -1;
-            state.col_value[k] = 0.0f;
-        }
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float acc[64];
-            tile_half_product<T, D>(acc, base + L::kA, b_tile, half);
-            if (step == 0)
-                wgmma_half_epilogue<true>(acc, half, inv_a, inv_c, p.threshold, state, i, j, n, cap, partial_latest,
-                                          partial_value);
-            else
-                wgmma_half_epilogue<false>(acc, half, inv_a, inv_c, p.threshold, state, i, j, n, cap, partial_latest,
-                                           partial_value);
-            const int lane = t & 31;
-            if (p.slot0_quirk && i == 0 && half == 0 && t < 32 && (lane >> 2) == 0) {
-                // S[0, c] for the columns of this tile: row 0 is accumulator e = 0, 1 of lanes 0 .. 3 of warp 0.
-                const int q = lane & 3;
-#pragma unroll
-                for (int s = 0; s < 16; ++s)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int column = 8 * s + 2 * q + e;
-                        const int32_t col = j * kGramTile + column;
-                        if (col < n)
-                            p.scratch.first_column[row + col] =
-                                col == 0 ? 0.0f : acc[4 * s + e] * inv_a[0] * inv_c[column];
-                    }
-            }
-        }
+        wgmma_wait<1>();
+        fence_accumulators(even);
+        epilogue(even, 0, 0, rows);
+        issue_quarter<T, D>(even, base + L::kA, b_tile, 1, 0);
+        wgmma_wait<1>();
+        fence_accumulators(odd);
+        epilogue(odd, 0, 1, rows);
+        wgmma_write_rows(rows, 0, i, j, n, cap, partial_latest, partial_value);
+        rows = {{-1, -1}, {0.0f, 0.0f}};
+        issue_quarter<T, D>(odd, base + L::kA, b_tile, 1, 1);
+        wgmma_wait<1>();
+        fence_accumulators(even);
+        epilogue(even, 1, 0, rows);
+        wgmma_wait<0>();
+        fence_accumulators(odd);
+        epilogue(odd, 1, 1, rows);
+        wgmma_write_rows(rows, 1, i, j, n, cap, partial_latest, partial_value);
         if (step > 0)
             wgmma_column_winners(state, stage, winner, winner_value, i, j, n, cap, partial_latest, partial_value);
     }
