@@ -92,10 +92,12 @@ cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, const Atte
     const CacheLayer &c = p.cache;
     if (!attend_splits_apply(c.head_dim)) {
         if (p.splits != 1) return cudaErrorInvalidValue;
+        cudaError_t error = cudaErrorNotSupported;
         RKV_DISPATCH_STORAGE(c.dtype, T, {
-            attend_kernel<T><<<dim3(unsigned(c.kv_heads), unsigned(p.num_seqs)), kAttendThreads, 0, stream>>>(p);
+            error = launch_dependent(attend_kernel<T>, dim3(unsigned(c.kv_heads), unsigned(p.num_seqs)),
+                                     dim3(kAttendThreads), 0, stream, p);
         })
-        return cudaGetLastError();
+        return error;
     }
     if (p.splits < 1 || (p.splits > 1 && int64_t(p.splits) * c.kv_heads * p.num_seqs > kAttendMaxPartials))
         return cudaErrorInvalidValue;

@@ -27,6 +27,7 @@
 
 #include "common.cuh"
 #include "fp8.cuh"
+#include "pdl.cuh"
 
 namespace rkv::kernels {
 
@@ -305,6 +306,8 @@ __global__ void __launch_bounds__(kSplitThreads, (SplitShape<T, D, G, kNarrow>::
     extern __shared__ __align__(16) char split_shared[];
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
+    wait_for_prior_grids();  // a programmatic dependent launch (kernels/pdl.cuh)
+    allow_dependent_launch();
     const int32_t seq = attend_sequence(p, entry);
     if (seq < 0) return;
     const int32_t groups = p.groups;
@@ -493,6 +496,8 @@ __global__ void __launch_bounds__(kAttendThreads) attend_kernel(AttendParams p) 
     __shared__ float sum_shared[S::kTokenGroups][S::kMaxGroup];
     const CacheLayer &c = p.cache;
     const int32_t head = blockIdx.x, entry = blockIdx.y;
+    wait_for_prior_grids();  // a programmatic dependent launch (kernels/pdl.cuh)
+    allow_dependent_launch();
     const int32_t seq = attend_sequence(p, entry);
     if (seq < 0) return;
     const int32_t d = c.head_dim, groups = p.groups;

@@ -63,9 +63,7 @@ cudaError_t launch_instance(MmaTag<T, D>, const AttendParams &p, const AttendRow
     // Every launch is a programmatic dependent of the kernel before it (the
     // kernel waits for it before any global access: kernels/pdl.cuh); the
     // splits of a pair that merge in shared memory run as one cluster.
-    cudaLaunchAttribute attributes[2];
-    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attributes[2] = {programmatic_dependence(), {}};
     attributes[1].id = cudaLaunchAttributeClusterDimension;
     attributes[1].val.clusterDim.x = unsigned(p.splits);
     attributes[1].val.clusterDim.y = 1;

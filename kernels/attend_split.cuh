@@ -69,9 +69,8 @@ cudaError_t launch_split_instance(SplitTag<T, D, G>, const AttendParams &p, cuda
         return cudaErrorNotSupported;
     } else {
         const dim3 grid(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
-        attend_split_kernel<T, D, G, kNarrow>
-            <<<grid, kSplitThreads, SplitShape<T, D, G, kNarrow>::kSharedBytes, stream>>>(p);
-        return cudaGetLastError();
+        return launch_dependent(attend_split_kernel<T, D, G, kNarrow>, grid, dim3(kSplitThreads),
+                                SplitShape<T, D, G, kNarrow>::kSharedBytes, stream, p);
     }
 }
 

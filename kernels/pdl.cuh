@@ -7,7 +7,36 @@
 // queries) or writes any that grid may read.
 #pragma once
 
+#include <cuda_runtime.h>
+
+#include <utility>
+
 namespace rkv::kernels {
+
+// The launch attribute that makes a launch a programmatic dependent of the
+// kernel before it in the stream.
+inline cudaLaunchAttribute programmatic_dependence() {
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    return attribute;
+}
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) as a programmatic
+// dependent launch; the kernel calls wait_for_prior_grids before any global access.
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                             cudaStream_t stream, Args &&...args) {
+    cudaLaunchAttribute attribute = programmatic_dependence();
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
 
 // Returns once every grid this one depends on has completed and its writes are
 // visible (at once for a kernel launched without the attribute).

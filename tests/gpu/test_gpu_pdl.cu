@@ -1,5 +1,5 @@
-// rkv_attend as a programmatic dependent launch (kernels/pdl.cuh): the
-// tensor-core kernel may become resident while the kernel before it in the
+// rkv_attend as a programmatic dependent launch (kernels/pdl.cuh): each
+// attention kernel may become resident while the kernel before it in the
 // stream still runs, and must wait for that kernel before it reads the
 // queries or writes its output.
 //
@@ -9,9 +9,10 @@
 // layer's output) and writes the queries. An attention that read the queries
 // early attends with the old ones (its output differs from the one computed
 // after a device synchronisation); one that wrote early shows in the copy.
-// Every plan that serves the cache, bf16 and E4M3 storage, one sequence
-// (splits merged in a cluster) and many (one split each), eager and replayed
-// from a CUDA graph.
+// Every plan that serves the cache: bf16 and E4M3 storage (the tensor-core
+// kernel; one sequence: splits merged in a cluster, many: one split each),
+// f32 (the split kernel's shapes), head_dim 80 (the generic kernel); eager and
+// replayed from a CUDA graph.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -31,7 +32,7 @@ namespace {
         if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
     } while (0)
 
-constexpr int32_t kKvHeads = 8, kQHeads = 32, kDim = 128, kLength = 1152;
+constexpr int32_t kKvHeads = 8, kQHeads = 32, kLength = 1152;
 constexpr uint64_t kSpinNanoseconds = 200000;
 
 // Lets its dependents start, waits, then copies `out` to `observed` and
@@ -49,14 +50,14 @@ __global__ void late_writer(const uint4 *fresh, uint4 *q, const uint4 *out, uint
 }
 
 struct Buffers {
-    size_t bytes;                                // of q, out: [seqs, kQHeads, kDim] bf16
+    size_t bytes;                                // of q, out: [seqs, kQHeads, dim] bf16
     void *q, *fresh_q, *out, *observed;          // device
     std::vector<uint8_t> stale_q, poison, want;  // host
 };
 
-Buffers make_buffers(int32_t seqs, uint64_t *rng) {
+Buffers make_buffers(int32_t seqs, int32_t dim, uint64_t *rng) {
     Buffers b;
-    const size_t count = size_t(seqs) * kQHeads * kDim;
+    const size_t count = size_t(seqs) * kQHeads * dim;
     b.bytes = count * 2;
     std::vector<float> values(count);
     b.stale_q.resize(b.bytes);
@@ -80,14 +81,14 @@ void free_buffers(Buffers *b) {
     gpu_free(b->observed);
 }
 
-rkv_attend_args attend_args(const Buffers &b, const int32_t *ids, int32_t seqs) {
+rkv_attend_args attend_args(const Buffers &b, const int32_t *ids, int32_t seqs, int32_t dim) {
     rkv_attend_args a;
     std::memset(&a, 0, sizeof a);
     a.struct_size = sizeof a;
     a.num_seqs = seqs;
     a.seq_ids = ids;
-    a.q = {b.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim, 0};
-    a.out = {b.out, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim, 0};
+    a.q = {b.q, RKV_DTYPE_BF16, kQHeads, dim, int64_t(kQHeads) * dim, 0, dim, 0};
+    a.out = {b.out, RKV_DTYPE_BF16, kQHeads, dim, int64_t(kQHeads) * dim, 0, dim, 0};
     return a;
 }
 
@@ -110,16 +111,16 @@ void check(const Buffers &b, const char *what) {
         fail_msg("%s: attention read the queries before the kernel before it had written them", what);
 }
 
-void run_case(rkv_dtype storage, int32_t seqs, cudaStream_t stream) {
-    rkv_cache_params p = test_params(seqs, 1, kKvHeads, kQHeads, kDim, RKV_METHOD_FULL, 16, 8, 4);
+void run_case(rkv_dtype storage, int32_t dim, int32_t seqs, cudaStream_t stream) {
+    rkv_cache_params p = test_params(seqs, 1, kKvHeads, kQHeads, dim, RKV_METHOD_FULL, 16, 8, 4);
     p.dtype = storage;
     p.max_len = kLength;
     p.device_type = RKV_DEVICE_CUDA;
     rkv_cache *cache = test_create(&p);
-    uint64_t rng = 77 + uint64_t(seqs) * 1009 + uint64_t(storage);
+    uint64_t rng = 77 + uint64_t(seqs) * 1009 + uint64_t(storage) + uint64_t(dim) * 31;
     std::vector<int32_t> ids(static_cast<size_t>(seqs)), tokens(static_cast<size_t>(seqs), kLength);
     for (int32_t s = 0; s < seqs; ++s) ids[size_t(s)] = s;
-    const size_t kv = size_t(seqs) * kLength * kKvHeads * kDim;
+    const size_t kv = size_t(seqs) * kLength * kKvHeads * dim;
     std::vector<float> k(kv), v(kv);
     for (size_t i = 0; i < kv; ++i) {
         k[i] = test_rng_normal(&rng);
@@ -127,8 +128,8 @@ void run_case(rkv_dtype storage, int32_t seqs, cudaStream_t stream) {
     }
     ASSERT_OK(gpu_test_append(cache, 0, seqs, ids.data(), tokens.data(), k.data(), v.data(), nullptr,
                               RKV_DTYPE_F32, 0));
-    Buffers b = make_buffers(seqs, &rng);
-    const rkv_attend_args args = attend_args(b, ids.data(), seqs);
+    Buffers b = make_buffers(seqs, dim, &rng);
+    const rkv_attend_args args = attend_args(b, ids.data(), seqs, dim);
     const struct {
         int32_t splits;
         rkv_attend_variant variant;
@@ -146,8 +147,9 @@ void run_case(rkv_dtype storage, int32_t seqs, cudaStream_t stream) {
         b.want.resize(b.bytes);
         gpu_download(b.want.data(), b.out, b.bytes);
         for (int graph = 0; graph < 2; ++graph) {
-            std::snprintf(what, sizeof what, "storage %d, %d sequences, splits %d, variant %d, %s", int(storage),
-                          int(seqs), int(plan.splits), int(plan.variant), graph ? "graph replay" : "eager");
+            std::snprintf(what, sizeof what, "storage %d, head_dim %d, %d sequences, splits %d, variant %d, %s",
+                          int(storage), int(dim), int(seqs), int(plan.splits), int(plan.variant),
+                          graph ? "graph replay" : "eager");
             CUDA_OK(cudaMemcpy(b.q, b.stale_q.data(), b.bytes, cudaMemcpyHostToDevice));
             CUDA_OK(cudaMemcpy(b.out, b.poison.data(), b.bytes, cudaMemcpyHostToDevice));
             CUDA_OK(cudaDeviceSynchronize());
@@ -170,7 +172,10 @@ void run_case(rkv_dtype storage, int32_t seqs, cudaStream_t stream) {
         }
         ++ran;
     }
-    assert_true(ran >= 4);  // automatic and forced tensor plans at least
+    // The automatic plan always; forced ones where the cache has the kernel
+    // (tensor: 16-bit and E4M3 rows; wide and narrow: head_dim 64/128/256).
+    const int expected = dim == 80 ? 1 : storage == RKV_DTYPE_F32 ? 3 : 6;
+    assert_int_equal(ran, expected);
     free_buffers(&b);
     rkv_cache_destroy(cache);
 }
@@ -179,8 +184,9 @@ void test_attend_waits_for_the_kernel_before(void **) {
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     const int32_t many = gpu_small() ? 8 : 40;
-    for (rkv_dtype storage : {RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3})
-        for (int32_t seqs : {1, many}) run_case(storage, seqs, stream);
+    for (rkv_dtype storage : {RKV_DTYPE_BF16, RKV_DTYPE_FP8_E4M3, RKV_DTYPE_F32})
+        for (int32_t seqs : {1, many}) run_case(storage, 128, seqs, stream);
+    for (int32_t seqs : {1, many}) run_case(RKV_DTYPE_BF16, 80, seqs, stream);
     CUDA_OK(cudaStreamDestroy(stream));
 }
 
