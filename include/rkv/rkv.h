@@ -767,7 +767,13 @@ typedef struct rkv_attend_args {
  *   out[i, h] = softmax(scale * q[i, h] . K[g(h)]^T) V[g(h)],  g(h) = h / (Hq/Hkv)
  * q and out may have any dtype. Call it after appending the token's K/V. With
  * a batch, a sequence that holds no tokens when the kernel runs gets zeros.
- * Stream-ordered on CUDA.
+ * Stream-ordered on CUDA. Its kernel is a programmatic dependent launch: it may
+ * start while the kernel before it on the stream finishes (it waits for that
+ * kernel's results before touching memory), and it lets the kernel after it
+ * start early too; a kernel the engine launches after it with
+ * cudaLaunchAttributeProgrammaticStreamSerialization must call
+ * cudaGridDependencySynchronize() before reading `out` (kernels launched
+ * without that attribute see ordinary stream order).
  * Statuses: OK, INVALID_ARGUMENT, STRUCT_SIZE, OUT_OF_RANGE, SHAPE_MISMATCH,
  * BAD_STATE (a sequence of seq_ids holds no tokens), UNSUPPORTED, CAPACITY (a
  * tensor extent too small), OVERFLOW (strides whose offsets overflow), DEVICE,
