@@ -95,7 +95,7 @@ cudaError_t launch_attend(const AttendParams &p, AttendKernel kernel, const Atte
         cudaError_t error = cudaErrorNotSupported;
         RKV_DISPATCH_STORAGE(c.dtype, T, {
             error = launch_dependent(attend_kernel<T>, dim3(unsigned(c.kv_heads), unsigned(p.num_seqs)),
-                                     dim3(kAttendThreads), 0, stream, p);
+                                     dim3(kAttendThreads), 0, stream, 1u, p);
         })
         return error;
     }

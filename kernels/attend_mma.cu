@@ -60,22 +60,12 @@ template <typename T, int D>
 cudaError_t launch_instance(MmaTag<T, D>, const AttendParams &p, const AttendRowMaps *maps, cudaStream_t stream) {
     if (MmaShape<T, D>::kTma && maps == nullptr) return cudaErrorInvalidValue;
     const AttendRowMaps none{};
-    // Every launch is a programmatic dependent of the kernel before it (the
-    // kernel waits for it before any global access: kernels/pdl.cuh); the
-    // splits of a pair that merge in shared memory run as one cluster.
-    cudaLaunchAttribute attributes[2] = {programmatic_dependence(), {}};
-    attributes[1].id = cudaLaunchAttributeClusterDimension;
-    attributes[1].val.clusterDim.x = unsigned(p.splits);
-    attributes[1].val.clusterDim.y = 1;
-    attributes[1].val.clusterDim.z = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
-    config.blockDim = dim3(kMmaThreads);
-    config.dynamicSmemBytes = mma_shared_bytes<T, D>(p.q.dtype);
-    config.stream = stream;
-    config.attrs = attributes;
-    config.numAttrs = mma_cluster_merge<T>(p.splits) ? 2 : 1;
-    return cudaLaunchKernelEx(&config, mma_kernel_for<T, D>(p.q.dtype), p, maps != nullptr ? *maps : none);
+    // The splits of a pair that merge in shared memory run as one cluster.
+    const unsigned cluster = mma_cluster_merge<T>(p.splits) ? unsigned(p.splits) : 1u;
+    return launch_dependent(mma_kernel_for<T, D>(p.q.dtype),
+                            dim3(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs)),
+                            dim3(kMmaThreads), mma_shared_bytes<T, D>(p.q.dtype), stream, cluster, p,
+                            maps != nullptr ? *maps : none);
 }
 
 // cuTensorMapEncodeTiled from the driver the runtime uses (no link to libcuda).

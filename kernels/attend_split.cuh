@@ -70,7 +70,7 @@ cudaError_t launch_split_instance(SplitTag<T, D, G>, const AttendParams &p, cuda
     } else {
         const dim3 grid(unsigned(p.splits), unsigned(p.cache.kv_heads), unsigned(p.num_seqs));
         return launch_dependent(attend_split_kernel<T, D, G, kNarrow>, grid, dim3(kSplitThreads),
-                                SplitShape<T, D, G, kNarrow>::kSharedBytes, stream, p);
+                                SplitShape<T, D, G, kNarrow>::kSharedBytes, stream, 1u, p);
     }
 }
 

@@ -13,28 +13,26 @@
 
 namespace rkv::kernels {
 
-// The launch attribute that makes a launch a programmatic dependent of the
-// kernel before it in the stream.
-inline cudaLaunchAttribute programmatic_dependence() {
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    return attribute;
-}
-
 // kernel<<<grid, block, shared_bytes, stream>>>(args...) as a programmatic
-// dependent launch; the kernel calls wait_for_prior_grids before any global access.
+// dependent launch, its blocks in clusters of `cluster` along x when cluster > 1;
+// the kernel calls wait_for_prior_grids before any global access.
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                             cudaStream_t stream, Args &&...args) {
-    cudaLaunchAttribute attribute = programmatic_dependence();
+                             cudaStream_t stream, unsigned cluster, Args &&...args) {
+    cudaLaunchAttribute attributes[2] = {};
+    attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[0].val.programmaticStreamSerializationAllowed = 1;
+    attributes[1].id = cudaLaunchAttributeClusterDimension;
+    attributes[1].val.clusterDim.x = cluster;
+    attributes[1].val.clusterDim.y = 1;
+    attributes[1].val.clusterDim.z = 1;
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = shared_bytes;
     config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
+    config.attrs = attributes;
+    config.numAttrs = cluster > 1 ? 2 : 1;
     return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
