@@ -252,13 +252,18 @@ static void test_every_method_dtype_head_dim(void **state) {
     for (int dt = 1; dt < DTYPES; ++dt) assert_true(all.kept[dt].near_ties * 100 <= all.kept[dt].heads);
 }
 
-/* More (sequence, layer) jobs than one group holds (64): 20 sequences x 4
- * layers, all full, compress in two groups (the second of mixed layers and
- * sequences) on every path, in bf16 and FP8 storage (each job's layer of K, V,
- * scales and queries); CUDA keeps the CPU's tokens. */
+/* More (sequence, layer) jobs than one group holds (64): 36 sequences x 4
+ * layers, all full, on every path, in bf16 and FP8 storage (each job's layer
+ * of K, V, scales and queries); CUDA keeps the CPU's tokens. The cuBLASLt path
+ * compresses them in groups of 64 on the caller's stream; the tensor-core
+ * paths in five groups of 32 in two lanes (the caller's stream and the cache's
+ * side stream, each lane in its half of the scratch, groups of mixed layers
+ * and sequences, the last one short), and the kept sets are read on the legacy
+ * default stream, which the side stream (non-blocking) is ordered with only
+ * through rkv_compress's join. */
 static void test_jobs_in_several_groups(void **state) {
     (void)state;
-    enum { MANY_SEQS = 20, MANY_LAYERS = 4 };
+    enum { MANY_SEQS = 36, MANY_LAYERS = 4 };
     int32_t seqs[MANY_SEQS], prompt[MANY_SEQS];
     for (int32_t s = 0; s < MANY_SEQS; ++s) {
         seqs[s] = s;
