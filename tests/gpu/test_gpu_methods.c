@@ -258,9 +258,8 @@ static void test_every_method_dtype_head_dim(void **state) {
  * compresses them in groups of 64 on the caller's stream; the tensor-core
  * paths in five groups of 32 in two lanes (the caller's stream and the cache's
  * side stream, each lane in its half of the scratch, groups of mixed layers
- * and sequences, the last one short), and the kept sets are read on the legacy
- * default stream, which the side stream (non-blocking) is ordered with only
- * through rkv_compress's join. */
+ * and sequences, the last one short). (It passes without the lanes' join too:
+ * test_lanes_join_the_callers_stream is the test of that.) */
 static void test_jobs_in_several_groups(void **state) {
     (void)state;
     enum { MANY_SEQS = 36, MANY_LAYERS = 4 };
@@ -306,6 +305,73 @@ static void test_jobs_in_several_groups(void **state) {
     print_message("%d jobs per compression in groups of at most 64, %d runs (dtype, path): %d head comparisons, %d identical, "
                   "%d near ties, %d mismatches, %d order errors\n",
                   MANY_SEQS * MANY_LAYERS, paths, kc.heads, kc.identical, kc.near_ties, kc.mismatches, kc.order_errors);
+    assert_int_equal(kc.mismatches, 0);
+    assert_int_equal(kc.order_errors, 0);
+}
+
+/* rkv_compress joins its side stream back into the caller's stream. 64
+ * sequences x 2 layers compress as four groups of 32 (layer 0 sequences 0-31,
+ * layer 0 sequences 32-63, then layer 1 the same), so sequences 32-63 go to
+ * the side stream; they hold 512 tokens (the cache's budget 448 + 64) and
+ * sequences 0-31 72 (per-request budget 8), so the side stream has ~50x the
+ * Gram work and finishes last. A copy of the lengths enqueued on the caller's
+ * (non-blocking) stream right after the call, waited for on that stream
+ * alone, must see every sequence at its budget; without the join it runs
+ * while the side stream is still compressing. The kept tokens must also be
+ * the CPU's. */
+static void test_lanes_join_the_callers_stream(void **state) {
+    (void)state;
+    enum { JOIN_SEQS = 64, JOIN_LAYERS = 2, JOIN_BUDGET = 448, JOIN_BUFFER = 64, LIGHT_BUDGET = 8 };
+    rkv_cache_params p = test_params(JOIN_SEQS, JOIN_LAYERS, KV_HEADS, Q_HEADS, 128, RKV_METHOD_RKV, JOIN_BUDGET,
+                                     JOIN_BUFFER, WINDOW);
+    p.dtype = RKV_DTYPE_BF16;
+    p.auto_compress = 0;
+    twin t = twin_create(&p);
+    int32_t seqs[JOIN_SEQS], prompt[JOIN_SEQS];
+    for (int32_t s = 0; s < JOIN_SEQS; ++s) {
+        seqs[s] = s;
+        const int heavy = s >= JOIN_SEQS / 2;
+        if (!heavy) {
+            ASSERT_OK(rkv_seq_set_budget(t.cpu, s, LIGHT_BUDGET));
+            ASSERT_OK(rkv_seq_set_budget(t.gpu, s, LIGHT_BUDGET));
+        }
+        prompt[s] = (heavy ? JOIN_BUDGET : LIGHT_BUDGET) + JOIN_BUFFER; /* full: due */
+    }
+    uint64_t rng = 4242;
+    twin_append_random(&t, JOIN_SEQS, seqs, prompt, &rng, 0);
+    score_snapshot before = snapshot_scores(&t);
+
+    cudaStream_t stream;
+    assert_int_equal(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    ASSERT_OK(rkv_compress(t.gpu, RKV_ALL, RKV_ALL, stream));
+    int32_t lengths[JOIN_LAYERS][JOIN_SEQS];
+    for (int32_t layer = 0; layer < JOIN_LAYERS; ++layer) {
+        rkv_layer_view view;
+        memset(&view, 0, sizeof view);
+        view.struct_size = sizeof view;
+        ASSERT_OK(rkv_view_layer(t.gpu, layer, &view));
+        assert_int_equal(cudaMemcpyAsync(lengths[layer], view.lengths, sizeof lengths[layer], cudaMemcpyDeviceToHost,
+                                         stream),
+                         cudaSuccess);
+    }
+    assert_int_equal(cudaStreamSynchronize(stream), cudaSuccess);
+    int stale = 0;
+    for (int32_t layer = 0; layer < JOIN_LAYERS; ++layer)
+        for (int32_t s = 0; s < JOIN_SEQS; ++s) {
+            const int32_t expected = s >= JOIN_SEQS / 2 ? JOIN_BUDGET : LIGHT_BUDGET;
+            if (lengths[layer][s] != expected && stale++ < 4)
+                print_message("layer %d, sequence %d: %d tokens held after rkv_compress on the caller's stream, not "
+                              "%d\n", layer, s, lengths[layer][s], expected);
+        }
+    assert_int_equal(stale, 0);
+    assert_int_equal(cudaStreamDestroy(stream), cudaSuccess);
+
+    ASSERT_OK(rkv_compress(t.cpu, RKV_ALL, RKV_ALL, NULL));
+    kept_compare kc = {0};
+    compare_kept(&t, &before, &kc, "lanes joined");
+    snapshot_free(&before);
+    twin_destroy(&t);
+    assert_int_equal(kc.heads, JOIN_SEQS * JOIN_LAYERS * KV_HEADS);
     assert_int_equal(kc.mismatches, 0);
     assert_int_equal(kc.order_errors, 0);
 }
@@ -414,6 +480,7 @@ int main(void) {
         cmocka_unit_test(test_caches_of_different_capacities),
         cmocka_unit_test(test_importance_either_side_of_staging),
         cmocka_unit_test(test_jobs_in_several_groups),
+        cmocka_unit_test(test_lanes_join_the_callers_stream),
         cmocka_unit_test(test_every_method_dtype_head_dim),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
