@@ -1,9 +1,10 @@
 // A second stream of the cache's device on which rkv_compress runs every
 // other group of jobs, so that the GPU runs two groups' kernels side by side
-// (5% faster at batch 64 on the H200: kernels/README.md, "Two lanes"). Ordered with the
-// caller's stream by events only: fork() before the side stream's first
-// kernel, join() before rkv_compress returns, so the call stays stream-ordered
-// whatever stream the caller passes (the legacy default stream included).
+// (5% faster at batch 64 on the H200: kernels/README.md, "Two lanes").
+// Ordered with the caller's stream by events only: fork() before the side
+// stream's first kernel, join() before rkv_compress returns, so the call stays
+// stream-ordered whatever stream the caller passes (the legacy default stream
+// included; test_lanes_join_the_callers_stream fails without the join).
 #pragma once
 
 #include <cuda_runtime_api.h>
