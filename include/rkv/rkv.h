@@ -616,11 +616,13 @@ RKV_API rkv_status rkv_append(rkv_cache *cache, const rkv_append_args *args, voi
  * Engines that capture decode in CUDA graphs call this outside the graph on the
  * steps where rkv_compress_due reports 1. On CUDA the (sequence, layer)s of one
  * call compress together (up to 64 per kernel launch): one call for RKV_ALL
- * layers fills the GPU where one call per layer would not; a call of more than
- * one group runs every other group on a stream the cache owns, ordered after
- * the caller's stream on entry and joined back into it before returning (work
- * the caller enqueues after the call sees the whole compression). Invalidates
- * views of the sequences compressed. Stream-ordered on CUDA.
+ * layers fills the GPU where one call per layer would not. Calls of more than
+ * half a group (32 (sequence, layer)s, or half of max_seqs x num_layers where
+ * that is less) run in groups of half that size, every other one on a stream
+ * the cache owns, ordered after the caller's stream on entry and joined back
+ * into it before returning (work the caller enqueues after the call sees the
+ * whole compression). Invalidates views of the sequences compressed.
+ * Stream-ordered on CUDA.
  * Statuses: OK, INVALID_ARGUMENT, OUT_OF_RANGE, MISSING_QUERIES, DEVICE, FAULTED. */
 RKV_API rkv_status rkv_compress(rkv_cache *cache, int32_t seq, int32_t layer, void *stream);
 

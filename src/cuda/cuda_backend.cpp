@@ -171,7 +171,7 @@ class CudaBackend final : public Backend {
 
     // Jobs of any layers, in groups of up to scratch_.jobs: every kernel of a
     // group covers all of its jobs (one launch for the 32 layers of a sequence).
-    // A call of more than one group runs them in two lanes (compress_lanes).
+    // A call of more than half a group runs them in two lanes (compress_lanes).
     void compress(const CompressJob *jobs, int32_t num_jobs, const LiveParams &live, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_compress");
@@ -202,14 +202,15 @@ class CudaBackend final : public Backend {
     // scratch (no more memory). The groups of a call touch disjoint (sequence,
     // layer)s, so the lanes need no ordering between them, and the GPU runs
     // the two groups' kernels side by side. Measured on the H200 against one
-    // lane of 64 (kernels/README.md, "Two lanes"): batch 64 26.4 -> 25.0-25.2
-    // ms, batch 8 3.30 -> 3.18 ms; 32-job groups in one lane take 28.1 ms.
-    // One lane where that does not apply: a call of at most one group, the
+    // lane (kernels/README.md, "Two lanes"): batch 64 26.4 -> 25.0-25.2 ms,
+    // batch 8 3.30 -> 3.18 ms (groups of 32; 32-job groups in one lane take
+    // 28.1 ms at batch 64), batch 1 (32 jobs: two groups of 16) 0.447 -> 0.441.
+    // One lane where that does not apply: a call of at most half a group, the
     // cuBLASLt path (one workspace), methods without window queries (H2O's
     // pending-query commit, StreamingLLM), and the phase profile (it times
     // phases on one stream).
     int32_t compress_lanes(int32_t num_jobs) const {
-        const bool two = side_.get() != nullptr && num_jobs > scratch_.jobs && path() != RKV_MATMUL_CUBLASLT &&
+        const bool two = side_.get() != nullptr && num_jobs > scratch_.jobs / 2 && path() != RKV_MATMUL_CUBLASLT &&
                          !profile_.enabled();
         return two ? 2 : 1;
     }
