@@ -15,9 +15,10 @@
 // of each row (and S there): the epilogue of each 128 x 128 tile of
 //   S[r, c] = (k_r . k_c) * inv_r * inv_c
 // keeps, per row, the last column above tau. Symmetry halves the work: a
-// block owns row tile i and walks the column tiles j >= i; tile (i, j) serves
-// the rows of tile i (partial slot j) and, read transposed, the rows of tile j
-// (partial slot i). Every (row, slot) is written exactly once: reproducible.
+// block owns row tile i and walks the column tiles j >= i in order; tile (i, j)
+// serves the rows of tile i (their latest hit over the walk: partial slot i,
+// written after it; slots j > i hold -1) and, read transposed, the rows of tile
+// j (partial slot i). Every (row, slot) is written exactly once: reproducible.
 // Also S[0, c] for the reference's slot-0 quirk.
 //
 // The products of 16-bit keys are exact in float32, so S and the logits are
@@ -299,20 +300,22 @@ struct TileStats {
     float tau;
     int warp_row, warp_col, g, q;
     const float *inv_a, *inv_c;
-    int32_t *row_latest;
-    float *row_value;
     int32_t *col_latest;
     float *col_value;
 };
 
 // Keeps, per row of the warp's 64 x 64 part of the tile, the latest column with
-// S = acc * inv_r * inv_c above tau and S there, and off the diagonal the same
-// per column, per warp in shared memory. Rows ascend along (mt, half) and
-// columns along (nt, e), so a later hit overwrites an earlier one. kInterior:
-// no bounds to check (no row or column past n, not on the diagonal);
-// kDiagonal: S[r, r] = 0, rows only (the tile is symmetric itself).
+// S = acc * inv_r * inv_c above tau and S there in `row_latest`/`row_value`,
+// which run over the block's walk of column tiles (the tiles come in column
+// order, so a later hit is a later column: the rows are merged once, after the
+// walk); and off the diagonal the same per column of this tile, merged over the
+// lanes into shared memory. Rows ascend along (mt, half) and columns along
+// (nt, e), so a later hit overwrites an earlier one. kInterior: no bounds to
+// check (no row or column past n, not on the diagonal); kDiagonal: S[r, r] = 0,
+// rows only (the tile is symmetric itself).
 template <bool kInterior, bool kDiagonal>
-__device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&acc)[4][8][4]) {
+__device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&acc)[4][8][4],
+                                              int32_t (&row_latest)[8], float (&row_value)[8]) {
     const int row0 = t.i * kGramTile + t.warp_row * 64 + t.g;      // + mt*16 + half*8
     const int col0 = t.j * kGramTile + t.warp_col * 64 + 2 * t.q;  // + nt*8 + e
     float inv_r[8], inv_c[16];
@@ -320,13 +323,8 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     for (int k = 0; k < 8; ++k) inv_r[k] = t.inv_a[t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8];
 #pragma unroll
     for (int k = 0; k < 16; ++k) inv_c[k] = t.inv_c[t.warp_col * 64 + 2 * t.q + (k >> 1) * 8 + (k & 1)];
-    float row_value[8], col_value[16];
-    int32_t row_latest[8], col_latest[16];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        row_value[k] = 0.0f;
-        row_latest[k] = -1;
-    }
+    float col_value[16];
+    int32_t col_latest[16];
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
         col_value[k] = 0.0f;
@@ -357,16 +355,6 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
                         }
                     }
                 }
-    // Rows: the 4 lanes of a quad share a row; then one value per (warp column, row).
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        keep_latest_over_lanes<1, 2>(row_latest[k], row_value[k]);
-        if (t.q == 0) {
-            const int R = t.warp_row * 64 + t.g + (k >> 1) * 16 + (k & 1) * 8;
-            t.row_latest[t.warp_col * kGramTile + R] = row_latest[k];
-            t.row_value[t.warp_col * kGramTile + R] = row_value[k];
-        }
-    }
     // Columns: the 8 lanes with the same q share a column; then one value per (warp row, column).
     if constexpr (!kDiagonal) {
 #pragma unroll
@@ -438,6 +426,16 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         w[e] = sum;
     }
 
+    // The latest column above tau of each of this thread's rows (tile i) over
+    // the column tiles walked so far, and S there (see tile_epilogue).
+    int32_t running_latest[8];
+    float running_value[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        running_latest[k] = -1;
+        running_value[k] = 0.0f;
+    }
+
     // The inverse norms of column tile j + 1 are loaded during tile j: stored
     // at the top of the next iteration, their L2 latency is off the tile's
     // critical path (the profile's top stall was this store waiting on it).
@@ -507,10 +505,10 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         const bool diagonal = j == i;
         const bool interior = !diagonal && (i + 1) * kGramTile <= n && (j + 1) * kGramTile <= n;
         const TileStats tile{i, j, n, p.threshold, warp_row, warp_col, g, q, inv_a, inv_c,
-                             row_latest, row_value, col_latest, col_value};
-        if (diagonal) tile_epilogue<false, true>(tile, acc);
-        else if (interior) tile_epilogue<true, false>(tile, acc);
-        else tile_epilogue<false, false>(tile, acc);
+                             col_latest, col_value};
+        if (diagonal) tile_epilogue<false, true>(tile, acc, running_latest, running_value);
+        else if (interior) tile_epilogue<true, false>(tile, acc, running_latest, running_value);
+        else tile_epilogue<false, false>(tile, acc, running_latest, running_value);
         if (p.slot0_quirk && i == 0 && warp_row == 0 && g == 0) {
             // S[0, c] for the columns of this tile: row 0 is fragment (mt 0, e 0..1) of lanes g == 0.
 #pragma unroll
@@ -524,18 +522,10 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         }
         __syncthreads();
         {
-            const int R = threadIdx.x;  // row R of tile i (slot j), and column R of tile j (slot i)
+            const int R = threadIdx.x;  // row R of tile i, and column R of tile j (slot i)
             const int32_t r = i * kGramTile + R;
-            if (r < n) {
-                int32_t latest = row_latest[R];
-                float value = row_value[R];
-                if (row_latest[kGramTile + R] > latest) {
-                    latest = row_latest[kGramTile + R];
-                    value = row_value[kGramTile + R];
-                }
-                partial_latest[j * cap + r] = latest;
-                partial_value[j * cap + r] = value;
-            }
+            // The rows' hits in tiles j > i go to slot i after the walk: slot j holds none.
+            if (r < n && j > i) partial_latest[j * cap + r] = -1;
             const int32_t c = j * kGramTile + R;
             if (!diagonal && c < n) {
                 int32_t latest = col_latest[R];
@@ -549,6 +539,31 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
             }
         }
         __syncthreads();  // reduction buffers, inverse norms and the B buffer are reused
+    }
+
+    // Rows of tile i over every column tile j >= i: the 4 lanes of a quad
+    // share a row, then one value per (warp column, row), into slot i.
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        keep_latest_over_lanes<1, 2>(running_latest[k], running_value[k]);
+        if (q == 0) {
+            const int R = warp_row * 64 + g + (k >> 1) * 16 + (k & 1) * 8;
+            row_latest[warp_col * kGramTile + R] = running_latest[k];
+            row_value[warp_col * kGramTile + R] = running_value[k];
+        }
+    }
+    __syncthreads();
+    const int R = threadIdx.x;
+    const int32_t r = i * kGramTile + R;
+    if (r < n) {
+        int32_t latest = row_latest[R];
+        float value = row_value[R];
+        if (row_latest[kGramTile + R] > latest) {
+            latest = row_latest[kGramTile + R];
+            value = row_value[kGramTile + R];
+        }
+        partial_latest[i * cap + r] = latest;
+        partial_value[i * cap + r] = value;
     }
 }
 
