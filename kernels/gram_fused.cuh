@@ -40,7 +40,7 @@ __host__ __device__ constexpr size_t gram_fused_shared_bytes(int head_dim) {
            + size_t(kGramTile) * 3 * sizeof(float)         // inv_a, inv_b[2]
            + size_t(head_dim) * sizeof(float)              // W
            + size_t(kGramTile) * 2 * 2 * sizeof(float)     // row stats [2 warp columns] (latest, value)
-           + size_t(kGramTile) * 2 * 2 * sizeof(float);    // column stats [2 warp rows]
+           + size_t(kGramTile) * 2 * 2 * 2 * sizeof(float);  // column stats [2 tiles][2 warp rows]
 }
 
 // Query rows of the fused importance, padded to whole m16 tiles.
@@ -369,6 +369,28 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     }
 }
 
+// Column tile j's stats after the epilogue (col_latest/col_value [2 warp
+// rows][128]): column R of tile j gets the later of its two warp rows' hits in
+// slot i, and row R of tile i gets -1 in slot j (its hits there go to slot i
+// after the walk). A thread per R.
+__device__ __forceinline__ void write_column_stats(int32_t j, int32_t i, int32_t n, int64_t cap,
+                                                   const int32_t *col_latest, const float *col_value,
+                                                   int32_t *partial_latest, float *partial_value) {
+    const int R = threadIdx.x;
+    if (i * kGramTile + R < n) partial_latest[j * cap + i * kGramTile + R] = -1;
+    const int32_t c = j * kGramTile + R;
+    if (c < n) {
+        int32_t latest = col_latest[R];
+        float value = col_value[R];
+        if (col_latest[kGramTile + R] > latest) {
+            latest = col_latest[kGramTile + R];
+            value = col_value[kGramTile + R];
+        }
+        partial_latest[i * cap + c] = latest;
+        partial_value[i * cap + c] = value;
+    }
+}
+
 // grid (tile row i * kv_heads * jobs, heavy rows first), kGramThreads threads
 // (4 warps as 2 x 2, each 64 rows x 64 columns of the tile: twice the operand
 // reuse of 64 x 32 warp tiles, so half the shared-memory fragment traffic),
@@ -394,8 +416,10 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     float *w = inv_b + 2 * kGramTile;                                          // [D]
     int32_t *row_latest = reinterpret_cast<int32_t *>(w + D);                  // [2][128]
     float *row_value = reinterpret_cast<float *>(row_latest + 2 * kGramTile);  // [2][128]
-    int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 2 * kGramTile);  // [2][128]
-    float *col_value = reinterpret_cast<float *>(col_latest + 2 * kGramTile);      // [2][128]
+    // Column stats of tiles j (written by the epilogue) and j - 1 (merged
+    // after the next barrier): [2 tiles][2 warp rows][128].
+    int32_t *col_latest = reinterpret_cast<int32_t *>(row_value + 2 * kGramTile);  // [2][2][128]
+    float *col_value = reinterpret_cast<float *>(col_latest + 4 * kGramTile);      // [2][2][128]
     const uint32_t a_address = shared_address(a_tile);
     const uint32_t b_address = shared_address(b_tiles);
 
@@ -436,9 +460,15 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         running_value[k] = 0.0f;
     }
 
-    // The inverse norms of column tile j + 1 are loaded during tile j: stored
-    // at the top of the next iteration, their L2 latency is off the tile's
-    // critical path (the profile's top stall was this store waiting on it).
+    // One barrier per tile. At the top of step j every warp is past step
+    // j - 1: the B buffer of tile j - 1 may take tile j + 1 (issued after the
+    // barrier, it has all of step j to land), the inverse-norm buffer of tile
+    // j - 2 may take tile j's, and the columns of tile j - 1, complete in
+    // shared memory, are merged and written while tile j's products run (the
+    // diagonal tile i has none: its rows are the columns).
+    // The inverse norms of column tile j + 1 are loaded during tile j (their
+    // L2 latency off the critical path: the profile's top stall was the
+    // store waiting on them).
     for (int32_t j = i; j < tiles; ++j) {
         const int buffer = (j - i) & 1;
         float *inv_c = inv_b + buffer * kGramTile;
@@ -447,14 +477,14 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
             const int32_t c = (j + 1) * kGramTile + threadIdx.x;
             next_inv = c < n ? inv_norm[c] : 0.0f;
         }
+        cp_async_wait<0>();  // tile j, issued a step ago (or before the walk)
+        __syncthreads();
         if (j + 1 < tiles) {
             load_rows<T, D>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, kGramTile, n);
             cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();
+        if (j - 1 > i) write_column_stats(j - 1, i, n, cap, col_latest + (buffer ^ 1) * 2 * kGramTile,
+                                      col_value + (buffer ^ 1) * 2 * kGramTile, partial_latest, partial_value);
         if (j == i) {
             // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row).
             const int r = threadIdx.x;
@@ -505,7 +535,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         const bool diagonal = j == i;
         const bool interior = !diagonal && (i + 1) * kGramTile <= n && (j + 1) * kGramTile <= n;
         const TileStats tile{i, j, n, p.threshold, warp_row, warp_col, g, q, inv_a, inv_c,
-                             col_latest, col_value};
+                             col_latest + buffer * 2 * kGramTile, col_value + buffer * 2 * kGramTile};
         if (diagonal) tile_epilogue<false, true>(tile, acc, running_latest, running_value);
         else if (interior) tile_epilogue<true, false>(tile, acc, running_latest, running_value);
         else tile_epilogue<false, false>(tile, acc, running_latest, running_value);
@@ -520,29 +550,11 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
                     if (c < n) p.scratch.first_column[row + c] = c == 0 ? 0.0f : acc[0][nt][e] * inv_a[0] * inv_c[C];
                 }
         }
-        __syncthreads();
-        {
-            const int R = threadIdx.x;  // row R of tile i, and column R of tile j (slot i)
-            const int32_t r = i * kGramTile + R;
-            // The rows' hits in tiles j > i go to slot i after the walk: slot j holds none.
-            if (r < n && j > i) partial_latest[j * cap + r] = -1;
-            const int32_t c = j * kGramTile + R;
-            if (!diagonal && c < n) {
-                int32_t latest = col_latest[R];
-                float value = col_value[R];
-                if (col_latest[kGramTile + R] > latest) {
-                    latest = col_latest[kGramTile + R];
-                    value = col_value[kGramTile + R];
-                }
-                partial_latest[i * cap + c] = latest;
-                partial_value[i * cap + c] = value;
-            }
-        }
-        __syncthreads();  // reduction buffers, inverse norms and the B buffer are reused
     }
 
     // Rows of tile i over every column tile j >= i: the 4 lanes of a quad
-    // share a row, then one value per (warp column, row), into slot i.
+    // share a row, then one value per (warp column, row), into slot i; and
+    // the columns of the last tile.
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         keep_latest_over_lanes<1, 2>(running_latest[k], running_value[k]);
@@ -553,6 +565,11 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         }
     }
     __syncthreads();
+    if (tiles - 1 > i) {
+        const int last = (tiles - 1 - i) & 1;
+        write_column_stats(tiles - 1, i, n, cap, col_latest + last * 2 * kGramTile, col_value + last * 2 * kGramTile,
+                           partial_latest, partial_value);
+    }
     const int R = threadIdx.x;
     const int32_t r = i * kGramTile + R;
     if (r < n) {
