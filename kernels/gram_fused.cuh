@@ -106,6 +106,26 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_
     }
 }
 
+// Rows first_row .. first_row + 127 of a [*, D] matrix into a swizzled tile
+// (rows >= n are zeros) by a block of kThreads threads: what load_rows does
+// for a whole tile, with the thread count known at compile time, so that each
+// thread copies one chunk of every (kThreads / (D / 8))th row and its copies
+// differ by constant offsets (load_rows recomputes the row, the chunk and both
+// addresses per copy: 26 instructions each in the Gram kernel's SASS).
+template <typename T, int D, int kThreads>
+__device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, int32_t first_row, int32_t n) {
+    constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks;
+    static_assert(kThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
+    const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
+    const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
+#pragma unroll
+    for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
+        const int row = row0 + pass * kRowsPerPass;
+        const bool valid = first_row + row < n;
+        cp_async_16(tile + swizzle<D>(row, chunk), valid ? from + pass * kRowsPerPass * D : source, valid);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
 
@@ -238,7 +258,7 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     const uint32_t q_address = shared_address(q_tile);
     const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
-    load_rows<T, D>(shared_address(k_tile), keys, t * kGramTile, kGramTile, n);
+    load_key_tile<T, D, kImportanceThreads>(shared_address(k_tile), keys, t * kGramTile, n);
     load_rows<T, D>(q_address, queries, 0, padded, rows);
     cp_async_commit();
     cp_async_wait<0>();
@@ -270,13 +290,13 @@ __global__ void __launch_bounds__(kImportanceThreads, 2) importance_stream_kerne
     const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_rows<T, D>(q_address, queries, 0, padded, rows);
-    load_rows<T, D>(shared_address(k_tiles), keys, 0, kGramTile, n);
+    load_key_tile<T, D, kImportanceThreads>(shared_address(k_tiles), keys, 0, n);
     cp_async_commit();
     for (int32_t t = 0; t < tiles; ++t) {
         // Tile t + 1 goes into the buffer of tile t - 1 (done: the barrier at the end of the last step).
         if (t + 1 < tiles) {
-            load_rows<T, D>(shared_address(k_tiles + ((t + 1) & 1) * kTileBytes), keys, (t + 1) * kGramTile,
-                            kGramTile, n);
+            load_key_tile<T, D, kImportanceThreads>(shared_address(k_tiles + ((t + 1) & 1) * kTileBytes), keys,
+                                                    (t + 1) * kGramTile, n);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -436,8 +456,8 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     const int warp_row = warp >> 1, warp_col = warp & 1;  // 64 x 64 part of the tile
     const int g = lane >> 2, q = lane & 3;                // mma fragment coordinates
 
-    load_rows<T, D>(a_address, keys, i * kGramTile, kGramTile, n);
-    load_rows<T, D>(b_address, keys, i * kGramTile, kGramTile, n);
+    load_key_tile<T, D, kGramThreads>(a_address, keys, i * kGramTile, n);
+    load_key_tile<T, D, kGramThreads>(b_address, keys, i * kGramTile, n);
     cp_async_commit();
     // One thread per row of the tile; the diagonal tile's columns are the same keys.
     float next_inv = i * kGramTile + int32_t(threadIdx.x) < n ? inv_norm[i * kGramTile + threadIdx.x] : 0.0f;
@@ -480,7 +500,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         cp_async_wait<0>();  // tile j, issued a step ago (or before the walk)
         __syncthreads();
         if (j + 1 < tiles) {
-            load_rows<T, D>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, kGramTile, n);
+            load_key_tile<T, D, kGramThreads>(b_address + (buffer ^ 1) * kTileBytes, keys, (j + 1) * kGramTile, n);
             cp_async_commit();
         }
         if (j - 1 > i) write_column_stats(j - 1, i, n, cap, col_latest + (buffer ^ 1) * 2 * kGramTile,
