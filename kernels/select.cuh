@@ -7,12 +7,15 @@
 //   3. the order of the kept tokens: by slot (position order) or protected,
 //      then winners by descending score, then the window (reference order),
 //   4. compaction of positions, scorer state, K and V into slots 0 .. keep-1.
-// Then commit_kernel publishes the new lengths once every head is done.
+// Then commit_kernel publishes the new lengths once every head is done. Step 2
+// sorts only in reference order; in position order a radix select marks the
+// winners (radix_select.cuh).
 #pragma once
 
 #include "common.cuh"
 #include "core/random_score.h"
 #include "fp8.cuh"
+#include "radix_select.cuh"
 
 namespace rkv::kernels {
 
@@ -248,13 +251,18 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
     if (p.score_only) return;
     const int32_t winners = max(0, keep - window - num_protected);
 
-    // 2. the winners: the first `winners` keys in descending order. In
-    //    reference order they are placed by rank right away.
-    bitonic_sort_descending(keys, sorted_count);
-    for (int32_t k = threadIdx.x; k < winners; k += blockDim.x) {
-        const int32_t j = int32_t(uint32_t(keys[k]));
-        flags[j] |= 2;
-        if (p.reference_order) src[num_protected + k] = j;
+    // 2. the winners: the `winners` largest keys. In reference order they are
+    //    sorted and placed by rank right away; in position order only the set
+    //    matters (radix_select.cuh).
+    if (p.reference_order) {
+        bitonic_sort_descending(keys, sorted_count);
+        for (int32_t k = threadIdx.x; k < winners; k += blockDim.x) {
+            const int32_t j = int32_t(uint32_t(keys[k]));
+            flags[j] |= 2;
+            src[num_protected + k] = j;
+        }
+    } else {
+        mark_largest_keys(keys, candidates, winners, flags);
     }
     __syncthreads();
 

@@ -46,8 +46,8 @@ run_torch=1
 run_fuzz=1
 batches=1,8,64,256
 profile=1,64
-tests="test_gpu_fp8,test_gpu_gram,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_pdl,test_gpu_errors,test_gpu_fault"
-sanitizer_tests="test_gpu_fp8,test_gpu_gram,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_pdl"
+tests="test_gpu_fp8,test_gpu_gram,test_gpu_select,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_pdl,test_gpu_errors,test_gpu_fault"
+sanitizer_tests="test_gpu_fp8,test_gpu_gram,test_gpu_select,test_gpu_golden,test_gpu_methods,test_gpu_decode,test_gpu_attend,test_gpu_graph,test_gpu_sequences,test_gpu_batch,test_gpu_pdl"
 benches=compress,torch,attend
 attend_cases=1x1152,8x1152,32x1152,256x1152,32x16384
 while [ $# -gt 0 ]; do
