@@ -1,8 +1,10 @@
 // The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a).
 //
-// Same outputs, same meaning as gram_fused_kernel (kernels/gram_fused.cuh),
-// which stays as the mma.sync path: for every row r and column tile t, the
-// latest column of tile t with S[r, c] > tau and S there (partial slot t); the
+// The same statistics as gram_fused_kernel (kernels/gram_fused.cuh), which
+// stays as the mma.sync path: for every row r and column tile t, the latest
+// column of tile t with S[r, c] > tau and S there (partial slot t; the fused
+// kernel merges a row's tiles from its own on into its own tile's slot, and the
+// redundancy kernel, taking the largest over a row's slots, reads both alike); the
 // row sums k^_r . W - k^_r . k^_r (slot 0); S[r, 0] for the reference quirk.
 // S[r, c] = (acc * inv_r) * inv_c with acc the float32 sum of the exact 16-bit
 // products, as there. Symmetric: block i owns row tile i and walks the column
