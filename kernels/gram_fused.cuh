@@ -32,6 +32,7 @@ namespace rkv::kernels {
 constexpr int kGramThreads = 128;        // gram_fused_kernel: 4 warps as 2 x 2, each 64 x 64 of the tile
 constexpr int kImportanceThreads = 256;  // importance_fused_kernel: 8 warps
 constexpr int kFusedMaxRows = 64;        // G * window rows the fused importance holds (4 m16 tiles)
+constexpr int kWPartialLoads = 8;        // gram_fused_kernel: W's per-tile partials loaded at once
 
 // Dynamic shared memory of gram_fused_kernel: the row tile and two column
 // tiles (double-buffered with cp.async), inverse norms, W, reduction buffers.
@@ -118,6 +119,14 @@ __device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, in
     static_assert(kThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
     const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
     const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
+    if (first_row + kGramTile <= n) {
+        // Every row held (all but a head's last tile): no bounds to check, and
+        // each copy an immediate offset from one pair of addresses.
+#pragma unroll
+        for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass)
+            cp_async_16(tile + swizzle<D>(row0 + pass * kRowsPerPass, chunk), from + pass * kRowsPerPass * D, true);
+        return;
+    }
 #pragma unroll
     for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
         const int row = row0 + pass * kRowsPerPass;
@@ -456,19 +465,30 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     const int warp_row = warp >> 1, warp_col = warp & 1;  // 64 x 64 part of the tile
     const int g = lane >> 2, q = lane & 3;                // mma fragment coordinates
 
-    load_key_tile<T, D, kGramThreads>(a_address, keys, i * kGramTile, n);
-    load_key_tile<T, D, kGramThreads>(b_address, keys, i * kGramTile, n);
-    cp_async_commit();
-    // One thread per row of the tile; the diagonal tile's columns are the same keys.
+    // One thread per row of the tile: its inverse norm, loaded first (the
+    // stores below wait for these loads; the profile's top prologue stall).
     float next_inv = i * kGramTile + int32_t(threadIdx.x) < n ? inv_norm[i * kGramTile + threadIdx.x] : 0.0f;
-    inv_a[threadIdx.x] = next_inv;
-    // W = the sum of every normalised key, from the per-tile partials in order.
+    // The row tile, which is also the columns of the diagonal tile i (its B).
+    load_key_tile<T, D, kGramThreads>(a_address, keys, i * kGramTile, n);
+    cp_async_commit();
+    // W = the sum of every normalised key, from the per-tile partials in
+    // order, their loads issued kWPartialLoads at a time (one at a time, each
+    // add waited for its load).
     for (int e = threadIdx.x; e < D; e += blockDim.x) {
         const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
         float sum = 0.0f;
-        for (int32_t t = 0; t < tiles; ++t) sum += partial[t * D];
+        int32_t t = 0;
+        for (; t + kWPartialLoads <= tiles; t += kWPartialLoads) {
+            float part[kWPartialLoads];
+#pragma unroll
+            for (int u = 0; u < kWPartialLoads; ++u) part[u] = partial[(t + u) * D];
+#pragma unroll
+            for (int u = 0; u < kWPartialLoads; ++u) sum += part[u];
+        }
+        for (; t < tiles; ++t) sum += partial[t * D];
         w[e] = sum;
     }
+    inv_a[threadIdx.x] = next_inv;
 
     // The latest column above tau of each of this thread's rows (tile i) over
     // the column tiles walked so far, and S there (see tile_epilogue).
@@ -531,7 +551,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
             for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
-        const uint32_t b_base = b_address + buffer * kTileBytes;
+        const uint32_t b_base = j == i ? a_address : b_address + buffer * kTileBytes;
 #pragma unroll
         for (int kk = 0; kk < D; kk += 16) {
             uint32_t a[4][4], b[4][4];
