@@ -6,12 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CUDA_OK(call)                                                                   \
-    do {                                                                                \
-        cudaError_t error_ = (call);                                                    \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 int gpu_device_count(void) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {

@@ -29,6 +29,14 @@ int gpu_wgmma(void);
         }                                                                  \
     } while (0)
 
+/* A CUDA runtime call that must succeed, else the test fails with the call and
+ * the error (where used, cuda_runtime_api.h is included). */
+#define CUDA_OK(call)                                                                     \
+    do {                                                                                  \
+        const cudaError_t error_ = (call);                                                \
+        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
+    } while (0)
+
 void *gpu_alloc(size_t bytes);
 void *gpu_upload(const void *host, size_t bytes);
 void gpu_download(void *host, const void *device, size_t bytes);

@@ -22,12 +22,6 @@
 #include "expect.h"
 #include "gpu_util.h"
 
-#define CUDA_OK(call)                                                                     \
-    do {                                                                                  \
-        cudaError_t error_ = (call);                                                      \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 enum { SEQS = 6, ENTRIES = 4, LAYERS = 2, KV = 2, QH = 8, BUDGET = 32, BUFFER = 12, WINDOW = 4 };
 
 typedef struct config {

@@ -40,12 +40,6 @@ namespace {
 
 namespace k = rkv::kernels;
 
-#define CUDA_OK(call)                                                                      \
-    do {                                                                                   \
-        cudaError_t error_ = (call);                                                       \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 constexpr int kLayers = 2, kSeqs = 2, kHeads = 2, kCap = 700, kTiles = (kCap + 127) / 128, kJobs = 2;
 constexpr float kValueTolerance = 1e-5f;
 constexpr int32_t kSentinel = 0x7f7f7f7f;  // the bytes the partials start as

@@ -15,12 +15,6 @@
 
 #include "gpu_util.h"
 
-#define CUDA_OK(call)                                                                     \
-    do {                                                                                  \
-        cudaError_t error_ = (call);                                                      \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 enum { SEQS = 4, LAYERS = 2, KV = 2, QH = 8, DIM = 128, BUDGET = 32, BUFFER = 16, WINDOW = 4 };
 
 /* Device inputs and outputs of one decode step, shared by the eager and the

@@ -26,12 +26,6 @@ extern "C" {
 
 namespace {
 
-#define CUDA_OK(call)                                                                     \
-    do {                                                                                  \
-        const cudaError_t error_ = (call);                                                \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 constexpr int32_t kKvHeads = 8, kQHeads = 32, kLength = 1152;
 constexpr uint64_t kSpinNanoseconds = 200000;
 

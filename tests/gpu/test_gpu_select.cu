@@ -26,12 +26,6 @@ namespace {
 
 namespace k = rkv::kernels;
 
-#define CUDA_OK(call)                                                                      \
-    do {                                                                                   \
-        cudaError_t error_ = (call);                                                       \
-        if (error_ != cudaSuccess) fail_msg("%s: %s", #call, cudaGetErrorString(error_)); \
-    } while (0)
-
 constexpr int kMaxCandidates = 2048;
 
 // One case per block: the keys as select_compact_head makes them, the winners
