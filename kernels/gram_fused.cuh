@@ -398,6 +398,20 @@ __device__ __forceinline__ void tile_epilogue(const TileStats &t, const float (&
     }
 }
 
+// Entry R of two halves' hits (latest/value [2][128], one half per warp row
+// or column): the later one, written to *to_latest and *to_value.
+__device__ __forceinline__ void write_later_half(const int32_t *latest, const float *value, int R,
+                                                 int32_t *to_latest, float *to_value) {
+    int32_t later = latest[R];
+    float at = value[R];
+    if (latest[kGramTile + R] > later) {
+        later = latest[kGramTile + R];
+        at = value[kGramTile + R];
+    }
+    *to_latest = later;
+    *to_value = at;
+}
+
 // Column tile j's stats after the epilogue (col_latest/col_value [2 warp
 // rows][128]): column R of tile j gets the later of its two warp rows' hits in
 // slot i, and row R of tile i gets -1 in slot j (its hits there go to slot i
@@ -408,16 +422,7 @@ __device__ __forceinline__ void write_column_stats(int32_t j, int32_t i, int32_t
     const int R = threadIdx.x;
     if (i * kGramTile + R < n) partial_latest[j * cap + i * kGramTile + R] = -1;
     const int32_t c = j * kGramTile + R;
-    if (c < n) {
-        int32_t latest = col_latest[R];
-        float value = col_value[R];
-        if (col_latest[kGramTile + R] > latest) {
-            latest = col_latest[kGramTile + R];
-            value = col_value[kGramTile + R];
-        }
-        partial_latest[i * cap + c] = latest;
-        partial_value[i * cap + c] = value;
-    }
+    if (c < n) write_later_half(col_latest, col_value, R, partial_latest + i * cap + c, partial_value + i * cap + c);
 }
 
 // grid (tile row i * kv_heads * jobs, heavy rows first), kGramThreads threads
@@ -612,16 +617,7 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     }
     const int R = threadIdx.x;
     const int32_t r = i * kGramTile + R;
-    if (r < n) {
-        int32_t latest = row_latest[R];
-        float value = row_value[R];
-        if (row_latest[kGramTile + R] > latest) {
-            latest = row_latest[kGramTile + R];
-            value = row_value[kGramTile + R];
-        }
-        partial_latest[i * cap + r] = latest;
-        partial_value[i * cap + r] = value;
-    }
+    if (r < n) write_later_half(row_latest, row_value, R, partial_latest + i * cap + r, partial_value + i * cap + r);
 }
 
 }  // namespace rkv::kernels
