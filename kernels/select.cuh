@@ -233,9 +233,11 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
                                                                                // slot of each kept slot
     uint8_t *flags = reinterpret_cast<uint8_t *>(src + c.capacity);            // [cap] 1: protected, 2: winner
 
-    // 1. scores and keys (the padding of the sort sorts last, like protected keys)
+    // 1. scores and keys (the padding of the sort sorts last, like protected
+    //    keys; only reference order sorts: the radix select reads the candidates)
+    const int32_t key_count = p.reference_order ? sorted_count : candidates;
     int32_t local_protected = 0;
-    for (int32_t j = threadIdx.x; j < sorted_count; j += blockDim.x) {
+    for (int32_t j = threadIdx.x; j < key_count; j += blockDim.x) {
         if (j >= candidates) {
             keys[j] = 0;
             continue;
