@@ -32,7 +32,6 @@ namespace rkv::kernels {
 constexpr int kGramThreads = 128;        // gram_fused_kernel: 4 warps as 2 x 2, each 64 x 64 of the tile
 constexpr int kImportanceThreads = 256;  // importance_fused_kernel: 8 warps
 constexpr int kFusedMaxRows = 64;        // G * window rows the fused importance holds (4 m16 tiles)
-constexpr int kWPartialLoads = 8;        // gram_fused_kernel: W's per-tile partials loaded at once
 
 // Dynamic shared memory of gram_fused_kernel: the row tile and two column
 // tiles (double-buffered with cp.async), inverse norms, W, reduction buffers.

@@ -57,14 +57,27 @@ __host__ __device__ constexpr size_t gram_wgmma_shared_bytes(int head_dim) {
 
 // Keys first_row .. first_row + 127 of a [*, D] matrix into an SW128 tile;
 // rows >= n are zeros.
+// By the kGramWgmmaThreads threads of the kernel, as load_key_tile
+// (gram_fused.cuh): a thread copies one chunk of every few rows at constant
+// offsets, and a whole tile (all but a head's last) without bounds.
 template <typename T, int D>
 __device__ __forceinline__ void load_sw128_tile(uint32_t tile, const T *source, int32_t first_row, int32_t n) {
-    constexpr int kChunks = D / 8;
-    for (int index = threadIdx.x; index < kGramTile * kChunks; index += blockDim.x) {
-        const int r = index / kChunks, chunk = index % kChunks;
+    constexpr int kChunks = D / 8, kRowsPerPass = kGramWgmmaThreads / kChunks;
+    static_assert(kGramWgmmaThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
+    const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
+    const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
+    if (first_row + kGramTile <= n) {
+#pragma unroll
+        for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass)
+            cp_async_16(tile + sw128_offset(row0 + pass * kRowsPerPass, chunk, kGramTile),
+                        from + pass * kRowsPerPass * D, true);
+        return;
+    }
+#pragma unroll
+    for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
+        const int r = row0 + pass * kRowsPerPass;
         const bool valid = first_row + r < n;
-        const T *from = valid ? source + int64_t(first_row + r) * D + chunk * 8 : source;
-        cp_async_16(tile + sw128_offset(r, chunk, kGramTile), from, valid);
+        cp_async_16(tile + sw128_offset(r, chunk, kGramTile), valid ? from + pass * kRowsPerPass * D : source, valid);
     }
 }
 
@@ -231,19 +244,26 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     const float not_a_number = __int_as_float(0x7fffffff);
     const int t = threadIdx.x;
 
+    const float inv_row = i * kGramTile + t < n ? inv_norm[i * kGramTile + t] : not_a_number;  // loaded first
     load_sw128_tile<T, D>(base + L::kA, keys, i * kGramTile, n);
     cp_async_commit();
-    {
-        const int32_t r = i * kGramTile + t;
-        inv_a[t] = r < n ? inv_norm[r] : not_a_number;
-    }
-    // W = the sum of every normalised key, from the per-tile partials in order.
+    // W = the sum of every normalised key, from the per-tile partials in
+    // order, their loads issued kWPartialLoads at a time.
     for (int e = t; e < D; e += blockDim.x) {
         const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
         float sum = 0.0f;
-        for (int32_t u = 0; u < tiles; ++u) sum += partial[u * D];
+        int32_t u = 0;
+        for (; u + kWPartialLoads <= tiles; u += kWPartialLoads) {
+            float part[kWPartialLoads];
+#pragma unroll
+            for (int v = 0; v < kWPartialLoads; ++v) part[v] = partial[(u + v) * D];
+#pragma unroll
+            for (int v = 0; v < kWPartialLoads; ++v) sum += part[v];
+        }
+        for (; u < tiles; ++u) sum += partial[u * D];
         w[e] = sum;
     }
+    inv_a[t] = inv_row;
 
     for (int32_t j = i; j < tiles; ++j) {
         const int32_t step = j - i;

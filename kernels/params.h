@@ -142,6 +142,7 @@ struct Job {
 constexpr int kMaxGroupJobs = 64;       // jobs per group: bounds the scratch memory
 constexpr int kSelectMaxCapacity = 16384;  // slots per head the selection holds in shared memory
 constexpr int kGramTile = 128;          // rows and columns of one key-Gram tile
+constexpr int kWPartialLoads = 8;       // the Gram kernels: W's per-tile partials loaded at once
 
 // Scratch of one group of jobs. Per (group job jj, head h) arrays start at
 // (jj * kv_heads + h) * capacity (times the extra extent where noted).
