@@ -1,15 +1,15 @@
 // The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a).
 //
 // The same statistics as gram_fused_kernel (kernels/gram_fused.cuh), which
-// stays as the mma.sync path: for every row r and column tile t, the latest
-// column of tile t with S[r, c] > tau and S there (partial slot t; the fused
-// kernel merges a row's tiles from its own on into its own tile's slot, and the
-// redundancy kernel, taking the largest over a row's slots, reads both alike); the
+// stays as the mma.sync path: for every row r, the latest column above tau and
+// S there, per column tile t before r's own (partial slot t) and over r's own
+// and later tiles (slot of r's tile; the slots after it hold -1); the
 // row sums k^_r . W - k^_r . k^_r (slot 0); S[r, 0] for the reference quirk.
 // S[r, c] = (acc * inv_r) * inv_c with acc the float32 sum of the exact 16-bit
 // products, as there. Symmetric: block i owns row tile i and walks the column
-// tiles j >= i; tile (i, j) serves the rows of tile i (slot j) and, read
-// transposed, the rows of tile j (slot i). Every (row, slot) is written once.
+// tiles j >= i; tile (i, j) serves the rows of tile i (kept over the walk,
+// slot i) and, read transposed, the rows of tile j (slot i). Every (row, slot)
+// is written once.
 //
 // What differs is how: one warpgroup (4 warps) per block computes each 128 x 128
 // tile as four 64 x 64 quarters with wgmma from SW128 shared memory (kernels/
@@ -146,19 +146,38 @@ __device__ __forceinline__ void wgmma_quarter_epilogue(const float (&acc)[32], i
     }
 }
 
-// After both sides of a half: the 4 lanes of a quad share a row, the largest
-// column wins; written to partial slot j of the row.
-__device__ __forceinline__ void wgmma_write_rows(WgmmaRowState &rows, int half, int32_t i, int32_t j, int32_t n,
-                                                 int64_t cap, int32_t *partial_latest, float *partial_value) {
+// After both sides of a half of tile j: the half's row hits (local columns)
+// folded into the running hits of the walk (`walk`, global columns: tiles come
+// in column order, so a hit in tile j is later than any before), and slot j of
+// the rows gets -1 when j > i (their hits go to slot i after the walk).
+__device__ __forceinline__ void wgmma_fold_rows(const WgmmaRowState &rows, WgmmaRowState &walk, int half, int32_t i,
+                                                int32_t j, int32_t n, int64_t cap, int32_t *partial_latest) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int row0 = half * 64 + warp * 16 + g;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        keep_latest_over_lanes<1, 2>(rows.latest[hr], rows.value[hr]);
+        if (rows.latest[hr] >= 0) {
+            walk.latest[hr] = j * kGramTile + rows.latest[hr];
+            walk.value[hr] = rows.value[hr];
+        }
+        const int32_t r = i * kGramTile + row0 + 8 * hr;
+        if (j > i && q == 0 && r < n) partial_latest[j * cap + r] = -1;
+    }
+}
+
+// After the walk: the 4 lanes of a quad share a row, the largest column wins;
+// written to partial slot i of the row.
+__device__ __forceinline__ void wgmma_write_rows(WgmmaRowState &walk, int half, int32_t i, int32_t n, int64_t cap,
+                                                 int32_t *partial_latest, float *partial_value) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int row0 = half * 64 + warp * 16 + g;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        keep_latest_over_lanes<1, 2>(walk.latest[hr], walk.value[hr]);
         const int32_t r = i * kGramTile + row0 + 8 * hr;
         if (q == 0 && r < n) {
-            partial_latest[j * cap + r] = rows.latest[hr] >= 0 ? j * kGramTile + rows.latest[hr] : -1;
-            partial_value[j * cap + r] = rows.value[hr];
+            partial_latest[i * cap + r] = walk.latest[hr];
+            partial_value[i * cap + r] = walk.value[hr];
         }
     }
 }
@@ -265,6 +284,9 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     }
     inv_a[t] = inv_row;
 
+    // The latest column above tau of this thread's rows (half 0, half 1) over
+    // the walk, and S there (wgmma_fold_rows).
+    WgmmaRowState walk[2] = {{{-1, -1}, {0.0f, 0.0f}}, {{-1, -1}, {0.0f, 0.0f}}};
     for (int32_t j = i; j < tiles; ++j) {
         const int32_t step = j - i;
         const uint32_t b_tile = step == 0 ? base + L::kA : base + L::kB + uint32_t((step - 1) & 1) * L::kTile;
@@ -343,7 +365,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         wgmma_wait<1>();
         fence_accumulators(odd);
         epilogue(odd, 0, 1, rows);
-        wgmma_write_rows(rows, 0, i, j, n, cap, partial_latest, partial_value);
+        wgmma_fold_rows(rows, walk[0], 0, i, j, n, cap, partial_latest);
         rows = {{-1, -1}, {0.0f, 0.0f}};
         issue_quarter<T, D>(odd, base + L::kA, b_tile, 1, 1);
         wgmma_wait<1>();
@@ -352,10 +374,12 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         wgmma_wait<0>();
         fence_accumulators(odd);
         epilogue(odd, 1, 1, rows);
-        wgmma_write_rows(rows, 1, i, j, n, cap, partial_latest, partial_value);
+        wgmma_fold_rows(rows, walk[1], 1, i, j, n, cap, partial_latest);
         if (step > 0)
             wgmma_column_winners(state, stage, winner, winner_value, i, j, n, cap, partial_latest, partial_value);
     }
+    wgmma_write_rows(walk[0], 0, i, n, cap, partial_latest, partial_value);
+    wgmma_write_rows(walk[1], 1, i, n, cap, partial_latest, partial_value);
 #else
     __trap();  // never launched: the host selects this kernel only on sm_90 devices
 #endif

@@ -4,12 +4,10 @@
  * definition (kernels/gram_fused.cuh): for every row r and column tile t, the
  * latest column c of t with S[r, c] = (k_r . k_c) inv_r inv_c > tau (the
  * diagonal counts as 0), S there, the row sums of S (slot 0), S[r, 0].
- * The two kernels lay the row direction out differently: the wgmma kernel
- * writes each tile t >= r's tile to its own slot; the mma.sync kernel keeps a
- * row's latest hit over all those tiles and writes it to the slot of r's own
- * tile, -1 to the slots after it (the redundancy kernel takes the latest over
- * the slots, so both give it the same answer). The column direction (slots of
- * tiles before r's) is per tile in both.
+ * In the row direction both kernels keep a row's latest hit over all tiles
+ * from r's own on and write it to the slot of r's own tile, -1 to the slots
+ * after it (the redundancy kernel takes the latest over the slots); the column
+ * direction (slots of tiles before r's) is per tile.
  *
  * The inputs make every part of the kernels matter: random keys with planted
  * near-duplicates in earlier and later tiles (S ~ 0.99), two jobs of different
@@ -91,13 +89,13 @@ struct Expected {
     double value;
 };
 
-// Every tile in its own slot (gram_wgmma_kernel).
+// Tile t's own answer.
 Expected per_tile(const Reference &ref, int32_t n, int32_t r, int32_t t) {
     return {ref.latest[size_t(t) * n + r], ref.value[size_t(t) * n + r]};
 }
 
-// The row direction merged into the slot of r's own tile, -1 after it
-// (gram_fused_kernel); the column direction per tile.
+// The row direction merged into the slot of r's own tile, -1 after it; the
+// column direction per tile.
 Expected rows_merged(const Reference &ref, int32_t n, int32_t tiles, int32_t r, int32_t t) {
     const int32_t own = r / 128;
     if (t < own) return per_tile(ref, n, r, t);
@@ -248,7 +246,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                     }
                     for (int32_t t = 0; t < tiles; ++t) {
                         const size_t at = row * kTiles + size_t(t) * kCap + r;
-                        const Expected want = kernel ? per_tile(ref, n, r, t) : rows_merged(ref, n, tiles, r, t);
+                        const Expected want = rows_merged(ref, n, tiles, r, t);
                         o.compared++;
                         if (latest[at] == kSentinel)
                             report(&o, name, jj, h, r, t, "never written: latest", latest[at], want.latest);
