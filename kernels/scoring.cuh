@@ -32,11 +32,13 @@ constexpr int kPartialLoads = 16;     // redundancy: a row's partial stats loade
 // its group-pooled row; phase 2: every candidate averages its probabilities
 // over the window (in window order, as the CPU); phase 3: max-pool.
 // Scratch of the caller: row_max, row_inverse [window], averaged [C]; staged:
-// the pooled logits [window][C] already in shared memory (pooled_groups 1), or
-// nullptr to read them from scratch.logits.
+// the pooled logits [window][C] already in shared memory (pooled_groups 1),
+// which phase 1 overwrites with exp(logit - row max) for phase 2 (one
+// exponential per logit instead of two), or nullptr to read them from
+// scratch.logits.
 __device__ void importance_pool_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
                                      float *row_max, float *row_inverse, float *averaged,
-                                     const float *staged = nullptr) {
+                                     float *staged = nullptr) {
     const int32_t window = p.cache.window;
     const int32_t groups = p.pooled_groups;  // 1: the fused kernel pooled already
     const int32_t candidates = job.held - window;
@@ -54,7 +56,11 @@ __device__ void importance_pool_head(const CompressParams &p, const Job &job, in
         for (int32_t j = lane; j < candidates; j += 32) local_max = fmaxf(local_max, pooled(a, j));
         const float max_value = warp_max(local_max);
         double local_sum = 0.0;
-        for (int32_t j = lane; j < candidates; j += 32) local_sum += expf(pooled(a, j) - max_value);
+        for (int32_t j = lane; j < candidates; j += 32) {
+            const float e = expf(pooled(a, j) - max_value);
+            local_sum += e;
+            if (staged != nullptr) staged[a * candidates + j] = e;
+        }
         const double sum = warp_sum(local_sum);
         if (lane == 0) {
             row_max[a] = max_value;
@@ -65,7 +71,10 @@ __device__ void importance_pool_head(const CompressParams &p, const Job &job, in
     const float inverse_window = 1.0f / float(window);
     for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
         float sum = 0.0f;
-        for (int32_t a = 0; a < window; ++a) sum += expf(pooled(a, j) - row_max[a]) * row_inverse[a];
+        for (int32_t a = 0; a < window; ++a) {
+            const float e = staged != nullptr ? staged[a * candidates + j] : expf(pooled(a, j) - row_max[a]);
+            sum += e * row_inverse[a];
+        }
         averaged[j] = sum * inverse_window;
     }
     __syncthreads();
