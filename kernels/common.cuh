@@ -378,6 +378,25 @@ __device__ __forceinline__ int64_t scratch_row(const CompressParams &p, int32_t 
     return (int64_t(jj) * p.cache.kv_heads + h) * p.cache.capacity;
 }
 
+// One element of W (the sum of every normalised key of a head): its per-tile
+// partials partial[t * D], t < tiles (written by the importance kernels), added
+// in tile order. The loads go out kWPartialLoads at a time: one at a time,
+// each add waited for its load (the Gram kernels' top prologue stall).
+template <int D>
+__device__ __forceinline__ float sum_w_partials(const float *partial, int32_t tiles) {
+    float sum = 0.0f;
+    int32_t t = 0;
+    for (; t + kWPartialLoads <= tiles; t += kWPartialLoads) {
+        float part[kWPartialLoads];
+#pragma unroll
+        for (int u = 0; u < kWPartialLoads; ++u) part[u] = partial[(t + u) * D];
+#pragma unroll
+        for (int u = 0; u < kWPartialLoads; ++u) sum += part[u];
+    }
+    for (; t < tiles; ++t) sum += partial[t * D];
+    return sum;
+}
+
 // The keys the scoring kernels read for (group job jj, head h), [held, head_dim]
 // of T: the rows of the job's layer (c = job_cache(p, job)), or for FP8 storage
 // their dequantised bf16 copy (kernels/fp8.cu, scratch.keys_dequantised), which

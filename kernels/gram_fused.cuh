@@ -475,23 +475,9 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
     // The row tile, which is also the columns of the diagonal tile i (its B).
     load_key_tile<T, D, kGramThreads>(a_address, keys, i * kGramTile, n);
     cp_async_commit();
-    // W = the sum of every normalised key, from the per-tile partials in
-    // order, their loads issued kWPartialLoads at a time (one at a time, each
-    // add waited for its load).
-    for (int e = threadIdx.x; e < D; e += blockDim.x) {
-        const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
-        float sum = 0.0f;
-        int32_t t = 0;
-        for (; t + kWPartialLoads <= tiles; t += kWPartialLoads) {
-            float part[kWPartialLoads];
-#pragma unroll
-            for (int u = 0; u < kWPartialLoads; ++u) part[u] = partial[(t + u) * D];
-#pragma unroll
-            for (int u = 0; u < kWPartialLoads; ++u) sum += part[u];
-        }
-        for (; t < tiles; ++t) sum += partial[t * D];
-        w[e] = sum;
-    }
+    // W = the sum of every normalised key, from the per-tile partials.
+    for (int e = threadIdx.x; e < D; e += blockDim.x)
+        w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[threadIdx.x] = next_inv;
 
     // The latest column above tau of each of this thread's rows (tile i) over

@@ -266,22 +266,9 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     const float inv_row = i * kGramTile + t < n ? inv_norm[i * kGramTile + t] : not_a_number;  // loaded first
     load_sw128_tile<T, D>(base + L::kA, keys, i * kGramTile, n);
     cp_async_commit();
-    // W = the sum of every normalised key, from the per-tile partials in
-    // order, their loads issued kWPartialLoads at a time.
-    for (int e = t; e < D; e += blockDim.x) {
-        const float *partial = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e;
-        float sum = 0.0f;
-        int32_t u = 0;
-        for (; u + kWPartialLoads <= tiles; u += kWPartialLoads) {
-            float part[kWPartialLoads];
-#pragma unroll
-            for (int v = 0; v < kWPartialLoads; ++v) part[v] = partial[(u + v) * D];
-#pragma unroll
-            for (int v = 0; v < kWPartialLoads; ++v) sum += part[v];
-        }
-        for (; u < tiles; ++u) sum += partial[u * D];
-        w[e] = sum;
-    }
+    // W = the sum of every normalised key, from the per-tile partials.
+    for (int e = t; e < D; e += blockDim.x)
+        w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[t] = inv_row;
 
     // The latest column above tau of this thread's rows (half 0, half 1) over
