@@ -283,13 +283,17 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     // The latest column above tau of this thread's rows (half 0, half 1) over
     // the walk, and S there (wgmma_fold_rows).
     WgmmaRowState walk[2] = {{{-1, -1}, {0.0f, 0.0f}}, {{-1, -1}, {0.0f, 0.0f}}};
+    float next_inv = inv_row;  // the column tile j = i is the row tile
     for (int32_t j = i; j < tiles; ++j) {
         const int32_t step = j - i;
         const uint32_t b_tile = step == 0 ? base + L::kA : base + L::kB + uint32_t((step - 1) & 1) * L::kTile;
         float *inv_c = inv_cols + (step & 1) * kGramTile;
-        {
-            const int32_t col = j * kGramTile + t;
-            inv_c[t] = col < n ? inv_norm[col] : not_a_number;
+        // The inverse norms of tile j, loaded a tile ahead (the store waited on
+        // its own load here: 6.6% of the stall samples), and those of j + 1.
+        inv_c[t] = next_inv;
+        if (j + 1 < tiles) {
+            const int32_t col = (j + 1) * kGramTile + t;
+            next_inv = col < n ? inv_norm[col] : not_a_number;
         }
         // Prefetch tile j + 1 into the buffer tile j - 1 used (every warp is
         // past it: the barriers of its column winners).
