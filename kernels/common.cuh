@@ -378,6 +378,36 @@ __device__ __forceinline__ int64_t scratch_row(const CompressParams &p, int32_t 
     return (int64_t(jj) * p.cache.kv_heads + h) * p.cache.capacity;
 }
 
+// Rows first_row .. first_row + 127 (kGramTile) of a [*, D] matrix of 16-bit
+// keys into a shared-memory tile by kThreads threads, 16-byte chunk `chunk` of
+// row `row` at tile + offset(row, chunk) (the tile's layout: the ldmatrix
+// swizzle of gram_fused.cuh, or wgmma's SW128); rows >= n are zeros. The
+// thread count is known at compile time, so each thread copies one chunk of
+// every (kThreads / (D / 8))th row and its copies differ by constant offsets
+// (a loop that recomputes the row, the chunk and both addresses per copy took
+// 26 instructions each in the Gram kernel's SASS); a whole tile (all but a
+// head's last) is copied without bounds checks.
+template <typename T, int D, int kThreads, typename Offset>
+__device__ __forceinline__ void copy_key_tile(uint32_t tile, const T *source, int32_t first_row, int32_t n,
+                                              Offset offset) {
+    constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks;
+    static_assert(kThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
+    const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
+    const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
+    if (first_row + kGramTile <= n) {
+#pragma unroll
+        for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass)
+            cp_async_16(tile + offset(row0 + pass * kRowsPerPass, chunk), from + pass * kRowsPerPass * D, true);
+        return;
+    }
+#pragma unroll
+    for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
+        const int row = row0 + pass * kRowsPerPass;
+        const bool valid = first_row + row < n;
+        cp_async_16(tile + offset(row, chunk), valid ? from + pass * kRowsPerPass * D : source, valid);
+    }
+}
+
 // One element of W (the sum of every normalised key of a head): its per-tile
 // partials partial[t * D], t < tiles (written by the importance kernels), added
 // in tile order. The loads go out kWPartialLoads at a time: one at a time,

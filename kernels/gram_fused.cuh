@@ -107,31 +107,12 @@ __device__ __forceinline__ void load_rows(uint32_t tile, const T *source, int32_
 }
 
 // Rows first_row .. first_row + 127 of a [*, D] matrix into a swizzled tile
-// (rows >= n are zeros) by a block of kThreads threads: what load_rows does
-// for a whole tile, with the thread count known at compile time, so that each
-// thread copies one chunk of every (kThreads / (D / 8))th row and its copies
-// differ by constant offsets (load_rows recomputes the row, the chunk and both
-// addresses per copy: 26 instructions each in the Gram kernel's SASS).
+// (rows >= n are zeros) by a block of kThreads threads: copy_key_tile
+// (common.cuh) with this file's swizzle.
 template <typename T, int D, int kThreads>
 __device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, int32_t first_row, int32_t n) {
-    constexpr int kChunks = D / 8, kRowsPerPass = kThreads / kChunks;
-    static_assert(kThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
-    const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
-    const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
-    if (first_row + kGramTile <= n) {
-        // Every row held (all but a head's last tile): no bounds to check, and
-        // each copy an immediate offset from one pair of addresses.
-#pragma unroll
-        for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass)
-            cp_async_16(tile + swizzle<D>(row0 + pass * kRowsPerPass, chunk), from + pass * kRowsPerPass * D, true);
-        return;
-    }
-#pragma unroll
-    for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
-        const int row = row0 + pass * kRowsPerPass;
-        const bool valid = first_row + row < n;
-        cp_async_16(tile + swizzle<D>(row, chunk), valid ? from + pass * kRowsPerPass * D : source, valid);
-    }
+    copy_key_tile<T, D, kThreads>(tile, source, first_row, n,
+                                  [](int row, int chunk) { return swizzle<D>(row, chunk); });
 }
 
 // ---------------------------------------------------------------------------

@@ -55,30 +55,12 @@ __host__ __device__ constexpr size_t gram_wgmma_shared_bytes(int head_dim) {
 
 #if RKV_HAS_WGMMA
 
-// Keys first_row .. first_row + 127 of a [*, D] matrix into an SW128 tile;
-// rows >= n are zeros.
-// By the kGramWgmmaThreads threads of the kernel, as load_key_tile
-// (gram_fused.cuh): a thread copies one chunk of every few rows at constant
-// offsets, and a whole tile (all but a head's last) without bounds.
+// Keys first_row .. first_row + 127 of a [*, D] matrix into an SW128 tile
+// (rows >= n are zeros): copy_key_tile (common.cuh) with the SW128 layout.
 template <typename T, int D>
 __device__ __forceinline__ void load_sw128_tile(uint32_t tile, const T *source, int32_t first_row, int32_t n) {
-    constexpr int kChunks = D / 8, kRowsPerPass = kGramWgmmaThreads / kChunks;
-    static_assert(kGramWgmmaThreads % kChunks == 0 && kGramTile % kRowsPerPass == 0, "whole passes of whole rows");
-    const int row0 = threadIdx.x / kChunks, chunk = threadIdx.x % kChunks;
-    const T *from = source + int64_t(first_row + row0) * D + chunk * 8;
-    if (first_row + kGramTile <= n) {
-#pragma unroll
-        for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass)
-            cp_async_16(tile + sw128_offset(row0 + pass * kRowsPerPass, chunk, kGramTile),
-                        from + pass * kRowsPerPass * D, true);
-        return;
-    }
-#pragma unroll
-    for (int pass = 0; pass < kGramTile / kRowsPerPass; ++pass) {
-        const int r = row0 + pass * kRowsPerPass;
-        const bool valid = first_row + r < n;
-        cp_async_16(tile + sw128_offset(r, chunk, kGramTile), valid ? from + pass * kRowsPerPass * D : source, valid);
-    }
+    copy_key_tile<T, D, kGramWgmmaThreads>(tile, source, first_row, n,
+                                           [](int row, int chunk) { return sw128_offset(row, chunk, kGramTile); });
 }
 
 // Issues acc = rows 64 * half .. + 63 of the A tile times rows 64 * side ..
