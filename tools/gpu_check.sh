@@ -21,7 +21,8 @@
 #   --tests LIST      GPU tests to run (default: all), e.g. test_gpu_attend,test_gpu_fp8
 #   --sanitizer-tests LIST   tests run under compute-sanitizer (default: all but the
 #                     ones that provoke device errors on purpose)
-#   --bench LIST      benchmarks: compress (rkv_bench_gpu), torch (torch_rkv.py),
+#   --bench LIST      benchmarks: compress (rkv_bench_gpu, Gaussian keys into bench.json,
+#                     keys sharing a direction into bench_shared.json), torch (torch_rkv.py),
 #                     attend (bench_attend.py); default compress,torch,attend
 #   --batches LIST    compression benchmark batches (default 1,8,64,256)
 #   --profile LIST    batches whose compression phases are timed (default 1,64; 0: none)
@@ -125,8 +126,14 @@ fi
 if [ "$run_bench" = 1 ]; then
   echo "== benchmarks"
   if wants compress; then
-    "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --json "$logs/bench.json" 2>&1 | tee "$logs/bench.log"
-    [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu"; status=1; }
+    # Gaussian keys (the redundancy's worst case: no pair passes the threshold),
+    # then keys sharing a direction, as real keys do (rkv_bench_gpu --keys).
+    for keys in gauss shared; do
+      suffix=${keys/gauss/}; suffix=${suffix:+_$suffix}
+      "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --keys "$keys" \
+          --json "$logs/bench$suffix.json" 2>&1 | tee "$logs/bench$suffix.log"
+      [ "${PIPESTATUS[0]}" = 0 ] || { note "FAIL  rkv_bench_gpu --keys $keys"; status=1; }
+    done
   fi
   if wants attend && python3 -c "import torch" 2>/dev/null; then
     python3 tools/bench_attend.py --lib "$build/librkv.so" --cases "$attend_cases" --json "$logs/attend.json" \
