@@ -1,8 +1,6 @@
 // Launchers of the scoring, selection and compaction kernels
-// (kernels/scoring.cuh, kernels/select.cuh, kernels/score_select.cuh), and the
-// shared-memory setup.
+// (kernels/scoring.cuh, kernels/select.cuh), and the shared-memory setup.
 #include "launch.h"
-#include "score_select.cuh"
 #include "scoring.cuh"
 #include "select.cuh"
 #include "shared_limit.cuh"
@@ -15,7 +13,7 @@ dim3 heads_jobs(const CompressParams &p) { return dim3(unsigned(p.cache.kv_heads
 
 }  // namespace
 
-cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups, int32_t window) {
+cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups) {
     cudaError_t error = configure_append_kernels(dtype, head_dim, capacity, groups);
     if (error == cudaSuccess) error = configure_gram_kernels(dtype, head_dim);
     if (error == cudaSuccess) error = configure_gram_wgmma_kernels(dtype, head_dim);
@@ -24,9 +22,6 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
     if (error != cudaSuccess) return error;
     const size_t select = select_shared_bytes(capacity);
     RKV_DISPATCH_DTYPE(dtype, T, { error = raise_shared_limit(select_compact_kernel<T>, select); })
-    if (error != cudaSuccess) return error;
-    const size_t fused = score_select_shared_bytes(capacity, window);
-    RKV_DISPATCH_DTYPE(dtype, T, { error = raise_shared_limit(score_select_kernel<T>, fused); })
     return error;
 }
 
@@ -71,18 +66,6 @@ cudaError_t launch_select_compact(const CompressParams &p, cudaStream_t stream) 
         select_compact_kernel<T><<<heads_jobs(p), kSelectThreads, shared, stream>>>(p);
     })
     return cudaGetLastError();
-}
-
-cudaError_t launch_score_select(const CompressParams &p, cudaStream_t stream) {
-    const size_t shared = score_select_shared_bytes(p.cache.capacity, p.cache.window);
-    RKV_DISPATCH_DTYPE(p.cache.dtype, T, {
-        score_select_kernel<T><<<heads_jobs(p), kSelectThreads, shared, stream>>>(p);
-    })
-    return cudaGetLastError();
-}
-
-size_t score_select_shared_bytes_for(int32_t capacity, int32_t window) {
-    return score_select_shared_bytes(capacity, window);
 }
 
 cudaError_t launch_commit(const CompressParams &p, cudaStream_t stream) {

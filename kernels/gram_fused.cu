@@ -31,10 +31,6 @@ template <typename T, int D>
 struct ImportanceKernel {
     static constexpr auto kernel = importance_fused_kernel<T, D>;
 };
-template <typename T, int D>
-struct ImportanceStreamKernel {
-    static constexpr auto kernel = importance_stream_kernel<T, D>;
-};
 
 }  // namespace
 
@@ -49,13 +45,8 @@ cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim) {
         return cudaFuncSetAttribute(instance.kernel, limit, int(gram_fused_shared_bytes(head_dim)));
     });
     if (error != cudaSuccess) return error;
-    error = with_instance<ImportanceKernel>(dtype, head_dim, [&](auto instance) {
+    return with_instance<ImportanceKernel>(dtype, head_dim, [&](auto instance) {
         return cudaFuncSetAttribute(instance.kernel, limit, int(importance_fused_shared_bytes(head_dim, kFusedMaxRows)));
-    });
-    if (error != cudaSuccess) return error;
-    return with_instance<ImportanceStreamKernel>(dtype, head_dim, [&](auto instance) {
-        return cudaFuncSetAttribute(instance.kernel, limit,
-                                    int(importance_stream_shared_bytes(head_dim, kFusedMaxRows)));
     });
 }
 
@@ -66,18 +57,6 @@ cudaError_t launch_importance_fused(const CompressParams &p, int32_t max_held, i
     const dim3 grid(unsigned((max_held + kGramTile - 1) / kGramTile), unsigned(p.cache.kv_heads), unsigned(p.num_jobs));
     const size_t shared = importance_fused_shared_bytes(d, p.scratch.rows);
     with_instance<ImportanceKernel>(p.cache.dtype, d, [&](auto instance) {
-        instance.kernel<<<grid, kImportanceThreads, shared, stream>>>(p, with_norms);
-        return cudaSuccess;
-    });
-    return cudaGetLastError();
-}
-
-cudaError_t launch_importance_stream(const CompressParams &p, int32_t with_norms, cudaStream_t stream) {
-    const int32_t d = p.cache.head_dim;
-    if (!gram_fused_supported(p.cache.dtype, d, p.scratch.rows)) return cudaErrorNotSupported;
-    const dim3 grid(unsigned(p.cache.kv_heads), unsigned(p.num_jobs));
-    const size_t shared = importance_stream_shared_bytes(d, p.scratch.rows);
-    with_instance<ImportanceStreamKernel>(p.cache.dtype, d, [&](auto instance) {
         instance.kernel<<<grid, kImportanceThreads, shared, stream>>>(p, with_norms);
         return cudaSuccess;
     });

@@ -46,13 +46,6 @@ __host__ __device__ constexpr size_t gram_fused_shared_bytes(int head_dim) {
 // Query rows of the fused importance, padded to whole m16 tiles.
 __host__ __device__ constexpr int fused_rows(int rows) { return (rows + 15) / 16 * 16; }
 
-// What the importance of one key tile needs beside its key tile: the query
-// rows, the logits [rows, 128] and the inverse norms (rows padded to 16).
-__host__ __device__ constexpr size_t importance_tile_shared_bytes(int head_dim, int rows) {
-    return size_t(fused_rows(rows)) * head_dim * 2 + size_t(fused_rows(rows)) * kGramTile * sizeof(float) +
-           size_t(kGramTile) * sizeof(float);
-}
-
 // The row groups' W sums of importance_tile: [kRowGroups][D] floats, always
 // kImportanceThreads * 8 (a 16-byte chunk per thread).
 constexpr size_t kImportanceWBytes = size_t(kImportanceThreads) * 8 * sizeof(float);
@@ -117,12 +110,6 @@ __device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, in
 
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
-
-// Dynamic shared memory of importance_stream_kernel: the query rows, two key
-// tiles (double-buffered), the logits [rows, 128] and the inverse norms.
-__host__ __device__ constexpr size_t importance_stream_shared_bytes(int head_dim, int rows) {
-    return size_t(2) * kGramTile * head_dim * 2 + importance_tile_shared_bytes(head_dim, rows);
-}
 
 // The importance work of key tile t of (job, head), every thread of a block of
 // kImportanceThreads taking part, once the tile (k_tile, swizzled [128][D]) and
@@ -253,50 +240,6 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     cp_async_wait<0>();
     __syncthreads();
     importance_tile<T, D>(p, c, job, jj, h, t, k_tile, q_address, logits, w_sums, inv, with_norms);
-}
-
-// The same work as importance_fused_kernel, one block per (kv head, job)
-// streaming the head's key tiles through a double buffer: tile t + 1 loads
-// while tile t is computed, and the window queries load once per head instead
-// of once per tile (the wgmma path). grid (kv head, job), kImportanceThreads
-// threads, importance_stream_shared_bytes(D, rows) of dynamic shared memory.
-template <typename T, int D>
-__global__ void __launch_bounds__(kImportanceThreads, 2) importance_stream_kernel(CompressParams p, int32_t with_norms) {
-    extern __shared__ __align__(128) char stream_shared[];
-    const int32_t h = blockIdx.x, jj = blockIdx.y;
-    const Job job = p.jobs[jj];
-    if (!job_active(p, job)) return;
-    const CacheLayer c = job_cache(p, job);
-    const int32_t n = job.held, tiles = (n + kGramTile - 1) / kGramTile;
-    const int32_t groups = c.q_heads / c.kv_heads, rows = groups * c.window;  // <= kFusedMaxRows
-    const int32_t padded = fused_rows(rows);
-    constexpr int kTileBytes = kGramTile * D * 2;
-    char *q_tile = stream_shared;                                            // [padded][D]
-    char *k_tiles = q_tile + padded * D * 2;                                 // [2][128][D]
-    float *logits = reinterpret_cast<float *>(k_tiles + 2 * kTileBytes);     // [padded][128]
-    float *inv = logits + padded * kGramTile;                                // [128]
-    const uint32_t q_address = shared_address(q_tile);
-    const T *keys = scoring_keys<T>(p, c, jj, job, h);
-    const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
-    load_rows<T, D>(q_address, queries, 0, padded, rows);
-    load_key_tile<T, D, kImportanceThreads>(shared_address(k_tiles), keys, 0, n);
-    cp_async_commit();
-    for (int32_t t = 0; t < tiles; ++t) {
-        // Tile t + 1 goes into the buffer of tile t - 1 (done: the barrier at the end of the last step).
-        if (t + 1 < tiles) {
-            load_key_tile<T, D, kImportanceThreads>(shared_address(k_tiles + ((t + 1) & 1) * kTileBytes), keys,
-                                                    (t + 1) * kGramTile, n);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        // (its logits buffer is free during the W partial: the W sums go there)
-        importance_tile<T, D>(p, c, job, jj, h, t, k_tiles + (t & 1) * kTileBytes, q_address, logits, logits, inv,
-                              with_norms);
-        __syncthreads();  // the tile's buffer, the logits and the norms are reused
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,26 +1,30 @@
-// The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a).
+// The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a), by
+// rows: block i owns row tile i (128 keys) of a (job, head) and walks every
+// column tile, from the last to the first, so a row's first hit is its latest
+// column above tau, and it stops once every row of the tile has one (with
+// keys that have near-duplicates, the common case R-KV exists for, most of the
+// walk; with none, the whole square). It writes each row's answer once, into
+// partial slot 0 (latest column, S there, the row sum k^_r . W - k^_r . k^_r),
+// and S[r, 0] for the reference quirk where the walk reaches column tile 0
+// (every row without a hit makes it): the redundancy kernel's one-slot layout.
 //
-// The same statistics as gram_fused_kernel (kernels/gram_fused.cuh), which
-// stays as the mma.sync path: for every row r, the latest column above tau and
-// S there, per column tile t before r's own (partial slot t) and over r's own
-// and later tiles (slot of r's tile; the slots after it hold -1); the
-// row sums k^_r . W - k^_r . k^_r (slot 0); S[r, 0] for the reference quirk.
-// S[r, c] = (acc * inv_r) * inv_c with acc the float32 sum of the exact 16-bit
-// products, as there. Symmetric: block i owns row tile i and walks the column
-// tiles j >= i; tile (i, j) serves the rows of tile i (kept over the walk,
-// slot i) and, read transposed, the rows of tile j (slot i). Every (row, slot)
-// is written once.
+// gram_fused_kernel (kernels/gram_fused.cuh, mma.sync) computes the same
+// statistics from the symmetric half instead, every tile of it; on Gaussian
+// keys (no early stop) it is the faster one. Here S[r, c] = (acc * inv_r) *
+// inv_c with acc the float32 sum of the exact 16-bit products, as there.
 //
-// What differs is how: one warpgroup (4 warps) per block computes each 128 x 128
-// tile as four 64 x 64 quarters with wgmma from SW128 shared memory (kernels/
-// wgmma.cuh), two accumulator sets in turn, so the tensor cores compute the
-// next quarter while the warpgroup runs the epilogue of the current one, and no
-// mma or ldmatrix instruction takes issue slots from the epilogue. Two blocks
-// share an SM (about 108 KiB of shared memory each for head_dim 128). The
-// per-column winners are reduced through shared memory (latest row as int16,
-// then the value of the one thread that holds it) instead of shuffles. Rows and
-// columns past n carry NaN inverse norms, so they never pass the threshold,
-// whatever its sign.
+// How: one warpgroup (4 warps) per block; a tile's two halves of 64 rows x 128
+// columns (wgmma.m64n128k16 from SW128 shared memory, kernels/wgmma.cuh) go to
+// the tensor cores in turn into two accumulator sets, each computed while the
+// warpgroup runs the epilogue of the other (five instructions per element:
+// two multiplies, the compare, two predicated moves). Two blocks share an SM
+// (about 100 KiB of shared memory each at head_dim 128). Rows and columns past
+// n carry NaN inverse norms, so they never pass the threshold, whatever its
+// sign. The symmetric wgmma kernel before this one (four 64 x 64 quarters, the
+// column winners merged through shared memory: m64n64 from shared memory needs
+// the whole shared-memory bandwidth for its operands) took 13.0 ms at batch 64
+// where this one takes 14.3 on Gaussian keys and 12.8 on keys that share a
+// direction (kernels/README.md, Session 12).
 #pragma once
 
 #include "wgmma.cuh"
@@ -36,14 +40,11 @@ struct GramWgmmaShared {
     static constexpr uint32_t kTile = uint32_t(kGramTile) * D * 2;  // one SW128 tile of 128 keys
     static constexpr uint32_t kRegion = uint32_t(kGramTile) * 128;  // 64 elements of 128 rows
     static constexpr uint32_t kA = 0;                               // row tile i
-    static constexpr uint32_t kB = kTile;                           // [2] column tiles (double-buffered)
+    static constexpr uint32_t kB = kTile;                           // [2] column tiles (by parity of j)
     static constexpr uint32_t kInvA = 3 * kTile;                    // [128] f32 1/(|k|+1e-8) of tile i; NaN past n
-    static constexpr uint32_t kInvC = kInvA + kGramTile * 4;        // [2][128] f32 the same for tile j
-    static constexpr uint32_t kW = kInvC + 2 * kGramTile * 4;       // [D] f32 sum of the normalised keys
-    static constexpr uint32_t kStage = kW + D * 4;                  // [32][128] int16 latest row per (thread row, column)
-    static constexpr uint32_t kWinner = kStage + 32 * kGramTile * 2;  // [128] int32 latest row per column
-    static constexpr uint32_t kValue = kWinner + kGramTile * 4;     // [128] f32 S at that row
-    static constexpr uint32_t kEnd = kValue + kGramTile * 4;
+    static constexpr uint32_t kInvC = kInvA + kGramTile * 4;        // [3][128] f32 the same for tile j (j % 3)
+    static constexpr uint32_t kW = kInvC + 3 * kGramTile * 4;       // [D] f32 sum of the normalised keys
+    static constexpr uint32_t kEnd = kW + D * 4;
     static constexpr size_t kBytes = size_t(kEnd) + 1024;
 };
 
@@ -51,6 +52,27 @@ __host__ __device__ constexpr size_t gram_wgmma_shared_bytes(int head_dim) {
     return head_dim == 64    ? GramWgmmaShared<64>::kBytes
            : head_dim == 128 ? GramWgmmaShared<128>::kBytes
                              : GramWgmmaShared<256>::kBytes;
+}
+
+// The (row tile i, job jj, KV head h) a block works on, for a grid of row
+// tiles x kv_heads x jobs blocks. The (job, head) pairs go in chunks of
+// kGramChunkPairs, and a chunk's blocks by row tile, so the blocks resident at
+// once walk the keys of one or two chunks (at head_dim 128 and 1152 keys,
+// 9.4 MB a chunk), which stay in the L2 while every row tile of their pairs
+// walks them. (In row-tile-major order the walks of every pair of a launch came
+// between two reads of a column tile, 151 MB at batch 64, three times the L2:
+// each block read its nine tiles from DRAM, and the kernel took 14.9 ms, not
+// 14.3.)
+struct GramBlock {
+    int32_t i, jj, h;
+};
+constexpr int32_t kGramChunkPairs = 32;
+__device__ __forceinline__ GramBlock gram_block(int32_t kv_heads, int32_t jobs) {
+    const int32_t pairs = kv_heads * jobs, tiles = int32_t(gridDim.x) / pairs, block = int32_t(blockIdx.x);
+    const int32_t first = block / (kGramChunkPairs * tiles) * kGramChunkPairs;  // the chunk's first pair
+    const int32_t count = min(kGramChunkPairs, pairs - first), local = block - first * tiles;
+    const int32_t pair = first + local % count;
+    return {local / count, pair / kv_heads, pair % kv_heads};
 }
 
 #if RKV_HAS_WGMMA
@@ -63,162 +85,59 @@ __device__ __forceinline__ void load_sw128_tile(uint32_t tile, const T *source, 
                                            [](int row, int chunk) { return sw128_offset(row, chunk, kGramTile); });
 }
 
-// Issues acc = rows 64 * half .. + 63 of the A tile times rows 64 * side ..
-// + 63 of the B tile (shared addresses of SW128 tiles of 128 keys), K = D, as
-// one committed wgmma group; the caller waits (wgmma_wait), then fences acc.
+// Issues acc = rows 64 * half .. + 63 of the A tile times the 128 rows of the
+// B tile (shared addresses of SW128 tiles of 128 keys), K = D, as one
+// committed wgmma group; the caller waits (wgmma_wait), then fences acc.
 template <typename T, int D>
-__device__ __forceinline__ void issue_quarter(float (&acc)[32], uint32_t a_tile, uint32_t b_tile, int half, int side) {
+__device__ __forceinline__ void issue_half(float (&acc)[64], uint32_t a_tile, uint32_t b_tile, int half) {
     constexpr uint32_t kRegion = GramWgmmaShared<D>::kRegion;
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
         const uint32_t step = (k >> 2) * kRegion + (k & 3) * 32;
-        const uint64_t a = sw128_descriptor(a_tile + step + uint32_t(half) * 64 * 128);
-        const uint64_t b = sw128_descriptor(b_tile + step + uint32_t(side) * 64 * 128);
-        wgmma_m64n64k16<T>(acc, a, b, k > 0);
+        wgmma_m64n128k16<T>(acc, sw128_descriptor(a_tile + step + uint32_t(half) * 64 * 128),
+                            sw128_descriptor(b_tile + step), k > 0);
     }
     wgmma_commit();
 }
 
-// Where one thread's accumulators sit in the 128 x 128 tile and what the
-// epilogue keeps across the two halves.
-struct WgmmaTileState {
-    int32_t col_latest[32];  // per column 8 (k/2) + 2q + k%2: latest local row above tau, -1 none
-    float col_value[32];     // S there
-};
-
-// What one thread's rows (local rows 64 half + 16 warp + g and + 8) have met
-// so far in the columns of a half: the latest column above tau and S there.
-struct WgmmaRowState {
-    int32_t latest[2];
-    float value[2];
-};
-
-// The epilogue of one 64 x 64 quarter (rows of `half`, columns of `side`):
-// per row the latest column above tau (kept in `rows` over the two sides);
-// per column (off the diagonal) the latest row, kept in `state`. Rows ascend
-// along (half, e / 2) and columns along (side, s, e % 2), so a later hit
-// replaces an earlier one. kDiagonal: S[r, r] = 0, rows only.
+// The epilogue of one half (64 rows x the 128 columns of tile j): per row of
+// this thread (local rows 64 half + 16 warp + g, + 8) the latest of its
+// columns with S = acc * inv_r * inv_c above tau, as a local column (-1: none),
+// and S there. Columns ascend along (s, e % 2): a later hit replaces an
+// earlier one. kDiagonal: S[r, r] = 0.
 template <bool kDiagonal>
-__device__ __forceinline__ void wgmma_quarter_epilogue(const float (&acc)[32], int half, int side, const float *inv_a,
-                                                       const float *inv_c, float tau, WgmmaRowState &rows,
-                                                       WgmmaTileState &state) {
+__device__ __forceinline__ void wgmma_half_epilogue(const float (&acc)[64], int half, const float *inv_a,
+                                                    const float *inv_c, float tau, int32_t (&latest)[2],
+                                                    float (&value)[2]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int row0 = half * 64 + warp * 16 + g;  // + 8 for e >= 2
     const float inv_r[2] = {inv_a[row0], inv_a[row0 + 8]};
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
-        const int column_pair = 8 * (8 * side + s) + 2 * q;
+    for (int s = 0; s < 16; ++s) {
+        const int column_pair = 8 * s + 2 * q;
         const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + column_pair);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int hr = e >> 1, ec = e & 1;
-            const int row_local = row0 + 8 * hr, col_local = column_pair + ec;
-            float value = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
-            if (kDiagonal && row_local == col_local) value = 0.0f;
-            if (value > tau) {
-                rows.latest[hr] = col_local;
-                rows.value[hr] = value;
-                if (!kDiagonal) {
-                    state.col_latest[2 * (8 * side + s) + ec] = row_local;
-                    state.col_value[2 * (8 * side + s) + ec] = value;
-                }
+            float v = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
+            if (kDiagonal && row0 + 8 * hr == column_pair + ec) v = 0.0f;
+            if (v > tau) {
+                latest[hr] = column_pair + ec;
+                value[hr] = v;
             }
-        }
-    }
-}
-
-// After both sides of a half of tile j: the half's row hits (local columns)
-// folded into the running hits of the walk (`walk`, global columns: tiles come
-// in column order, so a hit in tile j is later than any before), and slot j of
-// the rows gets -1 when j > i (their hits go to slot i after the walk).
-__device__ __forceinline__ void wgmma_fold_rows(const WgmmaRowState &rows, WgmmaRowState &walk, int half, int32_t i,
-                                                int32_t j, int32_t n, int64_t cap, int32_t *partial_latest) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    const int row0 = half * 64 + warp * 16 + g;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        if (rows.latest[hr] >= 0) {
-            walk.latest[hr] = j * kGramTile + rows.latest[hr];
-            walk.value[hr] = rows.value[hr];
-        }
-        const int32_t r = i * kGramTile + row0 + 8 * hr;
-        if (j > i && q == 0 && r < n) partial_latest[j * cap + r] = -1;
-    }
-}
-
-// After the walk: the 4 lanes of a quad share a row, the largest column wins;
-// written to partial slot i of the row.
-__device__ __forceinline__ void wgmma_write_rows(WgmmaRowState &walk, int half, int32_t i, int32_t n, int64_t cap,
-                                                 int32_t *partial_latest, float *partial_value) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    const int row0 = half * 64 + warp * 16 + g;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        keep_latest_over_lanes<1, 2>(walk.latest[hr], walk.value[hr]);
-        const int32_t r = i * kGramTile + row0 + 8 * hr;
-        if (q == 0 && r < n) {
-            partial_latest[i * cap + r] = walk.latest[hr];
-            partial_value[i * cap + r] = walk.value[hr];
-        }
-    }
-}
-
-// The column winners of an off-diagonal tile (i, j): the latest row of tile i
-// above tau for each column of tile j, written to partial slot i of that
-// column's row. Three block barriers: stage the latest rows, reduce them per
-// column, let the one thread holding the winner publish its value.
-__device__ __forceinline__ void wgmma_column_winners(const WgmmaTileState &state, int16_t *stage, int32_t *winner,
-                                                     float *winner_value, int32_t i, int32_t j, int32_t n,
-                                                     int64_t cap, int32_t *partial_latest, float *partial_value) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    const int thread_row = warp * 8 + g;  // the 8 lanes of a column share q
-#pragma unroll
-    for (int s = 0; s < 16; ++s) {
-        const uint32_t pair = uint32_t(uint16_t(int16_t(state.col_latest[2 * s]))) |
-                              (uint32_t(uint16_t(int16_t(state.col_latest[2 * s + 1]))) << 16);
-        *reinterpret_cast<uint32_t *>(stage + thread_row * kGramTile + 8 * s + 2 * q) = pair;
-    }
-    __syncthreads();
-    {
-        const int column = threadIdx.x;
-        int32_t best = -1;
-#pragma unroll 8
-        for (int r = 0; r < 32; ++r) best = max(best, int32_t(stage[r * kGramTile + column]));
-        winner[column] = best;
-    }
-    __syncthreads();
-    // The thread whose row won a column publishes S there. The winners are
-    // loaded 8 at a time before any compare, so the stores can be predicated
-    // (with the load inside the condition, ptxas made the 32 updates divergent
-    // branches, each waiting on its load: ~10% of the kernel's stall samples).
-#pragma unroll
-    for (int k0 = 0; k0 < 32; k0 += 8) {
-        int32_t best[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) best[k] = winner[8 * ((k0 + k) >> 1) + 2 * q + ((k0 + k) & 1)];
-#pragma unroll
-        for (int k = 0; k < 8; ++k)
-            if (best[k] >= 0 && state.col_latest[k0 + k] == best[k])
-                winner_value[8 * ((k0 + k) >> 1) + 2 * q + ((k0 + k) & 1)] = state.col_value[k0 + k];
-    }
-    __syncthreads();
-    {
-        const int column = threadIdx.x;
-        const int32_t c = j * kGramTile + column;
-        if (c < n) {
-            const int32_t best = winner[column];
-            partial_latest[i * cap + c] = best >= 0 ? i * kGramTile + best : -1;
-            partial_value[i * cap + c] = best >= 0 ? winner_value[column] : 0.0f;
         }
     }
 }
 
 #endif  // RKV_HAS_WGMMA
 
-// grid (tile row i * kv_heads * jobs, heavy rows first), kGramWgmmaThreads
-// threads, gram_wgmma_shared_bytes(D) of dynamic shared memory. Needs the
-// fused importance kernel's inverse norms and W partials.
+// grid (row tiles * kv_heads * jobs, in gram_block's order), kGramWgmmaThreads threads,
+// gram_wgmma_shared_bytes(D) of dynamic shared memory. Needs the fused
+// importance kernel's inverse norms and W partials. Writes partial slot 0 of
+// each row (its latest column above tau over all columns, S there, the row
+// sum) and S[r, 0] for the reference quirk: the redundancy kernel's one-slot
+// layout (gram_fused = 0).
 template <typename T, int D>
 __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wgmma_kernel(CompressParams p) {
 #if RKV_HAS_WGMMA
@@ -230,14 +149,9 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     float *inv_a = reinterpret_cast<float *>(shared + L::kInvA);
     float *inv_cols = reinterpret_cast<float *>(shared + L::kInvC);
     float *w = reinterpret_cast<float *>(shared + L::kW);
-    int16_t *stage = reinterpret_cast<int16_t *>(shared + L::kStage);
-    int32_t *winner = reinterpret_cast<int32_t *>(shared + L::kWinner);
-    float *winner_value = reinterpret_cast<float *>(shared + L::kValue);
 
-    const int32_t heads_jobs = p.cache.kv_heads * p.num_jobs;
-    const int32_t i = blockIdx.x / heads_jobs;
-    const int32_t jj = (blockIdx.x % heads_jobs) / p.cache.kv_heads;
-    const int32_t h = blockIdx.x % p.cache.kv_heads;
+    const GramBlock block = gram_block(p.cache.kv_heads, p.num_jobs);
+    const int32_t i = block.i, jj = block.jj, h = block.h;
     const Job job = p.jobs[jj];
     if (!job_active(p, job)) return;
     const int32_t n = job.held, tiles = (n + kGramTile - 1) / kGramTile;
@@ -253,115 +167,146 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
     const float not_a_number = __int_as_float(0x7fffffff);
     const int t = threadIdx.x;
+    const int warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+    auto b_tile = [&](int32_t j) { return j == i ? base + L::kA : base + L::kB + uint32_t(j & 1) * L::kTile; };
 
+    // The walk goes from the last column tile to the first, so a row's first
+    // hit is its latest; it stops once every row has one. The halves of the
+    // tiles go to the tensor cores in turn in two accumulator sets, each
+    // computed while the warpgroup runs the epilogue of the other: step j
+    // starts with tile j's first half computed (`even`), issues its second
+    // (`odd`), runs the epilogue of the first, then issues tile j - 1's first
+    // half and runs the epilogue of the second. No product is in flight across
+    // the loop's back edge (ptxas would serialise them all).
     const float inv_row = i * kGramTile + t < n ? inv_norm[i * kGramTile + t] : not_a_number;  // loaded first
+    const int32_t last_column = (tiles - 1) * kGramTile + t;
+    inv_cols[((tiles - 1) % 3) * kGramTile + t] = last_column < n ? inv_norm[last_column] : not_a_number;
     load_sw128_tile<T, D>(base + L::kA, keys, i * kGramTile, n);
+    if (tiles - 1 != i) load_sw128_tile<T, D>(b_tile(tiles - 1), keys, (tiles - 1) * kGramTile, n);
     cp_async_commit();
-    // W = the sum of every normalised key, from the per-tile partials.
     for (int e = t; e < D; e += blockDim.x)
         w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[t] = inv_row;
-
-    // The latest column above tau of this thread's rows (half 0, half 1) over
-    // the walk, and S there (wgmma_fold_rows).
-    WgmmaRowState walk[2] = {{{-1, -1}, {0.0f, 0.0f}}, {{-1, -1}, {0.0f, 0.0f}}};
-    float next_inv = inv_row;  // the column tile j = i is the row tile
-    for (int32_t j = i; j < tiles; ++j) {
-        const int32_t step = j - i;
-        const uint32_t b_tile = step == 0 ? base + L::kA : base + L::kB + uint32_t((step - 1) & 1) * L::kTile;
-        float *inv_c = inv_cols + (step & 1) * kGramTile;
-        // The inverse norms of tile j, loaded a tile ahead (the store waited on
-        // its own load here: 6.6% of the stall samples), and those of j + 1.
-        inv_c[t] = next_inv;
-        if (j + 1 < tiles) {
-            const int32_t col = (j + 1) * kGramTile + t;
-            next_inv = col < n ? inv_norm[col] : not_a_number;
-        }
-        // Prefetch tile j + 1 into the buffer tile j - 1 used (every warp is
-        // past it: the barriers of its column winners).
-        if (j + 1 < tiles) {
-            load_sw128_tile<T, D>(base + L::kB + uint32_t(step & 1) * L::kTile, keys, (j + 1) * kGramTile, n);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        fence_async_shared();
-        __syncthreads();
-
-        WgmmaTileState state;
+    // The inverse norms of tile j - 1 (a register a step ahead, stored in step j).
+    float next_inv = not_a_number;
+    if (tiles >= 2) {
+        const int32_t col = (tiles - 2) * kGramTile + t;
+        next_inv = col < n ? inv_norm[col] : not_a_number;
+    }
+    cp_async_wait<0>();
+    fence_async_shared();
+    __syncthreads();
+    if (tiles >= 2 && tiles - 2 != i) {  // into the other buffer
+        load_sw128_tile<T, D>(b_tile(tiles - 2), keys, (tiles - 2) * kGramTile, n);
+        cp_async_commit();
+    }
+    float even[64], odd[64];  // rows 0-63 and 64-127 of a tile times its 128 columns
+    issue_half<T, D>(even, base + L::kA, b_tile(tiles - 1), 0);
+    {
+        // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per
+        // row; while the first products are computed).
+        const float inv_r = inv_a[t];
+        float dot_w = 0.0f, dot_self = 0.0f;
+        for (int chunk = 0; chunk < D / 8; ++chunk) {
+            float values[8];
+            unpack16(*reinterpret_cast<const uint4 *>(shared + L::kA + sw128_offset(t, chunk, kGramTile)), values,
+                     T());
 #pragma unroll
-        for (int k = 0; k < 32; ++k) {
-            state.col_latest[k] = -1;
-            state.col_value[k] = 0.0f;
-        }
-        // The tile as four 64 x 64 quarters (half, side) = (0, 0), (0, 1),
-        // (1, 0), (1, 1) in two accumulator sets: the tensor cores compute the
-        // next quarter while the warpgroup runs the epilogue of this one (one
-        // 128 x 128 accumulator, product then epilogue, took 16.6 ms at batch
-        // 64 where the products alone took 10.1).
-        auto epilogue = [&](const float (&acc)[32], int half, int side, WgmmaRowState &rows) {
-            if (step == 0) wgmma_quarter_epilogue<true>(acc, half, side, inv_a, inv_c, p.threshold, rows, state);
-            else wgmma_quarter_epilogue<false>(acc, half, side, inv_a, inv_c, p.threshold, rows, state);
-            if (p.slot0_quirk && i == 0 && half == 0 && t < 4) {
-                // S[0, c] for the side's columns: row 0 is accumulator e = 0, 1 of lanes 0 .. 3 of warp 0.
-#pragma unroll
-                for (int s8 = 0; s8 < 8; ++s8)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int column = 64 * side + 8 * s8 + 2 * t + e;
-                        const int32_t col = j * kGramTile + column;
-                        if (col < n)
-                            p.scratch.first_column[row + col] =
-                                col == 0 ? 0.0f : acc[4 * s8 + e] * inv_a[0] * inv_c[column];
-                    }
+            for (int e = 0; e < 8; ++e) {
+                const float k_hat = values[e] * inv_r;
+                dot_w += k_hat * w[chunk * 8 + e];
+                dot_self += k_hat * k_hat;
             }
-        };
-        float even[32], odd[32];
-        WgmmaRowState rows = {{-1, -1}, {0.0f, 0.0f}};
-        issue_quarter<T, D>(even, base + L::kA, b_tile, 0, 0);
-        issue_quarter<T, D>(odd, base + L::kA, b_tile, 0, 1);
-        if (step == 0) {
-            // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row;
-            // while the first quarters are computed).
-            const float inv_r = inv_a[t];
-            float dot_w = 0.0f, dot_self = 0.0f;
-            for (int chunk = 0; chunk < D / 8; ++chunk) {
-                float values[8];
-                unpack16(*reinterpret_cast<const uint4 *>(shared + L::kA + sw128_offset(t, chunk, kGramTile)), values,
-                         T());
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const float k_hat = values[e] * inv_r;
-                    dot_w += k_hat * w[chunk * 8 + e];
-                    dot_self += k_hat * k_hat;
-                }
-            }
-            if (i * kGramTile + t < n) partial_sum[i * kGramTile + t] = dot_w - dot_self;
         }
+        if (i * kGramTile + t < n) partial_sum[i * kGramTile + t] = dot_w - dot_self;
+    }
+    wgmma_wait<0>();
+    fence_accumulators(even);
 
-        wgmma_wait<1>();
-        fence_accumulators(even);
-        epilogue(even, 0, 0, rows);
-        issue_quarter<T, D>(even, base + L::kA, b_tile, 1, 0);
-        wgmma_wait<1>();
-        fence_accumulators(odd);
-        epilogue(odd, 0, 1, rows);
-        wgmma_fold_rows(rows, walk[0], 0, i, j, n, cap, partial_latest);
-        rows = {{-1, -1}, {0.0f, 0.0f}};
-        issue_quarter<T, D>(odd, base + L::kA, b_tile, 1, 1);
-        wgmma_wait<1>();
-        fence_accumulators(even);
-        epilogue(even, 1, 0, rows);
+    // walk_latest[half][hr]: this thread's latest column (global) above tau of
+    // its row (64 half + 16 warp + g + 8 hr) over the tiles walked; -1 none.
+    int32_t walk_latest[2][2] = {{-1, -1}, {-1, -1}};
+    float walk_value[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    bool rows_done = false;  // every row of this thread's quad has a hit (rows past n count as done)
+    auto epilogue = [&](const float (&acc)[64], int half, int32_t j, const float *inv_c) {
+        int32_t latest[2] = {-1, -1};
+        float value[2] = {0.0f, 0.0f};
+        if (j == i) wgmma_half_epilogue<true>(acc, half, inv_a, inv_c, p.threshold, latest, value);
+        else wgmma_half_epilogue<false>(acc, half, inv_a, inv_c, p.threshold, latest, value);
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+            if (latest[hr] >= 0 && walk_latest[half][hr] < 0) {
+                walk_latest[half][hr] = j * kGramTile + latest[hr];
+                walk_value[half][hr] = value[hr];
+            }
+        if (j == 0 && p.slot0_quirk && q == 0) {
+            // S[r, 0]: column 0 is accumulator e = 0 (row g) and 2 (row g + 8) of lanes q == 0.
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int local = half * 64 + warp * 16 + g + 8 * hr;
+                const int32_t r = i * kGramTile + local;
+                if (r < n) p.scratch.first_column[row + r] = r == 0 ? 0.0f : acc[2 * hr] * inv_a[local] * inv_c[0];
+            }
+        }
+    };
+    for (int32_t j = tiles - 1; j >= 0; --j) {
+        // tile j's first half is in `even`; tile j - 1's copy is in flight.
+        const float *inv_c = inv_cols + (j % 3) * kGramTile;
+        issue_half<T, D>(odd, base + L::kA, b_tile(j), 1);
+        epilogue(even, 0, j, inv_c);
+        if (j > 0) {
+            // (buffer (j - 1) % 3 last served tile j + 2: every warp finished its epilogues before the
+            // barrier of step j + 1)
+            inv_cols[((j - 1) % 3) * kGramTile + t] = next_inv;
+            if (j > 1) {
+                const int32_t col = (j - 2) * kGramTile + t;
+                next_inv = col < n ? inv_norm[col] : not_a_number;
+            }
+        }
         wgmma_wait<0>();
         fence_accumulators(odd);
-        epilogue(odd, 1, 1, rows);
-        wgmma_fold_rows(rows, walk[1], 1, i, j, n, cap, partial_latest);
-        if (step > 0)
-            wgmma_column_winners(state, stage, winner, winner_value, i, j, n, cap, partial_latest, partial_value);
+        cp_async_wait<0>();  // tile j - 1
+        fence_async_shared();
+        // Every warp is done with tile j's products (its buffer may take tile
+        // j - 2), tile j - 1 and its inverse norms are in shared memory.
+        const bool stop = __syncthreads_and(rows_done);
+        if (j > 0 && !stop) {
+            issue_half<T, D>(even, base + L::kA, b_tile(j - 1), 0);
+            if (j >= 2 && j - 2 != i) {
+                load_sw128_tile<T, D>(b_tile(j - 2), keys, (j - 2) * kGramTile, n);
+                cp_async_commit();
+            }
+        }
+        epilogue(odd, 1, j, inv_c);
+        // Done when each of the quad's 4 rows has a hit in one of its lanes.
+        uint32_t hits = 0;
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
+                if (walk_latest[half][hr] >= 0 || r >= n) hits |= 1u << (2 * half + hr);
+            }
+        hits |= __shfl_xor_sync(0xffffffffu, hits, 1);
+        hits |= __shfl_xor_sync(0xffffffffu, hits, 2);
+        rows_done = hits == 0xfu;
+        wgmma_wait<0>();
+        fence_accumulators(even);
+        if (stop) break;
     }
-    wgmma_write_rows(walk[0], 0, i, n, cap, partial_latest, partial_value);
-    wgmma_write_rows(walk[1], 1, i, n, cap, partial_latest, partial_value);
+    cp_async_wait<0>();  // a prefetch the early stop left in flight
+    // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            keep_latest_over_lanes<1, 2>(walk_latest[half][hr], walk_value[half][hr]);
+            const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
+            if (q == 0 && r < n) {
+                partial_latest[r] = walk_latest[half][hr];
+                partial_value[r] = walk_value[half][hr];
+            }
+        }
 #else
     __trap();  // never launched: the host selects this kernel only on sm_90 devices
 #endif

@@ -14,7 +14,7 @@ namespace rkv::kernels {
 // Raise the dynamic shared-memory limits the kernels of a cache with this
 // shape need (call once per device before the first launch). capacity 0: no
 // selection kernels (FULL).
-cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups, int32_t window);
+cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
 // (its parts, one per file of kernels)
 cudaError_t configure_append_kernels(int32_t dtype, int32_t head_dim, int32_t capacity, int32_t groups);
 cudaError_t configure_gram_kernels(int32_t dtype, int32_t head_dim);
@@ -87,8 +87,6 @@ cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, in
 bool gram_fused_supported(int32_t dtype, int32_t head_dim, int32_t rows);
 cudaError_t launch_importance_fused(const CompressParams &p, int32_t max_held, int32_t with_norms,
                                     cudaStream_t stream);
-// The same outputs, one block per (head, job) streaming its key tiles (the wgmma path).
-cudaError_t launch_importance_stream(const CompressParams &p, int32_t with_norms, cudaStream_t stream);
 cudaError_t launch_gram_fused(const CompressParams &p, int32_t max_held, cudaStream_t stream);
 // The same key Gram on warpgroup MMA (wgmma): where the fused kernels apply, on
 // a device of compute capability major.minor 9.0 (sm_90a code).
@@ -98,12 +96,6 @@ cudaError_t launch_gram_wgmma(const CompressParams &p, int32_t max_held, cudaStr
 cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_keydiff(const CompressParams &p, cudaStream_t stream);
 cudaError_t launch_select_compact(const CompressParams &p, cudaStream_t stream);
-// importance pooling (R-KV, SnapKV), redundancy (R-KV), selection and pipelined
-// compaction of each (head, job) in one block: the wgmma path's replacement
-// for launch_importance_pool + launch_redundancy + launch_select_compact.
-cudaError_t launch_score_select(const CompressParams &p, cudaStream_t stream);
-// Its dynamic shared memory (it fits wherever select_compact_kernel's does).
-size_t score_select_shared_bytes_for(int32_t capacity, int32_t window);
 cudaError_t launch_commit(const CompressParams &p, cudaStream_t stream);
 
 // Zero the scorer state and device bookkeeping of one sequence, every layer.

@@ -156,8 +156,8 @@ struct Scratch {
     long long *corrections;   // [J, H, cap]  fixed-point sums of the entries the rule zeroes
     float *partial_sum;       // [J, H, tiles, cap]  slot 0: row sums of S (diagonal excluded)
     int32_t *partial_latest;  // [J, H, tiles, cap]  latest column above tau per slot (-1: none); a row's
-                              // answer is the largest over its slots (slot t < the row's tile: column tile t;
-                              // its own tile's slot: its own and later tiles; -1 after it)
+                              // answer is the largest over its slots (fused Gram: slot t < the row's tile:
+                              // column tile t; its own tile's slot: its own and later tiles; -1 after it)
     float *partial_value;     // [J, H, tiles, cap]  S at that column
     float *partial_w;         // [J, H, tiles, head_dim]  sum of the normalised keys of each key tile
     float *logits;            // [J, H, rows, cap]   window queries x keys (cuBLASLt path), or
@@ -187,7 +187,8 @@ struct CompressParams {
     uint64_t seed;
     int32_t num_jobs;
     int32_t gram_fused;       // 1: latest near-duplicates come from the fused Gram kernel (one
-                              // slot per column tile); 0: from cuBLASLt rows (slot 0 only)
+                              // slot per column tile); 0: one slot per row (slot 0: the cuBLASLt
+                              // rows, or the wgmma kernel's walk of every column tile)
     int32_t pooled_groups;    // query heads per window row in `logits`: G (cuBLASLt), 1 (fused: pooled)
     Job jobs[kMaxGroupJobs];
 };

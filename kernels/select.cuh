@@ -114,56 +114,6 @@ __device__ void compact_rows_ascending(char *k_head, char *v_head, const int32_t
     }
 }
 
-// The moves of compact_rows_ascending, pipelined (score_select_kernel): chunk
-// c + 1 is read while chunk c is written, one barrier per chunk, and the
-// `in_place` leading rows (src[i] == i) are neither read nor written. Why this
-// is safe: chunk c + 1 reads only rows >= its first destination (src ascending,
-// src[i] >= i), which chunk c and earlier ones never write; and the barrier
-// before chunk c is written comes after every thread issued its reads of chunk
-// c and of all earlier chunks, the only reads of the rows chunk c writes.
-template <typename Word>
-__device__ void compact_rows_pipelined(char *k_head, char *v_head, const int32_t *src, int32_t keep,
-                                       int64_t row_bytes, int32_t in_place) {
-    constexpr int kRowsPerThread = 2;  // per buffer, of K and as many of V (two buffers: 64 registers)
-    const RowLanes lanes = row_lanes<Word>(row_bytes);
-    const int32_t rows_per_chunk = lanes.rows_per_pass * kRowsPerThread;
-    const bool active = lanes.row < lanes.rows_per_pass;
-    Word k_now[kRowsPerThread], v_now[kRowsPerThread], k_next[kRowsPerThread], v_next[kRowsPerThread];
-    auto load = [&](int32_t first, Word *k, Word *v) {
-#pragma unroll
-        for (int u = 0; u < kRowsPerThread; ++u) {
-            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
-            if (!active || i >= keep) continue;
-            const int64_t offset = int64_t(src[i]) * row_bytes + lanes.byte;
-            k[u] = *reinterpret_cast<const Word *>(k_head + offset);
-            v[u] = *reinterpret_cast<const Word *>(v_head + offset);
-        }
-    };
-    auto store = [&](int32_t first, const Word *k, const Word *v) {
-#pragma unroll
-        for (int u = 0; u < kRowsPerThread; ++u) {
-            const int32_t i = first + lanes.row + u * lanes.rows_per_pass;
-            if (!active || i >= keep || src[i] == i) continue;
-            const int64_t offset = int64_t(i) * row_bytes + lanes.byte;
-            *reinterpret_cast<Word *>(k_head + offset) = k[u];
-            *reinterpret_cast<Word *>(v_head + offset) = v[u];
-        }
-    };
-    if (in_place >= keep) return;
-    load(in_place, k_now, v_now);
-    for (int32_t first = in_place; first < keep; first += rows_per_chunk) {
-        __syncthreads();  // every read of the rows this chunk writes is issued
-        const int32_t next = first + rows_per_chunk;
-        if (next < keep) load(next, k_next, v_next);
-        store(first, k_now, v_now);
-#pragma unroll
-        for (int u = 0; u < kRowsPerThread; ++u) {
-            k_now[u] = k_next[u];
-            v_now[u] = v_next[u];
-        }
-    }
-}
-
 // Any permutation (reference order): gather every kept row into scratch, then
 // copy the block back.
 template <typename Word>
@@ -214,9 +164,8 @@ __device__ __forceinline__ void bitonic_sort_descending(uint64_t *keys, int32_t 
 
 // Selection and compaction of head h of group job jj, all threads of the block
 // taking part. select_shared: select_shared_bytes(capacity); reduce_i [32];
-// warp_counts [blockDim / 32]. kPipelined: position-order K/V compaction by
-// compact_rows_pipelined (score_select_kernel), else compact_rows_ascending.
-template <typename T, bool kPipelined>
+// warp_counts [blockDim / 32].
+template <typename T>
 __device__ void select_compact_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
                                     uint64_t *select_shared, int32_t *reduce_i, int32_t *warp_counts) {
     const CacheLayer c = job_cache(p, job);
@@ -308,17 +257,7 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
     char *gather = p.scratch.gather
                        ? static_cast<char *>(p.scratch.gather) + scratch * row_bytes
                        : nullptr;
-    if (kPipelined && !p.reference_order) {
-        int32_t local_in_place = 0;  // src[i] == i holds for a leading run of rows only
-        for (int32_t i = threadIdx.x; i < keep; i += blockDim.x) local_in_place += src[i] == i;
-        const int32_t in_place = block_sum(local_in_place, reduce_i);
-        // The widest word that divides a row (FP8 rows of an odd head_dim: bytes)
-        if (row_bytes % 16 == 0) compact_rows_pipelined<uint4>(k_head, v_head, src, keep, row_bytes, in_place);
-        else if (row_bytes % 4 == 0) compact_rows_pipelined<uint32_t>(k_head, v_head, src, keep, row_bytes, in_place);
-        else if (row_bytes % 2 == 0) compact_rows_pipelined<uint16_t>(k_head, v_head, src, keep, row_bytes, in_place);
-        else compact_rows_pipelined<uint8_t>(k_head, v_head, src, keep, row_bytes, in_place);
-        return;
-    }
+    // The widest word that divides a row (FP8 rows of an odd head_dim: bytes).
     if (row_bytes % 16 == 0) compact_kv<uint4>(p, k_head, v_head, gather, src, keep, row_bytes);
     else if (row_bytes % 4 == 0) compact_kv<uint32_t>(p, k_head, v_head, gather, src, keep, row_bytes);
     else if (row_bytes % 2 == 0) compact_kv<uint16_t>(p, k_head, v_head, gather, src, keep, row_bytes);
@@ -334,7 +273,7 @@ __global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(Compr
     __shared__ int32_t warp_counts[kSelectThreads / 32];
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
-    select_compact_head<T, false>(p, job, blockIdx.y, blockIdx.x, select_shared, reduce_i, warp_counts);
+    select_compact_head<T>(p, job, blockIdx.y, blockIdx.x, select_shared, reduce_i, warp_counts);
 }
 
 // One thread per job, after every head of the group is compacted: publish the

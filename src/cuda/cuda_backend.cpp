@@ -85,8 +85,7 @@ class CudaBackend final : public Backend {
         check(cudaMemset(positions_.get(), 0, positions_.bytes()), "cudaMemset(positions)");
         check(cudaMemset(attend_counters_.get(), 0, attend_counters_.bytes()), "cudaMemset(attention counters)");
         // FULL never selects: its (possibly huge) capacity sizes no kernel's shared memory.
-        check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_,
-                                   p_.window),
+        check(k::configure_kernels(int32_t(p_.dtype), p_.head_dim, scratch_.compresses ? capacity_ : 0, groups_),
               "configuring the kernels' shared memory");
         check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
         check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
@@ -573,28 +572,22 @@ class CudaBackend final : public Backend {
     // applies (kernels/README.md, "Performance": measured on the H200).
     int32_t path() const {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
-        // FUSED before WGMMA: faster at every measured batch on the H200
-        // (kernels/README.md, Performance: 0.465 / 27.0 ms at batch 1 / 64
-        // against 0.483 / 29.3).
+        // FUSED before WGMMA: faster on Gaussian keys, where no pair passes the
+        // threshold (H200, batch 64: 20.8-21.0 ms against 21.9-22.0); on keys
+        // sharing a direction WGMMA's walk stops early and is 2% faster (20.0-
+        // 20.3 against 20.5-20.6; kernels/README.md, Session 12).
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
     }
-    // Window logits (and the norms and W of R-KV) from the fused importance kernel.
+    // Window logits (and the norms and W of R-KV) from the fused importance
+    // kernel: the FUSED and WGMMA paths differ only in the key Gram.
     bool fused() const { return path() != RKV_MATMUL_CUBLASLT; }
-    // Pooling, redundancy and selection in score_select_kernel: the wgmma path
-    // of the methods that score with window queries.
-    bool one_kernel_selection() const { return scratch_.attention && path() == RKV_MATMUL_WGMMA; }
 
-    // Selection and compaction (and, in one kernel, what enqueue_scores left to it).
+    // Selection and compaction.
     void enqueue_selection(const k::CompressParams &p, cudaStream_t stream) {
         profile_.begin(stream);
-        if (one_kernel_selection()) {
-            check(k::launch_score_select(p, stream), "rkv_compress: launching the scoring and selection");
-            profile_.end("pool + redundancy + select + compact (one kernel)", stream);
-        } else {
-            check(k::launch_select_compact(p, stream), "rkv_compress: launching the selection");
-            profile_.end("selection + compaction", stream);
-        }
+        check(k::launch_select_compact(p, stream), "rkv_compress: launching the selection");
+        profile_.end("selection + compaction", stream);
     }
 
     // FP8 storage: the group's held keys as bf16 for the scoring kernels
@@ -658,21 +651,14 @@ class CudaBackend final : public Backend {
             // pooled logits, and for R-KV the key norms and W the Gram kernel needs
             p.pooled_groups = 1;
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
-            if (path() == RKV_MATMUL_WGMMA) {
-                check(k::launch_importance_stream(p, with_norms, stream),
-                      "rkv_compress: launching the streaming importance kernel");
-                profile_.end("window logits (streamed)", stream);
-            } else {
-                check(k::launch_importance_fused(p, max_held, with_norms, stream),
-                      "rkv_compress: launching the fused importance kernel");
-                profile_.end("window logits (fused)", stream);
-            }
+            check(k::launch_importance_fused(p, max_held, with_norms, stream),
+                  "rkv_compress: launching the fused importance kernel");
+            profile_.end("window logits (fused)", stream);
         } else {
             p.pooled_groups = groups_;
             for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
             profile_.end("window logits (cuBLASLt)", stream);
         }
-        if (one_kernel_selection()) return;  // pooled in score_select_kernel
         profile_.begin(stream);
         check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
         profile_.end("importance pooling", stream);
@@ -683,12 +669,10 @@ class CudaBackend final : public Backend {
     void enqueue_redundancy(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
         profile_.begin(stream);
         if (path() == RKV_MATMUL_WGMMA) {
-            p.gram_fused = 1;
+            p.gram_fused = 0;  // one partial slot per row: its walk over every column tile
             check(k::launch_gram_wgmma(p, max_held, stream), "rkv_compress: launching the wgmma Gram kernel");
             profile_.end("key Gram (wgmma)", stream);
-            return;  // the redundancy itself: score_select_kernel
-        }
-        if (fused()) {
+        } else if (fused()) {
             p.gram_fused = 1;
             check(k::launch_gram_fused(p, max_held, stream), "rkv_compress: launching the fused Gram kernel");
             profile_.end("key Gram (fused)", stream);
