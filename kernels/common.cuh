@@ -408,6 +408,28 @@ __device__ __forceinline__ void copy_key_tile(uint32_t tile, const T *source, in
     }
 }
 
+// k^_r . W - k^_r . k^_r for row `row` of a shared-memory tile of 16-bit keys
+// (16-byte chunk c of the row at tile + offset(row, c), as copy_key_tile lays
+// it out), inv_r = 1 / (|k_r| + 1e-8) and w [D] the sum of the head's
+// normalised keys: the row's sum of S over every key (S's diagonal is 0),
+// with no Gram.
+template <typename T, int D, typename Offset>
+__device__ __forceinline__ float row_sum_from_w(const char *tile, int row, float inv_r, const float *w,
+                                                Offset offset) {
+    float dot_w = 0.0f, dot_self = 0.0f;
+    for (int chunk = 0; chunk < D / 8; ++chunk) {
+        float values[8];
+        unpack16(*reinterpret_cast<const uint4 *>(tile + offset(row, chunk)), values, T());
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float k_hat = values[e] * inv_r;
+            dot_w += k_hat * w[chunk * 8 + e];
+            dot_self += k_hat * k_hat;
+        }
+    }
+    return dot_w - dot_self;
+}
+
 // One element of W (the sum of every normalised key of a head): its per-tile
 // partials partial[t * D], t < tiles (written by the importance kernels), added
 // in tile order. The loads go out kWPartialLoads at a time: one at a time,

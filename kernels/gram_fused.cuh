@@ -442,19 +442,9 @@ __global__ void __launch_bounds__(kGramThreads, (D <= 128 ? 2 : 1)) gram_fused_k
         if (j == i) {
             // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per row).
             const int r = threadIdx.x;
-            float dot_w = 0.0f, dot_self = 0.0f;
-            const float inv_r = inv_a[r];
-            for (int chunk = 0; chunk < D / 8; ++chunk) {
-                float values[8];
-                unpack16(*reinterpret_cast<const uint4 *>(a_tile + swizzle<D>(r, chunk)), values, T());
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const float k_hat = values[e] * inv_r;
-                    dot_w += k_hat * w[chunk * 8 + e];
-                    dot_self += k_hat * k_hat;
-                }
-            }
-            if (i * kGramTile + r < n) partial_sum[i * kGramTile + r] = dot_w - dot_self;
+            const float sum = row_sum_from_w<T, D>(a_tile, r, inv_a[r], w,
+                                                   [](int row, int chunk) { return swizzle<D>(row, chunk); });
+            if (i * kGramTile + r < n) partial_sum[i * kGramTile + r] = sum;
         }
 
         // acc[mt][nt] = rows warp_row*64 + mt*16 .., columns warp_col*64 + nt*8 ..

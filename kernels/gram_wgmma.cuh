@@ -205,20 +205,10 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     {
         // Row sums of the tile's rows: k^_r . W - k^_r . k^_r (a thread per
         // row; while the first products are computed).
-        const float inv_r = inv_a[t];
-        float dot_w = 0.0f, dot_self = 0.0f;
-        for (int chunk = 0; chunk < D / 8; ++chunk) {
-            float values[8];
-            unpack16(*reinterpret_cast<const uint4 *>(shared + L::kA + sw128_offset(t, chunk, kGramTile)), values,
-                     T());
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                const float k_hat = values[e] * inv_r;
-                dot_w += k_hat * w[chunk * 8 + e];
-                dot_self += k_hat * k_hat;
-            }
-        }
-        if (i * kGramTile + t < n) partial_sum[i * kGramTile + t] = dot_w - dot_self;
+        const float sum = row_sum_from_w<T, D>(shared + L::kA, t, inv_a[t], w, [](int row, int chunk) {
+            return sw128_offset(row, chunk, kGramTile);
+        });
+        if (i * kGramTile + t < n) partial_sum[i * kGramTile + t] = sum;
     }
     wgmma_wait<0>();
     fence_accumulators(even);
