@@ -1,9 +1,9 @@
 // The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a), by
 // rows: block i owns row tile i (128 keys) of a (job, head) and walks every
 // column tile, from the last to the first, so a row's first hit is its latest
-// column above tau, and it stops once every row of the tile has one (with
-// keys that have near-duplicates, the common case R-KV exists for, most of the
-// walk; with none, the whole square). It writes each row's answer once, into
+// column above tau; each half of the tile (64 rows) stops once every one of its
+// rows has a hit (with keys that have near-duplicates, the common case R-KV
+// exists for, part of the walk; with none, the whole square). It writes each row's answer once, into
 // partial slot 0 (latest column, S there, the row sum k^_r . W - k^_r . k^_r),
 // and S[r, 0] for the reference quirk where the walk reaches column tile 0
 // (every row without a hit makes it): the redundancy kernel's one-slot layout.
@@ -23,7 +23,7 @@
 // sign. The symmetric wgmma kernel before this one (four 64 x 64 quarters, the
 // column winners merged through shared memory: m64n64 from shared memory needs
 // the whole shared-memory bandwidth for its operands) took 13.0 ms at batch 64
-// where this one takes 14.3 on Gaussian keys and 12.8 on keys that share a
+// where this one takes 14.2 on Gaussian keys and 11.2 on keys that share a
 // direction (kernels/README.md, Session 12).
 #pragma once
 
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     auto b_tile = [&](int32_t j) { return j == i ? base + L::kA : base + L::kB + uint32_t(j & 1) * L::kTile; };
 
     // The walk goes from the last column tile to the first, so a row's first
-    // hit is its latest; it stops once every row has one. The halves of the
+    // hit is its latest; a half stops once its rows have one each. The halves of the
     // tiles go to the tensor cores in turn in two accumulator sets, each
     // computed while the warpgroup runs the epilogue of the other: step j
     // starts with tile j's first half computed (`even`), issues its second
@@ -217,7 +217,12 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     // its row (64 half + 16 warp + g + 8 hr) over the tiles walked; -1 none.
     int32_t walk_latest[2][2] = {{-1, -1}, {-1, -1}};
     float walk_value[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
-    bool rows_done = false;  // every row of this thread's quad has a hit (rows past n count as done)
+    // done[half]: every row of this thread's quad in that half has a hit (rows
+    // past n count as done); walking[half]: the half still walks (the same in
+    // every thread: decided at the block's barriers). The halves stop on their
+    // own: 64 rows find their hits sooner than 128 (shared-direction keys:
+    // 5.9 of 9 tiles walked instead of 7.2).
+    bool done[2] = {false, false}, walking[2] = {true, true};
     auto epilogue = [&](const float (&acc)[64], int half, int32_t j, const float *inv_c) {
         int32_t latest[2] = {-1, -1};
         float value[2] = {0.0f, 0.0f};
@@ -240,10 +245,10 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         }
     };
     for (int32_t j = tiles - 1; j >= 0; --j) {
-        // tile j's first half is in `even`; tile j - 1's copy is in flight.
+        // tile j's first half is in `even` (if half 0 walks); tile j - 1's copy is in flight.
         const float *inv_c = inv_cols + (j % 3) * kGramTile;
-        issue_half<T, D>(odd, base + L::kA, b_tile(j), 1);
-        epilogue(even, 0, j, inv_c);
+        if (walking[1]) issue_half<T, D>(odd, base + L::kA, b_tile(j), 1);
+        if (walking[0]) epilogue(even, 0, j, inv_c);
         if (j > 0) {
             // (buffer (j - 1) % 3 last served tile j + 2: every warp finished its epilogues before the
             // barrier of step j + 1)
@@ -258,17 +263,17 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         cp_async_wait<0>();  // tile j - 1
         fence_async_shared();
         // Every warp is done with tile j's products (its buffer may take tile
-        // j - 2), tile j - 1 and its inverse norms are in shared memory.
-        const bool stop = __syncthreads_and(rows_done);
-        if (j > 0 && !stop) {
-            issue_half<T, D>(even, base + L::kA, b_tile(j - 1), 0);
-            if (j >= 2 && j - 2 != i) {
-                load_sw128_tile<T, D>(b_tile(j - 2), keys, (j - 2) * kGramTile, n);
-                cp_async_commit();
-            }
+        // j - 2), tile j - 1 and its inverse norms are in shared memory. A half
+        // stops once each of its rows has a hit (as of step j + 1).
+        const bool stop0 = __syncthreads_and(done[0]), stop1 = __syncthreads_and(done[1]);
+        const bool next0 = walking[0] && !stop0, next1 = walking[1] && !stop1;
+        if (j > 0 && next0) issue_half<T, D>(even, base + L::kA, b_tile(j - 1), 0);
+        if (j >= 2 && j - 2 != i && (next0 || next1)) {
+            load_sw128_tile<T, D>(b_tile(j - 2), keys, (j - 2) * kGramTile, n);
+            cp_async_commit();
         }
-        epilogue(odd, 1, j, inv_c);
-        // Done when each of the quad's 4 rows has a hit in one of its lanes.
+        if (next1) epilogue(odd, 1, j, inv_c);
+        // Done when each of the quad's rows of a half has a hit in one of its lanes.
         uint32_t hits = 0;
 #pragma unroll
         for (int half = 0; half < 2; ++half)
@@ -279,10 +284,13 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
             }
         hits |= __shfl_xor_sync(0xffffffffu, hits, 1);
         hits |= __shfl_xor_sync(0xffffffffu, hits, 2);
-        rows_done = hits == 0xfu;
+        done[0] = (hits & 3u) == 3u;
+        done[1] = (hits & 12u) == 12u;
         wgmma_wait<0>();
         fence_accumulators(even);
-        if (stop) break;
+        walking[0] = next0;
+        walking[1] = next1;
+        if (!next0 && !next1) break;
     }
     cp_async_wait<0>();  // a prefetch the early stop left in flight
     // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
