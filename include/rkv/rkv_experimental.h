@@ -107,9 +107,9 @@ typedef enum rkv_matmul_path RKV_ENUM_BASE {
     RKV_MATMUL_FUSED = 2,    /* librkv's tensor-core kernel with the redundancy reductions fused
                                 into it (f16/bf16 storage, head_dim 64, 128 or 256) */
     RKV_MATMUL_WGMMA = 3     /* FUSED with the key Gram on Hopper's warpgroup MMA, by rows: each
-                                row tile stops once all its keys have a near-duplicate (faster
-                                than FUSED on keys that share directions, slower on keys that
-                                have none; where FUSED applies, on compute capability 9.0) */
+                                half row tile stops once all its keys have a near-duplicate
+                                (faster than FUSED on keys that share directions, slower on keys
+                                that have none; where FUSED applies, on compute capability 9.0) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next

@@ -573,9 +573,10 @@ class CudaBackend final : public Backend {
     int32_t path() const {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
         // FUSED before WGMMA: faster on Gaussian keys, where no pair passes the
-        // threshold (H200, batch 64: 20.7-21.0 ms against 21.9-22.0); on keys
-        // sharing a direction WGMMA's walk stops early and is 2-5% faster
-        // (20.0-20.7 against 20.5-21.1; kernels/README.md, Session 12).
+        // threshold (H200, batch 64: 20.8-21.0 ms against 21.1; batch 1: 0.39
+        // against 0.41); on keys sharing a direction WGMMA's walk stops early
+        // and is 8% faster at batch 64 (19.3-19.5 against 21.1;
+        // kernels/README.md, Session 12).
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
     }
