@@ -1,12 +1,13 @@
 // The key-Gram redundancy statistics on Hopper's warpgroup MMA (sm_90a), by
 // rows: block i owns row tile i (128 keys) of a (job, head) and walks every
 // column tile, from the last to the first, so a row's first hit is its latest
-// column above tau; each half of the tile (64 rows) stops once every one of its
-// rows has a hit (with keys that have near-duplicates, the common case R-KV
-// exists for, part of the walk; with none, the whole square). It writes each row's answer once, into
-// partial slot 0 (latest column, S there, the row sum k^_r . W - k^_r . k^_r),
-// and S[r, 0] for the reference quirk where the walk reaches column tile 0
-// (every row without a hit makes it): the redundancy kernel's one-slot layout.
+// column above tau; each half of the tile (64 rows) stops once every one of
+// its rows has a hit (with keys that have near-duplicates, the common case
+// R-KV exists for, part of the walk; with none, the whole square). It writes
+// each row's answer once, into partial slot 0 (latest column, S there, the row
+// sum k^_r . W - k^_r . k^_r), and S[r, 0] for the reference quirk where the
+// walk reaches column tile 0 (every row without a hit makes it): the
+// redundancy kernel's one-slot layout.
 //
 // gram_fused_kernel (kernels/gram_fused.cuh, mma.sync) computes the same
 // statistics from the symmetric half instead, every tile of it; on Gaussian
@@ -171,8 +172,8 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     auto b_tile = [&](int32_t j) { return j == i ? base + L::kA : base + L::kB + uint32_t(j & 1) * L::kTile; };
 
     // The walk goes from the last column tile to the first, so a row's first
-    // hit is its latest; a half stops once its rows have one each. The halves of the
-    // tiles go to the tensor cores in turn in two accumulator sets, each
+    // hit is its latest; a half stops once its rows have one each. The halves
+    // of the tiles go to the tensor cores in turn in two accumulator sets, each
     // computed while the warpgroup runs the epilogue of the other: step j
     // starts with tile j's first half computed (`even`), issues its second
     // (`odd`), runs the epilogue of the first, then issues tile j - 1's first
