@@ -37,28 +37,33 @@ WalkStats walk_stats(const float *keys, int32_t n, int32_t d, float tau) {
     stats.keys = n;
     stats.tiles = (n + kTile - 1) / kTile;
     if (n == 0) return stats;
-    // The normalised keys (as the kernels: k / (|k| + 1e-8)), then S = K^ K^T.
-    std::vector<float> normalised(size_t(n) * d), gram(size_t(n) * n);
+    // The normalised keys (as the kernels: k / (|k| + 1e-8)), then S = K^ K^T
+    // by blocks of kTile rows (memory O(n) per row, not O(n^2)).
+    std::vector<float> normalised(size_t(n) * d), block(size_t(kTile) * n);  // [n, d], [kTile, n]
     for (int32_t r = 0; r < n; ++r) {
         double squares = 0.0;
         for (int32_t e = 0; e < d; ++e) squares += double(keys[size_t(r) * d + e]) * keys[size_t(r) * d + e];
         const float inv = 1.0f / (float(std::sqrt(squares)) + 1e-8f);
         for (int32_t e = 0; e < d; ++e) normalised[size_t(r) * d + e] = keys[size_t(r) * d + e] * inv;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, normalised.data(), d, normalised.data(), d,
-                0.0f, gram.data(), n);
-    std::vector<uint8_t> hit_tiles(size_t(n) * stats.tiles, 0);
+    std::vector<uint8_t> hit_tiles(size_t(n) * stats.tiles, 0);  // [n, tiles]: row r has a hit in tile t
     int32_t with_hit = 0;
-    for (int32_t r = 0; r < n; ++r) {
-        bool any = false;
-        for (int32_t c = 0; c < n; ++c) {
-            const float s = c == r ? 0.0f : gram[size_t(r) * n + c];
-            if (s > tau) {
-                hit_tiles[size_t(r) * stats.tiles + c / kTile] = 1;
-                any = true;
+    for (int32_t first = 0; first < n; first += kTile) {
+        const int32_t rows = std::min(kTile, n - first);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, d, 1.0f, &normalised[size_t(first) * d], d,
+                    normalised.data(), d, 0.0f, block.data(), n);
+        for (int32_t i = 0; i < rows; ++i) {
+            const int32_t r = first + i;
+            bool any = false;
+            for (int32_t c = 0; c < n; ++c) {
+                const float s = c == r ? 0.0f : block[size_t(i) * n + c];
+                if (s > tau) {
+                    hit_tiles[size_t(r) * stats.tiles + c / kTile] = 1;
+                    any = true;
+                }
             }
+            with_hit += any;
         }
-        with_hit += any;
     }
     stats.with_hit = double(with_hit) / n;
     double rows = 0.0, halves = 0.0;
