@@ -13,7 +13,8 @@
 // The ceilings are measured in the same run: a 1 GiB device-to-device copy
 // (bytes read + written) and an 8192^3 bf16 cuBLASLt matmul.
 //
-//   rkv_bench_gpu [--batches 1,8,64,256] [--profile 1,64] [--repeats 5] [--keys gauss|shared] [--json FILE]
+//   rkv_bench_gpu [--batches 1,8,64,256] [--profile 1,64] [--repeats 5] [--keys gauss|shared|model]
+//                 [--json FILE]
 //
 // Keys: `gauss` (default) are independent normal vectors, whose cosine
 // similarities never pass R-KV's threshold (0.5): the redundancy's worst case,
@@ -22,7 +23,11 @@
 // cosine about 0.4, 6.5% of pairs above 0.5; 92% of keys have one of those
 // among the last 128 keys, but a row tile of 128 keys walks 7 of 9 column
 // tiles on average before every key has found one (a NumPy replica of this
-// generator).
+// generator). `model` adds a stronger common direction (|m|^2 = 101: cosine
+// about 0.44, 19% of pairs above 0.5), chosen so that the wgmma walk is as long
+// as on a real model's keys: SmolLM2-135M's own held keys (`rkv_engine --method
+// full --key-stats`, 1,146 keys per head, 30 layers) walk 2.00 of 9 column
+// tiles per row tile and 1.64 per half, these 2.06 and 1.64 (the replica).
 //
 // Nominal work per (sequence, layer, KV head), N = 1152, C = N - 8, G*window = 32:
 //   key Gram 2*N*N*d + window logits 2*32*C*d  (about 89 GFLOP per sequence).
@@ -66,7 +71,12 @@ constexpr int kLayers = 32, kKvHeads = 8, kQHeads = 32, kDim = 128, kBudget = 10
 constexpr int kCapacity = kBudget + kBuffer;
 
 FILE *json = nullptr;
-bool shared_keys = false;  // --keys shared
+// --keys: Gaussian keys, or with a direction every key of a head shares.
+enum class Keys { Gauss, Shared, Model };
+Keys key_kind = Keys::Gauss;
+const char *const kKeyNames[] = {"gauss", "shared", "model"};
+const char *const kKeyWords[] = {"gauss", "shared direction", "shared direction, a model's walk"};
+float shared_amplitude() { return key_kind == Keys::Shared ? 0.815f : key_kind == Keys::Model ? 0.89f : 0.0f; }
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -88,15 +98,16 @@ __global__ void fill_random(__nv_bfloat16 *x, size_t n, uint64_t seed) {
     }
 }
 
-// Adds to each of `vectors` vectors of kDim a direction m common to all, |m|^2
-// = 85 (components +-0.815; pseudo-random signs), to normal keys of |k|^2 ~
-// 128: their cosine similarity is then about 85 / 213 = 0.4, with a spread of
-// about 0.07 (bf16 keys of |k|^2 = 128 +- 16).
-__global__ void add_shared_direction(__nv_bfloat16 *x, size_t vectors) {
+// Adds to each of `vectors` vectors of kDim a direction m common to all,
+// components +-amplitude (pseudo-random signs), to normal keys of |k|^2 ~ 128:
+// amplitude 0.815 (|m|^2 = 85) makes their cosine similarity about 85 / 213 =
+// 0.4, with a spread of about 0.07 (bf16 keys of |k|^2 = 128 +- 16); 0.89
+// (|m|^2 = 101) about 0.44.
+__global__ void add_shared_direction(__nv_bfloat16 *x, size_t vectors, float amplitude) {
     for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < vectors * kDim;
          i += size_t(gridDim.x) * blockDim.x) {
         const uint32_t d = uint32_t(i % kDim), sign = (d * 0x9e3779b9u) >> 31;
-        x[i] = __float2bfloat16(__bfloat162float(x[i]) + (sign ? -0.815f : 0.815f));
+        x[i] = __float2bfloat16(__bfloat162float(x[i]) + (sign ? -amplitude : amplitude));
     }
 }
 
@@ -195,7 +206,8 @@ struct Source {
         CUDA(cudaMalloc(&v, rows * kKvHeads * kDim * 2));
         CUDA(cudaMalloc(&q, rows * kQHeads * kDim * 2));
         fill_random<<<4096, 256, 0, stream>>>(k, rows * kKvHeads * kDim, 11);
-        if (shared_keys) add_shared_direction<<<4096, 256, 0, stream>>>(k, rows * kKvHeads);
+        if (key_kind != Keys::Gauss)
+            add_shared_direction<<<4096, 256, 0, stream>>>(k, rows * kKvHeads, shared_amplitude());
         fill_random<<<4096, 256, 0, stream>>>(v, rows * kKvHeads * kDim, 12);
         fill_random<<<4096, 256, 0, stream>>>(q, rows * kQHeads * kDim, 13);
         CUDA(cudaGetLastError());
@@ -480,6 +492,16 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     rkv_cache_destroy(cache);
 }
 
+// --keys NAME: sets key_kind; false for an unknown name.
+bool parse_keys(const char *name) {
+    for (int kind = 0; kind < 3; ++kind)
+        if (!std::strcmp(name, kKeyNames[kind])) {
+            key_kind = Keys(kind);
+            return true;
+        }
+    return false;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -496,15 +518,14 @@ int main(int argc, char **argv) {
                 if (std::atoi(token) > 0) profile.push_back(std::atoi(token));
         } else if (!std::strcmp(argv[i], "--repeats") && i + 1 < argc) {
             repeats = std::max(1, std::atoi(argv[++i]));
-        } else if (!std::strcmp(argv[i], "--keys") && i + 1 < argc &&
-                   (!std::strcmp(argv[i + 1], "gauss") || !std::strcmp(argv[i + 1], "shared"))) {
-            shared_keys = !std::strcmp(argv[++i], "shared");
+        } else if (!std::strcmp(argv[i], "--keys") && i + 1 < argc && parse_keys(argv[i + 1])) {
+            ++i;
         } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
             json = std::fopen(argv[++i], "w");
         } else {
             const bool help = !std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help");
             std::fprintf(help ? stdout : stderr, "usage: %s [--batches 1,8,64,256] [--profile 1,64 (0: none)] "
-                         "[--repeats 5] [--keys gauss|shared] [--json FILE]\n", argv[0]);
+                         "[--repeats 5] [--keys gauss|shared|model] [--json FILE]\n", argv[0]);
             return help ? 0 : 2;
         }
     }
@@ -521,10 +542,10 @@ int main(int argc, char **argv) {
     const double peak = matmul_peak(8192, stream);
     std::printf("%s, %d SMs: device copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s (8192^3, cuBLASLt); "
                 "keys: %s\n",
-                prop.name, prop.multiProcessorCount, copy / 1e9, peak, shared_keys ? "shared direction" : "gauss");
+                prop.name, prop.multiProcessorCount, copy / 1e9, peak, kKeyWords[int(key_kind)]);
     if (json)
         std::fprintf(json, "{\"bench\":\"ceilings\",\"copy_gbs\":%.1f,\"matmul_tflops\":%.1f,\"keys\":\"%s\"}\n",
-                     copy / 1e9, peak, shared_keys ? "shared" : "gauss");
+                     copy / 1e9, peak, kKeyNames[int(key_kind)]);
     bench_compression(batches, repeats, peak > 0 ? peak : 790.0, stream);
     bench_phases(profile, stream);
     bench_decode(*std::max_element(batches.begin(), batches.end()), copy, stream);

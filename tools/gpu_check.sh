@@ -22,7 +22,8 @@
 #   --sanitizer-tests LIST   tests run under compute-sanitizer (default: all but the
 #                     ones that provoke device errors on purpose)
 #   --bench LIST      benchmarks: compress (rkv_bench_gpu, Gaussian keys into bench.json,
-#                     keys sharing a direction into bench_shared.json), torch (torch_rkv.py),
+#                     keys sharing a direction into bench_shared.json, keys that walk
+#                     like a model's into bench_model.json), torch (torch_rkv.py),
 #                     attend (bench_attend.py); default compress,torch,attend
 #   --batches LIST    compression benchmark batches (default 1,8,64,256)
 #   --profile LIST    batches whose compression phases are timed (default 1,64; 0: none)
@@ -127,8 +128,9 @@ if [ "$run_bench" = 1 ]; then
   echo "== benchmarks"
   if wants compress; then
     # Gaussian keys (the redundancy's worst case: no pair passes the threshold),
-    # then keys sharing a direction, as real keys do (rkv_bench_gpu --keys).
-    for keys in gauss shared; do
+    # then keys sharing a direction, as real keys do, and keys whose near-duplicates
+    # stop the wgmma walk as soon as a real model's keys do (rkv_bench_gpu --keys).
+    for keys in gauss shared model; do
       suffix=${keys/gauss/}; suffix=${suffix:+_$suffix}
       "$build/rkv_bench_gpu" --batches "$batches" --profile "$profile" --keys "$keys" \
           --json "$logs/bench$suffix.json" 2>&1 | tee "$logs/bench$suffix.log"
