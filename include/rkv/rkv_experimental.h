@@ -102,14 +102,16 @@ RKV_API rkv_status rkv_cache_sync_lengths(rkv_cache *cache, void *stream);
 
 /* How a CUDA cache computes the matrix products of R-KV and SnapKV. */
 typedef enum rkv_matmul_path RKV_ENUM_BASE {
-    RKV_MATMUL_AUTO = 0,     /* the fastest measured: FUSED where it applies, else CUBLASLT */
+    RKV_MATMUL_AUTO = 0,     /* the fastest measured: WGMMA where it applies, else FUSED, else
+                                CUBLASLT */
     RKV_MATMUL_CUBLASLT = 1, /* cuBLASLt strided-batched products into scratch, then reductions */
     RKV_MATMUL_FUSED = 2,    /* librkv's tensor-core kernel with the redundancy reductions fused
                                 into it (f16/bf16 storage, head_dim 64, 128 or 256) */
     RKV_MATMUL_WGMMA = 3     /* FUSED with the key Gram on Hopper's warpgroup MMA, by rows: each
                                 half row tile stops once all its keys have a near-duplicate
-                                (faster than FUSED on keys that share directions, slower on keys
-                                that have none; where FUSED applies, on compute capability 9.0) */
+                                (much faster than FUSED on keys like a model's, which have near-
+                                duplicates among the latest keys; as fast on keys that have none;
+                                where FUSED applies, on compute capability 9.0) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next

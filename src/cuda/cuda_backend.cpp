@@ -572,11 +572,13 @@ class CudaBackend final : public Backend {
     // applies (kernels/README.md, "Performance": measured on the H200).
     int32_t path() const {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
-        // FUSED before WGMMA: faster on Gaussian keys, where no pair passes the
-        // threshold (H200, batch 64: 20.8-21.0 ms against 21.1; batch 1: 0.39
-        // against 0.41); on keys sharing a direction WGMMA's walk stops early
-        // and is 8% faster at batch 64 (19.3-19.5 against 21.1;
-        // kernels/README.md, Session 12).
+        // WGMMA before FUSED: its walk stops once every key has a near-duplicate,
+        // which keys like a model's find among the latest keys (H200, batch 64:
+        // 15.4 ms against 21.1 on `rkv_bench_gpu --keys model`, 19.3 against 21.2
+        // with a weaker shared direction), and it is as fast where no pair passes
+        // the threshold (Gaussian keys: 20.6 against 21.0; batch 1 0.379
+        // against 0.377; kernels/README.md, Session 13).
+        if (wgmma_) return RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
     }
