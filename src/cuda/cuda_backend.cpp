@@ -93,7 +93,7 @@ class CudaBackend final : public Backend {
         if (scratch_.attention) {  // FP8: the products read the bf16 copy of the keys and the bf16 queries
             lt_ = std::make_unique<LtMatmul>(query_dtype(p_.dtype), workspace_.get(), workspace_.bytes());
             plan_steady_state();
-            if (scratch_.jobs >= 2) side_.create();
+            for (int32_t lane = 1; lane < max_lanes(); ++lane) sides_[lane - 1].create();
         }
         const int32_t dtype = int32_t(p_.dtype);
         resident_.wide = k::attend_resident_blocks(dtype, p_.head_dim, groups_, k::AttendKernel::kWide);
@@ -170,22 +170,22 @@ class CudaBackend final : public Backend {
 
     // Jobs of any layers, in groups of up to scratch_.jobs: every kernel of a
     // group covers all of its jobs (one launch for the 32 layers of a sequence).
-    // A call of more than half a group runs them in two lanes (compress_lanes).
+    // A call of more than one lane's group runs them in two or four lanes (compress_lanes).
     void compress(const CompressJob *jobs, int32_t num_jobs, const LiveParams &live, void *stream) override {
         DeviceGuard guard(device_);
         check_sticky("rkv_compress");
         const cudaStream_t caller = as_stream(stream);
         const int32_t lanes = compress_lanes(num_jobs);
         const int32_t group_jobs = scratch_.jobs / lanes;
-        ForkScope fork(lanes > 1 ? &side_ : nullptr, caller);
+        ForkScope fork(sides_, lanes - 1, caller);
         for (int32_t first = 0, group = 0; first < num_jobs; first += group_jobs, ++group) {
             const int32_t lane = group % lanes;
-            // lane 0 on the caller's stream and scratch jobs [0, group_jobs); lane 1 on the side stream and
-            // scratch jobs [group_jobs, 2 * group_jobs)
+            // lane 0 on the caller's stream and scratch jobs [0, group_jobs); lane l > 0 on side stream
+            // l - 1 and scratch jobs [l * group_jobs, (l + 1) * group_jobs)
             k::CompressParams p = compress_params(live, lane * group_jobs);
             p.num_jobs = std::min(group_jobs, num_jobs - first);
             for (int32_t j = 0; j < p.num_jobs; ++j) p.jobs[j] = job(jobs[first + j]);
-            const cudaStream_t s = lane == 0 ? caller : side_.get();
+            const cudaStream_t s = lane == 0 ? caller : sides_[lane - 1].get();
             if (method_.scorer == Scorer::AccumulatedAttention && p_.max_rollback > 0)
                 commit_pending(p, nullptr, live, s, "rkv_compress: launching the H2O commit of pending queries");
             dequantize_keys(p, s);
@@ -196,23 +196,35 @@ class CudaBackend final : public Backend {
         fork.join();
     }
 
-    // Two lanes: groups of half the scratch's jobs, alternating between the
-    // caller's stream and the side stream, each lane in its half of the
-    // scratch (no more memory). The groups of a call touch disjoint (sequence,
-    // layer)s, so the lanes need no ordering between them, and the GPU runs
-    // the two groups' kernels side by side. Measured on the H200 against one
-    // lane (kernels/README.md, "Two lanes"): batch 64 26.4 -> 25.0-25.2 ms,
-    // batch 8 3.30 -> 3.18 ms (groups of 32; 32-job groups in one lane take
-    // 28.1 ms at batch 64), batch 1 (32 jobs: two groups of 16) 0.447 -> 0.441.
-    // One lane where that does not apply: a call of at most half a group, the
-    // cuBLASLt path (one workspace), methods without window queries (H2O's
-    // pending-query commit, StreamingLLM), and the phase profile (it times
-    // phases on one stream).
+    // Lanes: groups of a half or a quarter of the scratch's jobs, taken in
+    // turn by the caller's stream and the side streams, each lane in its part
+    // of the scratch (no more memory). The groups of a call touch disjoint
+    // (sequence, layer)s, so the lanes need no ordering between them, and the
+    // GPU runs their kernels side by side: one group's memory-bound compaction
+    // beside another's Gram. Measured on the H200 (kernels/README.md, "Two
+    // lanes", Session 13): two lanes against one, batch 64 26.4 -> 25.0-25.2
+    // ms, batch 8 3.30 -> 3.18 ms (groups of 32; 32-job groups in one lane take
+    // 28.1 ms at batch 64), batch 1 (32 jobs: two groups of 16) 0.447 ->
+    // 0.441; four lanes of 16 against two of 32 (wgmma path), batch 64 on
+    // Gaussian keys 20.92-20.93 -> 20.00-20.47 ms, on model keys unchanged
+    // (14.9-15.1), batch 8 1.99 -> 1.93-1.97. One lane where that does not
+    // apply: a call of at most one group, the cuBLASLt path (one workspace),
+    // methods without window queries (H2O's pending-query commit,
+    // StreamingLLM), and the phase profile (it times phases on one stream).
     int32_t compress_lanes(int32_t num_jobs) const {
-        const bool two = side_.get() != nullptr && num_jobs > scratch_.jobs / 2 && path() != RKV_MATMUL_CUBLASLT &&
-                         !profile_.enabled();
-        return two ? 2 : 1;
+        if (path() == RKV_MATMUL_CUBLASLT || profile_.enabled()) return 1;
+        int32_t lanes = max_lanes();
+        while (lanes > 1 && num_jobs <= scratch_.jobs / lanes) lanes /= 2;
+        return lanes;
     }
+    // The lanes this cache's scratch can run: four where it holds four groups
+    // of kMinLaneJobs (smaller groups leave too few blocks to each kernel),
+    // else two (as before the four: any scratch of two jobs or more).
+    int32_t max_lanes() const {
+        if (!scratch_.attention || scratch_.jobs < 2) return 1;
+        return scratch_.jobs >= kMaxLanes * kMinLaneJobs ? kMaxLanes : 2;
+    }
+    static constexpr int32_t kMaxLanes = 4, kMinLaneJobs = 16;
 
     void truncate(int32_t seq, int32_t tokens, void *stream) override {
         DeviceGuard guard(device_);
@@ -820,7 +832,7 @@ class CudaBackend final : public Backend {
     std::vector<k::AttendRowMaps> row_maps_;  // [layers] (16-bit rows the tensor-core attention serves; else empty)
                                             // (0: the kernel does not serve this cache)
     PhaseProfile profile_;  // RKV_CUDA_PROFILE=1: time per compression phase
-    SideStream side_;       // rkv_compress's second lane (created where compress_lanes can pick two)
+    SideStream sides_[kMaxLanes - 1];  // rkv_compress's lanes after the first (created where max_lanes allows)
 
     // Cache memory (layouts in src/backend.h).
     DeviceBuffer keys_, values_;   // [layers, seqs, kv_heads, cap, d]

@@ -31,20 +31,22 @@ void SideStream::join(cudaStream_t into) {
     check(cudaStreamWaitEvent(into, joined_, 0), "rkv_compress: ordering the caller's stream after the side stream");
 }
 
-ForkScope::ForkScope(SideStream *side, cudaStream_t caller) : side_(side), caller_(caller) {
-    if (side_) side_->fork(caller_);
+ForkScope::ForkScope(SideStream *sides, int count, cudaStream_t caller)
+    : sides_(sides), count_(count), caller_(caller) {
+    for (int i = 0; i < count_; ++i) sides_[i].fork(caller_);
 }
 
 void ForkScope::join() {
-    if (!side_ || joined_) return;
+    if (joined_) return;
     joined_ = true;
-    side_->join(caller_);
+    for (int i = 0; i < count_; ++i) sides_[i].join(caller_);
 }
 
 ForkScope::~ForkScope() {
     // Only on a path that is already throwing: the error being reported is
     // the one the caller sees; a failure here would hide it.
-    if (side_ && !joined_) side_->try_join(caller_);
+    if (!joined_)
+        for (int i = 0; i < count_; ++i) sides_[i].try_join(caller_);
 }
 
 }  // namespace rkv::cuda

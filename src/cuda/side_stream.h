@@ -1,8 +1,9 @@
-// A second stream of the cache's device on which rkv_compress runs every
-// other group of jobs, so that the GPU runs two groups' kernels side by side
-// (5% faster at batch 64 on the H200: kernels/README.md, "Two lanes").
-// Ordered with the caller's stream by events only: fork() before the side
-// stream's first kernel, join() before rkv_compress returns, so the call stays
+// A further stream of the cache's device on which rkv_compress runs a lane of
+// its groups of jobs (one or three of them beside the caller's stream), so that
+// the GPU runs several groups' kernels side by side (two lanes: 5% faster at
+// batch 64 on the H200; four: 3% more on Gaussian keys; kernels/README.md,
+// "Two lanes"). Ordered with the caller's stream by events only: fork() before
+// the side stream's first kernel, join() before rkv_compress returns, so the call stays
 // stream-ordered whatever stream the caller passes (the legacy default stream
 // included; test_lanes_join_the_callers_stream fails without the join).
 #pragma once
@@ -40,7 +41,8 @@ class SideStream {
 // stream unjoined. A null SideStream does nothing: the call runs on one stream.
 class ForkScope {
  public:
-    ForkScope(SideStream *side, cudaStream_t caller);
+    // sides[0 .. count): the side streams the call uses (count 0: none).
+    ForkScope(SideStream *sides, int count, cudaStream_t caller);
     ~ForkScope();
     ForkScope(const ForkScope &) = delete;
     ForkScope &operator=(const ForkScope &) = delete;
@@ -48,7 +50,8 @@ class ForkScope {
     void join();
 
  private:
-    SideStream *side_;
+    SideStream *sides_;
+    int count_;
     cudaStream_t caller_;
     bool joined_ = false;
 };

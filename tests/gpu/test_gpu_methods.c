@@ -256,10 +256,10 @@ static void test_every_method_dtype_head_dim(void **state) {
  * layers, all full, on every path, in bf16 and FP8 storage (each job's layer
  * of K, V, scales and queries); CUDA keeps the CPU's tokens. The cuBLASLt path
  * compresses them in groups of 64 on the caller's stream; the tensor-core
- * paths in five groups of 32 in two lanes (the caller's stream and the cache's
- * side stream, each lane in its half of the scratch, groups of mixed layers
- * and sequences, the last one short). (It passes without the lanes' join too:
- * test_lanes_join_the_callers_stream is the test of that.) */
+ * paths in nine groups of 16 in four lanes (the caller's stream and the
+ * cache's three side streams, each lane in its quarter of the scratch, groups
+ * of mixed layers and sequences, the last one short). (It passes without the
+ * lanes' join too: test_lanes_join_the_callers_stream is the test of that.) */
 static void test_jobs_in_several_groups(void **state) {
     (void)state;
     enum { MANY_SEQS = 36, MANY_LAYERS = 4 };
@@ -309,35 +309,40 @@ static void test_jobs_in_several_groups(void **state) {
     assert_int_equal(kc.order_errors, 0);
 }
 
-/* rkv_compress joins its side stream back into the caller's stream. 64
- * sequences x 2 layers compress as four groups of 32 (layer 0 sequences 0-31,
- * layer 0 sequences 32-63, then layer 1 the same), so sequences 32-63 go to
- * the side stream; they hold 512 tokens (the cache's budget 448 + 64) and
- * sequences 0-31 72 (per-request budget 8), so the side stream has ~50x the
- * Gram work and finishes last. A copy of the lengths enqueued on the caller's
- * (non-blocking) stream right after the call, waited for on that stream
- * alone, must see every sequence at its budget; without the join it runs
- * while the side stream is still compressing. The kept tokens must also be
- * the CPU's. */
-static void test_lanes_join_the_callers_stream(void **state) {
-    (void)state;
-    enum { JOIN_SEQS = 64, JOIN_LAYERS = 2, JOIN_BUDGET = 448, JOIN_BUFFER = 64, LIGHT_BUDGET = 8 };
+/* rkv_compress joins its side streams back into the caller's stream. 64
+ * sequences x 2 layers compress as eight groups of 16 in four lanes (layer 0
+ * sequences 0-15, 16-31, 32-47, 48-63, then layer 1 the same), so lane l
+ * compresses sequences 16 l .. 16 l + 15, lanes 1-3 on the side streams. Each
+ * side lane in turn is the heavy one: its sequences hold 2,048 tokens (the
+ * cache's budget 1,984 + 64), every other sequence 72 (per-request budget 8),
+ * so that lane has ~800x the Gram work of any other and is still running
+ * when the host has enqueued the call's last launch (at 512 tokens it had
+ * finished by then and a missing join went unseen on the H200). A copy
+ * of the lengths enqueued on the caller's (non-blocking) stream right after
+ * the call, waited for on that stream alone, must see every sequence at its
+ * budget; without that lane's join it runs while the lane is still
+ * compressing. (With every side lane heavy at once, a missing join of one of
+ * them would go unseen: the joined ones finish with it.) The kept tokens must
+ * also be the CPU's. */
+static void lanes_join_with_heavy_lane(int heavy_lane) {
+    enum { JOIN_SEQS = 64, JOIN_LAYERS = 2, JOIN_BUDGET = 1984, JOIN_BUFFER = 64, LIGHT_BUDGET = 8, LANE_SEQS = 16 };
     rkv_cache_params p = test_params(JOIN_SEQS, JOIN_LAYERS, KV_HEADS, Q_HEADS, 128, RKV_METHOD_RKV, JOIN_BUDGET,
                                      JOIN_BUFFER, WINDOW);
     p.dtype = RKV_DTYPE_BF16;
     p.auto_compress = 0;
     twin t = twin_create(&p);
-    int32_t seqs[JOIN_SEQS], prompt[JOIN_SEQS];
+    int32_t seqs[JOIN_SEQS], prompt[JOIN_SEQS], expected[JOIN_SEQS];
     for (int32_t s = 0; s < JOIN_SEQS; ++s) {
         seqs[s] = s;
-        const int heavy = s >= JOIN_SEQS / 2;
+        const int heavy = s / LANE_SEQS == heavy_lane;
         if (!heavy) {
             ASSERT_OK(rkv_seq_set_budget(t.cpu, s, LIGHT_BUDGET));
             ASSERT_OK(rkv_seq_set_budget(t.gpu, s, LIGHT_BUDGET));
         }
-        prompt[s] = (heavy ? JOIN_BUDGET : LIGHT_BUDGET) + JOIN_BUFFER; /* full: due */
+        expected[s] = heavy ? JOIN_BUDGET : LIGHT_BUDGET;
+        prompt[s] = expected[s] + JOIN_BUFFER; /* full: due */
     }
-    uint64_t rng = 4242;
+    uint64_t rng = 4242 + (uint64_t)heavy_lane;
     twin_append_random(&t, JOIN_SEQS, seqs, prompt, &rng, 0);
     score_snapshot before = snapshot_scores(&t);
 
@@ -357,12 +362,11 @@ static void test_lanes_join_the_callers_stream(void **state) {
     assert_int_equal(cudaStreamSynchronize(stream), cudaSuccess);
     int stale = 0;
     for (int32_t layer = 0; layer < JOIN_LAYERS; ++layer)
-        for (int32_t s = 0; s < JOIN_SEQS; ++s) {
-            const int32_t expected = s >= JOIN_SEQS / 2 ? JOIN_BUDGET : LIGHT_BUDGET;
-            if (lengths[layer][s] != expected && stale++ < 4)
-                print_message("layer %d, sequence %d: %d tokens held after rkv_compress on the caller's stream, not "
-                              "%d\n", layer, s, lengths[layer][s], expected);
-        }
+        for (int32_t s = 0; s < JOIN_SEQS; ++s)
+            if (lengths[layer][s] != expected[s] && stale++ < 4)
+                print_message("heavy lane %d, layer %d, sequence %d: %d tokens held after rkv_compress on the "
+                              "caller's stream, not %d\n",
+                              heavy_lane, layer, s, lengths[layer][s], expected[s]);
     assert_int_equal(stale, 0);
     assert_int_equal(cudaStreamDestroy(stream), cudaSuccess);
 
@@ -374,6 +378,11 @@ static void test_lanes_join_the_callers_stream(void **state) {
     assert_int_equal(kc.heads, JOIN_SEQS * JOIN_LAYERS * KV_HEADS);
     assert_int_equal(kc.mismatches, 0);
     assert_int_equal(kc.order_errors, 0);
+}
+
+static void test_lanes_join_the_callers_stream(void **state) {
+    (void)state;
+    for (int lane = 1; lane < 4; ++lane) lanes_join_with_heavy_lane(lane);
 }
 
 /* The fused path's importance pooling stages a head's pooled logits in shared
