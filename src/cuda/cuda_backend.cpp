@@ -586,10 +586,10 @@ class CudaBackend final : public Backend {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
         // WGMMA before FUSED: its walk stops once every key has a near-duplicate,
         // which keys like a model's find among the latest keys (H200, batch 64:
-        // 15.4 ms against 21.1 on `rkv_bench_gpu --keys model`, 19.3 against 21.2
-        // with a weaker shared direction), and it is as fast where no pair passes
-        // the threshold (Gaussian keys: 20.6 against 21.0; batch 1 0.379
-        // against 0.377; kernels/README.md, Session 13).
+        // 14.95 ms against 21.08 on `rkv_bench_gpu --keys model`, 19.13 against
+        // 21.00 with a weaker shared direction), and it is as fast where no pair
+        // passes the threshold (Gaussian keys: 20.50 against 20.75; batch 1
+        // 0.375 either way; kernels/README.md, Performance and Session 13).
         if (wgmma_) return RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
