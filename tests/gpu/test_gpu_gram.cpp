@@ -100,34 +100,41 @@ Expected per_tile(const Reference &ref, int32_t n, int32_t r, int32_t t) {
     return {ref.latest[size_t(t) * n + r], ref.value[size_t(t) * n + r]};
 }
 
+// Row r's latest hit over column tiles `first` .. tiles - 1: the last tile with one.
+Expected latest_from(const Reference &ref, int32_t n, int32_t tiles, int32_t r, int32_t first) {
+    for (int32_t u = tiles - 1; u >= first; --u)
+        if (ref.latest[size_t(u) * n + r] >= 0) return per_tile(ref, n, r, u);
+    return {-1, 0.0};
+}
+
 // The fused kernel's slot t of row r: the row direction merged into the slot
 // of r's own tile, -1 after it; the column direction per tile.
 Expected rows_merged(const Reference &ref, int32_t n, int32_t tiles, int32_t r, int32_t t) {
     const int32_t own = r / 128;
     if (t < own) return per_tile(ref, n, r, t);
     if (t > own) return {-1, 0.0};
-    for (int32_t u = tiles - 1; u >= own; --u)  // the latest column: the last tile with a hit
-        if (ref.latest[size_t(u) * n + r] >= 0) return per_tile(ref, n, r, u);
-    return {-1, 0.0};
+    return latest_from(ref, n, tiles, r, own);
 }
 
 // The wgmma kernel's slot 0 of row r: the latest hit over every column.
-Expected overall(const Reference &ref, int32_t n, int32_t tiles, int32_t r) {
-    for (int32_t u = tiles - 1; u >= 0; --u)
-        if (ref.latest[size_t(u) * n + r] >= 0) return per_tile(ref, n, r, u);
-    return {-1, 0.0};
-}
+Expected overall(const Reference &ref, int32_t n, int32_t tiles, int32_t r) { return latest_from(ref, n, tiles, r, 0); }
 
 struct Outcome {
     int compared = 0, mismatches = 0, skipped = 0;
-    int by_kind[3] = {0, 0, 0};  // diagonal, row direction, column direction
+    int by_kind[4] = {0, 0, 0, 0};  // fused: diagonal, row direction, column direction; wgmma: walk
 };
 
-const char *kind_name(int kind) { return kind == 0 ? "diagonal tile" : kind == 1 ? "row direction" : "column direction"; }
+const char *kind_name(int kind) {
+    static const char *const names[] = {"diagonal tile", "row direction", "column direction",
+                                        "the row's walk over every column tile"};
+    return names[kind];
+}
 
-void report(Outcome *o, const char *what, int job, int head, int32_t r, int32_t t, const char *field, double got,
-            double expected) {
-    const int kind = t == r / 128 ? 0 : t > r / 128 ? 1 : 2;
+// A mismatch of row r in slot t; walk: the wgmma kernel's answer (slot 0, over
+// every column), else the fused kernel's slot t, by its direction.
+void report(Outcome *o, const char *what, bool walk, int job, int head, int32_t r, int32_t t, const char *field,
+            double got, double expected) {
+    const int kind = walk ? 3 : t == r / 128 ? 0 : t > r / 128 ? 1 : 2;
     o->by_kind[kind]++;
     if (o->mismatches++ < 12)
         print_message("MISMATCH %s: job %d head %d row %d (row tile %d) slot %d (%s): %s %.7g, reference %.7g\n", what,
@@ -250,10 +257,10 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                 for (int32_t r = 0; r < n; ++r) {
                     const double s = sum[row * kTiles + r];
                     if (std::fabs(s - ref.row_sum[r]) > 1e-3 * std::max(1.0, std::fabs(ref.row_sum[r])))
-                        report(&o, name, jj, h, r, r / 128, "row sum", s, ref.row_sum[r]);
+                        report(&o, name, kernel, jj, h, r, r / 128, "row sum", s, ref.row_sum[r]);
                     const bool first_read = kernel == 0 || overall(ref, n, tiles, r).latest < 0;
                     if (first_read && std::fabs(first[row + r] - ref.first[r]) > kValueTolerance)
-                        report(&o, name, jj, h, r, 0, "S[r, 0]", first[row + r], ref.first[r]);
+                        report(&o, name, kernel, jj, h, r, 0, "S[r, 0]", first[row + r], ref.first[r]);
                     if (ref.close[r]) {
                         o.skipped++;
                         continue;
@@ -263,17 +270,21 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                         const Expected want = kernel ? overall(ref, n, tiles, r) : rows_merged(ref, n, tiles, r, t);
                         o.compared++;
                         if (latest[at] == kSentinel)
-                            report(&o, name, jj, h, r, t, "never written: latest", latest[at], want.latest);
+                            report(&o, name, kernel, jj, h, r, t, "never written: latest", latest[at], want.latest);
                         else if (latest[at] != want.latest)
-                            report(&o, name, jj, h, r, t, "latest", latest[at], want.latest);
+                            report(&o, name, kernel, jj, h, r, t, "latest", latest[at], want.latest);
                         else if (want.latest >= 0 && std::fabs(value[at] - want.value) > kValueTolerance)
-                            report(&o, name, jj, h, r, t, "value", value[at], want.value);
+                            report(&o, name, kernel, jj, h, r, t, "value", value[at], want.value);
                     }
                 }
             }
-        print_message("%-32s %6d (row, slot) pairs: %d mismatches (diagonal %d, row direction %d, column direction "
-                      "%d), %d rows within 1e-5 of tau not compared\n",
-                      name, o.compared, o.mismatches, o.by_kind[0], o.by_kind[1], o.by_kind[2], o.skipped);
+        if (kernel)
+            print_message("%-32s %6d (row, slot) pairs: %d mismatches, %d rows within 1e-5 of tau not compared\n",
+                          name, o.compared, o.mismatches, o.skipped);
+        else
+            print_message("%-32s %6d (row, slot) pairs: %d mismatches (diagonal %d, row direction %d, column "
+                          "direction %d), %d rows within 1e-5 of tau not compared\n",
+                          name, o.compared, o.mismatches, o.by_kind[0], o.by_kind[1], o.by_kind[2], o.skipped);
         total_mismatches += o.mismatches;
     }
     gpu_free(d_keys);
