@@ -43,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -494,7 +495,7 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
 
 // --keys NAME: sets key_kind; false for an unknown name.
 bool parse_keys(const char *name) {
-    for (int kind = 0; kind < 3; ++kind)
+    for (int kind = 0; kind < int(std::size(kKeyNames)); ++kind)
         if (!std::strcmp(name, kKeyNames[kind])) {
             key_kind = Keys(kind);
             return true;

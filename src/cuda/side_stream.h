@@ -1,11 +1,12 @@
 // A further stream of the cache's device on which rkv_compress runs a lane of
-// its groups of jobs (one or three of them beside the caller's stream), so that
-// the GPU runs several groups' kernels side by side (two lanes: 5% faster at
-// batch 64 on the H200; four: 3% more on Gaussian keys; kernels/README.md,
-// "Two lanes"). Ordered with the caller's stream by events only: fork() before
-// the side stream's first kernel, join() before rkv_compress returns, so the call stays
-// stream-ordered whatever stream the caller passes (the legacy default stream
-// included; test_lanes_join_the_callers_stream fails without the join).
+// its groups of jobs (one or three of them beside the caller's stream), so
+// that the GPU runs several groups' kernels side by side (two lanes: 5% faster
+// at batch 64 on the H200; four: 3% more on Gaussian keys; kernels/README.md,
+// "Two lanes" and "Four lanes"). Ordered with the caller's stream by events
+// only: fork() before the side stream's first kernel, join() before
+// rkv_compress returns, so the call stays stream-ordered whatever stream the
+// caller passes (the legacy default stream included;
+// test_lanes_join_the_callers_stream fails without the join of any one).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -35,10 +36,11 @@ class SideStream {
     cudaEvent_t forked_ = nullptr, joined_ = nullptr;
 };
 
-// Forks at construction; join() at the end of the work (throws if the join
-// cannot be enqueued); the destructor joins if join() was not reached (a
-// launch in between threw), so no path out of rkv_compress leaves the side
-// stream unjoined. A null SideStream does nothing: the call runs on one stream.
+// Forks every side stream at construction; join() at the end of the work
+// (throws if a join cannot be enqueued); the destructor joins if join() was
+// not reached (a launch in between threw), so no path out of rkv_compress
+// leaves a side stream unjoined. With no side streams (count 0) it does
+// nothing: the call runs on one stream.
 class ForkScope {
  public:
     // sides[0 .. count): the side streams the call uses (count 0: none).
