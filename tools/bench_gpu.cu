@@ -14,7 +14,10 @@
 // (bytes read + written) and an 8192^3 bf16 cuBLASLt matmul.
 //
 //   rkv_bench_gpu [--batches 1,8,64,256] [--profile 1,64] [--repeats 5] [--keys gauss|shared|model]
-//                 [--json FILE]
+//                 [--head-dim 64|128|256] [--json FILE]
+//
+// --head-dim: the same shape with another head_dim (the other kernel
+// instances; the key kinds keep their cosine similarities).
 //
 // Keys: `gauss` (default) are independent normal vectors, whose cosine
 // similarities never pass R-KV's threshold (0.5): the redundancy's worst case,
@@ -68,7 +71,8 @@ namespace {
         }                                                                                           \
     } while (0)
 
-constexpr int kLayers = 32, kKvHeads = 8, kQHeads = 32, kDim = 128, kBudget = 1024, kBuffer = 128, kWindow = 8;
+constexpr int kLayers = 32, kKvHeads = 8, kQHeads = 32, kBudget = 1024, kBuffer = 128, kWindow = 8;
+int head_dim = 128;  // --head-dim (the model's: 128)
 constexpr int kCapacity = kBudget + kBuffer;
 
 FILE *json = nullptr;
@@ -99,15 +103,15 @@ __global__ void fill_random(__nv_bfloat16 *x, size_t n, uint64_t seed) {
     }
 }
 
-// Adds to each of `vectors` vectors of kDim a direction m common to all,
+// Adds to each of `vectors` vectors of head_dim a direction m common to all,
 // components +-amplitude (pseudo-random signs), to normal keys of |k|^2 ~ 128:
 // amplitude 0.815 (|m|^2 = 85) makes their cosine similarity about 85 / 213 =
 // 0.4, with a spread of about 0.07 (bf16 keys of |k|^2 = 128 +- 16); 0.89
 // (|m|^2 = 101) about 0.44.
-__global__ void add_shared_direction(__nv_bfloat16 *x, size_t vectors, float amplitude) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < vectors * kDim;
+__global__ void add_shared_direction(__nv_bfloat16 *x, size_t vectors, int dim, float amplitude) {
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < vectors * dim;
          i += size_t(gridDim.x) * blockDim.x) {
-        const uint32_t d = uint32_t(i % kDim), sign = (d * 0x9e3779b9u) >> 31;
+        const uint32_t d = uint32_t(i % dim), sign = (d * 0x9e3779b9u) >> 31;
         x[i] = __float2bfloat16(__bfloat162float(x[i]) + (sign ? -amplitude : amplitude));
     }
 }
@@ -203,14 +207,14 @@ struct Source {
     int seqs, tokens;
     Source(int seqs_, int tokens_, cudaStream_t stream) : seqs(seqs_), tokens(tokens_) {
         const size_t rows = size_t(seqs) * tokens;
-        CUDA(cudaMalloc(&k, rows * kKvHeads * kDim * 2));
-        CUDA(cudaMalloc(&v, rows * kKvHeads * kDim * 2));
-        CUDA(cudaMalloc(&q, rows * kQHeads * kDim * 2));
-        fill_random<<<4096, 256, 0, stream>>>(k, rows * kKvHeads * kDim, 11);
+        CUDA(cudaMalloc(&k, rows * kKvHeads * head_dim * 2));
+        CUDA(cudaMalloc(&v, rows * kKvHeads * head_dim * 2));
+        CUDA(cudaMalloc(&q, rows * kQHeads * head_dim * 2));
+        fill_random<<<4096, 256, 0, stream>>>(k, rows * kKvHeads * head_dim, 11);
         if (key_kind != Keys::Gauss)
-            add_shared_direction<<<4096, 256, 0, stream>>>(k, rows * kKvHeads, shared_amplitude());
-        fill_random<<<4096, 256, 0, stream>>>(v, rows * kKvHeads * kDim, 12);
-        fill_random<<<4096, 256, 0, stream>>>(q, rows * kQHeads * kDim, 13);
+            add_shared_direction<<<4096, 256, 0, stream>>>(k, rows * kKvHeads, head_dim, shared_amplitude());
+        fill_random<<<4096, 256, 0, stream>>>(v, rows * kKvHeads * head_dim, 12);
+        fill_random<<<4096, 256, 0, stream>>>(q, rows * kQHeads * head_dim, 13);
         CUDA(cudaGetLastError());
     }
     ~Source() {
@@ -235,9 +239,9 @@ void append_tokens(rkv_cache *cache, const Source &src, int seqs, int count, cud
     a.seq_ids = ids.data();
     a.num_tokens = counts.data();
     a.token_offsets = offsets.data();
-    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim, 0};
-    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, 0, kKvHeads * kDim, kDim, 0};
-    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, 0, kQHeads * kDim, kDim, 0};
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, head_dim, 0, kKvHeads * head_dim, head_dim, 0};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, head_dim, 0, kKvHeads * head_dim, head_dim, 0};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, head_dim, 0, kQHeads * head_dim, head_dim, 0};
     for (int layer = 0; layer < kLayers; ++layer) {
         a.layer = layer;
         CHECK(rkv_append(cache, &a, stream));
@@ -251,7 +255,7 @@ rkv_cache *make_cache(int seqs) {
     p.num_layers = kLayers;
     p.num_kv_heads = kKvHeads;
     p.num_q_heads = kQHeads;
-    p.head_dim = kDim;
+    p.head_dim = head_dim;
     p.dtype = RKV_DTYPE_BF16;
     p.device_type = RKV_DEVICE_CUDA;
     p.budget = kBudget;
@@ -270,7 +274,7 @@ uint64_t scratch_bytes(const rkv_cache *cache, int seqs, uint64_t *kv_bytes) {
     s.struct_size = sizeof s;
     CHECK(rkv_cache_stats(cache, RKV_ALL, &s));
     const uint64_t slots = uint64_t(kLayers) * seqs * kKvHeads * kCapacity;
-    const uint64_t fixed = s.bytes_kv_capacity + slots * 8 + uint64_t(kLayers) * seqs * kQHeads * kWindow * kDim * 2 +
+    const uint64_t fixed = s.bytes_kv_capacity + slots * 8 + uint64_t(kLayers) * seqs * kQHeads * kWindow * head_dim * 2 +
                            uint64_t(kLayers) * seqs * 4;
     *kv_bytes = s.bytes_kv_capacity;
     return s.bytes_allocated - fixed;
@@ -278,7 +282,7 @@ uint64_t scratch_bytes(const rkv_cache *cache, int seqs, uint64_t *kv_bytes) {
 
 double nominal_flops(int seqs) {
     const double n = kCapacity, c = kCapacity - kWindow, rows = (kQHeads / kKvHeads) * kWindow;
-    return double(seqs) * kLayers * kKvHeads * (2.0 * n * n * kDim + 2.0 * rows * c * kDim);
+    return double(seqs) * kLayers * kKvHeads * (2.0 * n * n * head_dim + 2.0 * rows * c * head_dim);
 }
 
 // Median ms of compressing every (sequence, layer) of a full cache, refilling
@@ -308,7 +312,9 @@ constexpr Path kPaths[] = {{RKV_MATMUL_CUBLASLT, "cublaslt"}, {RKV_MATMUL_FUSED,
 // Every path at every batch, path after path (the newest last: a kernel fault
 // there leaves the rows before it printed), then one row per batch comparing them.
 void bench_compression(const std::vector<int> &batches, int repeats, double peak_tflops, cudaStream_t stream) {
-    std::printf("\n== compression of all 32 layers (R1-Distill-Llama-8B, bf16, B 1024 + 128, every sequence full)\n");
+    std::printf("\n== compression of all 32 layers (R1-Distill-Llama-8B shape, head_dim %d, bf16, B 1024 + 128, every "
+                "sequence full)\n",
+                head_dim);
     std::printf("floor = the nominal work at the measured bf16 matmul rate (%.0f TFLOP/s); x floor = ms / floor\n",
                 peak_tflops);
     std::printf("%6s %10s %12s %10s %10s %12s %10s %9s %14s %8s\n", "batch", "path", "ms", "ms/seq", "floor ms",
@@ -406,9 +412,9 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     std::vector<int32_t> ids(seqs);
     for (int i = 0; i < seqs; ++i) ids[i] = i;
     __nv_bfloat16 *out;
-    CUDA(cudaMalloc(&out, size_t(seqs) * kQHeads * kDim * 2));
-    const rkv_tensor q{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim, 0};
-    const rkv_tensor o{out, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kQHeads) * kDim, 0, kDim, 0};
+    CUDA(cudaMalloc(&out, size_t(seqs) * kQHeads * head_dim * 2));
+    const rkv_tensor q{src.q, RKV_DTYPE_BF16, kQHeads, head_dim, int64_t(kCapacity) * kQHeads * head_dim, 0, head_dim, 0};
+    const rkv_tensor o{out, RKV_DTYPE_BF16, kQHeads, head_dim, int64_t(kQHeads) * head_dim, 0, head_dim, 0};
     std::vector<double> ms;
     for (int r = 0; r < 12; ++r) {
         const int layer = r % kLayers;
@@ -425,7 +431,7 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
         if (r >= 2) ms.push_back(m);
     }
     const double attend_ms = median(ms);
-    const double kv_read = double(seqs) * kKvHeads * kCapacity * kDim * 2 * 2;
+    const double kv_read = double(seqs) * kKvHeads * kCapacity * head_dim * 2 * 2;
     const double attend_gbs = kv_read / (attend_ms * 1e-3) / 1e9;
 
     // --- append one token (after a compression there are 128 free slots) -------
@@ -435,11 +441,11 @@ void bench_decode(int seqs, double copy_bytes_per_s, cudaStream_t stream) {
     a.struct_size = sizeof a;
     a.num_seqs = seqs;
     a.seq_ids = ids.data();
-    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim, 0};
-    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, kDim, int64_t(kCapacity) * kKvHeads * kDim, 0, kDim, 0};
-    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, kDim, int64_t(kCapacity) * kQHeads * kDim, 0, kDim, 0};
+    a.k = rkv_tensor{src.k, RKV_DTYPE_BF16, kKvHeads, head_dim, int64_t(kCapacity) * kKvHeads * head_dim, 0, head_dim, 0};
+    a.v = rkv_tensor{src.v, RKV_DTYPE_BF16, kKvHeads, head_dim, int64_t(kCapacity) * kKvHeads * head_dim, 0, head_dim, 0};
+    a.q = rkv_tensor{src.q, RKV_DTYPE_BF16, kQHeads, head_dim, int64_t(kCapacity) * kQHeads * head_dim, 0, head_dim, 0};
     // bytes read and written: K, V and Q rows of every sequence, positions and state
-    const double moved = 2.0 * double(seqs) * (2 * kKvHeads + kQHeads) * kDim * 2 + double(seqs) * kKvHeads * 8;
+    const double moved = 2.0 * double(seqs) * (2 * kKvHeads + kQHeads) * head_dim * 2 + double(seqs) * kKvHeads * 8;
     ms.clear();
     for (int r = 0; r < 3; ++r) {  // eager: 32 layer calls per step
         t.begin(stream);
@@ -521,12 +527,16 @@ int main(int argc, char **argv) {
             repeats = std::max(1, std::atoi(argv[++i]));
         } else if (!std::strcmp(argv[i], "--keys") && i + 1 < argc && parse_keys(argv[i + 1])) {
             ++i;
+        } else if (!std::strcmp(argv[i], "--head-dim") && i + 1 < argc &&
+                   (!std::strcmp(argv[i + 1], "64") || !std::strcmp(argv[i + 1], "128") ||
+                    !std::strcmp(argv[i + 1], "256"))) {
+            head_dim = std::atoi(argv[++i]);
         } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
             json = std::fopen(argv[++i], "w");
         } else {
             const bool help = !std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help");
             std::fprintf(help ? stdout : stderr, "usage: %s [--batches 1,8,64,256] [--profile 1,64 (0: none)] "
-                         "[--repeats 5] [--keys gauss|shared|model] [--json FILE]\n", argv[0]);
+                         "[--repeats 5] [--keys gauss|shared|model] [--head-dim 64|128|256] [--json FILE]\n", argv[0]);
             return help ? 0 : 2;
         }
     }
@@ -542,11 +552,13 @@ int main(int argc, char **argv) {
     const double copy = copy_bandwidth(size_t(1) << 30, stream, 10);
     const double peak = matmul_peak(8192, stream);
     std::printf("%s, %d SMs: device copy %.0f GB/s (read + write), bf16 matmul %.0f TFLOP/s (8192^3, cuBLASLt); "
-                "keys: %s\n",
-                prop.name, prop.multiProcessorCount, copy / 1e9, peak, kKeyWords[int(key_kind)]);
+                "keys: %s; head_dim %d\n",
+                prop.name, prop.multiProcessorCount, copy / 1e9, peak, kKeyWords[int(key_kind)], head_dim);
     if (json)
-        std::fprintf(json, "{\"bench\":\"ceilings\",\"copy_gbs\":%.1f,\"matmul_tflops\":%.1f,\"keys\":\"%s\"}\n",
-                     copy / 1e9, peak, kKeyNames[int(key_kind)]);
+        std::fprintf(json,
+                     "{\"bench\":\"ceilings\",\"copy_gbs\":%.1f,\"matmul_tflops\":%.1f,\"keys\":\"%s\","
+                     "\"head_dim\":%d}\n",
+                     copy / 1e9, peak, kKeyNames[int(key_kind)], head_dim);
     bench_compression(batches, repeats, peak > 0 ? peak : 790.0, stream);
     bench_phases(profile, stream);
     bench_decode(*std::max_element(batches.begin(), batches.end()), copy, stream);

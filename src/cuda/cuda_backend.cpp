@@ -589,7 +589,8 @@ class CudaBackend final : public Backend {
         // 14.95 ms against 21.08 on `rkv_bench_gpu --keys model`, 19.13 against
         // 21.00 with a weaker shared direction), and it is as fast where no pair
         // passes the threshold (Gaussian keys: 20.50 against 20.75; batch 1
-        // 0.375 either way; kernels/README.md, Performance and Session 13).
+        // 0.375 either way); so at head_dim 64 and 256 (model keys 9.9 and 33.7
+        // against 15.5 and 42.8; kernels/README.md, Performance and Session 13).
         if (wgmma_) return RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
