@@ -185,6 +185,11 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     load_sw128_tile<T, D>(base + L::kA, keys, i * kGramTile, n);
     if (tiles - 1 != i) load_sw128_tile<T, D>(b_tile(tiles - 1), keys, (tiles - 1) * kGramTile, n);
     cp_async_commit();
+    // The walk's second column tile goes out now too, into the other buffer
+    // (its own copy group: the first products wait for the first group only),
+    // so that it has the first tile's products and epilogue to land in.
+    if (tiles >= 2 && tiles - 2 != i) load_sw128_tile<T, D>(b_tile(tiles - 2), keys, (tiles - 2) * kGramTile, n);
+    cp_async_commit();
     for (int e = t; e < D; e += blockDim.x)
         w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[t] = inv_row;
@@ -194,13 +199,9 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         const int32_t col = (tiles - 2) * kGramTile + t;
         next_inv = col < n ? inv_norm[col] : not_a_number;
     }
-    cp_async_wait<0>();
+    cp_async_wait<1>();  // the row tile and the last column tile
     fence_async_shared();
     __syncthreads();
-    if (tiles >= 2 && tiles - 2 != i) {  // into the other buffer
-        load_sw128_tile<T, D>(b_tile(tiles - 2), keys, (tiles - 2) * kGramTile, n);
-        cp_async_commit();
-    }
     float even[64], odd[64];  // rows 0-63 and 64-127 of a tile times its 128 columns
     issue_half<T, D>(even, base + L::kA, b_tile(tiles - 1), 0);
     {
@@ -224,6 +225,19 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     // own: 64 rows find their hits sooner than 128 (shared-direction keys:
     // 5.9 of 9 tiles walked instead of 7.2).
     bool done[2] = {false, false}, walking[2] = {true, true};
+    // Whether each of the quad's rows of a half has a hit in one of its lanes
+    // (rows past n count as having one).
+    auto half_done = [&](int half) {
+        uint32_t hits = 0;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
+            if (walk_latest[half][hr] >= 0 || r >= n) hits |= 1u << hr;
+        }
+        hits |= __shfl_xor_sync(0xffffffffu, hits, 1);
+        hits |= __shfl_xor_sync(0xffffffffu, hits, 2);
+        return hits == 3u;
+    };
     auto epilogue = [&](const float (&acc)[64], int half, int32_t j, const float *inv_c) {
         int32_t latest[2] = {-1, -1};
         float value[2] = {0.0f, 0.0f};
@@ -249,7 +263,12 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         // tile j's first half is in `even` (if half 0 walks); tile j - 1's copy is in flight.
         const float *inv_c = inv_cols + (j % 3) * kGramTile;
         if (walking[1]) issue_half<T, D>(odd, base + L::kA, b_tile(j), 1);
-        if (walking[0]) epilogue(even, 0, j, inv_c);
+        if (walking[0]) {
+            // Half 0's answer as of tile j is known before the barrier, so
+            // the barrier can stop it before it computes tile j - 1.
+            epilogue(even, 0, j, inv_c);
+            done[0] = half_done(0);
+        }
         if (j > 0) {
             // (buffer (j - 1) % 3 last served tile j + 2: every warp finished its epilogues before the
             // barrier of step j + 1)
@@ -265,7 +284,9 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         fence_async_shared();
         // Every warp is done with tile j's products (its buffer may take tile
         // j - 2), tile j - 1 and its inverse norms are in shared memory. A half
-        // stops once each of its rows has a hit (as of step j + 1).
+        // stops once each of its rows has a hit: half 0 as of this tile, half 1
+        // as of tile j + 1 (its epilogue of tile j comes after the barrier, so
+        // that the tensor cores compute tile j - 1's half 0 meanwhile).
         const bool stop0 = __syncthreads_and(done[0]), stop1 = __syncthreads_and(done[1]);
         const bool next0 = walking[0] && !stop0, next1 = walking[1] && !stop1;
         if (j > 0 && next0) issue_half<T, D>(even, base + L::kA, b_tile(j - 1), 0);
@@ -273,20 +294,10 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
             load_sw128_tile<T, D>(b_tile(j - 2), keys, (j - 2) * kGramTile, n);
             cp_async_commit();
         }
-        if (next1) epilogue(odd, 1, j, inv_c);
-        // Done when each of the quad's rows of a half has a hit in one of its lanes.
-        uint32_t hits = 0;
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
-                if (walk_latest[half][hr] >= 0 || r >= n) hits |= 1u << (2 * half + hr);
-            }
-        hits |= __shfl_xor_sync(0xffffffffu, hits, 1);
-        hits |= __shfl_xor_sync(0xffffffffu, hits, 2);
-        done[0] = (hits & 3u) == 3u;
-        done[1] = (hits & 12u) == 12u;
+        if (next1) {
+            epilogue(odd, 1, j, inv_c);
+            done[1] = half_done(1);
+        }
         wgmma_wait<0>();
         fence_accumulators(even);
         walking[0] = next0;
