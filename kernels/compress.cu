@@ -1,5 +1,7 @@
 // Launchers of the scoring, selection and compaction kernels
 // (kernels/scoring.cuh, kernels/select.cuh), and the shared-memory setup.
+#include <algorithm>
+
 #include "launch.h"
 #include "scoring.cuh"
 #include "select.cuh"
@@ -20,7 +22,8 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
     if (error == cudaSuccess) error = configure_attend_kernels(dtype);
     if (error == cudaSuccess) error = configure_sequence_kernels(dtype, head_dim, capacity, groups);
     if (error != cudaSuccess) return error;
-    const size_t select = select_shared_bytes(capacity);
+    // (at least the 48 KiB a staged importance pooling may take in it)
+    const size_t select = std::max<size_t>(select_shared_bytes(capacity), 48 * 1024);
     RKV_DISPATCH_DTYPE(dtype, T, { error = raise_shared_limit(select_compact_kernel<T>, select); })
     return error;
 }
@@ -31,10 +34,7 @@ cudaError_t launch_key_norms(const CompressParams &p, cudaStream_t stream) {
 }
 
 cudaError_t launch_importance_pool(const CompressParams &p, cudaStream_t stream) {
-    // Staged where the logits are pooled already and a head fits in the 48 KiB
-    // every kernel may use without asking (window 8: capacities up to 1,363).
-    const int32_t staged = p.pooled_groups == 1 &&
-                           importance_pool_shared_bytes(p.cache.window, p.cache.capacity, true) <= 48 * 1024;
+    const int32_t staged = importance_pool_staged(p.pooled_groups, p.cache.window, p.cache.capacity);
     const size_t bytes = importance_pool_shared_bytes(p.cache.window, p.cache.capacity, staged);
     importance_pool_kernel<<<heads_jobs(p), kPoolThreads, bytes, stream>>>(p, staged);
     return cudaGetLastError();
@@ -61,7 +61,7 @@ cudaError_t launch_keydiff(const CompressParams &p, cudaStream_t stream) {
 }
 
 cudaError_t launch_select_compact(const CompressParams &p, cudaStream_t stream) {
-    const size_t shared = select_shared_bytes(p.cache.capacity);
+    const size_t shared = select_compact_shared_bytes(p);
     RKV_DISPATCH_DTYPE(p.cache.dtype, T, {
         select_compact_kernel<T><<<heads_jobs(p), kSelectThreads, shared, stream>>>(p);
     })

@@ -82,7 +82,7 @@ cudaError_t launch_gram_row_stats(const CompressParams &p, int32_t first_row, in
                                   cudaStream_t stream);
 // The fused tensor-core kernels: f16/bf16 storage, head_dim 64, 128 or 256,
 // at most 64 window query rows per KV head (G * window). The importance kernel
-// writes pooled logits (then launch_importance_pool with pooled_groups = 1)
+// writes pooled logits (select_compact_kernel then pools them: kSelectionPools)
 // and, with_norms, the key norms and W that the Gram kernel needs.
 bool gram_fused_supported(int32_t dtype, int32_t head_dim, int32_t rows);
 cudaError_t launch_importance_fused(const CompressParams &p, int32_t max_held, int32_t with_norms,

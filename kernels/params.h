@@ -170,6 +170,14 @@ struct Scratch {
     int32_t rows;             // G * window: query rows per KV head
 };
 
+// CompressParams::scores_in_selection: the per-head scoring steps that
+// select_compact_kernel runs before its selection, in the same block, instead
+// of importance_pool_kernel and redundancy_kernel: one launch per group
+// instead of three, and the scores stay in the block that ranks them (the
+// fused and wgmma paths; kernels/README.md, Session 14).
+constexpr int32_t kSelectionPools = 1;       // importance_pool_head
+constexpr int32_t kSelectionRedundancy = 2;  // redundancy_head
+
 struct CompressParams {
     CacheLayer cache;         // layer 0; a job's layer is `layer` strides further (job_cache)
     int64_t layer_slots;      // slots between layers in K/V (times head_dim), positions, state
@@ -190,6 +198,8 @@ struct CompressParams {
                               // slot per column tile); 0: one slot per row (slot 0: the cuBLASLt
                               // rows, or the wgmma kernel's walk of every column tile)
     int32_t pooled_groups;    // query heads per window row in `logits`: G (cuBLASLt), 1 (fused: pooled)
+    int32_t scores_in_selection;  // kSelectionPools | kSelectionRedundancy: select_compact_kernel
+                                  // computes those scores itself first (no kernel of their own)
     Job jobs[kMaxGroupJobs];
 };
 

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "pooling.cuh"
 
 namespace rkv::kernels {
 
@@ -24,108 +25,12 @@ constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
 constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections
 constexpr int kPartialLoads = 16;     // redundancy: a row's partial stats loaded at once
 
-// The importance of head h of group job jj, all threads of the block taking
-// part. logits [rows = G*window, cap] (row g*window + a), from the cuBLASLt
-// product scaled by 1/sqrt(d) over the C = held - window candidates (or already
-// pooled over the group: pooled_groups 1).
-// Phase 1: a warp per window query finds the max and the softmax normaliser of
-// its group-pooled row; phase 2: every candidate averages its probabilities
-// over the window (in window order, as the CPU); phase 3: max-pool.
-// Scratch of the caller: row_max, row_inverse [window], averaged [C]; staged:
-// the pooled logits [window][C] already in shared memory (pooled_groups 1),
-// which phase 1 overwrites with exp(logit - row max) for phase 2 (one
-// exponential per logit instead of two), or nullptr to read them from
-// scratch.logits.
-__device__ void importance_pool_head(const CompressParams &p, const Job &job, int32_t jj, int32_t h,
-                                     float *row_max, float *row_inverse, float *averaged,
-                                     float *staged = nullptr) {
-    const int32_t window = p.cache.window;
-    const int32_t groups = p.pooled_groups;  // 1: the fused kernel pooled already
-    const int32_t candidates = job.held - window;
-    const int64_t row = scratch_row(p, jj, h);
-    const int64_t cap = p.cache.capacity;
-    const float *logits = p.scratch.logits + row * p.scratch.rows;
-    // pooled[a][j]: window row a of candidate j, pooled over the group.
-    auto pooled = [&](int32_t a, int32_t j) {
-        if (staged != nullptr) return staged[a * candidates + j];
-        return pool_group(p.pooling, groups, [&](int32_t g) { return logits[(int64_t(g) * window + a) * cap + j]; });
-    };
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int32_t a = threadIdx.x >> 5; a < window; a += warps) {
-        float local_max = -INFINITY;
-        for (int32_t j = lane; j < candidates; j += 32) local_max = fmaxf(local_max, pooled(a, j));
-        const float max_value = warp_max(local_max);
-        double local_sum = 0.0;
-        for (int32_t j = lane; j < candidates; j += 32) {
-            const float e = expf(pooled(a, j) - max_value);
-            local_sum += e;
-            if (staged != nullptr) staged[a * candidates + j] = e;
-        }
-        const double sum = warp_sum(local_sum);
-        if (lane == 0) {
-            row_max[a] = max_value;
-            row_inverse[a] = float(1.0 / sum);
-        }
-    }
-    __syncthreads();
-    const float inverse_window = 1.0f / float(window);
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
-        float sum = 0.0f;
-        for (int32_t a = 0; a < window; ++a) {
-            const float e = staged != nullptr ? staged[a * candidates + j] : expf(pooled(a, j) - row_max[a]);
-            sum += e * row_inverse[a];
-        }
-        averaged[j] = sum * inverse_window;
-    }
-    __syncthreads();
-    const int32_t half = p.kernel / 2;
-    float *out = p.scratch.importance + row;
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x) {
-        const int32_t lo = max(0, j - half), hi = min(candidates - 1, j + half);
-        float best = averaged[lo];
-        for (int32_t i = lo + 1; i <= hi; ++i) best = fmaxf(best, averaged[i]);
-        out[j] = best;
-    }
-}
-
-// Dynamic shared memory of importance_pool_kernel: the softmax's row maxima
-// and inverse sums [2][window]; staged, also the pooled logits
-// [window][capacity] and the window averages [capacity].
-__host__ __device__ constexpr size_t importance_pool_shared_bytes(int32_t window, int32_t capacity, bool staged) {
-    return (size_t(2) * window + (staged ? (size_t(window) + 1) * size_t(capacity) : 0)) * sizeof(float);
-}
-
-// grid (kv head, job): importance_pool_head. staged (the logits pooled over the
-// group already, and the head fits in shared memory): the head's logits are
-// first copied into shared memory with every thread's loads in flight
-// together, and the window averages stay there, so the three passes over them
-// cost one trip to memory instead of a chain of dependent ones per warp; else
-// the passes read scratch.logits and the averages go to scratch.aux.
+// grid (kv head, job): importance_pool, staged or not (importance_pool_staged).
 __global__ void __launch_bounds__(kPoolThreads) importance_pool_kernel(CompressParams p, int32_t staged) {
     extern __shared__ float pool_shared[];
-    const int32_t window = p.cache.window;
-    float *row_max = pool_shared;               // [window]
-    float *row_inverse = pool_shared + window;  // [window]
-    float *logits_staged = row_inverse + window;  // staged: [window][candidates], then [candidates] averages
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
-    const int32_t jj = blockIdx.y, h = blockIdx.x;
-    const int64_t row = scratch_row(p, jj, h);
-    if (!staged) {
-        importance_pool_head(p, job, jj, h, row_max, row_inverse, p.scratch.aux + row);
-        return;
-    }
-    const int32_t candidates = job.held - window;
-    const int64_t cap = p.cache.capacity;
-    const float *logits = p.scratch.logits + row * p.scratch.rows;  // [window, cap]
-    const int32_t count = window * candidates;
-#pragma unroll 8
-    for (int32_t index = threadIdx.x; index < count; index += blockDim.x) {
-        const int32_t a = index / candidates, j = index - a * candidates;
-        logits_staged[index] = logits[a * cap + j];
-    }
-    __syncthreads();
-    importance_pool_head(p, job, jj, h, row_max, row_inverse, logits_staged + count, logits_staged);
+    importance_pool(p, job, blockIdx.y, blockIdx.x, pool_shared, staged != 0);
 }
 
 // grid (kv head, job), kScoreThreads threads: a warp per key.

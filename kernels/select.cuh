@@ -16,6 +16,7 @@
 #include "core/random_score.h"
 #include "fp8.cuh"
 #include "radix_select.cuh"
+#include "scoring.cuh"
 
 namespace rkv::kernels {
 
@@ -264,16 +265,40 @@ __device__ void select_compact_head(const CompressParams &p, const Job &job, int
     else compact_kv<uint8_t>(p, k_head, v_head, gather, src, keep, row_bytes);
 }
 
-// grid (kv head, job), kSelectThreads threads, select_shared_bytes(capacity)
-// of dynamic shared memory.
+// Dynamic shared memory of select_compact_kernel: the selection's, or the
+// importance pooling's where the kernel pools first and needs more.
+__host__ __device__ constexpr size_t select_compact_shared_bytes(const CompressParams &p) {
+    const size_t select = select_shared_bytes(p.cache.capacity);
+    if (!(p.scores_in_selection & kSelectionPools)) return select;
+    const size_t pool = importance_pool_shared_bytes(
+        p.cache.window, p.cache.capacity, importance_pool_staged(p.pooled_groups, p.cache.window, p.cache.capacity));
+    return pool > select ? pool : select;
+}
+
+// grid (kv head, job), kSelectThreads threads, select_compact_shared_bytes(p)
+// of dynamic shared memory. First the scores p.scores_in_selection names
+// (importance pooling, redundancy: the same device code as their own kernels,
+// into the same scratch, which __syncthreads makes visible to the block),
+// then the selection and compaction.
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads, 2) select_compact_kernel(CompressParams p) {
     extern __shared__ uint64_t select_shared[];
     __shared__ int32_t reduce_i[32];
     __shared__ int32_t warp_counts[kSelectThreads / 32];
+    __shared__ double reduce_d[32];
     const Job job = p.jobs[blockIdx.y];
     if (!job_active(p, job)) return;
-    select_compact_head<T>(p, job, blockIdx.y, blockIdx.x, select_shared, reduce_i, warp_counts);
+    const int32_t jj = blockIdx.y, h = blockIdx.x;
+    if (p.scores_in_selection & kSelectionPools) {
+        importance_pool(p, job, jj, h, reinterpret_cast<float *>(select_shared),
+                        importance_pool_staged(p.pooled_groups, p.cache.window, p.cache.capacity));
+        __syncthreads();
+    }
+    if (p.scores_in_selection & kSelectionRedundancy) {
+        redundancy_head(p, job, jj, h, p.scratch.corrections + scratch_row(p, jj, h), reduce_d);
+        __syncthreads();
+    }
+    select_compact_head<T>(p, job, jj, h, select_shared, reduce_i, warp_counts);
 }
 
 // One thread per job, after every head of the group is compacted: publish the

@@ -603,7 +603,7 @@ class CudaBackend final : public Backend {
     void enqueue_selection(const k::CompressParams &p, cudaStream_t stream) {
         profile_.begin(stream);
         check(k::launch_select_compact(p, stream), "rkv_compress: launching the selection");
-        profile_.end("selection + compaction", stream);
+        profile_.end(p.scores_in_selection ? "scores + selection + compaction" : "selection + compaction", stream);
     }
 
     // FP8 storage: the group's held keys as bf16 for the scoring kernels
@@ -664,17 +664,21 @@ class CudaBackend final : public Backend {
     void enqueue_importance(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
         profile_.begin(stream);
         if (fused()) {
-            // pooled logits, and for R-KV the key norms and W the Gram kernel needs
+            // pooled logits, and for R-KV the key norms and W the Gram kernel needs;
+            // the pooling (softmax, window mean, max-pool) of each head is done by
+            // select_compact_kernel before it selects (kernels/params.h,
+            // kSelectionPools): no launch of its own.
             p.pooled_groups = 1;
+            p.scores_in_selection |= k::kSelectionPools;
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
             check(k::launch_importance_fused(p, max_held, with_norms, stream),
                   "rkv_compress: launching the fused importance kernel");
             profile_.end("window logits (fused)", stream);
-        } else {
-            p.pooled_groups = groups_;
-            for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
-            profile_.end("window logits (cuBLASLt)", stream);
+            return;
         }
+        p.pooled_groups = groups_;
+        for_each_run(p, [&](int32_t first, int32_t count) { window_logits(p, first, count, stream); });
+        profile_.end("window logits (cuBLASLt)", stream);
         profile_.begin(stream);
         check(k::launch_importance_pool(p, stream), "rkv_compress: launching the importance pooling");
         profile_.end("importance pooling", stream);
@@ -696,6 +700,10 @@ class CudaBackend final : public Backend {
             p.gram_fused = 0;
             gram_rows(p, stream);
             profile_.end("key Gram (cuBLASLt + rows)", stream);
+        }
+        if (fused()) {  // likewise the redundancy (kSelectionRedundancy)
+            p.scores_in_selection |= k::kSelectionRedundancy;
+            return;
         }
         profile_.begin(stream);
         check(k::launch_redundancy(p, stream), "rkv_compress: launching the redundancy kernel");
