@@ -1,6 +1,7 @@
 // The scores a compression ranks (algorithm.md), after the matrix products:
 //   importance_pool  window-query logits -> group pooling, softmax over the
-//                    candidates, window mean, max-pool          (R-KV, SnapKV)
+//                    candidates, window mean, max-pool          (R-KV, SnapKV;
+//                    its device code in kernels/pooling.cuh)
 //   key_norms        1 / (|k| + 1e-8) per key                    (cuBLASLt path)
 //   gram_row_stats   raw key-Gram rows -> per row: sum of S, latest column
 //                    above tau and S there, S[r, 0]              (cuBLASLt path)
@@ -8,7 +9,10 @@
 //                    off -> softmax of the column means          (R-KV)
 //   keydiff          -cos(k, mean key)                           (KeyDiff)
 // Every kernel takes the group's CompressParams, one block per (head, job), and
-// skips jobs the device no longer holds in the planned state (see Job).
+// skips jobs the device no longer holds in the planned state (see Job). On
+// the fused and wgmma paths the pooling and the redundancy run inside
+// select_compact_kernel instead (kernels/select.cuh, kSelectionPools and
+// kSelectionRedundancy); their kernels serve the cuBLASLt path.
 // The arithmetic follows src/cpu/scoring.cpp step by step (float32, with the
 // same sums in double), so scores agree to float rounding.
 #pragma once
@@ -19,7 +23,7 @@
 namespace rkv::kernels {
 
 constexpr int kScoreThreads = 1024;      // key norms, KeyDiff
-constexpr int kPoolThreads = 256;        // importance pooling: a warp per window row, 8 blocks per SM
+constexpr int kPoolThreads = 256;        // importance pooling: a warp per window row
 constexpr int kRedundancyThreads = 512;  // four blocks per SM (launch bounds): 64 jobs x 8 heads in one wave
 constexpr int kRowStatThreads = 256;  // gram_row_stats: a warp per row
 constexpr double kFixedScale = 274877906944.0;  // 2^38: fixed point of the corrections

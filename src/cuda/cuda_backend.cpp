@@ -586,11 +586,11 @@ class CudaBackend final : public Backend {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
         // WGMMA before FUSED: its walk stops once every key has a near-duplicate,
         // which keys like a model's find among the latest keys (H200, batch 64:
-        // 14.95 ms against 21.08 on `rkv_bench_gpu --keys model`, 19.13 against
-        // 21.00 with a weaker shared direction), and it is as fast where no pair
-        // passes the threshold (Gaussian keys: 20.50 against 20.75; batch 1
-        // 0.375 either way); so at head_dim 64 and 256 (model keys 9.9 and 33.7
-        // against 15.5 and 42.8; kernels/README.md, Performance and Session 13).
+        // 13.32 ms against 20.09 on `rkv_bench_gpu --keys model`, 17.63 against
+        // 20.01 with a weaker shared direction), and it is as fast where no pair
+        // passes the threshold (Gaussian keys: 19.55 against 19.95; batch 1
+        // 0.346 either way); so at head_dim 64 and 256 (model keys 9.9 and 33.7
+        // against 15.5 and 42.8, session 13; kernels/README.md, Performance).
         if (wgmma_) return RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
