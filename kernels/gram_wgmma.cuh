@@ -225,18 +225,22 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     // own: 64 rows find their hits sooner than 128 (shared-direction keys:
     // 5.9 of 9 tiles walked instead of 7.2).
     bool done[2] = {false, false}, walking[2] = {true, true};
-    // Whether each of the quad's rows of a half has a hit in one of its lanes
-    // (rows past n count as having one).
+    // Whether each of the warp's 16 rows of a half has a hit in one of its
+    // quad's lanes (rows past n count as having one): lane 4g + q holds a bit
+    // of row g (and g + 8), so a row has one where its quad's nibble of the
+    // ballot is not zero. (Two ballots side by side: the shuffles of the
+    // quads' bits, one after the other, sat before the step's barrier.)
     auto half_done = [&](int half) {
-        uint32_t hits = 0;
+        uint32_t all = 0x11111111u;
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
-            if (walk_latest[half][hr] >= 0 || r >= n) hits |= 1u << hr;
+            uint32_t bits = __ballot_sync(0xffffffffu, walk_latest[half][hr] >= 0 || r >= n);
+            bits |= bits >> 1;
+            bits |= bits >> 2;
+            all &= bits;
         }
-        hits |= __shfl_xor_sync(0xffffffffu, hits, 1);
-        hits |= __shfl_xor_sync(0xffffffffu, hits, 2);
-        return hits == 3u;
+        return (all & 0x11111111u) == 0x11111111u;
     };
     auto epilogue = [&](const float (&acc)[64], int half, int32_t j, const float *inv_c) {
         int32_t latest[2] = {-1, -1};

@@ -151,12 +151,15 @@ __device__ void redundancy_head(const CompressParams &p, const Job &job, int32_t
     }
     const double max_mean = block_max(local_max, reduce_d);
     double local_sum = 0.0;
-    for (int32_t c = threadIdx.x; c < n; c += blockDim.x)
-        local_sum += exp(__longlong_as_double(corrections[c]) - max_mean);
+    for (int32_t c = threadIdx.x; c < n; c += blockDim.x) {
+        const double e = exp(__longlong_as_double(corrections[c]) - max_mean);
+        corrections[c] = __double_as_longlong(e);  // this thread's slot again: the exponential, for the output
+        local_sum += e;
+    }
     const double sum = block_sum(local_sum, reduce_d);
     float *out = p.scratch.redundancy + row;
-    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x)
-        out[j] = float(exp(__longlong_as_double(corrections[j]) - max_mean) / sum);
+    for (int32_t j = threadIdx.x; j < candidates; j += blockDim.x)  // (j < n: the slots this thread wrote)
+        out[j] = float(__longlong_as_double(corrections[j]) / sum);
 }
 
 // grid (kv head, job), kRedundancyThreads threads: redundancy_head with the
