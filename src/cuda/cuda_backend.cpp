@@ -586,11 +586,12 @@ class CudaBackend final : public Backend {
         if (matmul_path_ != RKV_MATMUL_AUTO) return matmul_path_;
         // WGMMA before FUSED: its walk stops once every key has a near-duplicate,
         // which keys like a model's find among the latest keys (H200, batch 64:
-        // 13.32 ms against 20.09 on `rkv_bench_gpu --keys model`, 17.63 against
-        // 20.01 with a weaker shared direction), and it is as fast where no pair
-        // passes the threshold (Gaussian keys: 19.55 against 19.95; batch 1
-        // 0.346 either way); so at head_dim 64 and 256 (model keys 9.9 and 33.7
-        // against 15.5 and 42.8, session 13; kernels/README.md, Performance).
+        // 13.08 ms against 20.08 on `rkv_bench_gpu --keys model`, 17.13 against
+        // 20.00 with a weaker shared direction), and it is as fast or faster
+        // where no pair passes the threshold (Gaussian keys: 18.89 against 19.91;
+        // batch 1 0.339 against 0.348); so at head_dim 64 and 256 (model keys
+        // 9.9 and 33.7 against 15.5 and 42.8, session 13; kernels/README.md,
+        // Performance).
         if (wgmma_) return RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
