@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     // its row (64 half + 16 warp + g + 8 hr) over the tiles walked; -1 none.
     int32_t walk_latest[2][2] = {{-1, -1}, {-1, -1}};
     float walk_value[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
-    // done[half]: every row of this thread's quad in that half has a hit (rows
+    // done[half]: every row of this thread's warp in that half has a hit (rows
     // past n count as done); walking[half]: the half still walks (the same in
     // every thread: decided at the block's barriers). The halves stop on their
     // own: 64 rows find their hits sooner than 128 (shared-direction keys:

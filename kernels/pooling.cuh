@@ -140,7 +140,7 @@ __device__ inline void importance_pool(const CompressParams &p, const Job &job, 
             const int32_t index = first + u * stride;
             if (index < count) {
                 const int32_t a = index / candidates, j = index - a * candidates;
-                values[u] = __ldcg(logits + a * cap + j);  // (through the L2: other blocks may have written them)
+                values[u] = __ldcg(logits + a * cap + j);  // (read once: past the L1)
             }
         }
 #pragma unroll
