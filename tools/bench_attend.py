@@ -79,9 +79,11 @@ def kv_bytes(batch, length, fp8):
     return 2 * batch * KV_HEADS * length * per_row
 
 
-def plans_for(batch):
+def plans_for(batch, sweep):
     pairs = batch * KV_HEADS
     plans = [(0, rc.ATTEND_AUTO)]
+    if not sweep:
+        return plans
     for variant in (rc.ATTEND_WIDE, rc.ATTEND_NARROW, rc.ATTEND_TENSOR):
         for splits in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
             if pairs * splits <= 2048 or splits == 1:
@@ -89,7 +91,7 @@ def plans_for(batch):
     return plans
 
 
-def run_case(torch, F, rkv, batch, length, repeats, results):
+def run_case(torch, F, rkv, batch, length, repeats, sweep_plans, results):
     layer_bytes = kv_bytes(batch, length, False) // 1  # per layer, bf16
     layers = layers_for(layer_bytes)
     torch.manual_seed(batch * 100003 + length)
@@ -127,7 +129,7 @@ def run_case(torch, F, rkv, batch, length, repeats, results):
 
             sweep = []
             time_graph(torch, rkv_calls, repeats)  # warm-up: the first timing of a fresh cache runs slow
-            for splits, variant in plans_for(batch):
+            for splits, variant in plans_for(batch, sweep_plans):
                 try:
                     rkv.set_attend_plan(cache, splits, variant)
                 except rc.RkvError:
@@ -265,6 +267,8 @@ def main():
     parser.add_argument("--plot", help="PNG of the summary: GB/s of K+V read per case (needs matplotlib)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cases", default="1x1152,8x1152,32x1152,256x1152,32x16384")
+    parser.add_argument("--plans", choices=("all", "auto"), default="all",
+                        help="all: sweep every kernel and split count; auto: the automatic plan only")
     args = parser.parse_args()
     import torch
     import torch.nn.functional as F
@@ -278,7 +282,7 @@ def main():
     results = {"device": device.name, "torch": torch.__version__, "cases": []}
     for item in args.cases.split(","):
         batch, length = (int(x) for x in item.split("x"))
-        run_case(torch, F, rkv, batch, length, args.repeats, results)
+        run_case(torch, F, rkv, batch, length, args.repeats, args.plans == "all", results)
     capacity(rkv, results)
 
     print("\n== summary: rkv_attend (automatic plan) against SDPA, us per layer and ratio (> 1: faster)")
