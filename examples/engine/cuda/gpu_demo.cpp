@@ -86,7 +86,7 @@ int run_on_gpu(const GgufFile &file, const Tokenizer &tokenizer, const GpuRunOpt
             });
             run.result = server.result(0);
             run.stats = server.stats();
-            run.cache = cache_stats(cache);
+            run.cache = run.result.cache;  // as the request finished (the server resets its slot then)
         } catch (...) {
             rkv_cache_destroy(cache);
             throw;

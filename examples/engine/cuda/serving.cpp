@@ -85,6 +85,10 @@ bool Server::accept(int32_t id, int32_t token, double now_s, const std::function
 }
 
 void Server::retire(int32_t slot) {
+    // The request's cache statistics first: the reset clears them (host bookkeeping, no sync).
+    rkv_stats &stats = results_[size_t(slot_request_[size_t(slot)])].cache;
+    stats.struct_size = sizeof stats;
+    check_rkv(rkv_cache_stats(cache_, slot, &stats), "rkv_cache_stats");
     check_rkv(rkv_seq_reset(cache_, slot, stream_), "rkv_seq_reset");
     slot_request_[size_t(slot)] = -1;
 }

@@ -42,6 +42,7 @@ struct Result {
     int32_t slot = -1;            // the slot it ran in
     bool stopped = false;         // ended by a stop token (else by max_new)
     double admitted_s = 0, first_token_s = 0, finished_s = 0;  // since run() started
+    rkv_stats cache{};            // its sequence's rkv_cache_stats as it finished (the slot is reset after)
 };
 
 struct ServerOptions {

@@ -44,6 +44,16 @@ if nvidia-smi -L >/dev/null 2>&1; then
   expect "rkv_engine --device cuda, end to end on a random model" 0 "agree on the first" \
     "$engine" --device cuda --model "$out/llama.gguf" --method rkv,full --budget 16 --buffer 8 \
     --max-tokens 40 --raw "The quick brown fox jumps over the lazy dog"
+  # Its table's K/V columns as each request finished: R-KV held fewer tokens than Full and compressed
+  # (they read 0 when taken after the server had reset the slot).
+  table=$(timeout 120 "$engine" --device cuda --model "$out/llama.gguf" --method rkv,full --budget 16 --buffer 8 \
+    --max-tokens 40 --raw "The quick brown fox jumps over the lazy dog" 2>&1 | awk '($1 == "rkv" || $1 == "full") && $2 ~ /^[0-9]+$/')
+  if awk '$1 == "rkv" {r = $3; c = $10} $1 == "full" {f = $3} END {exit !(r > 0 && r < f && c > 0)}' <<<"$table"; then
+    passed=$((passed + 1)); echo "ok: the GPU table's K/V columns: $(tr '\n' '|' <<<"$table")"
+  else
+    failed=$((failed + 1)); echo "FAILED: the GPU table's K/V columns (rkv: tokens > 0, < full's, compressions > 0):"
+    printf '%s\n' "$table"
+  fi
 else
   expect "rkv_engine --device cuda without a GPU" 1 "no CUDA device" \
     "$engine" --device cuda --model "$out/llama.gguf" "hello"

@@ -487,6 +487,16 @@ void continuous_batching(Fixture &f) {
                                     alone.tokens.end()).first - batched.tokens.begin()));
         EXPECT(batched.stopped || int32_t(batched.tokens.size()) == max_new[i], "%s: request %d ended early",
                f.name.c_str(), i);
+        // Its cache as it finished (before the server reset the slot): what it appended, held and compressed.
+        const rkv_stats &kv = batched.cache;
+        EXPECT(kv.tokens_appended > 0 && kv.tokens_held > 0 && kv.tokens_held <= kv.tokens_appended &&
+                   kv.tokens_appended == alone.cache.tokens_appended && kv.tokens_held == alone.cache.tokens_held &&
+                   kv.compressions == alone.cache.compressions,
+               "%s: request %d's cache as it finished: %llu tokens appended, %llu held, %llu compressions in the "
+               "batch; alone %llu, %llu, %llu", f.name.c_str(), i, (unsigned long long)kv.tokens_appended,
+               (unsigned long long)kv.tokens_held, (unsigned long long)kv.compressions,
+               (unsigned long long)alone.cache.tokens_appended, (unsigned long long)alone.cache.tokens_held,
+               (unsigned long long)alone.cache.compressions);
     }
     EXPECT(server.result(2).stopped, "%s: request 2 ended at its stop token", f.name.c_str());
     EXPECT(st.captures == 1, "%s: the decode step is captured once, whichever slots run (%d captures)",
