@@ -366,11 +366,14 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     const CacheLayer &c = p.cache;
     const int32_t split = blockIdx.x, head = blockIdx.y, entry = blockIdx.z;
     if constexpr (S::kTma) {
-        // (published by the first pass's barrier; as a cluster, by a cluster
-        // barrier: compute-sanitizer's racecheck otherwise reports each
-        // block's first arrival as racing with its cluster peers' start)
+        // (published before the speculative copies below by a block barrier;
+        // as a cluster, by a cluster barrier: compute-sanitizer's racecheck
+        // otherwise reports each block's first arrival as racing with its
+        // cluster peers' start. Thread 0 initialising them all, each with its
+        // fence, took 0.3 us longer at 1 x 1152.)
         if (threadIdx.x < S::kStages) mbarrier_init(&stage_landed[threadIdx.x], 1);
         if (mma_cluster_merge<T>(p.splits)) cooperative_groups::this_cluster().sync();
+        else __syncthreads();
     }
     // A programmatic dependent launch (launch_attend_mma): the above overlapped
     // the previous kernel's end; from here on global memory is read and written.
@@ -379,10 +382,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     const int32_t seq = attend_sequence(p, entry);
     if (seq < 0) return;
     const int32_t groups = p.groups;
-    const int32_t held = c.lengths[seq];
-    const SplitRange range = split_range(held, p.splits, split);  // this block's tokens
-    const int32_t begin = range.begin, end = range.end;
-    const int32_t stages = (end - begin + kMmaStageTokens - 1) / kMmaStageTokens;
+    int32_t begin = 0, end = 0;  // this block's tokens (split_range, once `held` is read)
     const HeadRows<T> rows = head_rows<T>(c, seq, head);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, quad = lane & 3;  // accumulators: tokens g, g+8 (S^T) or dims (O^T); heads 2q, 2q+1
@@ -396,6 +396,7 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     // Stages the earlier passes loaded: stage s of this pass uses ring slot
     // (ring + s) % kStages, in that slot's phase (ring + s) / kStages.
     int32_t ring = 0;
+    int32_t issued = 0;  // stages of the first pass loaded before `held` was read
     const int32_t layer_row0 = int32_t(slot_index(c, seq, head, 0));  // the row maps' row of token 0
     auto load_stage = [&](int32_t s) {
         const int slot = (ring + s) % S::kStages;
@@ -435,11 +436,28 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
         }
     };
 
+    // Split 0 starts at token 0 whatever the sequence holds, so its first
+    // stages go out before `held` is read: the first bytes arrive one trip to
+    // memory sooner (the kernel before has finished: wait_for_prior_grids).
+    // Rows past the end are masked as any stage's; stages past the end are
+    // waited for and skipped at the end of the pass.
+    if constexpr (S::kTma) {
+        if (split == 0) {
+            for (int32_t s = 0; s < S::kStages - 1; ++s) load_stage(s);
+            issued = S::kStages - 1;
+        }
+    }
+    const int32_t held = c.lengths[seq];
+    const SplitRange range = split_range(held, p.splits, split);
+    begin = range.begin;
+    end = range.end;
+    const int32_t stages = (end - begin + kMmaStageTokens - 1) / kMmaStageTokens;
+
     for (int32_t g0 = 0; g0 < groups; g0 += kMmaHeads) {
         const int32_t count = min(kMmaHeads, groups - g0);
         const bool packed = count <= kMmaPackedHeads;  // columns 4-7 repeat heads 0-3 and carry P's lo piece
         __syncthreads();  // the previous pass is done with the shared memory
-        for (int32_t s = 0; s < S::kStages - 1; ++s)
+        for (int32_t s = issued; s < S::kStages - 1; ++s)
             if (s < stages) load_stage(s);
 
         // This pass's query rows as pieces of M, each row first scaled by its
@@ -633,7 +651,13 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
             }
         }
 
-        ring += stages;
+        if constexpr (S::kTma) {
+            // speculative stages past the end: landed before the memory is reused
+            for (int32_t s = stages; s < issued; ++s)
+                mbarrier_wait(&stage_landed[(ring + s) % S::kStages], uint32_t((ring + s) / S::kStages) & 1u);
+        }
+        ring += max(stages, issued);
+        issued = 0;
 
         // The warps' states into shared memory, then the block's result.
         __syncthreads();  // every stage is consumed: the stage memory is free
