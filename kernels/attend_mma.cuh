@@ -456,6 +456,13 @@ __global__ void __launch_bounds__(kMmaThreads, (MmaShape<T, D>::kMinBlocks))
     for (int32_t g0 = 0; g0 < groups; g0 += kMmaHeads) {
         const int32_t count = min(kMmaHeads, groups - g0);
         const bool packed = count <= kMmaPackedHeads;  // columns 4-7 repeat heads 0-3 and carry P's lo piece
+        if constexpr (S::kTma) {
+            // The previous pass's warp states overlaid the stage memory: each
+            // thread orders its writes there before this pass's tensor copies
+            // into it (the copy engine is another proxy; the barrier alone
+            // orders threads, not proxies).
+            if (g0 > 0) fence_proxy_async_shared();
+        }
         __syncthreads();  // the previous pass is done with the shared memory
         for (int32_t s = issued; s < S::kStages - 1; ++s)
             if (s < stages) load_stage(s);
