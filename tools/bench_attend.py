@@ -56,8 +56,8 @@ def settle(torch):
     Measured on the H200 (session 16, run WJ): after one case's caches were
     freed and the next case's made, rkv_attend ran up to 13% slower for the
     first ~60 ms (33 x 16K: 562 us, then 492), while SDPA, timed later in the
-    case, did not: a bias against rkv in every case but a run's first. A
-    second's wait before the first timing removes it.
+    case, did not: a bias against rkv in any case but a run's first. A
+    second's wait before the first timing removed it.
     """
     torch.cuda.synchronize()
     time.sleep(1.0)
