@@ -19,6 +19,7 @@ cudaError_t configure_kernels(int32_t dtype, int32_t head_dim, int32_t capacity,
     cudaError_t error = configure_append_kernels(dtype, head_dim, capacity, groups);
     if (error == cudaSuccess) error = configure_gram_kernels(dtype, head_dim);
     if (error == cudaSuccess) error = configure_gram_wgmma_kernels(dtype, head_dim);
+    if (error == cudaSuccess) error = configure_gram_int8_kernels(dtype, head_dim);
     if (error == cudaSuccess) error = configure_attend_kernels(dtype);
     if (error == cudaSuccess) error = configure_sequence_kernels(dtype, head_dim, capacity, groups);
     if (error != cudaSuccess) return error;

@@ -111,6 +111,13 @@ __device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, in
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
 
+// An element of a normalised key (|x| <= 1 up to rounding) as the int8 Gram
+// path's filter reads it: round(127 x), NaN (a key of NaN or infinite norm) 0.
+__device__ __forceinline__ int32_t quantise_key_int8(float x) {
+    const float scaled = x * 127.0f;
+    return scaled == scaled ? __float2int_rn(fminf(fmaxf(scaled, -127.0f), 127.0f)) : 0;
+}
+
 // The importance work of key tile t of (job, head), every thread of a block of
 // kImportanceThreads taking part, once the tile (k_tile, swizzled [128][D]) and
 // the window queries (q_tile, swizzled [padded][D]) are in shared memory:
@@ -146,13 +153,20 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         static_assert(size_t(kRowGroups) * D * sizeof(float) == kImportanceWBytes, "w_sums holds the row groups");
         const int valid = min(kGramTile, n - t * kGramTile);
         const int chunk = threadIdx.x % kChunks, group = threadIdx.x / kChunks;
+        // The int8 Gram path's keys too: round(127 k^), 8 bytes per row and chunk.
+        int8_t *keys8 = p.scratch.keys_int8 ? p.scratch.keys_int8 + (head_row + t * kGramTile) * D : nullptr;
         float sums[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         for (int r = group; r < valid; r += kRowGroups) {
             float values[8];
             unpack16(*reinterpret_cast<const uint4 *>(k_tile + swizzle<D>(r, chunk)), values, T());
             const float inv_r = inv[r];
+            uint32_t packed[2] = {0u, 0u};
 #pragma unroll
-            for (int e = 0; e < 8; ++e) sums[e] += values[e] * inv_r;
+            for (int e = 0; e < 8; ++e) {
+                sums[e] += values[e] * inv_r;
+                packed[e >> 2] |= uint32_t(quantise_key_int8(values[e] * inv_r) & 0xff) << (8 * (e & 3));
+            }
+            if (keys8) *reinterpret_cast<uint2 *>(keys8 + int64_t(r) * D + chunk * 8) = make_uint2(packed[0], packed[1]);
         }
 #pragma unroll
         for (int e = 0; e < 8; ++e) w_sums[group * D + chunk * 8 + e] = sums[e];

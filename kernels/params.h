@@ -166,6 +166,9 @@ struct Scratch {
     void *gather;             // [J, H, cap, head_dim] storage dtype (reference-order compaction)
     void *keys_dequantised;   // FP8 storage: [J, H, cap, head_dim] bf16, the keys the scoring reads
                               // (common.cuh scoring_keys); nullptr otherwise
+    int8_t *keys_int8;        // int8 Gram path: [J, H, cap, head_dim] round(127 k / (|k| + 1e-8)), written
+                              // by the fused importance kernel, in the memory of `gram` (which only the
+                              // cuBLASLt path uses); nullptr otherwise
     int32_t tiles;            // ceil(cap / kGramTile)
     int32_t rows;             // G * window: query rows per KV head
 };

@@ -86,7 +86,8 @@ static void check_signatures(void) {
         rkv_status (*set_matmul_path)(rkv_cache *, rkv_matmul_path) = rkv_cache_set_matmul_path;
         CHECK(seq_scores && sync_lengths && set_matmul_path);
         CHECK(RKV_SCORE_IMPORTANCE == 0 && RKV_SCORE_REDUNDANCY == 1 && RKV_SCORE_FINAL == 2);
-        CHECK(RKV_MATMUL_AUTO == 0 && RKV_MATMUL_CUBLASLT == 1 && RKV_MATMUL_FUSED == 2);
+        CHECK(RKV_MATMUL_AUTO == 0 && RKV_MATMUL_CUBLASLT == 1 && RKV_MATMUL_FUSED == 2 && RKV_MATMUL_WGMMA == 3 &&
+              RKV_MATMUL_WGMMA_INT8 == 4);
     }
 #else
     CHECK(rkv_seq_scores == 0 && RKV_SCORE_FINAL == 1000 &&

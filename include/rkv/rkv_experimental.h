@@ -107,17 +107,22 @@ typedef enum rkv_matmul_path RKV_ENUM_BASE {
     RKV_MATMUL_CUBLASLT = 1, /* cuBLASLt strided-batched products into scratch, then reductions */
     RKV_MATMUL_FUSED = 2,    /* librkv's tensor-core kernel with the redundancy reductions fused
                                 into it (f16/bf16 storage, head_dim 64, 128 or 256) */
-    RKV_MATMUL_WGMMA = 3     /* FUSED with the key Gram on Hopper's warpgroup MMA, by rows: each
+    RKV_MATMUL_WGMMA = 3,    /* FUSED with the key Gram on Hopper's warpgroup MMA, by rows: each
                                 half row tile stops once all its keys have a near-duplicate
                                 (much faster than FUSED on keys like a model's, which have near-
                                 duplicates among the latest keys; as fast on keys that have none;
                                 where FUSED applies, on compute capability 9.0) */
+    RKV_MATMUL_WGMMA_INT8 = 4 /* WGMMA with an int8 filter: products of the keys rounded to int8
+                                bound every similarity, and only column tiles where a key may
+                                pass the threshold are computed exactly (the same answers; faster
+                                where few keys have near-duplicates; where WGMMA applies, at
+                                head_dim 128) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next
  * compression. For benchmarks and tests: every path selects the same tokens up
  * to float rounding. Statuses: OK, INVALID_ARGUMENT, UNSUPPORTED (unknown path,
- * FUSED or WGMMA where it does not apply, anything but AUTO on a CPU cache),
+ * FUSED, WGMMA or WGMMA_INT8 where it does not apply, anything but AUTO on a CPU cache),
  * FAULTED. */
 RKV_API rkv_status rkv_cache_set_matmul_path(rkv_cache *cache, rkv_matmul_path path);
 

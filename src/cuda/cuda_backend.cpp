@@ -90,6 +90,7 @@ class CudaBackend final : public Backend {
         check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
         check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
         wgmma_ = k::gram_wgmma_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
+        int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
         if (scratch_.attention) {  // FP8: the products read the bf16 copy of the keys and the bf16 queries
             lt_ = std::make_unique<LtMatmul>(query_dtype(p_.dtype), workspace_.get(), workspace_.bytes());
             plan_steady_state();
@@ -435,17 +436,20 @@ class CudaBackend final : public Backend {
     }
 
     void set_matmul_path(int32_t path) override {
-        if (path < RKV_MATMUL_AUTO || path > RKV_MATMUL_WGMMA)
+        if (path < RKV_MATMUL_AUTO || path > RKV_MATMUL_WGMMA_INT8)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: unknown path %d", path);
         const bool fused = k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows);
-        if ((path == RKV_MATMUL_FUSED || path == RKV_MATMUL_WGMMA) && !fused)
-            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the %s kernels need f16 or bf16 storage, "
+        if (path != RKV_MATMUL_AUTO && path != RKV_MATMUL_CUBLASLT && !fused)
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the %s kernels need f16, bf16 or FP8 storage, "
                  "head_dim 64, 128 or 256 and at most 64 window queries per KV head (this cache: %s, "
                  "head_dim %d, %d)", path == RKV_MATMUL_FUSED ? "fused" : "wgmma", dtype_name(p_.dtype),
                  p_.head_dim, scratch_.rows);
-        if (path == RKV_MATMUL_WGMMA && !wgmma_)
+        if ((path == RKV_MATMUL_WGMMA || path == RKV_MATMUL_WGMMA_INT8) && !wgmma_)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the wgmma kernels are sm_90a code and need a "
                  "GPU of compute capability 9.0 (device %d is %d.%d)", device_, major_, minor_);
+        if (path == RKV_MATMUL_WGMMA_INT8 && !int8_gram_)
+            fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the int8-filtered Gram needs head_dim 128 "
+                 "(this cache: %d)", p_.head_dim);
         matmul_path_ = path;
     }
 
@@ -672,6 +676,10 @@ class CudaBackend final : public Backend {
             p.pooled_groups = 1;
             p.scores_in_selection |= k::kSelectionPools;
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
+            // The int8 Gram's keys, in the memory of the cuBLASLt path's Gram rows.
+            p.scratch.keys_int8 = with_norms && path() == RKV_MATMUL_WGMMA_INT8
+                                      ? static_cast<int8_t *>(static_cast<void *>(p.scratch.gram))
+                                      : nullptr;
             check(k::launch_importance_fused(p, max_held, with_norms, stream),
                   "rkv_compress: launching the fused importance kernel");
             profile_.end("window logits (fused)", stream);
@@ -689,7 +697,11 @@ class CudaBackend final : public Backend {
     // fused kernel wrote the key norms).
     void enqueue_redundancy(k::CompressParams &p, int32_t max_held, cudaStream_t stream) {
         profile_.begin(stream);
-        if (path() == RKV_MATMUL_WGMMA) {
+        if (path() == RKV_MATMUL_WGMMA_INT8) {
+            p.gram_fused = 0;  // the wgmma kernel's layout
+            check(k::launch_gram_int8(p, max_held, stream), "rkv_compress: launching the int8-filtered Gram kernel");
+            profile_.end("key Gram (wgmma, int8 filter)", stream);
+        } else if (path() == RKV_MATMUL_WGMMA) {
             p.gram_fused = 0;  // one partial slot per row: its walk over every column tile
             check(k::launch_gram_wgmma(p, max_held, stream), "rkv_compress: launching the wgmma Gram kernel");
             profile_.end("key Gram (wgmma)", stream);
@@ -836,6 +848,7 @@ class CudaBackend final : public Backend {
     int32_t matmul_path_ = RKV_MATMUL_AUTO;
     int major_ = 0, minor_ = 0;  // the device's compute capability
     bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
+    bool int8_gram_ = false;     // and its int8 filter (head_dim 128)
     int32_t attend_splits_ = 0;    // rkv_cache_set_attend_plan: 0 = choose per call
     int32_t attend_variant_ = RKV_ATTEND_AUTO;
     k::AttendResidency resident_{1, 0, 0, 1, false};  // blocks of each attention kernel the GPU holds at once

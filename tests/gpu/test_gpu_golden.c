@@ -79,11 +79,12 @@ static void test_every_golden_case_f32(void **state) {
 
 /* bf16 and FP8 storage: the CUDA backend (each path that applies to a case:
  * FUSED and WGMMA need head_dim 64, 128 or 256, WGMMA a GPU of compute
- * capability 9.0) against the CPU on the same keys. */
+ * capability 9.0, WGMMA_INT8 also head_dim 128) against the CPU on the same
+ * keys. */
 static void golden_cases_against_cpu(rkv_dtype dtype, const char *name) {
     kept_compare kc = {0};
-    int runs[RKV_MATMUL_WGMMA + 1] = {0};
-    for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA; ++path)
+    int runs[RKV_MATMUL_WGMMA_INT8 + 1] = {0};
+    for (int path = RKV_MATMUL_AUTO; path <= RKV_MATMUL_WGMMA_INT8; ++path)
         for (int i = 0; i < num_cases; ++i) {
             const golden_case *c = &cases[i];
             if (c->multistep || !c->compressed) continue;
@@ -119,8 +120,9 @@ static void golden_cases_against_cpu(rkv_dtype dtype, const char *name) {
             npy_free(&q);
         }
     print_message("golden cases in %s, CUDA vs CPU: %d heads, %d identical, %d near ties, %d mismatches (cases "
-                  "run: auto %d, cublaslt %d, fused %d, wgmma %d)\n",
-                  name, kc.heads, kc.identical, kc.near_ties, kc.mismatches, runs[0], runs[1], runs[2], runs[3]);
+                  "run: auto %d, cublaslt %d, fused %d, wgmma %d, wgmma int8 %d)\n",
+                  name, kc.heads, kc.identical, kc.near_ties, kc.mismatches, runs[0], runs[1], runs[2], runs[3],
+                  runs[4]);
     assert_int_equal(kc.mismatches, 0);
     assert_int_equal(kc.order_errors, 0);
 }

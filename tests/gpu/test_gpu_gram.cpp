@@ -12,8 +12,16 @@
  * has a hit: it writes a row's latest hit over all columns into slot 0, and
  * S[r, 0] where the reference quirk reads it (rows without a hit).
  *
+ * gram_int8_kernel (head_dim 128, compute capability 9.0) must give the wgmma
+ * kernel's answers: its int8 filter only skips column tiles where no exact S
+ * can pass tau. Its int8 keys are made here as the importance kernel makes
+ * them (round(127 k inv)).
+ *
  * The inputs make every part of the kernels matter: random keys with planted
- * near-duplicates in earlier and later tiles (S ~ 0.99), two jobs of different
+ * near-duplicates in earlier and later tiles (S ~ 0.99), others planted at
+ * S within 0.01 of tau (where int8 products differ from the exact ones by
+ * more than the distance to tau: a filter that compared them with tau itself
+ * misses hits there), two jobs of different
  * layers, sequences and lengths (700 and 333: partial last tiles), NaN in the
  * slots past the held length (must never be read), tau 0.5, 0.2 and -0.25 (a
  * negative tau makes the diagonal and the padding count, unless masked; at
@@ -52,6 +60,30 @@ struct JobSpec {
     int32_t seq, layer, held;
 };
 constexpr JobSpec kJobSpecs[kJobs] = {{1, 1, 700}, {0, 0, 333}};
+
+// key := |key| (c u + sqrt(1 - c^2) z) with u = other / |other| and z the
+// part of key orthogonal to u, normalised: cos(key, other) = c.
+void plant_similarity(float *key, const float *other, int d, float c, uint64_t *rng) {
+    double uu = 0.0, kk = 0.0;
+    for (int e = 0; e < d; ++e) {
+        uu += double(other[e]) * other[e];
+        kk += double(key[e]) * key[e];
+    }
+    const double u_norm = std::sqrt(uu), k_norm = std::sqrt(kk);
+    std::vector<double> z(d);
+    double zu = 0.0;
+    for (int e = 0; e < d; ++e) {
+        z[e] = test_rng_normal(rng);
+        zu += z[e] * other[e] / u_norm;
+    }
+    double zz = 0.0;
+    for (int e = 0; e < d; ++e) {
+        z[e] -= zu * other[e] / u_norm;
+        zz += z[e] * z[e];
+    }
+    const double s = std::sqrt(std::max(0.0, 1.0 - double(c) * c)) / std::sqrt(zz);
+    for (int e = 0; e < d; ++e) key[e] = float(k_norm * (double(c) * other[e] / u_norm + s * z[e]));
+}
 
 // The reference outputs of one (job, head).
 struct Reference {
@@ -159,11 +191,17 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
             keys.resize(size_t(job.held) * d);
             for (float &x : keys) x = test_rng_normal(&rng);
             for (int32_t r = 0; r < job.held; ++r) {
-                if (test_rng_uniform(&rng) > 0.1f) continue;
+                const float draw = test_rng_uniform(&rng);
+                if (draw > 0.2f) continue;
                 const int32_t other = int32_t(test_rng_uniform(&rng) * float(job.held)) % job.held;
                 if (other == r) continue;
-                for (int e = 0; e < d; ++e)
-                    keys[size_t(r) * d + e] = keys[size_t(other) * d + e] + 0.05f * test_rng_normal(&rng);
+                if (draw <= 0.1f) {  // a near-duplicate
+                    for (int e = 0; e < d; ++e)
+                        keys[size_t(r) * d + e] = keys[size_t(other) * d + e] + 0.05f * test_rng_normal(&rng);
+                } else if (tau > -1.0f && tau < 1.0f) {  // S = c with c within 0.01 of tau
+                    plant_similarity(&keys[size_t(r) * d], &keys[size_t(other) * d], d,
+                                     tau + 0.02f * (test_rng_uniform(&rng) - 0.5f), &rng);
+                }
             }
             for (float &x : keys) x = round_through(dtype, x);  // the values the kernels see
             const size_t slot0 = ((size_t(job.layer) * kSeqs + job.seq) * kHeads + h) * kCap;
@@ -175,6 +213,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     // Scratch as the importance kernel leaves it: inverse norms, W partials per tile.
     const size_t heads = size_t(kJobs) * kHeads;
     std::vector<float> inv_norm(heads * kCap, 0.0f), partial_w(heads * kTiles * d, 0.0f);
+    std::vector<int8_t> keys8(heads * kCap * d, 0);  // round(127 k / (|k| + 1e-8))
     std::vector<Reference> refs;
     for (int jj = 0; jj < kJobs; ++jj)
         for (int h = 0; h < kHeads; ++h) {
@@ -192,6 +231,11 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                 for (int e = 0; e < d; ++e)
                     partial_w[((size_t(jj) * kHeads + h) * kTiles + r / 128) * d + e] += keys[size_t(r) * d + e] * inv[r];
             refs.push_back(reference(keys, inv, n, d, tau));
+            for (int32_t r = 0; r < n; ++r)
+                for (int e = 0; e < d; ++e) {
+                    const float scaled = keys[size_t(r) * d + e] * inv[r] * 127.0f;
+                    keys8[row * d + size_t(r) * d + e] = int8_t(std::lrint(std::min(127.0f, std::max(-127.0f, scaled))));
+                }
         }
 
     int32_t lengths[kLayers * kSeqs] = {0};
@@ -205,6 +249,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     int32_t *d_latest = static_cast<int32_t *>(gpu_alloc(partials * 4));
     float *d_value = static_cast<float *>(gpu_alloc(partials * 4));
     float *d_first = static_cast<float *>(gpu_alloc(heads * kCap * 4));
+    int8_t *d_keys8 = static_cast<int8_t *>(gpu_upload(keys8.data(), keys8.size()));
 
     k::CompressParams p{};
     p.cache.keys = d_keys;
@@ -223,6 +268,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     p.scratch.partial_latest = d_latest;
     p.scratch.partial_value = d_value;
     p.scratch.first_column = d_first;
+    p.scratch.keys_int8 = d_keys8;
     p.scratch.tiles = kTiles;
     p.scratch.rows = 32;
     p.threshold = tau;
@@ -232,15 +278,19 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     for (int jj = 0; jj < kJobs; ++jj) p.jobs[jj] = k::Job{kJobSpecs[jj].seq, kJobSpecs[jj].layer, kJobSpecs[jj].held, 0, 0};
     CUDA_OK(k::configure_gram_kernels(dtype, d));
     CUDA_OK(k::configure_gram_wgmma_kernels(dtype, d));
+    CUDA_OK(k::configure_gram_int8_kernels(dtype, d));
 
-    for (int kernel = 0; kernel < (wgmma ? 2 : 1); ++kernel) {
+    // kernel 0: mma.sync (fused), 1: wgmma, 2: wgmma with the int8 filter (head_dim 128).
+    for (int kernel = 0; kernel < (wgmma ? (d == 128 ? 3 : 2) : 1); ++kernel) {
         char name[128];
-        std::snprintf(name, sizeof name, "%s %s", kernel ? "wgmma" : "mma.sync", what);
+        std::snprintf(name, sizeof name, "%s %s", kernel == 2 ? "wgmma int8" : kernel ? "wgmma" : "mma.sync", what);
         CUDA_OK(cudaMemset(d_sum, 0x7f, partials * 4));
         CUDA_OK(cudaMemset(d_latest, 0x7f, partials * 4));
         CUDA_OK(cudaMemset(d_value, 0x7f, partials * 4));
         CUDA_OK(cudaMemset(d_first, 0x7f, heads * kCap * 4));
-        CUDA_OK(kernel ? k::launch_gram_wgmma(p, kCap, nullptr) : k::launch_gram_fused(p, kCap, nullptr));
+        CUDA_OK(kernel == 2 ? k::launch_gram_int8(p, kCap, nullptr)
+                : kernel    ? k::launch_gram_wgmma(p, kCap, nullptr)
+                            : k::launch_gram_fused(p, kCap, nullptr));
         CUDA_OK(cudaDeviceSynchronize());
         std::vector<float> sum(partials), value(partials), first(heads * kCap);
         std::vector<int32_t> latest(partials);
@@ -295,6 +345,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     gpu_free(d_latest);
     gpu_free(d_value);
     gpu_free(d_first);
+    gpu_free(d_keys8);
     return total_mismatches;
 }
 

@@ -298,6 +298,7 @@ static void test_graphs_match_eager(void **state) {
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_CUBLASLT);
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_FUSED);
     if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_WGMMA);
+    if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_BF16, RKV_MATMUL_WGMMA_INT8);
     graph_matches_eager(RKV_METHOD_RKV, RKV_DTYPE_FP8_E4M3, RKV_MATMUL_AUTO);
     if (gpu_small()) return;
     if (gpu_wgmma()) graph_matches_eager(RKV_METHOD_SNAPKV, RKV_DTYPE_F16, RKV_MATMUL_WGMMA);

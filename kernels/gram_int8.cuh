@@ -1,0 +1,366 @@
+// The key-Gram redundancy statistics of gram_wgmma_kernel (same walk, same
+// answers) with an int8 filter in front of the exact products, head_dim 128,
+// sm_90a. Why: on keys with no near-duplicates (every row walks the whole
+// square) the exact 16-bit walk is bound by the tensor cores and its five-
+// instruction epilogue; int8 products run at twice the rate, and a filter's
+// epilogue is one max per element.
+//
+// The filter. The importance kernel writes q = round(127 k^) of every
+// normalised key (k^ = k / (|k| + 1e-8), |k^_i| <= 1, so nothing clips) into
+// scratch.keys_int8. With e = 1/254 the rounding error of an element,
+//   |k^_r . k^_c - q_r . q_c / 127^2| <= e (|k^_r|_1 + |k^_c|_1) + D e^2
+//                                     <= 2 e sqrt(D) + D e^2 = 0.0911 (D = 128),
+// and the int8 products are exact in int32. So a pair whose exact S passes
+// tau has q_r . q_c > (tau - margin) 127^2 (the margin adds 1e-3 for the
+// float32 rounding of the exact S and of k^): a column tile where no row that
+// still looks for its latest near-duplicate has such a product holds none of
+// their hits, and is skipped. Only tiles with a candidate are computed exactly
+// (the 16-bit products, as gram_wgmma_kernel, in the same order), and their
+// epilogue decides. The filter never decides a hit (keys of NaN or infinite
+// norm quantise to 0; their exact S is NaN, never a hit), so the answers are
+// those of gram_wgmma_kernel.
+//
+// Layout: as gram_wgmma_kernel, one warpgroup per block owns a row tile of 128
+// keys (two halves of 64) and walks the column tiles from the last down; two
+// blocks share an SM (99 KiB of shared memory each), so one's barriers and
+// epilogues overlap the other's products. The row tile is resident in both
+// forms; int8 column tiles come through a ring of two (cp.async, a tile
+// ahead). A tile that needs the exact products copies its 16-bit keys then, 64
+// columns at a time (the later half first, so a row's first hit is still its
+// latest); the diagonal tile's are the row tile's own. The reference quirk's
+// tile 0 (S[r, 0]) is always exact.
+#pragma once
+
+#include <climits>
+
+#include "gram_wgmma.cuh"
+
+namespace rkv::kernels {
+
+constexpr int kGramInt8Threads = 128;  // one warpgroup
+constexpr int kGramInt8Dim = 128;      // head_dim: an int8 key row is one 128-byte SW128 row
+constexpr float kKeyInt8Scale = 127.0f;
+
+// The filter's margin at head_dim 128: 2 e sqrt(128) + 128 e^2 with e = 1/254,
+// plus 1e-3 for float32 rounding (see above).
+constexpr float kGramInt8Margin = 2.0f / 254.0f * 11.3137085f + 128.0f / (254.0f * 254.0f) + 1e-3f;
+
+// Dynamic shared memory of gram_int8_kernel, by byte offset from a 1024-aligned
+// base (the allocation adds 1 KiB to align it).
+struct GramInt8Shared {
+    static constexpr uint32_t kHalfColumns = 64;                            // exact columns per copy
+    static constexpr uint32_t kA16Region = uint32_t(kGramTile) * 128;       // 64 elements of 128 rows
+    static constexpr uint32_t kB16Region = kHalfColumns * 128;              // 64 elements of 64 rows
+    static constexpr uint32_t kB8Tile = uint32_t(kGramTile) * 128;          // 128 int8 rows
+    static constexpr uint32_t kA16 = 0;                                     // [128][128] 16-bit SW128 (2 regions)
+    static constexpr uint32_t kA8 = kA16 + 2 * kA16Region;                  // [128][128] int8 SW128
+    static constexpr uint32_t kB8 = kA8 + kB8Tile;                          // [2][128][128] int8 SW128 (ring)
+    static constexpr uint32_t kB16 = kB8 + 2 * kB8Tile;                     // [64][128] 16-bit SW128 (2 regions)
+    static constexpr uint32_t kInvA = kB16 + 2 * kB16Region;                // [128] f32 1/(|k|+1e-8); NaN past n
+    static constexpr uint32_t kInvC = kInvA + kGramTile * 4;                // [64] f32 the same for the B16 rows
+    static constexpr uint32_t kW = kInvC + kHalfColumns * 4;                // [128] f32 sum of the normalised keys
+    static constexpr uint32_t kFlags = kW + kGramInt8Dim * 4;               // [2] need exact, [2] still walking
+    static constexpr uint32_t kEnd = kFlags + 4 * 4;
+    static constexpr size_t kBytes = size_t(kEnd) + 1024;
+};
+
+#if RKV_HAS_WGMMA
+
+// The exact epilogue of one half (64 rows x kGroups * 8 columns of a tile)
+// with global indices: per row of this thread (rows first_row, first_row + 8)
+// the latest of its columns with S = acc * inv_r * inv_c above tau, as a
+// column (-1: none), and S there. kDiagonal: S[r, r] = 0.
+template <int kGroups, bool kDiagonal>
+__device__ __forceinline__ void exact_epilogue(const float (&acc)[4 * kGroups], int32_t first_row,
+                                               int32_t first_column, const float (&inv_r)[2], const float *inv_c,
+                                               float tau, int32_t (&latest)[2], float (&value)[2]) {
+    const int q = threadIdx.x & 3;
+#pragma unroll
+    for (int s = 0; s < kGroups; ++s) {
+        const int column_pair = 8 * s + 2 * q;
+        const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + column_pair);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int hr = e >> 1, ec = e & 1;
+            float v = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
+            if (kDiagonal && first_row + 8 * hr == first_column + column_pair + ec) v = 0.0f;
+            if (v > tau) {
+                latest[hr] = first_column + column_pair + ec;
+                value[hr] = v;
+            }
+        }
+    }
+}
+
+// The filter's epilogue of one half: the largest int8 product of each of this
+// thread's two rows over its 32 columns of the tile. kDiagonal: the row's own
+// column does not count (S[r, r] = 0).
+template <bool kDiagonal>
+__device__ __forceinline__ void int8_row_maxima(const int32_t (&acc)[64], int half, int32_t (&best)[2]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    best[0] = best[1] = INT_MIN;
+#pragma unroll
+    for (int s = 0; s < 16; ++s)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int hr = e >> 1;
+            int32_t v = acc[4 * s + e];
+            if (kDiagonal && half * 64 + warp * 16 + g + 8 * hr == 8 * s + 2 * q + (e & 1)) v = INT_MIN;
+            best[hr] = max(best[hr], v);
+        }
+}
+
+#endif  // RKV_HAS_WGMMA
+
+// grid (row tiles * kv_heads * jobs, in gram_block's order), kGramInt8Threads
+// threads, GramInt8Shared::kBytes of dynamic shared memory. Needs the fused
+// importance kernel's inverse norms, W partials and int8 keys. Writes what
+// gram_wgmma_kernel writes.
+template <typename T>
+__global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(CompressParams p) {
+#if RKV_HAS_WGMMA
+    constexpr int D = kGramInt8Dim;
+    using L = GramInt8Shared;
+    extern __shared__ char gram_int8_raw[];
+    const uint32_t raw = shared_address(gram_int8_raw);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    char *shared = gram_int8_raw + (base - raw);
+    float *inv_a = reinterpret_cast<float *>(shared + L::kInvA);
+    float *inv_b16 = reinterpret_cast<float *>(shared + L::kInvC);
+    float *w = reinterpret_cast<float *>(shared + L::kW);
+    uint32_t *need_flags = reinterpret_cast<uint32_t *>(shared + L::kFlags);  // [2] by step parity
+    uint32_t *walk_flags = need_flags + 2;                                     // [2] by step parity
+
+    const GramBlock block = gram_block(p.cache.kv_heads, p.num_jobs);
+    const int32_t i = block.i, jj = block.jj, h = block.h;
+    const Job job = p.jobs[jj];
+    if (!job_active(p, job)) return;
+    const int32_t n = job.held, tiles = (n + kGramTile - 1) / kGramTile, first = i * kGramTile;
+    if (i >= tiles) return;
+
+    const CacheLayer c = job_cache(p, job);
+    const T *keys = scoring_keys<T>(p, c, jj, job, h);
+    const int64_t row = scratch_row(p, jj, h);
+    const __half *keys8 = reinterpret_cast<const __half *>(p.scratch.keys_int8 + row * D);  // 64 "halves" a row
+    const int64_t cap = c.capacity;
+    const float *inv_norm = p.scratch.inv_norm + row;
+    float *partial_sum = p.scratch.partial_sum + row * p.scratch.tiles;
+    int32_t *partial_latest = p.scratch.partial_latest + row * p.scratch.tiles;
+    float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
+    const float not_a_number = __int_as_float(0x7fffffff);
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+    // This thread's rows: first + 64 half + 16 warp + g + 8 hr.
+    const int32_t my_first = first + 16 * warp + g;
+    const auto tile_rows = [](int r, int chunk) { return sw128_offset(r, chunk, kGramTile); };
+    const auto b8_slot = [&](int32_t step) { return base + L::kB8 + uint32_t(step & 1) * L::kB8Tile; };
+    const auto load_b8 = [&](int32_t step) {  // int8 column tile tiles - 1 - step into its ring slot
+        copy_key_tile<__half, D / 2, kGramInt8Threads>(b8_slot(step), keys8, (tiles - 1 - step) * kGramTile, n,
+                                                       tile_rows);
+    };
+
+    const float inv_row = first + t < n ? inv_norm[first + t] : not_a_number;  // loaded first
+    copy_key_tile<__half, D / 2, kGramInt8Threads>(base + L::kA8, keys8, first, n, tile_rows);
+    load_b8(0);
+    cp_async_commit();
+    copy_key_tile<T, D, kGramInt8Threads>(base + L::kA16, keys, first, n, tile_rows);
+    cp_async_commit();
+    for (int e = t; e < D; e += blockDim.x)
+        w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
+    inv_a[t] = inv_row;
+    // done[half][hr]: row (my_first + 64 half + 8 hr) has a hit in one of its
+    // quad's lanes, or is past n (the same in the quad's four lanes).
+    bool done[2][2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) done[half][hr] = my_first + 64 * half + 8 * hr >= n;
+    if (t < 4) need_flags[t] = 0;  // and walk_flags
+    cp_async_wait<0>();
+    fence_async_shared();
+    __syncthreads();
+    // Step -1's "still walking" bits (parity 1): a half walks while a row of it is not done.
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+        if (!(done[half][0] && done[half][1])) atomicOr(&walk_flags[1], 1u << half);
+    {
+        // Row sums: k^_r . W - k^_r . k^_r (a thread per row).
+        const float sum = row_sum_from_w<T, D>(shared + L::kA16, t, inv_row, w, tile_rows);
+        if (first + t < n) partial_sum[first + t] = sum;
+    }
+
+    // walk_latest[half][hr]: this lane's latest column above tau of its row
+    // over the tiles walked; -1 none.
+    int32_t walk_latest[2][2] = {{-1, -1}, {-1, -1}};
+    float walk_value[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    const float inv_r[2][2] = {{inv_a[my_first - first], inv_a[my_first - first + 8]},
+                               {inv_a[my_first - first + 64], inv_a[my_first - first + 72]}};
+    const float filter = (p.threshold - kGramInt8Margin) * (kKeyInt8Scale * kKeyInt8Scale);
+    // A half's exact answer of some columns: its first hit in the walk is its latest.
+    const auto take = [&](int half, const int32_t (&latest)[2], const float (&value)[2]) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+            if (latest[hr] >= 0 && walk_latest[half][hr] < 0) {
+                walk_latest[half][hr] = latest[hr];
+                walk_value[half][hr] = value[hr];
+            }
+    };
+
+    for (int32_t step = 0; step < tiles; ++step) {
+        const int32_t j = tiles - 1 - step;  // the column tile
+        cp_async_wait<0>();                  // its int8 copy (this thread's part)
+        fence_async_shared();
+        __syncthreads();  // every part landed; every thread is done with the step before
+        // (flags shuffled from lane 0: ptxas then knows they are the same in
+        // the warp, and keeps the wgmma in the branches on them asynchronous)
+        const uint32_t walking_bits = __shfl_sync(0xffffffffu, walk_flags[(step + 1) & 1], 0);
+        if (walking_bits == 0) break;
+        if (t == 0) need_flags[(step + 1) & 1] = 0;  // read at the step before, after its second barrier
+        const bool walking[2] = {(walking_bits & 1) != 0, (walking_bits & 2) != 0};
+        if (step + 1 < tiles) load_b8(step + 1);  // into the slot the step before read
+        cp_async_commit();
+
+        const bool forced = j == 0 && p.slot0_quirk;  // S[r, 0]
+        if (!forced) {
+            // int8 products of both halves (walking or not: with issues and
+            // waits under conditions of their own ptxas serialises every wgmma
+            // of the kernel); a half needs the exact products where a row not
+            // yet done has a candidate.
+            int32_t acc8[2][64];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                wgmma_fence();
+#pragma unroll
+                for (int k = 0; k < D / 32; ++k)
+                    wgmma_m64n128k32_s8(acc8[half], sw128_descriptor(base + L::kA8 + uint32_t(half) * 64 * 128 + k * 32),
+                                        sw128_descriptor(b8_slot(step) + k * 32), k > 0);
+                wgmma_commit();
+            }
+            // (no branch of the threads' own until every product landed: ptxas
+            // would serialise the wgmma in flight across it)
+            uint32_t mine = 0;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                if (half == 0) wgmma_wait<1>();
+                else wgmma_wait<0>();
+                fence_accumulators(acc8[half]);
+                int32_t best[2];
+                if (j == i) int8_row_maxima<true>(acc8[half], half, best);
+                else int8_row_maxima<false>(acc8[half], half, best);
+                const bool candidate = walking[half] && ((float(best[0]) > filter && !done[half][0]) ||
+                                                         (float(best[1]) > filter && !done[half][1]));
+                mine |= uint32_t(candidate) << half;
+            }
+            mine = __reduce_or_sync(0xffffffffu, mine);
+            if (lane == 0 && mine != 0) atomicOr(&need_flags[step & 1], mine);
+        }
+        __syncthreads();  // the need bits are in
+        if (t == 0) walk_flags[(step + 1) & 1] = 0;  // read after the first barrier
+        const uint32_t need_bits = forced ? walking_bits : __shfl_sync(0xffffffffu, need_flags[step & 1], 0);
+        if (need_bits != 0) {
+            const bool exact[2] = {(need_bits & 1) != 0, (need_bits & 2) != 0};
+            if (j == i) {
+                // The diagonal tile: its keys are the row tile's own.
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    if (!exact[half]) continue;
+                    float acc[64];
+                    issue_half<T, D>(acc, base + L::kA16, base + L::kA16, half);
+                    wgmma_wait<0>();
+                    fence_accumulators(acc);
+                    int32_t latest[2] = {-1, -1};
+                    float value[2] = {0.0f, 0.0f};
+                    exact_epilogue<16, true>(acc, my_first + 64 * half, first, inv_r[half], inv_a, p.threshold,
+                                             latest, value);
+                    take(half, latest, value);
+                    if (j == 0 && p.slot0_quirk && q == 0) {
+                        // S[r, 0]: column 0 is accumulator e = 0 (row g) and 2 (row g + 8) of lanes q == 0.
+#pragma unroll
+                        for (int hr = 0; hr < 2; ++hr) {
+                            const int32_t r = my_first + 64 * half + 8 * hr;
+                            if (r < n) p.scratch.first_column[row + r] = r == 0 ? 0.0f : acc[2 * hr] * inv_r[half][hr] * inv_a[0];
+                        }
+                    }
+                }
+            } else {
+                // 64 columns at a time, the later ones first.
+                for (int column_half = 1; column_half >= 0; --column_half) {
+                    const int32_t first_column = j * kGramTile + column_half * 64;
+                    for (int index = t; index < 64 * (D / 8); index += kGramInt8Threads) {
+                        const int r = index / (D / 8), chunk = index % (D / 8);
+                        const bool valid = first_column + r < n;
+                        cp_async_16(base + L::kB16 + sw128_offset(r, chunk, 64),
+                                    valid ? keys + int64_t(first_column + r) * D + chunk * 8 : keys, valid);
+                    }
+                    cp_async_commit();
+                    if (t < 64) inv_b16[t] = first_column + t < n ? inv_norm[first_column + t] : not_a_number;
+                    cp_async_wait<0>();
+                    fence_async_shared();
+                    __syncthreads();
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        if (!exact[half]) continue;
+                        float acc[32];
+                        wgmma_fence();
+#pragma unroll
+                        for (int k = 0; k < D / 16; ++k) {
+                            const uint32_t a = base + L::kA16 + (k >> 2) * L::kA16Region + (k & 3) * 32 + half * 64 * 128;
+                            const uint32_t b = base + L::kB16 + (k >> 2) * L::kB16Region + (k & 3) * 32;
+                            wgmma_m64n64k16<T>(acc, sw128_descriptor(a), sw128_descriptor(b), k > 0);
+                        }
+                        wgmma_commit();
+                        wgmma_wait<0>();
+                        fence_accumulators(acc);
+                        int32_t latest[2] = {-1, -1};
+                        float value[2] = {0.0f, 0.0f};
+                        exact_epilogue<8, false>(acc, my_first + 64 * half, first_column, inv_r[half], inv_b16,
+                                                 p.threshold, latest, value);
+                        take(half, latest, value);
+                        if (first_column == 0 && p.slot0_quirk && q == 0) {
+#pragma unroll
+                            for (int hr = 0; hr < 2; ++hr) {
+                                const int32_t r = my_first + 64 * half + 8 * hr;
+                                if (r < n) p.scratch.first_column[row + r] = acc[2 * hr] * inv_r[half][hr] * inv_b16[0];
+                            }
+                        }
+                    }
+                    __syncthreads();  // every warp is done with these columns
+                }
+            }
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    // The quad's four lanes share the row.
+                    uint32_t hit = walk_latest[half][hr] >= 0;
+                    hit |= __shfl_xor_sync(0xffffffffu, hit, 1);
+                    hit |= __shfl_xor_sync(0xffffffffu, hit, 2);
+                    done[half][hr] = done[half][hr] || hit != 0;
+                }
+        }
+        // This step's "still walking" bits, read after the next step's first barrier.
+        uint32_t walk_mine = 0;
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+            walk_mine |= uint32_t(walking[half] && !(done[half][0] && done[half][1])) << half;
+        walk_mine = __reduce_or_sync(0xffffffffu, walk_mine);
+        if (lane == 0 && walk_mine != 0) atomicOr(&walk_flags[step & 1], walk_mine);
+    }
+    cp_async_wait<0>();  // a prefetch the early stop left in flight
+    // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            keep_latest_over_lanes<1, 2>(walk_latest[half][hr], walk_value[half][hr]);
+            const int32_t r = my_first + 64 * half + 8 * hr;
+            if (q == 0 && r < n) {
+                partial_latest[r] = walk_latest[half][hr];
+                partial_value[r] = walk_value[half][hr];
+            }
+        }
+#else
+    __trap();  // never launched: the host selects this kernel only on sm_90 devices
+#endif
+}
+
+}  // namespace rkv::kernels
