@@ -378,6 +378,12 @@ __device__ __forceinline__ int64_t scratch_row(const CompressParams &p, int32_t 
     return (int64_t(jj) * p.cache.kv_heads + h) * p.cache.capacity;
 }
 
+// The int8 keys of (group job jj, head h): scratch.keys_int8 rows
+// [J, H, tiles * kGramTile] of 128 bytes (kernels/params.h).
+__device__ __forceinline__ int8_t *keys_int8_rows(const CompressParams &p, int32_t jj, int32_t h) {
+    return p.scratch.keys_int8 + (int64_t(jj) * p.cache.kv_heads + h) * p.scratch.tiles * kGramTile * 128;
+}
+
 // Rows first_row .. first_row + 127 (kGramTile) of a [*, D] matrix of 16-bit
 // keys into a shared-memory tile by kThreads threads, 16-byte chunk `chunk` of
 // row `row` at tile + offset(row, chunk) (the tile's layout: the ldmatrix

@@ -153,8 +153,11 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         static_assert(size_t(kRowGroups) * D * sizeof(float) == kImportanceWBytes, "w_sums holds the row groups");
         const int valid = min(kGramTile, n - t * kGramTile);
         const int chunk = threadIdx.x % kChunks, group = threadIdx.x / kChunks;
-        // The int8 Gram path's keys too: round(127 k^), 8 bytes per row and chunk.
-        int8_t *keys8 = p.scratch.keys_int8 ? p.scratch.keys_int8 + (head_row + t * kGramTile) * D : nullptr;
+        // The int8 Gram path's keys too: round(127 k^), 8 bytes per row and
+        // chunk (bf16 chunk `chunk` is half of the int8 row's 16-byte chunk
+        // chunk / 2, which sits at (chunk / 2) XOR r % 8), zeros past n.
+        int8_t *keys8 = p.scratch.keys_int8 ? keys_int8_rows(p, jj, h) + int64_t(t) * kGramTile * 128 : nullptr;
+        const auto int8_offset = [&](int r) { return r * 128 + ((((chunk >> 1) ^ (r & 7)) << 4) | ((chunk & 1) << 3)); };
         float sums[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         for (int r = group; r < valid; r += kRowGroups) {
             float values[8];
@@ -166,8 +169,11 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
                 sums[e] += values[e] * inv_r;
                 packed[e >> 2] |= uint32_t(quantise_key_int8(values[e] * inv_r) & 0xff) << (8 * (e & 3));
             }
-            if (keys8) *reinterpret_cast<uint2 *>(keys8 + int64_t(r) * D + chunk * 8) = make_uint2(packed[0], packed[1]);
+            if (keys8) *reinterpret_cast<uint2 *>(keys8 + int8_offset(r)) = make_uint2(packed[0], packed[1]);
         }
+        if (keys8 && D == 128)
+            for (int r = valid + group; r < kGramTile; r += kRowGroups)
+                *reinterpret_cast<uint2 *>(keys8 + int8_offset(r)) = make_uint2(0u, 0u);
 #pragma unroll
         for (int e = 0; e < 8; ++e) w_sums[group * D + chunk * 8 + e] = sums[e];
         __syncthreads();

@@ -22,18 +22,21 @@
 //
 // Layout: as gram_wgmma_kernel, one warpgroup per block owns a row tile of 128
 // keys (two halves of 64) and walks the column tiles from the last down; two
-// blocks share an SM (99 KiB of shared memory each), so one's barriers and
+// blocks share an SM (98 KiB of shared memory each), so one's barriers and
 // epilogues overlap the other's products. The row tile is resident in both
-// forms; int8 column tiles come through a ring of two (cp.async, a tile
-// ahead). A tile that needs the exact products copies its 16-bit keys then, 64
-// columns at a time (the later half first, so a row's first hit is still its
-// latest); the diagonal tile's are the row tile's own. The reference quirk's
-// tile 0 (S[r, 0]) is always exact.
+// forms; int8 column tiles come through a ring of three, two tiles ahead, each
+// by one bulk copy of 16 KiB (the importance kernel wrote them in the SW128
+// layout, zeros past the held length) on an mbarrier. A tile that needs the
+// exact products copies its 16-bit keys then, 64 columns at a time (the later
+// half first, so a row's first hit is still its latest), into the ring slot
+// whose next tile is copied only after them; the diagonal tile's are the row
+// tile's own. The reference quirk's tile 0 (S[r, 0]) is always exact.
 #pragma once
 
 #include <climits>
 
 #include "gram_wgmma.cuh"
+#include "tma.cuh"
 
 namespace rkv::kernels {
 
@@ -48,20 +51,23 @@ constexpr float kGramInt8Margin = 2.0f / 254.0f * 11.3137085f + 128.0f / (254.0f
 // Dynamic shared memory of gram_int8_kernel, by byte offset from a 1024-aligned
 // base (the allocation adds 1 KiB to align it).
 struct GramInt8Shared {
+    static constexpr int kStages = 3;                                       // int8 column tiles in the ring
     static constexpr uint32_t kHalfColumns = 64;                            // exact columns per copy
     static constexpr uint32_t kA16Region = uint32_t(kGramTile) * 128;       // 64 elements of 128 rows
     static constexpr uint32_t kB16Region = kHalfColumns * 128;              // 64 elements of 64 rows
-    static constexpr uint32_t kB8Tile = uint32_t(kGramTile) * 128;          // 128 int8 rows
+    static constexpr uint32_t kB8Tile = uint32_t(kGramTile) * 128;          // 128 int8 rows (16 KiB)
     static constexpr uint32_t kA16 = 0;                                     // [128][128] 16-bit SW128 (2 regions)
     static constexpr uint32_t kA8 = kA16 + 2 * kA16Region;                  // [128][128] int8 SW128
-    static constexpr uint32_t kB8 = kA8 + kB8Tile;                          // [2][128][128] int8 SW128 (ring)
-    static constexpr uint32_t kB16 = kB8 + 2 * kB8Tile;                     // [64][128] 16-bit SW128 (2 regions)
-    static constexpr uint32_t kInvA = kB16 + 2 * kB16Region;                // [128] f32 1/(|k|+1e-8); NaN past n
+    static constexpr uint32_t kB8 = kA8 + kB8Tile;                          // [3][128][128] int8 SW128 (ring); a
+                                                                            // slot also holds [64][128] 16-bit
+                                                                            // SW128 exact columns, or W
+    static constexpr uint32_t kInvA = kB8 + kStages * kB8Tile;              // [128] f32 1/(|k|+1e-8); NaN past n
     static constexpr uint32_t kInvC = kInvA + kGramTile * 4;                // [64] f32 the same for the B16 rows
-    static constexpr uint32_t kW = kInvC + kHalfColumns * 4;                // [128] f32 sum of the normalised keys
-    static constexpr uint32_t kFlags = kW + kGramInt8Dim * 4;               // [2] need exact, [2] still walking
-    static constexpr uint32_t kEnd = kFlags + 4 * 4;
+    static constexpr uint32_t kFlags = kInvC + kHalfColumns * 4;            // [2] need exact, [2] still walking
+    static constexpr uint32_t kBarriers = kFlags + 4 * 4;                   // [4] mbarriers: ring slots, A8
+    static constexpr uint32_t kEnd = kBarriers + 4 * 8;
     static constexpr size_t kBytes = size_t(kEnd) + 1024;
+    static_assert(kB16Region * 2 <= kB8Tile && kGramInt8Dim * 4 <= kB8Tile, "a ring slot holds either");
 };
 
 #if RKV_HAS_WGMMA
@@ -119,7 +125,7 @@ __device__ __forceinline__ void int8_row_maxima(const int32_t (&acc)[64], int ha
 template <typename T>
 __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(CompressParams p) {
 #if RKV_HAS_WGMMA
-    constexpr int D = kGramInt8Dim;
+    constexpr int D = kGramInt8Dim, kStages = GramInt8Shared::kStages;
     using L = GramInt8Shared;
     extern __shared__ char gram_int8_raw[];
     const uint32_t raw = shared_address(gram_int8_raw);
@@ -127,9 +133,10 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     char *shared = gram_int8_raw + (base - raw);
     float *inv_a = reinterpret_cast<float *>(shared + L::kInvA);
     float *inv_b16 = reinterpret_cast<float *>(shared + L::kInvC);
-    float *w = reinterpret_cast<float *>(shared + L::kW);
     uint32_t *need_flags = reinterpret_cast<uint32_t *>(shared + L::kFlags);  // [2] by step parity
     uint32_t *walk_flags = need_flags + 2;                                     // [2] by step parity
+    uint64_t *ring_full = reinterpret_cast<uint64_t *>(shared + L::kBarriers);  // [3] a ring slot's tile landed
+    uint64_t *a8_full = ring_full + kStages;                                     // the int8 row tile landed
 
     const GramBlock block = gram_block(p.cache.kv_heads, p.num_jobs);
     const int32_t i = block.i, jj = block.jj, h = block.h;
@@ -141,7 +148,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     const CacheLayer c = job_cache(p, job);
     const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const int64_t row = scratch_row(p, jj, h);
-    const __half *keys8 = reinterpret_cast<const __half *>(p.scratch.keys_int8 + row * D);  // 64 "halves" a row
+    const int8_t *keys8 = keys_int8_rows(p, jj, h);  // [tiles * 128][128], SW128 chunks, zeros past n
     const int64_t cap = c.capacity;
     const float *inv_norm = p.scratch.inv_norm + row;
     float *partial_sum = p.scratch.partial_sum + row * p.scratch.tiles;
@@ -152,18 +159,26 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     // This thread's rows: first + 64 half + 16 warp + g + 8 hr.
     const int32_t my_first = first + 16 * warp + g;
     const auto tile_rows = [](int r, int chunk) { return sw128_offset(r, chunk, kGramTile); };
-    const auto b8_slot = [&](int32_t step) { return base + L::kB8 + uint32_t(step & 1) * L::kB8Tile; };
-    const auto load_b8 = [&](int32_t step) {  // int8 column tile tiles - 1 - step into its ring slot
-        copy_key_tile<__half, D / 2, kGramInt8Threads>(b8_slot(step), keys8, (tiles - 1 - step) * kGramTile, n,
-                                                       tile_rows);
+    const auto slot = [&](int32_t step) { return base + L::kB8 + uint32_t(step % kStages) * L::kB8Tile; };
+    // Thread 0: the int8 column tile of `step` (tile tiles - 1 - step) into its ring slot.
+    const auto issue_b8 = [&](int32_t step) {
+        uint64_t *barrier = &ring_full[step % kStages];
+        mbarrier_arrive_expect_bytes(barrier, L::kB8Tile);
+        bulk_copy_to_shared(slot(step), keys8 + int64_t(tiles - 1 - step) * kGramTile * 128, L::kB8Tile, barrier);
     };
+    int32_t issued = 0;  // steps whose int8 tile was copied (thread 0)
+    if (t == 0) {
+        for (int b = 0; b < kStages + 1; ++b) mbarrier_init(&ring_full[b], 1);
+        mbarrier_arrive_expect_bytes(a8_full, L::kB8Tile);
+        bulk_copy_to_shared(base + L::kA8, keys8 + int64_t(first) * 128, L::kB8Tile, a8_full);
+        for (; issued < min(2, tiles); ++issued) issue_b8(issued);
+    }
 
     const float inv_row = first + t < n ? inv_norm[first + t] : not_a_number;  // loaded first
-    copy_key_tile<__half, D / 2, kGramInt8Threads>(base + L::kA8, keys8, first, n, tile_rows);
-    load_b8(0);
-    cp_async_commit();
     copy_key_tile<T, D, kGramInt8Threads>(base + L::kA16, keys, first, n, tile_rows);
     cp_async_commit();
+    // W in ring slot 2 (its first tile is copied at the end of step 0).
+    float *w = reinterpret_cast<float *>(shared + L::kB8 + 2 * L::kB8Tile);
     for (int e = t; e < D; e += blockDim.x)
         w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[t] = inv_row;
@@ -177,7 +192,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     if (t < 4) need_flags[t] = 0;  // and walk_flags
     cp_async_wait<0>();
     fence_async_shared();
-    __syncthreads();
+    __syncthreads();  // (also publishes the mbarriers' initialisation)
     // Step -1's "still walking" bits (parity 1): a half walks while a row of it is not done.
 #pragma unroll
     for (int half = 0; half < 2; ++half)
@@ -187,6 +202,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
         const float sum = row_sum_from_w<T, D>(shared + L::kA16, t, inv_row, w, tile_rows);
         if (first + t < n) partial_sum[first + t] = sum;
     }
+    mbarrier_wait(a8_full, 0);
 
     // walk_latest[half][hr]: this lane's latest column above tau of its row
     // over the tiles walked; -1 none.
@@ -205,19 +221,17 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
             }
     };
 
-    for (int32_t step = 0; step < tiles; ++step) {
+    int32_t step = 0;
+    for (; step < tiles; ++step) {
         const int32_t j = tiles - 1 - step;  // the column tile
-        cp_async_wait<0>();                  // its int8 copy (this thread's part)
-        fence_async_shared();
-        __syncthreads();  // every part landed; every thread is done with the step before
+        mbarrier_wait(&ring_full[step % kStages], (step / kStages) & 1);  // its int8 copy landed
+        __syncthreads();  // every thread is done with the step before
         // (flags shuffled from lane 0: ptxas then knows they are the same in
         // the warp, and keeps the wgmma in the branches on them asynchronous)
         const uint32_t walking_bits = __shfl_sync(0xffffffffu, walk_flags[(step + 1) & 1], 0);
         if (walking_bits == 0) break;
         if (t == 0) need_flags[(step + 1) & 1] = 0;  // read at the step before, after its second barrier
         const bool walking[2] = {(walking_bits & 1) != 0, (walking_bits & 2) != 0};
-        if (step + 1 < tiles) load_b8(step + 1);  // into the slot the step before read
-        cp_async_commit();
 
         const bool forced = j == 0 && p.slot0_quirk;  // S[r, 0]
         if (!forced) {
@@ -232,7 +246,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
 #pragma unroll
                 for (int k = 0; k < D / 32; ++k)
                     wgmma_m64n128k32_s8(acc8[half], sw128_descriptor(base + L::kA8 + uint32_t(half) * 64 * 128 + k * 32),
-                                        sw128_descriptor(b8_slot(step) + k * 32), k > 0);
+                                        sw128_descriptor(slot(step) + k * 32), k > 0);
                 wgmma_commit();
             }
             // (no branch of the threads' own until every product landed: ptxas
@@ -282,13 +296,15 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                     }
                 }
             } else {
-                // 64 columns at a time, the later ones first.
+                // 64 columns at a time, the later ones first, in the ring slot
+                // of step + 2 (whose tile is copied after them).
+                const uint32_t b16 = slot(step + 2);
                 for (int column_half = 1; column_half >= 0; --column_half) {
                     const int32_t first_column = j * kGramTile + column_half * 64;
                     for (int index = t; index < 64 * (D / 8); index += kGramInt8Threads) {
                         const int r = index / (D / 8), chunk = index % (D / 8);
                         const bool valid = first_column + r < n;
-                        cp_async_16(base + L::kB16 + sw128_offset(r, chunk, 64),
+                        cp_async_16(b16 + sw128_offset(r, chunk, 64),
                                     valid ? keys + int64_t(first_column + r) * D + chunk * 8 : keys, valid);
                     }
                     cp_async_commit();
@@ -304,7 +320,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
 #pragma unroll
                         for (int k = 0; k < D / 16; ++k) {
                             const uint32_t a = base + L::kA16 + (k >> 2) * L::kA16Region + (k & 3) * 32 + half * 64 * 128;
-                            const uint32_t b = base + L::kB16 + (k >> 2) * L::kB16Region + (k & 3) * 32;
+                            const uint32_t b = b16 + (k >> 2) * L::kB16Region + (k & 3) * 32;
                             wgmma_m64n64k16<T>(acc, sw128_descriptor(a), sw128_descriptor(b), k > 0);
                         }
                         wgmma_commit();
@@ -344,8 +360,17 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
             walk_mine |= uint32_t(walking[half] && !(done[half][0] && done[half][1])) << half;
         walk_mine = __reduce_or_sync(0xffffffffu, walk_mine);
         if (lane == 0 && walk_mine != 0) atomicOr(&walk_flags[step & 1], walk_mine);
+        if (t == 0 && issued < tiles) {
+            // (after this step's exact copies into the slot, and its threads'
+            // reads of them: the barrier after each column half)
+            fence_proxy_async_shared();
+            issue_b8(issued++);
+        }
     }
-    cp_async_wait<0>();  // a prefetch the early stop left in flight
+    // Tiles copied for steps the early stop skips land before the block leaves.
+    if (t == 0)
+        for (int32_t later = step; later < issued; ++later)
+            mbarrier_wait(&ring_full[later % kStages], (later / kStages) & 1);
     // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
 #pragma unroll
     for (int half = 0; half < 2; ++half)

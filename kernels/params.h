@@ -166,9 +166,12 @@ struct Scratch {
     void *gather;             // [J, H, cap, head_dim] storage dtype (reference-order compaction)
     void *keys_dequantised;   // FP8 storage: [J, H, cap, head_dim] bf16, the keys the scoring reads
                               // (common.cuh scoring_keys); nullptr otherwise
-    int8_t *keys_int8;        // int8 Gram path: [J, H, cap, head_dim] round(127 k / (|k| + 1e-8)), written
-                              // by the fused importance kernel, in the memory of `gram` (which only the
-                              // cuBLASLt path uses); nullptr otherwise
+    int8_t *keys_int8;        // int8 Gram path (head_dim 128): [J, H, tiles * kGramTile, 128] int8
+                              // round(127 k / (|k| + 1e-8)), each row's 16-byte chunk c at c XOR row % 8
+                              // (the SW128 layout, so a tile lands by one bulk copy), rows past the held
+                              // length zero; written by the fused importance kernel, in the memory of
+                              // `gram` (which only the cuBLASLt path uses; capacity >= 32 makes it fit);
+                              // nullptr otherwise
     int32_t tiles;            // ceil(cap / kGramTile)
     int32_t rows;             // G * window: query rows per KV head
 };

@@ -53,6 +53,16 @@ __device__ __forceinline__ void tensor_copy_to_shared(uint32_t shared, const CUt
         : "memory");
 }
 
+// `bytes` contiguous bytes (16-byte aligned, a multiple of 16) from global
+// memory into shared memory at `shared` by the copy engine (one thread);
+// completes on `barrier`, which must expect the bytes.
+__device__ __forceinline__ void bulk_copy_to_shared(uint32_t shared, const void *global, uint32_t bytes,
+                                                    uint64_t *barrier) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(shared),
+                 "l"(global), "r"(bytes), "r"(shared_address(barrier))
+                 : "memory");
+}
+
 // Order this thread's earlier shared-memory writes before later bulk copies
 // into the same bytes (the copy engine is another proxy).
 __device__ __forceinline__ void fence_proxy_async_shared() {

@@ -90,7 +90,10 @@ class CudaBackend final : public Backend {
         check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
         check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
         wgmma_ = k::gram_wgmma_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
-        int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
+        // (its int8 keys take the cuBLASLt path's Gram rows, [128, capacity] f32 per head: room for
+        // [ceil(capacity / 128) * 128, 128] int8 from capacity 32 on)
+        int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_) &&
+                     capacity_ >= 32;
         if (scratch_.attention) {  // FP8: the products read the bf16 copy of the keys and the bf16 queries
             lt_ = std::make_unique<LtMatmul>(query_dtype(p_.dtype), workspace_.get(), workspace_.bytes());
             plan_steady_state();
@@ -449,7 +452,8 @@ class CudaBackend final : public Backend {
                  "GPU of compute capability 9.0 (device %d is %d.%d)", device_, major_, minor_);
         if (path == RKV_MATMUL_WGMMA_INT8 && !int8_gram_)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the int8-filtered Gram needs head_dim 128 "
-                 "(this cache: %d)", p_.head_dim);
+                 "and a capacity of at least 32 tokens (this cache: head_dim %d, capacity %d)", p_.head_dim,
+                 capacity_);
         matmul_path_ = path;
     }
 

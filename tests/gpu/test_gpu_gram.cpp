@@ -213,7 +213,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     // Scratch as the importance kernel leaves it: inverse norms, W partials per tile.
     const size_t heads = size_t(kJobs) * kHeads;
     std::vector<float> inv_norm(heads * kCap, 0.0f), partial_w(heads * kTiles * d, 0.0f);
-    std::vector<int8_t> keys8(heads * kCap * d, 0);  // round(127 k / (|k| + 1e-8))
+    std::vector<int8_t> keys8(heads * kTiles * 128 * 128, 0);  // round(127 k / (|k| + 1e-8)), SW128 rows
     std::vector<Reference> refs;
     for (int jj = 0; jj < kJobs; ++jj)
         for (int h = 0; h < kHeads; ++h) {
@@ -231,10 +231,13 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                 for (int e = 0; e < d; ++e)
                     partial_w[((size_t(jj) * kHeads + h) * kTiles + r / 128) * d + e] += keys[size_t(r) * d + e] * inv[r];
             refs.push_back(reference(keys, inv, n, d, tau));
-            for (int32_t r = 0; r < n; ++r)
+            // [tiles * 128][128] per head, 16-byte chunk c of row r at c XOR r % 8, zeros past n.
+            for (int32_t r = 0; r < n && d == 128; ++r)
                 for (int e = 0; e < d; ++e) {
                     const float scaled = keys[size_t(r) * d + e] * inv[r] * 127.0f;
-                    keys8[row * d + size_t(r) * d + e] = int8_t(std::lrint(std::min(127.0f, std::max(-127.0f, scaled))));
+                    const size_t at = ((size_t(jj) * kHeads + h) * kTiles * 128 + size_t(r)) * 128 +
+                                      size_t((((e / 16) ^ (r & 7)) * 16) + e % 16);
+                    keys8[at] = int8_t(std::lrint(std::min(127.0f, std::max(-127.0f, scaled))));
                 }
         }
 
