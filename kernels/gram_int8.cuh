@@ -60,14 +60,14 @@ struct GramInt8Shared {
     static constexpr uint32_t kA8 = kA16 + 2 * kA16Region;                  // [128][128] int8 SW128
     static constexpr uint32_t kB8 = kA8 + kB8Tile;                          // [3][128][128] int8 SW128 (ring); a
                                                                             // slot also holds [64][128] 16-bit
-                                                                            // SW128 exact columns, or W
+                                                                            // SW128 exact columns
     static constexpr uint32_t kInvA = kB8 + kStages * kB8Tile;              // [128] f32 1/(|k|+1e-8); NaN past n
     static constexpr uint32_t kInvC = kInvA + kGramTile * 4;                // [64] f32 the same for the B16 rows
-    static constexpr uint32_t kFlags = kInvC + kHalfColumns * 4;            // [2] need exact, [2] still walking
-    static constexpr uint32_t kBarriers = kFlags + 4 * 4;                   // [4] mbarriers: ring slots, A8
+    static constexpr uint32_t kW = kInvC + kHalfColumns * 4;                // [128] f32 sum of the normalised keys
+    static constexpr uint32_t kBarriers = kW + kGramInt8Dim * 4;            // [4] mbarriers: ring slots, A8
     static constexpr uint32_t kEnd = kBarriers + 4 * 8;
     static constexpr size_t kBytes = size_t(kEnd) + 1024;
-    static_assert(kB16Region * 2 <= kB8Tile && kGramInt8Dim * 4 <= kB8Tile, "a ring slot holds either");
+    static_assert(kB16Region * 2 <= kB8Tile, "a ring slot holds 64 exact columns");
 };
 
 #if RKV_HAS_WGMMA
@@ -133,8 +133,6 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     char *shared = gram_int8_raw + (base - raw);
     float *inv_a = reinterpret_cast<float *>(shared + L::kInvA);
     float *inv_b16 = reinterpret_cast<float *>(shared + L::kInvC);
-    uint32_t *need_flags = reinterpret_cast<uint32_t *>(shared + L::kFlags);  // [2] by step parity
-    uint32_t *walk_flags = need_flags + 2;                                     // [2] by step parity
     uint64_t *ring_full = reinterpret_cast<uint64_t *>(shared + L::kBarriers);  // [3] a ring slot's tile landed
     uint64_t *a8_full = ring_full + kStages;                                     // the int8 row tile landed
 
@@ -177,8 +175,8 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     const float inv_row = first + t < n ? inv_norm[first + t] : not_a_number;  // loaded first
     copy_key_tile<T, D, kGramInt8Threads>(base + L::kA16, keys, first, n, tile_rows);
     cp_async_commit();
-    // W in ring slot 2 (its first tile is copied at the end of step 0).
-    float *w = reinterpret_cast<float *>(shared + L::kB8 + 2 * L::kB8Tile);
+    // W now, the row sums after the walk: the 16-bit row tile lands meanwhile.
+    float *w = reinterpret_cast<float *>(shared + L::kW);
     for (int e = t; e < D; e += blockDim.x)
         w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
     inv_a[t] = inv_row;
@@ -189,19 +187,13 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     for (int half = 0; half < 2; ++half)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) done[half][hr] = my_first + 64 * half + 8 * hr >= n;
-    if (t < 4) need_flags[t] = 0;  // and walk_flags
-    cp_async_wait<0>();
-    fence_async_shared();
-    __syncthreads();  // (also publishes the mbarriers' initialisation)
-    // Step -1's "still walking" bits (parity 1): a half walks while a row of it is not done.
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-        if (!(done[half][0] && done[half][1])) atomicOr(&walk_flags[1], 1u << half);
-    {
-        // Row sums: k^_r . W - k^_r . k^_r (a thread per row).
-        const float sum = row_sum_from_w<T, D>(shared + L::kA16, t, inv_row, w, tile_rows);
-        if (first + t < n) partial_sum[first + t] = sum;
-    }
+    // walking[half]: a row of the half is not done. Every decision of the walk
+    // comes from a block reduction (__syncthreads_or), so it is the same in
+    // every thread and ptxas keeps the wgmma in the branches on it asynchronous.
+    // (The first also publishes the mbarriers' initialisation.)
+    bool walking[2];
+    walking[0] = __syncthreads_or(!(done[0][0] && done[0][1]));
+    walking[1] = __syncthreads_or(!(done[1][0] && done[1][1]));
     mbarrier_wait(a8_full, 0);
 
     // walk_latest[half][hr]: this lane's latest column above tau of its row
@@ -222,18 +214,11 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     };
 
     int32_t step = 0;
-    for (; step < tiles; ++step) {
-        const int32_t j = tiles - 1 - step;  // the column tile
+    for (; step < tiles && (walking[0] || walking[1]); ++step) {
+        const int32_t j = tiles - 1 - step;                                // the column tile
         mbarrier_wait(&ring_full[step % kStages], (step / kStages) & 1);  // its int8 copy landed
-        __syncthreads();  // every thread is done with the step before
-        // (flags shuffled from lane 0: ptxas then knows they are the same in
-        // the warp, and keeps the wgmma in the branches on them asynchronous)
-        const uint32_t walking_bits = __shfl_sync(0xffffffffu, walk_flags[(step + 1) & 1], 0);
-        if (walking_bits == 0) break;
-        if (t == 0) need_flags[(step + 1) & 1] = 0;  // read at the step before, after its second barrier
-        const bool walking[2] = {(walking_bits & 1) != 0, (walking_bits & 2) != 0};
-
-        const bool forced = j == 0 && p.slot0_quirk;  // S[r, 0]
+        const bool forced = j == 0 && p.slot0_quirk;                       // S[r, 0]
+        bool candidate[2] = {false, false};
         if (!forced) {
             // int8 products of both halves (walking or not: with issues and
             // waits under conditions of their own ptxas serialises every wgmma
@@ -249,9 +234,6 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                                         sw128_descriptor(slot(step) + k * 32), k > 0);
                 wgmma_commit();
             }
-            // (no branch of the threads' own until every product landed: ptxas
-            // would serialise the wgmma in flight across it)
-            uint32_t mine = 0;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 if (half == 0) wgmma_wait<1>();
@@ -260,18 +242,20 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                 int32_t best[2];
                 if (j == i) int8_row_maxima<true>(acc8[half], half, best);
                 else int8_row_maxima<false>(acc8[half], half, best);
-                const bool candidate = walking[half] && ((float(best[0]) > filter && !done[half][0]) ||
-                                                         (float(best[1]) > filter && !done[half][1]));
-                mine |= uint32_t(candidate) << half;
+                candidate[half] = walking[half] && ((float(best[0]) > filter && !done[half][0]) ||
+                                                    (float(best[1]) > filter && !done[half][1]));
             }
-            mine = __reduce_or_sync(0xffffffffu, mine);
-            if (lane == 0 && mine != 0) atomicOr(&need_flags[step & 1], mine);
         }
-        __syncthreads();  // the need bits are in
-        if (t == 0) walk_flags[(step + 1) & 1] = 0;  // read after the first barrier
-        const uint32_t need_bits = forced ? walking_bits : __shfl_sync(0xffffffffu, need_flags[step & 1], 0);
-        if (need_bits != 0) {
-            const bool exact[2] = {(need_bits & 1) != 0, (need_bits & 2) != 0};
+        // (also: every thread is done with this step's ring slot and the ones before)
+        if (__syncthreads_or(forced || candidate[0] || candidate[1])) {
+            bool exact[2] = {walking[0], walking[1]};
+            if (!forced) {
+                exact[0] = __syncthreads_or(candidate[0]);
+                exact[1] = __syncthreads_or(candidate[1]);
+            }
+            cp_async_wait<0>();  // the 16-bit row tile
+            fence_async_shared();
+            __syncthreads();
             if (j == i) {
                 // The diagonal tile: its keys are the row tile's own.
 #pragma unroll
@@ -352,17 +336,12 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                     hit |= __shfl_xor_sync(0xffffffffu, hit, 2);
                     done[half][hr] = done[half][hr] || hit != 0;
                 }
+            walking[0] = walking[0] && __syncthreads_or(!(done[0][0] && done[0][1]));
+            walking[1] = walking[1] && __syncthreads_or(!(done[1][0] && done[1][1]));
         }
-        // This step's "still walking" bits, read after the next step's first barrier.
-        uint32_t walk_mine = 0;
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-            walk_mine |= uint32_t(walking[half] && !(done[half][0] && done[half][1])) << half;
-        walk_mine = __reduce_or_sync(0xffffffffu, walk_mine);
-        if (lane == 0 && walk_mine != 0) atomicOr(&walk_flags[step & 1], walk_mine);
         if (t == 0 && issued < tiles) {
-            // (after this step's exact copies into the slot, and its threads'
-            // reads of them: the barrier after each column half)
+            // (after this step's exact copies into the slot, and every
+            // thread's reads of them: the barrier after each column half)
             fence_proxy_async_shared();
             issue_b8(issued++);
         }
@@ -371,6 +350,13 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     if (t == 0)
         for (int32_t later = step; later < issued; ++later)
             mbarrier_wait(&ring_full[later % kStages], (later / kStages) & 1);
+    cp_async_wait<0>();  // the 16-bit row tile
+    __syncthreads();
+    {
+        // Row sums: k^_r . W - k^_r . k^_r (a thread per row).
+        const float sum = row_sum_from_w<T, D>(shared + L::kA16, t, inv_row, w, tile_rows);
+        if (first + t < n) partial_sum[first + t] = sum;
+    }
     // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
 #pragma unroll
     for (int half = 0; half < 2; ++half)
