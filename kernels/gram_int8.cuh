@@ -175,10 +175,15 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     const float inv_row = first + t < n ? inv_norm[first + t] : not_a_number;  // loaded first
     copy_key_tile<T, D, kGramInt8Threads>(base + L::kA16, keys, first, n, tile_rows);
     cp_async_commit();
-    // W now, the row sums after the walk: the 16-bit row tile lands meanwhile.
+    // W's per-tile partials of this thread's element, loaded now and added (in
+    // tile order, as sum_w_partials) after the walk, with the row sums: the
+    // 16-bit row tile and these loads land meanwhile.
     float *w = reinterpret_cast<float *>(shared + L::kW);
-    for (int e = t; e < D; e += blockDim.x)
-        w[e] = sum_w_partials<D>(p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + e, tiles);
+    constexpr int kEarlyPartials = 16;
+    const float *w_partials = p.scratch.partial_w + (row / cap) * p.scratch.tiles * D + t;
+    float early_partials[kEarlyPartials];
+#pragma unroll
+    for (int u = 0; u < kEarlyPartials; ++u) early_partials[u] = u < tiles ? w_partials[u * D] : 0.0f;
     inv_a[t] = inv_row;
     // done[half][hr]: row (my_first + 64 half + 8 hr) has a hit in one of its
     // quad's lanes, or is past n (the same in the quad's four lanes).
@@ -247,7 +252,8 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
             }
         }
         // (also: every thread is done with this step's ring slot and the ones before)
-        if (__syncthreads_or(forced || candidate[0] || candidate[1])) {
+        const bool exact_step = __syncthreads_or(forced || candidate[0] || candidate[1]);
+        if (exact_step) {
             bool exact[2] = {walking[0], walking[1]};
             if (!forced) {
                 exact[0] = __syncthreads_or(candidate[0]);
@@ -340,9 +346,9 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
             walking[1] = walking[1] && __syncthreads_or(!(done[1][0] && done[1][1]));
         }
         if (t == 0 && issued < tiles) {
-            // (after this step's exact copies into the slot, and every
-            // thread's reads of them: the barrier after each column half)
-            fence_proxy_async_shared();
+            // Into the slot of step - 1 (read by then: the barrier above); after
+            // exact columns copied there, those writes come before the copy engine's.
+            if (exact_step) fence_proxy_async_shared();
             issue_b8(issued++);
         }
     }
@@ -350,6 +356,14 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     if (t == 0)
         for (int32_t later = step; later < issued; ++later)
             mbarrier_wait(&ring_full[later % kStages], (later / kStages) & 1);
+    {
+        float w_sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < kEarlyPartials; ++u)
+            if (u < tiles) w_sum += early_partials[u];
+        for (int32_t u = kEarlyPartials; u < tiles; ++u) w_sum += w_partials[u * D];
+        w[t] = w_sum;
+    }
     cp_async_wait<0>();  // the 16-bit row tile
     __syncthreads();
     {

@@ -310,7 +310,8 @@ struct Path {
 constexpr Path kPaths[] = {{RKV_MATMUL_CUBLASLT, "cublaslt"},
                            {RKV_MATMUL_FUSED, "fused"},
                            {RKV_MATMUL_WGMMA, "wgmma"},
-                           {RKV_MATMUL_WGMMA_INT8, "wgmma_int8"}};
+                           {RKV_MATMUL_WGMMA_INT8, "wgmma_int8"},
+                           {RKV_MATMUL_AUTO, "auto"}};
 
 // Every path at every batch, path after path (the newest last: a kernel fault
 // there leaves the rows before it printed), then one row per batch comparing them.

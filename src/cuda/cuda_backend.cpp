@@ -12,6 +12,7 @@
 #include "cuda/lt_matmul.h"
 #include "cuda/phase_profile.h"
 #include "cuda/scratch_plan.h"
+#include "cuda/gram_path_choice.h"
 #include "cuda/side_stream.h"
 #include "dtype.h"
 #include "error.h"
@@ -94,6 +95,10 @@ class CudaBackend final : public Backend {
         // [ceil(capacity / 128) * 128, 128] int8 from capacity 32 on)
         int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_) &&
                      capacity_ >= 32;
+        if (int8_gram_ && method_.scorer == Scorer::ImportanceRedundancy) {  // AUTO times the two Gram paths
+            check(cudaEventCreate(&gram_timing_.start), "cudaEventCreate (the compression timing)");
+            check(cudaEventCreate(&gram_timing_.end), "cudaEventCreate (the compression timing)");
+        }
         if (scratch_.attention) {  // FP8: the products read the bf16 copy of the keys and the bf16 queries
             lt_ = std::make_unique<LtMatmul>(query_dtype(p_.dtype), workspace_.get(), workspace_.bytes());
             plan_steady_state();
@@ -179,6 +184,7 @@ class CudaBackend final : public Backend {
         DeviceGuard guard(device_);
         check_sticky("rkv_compress");
         const cudaStream_t caller = as_stream(stream);
+        const bool timed = choose_gram_path(jobs, num_jobs, caller);
         const int32_t lanes = compress_lanes(num_jobs);
         const int32_t group_jobs = scratch_.jobs / lanes;
         ForkScope fork(sides_, lanes - 1, caller);
@@ -198,6 +204,59 @@ class CudaBackend final : public Backend {
             check(k::launch_commit(p, s), "rkv_compress: launching the commit");
         }
         fork.join();
+        if (timed) {
+            check(cudaEventRecord(gram_timing_.end, caller), "rkv_compress: cudaEventRecord");
+            gram_timing_.pending = true;
+        }
+    }
+
+    // A timed call's time, once its end event has passed (relaxed capture mode:
+    // another thread's graph capture does not forbid the query here).
+    void collect_gram_timing() {
+        if (!gram_timing_.pending) return;
+        cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+        check(cudaThreadExchangeStreamCaptureMode(&mode), "rkv_compress: cudaThreadExchangeStreamCaptureMode");
+        const cudaError_t ready = cudaEventQuery(gram_timing_.end);
+        float milliseconds = 0.0f;
+        const cudaError_t elapsed =
+            ready == cudaSuccess ? cudaEventElapsedTime(&milliseconds, gram_timing_.start, gram_timing_.end) : ready;
+        check(cudaThreadExchangeStreamCaptureMode(&mode), "rkv_compress: cudaThreadExchangeStreamCaptureMode");
+        if (ready == cudaErrorNotReady) return;
+        check(elapsed, "rkv_compress: timing the previous compression (cudaEventQuery, cudaEventElapsedTime)");
+        gram_choice_.record(gram_timing_.path, milliseconds, gram_timing_.work);
+        gram_timing_.pending = false;
+    }
+
+    // RKV_MATMUL_AUTO between the wgmma Gram and its int8-filtered form (where
+    // both apply, for R-KV): the path of this call, by the measured times of
+    // earlier calls (src/cuda/gram_path_choice.h). Returns whether this call
+    // is timed (its start event recorded; the end event after its join).
+    bool choose_gram_path(const CompressJob *jobs, int32_t num_jobs, cudaStream_t caller) {
+        if (!gram_timing_.start) return false;
+        // Nothing is timed or queried while the caller's stream is captured
+        // into a graph (an event query there invalidates the capture;
+        // test_graphs_match_eager): the graph keeps the best path known.
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(caller, &capture) != cudaSuccess) {
+            (void)cudaGetLastError();  // (the legacy stream while another captures: not timed either)
+            capture = cudaStreamCaptureStatusActive;
+        }
+        if (capture != cudaStreamCaptureStatusNone) {
+            gram_path_ = gram_choice_.best();
+            return false;
+        }
+        collect_gram_timing();
+        if (matmul_path_ != RKV_MATMUL_AUTO || gram_timing_.pending) {
+            gram_path_ = gram_choice_.best();
+            return false;
+        }
+        double work = 0.0;
+        for (int32_t j = 0; j < num_jobs; ++j) work += double(jobs[j].held) * double(jobs[j].held);
+        gram_path_ = gram_choice_.next_timed();
+        gram_timing_.path = gram_path_;
+        gram_timing_.work = work;
+        check(cudaEventRecord(gram_timing_.start, caller), "rkv_compress: cudaEventRecord");
+        return true;
     }
 
     // Lanes: groups of a half or a quarter of the scratch's jobs, taken in
@@ -600,7 +659,7 @@ class CudaBackend final : public Backend {
         // batch 1 0.339 against 0.348); so at head_dim 64 and 256 (model keys
         // 9.9 and 33.7 against 15.5 and 42.8, session 13; kernels/README.md,
         // Performance).
-        if (wgmma_) return RKV_MATMUL_WGMMA;
+        if (wgmma_) return int8_gram_ && gram_path_ == GramPathChoice::kInt8 ? RKV_MATMUL_WGMMA_INT8 : RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
     }
@@ -853,6 +912,23 @@ class CudaBackend final : public Backend {
     int major_ = 0, minor_ = 0;  // the device's compute capability
     bool wgmma_ = false;         // the wgmma path applies (cache shape and device)
     bool int8_gram_ = false;     // and its int8 filter (head_dim 128)
+    // AUTO's choice between the two (R-KV where both apply): the policy, the
+    // path of the current call, and the events that time calls.
+    GramPathChoice gram_choice_;
+    GramPathChoice::Path gram_path_ = GramPathChoice::kWgmma;
+    struct GramTiming {
+        cudaEvent_t start = nullptr, end = nullptr;  // null: AUTO has one path here
+        bool pending = false;                         // `end` recorded, not yet read
+        GramPathChoice::Path path = GramPathChoice::kWgmma;
+        double work = 0.0;
+        GramTiming() = default;
+        GramTiming(const GramTiming &) = delete;
+        GramTiming &operator=(const GramTiming &) = delete;
+        ~GramTiming() {
+            if (start) cudaEventDestroy(start);
+            if (end) cudaEventDestroy(end);
+        }
+    } gram_timing_;
     int32_t attend_splits_ = 0;    // rkv_cache_set_attend_plan: 0 = choose per call
     int32_t attend_variant_ = RKV_ATTEND_AUTO;
     k::AttendResidency resident_{1, 0, 0, 1, false};  // blocks of each attention kernel the GPU holds at once

@@ -284,6 +284,10 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     CUDA_OK(k::configure_gram_int8_kernels(dtype, d));
 
     // kernel 0: mma.sync (fused), 1: wgmma, 2: wgmma with the int8 filter (head_dim 128).
+    // The int8 kernel must also give the wgmma kernel's bits wherever the
+    // redundancy kernel reads (RKV_MATMUL_AUTO picks either by measured time).
+    std::vector<float> wgmma_sum, wgmma_value, wgmma_first;
+    std::vector<int32_t> wgmma_latest;
     for (int kernel = 0; kernel < (wgmma ? (d == 128 ? 3 : 2) : 1); ++kernel) {
         char name[128];
         std::snprintf(name, sizeof name, "%s %s", kernel == 2 ? "wgmma int8" : kernel ? "wgmma" : "mma.sync", what);
@@ -302,12 +306,32 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
         gpu_download(value.data(), d_value, partials * 4);
         gpu_download(first.data(), d_first, heads * kCap * 4);
         Outcome o;
+        int differ = 0;  // int8: entries the redundancy kernel reads that differ from the wgmma kernel's
+        if (kernel == 1) {
+            wgmma_sum = sum;
+            wgmma_value = value;
+            wgmma_first = first;
+            wgmma_latest = latest;
+        }
         for (int jj = 0; jj < kJobs; ++jj)
             for (int h = 0; h < kHeads; ++h) {
                 const Reference &ref = refs[jj * kHeads + h];
                 const int32_t n = kJobSpecs[jj].held, tiles = (n + 127) / 128;
                 const size_t row = (size_t(jj) * kHeads + h) * kCap;
                 for (int32_t r = 0; r < n; ++r) {
+                    if (kernel == 2) {
+                        const size_t at = row * kTiles + r;  // slot 0
+                        const auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0; };
+                        const bool read_first = wgmma_latest[at] < 0;
+                        if (latest[at] != wgmma_latest[at] || !same(sum[at], wgmma_sum[at]) ||
+                            (latest[at] >= 0 && !same(value[at], wgmma_value[at])) ||
+                            (read_first && !same(first[row + r], wgmma_first[row + r])))
+                            if (differ++ < 4)
+                                print_message("DIFFERS %s: job %d head %d row %d: latest %d / %d, value %.9g / %.9g, "
+                                              "sum %.9g / %.9g, S[r, 0] %.9g / %.9g (int8 / wgmma)\n",
+                                              name, jj, h, r, latest[at], wgmma_latest[at], value[at], wgmma_value[at],
+                                              sum[at], wgmma_sum[at], first[row + r], wgmma_first[row + r]);
+                    }
                     const double s = sum[row * kTiles + r];
                     if (std::fabs(s - ref.row_sum[r]) > 1e-3 * std::max(1.0, std::fabs(ref.row_sum[r])))
                         report(&o, name, kernel, jj, h, r, r / 128, "row sum", s, ref.row_sum[r]);
@@ -331,14 +355,18 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                     }
                 }
             }
-        if (kernel)
+        if (kernel == 2)
+            print_message("%-32s %6d (row, slot) pairs: %d mismatches, %d rows within 1e-5 of tau not compared; "
+                          "%d rows differ from the wgmma kernel's bits\n",
+                          name, o.compared, o.mismatches, o.skipped, differ);
+        else if (kernel)
             print_message("%-32s %6d (row, slot) pairs: %d mismatches, %d rows within 1e-5 of tau not compared\n",
                           name, o.compared, o.mismatches, o.skipped);
         else
             print_message("%-32s %6d (row, slot) pairs: %d mismatches (diagonal %d, row direction %d, column "
                           "direction %d), %d rows within 1e-5 of tau not compared\n",
                           name, o.compared, o.mismatches, o.by_kind[0], o.by_kind[1], o.by_kind[2], o.skipped);
-        total_mismatches += o.mismatches;
+        total_mismatches += o.mismatches + differ;
     }
     gpu_free(d_keys);
     gpu_free(d_lengths);
