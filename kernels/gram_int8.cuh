@@ -18,7 +18,10 @@
 // (the 16-bit products, as gram_wgmma_kernel, in the same order), and their
 // epilogue decides. The filter never decides a hit (keys of NaN or infinite
 // norm quantise to 0; their exact S is NaN, never a hit), so the answers are
-// those of gram_wgmma_kernel.
+// those of gram_wgmma_kernel, bit for bit (test_gpu_gram compares them; a
+// margin of 0 misses hits there). On keys like a model's, where near-
+// duplicates are common, most tiles then need both products and the exact
+// walk is faster: RKV_MATMUL_AUTO times the two (src/cuda/gram_path_choice.h).
 //
 // Layout: as gram_wgmma_kernel, one warpgroup per block owns a row tile of 128
 // keys (two halves of 64) and walks the column tiles from the last down; two
@@ -30,7 +33,13 @@
 // exact products copies its 16-bit keys then, 64 columns at a time (the later
 // half first, so a row's first hit is still its latest), into the ring slot
 // whose next tile is copied only after them; the diagonal tile's are the row
-// tile's own. The reference quirk's tile 0 (S[r, 0]) is always exact.
+// tile's own. The reference quirk's tile 0 (S[r, 0]) is always exact. A step
+// issues both halves' int8 products, looks at half 0 while half 1 is
+// computed, then at half 1; its decisions (a tile needs exact products, a
+// half stops) are block reductions, and the row sums come after the walk, so
+// that a block starts walking as soon as its int8 row tile has landed. (The
+// halves in turn across steps, as gram_wgmma_kernel does, measured slower:
+// kernels/README.md, Session 17.)
 #pragma once
 
 #include <climits>

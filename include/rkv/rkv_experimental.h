@@ -103,7 +103,9 @@ RKV_API rkv_status rkv_cache_sync_lengths(rkv_cache *cache, void *stream);
 /* How a CUDA cache computes the matrix products of R-KV and SnapKV. */
 typedef enum rkv_matmul_path RKV_ENUM_BASE {
     RKV_MATMUL_AUTO = 0,     /* the fastest measured: WGMMA where it applies, else FUSED, else
-                                CUBLASLT */
+                                CUBLASLT; where WGMMA_INT8 applies too (R-KV), whichever of the
+                                two the cache's own compressions ran faster, timed with events
+                                outside graph capture (they keep the same tokens, bit for bit) */
     RKV_MATMUL_CUBLASLT = 1, /* cuBLASLt strided-batched products into scratch, then reductions */
     RKV_MATMUL_FUSED = 2,    /* librkv's tensor-core kernel with the redundancy reductions fused
                                 into it (f16/bf16 storage, head_dim 64, 128 or 256) */

@@ -423,6 +423,7 @@ extern swig_intgo _wrap_RKV_MATMUL_AUTO_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_MATMUL_CUBLASLT_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_MATMUL_FUSED_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_MATMUL_WGMMA_capi_25cafcfc785c7526(void);
+extern swig_intgo _wrap_RKV_MATMUL_WGMMA_INT8_capi_25cafcfc785c7526(void);
 extern uintptr_t _wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(uintptr_t arg1, swig_intgo arg2);
 extern swig_intgo _wrap_RKV_ATTEND_AUTO_capi_25cafcfc785c7526(void);
 extern swig_intgo _wrap_RKV_ATTEND_WIDE_capi_25cafcfc785c7526(void);
@@ -3123,6 +3124,13 @@ func _swig_getRKV_MATMUL_WGMMA() (_swig_ret int32) {
 }
 
 var RKV_MATMUL_WGMMA int32 = _swig_getRKV_MATMUL_WGMMA()
+func _swig_getRKV_MATMUL_WGMMA_INT8() (_swig_ret int32) {
+	var swig_r int32
+	swig_r = (int32)(C._wrap_RKV_MATMUL_WGMMA_INT8_capi_25cafcfc785c7526())
+	return swig_r
+}
+
+var RKV_MATMUL_WGMMA_INT8 int32 = _swig_getRKV_MATMUL_WGMMA_INT8()
 func Rkv_cache_set_matmul_path(arg1 Struct_SS_rkv_cache, arg2 int32) (_swig_ret *Failure) {
 	var swig_r uintptr
 	_swig_i_0 := getSwigcptr(arg1)

@@ -4508,6 +4508,18 @@ intgo _wrap_RKV_MATMUL_WGMMA_capi_25cafcfc785c7526() {
 }
 
 
+intgo _wrap_RKV_MATMUL_WGMMA_INT8_capi_25cafcfc785c7526() {
+  enum rkv_matmul_path result;
+  intgo _swig_go_result;
+  
+  
+  result = RKV_MATMUL_WGMMA_INT8;
+  
+  _swig_go_result = (int32_t)result; 
+  return _swig_go_result;
+}
+
+
 intgo _wrap_rkv_cache_set_matmul_path_capi_25cafcfc785c7526(struct rkv_cache *_swig_go_0, intgo _swig_go_1) {
   rkv_cache *arg1 = (rkv_cache *) 0 ;
   rkv_matmul_path arg2 ;

@@ -230,6 +230,11 @@ def test_one_naming_rule():
             rkv.experimental.scores(cache, 1, 0, 0, "novelty")
         with pytest.raises(rkv.UnsupportedError):
             rkv.experimental.set_matmul_path(cache, "fused")  # a CPU cache has one path
+        with pytest.raises(rkv.UnsupportedError):
+            rkv.experimental.set_matmul_path(cache, "wgmma_int8")
+        with pytest.raises(rkv.InvalidArgumentError, match="matmul path"):
+            rkv.experimental.set_matmul_path(cache, "int8")
+        rkv.experimental.set_matmul_path(cache, "auto")
         rkv.experimental.sync_lengths(cache)  # a CPU cache: already in agreement
         assert cache.length(1, 0) == (n, n)
     for old in ("set_param", "seq_length", "kept_positions", "layer_view", "inspect_scores"):

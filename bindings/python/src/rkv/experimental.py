@@ -15,7 +15,8 @@ __all__ = ["scores", "sync_lengths", "set_matmul_path"]
 _SCORE_KINDS = {"importance": _c.RKV_SCORE_IMPORTANCE, "redundancy": _c.RKV_SCORE_REDUNDANCY,
                 "final": _c.RKV_SCORE_FINAL}
 _MATMUL_PATHS = {"auto": _c.RKV_MATMUL_AUTO, "cublaslt": _c.RKV_MATMUL_CUBLASLT,
-                 "fused": _c.RKV_MATMUL_FUSED}
+                 "fused": _c.RKV_MATMUL_FUSED, "wgmma": _c.RKV_MATMUL_WGMMA,
+                 "wgmma_int8": _c.RKV_MATMUL_WGMMA_INT8}
 
 
 def scores(cache: Cache, seq: int, layer: int, head: int, kind: str = "final") -> np.ndarray:
@@ -41,8 +42,9 @@ def sync_lengths(cache: Cache, *, stream=None) -> None:
 
 
 def set_matmul_path(cache: Cache, path: str) -> None:
-    """How a CUDA cache computes R-KV's matrix products: "auto", "cublaslt" or
-    "fused" (``rkv_cache_set_matmul_path``; for benchmarks and tests)."""
+    """How a CUDA cache computes R-KV's matrix products: "auto", "cublaslt",
+    "fused", "wgmma" or "wgmma_int8" (``rkv_cache_set_matmul_path``; for
+    benchmarks and tests)."""
     if path not in _MATMUL_PATHS:
         raise InvalidArgumentError(f"unknown matmul path {path!r}: one of {', '.join(_MATMUL_PATHS)}")
     with cache._lock:
