@@ -81,32 +81,6 @@ struct GramInt8Shared {
 
 #if RKV_HAS_WGMMA
 
-// The exact epilogue of one half (64 rows x kGroups * 8 columns of a tile)
-// with global indices: per row of this thread (rows first_row, first_row + 8)
-// the latest of its columns with S = acc * inv_r * inv_c above tau, as a
-// column (-1: none), and S there. kDiagonal: S[r, r] = 0.
-template <int kGroups, bool kDiagonal>
-__device__ __forceinline__ void exact_epilogue(const float (&acc)[4 * kGroups], int32_t first_row,
-                                               int32_t first_column, const float (&inv_r)[2], const float *inv_c,
-                                               float tau, int32_t (&latest)[2], float (&value)[2]) {
-    const int q = threadIdx.x & 3;
-#pragma unroll
-    for (int s = 0; s < kGroups; ++s) {
-        const int column_pair = 8 * s + 2 * q;
-        const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + column_pair);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int hr = e >> 1, ec = e & 1;
-            float v = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
-            if (kDiagonal && first_row + 8 * hr == first_column + column_pair + ec) v = 0.0f;
-            if (v > tau) {
-                latest[hr] = first_column + column_pair + ec;
-                value[hr] = v;
-            }
-        }
-    }
-}
-
 // The filter's epilogue of one half: the largest int8 product of each of this
 // thread's two rows over its 32 columns of the tile. kDiagonal: the row's own
 // column does not count (S[r, r] = 0).
@@ -162,7 +136,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     int32_t *partial_latest = p.scratch.partial_latest + row * p.scratch.tiles;
     float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
     const float not_a_number = __int_as_float(0x7fffffff);
-    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2;
     // This thread's rows: first + 64 half + 16 warp + g + 8 hr.
     const int32_t my_first = first + 16 * warp + g;
     const auto tile_rows = [](int r, int chunk) { return sw128_offset(r, chunk, kGramTile); };
@@ -285,14 +259,9 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                     exact_epilogue<16, true>(acc, my_first + 64 * half, first, inv_r[half], inv_a, p.threshold,
                                              latest, value);
                     take(half, latest, value);
-                    if (j == 0 && p.slot0_quirk && q == 0) {
-                        // S[r, 0]: column 0 is accumulator e = 0 (row g) and 2 (row g + 8) of lanes q == 0.
-#pragma unroll
-                        for (int hr = 0; hr < 2; ++hr) {
-                            const int32_t r = my_first + 64 * half + 8 * hr;
-                            if (r < n) p.scratch.first_column[row + r] = r == 0 ? 0.0f : acc[2 * hr] * inv_r[half][hr] * inv_a[0];
-                        }
-                    }
+                    if (j == 0 && p.slot0_quirk)
+                        store_first_column(p.scratch.first_column + row, acc, my_first + 64 * half, n, inv_r[half],
+                                           inv_a[0]);
                 }
             } else {
                 // 64 columns at a time, the later ones first, in the ring slot
@@ -330,13 +299,9 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
                         exact_epilogue<8, false>(acc, my_first + 64 * half, first_column, inv_r[half], inv_b16,
                                                  p.threshold, latest, value);
                         take(half, latest, value);
-                        if (first_column == 0 && p.slot0_quirk && q == 0) {
-#pragma unroll
-                            for (int hr = 0; hr < 2; ++hr) {
-                                const int32_t r = my_first + 64 * half + 8 * hr;
-                                if (r < n) p.scratch.first_column[row + r] = acc[2 * hr] * inv_r[half][hr] * inv_b16[0];
-                            }
-                        }
+                        if (first_column == 0 && p.slot0_quirk)
+                            store_first_column(p.scratch.first_column + row, acc, my_first + 64 * half, n,
+                                               inv_r[half], inv_b16[0]);
                     }
                     __syncthreads();  // every warp is done with these columns
                 }
@@ -380,18 +345,7 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
         const float sum = row_sum_from_w<T, D>(shared + L::kA16, t, inv_row, w, tile_rows);
         if (first + t < n) partial_sum[first + t] = sum;
     }
-    // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-            keep_latest_over_lanes<1, 2>(walk_latest[half][hr], walk_value[half][hr]);
-            const int32_t r = my_first + 64 * half + 8 * hr;
-            if (q == 0 && r < n) {
-                partial_latest[r] = walk_latest[half][hr];
-                partial_value[r] = walk_value[half][hr];
-            }
-        }
+    store_walk_answers(walk_latest, walk_value, my_first, n, partial_latest, partial_value);
 #else
     __trap();  // never launched: the host selects this kernel only on sm_90 devices
 #endif

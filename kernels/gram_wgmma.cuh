@@ -102,33 +102,79 @@ __device__ __forceinline__ void issue_half(float (&acc)[64], uint32_t a_tile, ui
     wgmma_commit();
 }
 
-// The epilogue of one half (64 rows x the 128 columns of tile j): per row of
-// this thread (local rows 64 half + 16 warp + g, + 8) the latest of its
-// columns with S = acc * inv_r * inv_c above tau, as a local column (-1: none),
-// and S there. Columns ascend along (s, e % 2): a later hit replaces an
-// earlier one. kDiagonal: S[r, r] = 0.
-template <bool kDiagonal>
-__device__ __forceinline__ void wgmma_half_epilogue(const float (&acc)[64], int half, const float *inv_a,
-                                                    const float *inv_c, float tau, int32_t (&latest)[2],
-                                                    float (&value)[2]) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    const int row0 = half * 64 + warp * 16 + g;  // + 8 for e >= 2
-    const float inv_r[2] = {inv_a[row0], inv_a[row0 + 8]};
+// The exact epilogue of one half (64 rows x kGroups * 8 columns of a tile in
+// the wgmma accumulator layout): per row of this thread (rows first_row and
+// first_row + 8, in the numbering first_column's columns are in) the latest of
+// its columns with S = acc * inv_r * inv_c above tau, as first_column plus the
+// local column (-1: none), and S there. Columns ascend along (s, e % 2): a
+// later hit replaces an earlier one. kDiagonal: S[r, r] = 0. (Also the int8
+// Gram's, kernels/gram_int8.cuh.)
+template <int kGroups, bool kDiagonal>
+__device__ __forceinline__ void exact_epilogue(const float (&acc)[4 * kGroups], int32_t first_row,
+                                               int32_t first_column, const float (&inv_r)[2], const float *inv_c,
+                                               float tau, int32_t (&latest)[2], float (&value)[2]) {
+    const int q = threadIdx.x & 3;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) {
+    for (int s = 0; s < kGroups; ++s) {
         const int column_pair = 8 * s + 2 * q;
         const float2 inv_pair = *reinterpret_cast<const float2 *>(inv_c + column_pair);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int hr = e >> 1, ec = e & 1;
             float v = acc[4 * s + e] * inv_r[hr] * (ec ? inv_pair.y : inv_pair.x);
-            if (kDiagonal && row0 + 8 * hr == column_pair + ec) v = 0.0f;
+            if (kDiagonal && first_row + 8 * hr == first_column + column_pair + ec) v = 0.0f;
             if (v > tau) {
-                latest[hr] = column_pair + ec;
+                latest[hr] = first_column + column_pair + ec;
                 value[hr] = v;
             }
         }
     }
+}
+
+// The epilogue of one half (64 rows x the 128 columns of tile j), local
+// columns: exact_epilogue for this thread's rows of the tile (64 half + 16
+// warp + g, + 8).
+template <bool kDiagonal>
+__device__ __forceinline__ void wgmma_half_epilogue(const float (&acc)[64], int half, const float *inv_a,
+                                                    const float *inv_c, float tau, int32_t (&latest)[2],
+                                                    float (&value)[2]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
+    const int row0 = half * 64 + warp * 16 + g;  // + 8 for e >= 2
+    const float inv_r[2] = {inv_a[row0], inv_a[row0 + 8]};
+    exact_epilogue<16, kDiagonal>(acc, row0, 0, inv_r, inv_c, tau, latest, value);
+}
+
+// S[r, 0] of this thread's two rows of a half (rows first_row, first_row + 8;
+// 0 for row 0) from an exact product whose first column is key 0: column 0 is
+// accumulator e = 0 (row g) and 2 (row g + 8) of lanes q == 0.
+template <int N>
+__device__ __forceinline__ void store_first_column(float *first_column, const float (&acc)[N], int32_t first_row,
+                                                   int32_t n, const float (&inv_r)[2], float inv_c0) {
+    if ((threadIdx.x & 3) != 0) return;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const int32_t r = first_row + 8 * hr;
+        if (r < n) first_column[r] = r == 0 ? 0.0f : acc[2 * hr] * inv_r[hr] * inv_c0;
+    }
+}
+
+// The walk's answers into partial slot 0: each row's latest column above tau
+// over its quad's four lanes (the largest wins) and S there, for this
+// thread's rows first_row + 64 half + 8 hr.
+__device__ __forceinline__ void store_walk_answers(int32_t (&walk_latest)[2][2], float (&walk_value)[2][2],
+                                                   int32_t first_row, int32_t n, int32_t *partial_latest,
+                                                   float *partial_value) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            keep_latest_over_lanes<1, 2>(walk_latest[half][hr], walk_value[half][hr]);
+            const int32_t r = first_row + 64 * half + 8 * hr;
+            if ((threadIdx.x & 3) == 0 && r < n) {
+                partial_latest[r] = walk_latest[half][hr];
+                partial_value[r] = walk_value[half][hr];
+            }
+        }
 }
 
 #endif  // RKV_HAS_WGMMA
@@ -168,7 +214,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
     float *partial_value = p.scratch.partial_value + row * p.scratch.tiles;
     const float not_a_number = __int_as_float(0x7fffffff);
     const int t = threadIdx.x;
-    const int warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+    const int warp = t >> 5, lane = t & 31, g = lane >> 2;
     auto b_tile = [&](int32_t j) { return j == i ? base + L::kA : base + L::kB + uint32_t(j & 1) * L::kTile; };
 
     // The walk goes from the last column tile to the first, so a row's first
@@ -253,14 +299,10 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
                 walk_latest[half][hr] = j * kGramTile + latest[hr];
                 walk_value[half][hr] = value[hr];
             }
-        if (j == 0 && p.slot0_quirk && q == 0) {
-            // S[r, 0]: column 0 is accumulator e = 0 (row g) and 2 (row g + 8) of lanes q == 0.
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int local = half * 64 + warp * 16 + g + 8 * hr;
-                const int32_t r = i * kGramTile + local;
-                if (r < n) p.scratch.first_column[row + r] = r == 0 ? 0.0f : acc[2 * hr] * inv_a[local] * inv_c[0];
-            }
+        if (j == 0 && p.slot0_quirk) {
+            const int local = half * 64 + warp * 16 + g;
+            const float inv_r[2] = {inv_a[local], inv_a[local + 8]};
+            store_first_column(p.scratch.first_column + row, acc, i * kGramTile + local, n, inv_r, inv_c[0]);
         }
     };
     for (int32_t j = tiles - 1; j >= 0; --j) {
@@ -309,18 +351,7 @@ __global__ void __launch_bounds__(kGramWgmmaThreads, (D <= 128 ? 2 : 1)) gram_wg
         if (!next0 && !next1) break;
     }
     cp_async_wait<0>();  // a prefetch the early stop left in flight
-    // The 4 lanes of a quad share a row: the largest column wins, into slot 0.
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-            keep_latest_over_lanes<1, 2>(walk_latest[half][hr], walk_value[half][hr]);
-            const int32_t r = i * kGramTile + half * 64 + warp * 16 + g + 8 * hr;
-            if (q == 0 && r < n) {
-                partial_latest[r] = walk_latest[half][hr];
-                partial_value[r] = walk_value[half][hr];
-            }
-        }
+    store_walk_answers(walk_latest, walk_value, i * kGramTile + warp * 16 + g, n, partial_latest, partial_value);
 #else
     __trap();  // never launched: the host selects this kernel only on sm_90 devices
 #endif
