@@ -25,6 +25,8 @@
 // float32-accurate for bf16/f16 storage, the precision the CPU computes in.
 #pragma once
 
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace rkv::kernels {
@@ -111,11 +113,17 @@ __device__ __forceinline__ void load_key_tile(uint32_t tile, const T *source, in
 // ---------------------------------------------------------------------------
 // importance (and the norms and W of R-KV)
 
-// An element of a normalised key (|x| <= 1 up to rounding) as the int8 Gram
-// path's filter reads it: round(127 x), NaN (a key of NaN or infinite norm) 0.
-__device__ __forceinline__ int32_t quantise_key_int8(float x) {
-    const float scaled = x * 127.0f;
-    return scaled == scaled ? __float2int_rn(fminf(fmaxf(scaled, -127.0f), 127.0f)) : 0;
+// Four elements of a normalised key times 127 (|x| <= 127 up to rounding) as
+// the int8 Gram path's filter reads them, in byte order: round(x), saturated,
+// NaN (a key of NaN or infinite norm) 0 (the conversion's own rules).
+__device__ __forceinline__ uint32_t key_int8(float x) {
+    uint32_t q;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(q) : "f"(x));
+    return q;
+}
+__device__ __forceinline__ uint32_t pack_key_int8(float x0, float x1, float x2, float x3) {
+    return __byte_perm(__byte_perm(key_int8(x0), key_int8(x1), 0x0040), __byte_perm(key_int8(x2), key_int8(x3), 0x0040),
+                       0x5410);
 }
 
 // The importance work of key tile t of (job, head), every thread of a block of
@@ -159,21 +167,29 @@ __device__ __forceinline__ void importance_tile(const CompressParams &p, const C
         int8_t *keys8 = p.scratch.keys_int8 ? keys_int8_rows(p, jj, h) + int64_t(t) * kGramTile * 128 : nullptr;
         const auto int8_offset = [&](int r) { return r * 128 + ((((chunk >> 1) ^ (r & 7)) << 4) | ((chunk & 1) << 3)); };
         float sums[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int r = group; r < valid; r += kRowGroups) {
-            float values[8];
-            unpack16(*reinterpret_cast<const uint4 *>(k_tile + swizzle<D>(r, chunk)), values, T());
-            const float inv_r = inv[r];
-            uint32_t packed[2] = {0u, 0u};
+        // (two instances of the loop: the quantisation costs the other paths nothing)
+        const auto sum_rows = [&](auto with_int8) {
+            for (int r = group; r < valid; r += kRowGroups) {
+                float values[8];
+                unpack16(*reinterpret_cast<const uint4 *>(k_tile + swizzle<D>(r, chunk)), values, T());
+                const float inv_r = inv[r];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                sums[e] += values[e] * inv_r;
-                packed[e >> 2] |= uint32_t(quantise_key_int8(values[e] * inv_r) & 0xff) << (8 * (e & 3));
+                for (int e = 0; e < 8; ++e) sums[e] += values[e] * inv_r;
+                if constexpr (decltype(with_int8)::value) {
+                    const float scale = inv_r * 127.0f;
+                    *reinterpret_cast<uint2 *>(keys8 + int8_offset(r)) =
+                        make_uint2(pack_key_int8(values[0] * scale, values[1] * scale, values[2] * scale, values[3] * scale),
+                                   pack_key_int8(values[4] * scale, values[5] * scale, values[6] * scale, values[7] * scale));
+                }
             }
-            if (keys8) *reinterpret_cast<uint2 *>(keys8 + int8_offset(r)) = make_uint2(packed[0], packed[1]);
-        }
-        if (keys8 && D == 128)
+        };
+        if (keys8 && D == 128) {
+            sum_rows(std::true_type{});
             for (int r = valid + group; r < kGramTile; r += kRowGroups)
                 *reinterpret_cast<uint2 *>(keys8 + int8_offset(r)) = make_uint2(0u, 0u);
+        } else {
+            sum_rows(std::false_type{});
+        }
 #pragma unroll
         for (int e = 0; e < 8; ++e) w_sums[group * D + chunk * 8 + e] = sums[e];
         __syncthreads();

@@ -232,7 +232,7 @@ class CudaBackend final : public Backend {
     // earlier calls (src/cuda/gram_path_choice.h). Returns whether this call
     // is timed (its start event recorded; the end event after its join).
     bool choose_gram_path(const CompressJob *jobs, int32_t num_jobs, cudaStream_t caller) {
-        if (!gram_timing_.start) return false;
+        if (!gram_timing_.start || matmul_path_ != RKV_MATMUL_AUTO) return false;
         // Nothing is timed or queried while the caller's stream is captured
         // into a graph (an event query there invalidates the capture;
         // test_graphs_match_eager): the graph keeps the best path known.
@@ -246,7 +246,7 @@ class CudaBackend final : public Backend {
             return false;
         }
         collect_gram_timing();
-        if (matmul_path_ != RKV_MATMUL_AUTO || gram_timing_.pending) {
+        if (gram_timing_.pending) {
             gram_path_ = gram_choice_.best();
             return false;
         }
@@ -658,7 +658,8 @@ class CudaBackend final : public Backend {
         // where no pair passes the threshold (Gaussian keys: 18.89 against 19.91;
         // batch 1 0.339 against 0.348); so at head_dim 64 and 256 (model keys
         // 9.9 and 33.7 against 15.5 and 42.8, session 13; kernels/README.md,
-        // Performance).
+        // Performance). At head_dim 128 (R-KV), WGMMA or its int8-filtered form,
+        // whichever this cache's timed calls found faster (choose_gram_path).
         if (wgmma_) return int8_gram_ && gram_path_ == GramPathChoice::kInt8 ? RKV_MATMUL_WGMMA_INT8 : RKV_MATMUL_WGMMA;
         if (k::gram_fused_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows)) return RKV_MATMUL_FUSED;
         return RKV_MATMUL_CUBLASLT;
