@@ -4,9 +4,9 @@
 // walk behind an int8 filter that skips the column tiles where no key can pass
 // the threshold). They give the same bits (test_gpu_gram), so the choice never
 // changes what a cache keeps, only how fast: WGMMA where keys have near-
-// duplicates among the latest keys (a real model's: 14.1 ms at batch 64
-// against 17.6), WGMMA_INT8 where they have few (Gaussian keys: 16.3 against
-// 19.5; kernels/README.md, Session 17). Which one a model's keys are is known
+// duplicates among the latest keys (keys like a real model's: 13.3 ms at
+// batch 64 on the H200 against 18.0), WGMMA_INT8 where they have few
+// (Gaussian keys: 15.9 against 19.1; kernels/README.md, Session 17). Which one a model's keys are is known
 // only by trying, so the cache times its compressions with events (outside
 // graph capture) and keeps the one of lower cost per unit of Gram work (the
 // jobs' held^2 summed), trying the other again every kReprobe-th timed call.
