@@ -7,7 +7,9 @@
 //     written as pooled logits [window, cap] (importance_pool_kernel then does
 //     the softmax over the candidates, the window mean and the max-pool);
 //   - R-KV: the inverse norms 1 / (|k| + 1e-8) of the tile's keys and the sum of
-//     its normalised keys (a partial of W = sum over all keys of k / (|k| + 1e-8)).
+//     its normalised keys (a partial of W = sum over all keys of k / (|k| + 1e-8));
+//     on the int8 Gram path also those keys rounded to int8, round(127 k^)
+//     (scratch.keys_int8, kernels/gram_int8.cuh).
 //
 // gram_fused_kernel: the redundancy statistics without the N x N similarity
 // matrix. Row sums need no Gram at all: sum_c S[r, c] = k^_r . W - k^_r . k^_r
