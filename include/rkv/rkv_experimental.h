@@ -118,7 +118,7 @@ typedef enum rkv_matmul_path RKV_ENUM_BASE {
                                 bound every similarity, and only column tiles where a key may
                                 pass the threshold are computed exactly (the same answers; faster
                                 where few keys have near-duplicates; where WGMMA applies, at
-                                head_dim 128) */
+                                head_dim 128 and a capacity of at least 32) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next
