@@ -9,10 +9,10 @@
 
 #include "core/method.h"
 #include "cuda/cuda_check.h"
+#include "cuda/gram_path_choice.h"
 #include "cuda/lt_matmul.h"
 #include "cuda/phase_profile.h"
 #include "cuda/scratch_plan.h"
-#include "cuda/gram_path_choice.h"
 #include "cuda/side_stream.h"
 #include "dtype.h"
 #include "error.h"
