@@ -1,19 +1,22 @@
 // RKV_MATMUL_AUTO's choice between the two key-Gram kernels of compute
 // capability 9.0 at head_dim 128: WGMMA (the exact walk, which stops once
-// every key of a half row tile has a near-duplicate) and WGMMA_INT8 (the same
-// walk behind an int8 filter that skips the column tiles where no key can pass
-// the threshold). They give the same bits (test_gpu_gram), so the choice never
-// changes what a cache keeps, only how fast: WGMMA where keys have near-
-// duplicates among the latest keys (keys like a real model's: 13.3 ms at
-// batch 64 on the H200 against 18.0), WGMMA_INT8 where they have few
-// (Gaussian keys: 15.9 against 19.1; kernels/README.md, Session 17). Which one a model's keys are is known
+// every key of a half row tile has a near-duplicate) and WGMMA_INT8 (int8
+// products of half the square, the exact ones only where a tile can pass the
+// threshold). They give the same bits (test_gpu_gram), so the choice never
+// changes what a cache keeps, only how fast: WGMMA where keys have many near-
+// duplicates (keys like a real model's: 13.6 ms at batch 64 on the H200
+// against 67), WGMMA_INT8 where they have few (Gaussian keys: 13.6 against
+// 20.8; kernels/README.md, Session 18). Which one a model's keys are is known
 // only by trying, so the cache times its compressions with events (outside
 // graph capture) and keeps the one of lower cost per unit of Gram work (the
-// jobs' held^2 summed), trying the other again every kReprobe-th timed call.
+// jobs' held^2 summed), trying the other again after kReprobe x (its cost
+// over the kept one's) timed calls: a path r times slower is tried r times
+// less often, so the tries cost under 1/kReprobe of the time on average.
 //
 // This is the policy only (no CUDA): the backend times the calls.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace rkv::cuda {
@@ -21,16 +24,20 @@ namespace rkv::cuda {
 class GramPathChoice {
  public:
     enum Path { kWgmma = 0, kInt8 = 1 };
-    static constexpr int64_t kReprobe = 32;  // a timed call in this many tries the slower path again
+    static constexpr int64_t kReprobe = 32;       // the slower path's tries: one per kReprobe x its cost ratio
+    static constexpr double kMostRatio = 64.0;    // (so a far slower path is still tried now and then)
 
     // The path of the next timed call: each path once (WGMMA first), then the
-    // one of lower cost, the other every kReprobe-th timed call.
+    // one of lower cost, the other after kReprobe x (its cost over the kept
+    // one's) calls of it.
     Path next_timed() {
-        ++timed_;
         if (!known_[kWgmma]) return kWgmma;
         if (!known_[kInt8]) return kInt8;
         const Path best_path = best();
-        return timed_ % kReprobe == 0 ? other(best_path) : best_path;
+        const double ratio = std::min(kMostRatio, std::max(1.0, cost_[other(best_path)] / cost_[best_path]));
+        if (++since_try_ < int64_t(double(kReprobe) * ratio)) return best_path;
+        since_try_ = 0;
+        return other(best_path);
     }
     // The path of a call that is not timed (captured into a graph, or the
     // previous timing has not finished): the best known.
@@ -53,7 +60,7 @@ class GramPathChoice {
     static Path other(Path path) { return path == kWgmma ? kInt8 : kWgmma; }
     double cost_[2] = {0.0, 0.0};  // milliseconds per unit of work
     bool known_[2] = {false, false};
-    int64_t timed_ = 0;
+    int64_t since_try_ = 0;  // timed calls on the kept path since the other's last try
 };
 
 }  // namespace rkv::cuda
