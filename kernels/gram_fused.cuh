@@ -273,6 +273,11 @@ __global__ void __launch_bounds__(kImportanceThreads) importance_fused_kernel(Co
     const T *keys = scoring_keys<T>(p, c, jj, job, h);
     const T *queries = static_cast<const T *>(c.queries) + query_index(c, job.seq, h * groups, 0);
     load_key_tile<T, D, kImportanceThreads>(shared_address(k_tile), keys, t * kGramTile, n);
+    if (p.scratch.int8_answers) {  // the int8 Gram kernel's state of this tile's rows, for this compression
+        for (int32_t r = t * kGramTile + threadIdx.x; r < min(n, (t + 1) * kGramTile); r += blockDim.x)
+            p.scratch.int8_answers[scratch_row(p, jj, h) + r] = 0;
+        if (t == 0 && threadIdx.x == 0) p.scratch.int8_done[int64_t(jj) * p.cache.kv_heads + h] = 0;
+    }
     load_rows<T, D>(q_address, queries, 0, padded, rows);
     cp_async_commit();
     cp_async_wait<0>();

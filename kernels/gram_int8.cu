@@ -13,10 +13,17 @@ cudaError_t with_int8_instance(int32_t dtype, F &&f) {
     return f(gram_int8_kernel<__nv_bfloat16>);
 }
 
+int32_t key_tiles(int32_t capacity) { return (capacity + kGramTile - 1) / kGramTile; }
+
 }  // namespace
 
-bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int major, int minor) {
-    return head_dim == kGramInt8Dim && gram_wgmma_supported(dtype, head_dim, rows, major, minor);
+bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int32_t capacity, int major, int minor) {
+    // (its int8 keys, answers and counts take the cuBLASLt path's Gram rows,
+    // [128, capacity] f32 per head: room for [ceil(capacity / 128) * 128, 128]
+    // int8, [capacity] uint64 and one uint32 from capacity 33 on)
+    const int64_t need = int64_t(key_tiles(capacity)) * kGramTile * 128 + int64_t(capacity) * 8 + 4;
+    return head_dim == kGramInt8Dim && capacity > 0 && need <= int64_t(kGramTile) * capacity * 4 &&
+           gram_wgmma_supported(dtype, head_dim, rows, major, minor);
 }
 
 cudaError_t configure_gram_int8_kernels(int32_t dtype, int32_t head_dim) {
@@ -27,11 +34,12 @@ cudaError_t configure_gram_int8_kernels(int32_t dtype, int32_t head_dim) {
 }
 
 cudaError_t launch_gram_int8(const CompressParams &p, int32_t max_held, cudaStream_t stream) {
-    if (p.cache.head_dim != kGramInt8Dim || p.scratch.keys_int8 == nullptr ||
+    if (p.cache.head_dim != kGramInt8Dim || p.scratch.keys_int8 == nullptr || p.scratch.int8_answers == nullptr ||
         !gram_fused_supported(p.cache.dtype, p.cache.head_dim, p.scratch.rows))
         return cudaErrorNotSupported;
-    const int32_t row_tiles = (max_held + kGramTile - 1) / kGramTile;
-    const dim3 grid(unsigned(row_tiles * p.cache.kv_heads * p.num_jobs));
+    // A block per pair of row tiles (i, tiles - 1 - i) of each head.
+    const int32_t chunks = (key_tiles(max_held) + 1) / 2;
+    const dim3 grid(unsigned(chunks), unsigned(p.cache.kv_heads), unsigned(p.num_jobs));
     with_int8_instance(p.cache.dtype, [&](auto kernel) {
         kernel<<<grid, kGramInt8Threads, GramInt8Shared::kBytes, stream>>>(p);
         return cudaSuccess;

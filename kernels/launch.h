@@ -96,7 +96,7 @@ cudaError_t launch_gram_wgmma(const CompressParams &p, int32_t max_held, cudaStr
 // The same with an int8 filter before the exact products (head_dim 128, where
 // the wgmma kernel applies; needs scratch.keys_int8, which the fused
 // importance kernel then fills).
-bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int major, int minor);
+bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int32_t capacity, int major, int minor);
 cudaError_t configure_gram_int8_kernels(int32_t dtype, int32_t head_dim);
 cudaError_t launch_gram_int8(const CompressParams &p, int32_t max_held, cudaStream_t stream);
 cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream);

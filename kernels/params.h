@@ -170,8 +170,13 @@ struct Scratch {
                               // round(127 k / (|k| + 1e-8)), each row's 16-byte chunk c at c XOR row % 8
                               // (the SW128 layout, so a tile lands by one bulk copy), rows past the held
                               // length zero; written by the fused importance kernel, in the memory of
-                              // `gram` (which only the cuBLASLt path uses; capacity >= 32 makes it fit);
+                              // `gram` (which only the cuBLASLt path uses), for the group's J jobs;
                               // nullptr otherwise
+    unsigned long long *int8_answers;  // int8 Gram path: [J, H, cap] each row's latest column above tau
+                                       // + 1 << 32 | S there (0: none), kept by atomicMax; after keys_int8
+    unsigned *int8_done;               // int8 Gram path: [J, H] the Gram kernel's blocks done, after the
+                                       // answers; both zeroed by the fused importance kernel. The three fit
+                                       // in `gram` from capacity 33 on; nullptr with keys_int8
     int32_t tiles;            // ceil(cap / kGramTile)
     int32_t rows;             // G * window: query rows per KV head
 };

@@ -114,11 +114,12 @@ typedef enum rkv_matmul_path RKV_ENUM_BASE {
                                 (much faster than FUSED on keys like a model's, which have near-
                                 duplicates among the latest keys; as fast on keys that have none;
                                 where FUSED applies, on compute capability 9.0) */
-    RKV_MATMUL_WGMMA_INT8 = 4 /* WGMMA with an int8 filter: products of the keys rounded to int8
-                                bound every similarity, and only column tiles where a key may
-                                pass the threshold are computed exactly (the same answers; faster
-                                where few keys have near-duplicates; where WGMMA applies, at
-                                head_dim 128 and a capacity of at least 32) */
+    RKV_MATMUL_WGMMA_INT8 = 4 /* WGMMA's answers with an int8 filter: products of the keys
+                                rounded to int8 (half the square: similarity is symmetric) bound
+                                every similarity, and only tiles where a pair may pass the
+                                threshold are computed exactly (the same answers; faster where
+                                few keys have near-duplicates, far slower where many do; where
+                                WGMMA applies, at head_dim 128 and a capacity of at least 33) */
 } rkv_matmul_path;
 
 /* Choose the matrix-product path of a cache; takes effect at the next

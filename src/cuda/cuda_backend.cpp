@@ -91,10 +91,8 @@ class CudaBackend final : public Backend {
         check(cudaDeviceGetAttribute(&major_, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
         check(cudaDeviceGetAttribute(&minor_, cudaDevAttrComputeCapabilityMinor, device_), "cudaDeviceGetAttribute");
         wgmma_ = k::gram_wgmma_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_);
-        // (its int8 keys take the cuBLASLt path's Gram rows, [128, capacity] f32 per head: room for
-        // [ceil(capacity / 128) * 128, 128] int8 from capacity 32 on)
-        int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows, major_, minor_) &&
-                     capacity_ >= 32;
+        int8_gram_ = k::gram_int8_supported(int32_t(p_.dtype), p_.head_dim, scratch_.rows,
+                                            scratch_.compresses ? capacity_ : 0, major_, minor_);
         if (int8_gram_ && method_.scorer == Scorer::ImportanceRedundancy) {  // AUTO times the two Gram paths
             check(cudaEventCreate(&gram_timing_.start), "cudaEventCreate (the compression timing)");
             check(cudaEventCreate(&gram_timing_.end), "cudaEventCreate (the compression timing)");
@@ -511,7 +509,7 @@ class CudaBackend final : public Backend {
                  "GPU of compute capability 9.0 (device %d is %d.%d)", device_, major_, minor_);
         if (path == RKV_MATMUL_WGMMA_INT8 && !int8_gram_)
             fail(RKV_ERR_UNSUPPORTED, "rkv_cache_set_matmul_path: the int8-filtered Gram needs head_dim 128 "
-                 "and a capacity of at least 32 tokens (this cache: head_dim %d, capacity %d)", p_.head_dim,
+                 "and a capacity of at least 33 tokens (this cache: head_dim %d, capacity %d)", p_.head_dim,
                  capacity_);
         matmul_path_ = path;
     }
@@ -740,10 +738,19 @@ class CudaBackend final : public Backend {
             p.pooled_groups = 1;
             p.scores_in_selection |= k::kSelectionPools;
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
-            // The int8 Gram's keys, in the memory of the cuBLASLt path's Gram rows.
-            p.scratch.keys_int8 = with_norms && path() == RKV_MATMUL_WGMMA_INT8
-                                      ? static_cast<int8_t *>(static_cast<void *>(p.scratch.gram))
-                                      : nullptr;
+            // The int8 Gram's keys, answers and counts, in the memory of the
+            // cuBLASLt path's Gram rows ([J, H, 128, cap] f32; kernels/params.h).
+            p.scratch.keys_int8 = nullptr;
+            p.scratch.int8_answers = nullptr;
+            p.scratch.int8_done = nullptr;
+            if (with_norms && path() == RKV_MATMUL_WGMMA_INT8) {
+                char *gram = static_cast<char *>(static_cast<void *>(p.scratch.gram));
+                const uint64_t heads = uint64_t(p.num_jobs) * uint64_t(p_.num_kv_heads);
+                const uint64_t keys = heads * uint64_t(scratch_.tiles) * k::kGramTile * 128;
+                p.scratch.keys_int8 = reinterpret_cast<int8_t *>(gram);
+                p.scratch.int8_answers = reinterpret_cast<unsigned long long *>(gram + keys);
+                p.scratch.int8_done = reinterpret_cast<unsigned *>(gram + keys + heads * uint64_t(capacity_) * 8);
+            }
             check(k::launch_importance_fused(p, max_held, with_norms, stream),
                   "rkv_compress: launching the fused importance kernel");
             profile_.end("window logits (fused)", stream);

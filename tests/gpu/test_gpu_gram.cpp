@@ -15,7 +15,10 @@
  * gram_int8_kernel (head_dim 128, compute capability 9.0) must give the wgmma
  * kernel's answers: its int8 filter only skips column tiles where no exact S
  * can pass tau. Its int8 keys are made here as the importance kernel makes
- * them (round(127 k inv)).
+ * them (round(127 k inv)). Each configuration runs with the reference's
+ * slot-0 quirk and without it: with it every row tile of the int8 kernel
+ * walks (S[r, 0] is exact), without it only those whose int8 pairs found a
+ * candidate, and the others' answers come from its row-sum phase.
  *
  * The inputs make every part of the kernels matter: random keys with planted
  * near-duplicates in earlier and later tiles (S ~ 0.99), others planted at
@@ -175,10 +178,11 @@ void report(Outcome *o, const char *what, bool walk, int job, int head, int32_t 
 
 // One (dtype, head_dim, tau): both kernels against the reference. Returns the
 // mismatches (every configuration runs, so a failure shows which ones fail).
-int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
+int run_config(rkv_dtype dtype, int d, float tau, bool quirk, bool wgmma, uint64_t seed) {
     int total_mismatches = 0;
     char what[96];
-    std::snprintf(what, sizeof what, "%s d=%d tau=%g", dtype == RKV_DTYPE_F16 ? "f16" : "bf16", d, tau);
+    std::snprintf(what, sizeof what, "%s d=%d tau=%g%s", dtype == RKV_DTYPE_F16 ? "f16" : "bf16", d, tau,
+                  quirk ? "" : " no-quirk");
     const size_t slots = size_t(kLayers) * kSeqs * kHeads * kCap;
     // Keys: normal, planted near-duplicates, NaN past each held length.
     std::vector<float> host(slots * d, NAN);
@@ -253,6 +257,9 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     float *d_value = static_cast<float *>(gpu_alloc(partials * 4));
     float *d_first = static_cast<float *>(gpu_alloc(heads * kCap * 4));
     int8_t *d_keys8 = static_cast<int8_t *>(gpu_upload(keys8.data(), keys8.size()));
+    // the int8 kernel's answers and counts, which the importance kernel zeroes before it
+    unsigned long long *d_answers = static_cast<unsigned long long *>(gpu_alloc(heads * kCap * 8));
+    unsigned *d_done = static_cast<unsigned *>(gpu_alloc(heads * 4));
 
     k::CompressParams p{};
     p.cache.keys = d_keys;
@@ -272,10 +279,12 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     p.scratch.partial_value = d_value;
     p.scratch.first_column = d_first;
     p.scratch.keys_int8 = d_keys8;
+    p.scratch.int8_answers = d_answers;
+    p.scratch.int8_done = d_done;
     p.scratch.tiles = kTiles;
     p.scratch.rows = 32;
     p.threshold = tau;
-    p.slot0_quirk = 1;
+    p.slot0_quirk = quirk;
     p.gram_fused = 1;
     p.num_jobs = kJobs;
     for (int jj = 0; jj < kJobs; ++jj) p.jobs[jj] = k::Job{kJobSpecs[jj].seq, kJobSpecs[jj].layer, kJobSpecs[jj].held, 0, 0};
@@ -295,6 +304,8 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
         CUDA_OK(cudaMemset(d_latest, 0x7f, partials * 4));
         CUDA_OK(cudaMemset(d_value, 0x7f, partials * 4));
         CUDA_OK(cudaMemset(d_first, 0x7f, heads * kCap * 4));
+        CUDA_OK(cudaMemset(d_answers, 0, heads * kCap * 8));
+        CUDA_OK(cudaMemset(d_done, 0, heads * 4));
         CUDA_OK(kernel == 2 ? k::launch_gram_int8(p, kCap, nullptr)
                 : kernel    ? k::launch_gram_wgmma(p, kCap, nullptr)
                             : k::launch_gram_fused(p, kCap, nullptr));
@@ -322,7 +333,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                     if (kernel == 2) {
                         const size_t at = row * kTiles + r;  // slot 0
                         const auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0; };
-                        const bool read_first = wgmma_latest[at] < 0;
+                        const bool read_first = quirk && wgmma_latest[at] < 0;
                         if (latest[at] != wgmma_latest[at] || !same(sum[at], wgmma_sum[at]) ||
                             (latest[at] >= 0 && !same(value[at], wgmma_value[at])) ||
                             (read_first && !same(first[row + r], wgmma_first[row + r])))
@@ -335,7 +346,7 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
                     const double s = sum[row * kTiles + r];
                     if (std::fabs(s - ref.row_sum[r]) > 1e-3 * std::max(1.0, std::fabs(ref.row_sum[r])))
                         report(&o, name, kernel, jj, h, r, r / 128, "row sum", s, ref.row_sum[r]);
-                    const bool first_read = kernel == 0 || overall(ref, n, tiles, r).latest < 0;
+                    const bool first_read = quirk && (kernel == 0 || overall(ref, n, tiles, r).latest < 0);
                     if (first_read && std::fabs(first[row + r] - ref.first[r]) > kValueTolerance)
                         report(&o, name, kernel, jj, h, r, 0, "S[r, 0]", first[row + r], ref.first[r]);
                     if (ref.close[r]) {
@@ -377,6 +388,8 @@ int run_config(rkv_dtype dtype, int d, float tau, bool wgmma, uint64_t seed) {
     gpu_free(d_value);
     gpu_free(d_first);
     gpu_free(d_keys8);
+    gpu_free(d_answers);
+    gpu_free(d_done);
     return total_mismatches;
 }
 
@@ -398,10 +411,11 @@ void test_gram_kernels_against_reference(void **state) {
     int mismatches = 0;
     for (rkv_dtype dtype : {RKV_DTYPE_BF16, RKV_DTYPE_F16})
         for (int di = 0; di < num_dims; ++di)
-            for (float tau : {0.5f, 0.2f, -0.25f}) {
-                if (gpu_small() && (dtype == RKV_DTYPE_F16 || tau < 0)) continue;
-                mismatches += run_config(dtype, dims[di], tau, wgmma, seed++);
-            }
+            for (float tau : {0.5f, 0.2f, -0.25f})
+                for (bool quirk : {true, false}) {
+                    if (gpu_small() && (dtype == RKV_DTYPE_F16 || tau < 0)) continue;
+                    mismatches += run_config(dtype, dims[di], tau, quirk, wgmma, seed++);
+                }
     if (mismatches) fail_msg("%d mismatches against the float64 reference (MISMATCH lines above)", mismatches);
 }
 

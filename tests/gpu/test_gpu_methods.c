@@ -442,6 +442,24 @@ static void test_matmul_path_errors(void **state) {
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_CUBLASLT));
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
     rkv_cache_destroy(cache);
+    if (gpu_wgmma()) {
+        /* WGMMA_INT8's keys, answers and counts live in the cuBLASLt path's
+         * Gram rows: from a capacity of 33 (budget + buffer) on. */
+        for (int32_t capacity = 32; capacity <= 33; ++capacity) {
+            rkv_cache_params q = test_params(1, 1, 2, 4, 128, RKV_METHOD_RKV, capacity - 8, 8, 4);
+            q.device_type = RKV_DEVICE_CUDA;
+            q.dtype = RKV_DTYPE_BF16;
+            cache = test_create(&q);
+            ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_WGMMA));
+            if (capacity == 32) {
+                ASSERT_STATUS(rkv_cache_set_matmul_path(cache, RKV_MATMUL_WGMMA_INT8), RKV_ERR_UNSUPPORTED);
+                assert_non_null(strstr(rkv_error_message(), "capacity of at least 33"));
+            } else {
+                ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_WGMMA_INT8));
+            }
+            rkv_cache_destroy(cache);
+        }
+    }
     p.device_type = RKV_DEVICE_CPU;
     cache = test_create(&p);
     ASSERT_OK(rkv_cache_set_matmul_path(cache, RKV_MATMUL_AUTO));
