@@ -4,9 +4,9 @@
 // products of half the square, the exact ones only where a tile can pass the
 // threshold). They give the same bits (test_gpu_gram), so the choice never
 // changes what a cache keeps, only how fast: WGMMA where keys have many near-
-// duplicates (keys like a real model's: 13.6 ms at batch 64 on the H200
-// against 67), WGMMA_INT8 where they have few (Gaussian keys: 13.6 against
-// 20.8; kernels/README.md, Session 18). Which one a model's keys are is known
+// duplicates (keys like a real model's: 13.4 ms at batch 64 on the H200
+// against 40.1), WGMMA_INT8 where they have few (Gaussian keys: 13.6 against
+// 20.7; kernels/README.md, Session 18). Which one a model's keys are is known
 // only by trying, so the cache times its compressions with events (outside
 // graph capture) and keeps the one of lower cost per unit of Gram work (the
 // jobs' held^2 summed), trying the other again after kReprobe x (its cost
