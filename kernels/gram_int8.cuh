@@ -155,7 +155,6 @@ __global__ void __launch_bounds__(kGramInt8Threads, 2) gram_int8_kernel(Compress
     unsigned long long *answers = p.scratch.int8_answers + row;  // [n] int8_answer offers, maximum kept
     const float not_a_number = __int_as_float(0x7fffffff);
     const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
-    const auto tile_rows = [](int r, int chunk) { return sw128_offset(r, chunk, kGramTile); };
     const auto ring_slot = [&](int32_t seq) { return base + L::kRing + uint32_t(seq % kStages) * L::kB8Tile; };
     const auto wait_ring = [&](int32_t seq) { mbarrier_wait(&ring_full[seq % kStages], (seq / kStages) & 1); };
     // Thread 0: int8 key tile `tile` into ring slot `seq` (the block's seq-th ring copy).
