@@ -9,9 +9,10 @@
 // 20.7; kernels/README.md, Session 18). Which one a model's keys are is known
 // only by trying, so the cache times its compressions with events (outside
 // graph capture) and keeps the one of lower cost per unit of Gram work (the
-// jobs' held^2 summed), trying the other again after kReprobe x (its cost
-// over the kept one's) timed calls: a path r times slower is tried r times
-// less often, so the tries cost under 1/kReprobe of the time on average.
+// jobs' held^2 summed), trying the other again after kReprobe x r^2 timed
+// calls, r its cost over the kept one's: a try costs r - 1 calls' time, so
+// the tries cost (r - 1) / (kReprobe r^2) of the time on average, at most
+// 1 / (4 kReprobe) = 0.8% (at r = 2), and a path about as fast is tried often.
 //
 // This is the policy only (no CUDA): the backend times the calls.
 #pragma once
@@ -24,18 +25,18 @@ namespace rkv::cuda {
 class GramPathChoice {
  public:
     enum Path { kWgmma = 0, kInt8 = 1 };
-    static constexpr int64_t kReprobe = 32;       // the slower path's tries: one per kReprobe x its cost ratio
-    static constexpr double kMostRatio = 64.0;    // (so a far slower path is still tried now and then)
+    static constexpr int64_t kReprobe = 32;  // the slower path's tries: one per kReprobe x its cost ratio^2
+    static constexpr double kMostRatio = 8.0;  // (so a far slower path is still tried, every 2048 calls)
 
     // The path of the next timed call: each path once (WGMMA first), then the
-    // one of lower cost, the other after kReprobe x (its cost over the kept
-    // one's) calls of it.
+    // one of lower cost, the other after kReprobe x r^2 calls of it (r: its
+    // cost over the kept one's).
     Path next_timed() {
         if (!known_[kWgmma]) return kWgmma;
         if (!known_[kInt8]) return kInt8;
         const Path best_path = best();
         const double ratio = std::min(kMostRatio, std::max(1.0, cost_[other(best_path)] / cost_[best_path]));
-        if (++since_try_ < int64_t(double(kReprobe) * ratio)) return best_path;
+        if (++since_try_ < int64_t(double(kReprobe) * ratio * ratio)) return best_path;
         since_try_ = 0;
         return other(best_path);
     }
