@@ -39,17 +39,26 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t *barrier, uint32_t parity
     } while (!done);
 }
 
+// An L2 cache policy under which the lines a copy brings in are the first
+// the L2 evicts: for data read once, such as attention's K/V rows.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+
 // The box at element column x, row y of a 2D tensor map (a cp.async.bulk
 // tensor copy) into shared memory at `shared` (1024-byte aligned for the
-// 128-byte swizzle); the landed bytes (the whole box, zeros past the tensor's
+// 128-byte swizzle), its lines cached in the L2 under `l2_policy`
+// (createpolicy); the landed bytes (the whole box, zeros past the tensor's
 // rows included) complete on `barrier`. `map` lives in parameter space
 // (a __grid_constant__ kernel argument).
 __device__ __forceinline__ void tensor_copy_to_shared(uint32_t shared, const CUtensorMap *map, int32_t x, int32_t y,
-                                                      uint64_t *barrier) {
+                                                      uint64_t *barrier, uint64_t l2_policy) {
     asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-        " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(shared),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(shared_address(barrier))
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(shared),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(shared_address(barrier)), "l"(l2_policy)
         : "memory");
 }
 
