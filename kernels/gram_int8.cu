@@ -15,14 +15,27 @@ cudaError_t with_int8_instance(int32_t dtype, F &&f) {
 
 int32_t key_tiles(int32_t capacity) { return (capacity + kGramTile - 1) / kGramTile; }
 
+// A head's int8 keys: [ceil(capacity / 128) * 128, 128] int8.
+int64_t int8_key_bytes(int32_t capacity) { return int64_t(key_tiles(capacity)) * kGramTile * kGramInt8Dim; }
+
+// Whether a head's int8 keys, answers ([capacity] uint64) and count (one
+// uint32) fit in its Gram rows ([128, capacity] f32): from capacity 33 on.
+bool int8_scratch_fits(int32_t capacity) {
+    return capacity > 0 && int8_key_bytes(capacity) + int64_t(capacity) * 8 + 4 <= int64_t(kGramTile) * capacity * 4;
+}
+
 }  // namespace
 
+GramInt8Scratch gram_int8_scratch(void *gram, int64_t heads, int32_t capacity) {
+    if (!int8_scratch_fits(capacity)) return {};
+    char *base = static_cast<char *>(gram);
+    const int64_t keys = heads * int8_key_bytes(capacity), answers = heads * int64_t(capacity) * 8;
+    return {reinterpret_cast<int8_t *>(base), reinterpret_cast<unsigned long long *>(base + keys),
+            reinterpret_cast<unsigned *>(base + keys + answers)};
+}
+
 bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int32_t capacity, int major, int minor) {
-    // (its int8 keys, answers and counts take the cuBLASLt path's Gram rows,
-    // [128, capacity] f32 per head: room for [ceil(capacity / 128) * 128, 128]
-    // int8, [capacity] uint64 and one uint32 from capacity 33 on)
-    const int64_t need = int64_t(key_tiles(capacity)) * kGramTile * 128 + int64_t(capacity) * 8 + 4;
-    return head_dim == kGramInt8Dim && capacity > 0 && need <= int64_t(kGramTile) * capacity * 4 &&
+    return head_dim == kGramInt8Dim && int8_scratch_fits(capacity) &&
            gram_wgmma_supported(dtype, head_dim, rows, major, minor);
 }
 

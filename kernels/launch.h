@@ -97,6 +97,17 @@ cudaError_t launch_gram_wgmma(const CompressParams &p, int32_t max_held, cudaStr
 // the wgmma kernel applies; needs scratch.keys_int8, which the fused
 // importance kernel then fills).
 bool gram_int8_supported(int32_t dtype, int32_t head_dim, int32_t rows, int32_t capacity, int major, int minor);
+// Where the int8 path's scratch lies in the cuBLASLt path's Gram rows
+// (`gram`: [heads, 128, capacity] f32, no memory of its own): the int8 keys
+// [heads, tiles * 128, 128], each row's answer [heads, capacity] uint64, the
+// Gram kernel's blocks done [heads] uint32 (kernels/params.h). All null where
+// they do not fit (capacity below 33: gram_int8_supported refuses those).
+struct GramInt8Scratch {
+    int8_t *keys;
+    unsigned long long *answers;
+    unsigned *done;
+};
+GramInt8Scratch gram_int8_scratch(void *gram, int64_t heads, int32_t capacity);
 cudaError_t configure_gram_int8_kernels(int32_t dtype, int32_t head_dim);
 cudaError_t launch_gram_int8(const CompressParams &p, int32_t max_held, cudaStream_t stream);
 cudaError_t launch_redundancy(const CompressParams &p, cudaStream_t stream);

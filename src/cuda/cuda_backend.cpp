@@ -740,17 +740,12 @@ class CudaBackend final : public Backend {
             const int32_t with_norms = method_.scorer == Scorer::ImportanceRedundancy;
             // The int8 Gram's keys, answers and counts, in the memory of the
             // cuBLASLt path's Gram rows ([J, H, 128, cap] f32; kernels/params.h).
-            p.scratch.keys_int8 = nullptr;
-            p.scratch.int8_answers = nullptr;
-            p.scratch.int8_done = nullptr;
-            if (with_norms && path() == RKV_MATMUL_WGMMA_INT8) {
-                char *gram = static_cast<char *>(static_cast<void *>(p.scratch.gram));
-                const uint64_t heads = uint64_t(p.num_jobs) * uint64_t(p_.num_kv_heads);
-                const uint64_t keys = heads * uint64_t(scratch_.tiles) * k::kGramTile * 128;
-                p.scratch.keys_int8 = reinterpret_cast<int8_t *>(gram);
-                p.scratch.int8_answers = reinterpret_cast<unsigned long long *>(gram + keys);
-                p.scratch.int8_done = reinterpret_cast<unsigned *>(gram + keys + heads * uint64_t(capacity_) * 8);
-            }
+            k::GramInt8Scratch int8_scratch{};
+            if (with_norms && path() == RKV_MATMUL_WGMMA_INT8)
+                int8_scratch = k::gram_int8_scratch(p.scratch.gram, int64_t(p.num_jobs) * p_.num_kv_heads, capacity_);
+            p.scratch.keys_int8 = int8_scratch.keys;
+            p.scratch.int8_answers = int8_scratch.answers;
+            p.scratch.int8_done = int8_scratch.done;
             check(k::launch_importance_fused(p, max_held, with_norms, stream),
                   "rkv_compress: launching the fused importance kernel");
             profile_.end("window logits (fused)", stream);
